@@ -1,0 +1,190 @@
+"""Reading a config: TOML file, then `COTRAIN_<SECTION>_<KEY>` environment overrides, then
+`--set section.key=value` overrides, then validation with errors a person can act on."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from cotrain.config.schema import CotrainConfig, CrossFieldError, default_session_id
+
+
+class ConfigError(Exception):
+    """A config that cannot be used. `problems` holds one human sentence per problem."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = problems
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(where + "invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    overrides: Iterable[str] = (),
+    environ: Mapping[str, str] | None = None,
+    data: dict[str, Any] | None = None,
+) -> CotrainConfig:
+    """Load and validate a config. `data` (a parsed TOML dict) may be given instead of `path`."""
+    source = str(path) if path is not None else None
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = read_toml(Path(path))
+    if data is not None:
+        raw = deep_merge(raw, data)
+    raw = apply_env_overrides(raw, os.environ if environ is None else environ)
+    raw = apply_set_overrides(raw, overrides, source)
+    config = validate_config(raw, source)
+    if config.session.id is None and path is not None:
+        config.session.id = default_session_id(Path(path).stem)
+    return config
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError([f"no such file: {path} (give the path of a .toml config)"], str(path))
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"not valid TOML: {exc}"], str(path)) from None
+
+
+def validate_config(raw: Mapping[str, Any], source: str | None = None) -> CotrainConfig:
+    try:
+        return CotrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc), source) from None
+
+
+def describe_validation_error(exc: ValidationError, model: type[BaseModel] = CotrainConfig) -> list[str]:
+    """One line per problem: the key path, the bad value, and what is allowed."""
+    lines: list[str] = []
+    for err in exc.errors(include_url=False):
+        cross = (err.get("ctx") or {}).get("error")
+        if isinstance(cross, CrossFieldError):
+            lines.extend(f"{p} = {_show(v)}: must be {allowed}" for p, v, allowed in cross.problems)
+            continue
+        loc = [str(part) for part in err["loc"]]
+        path = ".".join(loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{path} = {_show(err['input'])}: unknown key{_suggest(model, loc)}")
+        elif err["type"] == "missing":
+            lines.append(f"{path}: required key is missing")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{path} = {_show(err['input'])}: {msg[0].lower() + msg[1:]}")
+    return lines
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, dict):
+        return "{...}"
+    return repr(value)
+
+
+def _suggest(model: type[BaseModel], loc: list[str]) -> str:
+    """'; did you mean "x"?' plus the allowed keys of the section the unknown key sits in."""
+    section: type[BaseModel] = model
+    for part in loc[:-1]:
+        field = section.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        section = annotation
+    allowed = list(section.model_fields)
+    close = difflib.get_close_matches(loc[-1], allowed, n=1)
+    hint = f'; did you mean "{close[0]}"?' if close else ""
+    where = f"[{'.'.join(loc[:-1])}]" if len(loc) > 1 else "the top level"
+    return f"{hint} (allowed in {where}: {', '.join(allowed)})"
+
+
+def parse_value(text: str) -> Any:
+    """A TOML literal (`3e-4`, `true`, `[1, 2]`, `"x"`), or the text itself as a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    node = raw
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError([f"{dotted}: {part} is a value, not a section"])
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_set_overrides(raw: dict[str, Any], overrides: Iterable[str], source: str | None = None) -> dict[str, Any]:
+    raw = deep_merge({}, raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or "." not in key:
+            raise ConfigError([f'--set {item!r}: write it as section.key=value, e.g. train.learning_rate=3e-4'], source)
+        set_dotted(raw, key.strip(), parse_value(value.strip()))
+    return raw
+
+
+def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """`COTRAIN_TRAIN_LEARNING_RATE=3e-4` sets train.learning_rate; nested sections too
+    (`COTRAIN_DISTRIBUTED_DILOCO_INNER_STEPS`). Other COTRAIN_* variables (COTRAIN_HOME, ...) are
+    left alone."""
+    raw = deep_merge({}, raw)
+    for name, value in sorted(environ.items()):
+        dotted = env_key_to_path(name)
+        if dotted is not None:
+            set_dotted(raw, dotted, parse_value(value))
+    return raw
+
+
+def env_key_to_path(name: str) -> str | None:
+    if not name.startswith("COTRAIN_"):
+        return None
+    rest = name[len("COTRAIN_") :].lower()
+    section_model: type[BaseModel] = CotrainConfig
+    path: list[str] = []
+    while True:
+        match = next(
+            (
+                field
+                for field, info in section_model.model_fields.items()
+                if rest.startswith(field + "_")
+                and isinstance(info.annotation, type)
+                and issubclass(info.annotation, BaseModel)
+            ),
+            None,
+        )
+        if match is None:
+            break
+        path.append(match)
+        section_model = section_model.model_fields[match].annotation  # type: ignore[assignment]
+        rest = rest[len(match) + 1 :]
+        if rest in section_model.model_fields:
+            return ".".join([*path, rest])
+    if path and rest:
+        return ".".join([*path, rest])  # unknown key: validation names it
+    return None
+
+
+def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        elif isinstance(value, Mapping):
+            merged[key] = deep_merge({}, value)
+        else:
+            merged[key] = value
+    return merged

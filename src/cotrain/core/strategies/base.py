@@ -1,0 +1,108 @@
+"""What the training loop needs from a distributed strategy, and the single-process one.
+
+The loop in `cotrain.core.train` is written once against `Strategy`; DDP, FSDP and DiLoCo
+differ only in how they set up processes, wrap the model, split the batch, and what happens
+after each optimizer step (DiLoCo: the outer step every `inner_steps`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from cotrain.config import CotrainConfig
+
+
+@dataclass
+class OuterStepReport:
+    """What a strategy reports after a synchronisation round (DiLoCo's outer step)."""
+
+    outer_step: int
+    participants: int
+    params_hash: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Strategy:
+    """Single process, no communication. Subclasses override what differs."""
+
+    name = "single"
+
+    def __init__(self, config: CotrainConfig, device: torch.device):
+        self.config = config
+        self.device = device
+        self.rank = 0
+        self.world_size = 1
+
+    # --- processes -------------------------------------------------------------------
+    def setup(self) -> None:
+        """Join the process group / P2P network. Called before the model is built."""
+
+    def shutdown(self) -> None:
+        """Leave cleanly; called on every exit path."""
+
+    def barrier(self) -> None:
+        """Wait for every process of this run."""
+
+    @property
+    def is_main(self) -> bool:
+        """The one process that writes events, checkpoints and the final model."""
+        return self.rank == 0
+
+    # --- data --------------------------------------------------------------------------
+    def data_shard(self) -> tuple[int, int]:
+        """(index, count): this process takes slice `index` of `count` of every step's batch."""
+        return 0, 1
+
+    # --- model -------------------------------------------------------------------------
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        return getattr(model, "module", model)
+
+    def accumulation_context(self, model: nn.Module, is_last_micro_batch: bool) -> contextlib.AbstractContextManager:
+        """DDP skips the gradient all-reduce on all but the last micro batch."""
+        return contextlib.nullcontext()
+
+    def clip_grad_norm(self, model: nn.Module, max_norm: float) -> torch.Tensor:
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm > 0 else float("inf"))
+
+    def after_optimizer_step(self, step: int, model: nn.Module) -> OuterStepReport | None:
+        """Called after every inner optimizer step with the 1-based step number."""
+        return None
+
+    # --- reporting ---------------------------------------------------------------------
+    def mean_across_processes(self, value: float) -> float:
+        return value
+
+    def participants(self) -> int:
+        return self.world_size
+
+    def comm_bytes(self) -> tuple[int, int]:
+        """(bytes sent, bytes received) by this process so far."""
+        return 0, 0
+
+    # --- checkpoints ---------------------------------------------------------------------
+    def model_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """A full (unsharded) state dict, valid on the main process."""
+        return self.unwrap(model).state_dict()
+
+    def optimizer_state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        return optimizer.state_dict()
+
+    def load_optimizer_state_dict(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+    ) -> None:
+        optimizer.load_state_dict(state)
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """Strategy state that a checkpoint must keep (DiLoCo: global params, outer optimizer)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what `extra_state` returned."""
