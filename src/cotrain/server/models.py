@@ -1,0 +1,130 @@
+"""The server's tables. Times are unix seconds (floats) so SQLite and PostgreSQL compare them
+the same way; the API turns them into ISO datetimes."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from cotrain.server.db import Base
+
+# Session lifecycle. `draft` waits for `start`; `queued` waits for a worker; `starting`/`running`
+# belong to one worker; `cancelling` asks that worker to stop the run.
+DRAFT, QUEUED, STARTING, RUNNING, CANCELLING = "draft", "queued", "starting", "running", "cancelling"
+COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
+ACTIVE_STATES = (STARTING, RUNNING, CANCELLING)
+FINAL_STATES = (COMPLETED, FAILED, CANCELLED)
+ALL_STATES = (DRAFT, QUEUED, STARTING, RUNNING, CANCELLING, COMPLETED, FAILED, CANCELLED)
+
+
+def now() -> float:
+    return time.time()
+
+
+class TrainingSession(Base):
+    __tablename__ = "training_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id", ondelete="SET NULL"), nullable=True)
+    public: Mapped[bool] = mapped_column(Boolean, default=True)
+    status: Mapped[str] = mapped_column(String(16), default=QUEUED, index=True)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)  # the create body, camelCase, as sent
+    config_path: Mapped[str] = mapped_column(Text)
+    model_type: Mapped[str] = mapped_column(String(16))
+    model_size: Mapped[str] = mapped_column(String(16))
+    strategy: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    updated_at: Mapped[float] = mapped_column(Float, default=now, onupdate=now)
+    queued_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # queue and executor bookkeeping
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_retries: Mapped[int] = mapped_column(Integer, default=2)
+    next_attempt_at: Mapped[float] = mapped_column(Float, default=0.0)
+    worker_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    gpu_ids: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    heartbeat_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # latest progress, for lists and the status endpoint
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    participants: Mapped[int] = mapped_column(Integer, default=0)
+    latest_metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    engine_seq: Mapped[int] = mapped_column(Integer, default=0)  # last engine event consumed
+    message_seq: Mapped[int] = mapped_column(Integer, default=0)  # last WebSocket message sequence number
+
+    __table_args__ = (Index("ix_training_sessions_queue", "status", "priority", "created_at"),)
+
+
+class SessionMessage(Base):
+    """Every WebSocket message pushed for a session, kept for replay (`after: SEQ`) and the events endpoint."""
+
+    __tablename__ = "session_messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("training_sessions.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    event: Mapped[str] = mapped_column(String(40))
+    time: Mapped[float] = mapped_column(Float, default=now)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+    __table_args__ = (UniqueConstraint("session_id", "seq", name="uq_session_messages_seq"),)
+
+
+class MetricPoint(Base):
+    """One `progress` or `eval` event of the engine, flattened for charts."""
+
+    __tablename__ = "metric_points"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("training_sessions.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    time: Mapped[float] = mapped_column(Float)
+    loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    learning_rate: Mapped[float | None] = mapped_column(Float, nullable=True)
+    tokens_per_second: Mapped[float | None] = mapped_column(Float, nullable=True)
+    val_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    val_perplexity: Mapped[float | None] = mapped_column(Float, nullable=True)
+    val_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    __table_args__ = (Index("ix_metric_points_session_step", "session_id", "step"),)
+
+
+class ModelVersion(Base):
+    """A final model exported by a completed run: v1, v2, ... per session."""
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("training_sessions.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+    __table_args__ = (UniqueConstraint("session_id", "version", name="uq_model_versions_version"),)
+
+
+class ApiToken(Base):
+    """A bearer token for programmatic clients; only its SHA-256 is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
