@@ -1,0 +1,369 @@
+"""Wallet sign-in: one-time nonces and verification of what the wallet signed.
+
+Two formats are accepted, both signed with the account's Ed25519 key:
+
+* AIP-62 `signMessage`: the wallet returns `fullMessage`, the exact text it signed: the line `APTOS`, then
+  `address:`, `application:`, `chainId:`, `message:` and `nonce:` lines in an order that differs between
+  wallets. We check the text we receive instead of rebuilding it.
+* AIP-116 "Sign in with Aptos" (`aptos:signIn`): a plain-text message starting
+  `<domain> wants you to sign in with your Aptos account:`; the wallet signs
+  `sha3_256(b"SIGN_IN_WITH_APTOS::") || message`.
+
+The public key must belong to the address: its authentication key is sha3-256(public key || scheme), or,
+when an Aptos node is configured, the account's on-chain authentication key (so rotated keys work).
+Signature checks, key parsing and address derivation use aptos-sdk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from aptos_sdk import asymmetric_crypto_wrapper, ed25519
+from aptos_sdk.account_address import AccountAddress
+
+AIP62_PREFIX = "APTOS\n"
+SIWA_HEADER_SUFFIX = " wants you to sign in with your Aptos account:"
+SIWA_DOMAIN_SEPARATOR = b"SIGN_IN_WITH_APTOS::"
+SIWA_CHAIN_NAMES = {"mainnet": 1, "testnet": 2, "localnet": 4, "local": 4}
+
+# Looks up an account's on-chain authentication key (32 bytes), or None when the account does not exist.
+AuthKeyLookup = Callable[[AccountAddress], Awaitable[bytes | None]]
+
+
+class SignInError(Exception):
+    """Sign-in refused. `reason` is a short code (replay, wrong_origin, wrong_key, expired_nonce, ...);
+    the message is a sentence for the user that says why and what to do. `status` is the HTTP status."""
+
+    def __init__(self, reason: str, message: str, status: int = 401):
+        super().__init__(message)
+        self.reason = reason
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Challenge:
+    nonce: str
+    address: str
+    application: str
+    chain_id: int | None
+    message: str
+    expires_at: datetime
+
+
+class NonceStore(Protocol):
+    """Where issued nonces live until used. `consume` must be atomic: of two concurrent calls for the same
+    nonce, exactly one gets "ok"."""
+
+    def save(self, challenge: Challenge) -> None: ...
+
+    def get(self, nonce: str) -> Challenge | None: ...
+
+    def consume(self, nonce: str, now: datetime) -> str:
+        """Mark the nonce used; returns "ok", "unknown", "used" or "expired"."""
+        ...
+
+
+class MemoryNonceStore:
+    """A NonceStore for one process (the CLI and tests); the server uses the DB-backed one in store.py."""
+
+    def __init__(self) -> None:
+        self._issued: dict[str, Challenge] = {}
+        self._used: set[str] = set()
+
+    def save(self, challenge: Challenge) -> None:
+        self._issued[challenge.nonce] = challenge
+
+    def get(self, nonce: str) -> Challenge | None:
+        return self._issued.get(nonce)
+
+    def consume(self, nonce: str, now: datetime) -> str:
+        challenge = self._issued.get(nonce)
+        if challenge is None:
+            return "unknown"
+        if nonce in self._used:
+            return "used"
+        if now >= challenge.expires_at:
+            return "expired"
+        self._used.add(nonce)
+        return "ok"
+
+
+@dataclass(frozen=True)
+class SignInRequest:
+    address: str
+    public_key: str
+    full_message: str
+    signature: str
+
+
+@dataclass(frozen=True)
+class VerifiedSignIn:
+    address: str
+    public_key: str
+    format: str  # "aip62" or "aip116"
+
+
+def normalize_address(value: str) -> str:
+    """The AIP-40 form of an account address (0x + 64 hex digits; 0x0-0xf for special addresses)."""
+    try:
+        return str(AccountAddress.from_str_relaxed(value.strip()))
+    except Exception:
+        raise SignInError(
+            "bad_address",
+            f"{value!r} is not an Aptos account address; send the 0x-prefixed hex address of your wallet.",
+            400,
+        ) from None
+
+
+def issue_challenge(
+    store: NonceStore,
+    address: str,
+    application: str,
+    chain_id: int | None,
+    now: datetime | None = None,
+    ttl_s: int = 300,
+) -> Challenge:
+    """A fresh single-use nonce for `address`; it expires after `ttl_s` seconds (5 minutes)."""
+    now = now or datetime.now(UTC)
+    addr = normalize_address(address)
+    challenge = Challenge(
+        nonce=secrets.token_hex(16),  # alphanumeric, as AIP-116 requires of a nonce
+        address=addr,
+        application=application,
+        chain_id=chain_id,
+        message=f"Sign in to CoTrain as {addr}. This does not send a transaction or cost gas.",
+        expires_at=now + timedelta(seconds=ttl_s),
+    )
+    store.save(challenge)
+    return challenge
+
+
+@dataclass(frozen=True)
+class _Fields:
+    format: str
+    address: str
+    application: str
+    chain: str | None
+    nonce: str
+    signed_bytes: bytes
+
+
+def _single(values: dict[str, list[str]], key: str, shown: str) -> str | None:
+    found = values.get(key, [])
+    if len(found) > 1:
+        raise SignInError(
+            "bad_message", f"The signed message has {len(found)} '{shown}' lines; it must have one.", 401
+        )
+    return found[0] if found else None
+
+
+def _parse_aip62(full_message: str) -> _Fields:
+    values: dict[str, list[str]] = {}
+    for line in full_message[len(AIP62_PREFIX) :].split("\n"):
+        key, sep, value = line.partition(": ")
+        if sep and key in ("address", "application", "chainId", "nonce"):
+            values.setdefault(key, []).append(value.strip())
+    nonce = _single(values, "nonce", "nonce:")
+    if nonce is None:
+        raise SignInError("bad_message", "The signed message has no 'nonce:' line; ask for a nonce and sign it.")
+    address = _single(values, "address", "address:")
+    application = _single(values, "application", "application:")
+    if address is None or application is None:
+        raise SignInError(
+            "bad_message",
+            "The signed message must include the address and the application: sign with "
+            "signMessage({address: true, application: true, ...}).",
+        )
+    return _Fields(
+        "aip62", address, application, _single(values, "chainId", "chainId:"), nonce, full_message.encode()
+    )
+
+
+def _parse_siwa(message: str) -> _Fields:
+    lines = message.split("\n")
+    if len(lines) < 2 or not lines[0].endswith(SIWA_HEADER_SUFFIX):
+        raise SignInError("bad_message", "The sign-in message is not in the Sign in with Aptos format.", 400)
+    domain = lines[0][: -len(SIWA_HEADER_SUFFIX)]
+    values: dict[str, list[str]] = {}
+    for line in lines[2:]:
+        key, sep, value = line.partition(": ")
+        if sep and key in ("URI", "Chain ID", "Nonce"):
+            values.setdefault(key, []).append(value.strip())
+    nonce = _single(values, "Nonce", "Nonce:")
+    uri = _single(values, "URI", "URI:")
+    if nonce is None or uri is None:
+        raise SignInError("bad_message", "The sign-in message needs a 'URI:' and a 'Nonce:' line.")
+    parts = urlsplit(uri)
+    application = f"{parts.scheme}://{parts.netloc}"
+    if parts.netloc != domain:
+        raise SignInError(
+            "wrong_origin", f"The sign-in message's domain {domain!r} does not match its URI {uri!r}."
+        )
+    signed = hashlib.sha3_256(SIWA_DOMAIN_SEPARATOR).digest() + message.encode()
+    return _Fields("aip116", lines[1].strip(), application, _single(values, "Chain ID", "Chain ID:"), nonce, signed)
+
+
+def _chain_matches(chain: str, chain_id: int) -> bool:
+    value = chain.removeprefix("aptos:")
+    if value.isdigit():
+        return int(value) == chain_id
+    return SIWA_CHAIN_NAMES.get(value) == chain_id
+
+
+def _parse_public_key(value: str) -> ed25519.PublicKey:
+    try:
+        raw = bytes.fromhex(value.strip().removeprefix("0x"))
+        if len(raw) == 33 and raw[0] == 0:  # some wallets prefix the Ed25519 scheme byte
+            raw = raw[1:]
+        if len(raw) != ed25519.PublicKey.LENGTH:
+            raise ValueError
+        return ed25519.PublicKey.from_str(raw.hex())
+    except Exception:
+        raise SignInError(
+            "bad_public_key", "publicKey must be the wallet's 32-byte Ed25519 public key in hex.", 400
+        ) from None
+
+
+def _parse_signature(value: str) -> ed25519.Signature:
+    try:
+        raw = bytes.fromhex(value.strip().removeprefix("0x"))
+    except ValueError:
+        raw = b""
+    if len(raw) != ed25519.Signature.LENGTH:
+        raise SignInError("bad_signature", "signature must be the wallet's 64-byte Ed25519 signature in hex.", 400)
+    return ed25519.Signature(raw)
+
+
+def derived_auth_keys(public_key: ed25519.PublicKey) -> set[bytes]:
+    """Authentication keys this Ed25519 key gives an account: the legacy Ed25519 scheme
+    sha3-256(key || 0x00) and the single-key scheme sha3-256(0x00 || len || key || 0x02)."""
+    return {
+        AccountAddress.from_key(public_key).address,
+        AccountAddress.from_key(asymmetric_crypto_wrapper.PublicKey(public_key)).address,
+    }
+
+
+async def verify_sign_in(
+    request: SignInRequest,
+    store: NonceStore,
+    origin: str,
+    chain_id: int | None,
+    now: datetime | None = None,
+    auth_key_lookup: AuthKeyLookup | None = None,
+) -> VerifiedSignIn:
+    """Check a wallet's sign-in response; raises SignInError saying why it is refused."""
+    now = now or datetime.now(UTC)
+    claimed = normalize_address(request.address)
+    public_key = _parse_public_key(request.public_key)
+    signature = _parse_signature(request.signature)
+
+    if request.full_message.startswith(AIP62_PREFIX):
+        fields = _parse_aip62(request.full_message)
+    elif SIWA_HEADER_SUFFIX + "\n" in request.full_message:
+        fields = _parse_siwa(request.full_message)
+    else:
+        raise SignInError(
+            "bad_message",
+            "fullMessage must be the exact text the wallet signed, starting with the line 'APTOS' "
+            "(signMessage) or a 'Sign in with Aptos' message.",
+            400,
+        )
+
+    if fields.application.rstrip("/") != origin.rstrip("/"):
+        raise SignInError(
+            "wrong_origin",
+            f"The message was signed for {fields.application}, not for this server ({origin}); "
+            f"sign in from {origin}.",
+        )
+    if normalize_address(fields.address) != claimed:
+        raise SignInError(
+            "wrong_address",
+            f"The message was signed for address {fields.address}, but the request is for {claimed}; "
+            "sign with the account you are signing in as.",
+        )
+    if chain_id is not None and fields.chain is not None and not _chain_matches(fields.chain, chain_id):
+        raise SignInError(
+            "wrong_chain",
+            f"The wallet signed for chain {fields.chain}, but this server uses chain id {chain_id}; "
+            "switch the wallet's network and sign again.",
+        )
+    challenge = store.get(fields.nonce)
+    if challenge is None:
+        raise SignInError(
+            "unknown_nonce", "The nonce in the message was not issued by this server; ask for a new nonce."
+        )
+    if challenge.address != claimed:
+        raise SignInError(
+            "wrong_address", "This nonce was issued for another address; ask for a nonce for your address."
+        )
+    if not public_key.verify(fields.signed_bytes, signature):
+        raise SignInError(
+            "bad_signature",
+            "The signature does not match the message and public key; sign the message again with your wallet.",
+        )
+    await _check_key_owns_address(public_key, AccountAddress.from_str_relaxed(claimed), auth_key_lookup)
+
+    outcome = store.consume(fields.nonce, now)
+    if outcome == "used":
+        raise SignInError(
+            "replay", "This signed message was already used to sign in (replay); ask for a new nonce and sign again."
+        )
+    if outcome == "expired":
+        raise SignInError(
+            "expired_nonce", "The sign-in nonce expired (nonces last 5 minutes); ask for a new nonce and sign again."
+        )
+    if outcome != "ok":
+        raise SignInError(
+            "unknown_nonce", "The nonce in the message was not issued by this server; ask for a new nonce."
+        )
+    return VerifiedSignIn(address=claimed, public_key=str(public_key), format=fields.format)
+
+
+async def _check_key_owns_address(
+    public_key: ed25519.PublicKey, address: AccountAddress, lookup: AuthKeyLookup | None
+) -> None:
+    on_chain = await lookup(address) if lookup is not None else None
+    if on_chain is not None:
+        if on_chain in derived_auth_keys(public_key):
+            return
+        raise SignInError(
+            "wrong_key",
+            f"This public key is not the current key of account {address} on chain (its authentication key "
+            "differs); connect the wallet that holds the account's key.",
+        )
+    # No node, or an account not yet on chain: its address is its original authentication key.
+    if address.address not in derived_auth_keys(public_key):
+        raise SignInError(
+            "wrong_key",
+            f"This public key does not belong to address {address}; connect the wallet that owns it.",
+        )
+
+
+def node_auth_key_lookup(node_url: str) -> AuthKeyLookup:
+    """An AuthKeyLookup that asks the Aptos node (REST `GET /accounts/{address}`) via aptos-sdk."""
+    from aptos_sdk.async_client import ApiError, RestClient
+
+    async def lookup(address: AccountAddress) -> bytes | None:
+        client = RestClient(node_url)
+        try:
+            data = await client.account(address)
+        except ApiError as exc:
+            if exc.status_code == 404:
+                return None
+            raise SignInError(
+                "node_error",
+                f"The Aptos node at {node_url} did not answer the account lookup ({exc.status_code}); "
+                "try again shortly.",
+                503,
+            ) from None
+        finally:
+            await client.close()
+        return bytes.fromhex(data["authentication_key"].removeprefix("0x"))
+
+    return lookup
