@@ -58,6 +58,11 @@ class Strategy:
         """(index, count): this process takes slice `index` of `count` of every step's batch."""
         return 0, 1
 
+    def data_seed(self) -> int:
+        """Seed of the sample order. Processes that split one batch share it; independent
+        DiLoCo peers should each return their own so they do not train on the same samples."""
+        return self.config.train.seed
+
     # --- model -------------------------------------------------------------------------
     def wrap_model(self, model: nn.Module) -> nn.Module:
         return model

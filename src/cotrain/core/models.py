@@ -1,0 +1,120 @@
+"""Building the model: a `transformers` Llama (llama2 / llama3, causal LM) or BERT (masked LM),
+from random init at a size preset, or from a local pretrained directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    BertConfig,
+    BertForMaskedLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PretrainedConfig,
+)
+
+from cotrain.config import ModelConfig, get_preset
+
+
+class ModelLoadError(ValueError):
+    """The configured model cannot be built or loaded; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    num_parameters: int
+    num_embedding_parameters: int
+    num_layers: int
+    hidden_size: int
+    flops_per_token: float  # forward + backward, for MFU
+
+
+def build_hf_config(model: ModelConfig, vocab_size: int, seq_length: int, special: dict[str, int]) -> PretrainedConfig:
+    preset = get_preset(model.type, model.size)
+    vocab = preset.vocab(vocab_size)
+    if vocab < vocab_size:
+        raise ModelLoadError(
+            f"the tokenizer has {vocab_size} tokens but {model.type} {model.size} has a vocabulary of {vocab}; "
+            "lower data.vocab_size or use a small preset (debug, tiny, small), which size their vocabulary to the tokenizer"
+        )
+    if model.type == "bert":
+        dropout = 0.1 if model.dropout is None else model.dropout
+        return BertConfig(
+            vocab_size=vocab,
+            hidden_size=preset.hidden_size,
+            num_hidden_layers=preset.num_layers,
+            num_attention_heads=preset.num_heads,
+            intermediate_size=preset.intermediate_size,
+            max_position_embeddings=max(preset.max_position_embeddings, seq_length),
+            hidden_dropout_prob=dropout,
+            attention_probs_dropout_prob=dropout,
+            pad_token_id=special.get("pad", 0),
+        )
+    return LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=preset.hidden_size,
+        intermediate_size=preset.intermediate_size,
+        num_hidden_layers=preset.num_layers,
+        num_attention_heads=preset.num_heads,
+        num_key_value_heads=preset.kv_heads,
+        max_position_embeddings=max(preset.max_position_embeddings, seq_length),
+        rope_theta=preset.rope_theta,
+        rms_norm_eps=preset.rms_norm_eps,
+        attention_dropout=model.dropout or 0.0,
+        tie_word_embeddings=False,
+        bos_token_id=special.get("bos"),
+        eos_token_id=special.get("eos"),
+        pad_token_id=special.get("pad"),
+    )
+
+
+def build_model(
+    model: ModelConfig, *, vocab_size: int, seq_length: int, special: dict[str, int], seed: int
+) -> nn.Module:
+    """Random init at the preset's size (seeded), or `from_pretrained` of `model.path`."""
+    if model.path:
+        return load_pretrained(model)
+    hf_config = build_hf_config(model, vocab_size, seq_length, special)
+    torch.manual_seed(seed)
+    cls = BertForMaskedLM if model.type == "bert" else LlamaForCausalLM
+    return cls(hf_config)
+
+
+def load_pretrained(model: ModelConfig) -> nn.Module:
+    path = Path(model.path or "").expanduser()
+    if not (path / "config.json").exists():
+        raise ModelLoadError(f"model.path {str(path)!r} is not a Hugging Face model directory (no config.json)")
+    hf_config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    auto = AutoModelForMaskedLM if model.type == "bert" else AutoModelForCausalLM
+    try:
+        return auto.from_pretrained(str(path), config=hf_config, local_files_only=True, dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load the model in {path}: {exc}") from None
+
+
+def describe(module: nn.Module, seq_length: int) -> ModelInfo:
+    """Parameter counts and training FLOPs per token: 6·N (matmul weights, forward+backward) plus
+    the attention scores, 12·layers·hidden·seq (the PaLM appendix B estimate)."""
+    cfg = module.config
+    params = sum(p.numel() for p in module.parameters())
+    embedding = module.get_input_embeddings().weight.numel()
+    if getattr(cfg, "model_type", "") == "bert":
+        embedding += module.bert.embeddings.position_embeddings.weight.numel()
+        embedding += module.bert.embeddings.token_type_embeddings.weight.numel()
+        # The MLM decoder shares the input embedding but does a matmul with it: count it back.
+        matmul_params = params - embedding + module.get_input_embeddings().weight.numel()
+    else:
+        matmul_params = params - embedding
+    layers, hidden = cfg.num_hidden_layers, cfg.hidden_size
+    flops = 6.0 * matmul_params + 12.0 * layers * hidden * seq_length
+    return ModelInfo(params, embedding, layers, hidden, flops)
+
+
+def is_masked_lm(module: nn.Module) -> bool:
+    return getattr(module.config, "model_type", "") == "bert"

@@ -1,0 +1,460 @@
+"""CotrainCore's training loop: `python -m cotrain.core.train --config run.toml [--set k=v]`.
+
+Read top to bottom: resolve the device and strategy, prepare the data, build the model, resume
+from the latest checkpoint, then loop over steps (forward/backward over micro batches, clip,
+optimizer step, strategy sync), logging progress, evaluating, checkpointing, and finally
+exporting the model. The only outputs are files: the event stream, checkpoints, the final model.
+
+Exit codes: 0 completed, 1 training error, 2 unusable config or data,
+128+signal (143 SIGTERM, 130 SIGINT) when stopped after saving a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from cotrain.config import ConfigError, CotrainConfig, load_config
+from cotrain.core import checkpoint as ckpt
+from cotrain.core.batches import BatchSchedule, TokenSamples, mask_tokens
+from cotrain.core.console import ConsoleReporter
+from cotrain.core.corpus import DataSourceError
+from cotrain.core.data import prepare_dataset
+from cotrain.core.events import EventWriter
+from cotrain.core.export import export_final_model
+from cotrain.core.metrics import gpu_utilization, memory_bytes, peak_flops
+from cotrain.core.models import ModelLoadError, build_model, describe
+from cotrain.core.optim import build_optimizer, lr_at, set_lr
+from cotrain.core.strategies import make_strategy
+from cotrain.core.tokenizer import eos_id, mask_id
+from cotrain.paths import Layout
+
+USER_ERRORS = (ConfigError, DataSourceError, ModelLoadError)
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class StopRequest:
+    """SIGTERM / SIGINT set a flag; the loop finishes the current step, checkpoints and exits."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def install(self) -> StopRequest:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.signum = signum
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+
+def resolve_device(config: CotrainConfig) -> torch.device:
+    wanted = config.train.device
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(['train.device = "cuda": no CUDA GPU is visible; use "auto" or "cpu"'])
+    if wanted == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+@dataclass
+class Window:
+    """Step timings accumulated between two progress events (eval and checkpoint excluded)."""
+
+    seconds: float = 0.0
+    tokens: int = 0
+    samples: int = 0
+    steps: int = 0
+
+    def add(self, seconds: float, tokens: int, samples: int) -> None:
+        self.seconds += seconds
+        self.tokens += tokens
+        self.samples += samples
+        self.steps += 1
+
+
+@dataclass
+class StepResult:
+    loss: float
+    grad_norm: float
+    seconds: float
+    correct: int = 0
+    predicted: int = 0
+    outer: Any = None
+
+
+@dataclass
+class Trainer:
+    config: CotrainConfig
+    layout: Layout
+    stop: StopRequest
+    report: Any = None  # callable(event) for the console, main process only
+    events: EventWriter | None = None
+    tokens_seen: int = 0
+    history: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        self.session_id = cfg.session.id or "session"
+        self.device = resolve_device(cfg)
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.strategy = make_strategy(cfg, self.device)
+
+    # --- setup -------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg, strategy = self.config, self.strategy
+        strategy.setup()
+        if strategy.is_main:
+            self.events = EventWriter(self.layout.session_logs(self.session_id), self.session_id)
+        self.data = self._prepare_data()
+        self.tokenizer = self.data.load_tokenizer()
+        special = {"eos": eos_id(self.tokenizer), "bos": eos_id(self.tokenizer)}
+        if self.tokenizer.pad_token_id is not None:
+            special["pad"] = int(self.tokenizer.pad_token_id)
+        model = build_model(
+            cfg.model, vocab_size=self.data.vocab_size, seq_length=cfg.data.seq_length, special=special, seed=cfg.train.seed
+        )
+        self.masked_lm = cfg.uses_masked_lm
+        self.mask_id = mask_id(self.tokenizer) if self.masked_lm else -1
+        self.vocab_size = model.config.vocab_size
+        self.info = describe(model, cfg.data.seq_length)
+        self.checkpoint_root = Path(cfg.checkpoint.output_path or self.layout.checkpoints) / self.session_id
+        self.resume_from = self._find_resume_point()
+        if self.resume_from is not None:
+            ckpt.load_model_weights(self.resume_from.path, model)
+        self.model = strategy.wrap_model(model.to(self.device))
+        self.optimizer = build_optimizer(self.model, cfg.train)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.model.precision == "fp16")
+        self.autocast_dtype = AUTOCAST_DTYPES.get(cfg.model.precision)
+
+        causal = not self.masked_lm
+        self.train_samples = TokenSamples(self.data.shards("train"), cfg.data.seq_length, causal)
+        self.val_samples = TokenSamples(self.data.shards("val"), cfg.data.seq_length, causal)
+        index, count = strategy.data_shard()
+        self.schedule = BatchSchedule(len(self.train_samples), cfg.train.batch_size, strategy.data_seed(), index, count)
+        self.total_steps = self.schedule.plan.total_steps(cfg.train.epochs, cfg.train.max_steps)
+        per_process = cfg.train.batch_size // count
+        self.micro_batch = cfg.train.micro_batch_size or per_process
+        self.accumulation = per_process // self.micro_batch
+        self.start_step = 0
+        if self.resume_from is not None:
+            self._restore(self.resume_from)
+        self.peak_flops = peak_flops(self.device, cfg.model.precision) if strategy.is_main else 0.0
+
+    def _prepare_data(self):
+        cfg = self.config
+        if self.strategy.is_main:
+            data = prepare_dataset(cfg.data, self.layout, model_path=cfg.model.path, seed=cfg.train.seed)
+            self.strategy.barrier()
+            return data
+        self.strategy.barrier()  # the main process prepares; the others then find it ready
+        return prepare_dataset(cfg.data, self.layout, model_path=cfg.model.path, seed=cfg.train.seed)
+
+    def _find_resume_point(self) -> ckpt.Checkpoint | None:
+        resume = self.config.checkpoint.resume
+        if resume == "none":
+            return None
+        if resume == "latest":
+            return ckpt.latest_checkpoint(self.checkpoint_root)
+        try:
+            return ckpt.load_checkpoint_dir(Path(resume))
+        except FileNotFoundError as exc:
+            raise ConfigError([f"checkpoint.resume = {resume!r}: {exc}"]) from None
+
+    def _restore(self, point: ckpt.Checkpoint) -> None:
+        state = point.trainer_state
+        self.strategy.load_optimizer_state_dict(self.model, self.optimizer, ckpt.load_optimizer_state(point.path))
+        self.strategy.load_extra_state(ckpt.load_strategy_state(point.path))
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        ckpt.restore_rng(point.path)
+        self.start_step = int(state["step"])
+        self.tokens_seen = int(state.get("tokens_seen", 0))
+
+    # --- one step ------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _inputs_and_targets(self, tokens: torch.Tensor, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.masked_lm:
+            return tokens[:, :-1], tokens[:, 1:]
+        gen = torch.Generator().manual_seed(hash((self.config.train.seed, step, micro, self.strategy.rank)) & 0x7FFFFFFF)
+        return mask_tokens(
+            tokens, mask_id=self.mask_id, vocab_size=len(self.tokenizer), probability=self.config.data.mlm_probability,
+            generator=gen, special_ids=(eos_id(self.tokenizer),),
+        )
+
+    def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._autocast():
+            logits = self.model(input_ids=inputs).logits
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return loss, logits
+
+    def train_step(self, step: int, measure_accuracy: bool) -> StepResult:
+        cfg, model, strategy = self.config, self.model, self.strategy
+        start = time.perf_counter()
+        set_lr(self.optimizer, lr_at(step, cfg.train, self.total_steps))
+        indices = self.schedule.indices(step)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = predicted = 0
+        for micro in range(self.accumulation):
+            tokens = self.train_samples.get(indices[micro * self.micro_batch : (micro + 1) * self.micro_batch])
+            inputs, targets = self._inputs_and_targets(tokens, step, micro)
+            inputs = inputs.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            with strategy.accumulation_context(model, micro == self.accumulation - 1):
+                loss, logits = self._loss(inputs, targets)
+                self.scaler.scale(loss / self.accumulation).backward()
+            loss_sum += loss.detach()
+            if measure_accuracy:
+                c, p = token_accuracy(logits.detach(), targets)
+                correct, predicted = correct + c, predicted + p
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = strategy.clip_grad_norm(model, cfg.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        outer = strategy.after_optimizer_step(step + 1, model)
+        loss_value = (loss_sum / self.accumulation).item()  # also waits for the GPU: the step is done
+        return StepResult(loss_value, float(grad_norm), time.perf_counter() - start, correct, predicted, outer)
+
+    # --- evaluation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss, perplexity and token accuracy (masked tokens for bert) on the first
+        `eval_batches` micro batches of the val split, the same ones every time."""
+        self.model.eval()
+        total_loss, batches, correct, predicted = 0.0, 0, 0, 0
+        n = len(self.val_samples)
+        for b in range(min(self.config.train.eval_batches, max(1, n // self.micro_batch))):
+            idx = torch.arange(b * self.micro_batch, min(n, (b + 1) * self.micro_batch))
+            if len(idx) == 0:
+                break
+            inputs, targets = self._inputs_and_targets(self.val_samples.get(idx), -1 - b, 0)
+            loss, logits = self._loss(inputs.to(self.device), targets.to(self.device))
+            c, p = token_accuracy(logits, targets.to(self.device))
+            total_loss, batches, correct, predicted = total_loss + loss.item(), batches + 1, correct + c, predicted + p
+        self.model.train()
+        if batches == 0:
+            return {}
+        val_loss = self.strategy.mean_across_processes(total_loss / batches)
+        return {
+            "val_loss": val_loss,
+            "val_perplexity": math.exp(min(val_loss, 50.0)),
+            "val_accuracy": correct / max(1, predicted),
+        }
+
+    # --- checkpoints and events ----------------------------------------------------------
+    def emit(self, type_: str, **fields: Any) -> None:
+        if self.events is None:
+            return
+        event = self.events.emit(type_, **fields)
+        if self.report is not None:
+            self.report(event)
+
+    def save(self, step: int) -> None:
+        model_state = self.strategy.model_state_dict(self.model)  # every process: FSDP gathers
+        optim_state = self.strategy.optimizer_state_dict(self.model, self.optimizer)
+        extra = self.strategy.extra_state()
+        if self.strategy.is_main:
+            path = ckpt.save_checkpoint(
+                self.checkpoint_root,
+                step,
+                model_state=model_state,
+                optimizer_state=optim_state,
+                strategy_state=extra,
+                trainer_state={
+                    "step": step,
+                    "epoch": self.schedule.epoch_of(max(0, step - 1)),
+                    "tokens_seen": self.tokens_seen,
+                    "total_steps": self.total_steps,
+                    "schedule": self.config.train.schedule,
+                    "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                    "session_id": self.session_id,
+                    "world_size": self.strategy.world_size,
+                },
+                keep=self.config.checkpoint.keep,
+            )
+            self.emit("checkpoint", step=step, path=str(path))
+        self.strategy.barrier()
+
+    def progress_event(self, step: int, result: StepResult, window: Window) -> None:
+        cfg = self.config
+        tps = window.tokens / window.seconds if window.seconds else 0.0
+        metrics: dict[str, Any] = {
+            "accuracy": result.correct / result.predicted if result.predicted else None,
+            "learning_rate": lr_at(step - 1, cfg.train, self.total_steps),
+            "batch_size": cfg.train.batch_size,
+            "tokens_per_second": tps,
+            "samples_per_second": window.samples / window.seconds if window.seconds else 0.0,
+            "step_time": window.seconds / max(1, window.steps),
+            "mfu": tps * self.info.flops_per_token / self.peak_flops if self.peak_flops else None,
+            "memory_bytes": memory_bytes(self.device),
+            "grad_norm": result.grad_norm,
+        }
+        util = gpu_utilization(self.device)
+        if util is not None:
+            metrics["gpu_utilization"] = util
+        comm_sent, comm_received = self.strategy.comm_bytes()
+        extra: dict[str, Any] = {}
+        if result.outer is not None:
+            extra = {"outer_step": result.outer.outer_step, "params_hash": result.outer.params_hash, **result.outer.extra}
+        self.emit(
+            "progress",
+            step=step,
+            total_steps=self.total_steps,
+            progress=round(100.0 * step / self.total_steps, 2),
+            loss=result.loss,
+            participants=self.strategy.participants(),
+            epoch=self.schedule.epoch_of(step - 1),
+            tokens_seen=self.tokens_seen,
+            bytes_sent=comm_sent,
+            bytes_received=comm_received,
+            metrics=metrics,
+            **extra,
+        )
+
+    # --- the run -------------------------------------------------------------------------
+    def fit(self) -> int:
+        cfg = self.config
+        self.model.train()
+        self.emit(
+            "started",
+            step=self.start_step,
+            total_steps=self.total_steps,
+            resumed_from=str(self.resume_from.path) if self.resume_from else None,
+            num_parameters=self.info.num_parameters,
+            world_size=self.strategy.world_size,
+            device=str(self.device),
+            config=cfg.model_dump(mode="json"),
+        )
+        tokens_per_step = cfg.train.batch_size * cfg.data.seq_length
+        window = Window()
+        step = self.start_step
+        last_saved = self.start_step
+        while step < self.total_steps and not self.stop.requested:
+            log_now = (step + 1) % cfg.train.log_interval == 0 or step + 1 == self.total_steps
+            result = self.train_step(step, measure_accuracy=log_now)
+            step += 1
+            self.tokens_seen += tokens_per_step
+            self.history.append(result.loss)
+            window.add(result.seconds, tokens_per_step, cfg.train.batch_size)
+            if not math.isfinite(result.loss):
+                raise FloatingPointError(
+                    f"loss became {result.loss} at step {step}; lower train.learning_rate or use precision bf16/fp32"
+                )
+            if log_now or result.outer is not None:
+                self.progress_event(step, result, window)
+                window = Window()
+            if step % cfg.train.eval_interval == 0 and step < self.total_steps:
+                self.emit("eval", step=step, **self.evaluate())
+            if step % cfg.checkpoint.interval == 0 or step == self.total_steps:
+                self.save(step)
+                last_saved = step
+        if self.stop.requested:
+            if step != last_saved:
+                self.save(step)
+            name = signal.Signals(self.stop.signum).name
+            self.emit(
+                "failed", step=step, interrupted=True, signal=name,
+                error=f"stopped by {name} at step {step}; checkpoint saved, run the same config again to resume",
+            )
+            return 128 + int(self.stop.signum)
+        return self.finish(step)
+
+    def finish(self, step: int) -> int:
+        final = self.evaluate()
+        self.emit("eval", step=step, **final)
+        out_dir = self.layout.final_models / self.session_id
+        if self.strategy.is_main:
+            metrics = {
+                **final,
+                "step": step,
+                "tokens_seen": self.tokens_seen,
+                "num_parameters": self.info.num_parameters,
+                "model_type": self.config.model.type,
+                "model_size": self.config.model.size,
+                "session_id": self.session_id,
+            }
+            model = self.strategy.unwrap(self.model)
+            if self.strategy.name == "fsdp":  # sharded: export the gathered weights
+                model.load_state_dict(self.strategy.model_state_dict(self.model))
+            export_final_model(model, self.tokenizer, out_dir, metrics)
+        self.strategy.barrier()
+        self.emit("completed", step=step, final_model_path=str(out_dir), tokens_seen=self.tokens_seen, **final)
+        return 0
+
+
+def token_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
+    """(correct, counted) over positions whose target is not -100."""
+    valid = targets != -100
+    correct = (logits.argmax(dim=-1) == targets) & valid
+    return int(correct.sum()), int(valid.sum())
+
+
+def run(config: CotrainConfig, *, interactive: bool | None = None) -> int:
+    """Train `config` to completion (or until stopped). Returns the process exit code."""
+    layout = Layout.from_env().ensure()
+    stop = StopRequest().install()
+    trainer = Trainer(config, layout, stop)
+    if trainer.strategy.is_main:
+        trainer.report = ConsoleReporter(interactive)
+    try:
+        trainer.setup()
+        return trainer.fit()
+    except USER_ERRORS as exc:
+        message = str(exc)
+        trainer.emit("failed", step=trainer.start_step if hasattr(trainer, "start_step") else 0, error=message)
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        trainer.emit(
+            "failed", step=len(trainer.history) + getattr(trainer, "start_step", 0),
+            error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
+        )
+        traceback.print_exc()
+        return 1
+    finally:
+        if isinstance(trainer.report, ConsoleReporter):
+            trainer.report.close()
+        trainer.strategy.shutdown()
+        if trainer.events is not None:
+            trainer.events.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cotrain.core.train", description="Run CotrainCore on a config.")
+    parser.add_argument("--config", required=True, help="the TOML config")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a key")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, overrides=args.set)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return run(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
