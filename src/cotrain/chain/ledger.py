@@ -1,0 +1,154 @@
+"""The append-only contribution ledger: each entry holds the hash of the previous one and the platform's
+Ed25519 signature over its own hash, so any change to history is detectable.
+
+entry_hash = sha3_256( sha3_256(b"COTRAIN::LedgerEntry") || BCS(seq: u64, kind: str, session_id: str,
+                       body: str, created_at_us: u64, prev_hash: 32 bytes) )
+signature  = Ed25519(platform key, entry_hash)
+
+Rows in other tables that carry a `ledger_seq` (contributions, reward pools, rewards) are checked against
+the body of their entry, so editing one of those rows by hand is detected as well. What this cannot detect
+on its own: someone with DB access deleting the newest entries together with their rows (anchor the head
+hash elsewhere for that).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aptos_sdk import ed25519
+from aptos_sdk.bcs import Serializer
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from cotrain.chain.models import ContributionRow, LedgerEntryRow, RewardPoolRow, RewardRow
+
+DOMAIN = hashlib.sha3_256(b"COTRAIN::LedgerEntry").digest()
+GENESIS_PREV = "0" * 64
+_PG_LOCK_ID = 0x636F7472  # advisory lock serialising appends on PostgreSQL
+
+
+def canonical_json(body: dict[str, Any]) -> str:
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def entry_hash(seq: int, kind: str, session_id: str, body: str, created_at: float, prev_hash: str) -> str:
+    ser = Serializer()
+    ser.u64(seq)
+    ser.str(kind)
+    ser.str(session_id)
+    ser.str(body)
+    ser.u64(round(created_at * 1_000_000))
+    ser.fixed_bytes(bytes.fromhex(prev_hash))
+    return hashlib.sha3_256(DOMAIN + ser.output()).hexdigest()
+
+
+class Ledger:
+    """Appends signed entries and verifies the whole chain. `trusted` are the public keys whose signatures
+    verify accepts (default: the signing key's own)."""
+
+    def __init__(self, key: ed25519.PrivateKey, trusted: Iterable[ed25519.PublicKey] | None = None):
+        self._key = key
+        self.public_key = key.public_key()
+        self.trusted = {str(k) for k in (trusted or [self.public_key])}
+
+    def append(self, db: Session, kind: str, session_id: str, body: dict[str, Any]) -> LedgerEntryRow:
+        """Add an entry in the caller's transaction (it becomes visible when the caller commits)."""
+        if db.get_bind().dialect.name == "postgresql":
+            db.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_LOCK_ID})
+        last = db.scalars(select(LedgerEntryRow).order_by(LedgerEntryRow.seq.desc()).limit(1)).first()
+        seq = 1 if last is None else last.seq + 1
+        prev = GENESIS_PREV if last is None else last.entry_hash
+        created = round(time.time(), 6)
+        text_body = canonical_json(body)
+        digest = entry_hash(seq, kind, session_id, text_body, created, prev)
+        row = LedgerEntryRow(
+            seq=seq,
+            kind=kind,
+            session_id=session_id,
+            body=text_body,
+            created_at=created,
+            prev_hash=prev,
+            entry_hash=digest,
+            signer=str(self.public_key),
+            signature=str(self._key.sign(bytes.fromhex(digest))),
+        )
+        db.add(row)
+        db.flush()
+        return row
+
+    def verify(self, db: Session) -> VerifyReport:
+        report = VerifyReport()
+        prev = GENESIS_PREV
+        expected_seq = 1
+        bodies: dict[int, tuple[str, dict[str, Any]]] = {}
+        for row in db.scalars(select(LedgerEntryRow).order_by(LedgerEntryRow.seq)):
+            report.entries += 1
+            where = f"ledger entry {row.seq} ({row.kind}, session {row.session_id})"
+            if row.seq != expected_seq:
+                report.problems.append(f"entries {expected_seq}..{row.seq - 1} are missing before {where}")
+            if row.prev_hash != prev:
+                report.problems.append(f"{where} does not link to the entry before it (prev_hash differs)")
+            digest = entry_hash(row.seq, row.kind, row.session_id, row.body, row.created_at, row.prev_hash)
+            if digest != row.entry_hash:
+                report.problems.append(f"{where} was changed: its content no longer matches its hash")
+            if row.signer not in self.trusted:
+                report.problems.append(f"{where} is signed by {row.signer}, which is not the platform key")
+            elif not _signature_ok(row.signer, row.entry_hash, row.signature):
+                report.problems.append(f"{where} has an invalid platform signature")
+            try:
+                bodies[row.seq] = (row.kind, json.loads(row.body))
+            except ValueError:
+                report.problems.append(f"{where} has a body that is not JSON")
+            prev = row.entry_hash
+            expected_seq = row.seq + 1
+        report.head = prev
+        report.problems.extend(_check_copies(db, bodies))
+        return report
+
+
+@dataclass
+class VerifyReport:
+    entries: int = 0
+    head: str = GENESIS_PREV
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _signature_ok(signer: str, digest: str, signature: str) -> bool:
+    try:
+        return ed25519.PublicKey.from_str(signer).verify(bytes.fromhex(digest), ed25519.Signature.from_str(signature))
+    except Exception:
+        return False
+
+
+# Which columns of a row must equal which keys of its ledger entry's body.
+_COPIES: list[tuple[type, str, tuple[str, ...]]] = [
+    (ContributionRow, "contribution", ("session_id", "peer_id", "address", "samples", "tokens", "outer_rounds",
+                                       "compute_seconds", "tokens_per_second", "device", "status", "reason")),
+    (RewardPoolRow, "reward_pool", ("session_id", "amount", "asset")),
+    (RewardRow, "reward", ("session_id", "address", "amount", "asset")),
+]
+
+
+def _check_copies(db: Session, bodies: dict[int, tuple[str, dict[str, Any]]]) -> list[str]:
+    problems: list[str] = []
+    for model, kind, columns in _COPIES:
+        for row in db.scalars(select(model)):
+            entry_kind, body = bodies.get(row.ledger_seq, ("", {}))
+            label = f"{model.__tablename__} row for session {row.session_id}"
+            if entry_kind != kind:
+                problems.append(f"{label} points at ledger entry {row.ledger_seq}, which is not a {kind} entry")
+                continue
+            changed = [c for c in columns if body.get(c) != getattr(row, c)]
+            if changed:
+                problems.append(f"{label} was changed outside the ledger ({', '.join(changed)} differ from "
+                                f"ledger entry {row.ledger_seq})")
+    return problems

@@ -1,0 +1,154 @@
+"""The chain's tables, declared on the server's `Base` (migration: server/migrations/versions/*_chain_*.py).
+
+Times are epoch seconds (float), like the server's tables. Amounts are integers in the asset's smallest
+unit (octas for APT). Rows that carry a `ledger_seq` are copies of a signed ledger entry; `cotrain ledger
+verify` checks both the chain of entries and that every such row still equals its entry.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from cotrain.server.db import Base
+
+ADDRESS = 66  # 0x + 64 hex digits
+
+
+class ChainUser(Base):
+    """One per wallet address that signed in; session owners and contributors are addresses."""
+
+    __tablename__ = "chain_users"
+    address: Mapped[str] = mapped_column(String(ADDRESS), primary_key=True)
+    public_key: Mapped[str] = mapped_column(String(ADDRESS))
+    created_at: Mapped[float] = mapped_column(Float)
+    last_login_at: Mapped[float] = mapped_column(Float)
+
+
+class ChainNonce(Base):
+    """A sign-in nonce: issued for one address, valid 5 minutes, used at most once."""
+
+    __tablename__ = "chain_nonces"
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    address: Mapped[str] = mapped_column(String(ADDRESS))
+    application: Mapped[str] = mapped_column(String(300))
+    chain_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    message: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+    used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class LedgerEntryRow(Base):
+    """One append-only ledger entry: hash of the previous entry, own hash, platform signature."""
+
+    __tablename__ = "chain_ledger"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(32))
+    session_id: Mapped[str] = mapped_column(String(64), index=True)
+    body: Mapped[str] = mapped_column(Text)  # canonical JSON
+    created_at: Mapped[float] = mapped_column(Float)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    entry_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    signer: Mapped[str] = mapped_column(String(ADDRESS))
+    signature: Mapped[str] = mapped_column(String(130))
+
+
+class PeerBinding(Base):
+    """A session's peer bound to a wallet address, with how it was proven."""
+
+    __tablename__ = "chain_peer_bindings"
+    __table_args__ = (UniqueConstraint("session_id", "peer_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(String(64), index=True)
+    peer_id: Mapped[str] = mapped_column(String(200))
+    address: Mapped[str] = mapped_column(String(ADDRESS), index=True)
+    proof: Mapped[str] = mapped_column(String(16))  # "signature" or "owner"
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class ContributionRow(Base):
+    __tablename__ = "chain_contributions"
+    __table_args__ = (UniqueConstraint("session_id", "peer_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(String(64), index=True)
+    peer_id: Mapped[str] = mapped_column(String(200))
+    address: Mapped[str | None] = mapped_column(String(ADDRESS), nullable=True, index=True)
+    samples: Mapped[int] = mapped_column(BigInteger)
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    outer_rounds: Mapped[int] = mapped_column(Integer)
+    compute_seconds: Mapped[float] = mapped_column(Float)
+    tokens_per_second: Mapped[float] = mapped_column(Float)
+    device: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))  # "verified" or "excluded"
+    reason: Mapped[str] = mapped_column(Text)
+    ledger_seq: Mapped[int] = mapped_column(ForeignKey("chain_ledger.seq"))
+
+
+class RewardPoolRow(Base):
+    """A session's reward pool, set when the session is created."""
+
+    __tablename__ = "chain_reward_pools"
+    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    asset: Mapped[str] = mapped_column(String(200))
+    ledger_seq: Mapped[int] = mapped_column(ForeignKey("chain_ledger.seq"))
+
+
+class RewardRow(Base):
+    __tablename__ = "chain_rewards"
+    __table_args__ = (UniqueConstraint("session_id", "address"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(String(64), index=True)
+    address: Mapped[str] = mapped_column(String(ADDRESS), index=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    asset: Mapped[str] = mapped_column(String(200))
+    ledger_seq: Mapped[int] = mapped_column(ForeignKey("chain_ledger.seq"))
+
+
+class PayoutBatchRow(Base):
+    """One payout transaction. For the aptos backend it is written (status "pending", with its sequence
+    number and the signed bytes) before it is submitted, so a crash never loses or repeats it."""
+
+    __tablename__ = "chain_payout_batches"
+    __table_args__ = (UniqueConstraint("sender", "sequence_number"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(String(64), index=True)
+    backend: Mapped[str] = mapped_column(String(16))
+    asset: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))  # due | pending | committed | failed
+    sender: Mapped[str | None] = mapped_column(String(ADDRESS), nullable=True)
+    sequence_number: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    signed_txn: Mapped[str | None] = mapped_column(Text, nullable=True)  # hex BCS SignedTransaction
+    tx_hash: Mapped[str | None] = mapped_column(String(ADDRESS), nullable=True)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    vm_status: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class PayoutRow(Base):
+    """What one address is owed for one session, and in which batch it is paid."""
+
+    __tablename__ = "chain_payouts"
+    __table_args__ = (UniqueConstraint("session_id", "address"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(String(64), index=True)
+    address: Mapped[str] = mapped_column(String(ADDRESS), index=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    asset: Mapped[str] = mapped_column(String(200))
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("chain_payout_batches.id"), nullable=True)
+    status: Mapped[str] = mapped_column(String(16))  # due | pending | paid | failed
+    tx_hash: Mapped[str | None] = mapped_column(String(ADDRESS), nullable=True)
+
+
+CHAIN_TABLES = [
+    ChainUser.__table__,
+    ChainNonce.__table__,
+    LedgerEntryRow.__table__,
+    PeerBinding.__table__,
+    ContributionRow.__table__,
+    RewardPoolRow.__table__,
+    RewardRow.__table__,
+    PayoutBatchRow.__table__,
+    PayoutRow.__table__,
+]
