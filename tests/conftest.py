@@ -1,0 +1,81 @@
+"""Fixtures shared by every area's tests: an isolated COTRAIN_HOME per test, with the prepared
+datasets folder shared across the run (it is keyed by content, so sharing is safe and saves the
+tokenizer training each test would otherwise repeat)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO.parent / "shared" / "reference"
+PYTHON = sys.executable
+
+# Tiny, fast settings for runs of the real engine in tests.
+TINY_TOML = """
+[session]
+id = "{session}"
+
+[model]
+type = "{model_type}"
+size = "debug"
+precision = "fp32"
+
+[train]
+batch_size = 8
+max_steps = {max_steps}
+learning_rate = 3e-3
+log_interval = {log_interval}
+eval_interval = 20
+eval_batches = 4
+deterministic = true
+
+[data]
+dataset = "stdlib"
+max_bytes = 300000
+seq_length = 64
+vocab_size = 512
+
+[checkpoint]
+interval = {interval}
+"""
+
+
+def tiny_config(
+    path: Path, session: str = "tiny", *, model_type: str = "llama2", max_steps: int = 40,
+    interval: int = 10, log_interval: int = 1, extra: str = "",
+) -> Path:
+    path.write_text(
+        TINY_TOML.format(
+            session=session, model_type=model_type, max_steps=max_steps, interval=interval, log_interval=log_interval
+        )
+        + extra
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_datasets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("datasets")
+
+
+@pytest.fixture
+def cotrain_home(tmp_path: Path, shared_datasets: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh COTRAIN_HOME whose datasets/ is the run-wide shared one."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "datasets").symlink_to(shared_datasets, target_is_directory=True)
+    monkeypatch.setenv("COTRAIN_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    return home
+
+
+def engine_env(home: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(COTRAIN_HOME=str(home), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1", **extra)
+    return env
