@@ -1,0 +1,57 @@
+"""Real databases for the chain tests: a SQLite file, and PostgreSQL (127.0.0.1:5432/test) in a schema of
+its own so other areas' tests in the same database are never touched."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from cotrain.chain.ledger import Ledger
+from cotrain.chain.models import CHAIN_TABLES
+from cotrain.server.db import Base, make_engine, make_session_factory
+from aptos_sdk import ed25519
+
+PG_URL = os.environ.get("CHAIN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _pg_available() -> bool:
+    try:
+        psycopg.connect(PG_URL, connect_timeout=2).close()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path / 'chain.db'}")
+        Base.metadata.create_all(engine, tables=CHAIN_TABLES)
+        yield make_session_factory(engine)
+        engine.dispose()
+        return
+    if not _pg_available():
+        pytest.skip(f"PostgreSQL is not reachable at {PG_URL}")
+    schema = f"chain_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    url = PG_URL + ("&" if "?" in PG_URL else "?") + f"options=-csearch_path%3D{schema}"
+    engine = make_engine(url)
+    try:
+        Base.metadata.create_all(engine, tables=CHAIN_TABLES)
+        yield make_session_factory(engine)
+    finally:
+        engine.dispose()
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def ledger() -> Ledger:
+    return Ledger(ed25519.PrivateKey.random())
