@@ -1,7 +1,35 @@
-"""Commands of this area are added by its package as it lands."""
+"""`cotrain up` (the whole platform on embedded defaults) and `cotrain worker` (an executor
+that shares a PostgreSQL queue with the server)."""
+
+from __future__ import annotations
 
 import typer
 
 
+def up(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+) -> None:
+    """Start the server: REST API, WebSocket, database (SQLite under COTRAIN_HOME unless
+    DATABASE_URL is set), queue, executor and the DHT node."""
+    import uvicorn
+
+    typer.echo(f"CoTrain server on http://{host}:{port} (API docs: http://{host}:{port}/docs)")
+    uvicorn.run("cotrain.server.app:create_app", factory=True, host=host, port=port, log_level=log_level)
+
+
+def worker() -> None:
+    """Run an executor only: claim queued sessions from the shared database (set DATABASE_URL to
+    the server's PostgreSQL, and REDIS_URL so its progress reaches the server's WebSocket clients)."""
+    import asyncio
+
+    from cotrain.server.worker import run_worker
+
+    asyncio.run(run_worker())
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to `app`."""
+    app.command("up")(up)
+    app.command("worker")(worker)

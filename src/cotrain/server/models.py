@@ -36,6 +36,7 @@ class TrainingSession(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0)
     request: Mapped[dict[str, Any]] = mapped_column(JSON)  # the create body, camelCase, as sent
     config_path: Mapped[str] = mapped_column(Text)
+    config_toml: Mapped[str] = mapped_column(Text)  # so a worker on another machine can write its own copy
     model_type: Mapped[str] = mapped_column(String(16))
     model_size: Mapped[str] = mapped_column(String(16))
     strategy: Mapped[str] = mapped_column(String(16))

@@ -35,6 +35,7 @@ def upgrade() -> None:
     sa.Column('priority', sa.Integer(), nullable=False),
     sa.Column('request', sa.JSON(), nullable=False),
     sa.Column('config_path', sa.Text(), nullable=False),
+    sa.Column('config_toml', sa.Text(), nullable=False),
     sa.Column('model_type', sa.String(length=16), nullable=False),
     sa.Column('model_size', sa.String(length=16), nullable=False),
     sa.Column('strategy', sa.String(length=16), nullable=False),

@@ -1,0 +1,60 @@
+"""FastAPI dependencies: the platform object and the caller's identity."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from cotrain.server.auth import Actor, authenticate
+from cotrain.server.db import session_scope
+from cotrain.server.platform import Platform
+
+bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer ct_...`")
+
+
+def get_platform(request: Request) -> Platform:
+    return request.app.state.platform
+
+
+PlatformDep = Annotated[Platform, Depends(get_platform)]
+
+
+def optional_actor(
+    platform: PlatformDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> Actor | None:
+    if credentials is None:
+        return None
+    with session_scope(platform.factory) as db:
+        actor = authenticate(db, credentials.credentials)
+    if actor is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "This API token is not valid (unknown or revoked). Use the admin token from COTRAIN_HOME/admin-token "
+            "or ask an admin for a new one.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return actor
+
+
+def required_actor(actor: Annotated[Actor | None, Depends(optional_actor)]) -> Actor:
+    if actor is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "This request changes data and needs an API token: send `Authorization: Bearer <token>` "
+            "(the admin token is in COTRAIN_HOME/admin-token).",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return actor
+
+
+def admin_actor(actor: Annotated[Actor, Depends(required_actor)]) -> Actor:
+    if not actor.is_admin:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "Only an admin token can do this.")
+    return actor
+
+
+MaybeActor = Annotated[Actor | None, Depends(optional_actor)]
+RequiredActor = Annotated[Actor, Depends(required_actor)]
+AdminActor = Annotated[Actor, Depends(admin_actor)]

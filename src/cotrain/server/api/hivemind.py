@@ -1,0 +1,103 @@
+"""The original design's hivemind endpoints, with their `{"status": "success", "data": ...}` envelopes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+from pydantic import BaseModel, Field
+
+from cotrain.server.api.deps import MaybeActor, PlatformDep, RequiredActor
+from cotrain.server.schemas import Envelope, SessionCreate
+
+router = APIRouter(prefix="/hivemind", tags=["hivemind"])
+
+
+class DHTStatus(BaseModel):
+    status: str = Field(description='"running" or "stopped"')
+    peer_id: str | None
+    connected_peers: int
+    dht_size: int
+    visible_addresses: list[str]
+    started_at: float | None = None
+    error: str | None = None
+
+
+class Peer(BaseModel):
+    peer_id: str
+    addrs: list[str]
+
+
+class ConnectRequest(BaseModel):
+    address: str = Field(..., min_length=8, description="A full multiaddr with /p2p/<peer id>, e.g. /ip4/1.2.3.4/tcp/31337/p2p/Qm...")
+
+
+class Connected(BaseModel):
+    peer_id: str
+    address: str
+
+
+class TaskSubmitted(BaseModel):
+    task_id: str
+    session_id: str
+    status: str
+
+
+class TaskStatus(BaseModel):
+    task_id: str
+    status: str
+    progress: float
+    step: int
+    total_steps: int | None
+    loss: float | None
+    participants: int
+    error: str | None
+
+
+@router.post("/start", response_model=Envelope[DHTStatus], summary="Start the server's DHT node (idempotent)")
+def start_dht(platform: PlatformDep, actor: RequiredActor) -> Envelope[DHTStatus]:
+    return Envelope(data=DHTStatus(**platform.dht.start()))
+
+
+@router.get("/status", response_model=Envelope[DHTStatus])
+def dht_status(platform: PlatformDep) -> Envelope[DHTStatus]:
+    return Envelope(data=DHTStatus(**platform.dht.status()))
+
+
+@router.get("/peers", response_model=Envelope[list[Peer]])
+def dht_peers(platform: PlatformDep) -> Envelope[list[Peer]]:
+    return Envelope(data=[Peer(**p) for p in platform.dht.peers()])
+
+
+@router.post("/peers/connect", response_model=Envelope[Connected])
+def connect_peer(body: ConnectRequest, platform: PlatformDep, actor: RequiredActor) -> Envelope[Connected]:
+    if "/p2p/" not in body.address:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            [{"loc": ["body", "address"], "type": "value_error",
+              "msg": "address must end with /p2p/<peer id>; copy a peer's full address from its `cotrain join` output."}],
+        )
+    try:
+        return Envelope(data=Connected(**platform.dht.connect(body.address)))
+    except RuntimeError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    except Exception as exc:
+        raise HTTPException(
+            status.HTTP_502_BAD_GATEWAY, f"Could not reach {body.address}: {exc}. Check the address and that the peer is up."
+        ) from None
+
+
+@router.post("/train", response_model=Envelope[TaskSubmitted], status_code=status.HTTP_201_CREATED,
+             summary="Submit a training task (a session; its id is the task id)")
+def submit_task(body: SessionCreate, platform: PlatformDep, actor: RequiredActor) -> Envelope[TaskSubmitted]:
+    row = platform.sessions.create(body, actor)
+    return Envelope(data=TaskSubmitted(task_id=row.id, session_id=row.id, status=row.status))
+
+
+@router.get("/training/{task_id}", response_model=Envelope[TaskStatus])
+def task_status(task_id: str, platform: PlatformDep, actor: MaybeActor) -> Envelope[TaskStatus]:
+    row = platform.sessions.get(task_id, actor)
+    return Envelope(
+        data=TaskStatus(task_id=row.id, status=row.status, progress=row.progress, step=row.step,
+                        total_steps=row.total_steps, loss=row.loss, participants=row.participants, error=row.error)
+    )
+
+

@@ -1,0 +1,65 @@
+"""Health and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse
+from sqlalchemy import func, select, text
+
+from cotrain.server.api.deps import PlatformDep
+from cotrain.server.db import session_scope
+from cotrain.server.models import ALL_STATES, TrainingSession
+from cotrain.server.schemas import Envelope
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/health", response_model=Envelope[dict[str, Any]], summary="Liveness and the state of each component")
+def health(platform: PlatformDep) -> Envelope[dict[str, Any]]:
+    with session_scope(platform.factory) as db:
+        db.execute(text("SELECT 1"))
+    return Envelope(
+        data={
+            "server": "ok",
+            "database": platform.engine.dialect.name,
+            "fanout": "redis" if platform.settings.redis_url else "in-process",
+            "dht": "running" if platform.dht.running else "stopped",
+            "executor": "embedded" if platform.executor else "none (workers)",
+            "runs": len(platform.executor.runs) if platform.executor else 0,
+        }
+    )
+
+
+def prometheus_text(platform: Any) -> str:
+    with session_scope(platform.factory) as db:
+        counts = dict(db.execute(select(TrainingSession.status, func.count()).group_by(TrainingSession.status)).all())
+    hub = platform.hub
+    lines = [
+        "# HELP cotrain_sessions Training sessions by status.",
+        "# TYPE cotrain_sessions gauge",
+        *(f'cotrain_sessions{{status="{s}"}} {counts.get(s, 0)}' for s in ALL_STATES),
+        "# HELP cotrain_ws_subscribers WebSocket connections on this replica.",
+        "# TYPE cotrain_ws_subscribers gauge",
+        f"cotrain_ws_subscribers {len(hub.subscribers)}",
+        "# HELP cotrain_messages_published_total Messages this replica published.",
+        "# TYPE cotrain_messages_published_total counter",
+        f"cotrain_messages_published_total {hub.published}",
+        "# HELP cotrain_messages_delivered_total Messages queued to WebSocket clients on this replica.",
+        "# TYPE cotrain_messages_delivered_total counter",
+        f"cotrain_messages_delivered_total {hub.delivered}",
+        "# HELP cotrain_runs Training processes this replica's executor follows.",
+        "# TYPE cotrain_runs gauge",
+        f"cotrain_runs {len(platform.executor.runs) if platform.executor else 0}",
+        "# HELP cotrain_dht_up 1 when the server's DHT node runs.",
+        "# TYPE cotrain_dht_up gauge",
+        f"cotrain_dht_up {int(platform.dht.running)}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics",
+            responses={200: {"content": {"text/plain; version=0.0.4": {}}}})
+def metrics(platform: PlatformDep) -> PlainTextResponse:
+    return PlainTextResponse(prometheus_text(platform), media_type="text/plain; version=0.0.4")

@@ -1,0 +1,86 @@
+"""The FastAPI application: `create_app()` (uvicorn factory: `cotrain.server.app:create_app`).
+
+Routers of other packages are included under /api/v1 when importable (`EXTRA_ROUTERS`); the UI
+mounts itself on the returned app (NiceGUI's `ui.run_with(app)`) and reaches the services
+through `app.state.platform`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from cotrain.server.api import hivemind, models, sessions, system, tokens
+from cotrain.server.config_generator import SessionConfigError
+from cotrain.server.errors import ServiceError
+from cotrain.server.platform import Platform
+from cotrain.server.ws import router as ws_router
+
+log = logging.getLogger(__name__)
+
+# "module:attribute" of routers other packages provide; included under /api/v1 when importable
+EXTRA_ROUTERS = ("cotrain.chain.api:router",)
+
+DESCRIPTION = """CoTrain platform server: training sessions from creation to final model.
+
+Mutating endpoints need `Authorization: Bearer <token>` (the admin token is printed on first
+start and kept in `COTRAIN_HOME/admin-token`). Live progress: WebSocket `/ws`."""
+
+
+def create_app(platform: Platform | None = None) -> FastAPI:
+    platform = platform or Platform()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await platform.start()
+        try:
+            yield
+        finally:
+            await platform.stop()
+
+    app = FastAPI(title="CoTrain", version=importlib.metadata.version("cotrain"), description=DESCRIPTION, lifespan=lifespan)
+    app.state.platform = platform
+
+    api = APIRouter(prefix="/api/v1")
+    for module in (sessions, hivemind, models, tokens, system):
+        api.include_router(module.router)
+    app.include_router(api)
+    app.include_router(system.router, include_in_schema=False)  # /health and /metrics at the root too
+    app.include_router(ws_router)
+    include_extra_routers(app)
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
+
+    @app.exception_handler(SessionConfigError)
+    async def _config_error(_request: Request, exc: SessionConfigError) -> JSONResponse:
+        return JSONResponse({"detail": exc.errors}, status_code=422)
+
+    return app
+
+
+def include_extra_routers(app: FastAPI, specs: tuple[str, ...] = EXTRA_ROUTERS) -> list[str]:
+    """Include each importable `module:router` under /api/v1; returns the ones included."""
+    included = []
+    for spec in specs:
+        module_name, _, attr = spec.partition(":")
+        try:
+            router = getattr(importlib.import_module(module_name), attr)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                continue  # that package is not installed (yet)
+            log.error("router %s could not be imported: %s", spec, exc)
+            continue
+        except Exception as exc:
+            log.error("router %s could not be imported: %s", spec, exc)
+            continue
+        app.include_router(router, prefix="/api/v1")
+        included.append(spec)
+    return included

@@ -1,0 +1,331 @@
+"""The executor: claims queued sessions, runs the engine as a child process, follows its event
+stream into the database and the fan-out, and decides what a finished run means (completed,
+retried from its checkpoint with backoff, failed, cancelled).
+
+Runs inside `cotrain up` (embedded) or alone as `cotrain worker` against a shared PostgreSQL.
+Children live in their own process group and write their output to files, so they outlive a
+server crash; a restarted executor re-attaches to them (`reconcile`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from cotrain.core.events import EventFollower
+from cotrain.server.db import session_scope
+from cotrain.server.fanout import LocalHub
+from cotrain.server.messages import status_message
+from cotrain.server.model_service import register_model_version
+from cotrain.server.models import (
+    ACTIVE_STATES,
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    STARTING,
+    TrainingSession,
+)
+from cotrain.server.monitor import apply_engine_event
+from cotrain.server.processes import AdoptedRun, ChildRun, describe_exit, meaningful_error
+from cotrain.server.queue import claim_next
+from cotrain.server.scheduler import Allocation, ResourcePool
+from cotrain.server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ENGINE_MODULE = "cotrain.core.train"
+EXIT_BAD_CONFIG = 2
+SECRET_ENV = ("COTRAIN_ADMIN_TOKEN", "DATABASE_URL", "REDIS_URL")
+
+
+class Executor:
+    def __init__(
+        self,
+        settings: Settings,
+        factory: sessionmaker[Session],
+        hub: LocalHub,
+        bootstrap_peers: Callable[[], list[str]] = list,
+    ):
+        self.settings = settings
+        self.factory = factory
+        self.hub = hub
+        self.bootstrap_peers = bootstrap_peers
+        self.pool = ResourcePool(settings.gpus, settings.cpu_slots)
+        self.runs: dict[str, asyncio.Task[None]] = {}
+        self._wake: asyncio.Event | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._last_stale_check = 0.0
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._wake = asyncio.Event()
+        await self.reconcile()
+        self._loop_task = asyncio.create_task(self._loop(), name="cotrain-executor")
+
+    async def stop(self) -> None:
+        """Stop claiming and following. Running engines keep running; the next start re-attaches."""
+        tasks = [t for t in (self._loop_task, *self.runs.values()) if t]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def wake(self) -> None:
+        """Look at the queue now (after a create, start, retry or cancel) instead of within a second."""
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _loop(self) -> None:
+        assert self._wake is not None
+        while True:
+            try:
+                await self._tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("executor tick failed; trying again in a second")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+            self._wake.clear()
+
+    async def _tick(self) -> None:
+        if time.monotonic() - self._last_stale_check > 5:
+            self._last_stale_check = time.monotonic()
+            await self._publish(await asyncio.to_thread(self._requeue_stale))
+        while True:
+            row = await asyncio.to_thread(claim_next, self.factory, self.settings.worker_id, self._fits)
+            if row is None:
+                return
+            allocation = self.pool.allocate(row.id, _gpus_per_node(row))
+            assert allocation is not None  # _fits said so, and only this loop allocates
+            self.runs[row.id] = asyncio.create_task(self._run(row.id, allocation), name=f"run-{row.id}")
+
+    def _fits(self, row: TrainingSession) -> bool:
+        return row.id not in self.runs and self.pool.fits(_gpus_per_node(row))
+
+    # ---- one run ---------------------------------------------------------------------------
+    async def _run(self, session_id: str, allocation: Allocation, adopted: AdoptedRun | None = None) -> None:
+        try:
+            run = adopted or await self._spawn(session_id, allocation)
+            returncode = await self._follow(session_id, run)
+            await self._publish(await asyncio.to_thread(self._finish, session_id, returncode))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("run of session %s failed inside the executor", session_id)
+            await self._publish(await asyncio.to_thread(self._finish, session_id, -1, f"Executor error: {exc}"))
+        finally:
+            self.pool.release(session_id)
+            self.runs.pop(session_id, None)
+            self.wake()
+
+    async def _spawn(self, session_id: str, allocation: Allocation) -> ChildRun:
+        with session_scope(self.factory) as db:
+            row = db.get_one(TrainingSession, session_id)
+            config_path = self._local_config(row)
+            strategy, request, attempt = row.strategy, row.request, row.attempts
+        session_dir = self.settings.layout.session_logs(session_id)
+        session_dir.mkdir(parents=True, exist_ok=True)
+        env = self._child_env(allocation, strategy, request)
+        banner = f"\n=== attempt {attempt} by {self.settings.worker_id} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} ===\n"
+        with (session_dir / "stdout.log").open("ab") as out, (session_dir / "stderr.log").open("ab") as err:
+            out.write(banner.encode())
+            err.write(banner.encode())
+            out.flush()
+            err.flush()
+            proc = await asyncio.create_subprocess_exec(
+                self.settings.python, "-m", ENGINE_MODULE, "--config", str(config_path),
+                stdout=out, stderr=err, stdin=asyncio.subprocess.DEVNULL,
+                env=env, cwd=str(self.settings.layout.root), start_new_session=True,
+            )
+        messages: list[dict[str, Any]] = []
+        with session_scope(self.factory) as db:
+            row = db.get_one(TrainingSession, session_id)
+            row.pid = proc.pid
+            row.config_path = str(config_path)
+            row.gpu_ids = allocation.cuda_visible_devices or None
+            row.error = None
+            row.heartbeat_at = time.time()
+            row.started_at = row.started_at or time.time()
+            if row.status == STARTING:
+                row.status = RUNNING
+            messages.append(status_message(db, row, pid=proc.pid, gpus=list(allocation.gpu_ids)))
+        await self._publish(messages)
+        return ChildRun(proc)
+
+    def _local_config(self, row: TrainingSession) -> Path:
+        """This machine's copy of the session's TOML (a remote worker writes it from the DB)."""
+        path = self.settings.layout.generated_configs / f"{row.id}.toml"
+        if not path.exists() or path.read_text() != row.config_toml:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(row.config_toml)
+        return path
+
+    def _child_env(self, allocation: Allocation, strategy: str, request: dict[str, Any]) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+        env["COTRAIN_HOME"] = str(self.settings.layout.root)
+        env["PYTHONUNBUFFERED"] = "1"
+        if self.pool.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = allocation.cuda_visible_devices
+        if strategy == "diloco" and not (request.get("distributedConfig") or {}).get("initialPeers"):
+            peers = self.bootstrap_peers()
+            if peers:  # the server's DHT is the session's bootstrap peer (a TOML array via env override)
+                env["COTRAIN_DISTRIBUTED_DILOCO_INITIAL_PEERS"] = json.dumps(peers)
+        return env
+
+    async def _follow(self, session_id: str, run: ChildRun | AdoptedRun) -> int:
+        """Apply the run's events as they come; heartbeat; honour cancel. Returns the exit code."""
+        with session_scope(self.factory) as db:
+            after = db.get_one(TrainingSession, session_id).engine_seq
+        follower = EventFollower(self.settings.layout.session_logs(session_id), after_seq=after)
+        last_beat = 0.0
+        term_sent: float | None = None
+        while True:
+            events = follower.poll()
+            if events:
+                await self._publish(await asyncio.to_thread(self._apply, session_id, events))
+            returncode = run.returncode
+            if returncode is not None:
+                events = follower.poll()  # whatever it wrote just before exiting
+                if events:
+                    await self._publish(await asyncio.to_thread(self._apply, session_id, events))
+                return returncode
+            now = time.monotonic()
+            if now - last_beat >= 1.0:
+                last_beat = now
+                cancel = await asyncio.to_thread(self._heartbeat, session_id)
+                if cancel and term_sent is None:
+                    log.info("cancelling session %s: SIGTERM to pid %s", session_id, run.pid)
+                    run.signal(signal.SIGTERM)
+                    term_sent = now
+            if term_sent is not None and now - term_sent > self.settings.cancel_grace_s:
+                log.warning("session %s ignored SIGTERM for %.0f s: SIGKILL", session_id, self.settings.cancel_grace_s)
+                run.signal(signal.SIGKILL)
+            await run.wait(self.settings.poll_interval_s)
+
+    # ---- database steps (run in a thread) -------------------------------------------------
+    def _apply(self, session_id: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        with session_scope(self.factory) as db:
+            row = db.get_one(TrainingSession, session_id)
+            messages: list[dict[str, Any]] = []
+            for event in events:
+                messages.extend(apply_engine_event(db, row, event))
+            return messages
+
+    def _heartbeat(self, session_id: str) -> bool:
+        with session_scope(self.factory) as db:
+            row = db.get_one(TrainingSession, session_id)
+            row.heartbeat_at = time.time()
+            return row.cancel_requested
+
+    def _finish(self, session_id: str, returncode: int, executor_error: str | None = None) -> list[dict[str, Any]]:
+        stderr_path = self.settings.layout.session_logs(session_id) / "stderr.log"
+        with session_scope(self.factory) as db:
+            row = db.get_one(TrainingSession, session_id)
+            row.pid = None
+            row.heartbeat_at = None
+            extra: dict[str, Any] = {"exitCode": returncode}
+            if row.cancel_requested:
+                row.status, row.finished_at, row.error = CANCELLED, time.time(), None
+            elif returncode == 0:
+                version = register_model_version(db, self.settings.layout, row)
+                row.status, row.finished_at, row.error, row.progress = COMPLETED, time.time(), None, 100.0
+                if version is not None:
+                    extra["modelVersion"] = {"id": version.id, "version": version.version, "name": f"v{version.version}"}
+            else:
+                error = executor_error or row.error or meaningful_error(stderr_path) or describe_exit(returncode)
+                if returncode == EXIT_BAD_CONFIG or row.attempts > row.max_retries:
+                    row.status, row.finished_at, row.error = FAILED, time.time(), error
+                else:
+                    delay = self.settings.retry_backoff_s * 2 ** max(row.attempts - 1, 0)
+                    row.status, row.next_attempt_at = QUEUED, time.time() + delay
+                    row.error = (
+                        f"Attempt {row.attempts} failed: {error}. Retrying in {delay:.0f} s "
+                        f"from the last checkpoint ({row.max_retries - row.attempts + 1} retries left)."
+                    )
+                    extra["retryAt"] = row.next_attempt_at
+            row.worker_id = None if row.status != QUEUED else row.worker_id
+            return [status_message(db, row, **extra)]
+
+    def _requeue_stale(self) -> list[dict[str, Any]]:
+        """Sessions held by a worker that stopped heartbeating go back to the queue."""
+        limit = time.time() - self.settings.heartbeat_timeout_s
+        messages = []
+        with session_scope(self.factory) as db:
+            rows = db.scalars(
+                select(TrainingSession)
+                .where(
+                    TrainingSession.status.in_(ACTIVE_STATES),
+                    TrainingSession.worker_id != self.settings.worker_id,
+                    TrainingSession.heartbeat_at < limit,
+                )
+                .with_for_update(skip_locked=True)
+            ).all()
+            for row in rows:
+                messages.append(self._requeue(db, row, f"Worker {row.worker_id} stopped responding"))
+        return messages
+
+    def _requeue(self, db: Session, row: TrainingSession, why: str) -> dict[str, Any]:
+        if row.cancel_requested:
+            row.status, row.finished_at = CANCELLED, time.time()
+        else:
+            row.status, row.next_attempt_at = QUEUED, 0.0
+            row.attempts = max(row.attempts - 1, 0)  # not the run's fault: no retry spent
+            row.error = f"{why}; the session was queued again and resumes from its last checkpoint."
+        row.pid, row.worker_id, row.heartbeat_at = None, None, None
+        return status_message(db, row)
+
+    # ---- restart safety --------------------------------------------------------------------
+    async def reconcile(self) -> None:
+        """Sessions this worker held before it restarted: re-attach to live (or finished) runs,
+        re-queue the ones that never started."""
+        adopt, messages = await asyncio.to_thread(self._reconcile_rows)
+        await self._publish(messages)
+        for session_id, pid, config_path, gpu_ids in adopt:
+            allocation = self.pool.adopt(session_id, gpu_ids)
+            run = AdoptedRun(pid, config_path, self.settings.layout.session_logs(session_id))
+            log.info("re-attaching to session %s (pid %s)", session_id, pid)
+            self.runs[session_id] = asyncio.create_task(self._run(session_id, allocation, run))
+
+    def _reconcile_rows(self) -> tuple[list[tuple[str, int, str, tuple[int, ...]]], list[dict[str, Any]]]:
+        adopt, messages = [], []
+        with session_scope(self.factory) as db:
+            rows = db.scalars(
+                select(TrainingSession).where(
+                    TrainingSession.status.in_(ACTIVE_STATES), TrainingSession.worker_id == self.settings.worker_id
+                )
+            ).all()
+            for row in rows:
+                if row.pid:
+                    gpus = tuple(int(i) for i in (row.gpu_ids or "").split(",") if i)
+                    adopt.append((row.id, row.pid, row.config_path, gpus))
+                    row.heartbeat_at = time.time()
+                else:
+                    messages.append(self._requeue(db, row, "The server restarted before this run started"))
+        return adopt, messages
+
+    async def _publish(self, messages: list[dict[str, Any]]) -> None:
+        for message in messages:
+            try:
+                await self.hub.publish(message)
+            except Exception as exc:  # the DB has it; clients replay with `after`
+                print(f"cotrain: could not publish a message ({exc})", file=sys.stderr)
+
+
+def _gpus_per_node(row: TrainingSession) -> int:
+    return int((row.request.get("distributedConfig") or {}).get("gpusPerNode") or 1)

@@ -1,0 +1,88 @@
+"""Final model versions: each completed run of a session snapshots the engine's export
+(`models/final/<session>/`) as the next version `models/final/<session>.v<N>/`, with its metrics."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from cotrain.paths import Layout
+from cotrain.server.models import ModelVersion, TrainingSession
+
+COMPARED = ("val_loss", "val_perplexity", "val_accuracy", "num_parameters", "tokens_seen")
+
+
+def register_model_version(db: Session, layout: Layout, row: TrainingSession) -> ModelVersion | None:
+    """Snapshot the session's exported model as its next version; None when the run exported nothing."""
+    source = layout.final_models / row.id
+    if not source.is_dir():
+        return None
+    number = (db.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.session_id == row.id)) or 0) + 1
+    target = layout.final_models / f"{row.id}.v{number}"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(source, target)
+    metrics: dict[str, Any] = {}
+    metrics_file = target / "metrics.json"
+    if metrics_file.exists():
+        metrics = json.loads(metrics_file.read_text())
+    version = ModelVersion(session_id=row.id, version=number, path=str(target), metrics=metrics)
+    db.add(version)
+    db.flush()
+    return version
+
+
+def version_out(version: ModelVersion) -> dict[str, Any]:
+    return {
+        "id": version.id,
+        "session_id": version.session_id,
+        "version": version.version,
+        "name": f"v{version.version}",
+        "path": version.path,
+        "metrics": version.metrics or {},
+        "created_at": version.created_at,
+    }
+
+
+def list_versions(db: Session, session_id: str | None = None, limit: int = 100, offset: int = 0) -> list[ModelVersion]:
+    query = select(ModelVersion).order_by(ModelVersion.session_id, ModelVersion.version)
+    if session_id:
+        query = query.where(ModelVersion.session_id == session_id)
+    return list(db.scalars(query.limit(limit).offset(offset)))
+
+
+def compare_versions(db: Session, ids: list[int]) -> dict[str, Any]:
+    """The compared metrics side by side, plus which version is best on each."""
+    versions = [db.get(ModelVersion, i) for i in ids]
+    missing = [i for i, v in zip(ids, versions, strict=True) if v is None]
+    if missing:
+        raise LookupError(f"no model version with id {', '.join(map(str, missing))}; list them with GET /api/v1/models")
+    rows = [
+        {"id": v.id, "sessionId": v.session_id, "version": f"v{v.version}", **{k: (v.metrics or {}).get(k) for k in COMPARED}}
+        for v in versions if v is not None
+    ]
+    best: dict[str, int | None] = {}
+    for key, better in (("val_loss", min), ("val_perplexity", min), ("val_accuracy", max)):
+        scored = [r for r in rows if r[key] is not None]
+        best[key] = better(scored, key=lambda r: r[key])["id"] if scored else None
+    return {"versions": rows, "best": best}
+
+
+def zip_version(version: ModelVersion) -> Path:
+    """A zip of the version's directory in a temp file (the caller deletes it)."""
+    source = Path(version.path)
+    if not source.is_dir():
+        raise FileNotFoundError(f"the files of model v{version.version} are gone from {source}")
+    fd, name = tempfile.mkstemp(suffix=".zip")
+    with open(fd, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(source.rglob("*")):
+            if path.is_file():
+                zf.write(path, f"{version.session_id}-v{version.version}/{path.relative_to(source)}")
+    return Path(name)

@@ -1,0 +1,83 @@
+"""Everything a running server holds, in one object the API, the WebSocket and the UI share:
+settings, database, fan-out hub, DHT node, executor and the services."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from cotrain.server.auth import ensure_admin_token
+from cotrain.server.db import make_engine, make_session_factory, run_migrations, session_scope
+from cotrain.server.executor import Executor
+from cotrain.server.fanout import make_hub
+from cotrain.server.metrics_service import metric_history
+from cotrain.server.p2p_node import ServerDHT
+from cotrain.server.session_service import SessionService
+from cotrain.server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Platform:
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or Settings.from_env()
+        self.engine = make_engine(self.settings.database_url)
+        self.factory = make_session_factory(self.engine)
+        self.hub = make_hub(self.settings.redis_url)
+        self.dht = ServerDHT(self.settings.dht_host_maddrs, self.settings.dht_initial_peers)
+        self.executor: Executor | None = None
+        if self.settings.embedded_worker:
+            self.executor = Executor(self.settings, self.factory, self.hub, self.dht.bootstrap_addresses)
+        self.sessions = SessionService(self)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.started = False
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        await asyncio.to_thread(run_migrations, self.engine)
+        await asyncio.to_thread(self._admin_token)
+        await self.hub.start()
+        if self.settings.start_dht:
+            await asyncio.to_thread(self.dht.start)
+        if self.executor:
+            await self.executor.start()
+        self.started = True
+
+    async def stop(self) -> None:
+        if self.executor:
+            await self.executor.stop()
+        await self.hub.stop()
+        await asyncio.to_thread(self.dht.stop)
+        self.engine.dispose()
+
+    def _admin_token(self) -> None:
+        with session_scope(self.factory) as db:
+            token = ensure_admin_token(db, self.settings.layout.root, self.settings.admin_token, announce=True)
+        if token:  # the one time the plain token is shown
+            print(
+                f"CoTrain admin token (shown once; also in {self.settings.layout.root / 'admin-token'}):\n  {token}",
+                flush=True,
+            )
+
+    # ---- for services called from any thread ----------------------------------------------
+    def publish(self, messages: list[dict[str, Any]]) -> None:
+        """Publish stored messages from any thread (API handlers run in a thread pool)."""
+        if self.loop is None or not messages:
+            return
+        for message in messages:
+            future = asyncio.run_coroutine_threadsafe(self.hub.publish(message), self.loop)
+            future.add_done_callback(_log_failure)
+
+    def wake_executor(self) -> None:
+        if self.loop is not None and self.executor is not None:
+            self.loop.call_soon_threadsafe(self.executor.wake)
+
+    def metric_history(self, session_id: str, max_points: int = 500) -> dict[str, Any]:
+        with session_scope(self.factory) as db:
+            return metric_history(db, session_id, max_points)
+
+
+def _log_failure(future: Any) -> None:
+    if future.exception() is not None:
+        log.warning("publishing a message failed: %s (clients replay it with `after`)", future.exception())

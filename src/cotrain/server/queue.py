@@ -1,0 +1,61 @@
+"""The persistent queue: sessions in state `queued`, ordered by priority then age.
+
+Claiming is atomic on every database: candidates are read with `FOR UPDATE SKIP LOCKED`
+(PostgreSQL: concurrent workers skip each other's rows; SQLite serialises writers anyway), then
+taken with a compare-and-set UPDATE that only succeeds while the row is still `queued`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from cotrain.server.db import session_scope
+from cotrain.server.models import QUEUED, STARTING, TrainingSession
+
+
+def claim_next(
+    factory: sessionmaker[Session], worker_id: str, fits: Callable[[TrainingSession], bool], batch: int = 20
+) -> TrainingSession | None:
+    """Take the best queued session that `fits` this worker; None when there is none."""
+    with session_scope(factory) as db:
+        candidates = db.scalars(
+            select(TrainingSession)
+            .where(TrainingSession.status == QUEUED, TrainingSession.next_attempt_at <= time.time())
+            .order_by(TrainingSession.priority.desc(), TrainingSession.queued_at, TrainingSession.created_at)
+            .limit(batch)
+            .with_for_update(skip_locked=True)
+        ).all()
+        for row in candidates:
+            if not fits(row):
+                continue
+            taken = db.execute(
+                update(TrainingSession)
+                .where(TrainingSession.id == row.id, TrainingSession.status == QUEUED)
+                .values(
+                    status=STARTING, worker_id=worker_id, attempts=TrainingSession.attempts + 1,
+                    heartbeat_at=time.time(), pid=None, updated_at=time.time(),
+                )
+            ).rowcount
+            if taken == 1:
+                db.flush()
+                db.refresh(row)
+                return row
+    return None
+
+
+def queue_position(db: Session, row: TrainingSession) -> int | None:
+    """1 for the next session to run; None when it is not queued."""
+    if row.status != QUEUED:
+        return None
+    ahead = db.scalars(
+        select(TrainingSession.id).where(
+            TrainingSession.status == QUEUED,
+            (TrainingSession.priority > row.priority)
+            | ((TrainingSession.priority == row.priority) & (TrainingSession.queued_at < (row.queued_at or 0))),
+        )
+    ).all()
+    return len(ahead) + 1

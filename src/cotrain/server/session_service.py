@@ -1,0 +1,255 @@
+"""Training sessions as plain Python calls (the REST API and the UI both use these):
+create/list/get/update/delete, start/cancel/retry/priority, and what a session has produced
+(metric history, messages, log tail, checkpoints, participants)."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, or_, select
+
+from cotrain.server.auth import Actor
+from cotrain.server.config_generator import build_config, write_config
+from cotrain.server.db import session_scope
+from cotrain.server.errors import Conflict, Forbidden, NotFound
+from cotrain.server.messages import messages_after, status_message
+from cotrain.server.models import (
+    ACTIVE_STATES,
+    ALL_STATES,
+    CANCELLED,
+    CANCELLING,
+    COMPLETED,
+    DRAFT,
+    FAILED,
+    QUEUED,
+    TrainingSession,
+)
+from cotrain.server.schemas import SessionCreate, SessionUpdate
+
+if TYPE_CHECKING:
+    from cotrain.server.platform import Platform
+
+CHECKPOINT_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class SessionFilter:
+    status: str | None = None
+    strategy: str | None = None
+    model_type: str | None = None
+    owner_id: int | None = None
+    search: str | None = None
+
+
+class SessionService:
+    def __init__(self, platform: Platform):
+        self.p = platform
+
+    # ---- reading ---------------------------------------------------------------------------
+    def list(self, actor: Actor | None, flt: SessionFilter, limit: int = 50, offset: int = 0) -> tuple[list[TrainingSession], int]:
+        query = select(TrainingSession)
+        if not (actor and actor.is_admin):
+            query = query.where(or_(TrainingSession.public.is_(True), TrainingSession.owner_id == (actor.token_id if actor else -1)))
+        if flt.status:
+            query = query.where(TrainingSession.status == flt.status)
+        if flt.strategy:
+            query = query.where(TrainingSession.strategy == flt.strategy)
+        if flt.model_type:
+            query = query.where(TrainingSession.model_type == flt.model_type)
+        if flt.owner_id is not None:
+            query = query.where(TrainingSession.owner_id == flt.owner_id)
+        if flt.search:
+            query = query.where(TrainingSession.name.ilike(f"%{flt.search}%"))
+        with session_scope(self.p.factory) as db:
+            total = db.scalar(select(func.count()).select_from(query.subquery())) or 0
+            rows = db.scalars(query.order_by(TrainingSession.created_at.desc()).limit(limit).offset(offset)).all()
+        return list(rows), total
+
+    def get(self, session_id: str, actor: Actor | None = None) -> TrainingSession:
+        with session_scope(self.p.factory) as db:
+            row = db.get(TrainingSession, session_id)
+            if row is None or not _can_read(actor, row):
+                raise NotFound(f"No session {session_id!r}. List sessions with GET /api/v1/sessions.")
+            return row
+
+    def config_toml(self, session_id: str, actor: Actor | None = None) -> str:
+        return self.get(session_id, actor).config_toml
+
+    # ---- creating and changing -------------------------------------------------------------
+    def create(self, body: SessionCreate, actor: Actor | None) -> TrainingSession:
+        """Validate the parameters as a config (SessionConfigError names the field), write the
+        TOML under configs/generated/, store the session, queue it unless it is a draft."""
+        session_id = uuid.uuid4().hex[:12]
+        config = build_config(session_id, body)
+        path = write_config(config, self.p.settings.layout.generated_configs)
+        status = QUEUED if body.auto_start else DRAFT
+        with session_scope(self.p.factory) as db:
+            row = TrainingSession(
+                id=session_id, name=body.name, description=body.description,
+                owner_id=actor.token_id if actor else None, public=body.public, status=status,
+                priority=body.priority, request=body.model_dump(mode="json", by_alias=True, exclude_none=True),
+                config_path=str(path), config_toml=path.read_text(), model_type=config.model.type,
+                model_size=config.model.size, strategy=config.distributed.strategy,
+                total_steps=config.train.max_steps, queued_at=time.time() if status == QUEUED else None,
+                max_retries=self.p.settings.max_retries if body.max_retries is None else body.max_retries,
+                latest_metrics={}, attempts=0, next_attempt_at=0.0, step=0, progress=0.0, participants=0,
+                engine_seq=0, message_seq=0, cancel_requested=False,
+            )
+            db.add(row)
+            db.flush()
+            message = status_message(db, row)
+        self.p.publish([message])
+        self.p.wake_executor()
+        return row
+
+    def update(self, session_id: str, changes: SessionUpdate, actor: Actor | None) -> TrainingSession:
+        with session_scope(self.p.factory) as db:
+            row = self._managed(db, session_id, actor)
+            if row.status not in (DRAFT, QUEUED):
+                raise Conflict(f"Session {session_id} is {row.status}; only draft or queued sessions can be edited. Cancel it first.")
+            patch = changes.model_dump(by_alias=True, exclude_unset=True, mode="json")
+            merged = {**row.request}
+            for key, value in patch.items():
+                if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                    merged[key] = {**merged[key], **value}
+                else:
+                    merged[key] = value
+            body = SessionCreate.model_validate(merged)
+            config = build_config(session_id, body)
+            path = write_config(config, self.p.settings.layout.generated_configs)
+            row.request = body.model_dump(mode="json", by_alias=True, exclude_none=True)
+            row.name, row.description, row.priority, row.public = body.name, body.description, body.priority, body.public
+            row.config_path, row.config_toml = str(path), path.read_text()
+            row.model_type, row.model_size, row.strategy = config.model.type, config.model.size, config.distributed.strategy
+            row.total_steps = config.train.max_steps
+            message = status_message(db, row, updated=True)
+        self.p.publish([message])
+        return row
+
+    def delete(self, session_id: str, actor: Actor | None) -> None:
+        with session_scope(self.p.factory) as db:
+            row = self._managed(db, session_id, actor)
+            if row.status in ACTIVE_STATES:
+                raise Conflict(f"Session {session_id} is {row.status}. Cancel it, wait until it stops, then delete it.")
+            db.delete(row)
+        Path(self.p.settings.layout.generated_configs / f"{session_id}.toml").unlink(missing_ok=True)
+
+    def start(self, session_id: str, actor: Actor | None) -> TrainingSession:
+        """Queue a draft, or run a finished session again (it resumes from its checkpoints)."""
+        return self._requeue(session_id, actor, (DRAFT, COMPLETED, FAILED, CANCELLED), "started")
+
+    def retry(self, session_id: str, actor: Actor | None) -> TrainingSession:
+        """Queue a failed or cancelled session again with a fresh retry budget."""
+        return self._requeue(session_id, actor, (FAILED, CANCELLED), "retried")
+
+    def _requeue(self, session_id: str, actor: Actor | None, allowed: tuple[str, ...], verb: str) -> TrainingSession:
+        with session_scope(self.p.factory) as db:
+            row = self._managed(db, session_id, actor)
+            if row.status not in allowed:
+                raise Conflict(f"Session {session_id} is {row.status}; it can be {verb} only when {' or '.join(allowed)}.")
+            row.status, row.attempts, row.next_attempt_at, row.error = QUEUED, 0, 0.0, None
+            row.cancel_requested, row.finished_at, row.queued_at = False, None, time.time()
+            message = status_message(db, row)
+        self.p.publish([message])
+        self.p.wake_executor()
+        return row
+
+    def cancel(self, session_id: str, actor: Actor | None) -> TrainingSession:
+        """Queued/draft: cancelled at once. Running: the worker sends SIGTERM (the engine saves a
+        checkpoint), then SIGKILL after the grace period."""
+        with session_scope(self.p.factory) as db:
+            row = self._managed(db, session_id, actor)
+            if row.status in (DRAFT, QUEUED):
+                row.status, row.finished_at = CANCELLED, time.time()
+            elif row.status in ACTIVE_STATES:
+                row.status, row.cancel_requested = CANCELLING, True
+            else:
+                raise Conflict(f"Session {session_id} is already {row.status}; nothing to cancel.")
+            message = status_message(db, row)
+        self.p.publish([message])
+        self.p.wake_executor()
+        return row
+
+    def set_priority(self, session_id: str, priority: int, actor: Actor | None) -> TrainingSession:
+        with session_scope(self.p.factory) as db:
+            row = self._managed(db, session_id, actor)
+            row.priority = priority
+        self.p.wake_executor()
+        return row
+
+    def _managed(self, db: Any, session_id: str, actor: Actor | None) -> TrainingSession:
+        row = db.get(TrainingSession, session_id, with_for_update=True)
+        if row is None or not _can_read(actor, row):
+            raise NotFound(f"No session {session_id!r}. List sessions with GET /api/v1/sessions.")
+        if not _can_manage(actor, row):
+            raise Forbidden(f"Session {session_id} belongs to another user; only its owner or an admin can change it.")
+        return row
+
+    # ---- what a session produced -----------------------------------------------------------
+    def messages(self, session_id: str, after: int = 0, limit: int = 1000, actor: Actor | None = None) -> list[dict[str, Any]]:
+        self.get(session_id, actor)
+        with session_scope(self.p.factory) as db:
+            return messages_after(db, session_id, after, limit)
+
+    def log_tail(self, session_id: str, stream: str = "stderr", lines: int = 200, actor: Actor | None = None) -> list[str]:
+        self.get(session_id, actor)
+        path = self.p.settings.layout.session_logs(session_id) / f"{stream}.log"
+        if not path.exists():
+            return []
+        with path.open("rb") as fh:
+            fh.seek(0, 2)
+            fh.seek(max(0, fh.tell() - 256 * 1024))
+            text = fh.read().decode(errors="replace")
+        return text.splitlines()[-lines:]
+
+    def checkpoints(self, session_id: str, actor: Actor | None = None) -> list[dict[str, Any]]:
+        self.get(session_id, actor)
+        root = self.p.settings.layout.checkpoints / session_id
+        found = []
+        for path in sorted(root.glob("step-*")) if root.is_dir() else []:
+            match = CHECKPOINT_DIR.match(path.name)
+            if match and path.is_dir():
+                files = [f for f in path.rglob("*") if f.is_file()]
+                found.append({
+                    "step": int(match.group(1)), "path": str(path),
+                    "size_bytes": sum(f.stat().st_size for f in files), "created_at": path.stat().st_mtime,
+                })
+        return found
+
+    def participants(self, session_id: str, actor: Actor | None = None) -> dict[str, Any]:
+        """Peers of the session: the DHT records of `cotrain.p2p.records` when available, else what
+        the engine reported (its participant count and `peer` events)."""
+        row = self.get(session_id, actor)
+        peers = self.p.dht.session_peers(session_id) if self.p.dht else None
+        if peers is None:
+            with session_scope(self.p.factory) as db:
+                seen: dict[str, dict[str, Any]] = {}
+                for message in messages_after(db, session_id, 0, 100_000):
+                    if message["event"] == "training.peer" and message["data"].get("peer_id"):
+                        seen[message["data"]["peer_id"]] = message["data"]
+            peers = list(seen.values())
+            source = "engine"
+        else:
+            source = "dht"
+        return {"sessionId": session_id, "count": max(row.participants, len(peers)), "source": source, "peers": peers}
+
+
+def _can_read(actor: Actor | None, row: TrainingSession) -> bool:
+    return row.public or (actor is not None and (actor.is_admin or actor.token_id == row.owner_id))
+
+
+def _can_manage(actor: Actor | None, row: TrainingSession) -> bool:
+    return actor is not None and (actor.is_admin or (row.owner_id is not None and actor.token_id == row.owner_id))
+
+
+def validate_status(status: str | None) -> str | None:
+    if status is not None and status not in ALL_STATES:
+        raise ValueError(f"status must be one of {', '.join(ALL_STATES)}")
+    return status
+
+

@@ -1,0 +1,41 @@
+"""`cotrain worker`: an executor without the HTTP server, for a fleet of GPU machines sharing
+one PostgreSQL queue (claims use FOR UPDATE SKIP LOCKED). Its messages reach browsers through
+Redis when REDIS_URL is set; they are always stored, so clients replay them either way."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from cotrain.server.db import make_engine, make_session_factory, run_migrations
+from cotrain.server.executor import Executor
+from cotrain.server.fanout import make_hub
+from cotrain.server.settings import Settings
+
+
+async def run_worker(settings: Settings | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = settings or Settings.from_env()
+    if settings.uses_embedded_database:
+        print(
+            "warning: DATABASE_URL is not set, so this worker uses the local SQLite file; point it at the "
+            "server's PostgreSQL to share its queue.",
+            file=sys.stderr,
+        )
+    engine = make_engine(settings.database_url)
+    await asyncio.to_thread(run_migrations, engine)
+    hub = make_hub(settings.redis_url, listen=False)
+    await hub.start()
+    executor = Executor(settings, make_session_factory(engine), hub)
+    await executor.start()
+    print(f"CoTrain worker {settings.worker_id} is waiting for sessions", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await executor.stop()  # running engines keep going; a restarted worker with the same id re-attaches
+    await hub.stop()
+    engine.dispose()
