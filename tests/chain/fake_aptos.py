@@ -133,8 +133,7 @@ class FakeAptosNode:
             if signed.transaction.sequence_number < state.sequence_number:
                 return 200, [self._tx_json(signed, _hash(body), "user_transaction", success=False,
                                            vm_status="SEQUENCE_NUMBER_TOO_OLD", gas_used="0")]
-            copy = AccountState(state.sequence_number, state.authentication_key, state.balance)
-            ok, status = self._execute(signed, copy, apply=True)
+            ok, status = self._execute(signed, state, apply=False)
             return 200, [self._tx_json(signed, _hash(body), "user_transaction", success=ok, vm_status=status,
                                        gas_used=str(GAS_USED), version=str(len(self.committed)))]
 
