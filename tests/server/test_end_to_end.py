@@ -1,0 +1,84 @@
+"""The issue's end-to-end test on embedded defaults (SQLite, in-process fan-out): a session
+created from the original front end's JSON trains on the real engine, a real WebSocket client
+receives `training.progress` with every field of the reference message, the session completes
+and a model version appears."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import REFERENCE
+from tests.server.conftest import WSCollector, reference_session, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def assert_reference_shape(message: dict, reference: dict) -> None:
+    """Every key of the reference message is present, recursively (values are live)."""
+    assert set(message) >= set(reference), f"missing {set(reference) - set(message)}"
+    for key, value in reference.items():
+        if isinstance(value, dict):
+            assert isinstance(message[key], dict), key
+            assert_reference_shape(message[key], value)
+
+
+def run_reference_session(server) -> None:
+    reference = json.loads((REFERENCE / "ws-training-progress.json").read_text())
+    api = server.client()
+    ws = WSCollector(server.ws_url)
+    try:
+        created = api.post("/sessions", json=reference_session())
+        assert created.status_code == 201, created.text
+        session = created.json()
+        sid = session["id"]
+        assert session["modelSize"] == "debug" and session["strategy"] == "ddp"
+        ws.send({"action": "subscribe", "sessionId": sid, "after": 0})
+        wait_until(lambda: ws.of("subscribed"), 10, "the subscription acknowledgement")
+
+        status = wait_until(
+            lambda: (s := api.get(f"/sessions/{sid}").json())["status"] in ("completed", "failed") and s, 240,
+            "the session to finish",
+        )
+        assert status["status"] == "completed", (status["error"], api.get(f"/sessions/{sid}/logs").json()["lines"][-20:])
+
+        progress = wait_until(lambda: ws.of("training.progress"), 10, "training.progress messages")
+        for message in progress:
+            assert_reference_shape(message, reference)
+            assert message["data"]["sessionId"] == sid
+            assert 0 <= message["data"]["progress"] <= 100
+            assert message["data"]["metrics"]["batchSize"] == 8
+        assert len(progress) >= 15  # 40 steps, one event every 2
+
+        # every message this session produced reached the client, in order, exactly once
+        wait_until(lambda: ws.of("training.status") and ws.of("training.status")[-1]["data"]["status"] == "completed", 10,
+                   "the completed status message")
+        seqs = [m["data"]["seq"] for m in ws.messages if m["data"].get("sessionId") == sid and "seq" in m["data"]
+                and m["event"] != "subscribed"]
+        assert seqs == list(range(1, len(seqs) + 1))
+        assert {m["event"] for m in ws.messages} >= {"training.status", "training.progress", "training.checkpoint", "training.eval"}
+
+        models = api.get("/models", params={"session": sid}).json()
+        assert [m["name"] for m in models] == ["v1"]
+        assert models[0]["metrics"]["val_loss"] > 0 and models[0]["metrics"]["num_parameters"] > 0
+        assert api.get(f"/sessions/{sid}/checkpoints").json()
+        history = api.get(f"/sessions/{sid}/metrics", params={"maxPoints": 10}).json()
+        assert history["downsampled"] and len(history["points"]) <= 10 and history["totalPoints"] >= 20
+        toml = api.get(f"/sessions/{sid}/config")
+        assert toml.status_code == 200 and f'id = "{sid}"' in toml.text
+
+        # a reconnecting client asks for what it missed after seq 5 and gets exactly that
+        late = WSCollector(server.ws_url)
+        late.send({"action": "subscribe", "sessionId": sid, "after": 5})
+        wait_until(lambda: len(late.messages) >= len(seqs) - 5 + 1, 10, "the replay")
+        replayed = [m["data"]["seq"] for m in late.messages if m["event"] != "subscribed"]
+        assert replayed == list(range(6, len(seqs) + 1))
+        late.close()
+    finally:
+        ws.close()
+
+
+def test_reference_session_trains_and_streams_progress(servers):
+    server = servers()
+    run_reference_session(server)
