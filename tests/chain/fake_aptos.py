@@ -49,6 +49,7 @@ class FakeAptosNode:
     mempool: dict[str, tuple[SignedTransaction, dict[str, Any]]] = field(default_factory=dict)
     mempool_full: bool = False
     hold_submit: bool = False  # answer a submit only after `release` is set (the tx is already accepted)
+    drop_submit: bool = False  # lose submitted transactions (as if the request never reached the node)
     submit_seen: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
     submits: int = 0
@@ -263,7 +264,10 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/v1/transactions/simulate":
             return self._send(*self.node.simulate(body))
         if path == "/v1/transactions":
-            status, answer = self.node.submit(body)
+            if self.node.drop_submit:
+                status, answer = 502, _error("lost", "internal_error")
+            else:
+                status, answer = self.node.submit(body)
             if self.node.hold_submit:
                 self.node.submit_seen.set()
                 self.node.release.wait(60)

@@ -1,7 +1,132 @@
-"""Commands of this area are added by its package as it lands."""
+"""`cotrain ledger verify` and `cotrain rewards` (list, set a pool, pay). The chain package is imported only
+when a command runs."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
 
 import typer
+
+from cotrain.cli.errors import UserError, friendly_errors
+
+ledger_app = typer.Typer(help="The tamper-evident contribution ledger.", no_args_is_help=True)
+rewards_app = typer.Typer(help="Rewards for contributors, and their payouts.", invoke_without_command=True)
+
+
+def _chain_errors() -> tuple[type[Exception], ...]:
+    from cotrain.chain.keys import KeyConfigError
+    from cotrain.chain.payouts import PayoutError
+    from cotrain.chain.service import ChainError
+    from cotrain.chain.settings import ChainConfigError
+
+    return KeyConfigError, PayoutError, ChainError, ChainConfigError
+
+
+def _run(fn, *args):  # type: ignore[no-untyped-def]
+    try:
+        return fn(*args)
+    except _chain_errors() as exc:
+        raise UserError(str(exc)) from None
+
+
+@ledger_app.command("verify")
+@friendly_errors
+def ledger_verify() -> None:
+    """Check every ledger entry (hash chain, platform signatures) and the rows copied from them.
+    Exits 1 when anything was changed."""
+    from cotrain.chain.runtime import open_database, platform_ledger
+
+    def verify() -> None:
+        factory = open_database()
+        ledger = platform_ledger(create_key=False)
+        with factory() as db:
+            report = ledger.verify(db)
+        if report.ok:
+            print(f"ledger OK: {report.entries} entries, head {report.head}")
+            return
+        print(f"ledger TAMPERED: {len(report.problems)} problem(s) in {report.entries} entries:", file=sys.stderr)
+        for problem in report.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        raise typer.Exit(1)
+
+    _run(verify)
+
+
+@rewards_app.callback()
+@friendly_errors
+def rewards_list(
+    ctx: typer.Context,
+    session: str = typer.Option(None, "--session", "-s", help="Only this training session."),
+    address: str = typer.Option(None, "--address", "-a", help="Only this wallet address."),
+) -> None:
+    """List rewards with their payout status (and explorer links once sent)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from cotrain.chain.queries import reward_views
+    from cotrain.chain.runtime import open_database
+    from cotrain.chain.settings import ChainSettings
+
+    def show() -> None:
+        settings = ChainSettings.from_env()
+        with open_database()() as db:
+            views = reward_views(db, settings, session_id=session, address=address)
+        if not views:
+            print("no rewards yet")
+            return
+        for v in views:
+            link = f"  {v.explorer_url}" if v.explorer_url else (f"  tx {v.tx_hash}" if v.tx_hash else "")
+            print(f"{v.session_id}  {v.address}  {v.amount} {v.asset}  {v.payout_status}{link}")
+
+    _run(show)
+
+
+@rewards_app.command("set-pool")
+@friendly_errors
+def rewards_set_pool(
+    session: str = typer.Argument(..., help="Training session id."),
+    amount: int = typer.Argument(..., help="Pool size in the asset's smallest unit (octas for APT)."),
+    asset: str = typer.Option("APT", help="APT, or a fungible asset's metadata address."),
+) -> None:
+    """Set a session's reward pool (once)."""
+    from cotrain.chain.runtime import open_database, platform_ledger
+    from cotrain.chain.service import set_reward_pool
+
+    def set_pool() -> None:
+        factory = open_database()
+        with factory.begin() as db:
+            set_reward_pool(db, platform_ledger(), session, amount, asset)
+        print(f"reward pool of session {session}: {amount} {asset}")
+
+    _run(set_pool)
+
+
+@rewards_app.command("pay")
+@friendly_errors
+def rewards_pay() -> None:
+    """Send the payouts due (COTRAIN_PAYOUT_BACKEND=aptos) or record them as due (local). Safe to re-run:
+    nobody is paid twice, nobody is skipped."""
+    from cotrain.chain.runtime import open_database, platform_ledger, run_payouts
+    from cotrain.chain.settings import ChainSettings
+
+    def pay() -> None:
+        settings = ChainSettings.from_env()
+        report = asyncio.run(run_payouts(open_database(), platform_ledger(), settings))
+        if settings.payout_backend == "local":
+            print(f"{report.recorded_due} payout(s) recorded as due (local backend: nothing sent)")
+        for tx in report.committed:
+            print(f"committed {tx}")
+        for tx in report.failed:
+            print(f"failed {tx}")
+        for message in report.messages:
+            print(message, file=sys.stderr)
+        if report.pending or report.failed:
+            raise typer.Exit(3)
+
+    _run(pay)
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to `app`."""
+    app.add_typer(ledger_app, name="ledger")
+    app.add_typer(rewards_app, name="rewards")

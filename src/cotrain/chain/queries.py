@@ -1,0 +1,70 @@
+"""Read-only views for the API, the UI and the CLI: my contributions, my rewards, a session's contributors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cotrain.chain.models import ContributionRow, PayoutRow, RewardRow
+from cotrain.chain.settings import ChainSettings
+
+
+@dataclass(frozen=True)
+class ContributionView:
+    session_id: str
+    peer_id: str
+    address: str | None
+    samples: int
+    tokens: int
+    outer_rounds: int
+    compute_seconds: float
+    tokens_per_second: float
+    device: str
+    status: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RewardView:
+    session_id: str
+    address: str
+    amount: int
+    asset: str
+    payout_status: str  # none | due | pending | paid | failed
+    tx_hash: str | None
+    explorer_url: str | None
+
+
+def _contribution(row: ContributionRow) -> ContributionView:
+    return ContributionView(row.session_id, row.peer_id, row.address, row.samples, row.tokens, row.outer_rounds,
+                            row.compute_seconds, row.tokens_per_second, row.device, row.status, row.reason)
+
+
+def contribution_views(db: Session, *, session_id: str | None = None, address: str | None = None
+                       ) -> list[ContributionView]:
+    query = select(ContributionRow).order_by(ContributionRow.session_id, ContributionRow.peer_id)
+    if session_id is not None:
+        query = query.where(ContributionRow.session_id == session_id)
+    if address is not None:
+        query = query.where(ContributionRow.address == address)
+    return [_contribution(r) for r in db.scalars(query)]
+
+
+def reward_views(db: Session, settings: ChainSettings, *, session_id: str | None = None,
+                 address: str | None = None) -> list[RewardView]:
+    query = select(RewardRow, PayoutRow).outerjoin(
+        PayoutRow, (PayoutRow.session_id == RewardRow.session_id) & (PayoutRow.address == RewardRow.address)
+    ).order_by(RewardRow.session_id, RewardRow.address)
+    if session_id is not None:
+        query = query.where(RewardRow.session_id == session_id)
+    if address is not None:
+        query = query.where(RewardRow.address == address)
+    views = []
+    for reward, payout in db.execute(query).all():
+        tx = payout.tx_hash if payout is not None else None
+        views.append(RewardView(reward.session_id, reward.address, reward.amount, reward.asset,
+                                payout.status if payout is not None else "none", tx,
+                                settings.explorer_txn_url(tx) if tx else None))
+    return views

@@ -1,0 +1,42 @@
+"""Wiring for the CLI and the server: the database, the platform ledger, and the configured payout backend."""
+
+from __future__ import annotations
+
+import os
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from cotrain.chain.keys import load_ledger_key, load_treasury_account
+from cotrain.chain.ledger import Ledger
+from cotrain.chain.payouts import AptosPayouts, PayoutReport, record_due_locally
+from cotrain.chain.settings import ChainSettings
+from cotrain.paths import cotrain_home
+
+
+def database_url() -> str:
+    """The server's database: DATABASE_URL, else the SQLite file under COTRAIN_HOME (as the server uses)."""
+    from cotrain.server.db import sqlite_url
+
+    return os.environ.get("DATABASE_URL") or sqlite_url(cotrain_home() / "cotrain.db")
+
+
+def open_database(url: str | None = None, migrate: bool = True) -> sessionmaker[Session]:
+    from cotrain.server.db import make_engine, make_session_factory, run_migrations
+
+    engine = make_engine(url or database_url())
+    if migrate:
+        run_migrations(engine)
+    return make_session_factory(engine)
+
+
+def platform_ledger(create_key: bool = True) -> Ledger:
+    return Ledger(load_ledger_key(create=create_key))
+
+
+async def run_payouts(factory: sessionmaker[Session], ledger: Ledger, settings: ChainSettings) -> PayoutReport:
+    """Pay (aptos) or record as due (local) every payout due, per COTRAIN_PAYOUT_BACKEND."""
+    if settings.payout_backend == "local":
+        return record_due_locally(factory, ledger)
+    assert settings.node_url is not None
+    payer = AptosPayouts(factory, ledger, settings.node_url, load_treasury_account(), chain_id=settings.chain_id)
+    return await payer.run()
