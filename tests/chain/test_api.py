@@ -1,0 +1,113 @@
+"""The chain's HTTP API served by uvicorn on 127.0.0.1, driven over real sockets with httpx."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+from aptos_sdk import ed25519
+from fastapi import FastAPI
+
+from cotrain.chain.api import ChainContext
+from cotrain.chain.ledger import Ledger
+from cotrain.chain.nonces import SqlNonceStore
+from cotrain.chain.service import binding_statement, set_reward_pool, settle_session
+from cotrain.chain.settings import ChainSettings
+from cotrain.server.app import include_extra_routers
+
+from .test_ledger import Rec
+from .wallets import Wallet
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def api(db_factory):
+    key = ed25519.PrivateKey.random()
+    app = FastAPI()
+    assert include_extra_routers(app) == ["cotrain.chain.api:router"]  # as the server includes it
+    settings = ChainSettings(network="testnet", chain_id=2)
+    app.state.chain = ChainContext(db_factory, key, Ledger(key), settings, SqlNonceStore(db_factory), None)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1") as client:
+        yield client, app.state.chain, f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(5)
+
+
+def sign_in(client, origin, wallet, chain_id=2):
+    nonce = client.post("/auth/nonce", json={"address": wallet.address}).json()
+    assert nonce["application"] == origin and nonce["chainId"] == 2
+    signed = wallet.sign_message(message=nonce["message"], nonce=nonce["nonce"], application=origin,
+                                 chain_id=chain_id)
+    body = {"address": wallet.address, "publicKey": wallet.public_key, **signed}
+    return client.post("/auth/verify", json=body), body
+
+
+def test_sign_in_then_my_contributions_and_rewards(api):
+    client, ctx, origin = api
+    wallet, other = Wallet.create(), Wallet.create()
+    with ctx.factory.begin() as db:
+        set_reward_pool(db, ctx.ledger, "s1", 1000, "APT")
+        settle_session(db, ctx.ledger, "s1", [Rec("p1", wallet.address, 100), Rec("p2", other.address, 300),
+                                              Rec("p3", other.address, 10, device="cpu", tokens_per_second=10**7)],
+                       require_binding=False)
+    assert client.get("/me/contributions").status_code == 401
+    ok, body = sign_in(client, origin, wallet)
+    assert ok.status_code == 200, ok.text
+    token = ok.json()["token"]
+    assert ok.json()["address"] == wallet.address and "cotrain_wallet" in ok.headers.get("set-cookie", "")
+    mine = client.get("/me/contributions", headers={"Authorization": f"Bearer {token}"}).json()
+    assert [(c["peerId"], c["status"], c["tokens"]) for c in mine] == [("p1", "verified", 100)]
+    rewards = client.get("/me/rewards", headers={"Authorization": f"Bearer {token}"}).json()
+    assert [(r["amount"], r["payoutStatus"]) for r in rewards] == [(250, "due")]
+
+    replay = client.post("/auth/verify", json=body)
+    assert replay.status_code == 401 and replay.json()["detail"]["reason"] == "replay"
+    assert "replay" in replay.json()["detail"]["message"]
+
+    session = client.get("/rewards/sessions/s1").json()
+    excluded = [c for c in session["contributors"] if c["status"] == "excluded"]
+    assert [c["peerId"] for c in excluded] == ["p3"] and "tokens/s" in excluded[0]["reason"]
+    assert sum(r["amount"] for r in session["rewards"]) == 1000
+
+
+def test_wrong_origin_and_forged_token_are_401_with_reasons(api):
+    client, _ctx, _origin = api
+    wallet = Wallet.create()
+    nonce = client.post("/auth/nonce", json={"address": wallet.address}).json()
+    signed = wallet.sign_message(message=nonce["message"], nonce=nonce["nonce"], application="https://phish.example",
+                                 chain_id=2)
+    resp = client.post("/auth/verify", json={"address": wallet.address, "publicKey": wallet.public_key, **signed})
+    assert resp.status_code == 401 and resp.json()["detail"]["reason"] == "wrong_origin"
+    forged = client.get("/me/rewards", headers={"Authorization": "Bearer v1.e30.AAAA"})
+    assert forged.status_code == 401 and "sign in" in forged.json()["detail"]
+    bad = client.post("/auth/nonce", json={"address": "not-an-address"})
+    assert bad.status_code == 400 and "address" in bad.json()["detail"]["message"]
+
+
+def test_peer_binding_signed_by_wallet(api):
+    client, ctx, _origin = api
+    wallet = Wallet.create()
+    sig = str(wallet.account.sign(binding_statement("s9", "peerA", wallet.address)))
+    body = {"sessionId": "s9", "peerId": "peerA", "address": wallet.address, "publicKey": wallet.public_key,
+            "signature": sig}
+    assert client.post("/rewards/bindings", json=body).json()["proof"] == "signature"
+    stranger = Wallet.create()
+    wrong = {**body, "peerId": "peerB",
+             "signature": str(stranger.account.sign(binding_statement("s9", "peerB", wallet.address))),
+             "publicKey": stranger.public_key}
+    assert client.post("/rewards/bindings", json=wrong).status_code == 401
