@@ -1,0 +1,1 @@
+"""Reusable pieces of the pages: badges, stat tiles, charts, copyable commands."""

@@ -1,0 +1,131 @@
+"""The frame every page shares: header with navigation, language and theme switches, sign-in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from nicegui import run, ui
+
+from cotrain.ui import prefs, theme
+from cotrain.ui.context import platform
+from cotrain.ui.i18n import t
+
+if TYPE_CHECKING:
+    from cotrain.server.auth import Actor
+
+NAV = (("sessions", "/", "view_list"), ("models", "/models", "compare"), ("network", "/network", "hub"),
+       ("rewards", "/rewards", "paid"))
+
+
+@dataclass
+class Page:
+    body: ui.column
+    actor: Actor | None
+
+
+async def frame(active: str) -> Page:
+    """Build the header and return the page's content column and the signed-in actor."""
+    actor = await run.io_bound(prefs.actor_for, prefs.token())
+    if actor is None and prefs.token():
+        prefs.set_token(None)  # revoked since: forget it
+    theme.apply(prefs.dark())
+    ui.query("html").props(f'lang="{prefs.language()}"')
+    with ui.header().classes("items-center justify-between px-6 py-2 bg-primary text-white").props("elevated=false"):
+        with ui.row().classes("items-center gap-6 no-wrap"):
+            with ui.link(target="/").classes("row items-center gap-2 no-wrap text-white no-underline"):
+                ui.html(theme.FAVICON.replace("<svg ", '<svg width="26" height="26" '), sanitize=False)
+                ui.label("CoTrain").classes("text-lg font-semibold tracking-tight")
+            with ui.row().classes("ct-nav gap-1 no-wrap"):
+                for key, target, icon in NAV:
+                    button = ui.button(t(f"nav.{key}"), icon=icon, on_click=lambda target=target: ui.navigate.to(target))
+                    button.props(f'flat dense no-caps color=white padding="4px 12px" data-testid="nav-{key}"')
+                    if key == active:
+                        button.classes("ct-active")
+        with ui.row().classes("items-center gap-1 no-wrap"):
+            _language_menu()
+            _theme_button()
+            _account(actor)
+    body = ui.column().classes("ct-page gap-5")
+    return Page(body=body, actor=actor)
+
+
+def _language_menu() -> None:
+    def choose(code: str) -> None:
+        prefs.set_language(code)
+        ui.navigate.reload()
+
+    with ui.button(prefs.LANGUAGES[prefs.language()], icon="translate").props(
+        'flat dense no-caps color=white data-testid="language"'
+    ):
+        with ui.menu():
+            for code, name in prefs.LANGUAGES.items():
+                ui.menu_item(name, on_click=lambda code=code: choose(code)).props(f'data-testid="lang-{code}"')
+
+
+def _theme_button() -> None:
+    def toggle() -> None:
+        prefs.set_dark(not prefs.dark())
+        ui.dark_mode(prefs.dark())
+        button.props(f"icon={'light_mode' if prefs.dark() else 'dark_mode'}")
+        button.tooltip(t("theme.light") if prefs.dark() else t("theme.dark"))
+
+    button = ui.button(icon="light_mode" if prefs.dark() else "dark_mode", on_click=toggle)
+    button.props('flat round dense color=white data-testid="theme"')
+
+
+def _account(actor: Actor | None) -> None:
+    if actor is not None:
+        with ui.button(actor.name, icon="account_circle").props('flat dense no-caps color=white data-testid="account"'):
+            with ui.menu():
+                ui.menu_item(t("auth.sign_out"), on_click=_sign_out)
+        return
+    ui.button(t("auth.sign_in"), icon="login", on_click=sign_in_dialog).props(
+        'outline dense no-caps color=white padding="4px 12px" data-testid="sign-in"'
+    )
+
+
+def _sign_out() -> None:
+    prefs.set_token(None)
+    ui.navigate.reload()
+
+
+def sign_in_dialog() -> None:
+    path = platform().settings.layout.root / "admin-token"
+    with ui.dialog() as dialog, ui.card().classes("w-[460px] gap-3 p-6"):
+        ui.label(t("auth.title")).classes("text-lg font-semibold")
+        ui.label(t("auth.hint", path=path)).classes("text-sm ct-muted")
+        field = ui.input(t("auth.token"), password=True).classes("w-full").props('outlined data-testid="token-input"')
+
+        async def submit() -> None:
+            actor = await run.io_bound(prefs.actor_for, (field.value or "").strip())
+            if actor is None:
+                field.props(f'error error-message="{t("auth.invalid")}"')
+                return
+            prefs.set_token(field.value.strip())
+            dialog.close()
+            ui.navigate.reload()
+
+        field.on("keydown.enter", submit)
+        with ui.row().classes("w-full justify-end gap-2"):
+            ui.button(t("common.cancel"), on_click=dialog.close).props("flat no-caps")
+            ui.button(t("auth.sign_in"), on_click=submit).props('unelevated no-caps data-testid="token-submit"')
+    dialog.open()
+
+
+def page_title(title: str, subtitle: str | None = None) -> ui.row:
+    """The page's heading row; returns the row so pages can add actions on the right."""
+    with ui.row().classes("w-full items-end justify-between no-wrap") as row:
+        with ui.column().classes("gap-1"):
+            ui.label(title).classes("text-2xl font-semibold tracking-tight")
+            if subtitle:
+                ui.label(subtitle).classes("text-sm ct-muted")
+    return row
+
+
+def empty_state(icon: str, title: str, hint: str) -> ui.column:
+    with ui.column().classes("w-full items-center py-12 gap-2") as column:
+        ui.icon(icon, size="48px").classes("ct-muted")
+        ui.label(title).classes("text-lg font-medium")
+        ui.label(hint).classes("text-sm ct-muted text-center max-w-md")
+    return column

@@ -1,0 +1,53 @@
+"""Live updates for a page: a subscription to the server's fan-out hub (the same messages the
+WebSocket `/ws` sends), pumped into the page over NiceGUI's own connection."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from nicegui import background_tasks, ui
+
+from cotrain.server.fanout import Subscriber
+from cotrain.ui.context import platform
+
+log = logging.getLogger(__name__)
+
+GAP = "__gap__"  # handed to the handler when messages were dropped: reload from the database
+
+Handler = Callable[[dict[str, Any]], Awaitable[None] | None]
+
+
+def follow(session_ids: Iterable[str], handler: Handler) -> Subscriber:
+    """Call `handler(message)` for every message of these sessions ("*": all) until the page's
+    client is gone. Subscribe before reading the current state, so nothing falls in between."""
+    hub = platform().hub
+    sub = Subscriber(sessions=set(session_ids))
+    hub.add(sub)
+
+    async def pump() -> None:
+        while True:
+            message, _text = await sub.queue.get()
+            if sub.overflowed:
+                sub.overflowed = False
+                message = {"event": GAP, "data": {}}
+            try:
+                result = handler(message)
+                if inspect.isawaitable(result):
+                    await result
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("a live update of the web UI failed")
+
+    task = background_tasks.create(pump(), name="cotrain-ui-live")
+
+    def stop() -> None:
+        hub.remove(sub)
+        task.cancel()
+
+    ui.context.client.on_delete(stop)
+    return sub

@@ -1,0 +1,57 @@
+"""Mounts the NiceGUI pages on the server's FastAPI app."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from cotrain.ui.context import set_platform
+from cotrain.ui.theme import FAVICON
+
+_mounted = False
+
+
+def _storage_secret(home: Path) -> str:
+    """`COTRAIN_UI_SECRET`, else a random secret kept in COTRAIN_HOME/ui-secret (mode 600), so
+    browser preferences survive a restart."""
+    if os.environ.get("COTRAIN_UI_SECRET"):
+        return os.environ["COTRAIN_UI_SECRET"]
+    path = home / "ui-secret"
+    if path.exists():
+        return path.read_text().strip()
+    secret = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret + "\n")
+    return secret
+
+
+def mount(app: FastAPI) -> None:
+    """Add the web UI to `app` (made by `cotrain.server.app.create_app`). NiceGUI is one per
+    process, so this can be called once."""
+    global _mounted
+    if _mounted:
+        raise RuntimeError("The web UI is already mounted in this process.")
+    from nicegui import ui
+    from nicegui.storage import Storage
+
+    platform = app.state.platform
+    set_platform(platform)
+    home = platform.settings.layout.root
+    Storage.path = (home / "ui-storage").resolve()  # per-browser preferences, not in the working directory
+
+    from cotrain.ui.pages import register_pages
+
+    register_pages()
+    ui.run_with(
+        app,
+        title="CoTrain",
+        favicon=FAVICON,
+        storage_secret=_storage_secret(home),
+        show_welcome_message=False,
+        reconnect_timeout=10.0,
+    )
+    _mounted = True

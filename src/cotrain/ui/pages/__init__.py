@@ -1,0 +1,5 @@
+"""The pages; importing a module registers its routes with NiceGUI."""
+
+
+def register_pages() -> None:
+    from cotrain.ui.pages import models, network, new_session, rewards, session_detail, sessions  # noqa: F401

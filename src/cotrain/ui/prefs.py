@@ -1,0 +1,54 @@
+"""Per-browser preferences kept in NiceGUI's user storage: language, theme and the API token
+the person signed in with."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from nicegui import app
+
+from cotrain.ui.context import platform
+
+if TYPE_CHECKING:
+    from cotrain.server.auth import Actor
+
+LANGUAGES = {"en": "English", "zh-CN": "简体中文"}
+
+
+def language() -> str:
+    value = app.storage.user.get("lang", "en")
+    return value if value in LANGUAGES else "en"
+
+
+def set_language(value: str) -> None:
+    app.storage.user["lang"] = value if value in LANGUAGES else "en"
+
+
+def dark() -> bool:
+    return bool(app.storage.user.get("dark", False))
+
+
+def set_dark(value: bool) -> None:
+    app.storage.user["dark"] = bool(value)
+
+
+def token() -> str | None:
+    return app.storage.user.get("token") or None
+
+
+def set_token(value: str | None) -> None:
+    if value:
+        app.storage.user["token"] = value
+    else:
+        app.storage.user.pop("token", None)
+
+
+def actor_for(value: str | None) -> Actor | None:
+    """The API token's owner, or None when it is missing, unknown or revoked (blocking: DB)."""
+    if not value:
+        return None
+    from cotrain.server.auth import authenticate
+    from cotrain.server.db import session_scope
+
+    with session_scope(platform().factory) as db:
+        return authenticate(db, value)

@@ -1,0 +1,59 @@
+"""Session rows for the list page: the service's sessions as plain dicts the table shows."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from cotrain.server.db import session_scope
+from cotrain.server.models import ApiToken
+from cotrain.server.session_service import SessionFilter
+from cotrain.ui import format as fmt
+from cotrain.ui.components.badges import status_label
+from cotrain.ui.context import platform
+from cotrain.ui.theme import STATUS_COLORS
+
+if TYPE_CHECKING:
+    from cotrain.server.auth import Actor
+    from cotrain.server.models import TrainingSession
+
+STAT_STATES = ("running", "queued", "completed")
+LIST_LIMIT = 500
+
+
+def owner_names() -> dict[int, str]:
+    with session_scope(platform().factory) as db:
+        return {row.id: row.name for row in db.scalars(select(ApiToken))}
+
+
+def to_row(row: TrainingSession, owners: dict[int, str], now: float) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "status": row.status,
+        "status_label": status_label(row.status),
+        "status_color": STATUS_COLORS.get(row.status, "grey-6"),
+        "model": f"{row.model_type} · {row.model_size}",
+        "strategy": row.strategy,
+        "progress": round(row.progress or 0.0, 1),
+        "loss": fmt.metric(row.loss),
+        "participants": row.participants,
+        "owner": owners.get(row.owner_id, "—") if row.owner_id is not None else "—",
+        "age": fmt.age(row.created_at, now),
+        "created_at": row.created_at,
+    }
+
+
+def load(actor: Actor | None, search: str | None, status: str | None) -> dict[str, Any]:
+    """Rows matching the filters, and the totals per state for the stat tiles (blocking: DB)."""
+    service = platform().sessions
+    rows, total = service.list(actor, SessionFilter(status=status or None, search=search or None), limit=LIST_LIMIT)
+    owners = owner_names()
+    now = time.time()
+    _, everything = service.list(actor, SessionFilter(), limit=1)
+    stats = {"total": everything}
+    for state in STAT_STATES:
+        stats[state] = service.list(actor, SessionFilter(status=state), limit=1)[1]
+    return {"rows": [to_row(r, owners, now) for r in rows], "total": total, "stats": stats}
