@@ -24,10 +24,12 @@ def assert_reference_shape(message: dict, reference: dict) -> None:
             assert_reference_shape(message[key], value)
 
 
-def run_reference_session(server) -> None:
+def run_reference_session(server, ws_server=None) -> None:
+    """Create, stream over `ws_server`'s WebSocket (default: the same server), complete, replay."""
+    ws_server = ws_server or server
     reference = json.loads((REFERENCE / "ws-training-progress.json").read_text())
     api = server.client()
-    ws = WSCollector(server.ws_url)
+    ws = WSCollector(ws_server.ws_url)
     try:
         created = api.post("/sessions", json=reference_session())
         assert created.status_code == 201, created.text
@@ -69,7 +71,7 @@ def run_reference_session(server) -> None:
         assert toml.status_code == 200 and f'id = "{sid}"' in toml.text
 
         # a reconnecting client asks for what it missed after seq 5 and gets exactly that
-        late = WSCollector(server.ws_url)
+        late = WSCollector(ws_server.ws_url)
         late.send({"action": "subscribe", "sessionId": sid, "after": 5})
         wait_until(lambda: len(late.messages) >= len(seqs) - 5 + 1, 10, "the replay")
         replayed = [m["data"]["seq"] for m in late.messages if m["event"] != "subscribed"]

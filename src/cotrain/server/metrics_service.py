@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Integer, cast, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from cotrain.server.models import MetricPoint
@@ -26,7 +26,7 @@ def metric_history(db: Session, session_id: str, max_points: int = 500, metrics:
         points = [{"step": r.step, "time": r.time, **{m: getattr(r, m) for m in metrics}} for r in rows]
         return {"session_id": session_id, "total_points": total, "downsampled": False, "points": points}
     width = max(1, -(-(last - first + 1) // max_points))  # ceil division
-    bucket = cast((MetricPoint.step - first) / width, Integer).label("bucket")
+    bucket = ((MetricPoint.step - first) // width).label("bucket")  # SQLAlchemy 2: `//` is integer division everywhere
     columns = [bucket, func.max(MetricPoint.step).label("step"), func.max(MetricPoint.time).label("time")]
     for m in metrics:
         col = getattr(MetricPoint, m)
