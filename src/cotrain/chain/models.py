@@ -66,6 +66,25 @@ class PeerBinding(Base):
     created_at: Mapped[float] = mapped_column(Float)
 
 
+class ProgressSnapshot(Base):
+    """The last DHT progress record seen per peer and outer step (records expire from the DHT within
+    seconds, so the server keeps them while the session runs)."""
+
+    __tablename__ = "chain_progress"
+    __table_args__ = (UniqueConstraint("session_id", "peer_id", "outer_step"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(String(64), index=True)
+    peer_id: Mapped[str] = mapped_column(String(200))
+    outer_step: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(Integer)
+    samples: Mapped[int] = mapped_column(BigInteger)
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    tokens_per_second: Mapped[float] = mapped_column(Float)
+    wallet: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    device: Mapped[str] = mapped_column(String(200))
+    updated: Mapped[float] = mapped_column(Float)
+
+
 class ContributionRow(Base):
     __tablename__ = "chain_contributions"
     __table_args__ = (UniqueConstraint("session_id", "peer_id"),)
@@ -146,6 +165,7 @@ CHAIN_TABLES = [
     ChainNonce.__table__,
     LedgerEntryRow.__table__,
     PeerBinding.__table__,
+    ProgressSnapshot.__table__,
     ContributionRow.__table__,
     RewardPoolRow.__table__,
     RewardRow.__table__,
