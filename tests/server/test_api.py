@@ -1,0 +1,152 @@
+"""The REST API on a real server (no executor, so nothing trains): validation that names the
+field, the session lifecycle while waiting, owners and tokens, the hivemind envelopes, health,
+Prometheus metrics and the OpenAPI schema."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import httpx
+import pytest
+
+from tests.conftest import REFERENCE
+from tests.server.conftest import reference_session
+
+
+@pytest.fixture
+def server(servers):
+    return servers(COTRAIN_EMBEDDED_WORKER="0")
+
+
+def test_reference_body_creates_a_session_with_its_toml(server):
+    api = server.client()
+    body = json.loads((REFERENCE / "session-create.json").read_text())  # unchanged: llama2 7B on 4 x 8 GPUs, DiLoCo
+    created = api.post("/sessions", json=body)
+    assert created.status_code == 201, created.text
+    session = created.json()
+    assert (session["modelSize"], session["strategy"], session["status"]) == ("7B", "diloco", "queued")
+    toml = api.get(f"/sessions/{session['id']}/config").text
+    for line in ('size = "7B"', 'precision = "bf16"', "batch_size = 32", "learning_rate = 0.0001", "epochs = 10",
+                 'optimizer = "adamw"', "nodes = 4", "gpus_per_node = 8", 'strategy = "diloco"'):
+        assert line in toml
+    assert api.get(f"/hivemind/training/{session['id']}").json() == {
+        "status": "success",
+        "data": {"task_id": session["id"], "status": "queued", "progress": 0.0, "step": 0, "total_steps": None,
+                 "loss": None, "participants": 0, "error": None},
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "loc", "words"),
+    [
+        ({"modelConfig": {"type": "llama2", "size": "huge"}}, ["body", "modelConfig", "size"], '"debug"'),
+        ({"trainingConfig": {"batchSize": 0}}, ["body", "trainingConfig", "batchSize"], "greater than 0"),
+        ({"trainingConfig": {"batchSzie": 8}}, ["body", "trainingConfig", "batchSzie"], "not permitted"),
+        ({"distributedConfig": {"strategy": "magic"}}, ["body", "distributedConfig", "strategy"], "diloco"),
+        ({"trainingConfig": {"batchSize": 30}, "distributedConfig": {"gpusPerNode": 8}},
+         ["body", "trainingConfig", "batchSize"], "multiple of the 8 processes"),
+    ],
+)
+def test_invalid_input_is_422_naming_the_field(server, change, loc, words):
+    response = server.client().post("/sessions", json={"name": "x", **change})
+    assert response.status_code == 422
+    errors = response.json()["detail"]
+    assert any(e["loc"] == loc and words in e["msg"] for e in errors), errors
+
+
+def test_waiting_session_lifecycle(server):
+    api = server.client()
+    draft = api.post("/sessions", json=reference_session(autoStart=False, name="draft one")).json()
+    sid = draft["id"]
+    assert draft["status"] == "draft"
+    edited = api.patch(f"/sessions/{sid}", json={"trainingConfig": {"learningRate": 0.01}, "name": "renamed"})
+    assert edited.status_code == 200 and edited.json()["name"] == "renamed"
+    assert "learning_rate = 0.01" in api.get(f"/sessions/{sid}/config").text
+    bad = api.patch(f"/sessions/{sid}", json={"modelConfig": {"size": "nope"}})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "modelConfig", "size"]
+    assert api.post(f"/sessions/{sid}/start").json()["status"] == "queued"
+    assert api.put(f"/sessions/{sid}/priority", json={"priority": 7}).json()["priority"] == 7
+    other = api.post("/sessions", json=reference_session(name="other")).json()["id"]
+
+    page = api.get("/sessions", params={"status": "queued", "limit": 1}).json()
+    assert page["total"] == 2 and len(page["items"]) == 1
+    assert api.get("/sessions", params={"q": "renam"}).json()["items"][0]["id"] == sid
+    assert api.get("/sessions", params={"status": "bogus"}).status_code == 422
+
+    assert api.post(f"/sessions/{sid}/retry").status_code == 409
+    assert api.post(f"/sessions/{sid}/cancel").json()["status"] == "cancelled"
+    assert api.post(f"/sessions/{sid}/retry").json()["status"] == "queued"
+    assert api.delete(f"/sessions/{other}").status_code == 204
+    missing = api.get(f"/sessions/{other}")
+    assert missing.status_code == 404 and "GET /api/v1/sessions" in missing.json()["detail"]
+    messages = api.get(f"/sessions/{sid}/events").json()
+    assert [m["seq"] for m in messages] == list(range(1, len(messages) + 1))
+    assert [m["data"]["status"] for m in messages] == ["draft", "draft", "queued", "cancelled", "queued"]
+
+
+def test_tokens_owners_and_public_reads(server):
+    admin = server.client()
+    anonymous = server.client(token=None)
+    assert anonymous.post("/sessions", json=reference_session()).status_code == 401
+    assert server.client(token="ct_wrong").get("/sessions").status_code == 401
+
+    alice_token = admin.post("/auth/tokens", json={"name": "alice"}).json()["token"]
+    bob_token = admin.post("/auth/tokens", json={"name": "bob"}).json()["token"]
+    alice, bob = server.client(alice_token), server.client(bob_token)
+    assert bob.post("/auth/tokens", json={"name": "eve"}).status_code == 403
+    assert alice.get("/auth/me").json()["name"] == "alice"
+
+    public = alice.post("/sessions", json=reference_session()).json()["id"]
+    private = alice.post("/sessions", json=reference_session(public=False)).json()["id"]
+    assert anonymous.get(f"/sessions/{public}").status_code == 200  # reading public sessions needs no token
+    assert anonymous.get(f"/sessions/{private}").status_code == 404
+    assert bob.get(f"/sessions/{private}").status_code == 404
+    assert alice.get(f"/sessions/{private}").status_code == 200
+    denied = bob.post(f"/sessions/{public}/cancel")
+    assert denied.status_code == 403 and "owner" in denied.json()["detail"]
+    assert bob.get(f"/sessions/{public}/join").json()["sessionId"] == public  # others can join
+    assert admin.post(f"/sessions/{public}/cancel").status_code == 200  # admins manage everything
+    assert {s["id"] for s in anonymous.get("/sessions").json()["items"]} == {public}
+
+
+def test_health_metrics_hivemind_envelopes_and_openapi(server):
+    root = httpx.Client(base_url=server.url, timeout=30)
+    api = server.client()
+    assert api.get("/health").json()["status"] == "success"
+    assert root.get("/health").json()["data"]["database"] == "sqlite"
+    metrics = root.get("/metrics")
+    assert 'cotrain_sessions{status="queued"}' in metrics.text and metrics.headers["content-type"].startswith("text/plain")
+    status = api.get("/hivemind/status").json()
+    assert status["status"] == "success" and status["data"]["status"] == "stopped"
+    assert api.get("/hivemind/peers").json() == {"status": "success", "data": []}
+    submitted = api.post("/hivemind/train", json=reference_session())
+    assert submitted.status_code == 201 and submitted.json()["data"]["task_id"]
+
+    spec = root.get("/openapi.json").json()
+    paths = spec["paths"]
+    for path in ("/api/v1/sessions", "/api/v1/sessions/{session_id}/metrics", "/api/v1/hivemind/start",
+                 "/api/v1/hivemind/status", "/api/v1/hivemind/train", "/api/v1/hivemind/peers",
+                 "/api/v1/hivemind/peers/connect", "/api/v1/hivemind/training/{task_id}", "/api/v1/health",
+                 "/api/v1/models", "/api/v1/models/compare"):
+        assert path in paths, path
+    create = spec["components"]["schemas"]["SessionCreate"]["properties"]
+    assert {"name", "modelConfig", "trainingConfig", "distributedConfig", "dataConfig", "priority"} <= set(create)
+    assert "bearer" in json.dumps(spec["components"]["securitySchemes"]).lower()
+
+
+def test_first_start_prints_the_admin_token_once(servers, cotrain_home):
+    first = servers(COTRAIN_EMBEDDED_WORKER="0", COTRAIN_ADMIN_TOKEN="")
+    token_file = cotrain_home / "admin-token"
+    token = token_file.read_text().strip()
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert first.client(token).get("/auth/me").json()["is_admin"] is True
+    first.stop()
+    assert first.log_path.read_text().count(token) == 1
+    second = servers(COTRAIN_EMBEDDED_WORKER="0", COTRAIN_ADMIN_TOKEN="")
+    assert second.client(token).get("/auth/me").status_code == 200
+    assert token not in second.log_path.read_text()
+    import sqlite3
+
+    stored = sqlite3.connect(cotrain_home / "cotrain.db").execute("SELECT token_hash FROM api_tokens").fetchall()
+    assert all(token not in row[0] for row in stored)
