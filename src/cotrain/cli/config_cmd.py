@@ -37,5 +37,13 @@ def show(
     typer.echo(config_to_toml(load_config(file, overrides=set_), full=True), nl=False)
 
 
+@config_app.command("reference")
+def reference() -> None:
+    """Print the Markdown reference of every config key (the README's config reference)."""
+    from cotrain.config.reference import markdown_reference
+
+    typer.echo(markdown_reference(), nl=False)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(config_app, name="config")

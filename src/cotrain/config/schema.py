@@ -33,14 +33,21 @@ class SessionConfig(Section):
         pattern=SESSION_ID_PATTERN,
         description="Names the run's event stream, checkpoints and final model; default: the config file's stem.",
     )
-    name: str | None = None
-    description: str | None = None
+    name: str | None = Field(None, description="A human title shown in the UI.")
+    description: str | None = Field(None, description="Free text shown in the UI.")
 
 
 class ModelConfig(Section):
-    type: Literal["llama2", "llama3", "bert"] = "llama2"
-    size: str = "debug"
-    precision: Precision = "fp32"
+    type: Literal["llama2", "llama3", "bert"] = Field(
+        "llama2", description="Model family: llama2 / llama3 (causal LM) or bert (masked LM)."
+    )
+    size: str = Field(
+        "debug",
+        description="Size preset: debug, tiny, small, base, or a published shape (7B, 13B, 70B; llama3 8B, 70B; bert base, large). `cotrain models list` shows them.",
+    )
+    precision: Precision = Field(
+        "fp32", description="Autocast dtype; weights stay fp32. fp16 adds a grad scaler."
+    )
     path: str | None = Field(
         None, description="A local Hugging Face model directory to start from instead of random init."
     )
@@ -48,49 +55,74 @@ class ModelConfig(Section):
 
 
 class TrainConfig(Section):
-    batch_size: PositiveInt = 32
-    micro_batch_size: PositiveInt | None = Field(
-        None, description="Samples per forward pass per process; default: batch_size / processes (no accumulation)."
+    batch_size: PositiveInt = Field(
+        32, description="Samples per optimizer step, over all processes (DiLoCo: per peer)."
     )
-    learning_rate: PositiveFloat = 3e-4
-    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
-    epochs: PositiveInt | None = 1
-    max_steps: PositiveInt | None = Field(None, description="Stop after this many optimizer steps (wins over epochs).")
-    optimizer: Optimizer = "adamw"
-    schedule: Schedule = "cosine"
-    warmup_steps: int = Field(0, ge=0)
-    weight_decay: float = Field(0.1, ge=0.0)
-    betas: tuple[float, float] = (0.9, 0.95)
+    micro_batch_size: PositiveInt | None = Field(
+        None,
+        description="Samples per forward pass per process; default: batch_size / processes (no accumulation).",
+    )
+    learning_rate: PositiveFloat = Field(3e-4, description="Peak learning rate (after warmup).")
+    min_lr_ratio: float = Field(
+        0.1, ge=0.0, le=1.0, description="Final learning rate as a fraction of the peak."
+    )
+    epochs: PositiveInt | None = Field(
+        1, description="Passes over the training split (unless max_steps is set)."
+    )
+    max_steps: PositiveInt | None = Field(
+        None, description="Stop after this many optimizer steps (wins over epochs)."
+    )
+    optimizer: Optimizer = Field("adamw", description="Inner optimizer.")
+    schedule: Schedule = Field("cosine", description="Learning-rate decay after warmup.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
+    weight_decay: float = Field(0.1, ge=0.0, description="On matrices only (not biases or norms).")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="Adam / AdamW betas.")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
     grad_clip: float = Field(1.0, ge=0.0, description="Max global grad norm; 0 disables clipping.")
-    seed: int = 1337
+    seed: int = Field(1337, description="Seeds init, data order and masking.")
     deterministic: bool = Field(False, description="Bit-identical results on CPU (slower kernels on GPU).")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    log_interval: PositiveInt = 10
-    eval_interval: PositiveInt = 200
-    eval_batches: PositiveInt = 8
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when visible, else CPU.")
+    log_interval: PositiveInt = Field(10, description="Steps between progress events.")
+    eval_interval: PositiveInt = Field(
+        200, description="Steps between evaluations on the val split (and one at the end)."
+    )
+    eval_batches: PositiveInt = Field(8, description="Micro batches per evaluation.")
 
 
 class DilocoConfig(Section):
-    inner_steps: PositiveInt = 100
-    outer_lr: PositiveFloat = 0.7
-    outer_momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    nesterov: bool = True
-    compression: Compression = "none"
-    initial_peers: list[str] = Field(default_factory=list)
-    host_maddrs: list[str] = Field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"])
-    announce_maddrs: list[str] = Field(default_factory=list)
-    min_peers: PositiveInt = 1
-    matchmaking_time: PositiveFloat = 5.0
-    averaging_timeout: PositiveFloat = 120.0
-    progress_interval: PositiveFloat = 3.0
+    inner_steps: PositiveInt = Field(100, description="H: local optimizer steps between outer steps.")
+    outer_lr: PositiveFloat = Field(0.7, description="Outer SGD learning rate.")
+    outer_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="Outer SGD momentum.")
+    nesterov: bool = Field(True, description="Nesterov momentum in the outer step.")
+    compression: Compression = Field("none", description="Compression of the averaged pseudo-gradient.")
+    initial_peers: list[str] = Field(
+        default_factory=list, description="Multiaddrs of peers already in the DHT."
+    )
+    host_maddrs: list[str] = Field(
+        default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"], description="Addresses this peer listens on."
+    )
+    announce_maddrs: list[str] = Field(
+        default_factory=list, description="Public addresses to announce (behind NAT)."
+    )
+    min_peers: PositiveInt = Field(1, description="Peers needed before an outer step averages.")
+    matchmaking_time: PositiveFloat = Field(5.0, description="Seconds to gather peers for a round.")
+    averaging_timeout: PositiveFloat = Field(
+        120.0, description="Seconds before a round is abandoned and retried."
+    )
+    progress_interval: PositiveFloat = Field(
+        3.0, description="Seconds between signed progress records in the DHT."
+    )
 
 
 class DistributedConfig(Section):
-    nodes: PositiveInt = 1
-    gpus_per_node: PositiveInt = 1
-    strategy: Strategy = "ddp"
-    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    nodes: PositiveInt = Field(1, description="Machines (DiLoCo: peers).")
+    gpus_per_node: PositiveInt = Field(1, description="Processes per machine.")
+    strategy: Strategy = Field(
+        "ddp", description="ddp / fsdp under torchrun, or diloco over the hivemind DHT."
+    )
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="torch.distributed backend; auto: nccl on GPU, gloo on CPU."
+    )
     diloco: DilocoConfig = Field(default_factory=DilocoConfig)
 
     @property
@@ -104,29 +136,33 @@ class DistributedConfig(Section):
 
 
 class DataConfig(Section):
-    seq_length: PositiveInt = 256
+    seq_length: PositiveInt = Field(256, description="Tokens per sample.")
     data_path: str | None = Field(
         None, description="A .txt/.jsonl/.parquet file, a folder of them, or a folder of prepared shards."
     )
     dataset: str | None = Field(
-        None, description='A built-in corpus instead of data_path: "stdlib" (the Python standard library sources).'
+        None,
+        description='A built-in corpus instead of data_path: "stdlib" (the Python standard library sources).',
     )
     max_bytes: PositiveInt | None = Field(None, description="Use at most this many bytes of raw text.")
     tokenizer: str = Field(
         "train", description='"train" (BPE trained on the corpus) or a local tokenizer.json / HF directory.'
     )
     vocab_size: int = Field(4096, ge=256, le=262144, description="Vocabulary of a trained tokenizer.")
-    val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    val_fraction: float = Field(
+        0.05, ge=0.0, lt=1.0, description="Fraction of documents held out for evaluation."
+    )
     num_proc: PositiveInt | None = Field(None, description="Tokenizer processes; default: the CPU count.")
     mlm_probability: float = Field(0.15, gt=0.0, lt=1.0, description="Masked-token fraction for bert.")
 
 
 class CheckpointConfig(Section):
-    interval: PositiveInt = 1000
+    interval: PositiveInt = Field(1000, description="Steps between checkpoints (and one at the end).")
     output_path: str | None = Field(
-        None, description="Root of checkpoints (a folder per session inside); default COTRAIN_HOME/models/checkpoints."
+        None,
+        description="Root of checkpoints (a folder per session inside); default COTRAIN_HOME/models/checkpoints.",
     )
-    keep: PositiveInt = 3
+    keep: PositiveInt = Field(3, description="Newest checkpoints kept.")
     resume: Resume | str = Field("latest", description='"latest", "none", or a checkpoint directory.')
 
 
@@ -144,7 +180,9 @@ class CotrainConfig(Section):
         model, train, dist, data = self.model, self.train, self.distributed, self.data
 
         if model.path is None and model.size not in PRESETS[model.type]:
-            problems.append(("model.size", model.size, f"one of {_quoted(sizes_of(model.type))} for {model.type}"))
+            problems.append(
+                ("model.size", model.size, f"one of {_quoted(sizes_of(model.type))} for {model.type}")
+            )
 
         if train.epochs is None and train.max_steps is None:
             problems.append(("train.epochs", None, "a positive number of epochs, or set train.max_steps"))
@@ -154,32 +192,49 @@ class CotrainConfig(Section):
         if micro is None:
             if train.batch_size % per_step_processes:
                 problems.append(
-                    ("train.batch_size", train.batch_size,
-                     f"a multiple of the {per_step_processes} processes that share each step "
-                     f"({dist.strategy}: {_processes_phrase(dist)})"),
+                    (
+                        "train.batch_size",
+                        train.batch_size,
+                        f"a multiple of the {per_step_processes} processes that share each step "
+                        f"({dist.strategy}: {_processes_phrase(dist)})",
+                    ),
                 )
         elif train.batch_size % (micro * per_step_processes):
             problems.append(
-                ("train.batch_size", train.batch_size,
-                 f"a multiple of micro_batch_size × processes = {micro} × {per_step_processes}"),
+                (
+                    "train.batch_size",
+                    train.batch_size,
+                    f"a multiple of micro_batch_size × processes = {micro} × {per_step_processes}",
+                ),
             )
 
         if train.warmup_steps and train.max_steps and train.warmup_steps > train.max_steps:
-            problems.append(("train.warmup_steps", train.warmup_steps, f"at most train.max_steps ({train.max_steps})"))
+            problems.append(
+                ("train.warmup_steps", train.warmup_steps, f"at most train.max_steps ({train.max_steps})")
+            )
 
         if dist.strategy == "diloco" and self.checkpoint.interval % dist.diloco.inner_steps:
             problems.append(
-                ("checkpoint.interval", self.checkpoint.interval,
-                 f"a multiple of distributed.diloco.inner_steps ({dist.diloco.inner_steps}) so checkpoints "
-                 "fall on outer steps"),
+                (
+                    "checkpoint.interval",
+                    self.checkpoint.interval,
+                    f"a multiple of distributed.diloco.inner_steps ({dist.diloco.inner_steps}) so checkpoints "
+                    "fall on outer steps",
+                ),
             )
         if dist.strategy == "fsdp" and model.precision == "fp16":
-            problems.append(("model.precision", "fp16", "bf16 or fp32 with fsdp (fp16 needs a sharded grad scaler)"))
+            problems.append(
+                ("model.precision", "fp16", "bf16 or fp32 with fsdp (fp16 needs a sharded grad scaler)")
+            )
 
         if data.data_path is not None and data.dataset is not None:
-            problems.append(("data.dataset", data.dataset, "unset when data.data_path is set (choose one source)"))
+            problems.append(
+                ("data.dataset", data.dataset, "unset when data.data_path is set (choose one source)")
+            )
         if data.dataset is not None and data.dataset != "stdlib":
-            problems.append(("data.dataset", data.dataset, '"stdlib", or point data.data_path at local files'))
+            problems.append(
+                ("data.dataset", data.dataset, '"stdlib", or point data.data_path at local files')
+            )
 
         if problems:
             raise CrossFieldError(problems)
@@ -195,7 +250,9 @@ class CrossFieldError(ValueError):
 
     def __init__(self, problems: list[tuple[str, object, str]]):
         self.problems = problems
-        super().__init__("; ".join(f"{path} = {value!r}: must be {allowed}" for path, value, allowed in problems))
+        super().__init__(
+            "; ".join(f"{path} = {value!r}: must be {allowed}" for path, value, allowed in problems)
+        )
 
 
 def _quoted(values: tuple[str, ...]) -> str:
