@@ -26,11 +26,12 @@ async def _routing_table_size(_dht: Any, node: Any) -> int:
 
 async def _connect(_dht: Any, node: Any, address: str) -> str:
     from hivemind.p2p import PeerID
-    from multiaddr import Multiaddr
+    from hivemind.utils.multiaddr import Multiaddr
 
     maddr = Multiaddr(address)
-    peer_id = PeerID.from_base58(maddr["p2p"])
-    await node.p2p._client.connect(peer_id, [maddr.decapsulate(f"/p2p/{maddr['p2p']}")])
+    peer_text = maddr.value_for_protocol("p2p")
+    peer_id = PeerID.from_base58(peer_text)
+    await node.p2p._client.connect(peer_id, [maddr.decapsulate(Multiaddr(f"/p2p/{peer_text}"))])
     node_id = await node.protocol.call_ping(peer_id)
     if node_id is None:
         raise ConnectionError(f"{address} accepted the connection but did not answer the DHT ping")
@@ -66,11 +67,11 @@ class ServerDHT:
         with self._lock:
             if not self.running:
                 try:
-                    import hivemind
+                    # the distributed issue's helper: a node with the signature validator the
+                    # peers' progress records need
+                    from cotrain.p2p.dht import start_dht
 
-                    self.dht = hivemind.DHT(
-                        start=True, host_maddrs=self.host_maddrs, initial_peers=self.initial_peers or None
-                    )
+                    self.dht = start_dht(initial_peers=self.initial_peers, host_maddrs=self.host_maddrs)
                     self._addresses = [str(a) for a in self.dht.get_visible_maddrs()]
                     self.started_at, self.error = time.time(), None
                 except Exception as exc:
