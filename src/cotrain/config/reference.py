@@ -59,3 +59,18 @@ def markdown_reference() -> str:
     for name, field in CotrainConfig.model_fields.items():
         _section(name, field.annotation, lines)  # type: ignore[arg-type]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def with_reference(readme_text: str) -> str:
+    """`readme_text` with the block between the markers replaced by the current reference."""
+    head, _, rest = readme_text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    return f"{head}{BEGIN}\n{markdown_reference()}{END}{tail}"
+
+
+if __name__ == "__main__":  # python -m cotrain.config.reference README.md
+    import sys
+    from pathlib import Path
+
+    readme = Path(sys.argv[1])
+    readme.write_text(with_reference(readme.read_text()))
