@@ -51,3 +51,24 @@ def follow(session_ids: Iterable[str], handler: Handler) -> Subscriber:
 
     ui.context.client.on_delete(stop)
     return sub
+
+
+class Relay:
+    """A handler that keeps messages until `connect` gives it the real one (a page subscribes
+    before it reads the state, and builds its widgets after)."""
+
+    def __init__(self) -> None:
+        self.buffer: list[dict[str, Any]] = []
+        self.target: Callable[[dict[str, Any]], Any] | None = None
+
+    def __call__(self, message: dict[str, Any]) -> Any:
+        if self.target is None:
+            self.buffer.append(message)
+            return None
+        return self.target(message)
+
+    def connect(self, target: Callable[[dict[str, Any]], Any]) -> None:
+        self.target = target
+        buffered, self.buffer = self.buffer, []
+        for message in buffered:
+            target(message)

@@ -1,0 +1,77 @@
+"""What the Session-detail page shows, read from the server's services in one blocking call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from cotrain.server.api.models import list_versions_out
+from cotrain.ui.context import platform
+
+if TYPE_CHECKING:
+    from cotrain.server.auth import Actor
+    from cotrain.server.models import TrainingSession
+
+PARTICIPANT_MESSAGES = 2000  # recent messages scanned for the participants-over-time chart
+LOG_LINES = 60
+
+
+@dataclass
+class SessionView:
+    row: TrainingSession
+    history: list[dict[str, Any]]
+    participants_series: list[list[float]]
+    peers: list[dict[str, Any]]
+    checkpoints: list[dict[str, Any]]
+    logs: list[str]
+    versions: list[dict[str, Any]] = field(default_factory=list)
+
+
+def load(session_id: str, actor: Actor | None) -> SessionView:
+    """Raises the service's NotFound when the session does not exist or is not visible."""
+    p = platform()
+    service = p.sessions
+    row = service.get(session_id, actor)
+    history = p.metric_history(session_id, 500)["points"]
+    recent = service.messages(session_id, after=max(0, row.message_seq - PARTICIPANT_MESSAGES), limit=PARTICIPANT_MESSAGES, actor=actor)
+    participants = [
+        [m["data"]["step"], m["data"].get("participants") or 0]
+        for m in recent if m["event"] == "training.progress" and m["data"].get("step") is not None
+    ]
+    return SessionView(
+        row=row, history=history, participants_series=participants,
+        peers=service.participants(session_id, actor)["peers"], checkpoints=service.checkpoints(session_id, actor),
+        logs=logs(session_id, actor), versions=list_versions_out(p, session_id),
+    )
+
+
+def logs(session_id: str, actor: Actor | None) -> list[str]:
+    service = platform().sessions
+    lines = service.log_tail(session_id, "stderr", LOG_LINES, actor)
+    return lines or service.log_tail(session_id, "stdout", LOG_LINES, actor)
+
+
+def peer_rows(peers: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+    """Peers as table rows with their share of the tokens processed."""
+    total = sum(float(p.get("tokens") or 0) for p in peers)
+    rows = []
+    for peer in peers:
+        tokens = float(peer.get("tokens") or 0)
+        rows.append({
+            "peer_id": str(peer.get("peer_id", "")),
+            "tps": peer.get("tokens_per_second"),
+            "step": peer.get("step"),
+            "seen": peer.get("updated") or peer.get("time"),
+            "share": (tokens / total) if total else None,
+        })
+    return rows
+
+
+def eta_seconds(samples: list[tuple[int, float]], total_steps: int | None) -> float | None:
+    """Seconds left, from the pace of the recent (step, time) samples."""
+    if not total_steps or len(samples) < 2:
+        return None
+    (s0, t0), (s1, t1) = samples[max(0, len(samples) - 20)], samples[-1]
+    if s1 <= s0 or t1 <= t0:
+        return None
+    return (total_steps - s1) * (t1 - t0) / (s1 - s0)
