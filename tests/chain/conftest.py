@@ -10,12 +10,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from aptos_sdk import ed25519
 from sqlalchemy.orm import Session, sessionmaker
 
 from cotrain.chain.ledger import Ledger
 from cotrain.chain.models import CHAIN_TABLES
 from cotrain.server.db import Base, make_engine, make_session_factory
-from aptos_sdk import ed25519
 
 PG_URL = os.environ.get("CHAIN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 

@@ -117,7 +117,7 @@ class FakeAptosNode:
                            "complete transaction")
         if apply:
             state.balance -= sum(amounts) + fee
-            for to, amount in zip(recipients, amounts):
+            for to, amount in zip(recipients, amounts, strict=True):
                 self.accounts.setdefault(to.address, AccountState(authentication_key=to.address)).balance += amount
             state.sequence_number += 1
         return True, "Executed successfully"

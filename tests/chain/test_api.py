@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -29,6 +30,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class Served:
+    client: httpx.Client
+    ctx: ChainContext
+    origin: str
+    app: FastAPI
+
+
 @pytest.fixture
 def api(db_factory):
     key = ed25519.PrivateKey.random()
@@ -43,7 +52,7 @@ def api(db_factory):
     while not server.started:
         time.sleep(0.02)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1") as client:
-        yield client, app.state.chain, f"http://127.0.0.1:{port}"
+        yield Served(client, app.state.chain, f"http://127.0.0.1:{port}", app)
     server.should_exit = True
     thread.join(5)
 
@@ -58,7 +67,7 @@ def sign_in(client, origin, wallet, chain_id=2):
 
 
 def test_sign_in_then_my_contributions_and_rewards(api):
-    client, ctx, origin = api
+    client, ctx, origin = api.client, api.ctx, api.origin
     wallet, other = Wallet.create(), Wallet.create()
     with ctx.factory.begin() as db:
         set_reward_pool(db, ctx.ledger, "s1", 1000, "APT")
@@ -86,7 +95,7 @@ def test_sign_in_then_my_contributions_and_rewards(api):
 
 
 def test_wrong_origin_and_forged_token_are_401_with_reasons(api):
-    client, _ctx, _origin = api
+    client = api.client
     wallet = Wallet.create()
     nonce = client.post("/auth/nonce", json={"address": wallet.address}).json()
     signed = wallet.sign_message(message=nonce["message"], nonce=nonce["nonce"], application="https://phish.example",
@@ -100,7 +109,7 @@ def test_wrong_origin_and_forged_token_are_401_with_reasons(api):
 
 
 def test_peer_binding_signed_by_wallet(api):
-    client, ctx, _origin = api
+    client = api.client
     wallet = Wallet.create()
     sig = str(wallet.account.sign(binding_statement("s9", "peerA", wallet.address)))
     body = {"sessionId": "s9", "peerId": "peerA", "address": wallet.address, "publicKey": wallet.public_key,

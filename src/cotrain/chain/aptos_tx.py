@@ -47,7 +47,7 @@ def decode_batch_args(payload: TransactionPayload) -> list[tuple[str, int]]:
     raw_recipients, raw_amounts = entry.args[-2], entry.args[-1]
     recipients = Deserializer(raw_recipients).sequence(AccountAddress.deserialize)
     amounts = Deserializer(raw_amounts).sequence(Deserializer.u64)
-    return [(str(a), int(n)) for a, n in zip(recipients, amounts)]
+    return [(str(a), int(n)) for a, n in zip(recipients, amounts, strict=True)]
 
 
 def build_raw(

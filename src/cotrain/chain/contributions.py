@@ -125,7 +125,7 @@ def _one_peer(
         reasons.append("no valid wallet address is bound to this peer; join with `cotrain join --wallet 0x...`")
     elif bound is not None and bound.get(peer) != address:
         reasons.append(f"the wallet {address} was not proven for this peer (no signed binding from that wallet)")
-    if any(b.tokens < a.tokens or b.samples < a.samples for a, b in zip(snaps, snaps[1:])):
+    if any(b.tokens < a.tokens or b.samples < a.samples for a, b in zip(snaps, snaps[1:], strict=False)):
         reasons.append("its token or sample counters went backwards between reports")
     if reported_tps > ceiling * limits.slack:
         reasons.append(f"it reports {reported_tps:,.0f} tokens/s, more than a {last.device or 'device'} can do "
