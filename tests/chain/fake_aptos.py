@@ -91,12 +91,18 @@ class FakeAptosNode:
     def _tx_json(self, signed: SignedTransaction, tx_hash: str, kind: str, **extra: Any) -> dict[str, Any]:
         raw = signed.transaction
         entry = raw.payload.value
+        try:
+            arguments: list[Any] = [[str(a) for a in Deserializer(entry.args[0]).sequence(AccountAddress.deserialize)],
+                                    [str(n) for n in Deserializer(entry.args[1]).sequence(Deserializer.u64)]]
+        except Exception:
+            arguments = []
         return {"type": kind, "hash": tx_hash, "sender": str(raw.sender),
                 "sequence_number": str(raw.sequence_number), "max_gas_amount": str(raw.max_gas_amount),
                 "gas_unit_price": str(raw.gas_unit_price),
                 "expiration_timestamp_secs": str(raw.expiration_timestamps_secs),
                 "payload": {"type": "entry_function_payload",
-                            "function": f"{entry.module}::{entry.function}", "type_arguments": []},
+                            "function": f"{entry.module}::{entry.function}", "type_arguments": [],
+                            "arguments": arguments},
                 **extra}
 
     def _execute(self, signed: SignedTransaction, state: AccountState, apply: bool) -> tuple[bool, str]:

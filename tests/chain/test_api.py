@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from cotrain.chain.api import ChainContext
 from cotrain.chain.ledger import Ledger
 from cotrain.chain.nonces import SqlNonceStore
-from cotrain.chain.service import binding_statement, set_reward_pool, settle_session
+from cotrain.chain.service import binding_statement, set_reward_pool, settle_session, sign_binding
 from cotrain.chain.settings import ChainSettings
 from cotrain.server.app import include_extra_routers
 
@@ -120,3 +120,6 @@ def test_peer_binding_signed_by_wallet(api):
              "signature": str(stranger.account.sign(binding_statement("s9", "peerB", wallet.address))),
              "publicKey": stranger.public_key}
     assert client.post("/rewards/bindings", json=wrong).status_code == 401
+    # What `cotrain join --wallet` sends, made by sign_binding with the volunteer's key:
+    assert client.post("/rewards/bindings", json=sign_binding(wallet.account.private_key, "s9", "peerC")
+                       ).json()["proof"] == "signature"

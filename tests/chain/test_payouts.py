@@ -9,7 +9,7 @@ import time
 import pytest
 from aptos_sdk.account import Account
 from aptos_sdk.async_client import ClientConfig
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from cotrain.chain import aptos_tx
 from cotrain.chain.models import PayoutBatchRow, PayoutRow
@@ -79,6 +79,11 @@ def test_aptos_batch_transfer_pays_each_once(db_factory, ledger, wallets, node):
     submits = node.node.submits
     asyncio.run(payer(db_factory, ledger, node, treasury).run())  # nothing left to pay
     assert node.node.submits == submits and {w: node.node.balance(w) for w in wallets} == paid
+    # Setting a paid payout back to due by hand (it would be paid twice) is caught by ledger verify.
+    with db_factory.begin() as db:
+        db.execute(text(f"UPDATE chain_payouts SET status = 'due', batch_id = NULL WHERE address = '{wallets[0]}'"))
+    with db_factory() as db:
+        assert any("records it paid" in p for p in ledger.verify(db).problems)
 
 
 def test_insufficient_balance_is_caught_by_simulation(db_factory, ledger, wallets, node):
@@ -159,3 +164,25 @@ def test_expired_pending_transaction_is_resigned_with_same_sequence_number(db_fa
         batch = db.scalars(select(PayoutBatchRow)).one()
         assert batch.sequence_number == 0 and batch.status == "committed"
     assert {w: node.node.balance(w) for w in wallets} == expected(wallets)
+
+
+def test_re_signed_copy_executing_counts_as_ours(db_factory, ledger, wallets, node):
+    """Two runners by mistake: another copy of the batch (same payload and sequence number, later expiry, so
+    another hash) executes. It is recognised as this batch: paid once, not re-paid as 'superseded'."""
+    treasury = Account.generate()
+    node.node.fund(str(treasury.address()), 10 * POOL)
+    settle(db_factory, ledger, wallets)
+    node.node.mempool_full = True
+    asyncio.run(payer(db_factory, ledger, node, treasury).run())
+    node.node.mempool_full = False
+    with db_factory() as db:
+        stored = aptos_tx.from_hex(db.scalars(select(PayoutBatchRow)).one().signed_txn).transaction
+    copy = aptos_tx.build_raw(stored.sender, stored.sequence_number, stored.payload, stored.chain_id,
+                              stored.expiration_timestamps_secs + 60, stored.max_gas_amount, stored.gas_unit_price)
+    status, _ = node.node.submit(aptos_tx.sign(treasury, copy).bytes())
+    assert status == 202
+    report = asyncio.run(payer(db_factory, ledger, node, treasury).run())
+    assert len(report.committed) == 1 and not report.messages, report.messages
+    assert {w: node.node.balance(w) for w in wallets} == expected(wallets)
+    with db_factory() as db:
+        assert [b.status for b in db.scalars(select(PayoutBatchRow))] == ["committed"]

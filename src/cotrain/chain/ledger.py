@@ -25,7 +25,7 @@ from aptos_sdk.bcs import Serializer
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from cotrain.chain.models import ContributionRow, LedgerEntryRow, RewardPoolRow, RewardRow
+from cotrain.chain.models import ContributionRow, LedgerEntryRow, PayoutRow, RewardPoolRow, RewardRow
 
 DOMAIN = hashlib.sha3_256(b"COTRAIN::LedgerEntry").digest()
 GENESIS_PREV = "0" * 64
@@ -108,6 +108,7 @@ class Ledger:
             expected_seq = row.seq + 1
         report.head = prev
         report.problems.extend(_check_copies(db, bodies))
+        report.problems.extend(_check_payouts(db, bodies))
         return report
 
 
@@ -151,4 +152,26 @@ def _check_copies(db: Session, bodies: dict[int, tuple[str, dict[str, Any]]]) ->
             if changed:
                 problems.append(f"{label} was changed outside the ledger ({', '.join(changed)} differ from "
                                 f"ledger entry {row.ledger_seq})")
+    return problems
+
+
+def _check_payouts(db: Session, bodies: dict[int, tuple[str, dict[str, Any]]]) -> list[str]:
+    """Payout rows agree with the committed payouts in the ledger: nobody marked paid without a committed
+    transaction (skipped), nobody paid by one set back to due (paid twice)."""
+    paid_in_ledger: dict[tuple[str, str], tuple[int, str]] = {}
+    for kind, body in bodies.values():
+        if kind == "payout" and body.get("status") == "committed":
+            for address, amount in body.get("recipients", []):
+                paid_in_ledger[(str(body.get("session_id", "")), address)] = (amount, str(body.get("tx_hash")))
+    problems = []
+    for row in db.scalars(select(PayoutRow)):
+        label = f"chain_payouts row of {row.address} for session {row.session_id}"
+        recorded = paid_in_ledger.pop((row.session_id, row.address), None)
+        if row.status == "paid" and recorded != (row.amount, row.tx_hash):
+            problems.append(f"{label} is marked paid ({row.amount}, {row.tx_hash}) but the ledger has no such "
+                            "committed payout")
+        elif row.status != "paid" and recorded is not None:
+            problems.append(f"{label} is '{row.status}' but the ledger records it paid in {recorded[1]}")
+    for session_id, address in paid_in_ledger:
+        problems.append(f"the ledger records a payout to {address} for session {session_id} that has no payout row")
     return problems

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aptos_sdk.account import Account
+from aptos_sdk.account_address import AccountAddress
 from aptos_sdk.async_client import ApiError, ClientConfig, RestClient
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -73,7 +74,7 @@ def record_due_locally(factory: sessionmaker[Session], ledger: Ledger) -> Payout
             for row in rows:
                 row.batch_id = batch.id
             ledger.append(db, "payout", session_id, {
-                "batch_id": batch.id, "backend": "local", "status": "due", "asset": asset,
+                "session_id": session_id, "batch_id": batch.id, "backend": "local", "status": "due", "asset": asset,
                 "recipients": [[r.address, r.amount] for r in rows],
             })
             report.recorded_due += len(rows)
@@ -84,6 +85,21 @@ def _error_code(exc: ApiError) -> str:
     """The Aptos API's `error_code` (sequence_number_too_old, mempool_is_full, vm_error, ...)."""
     found = re.search(r'"error_code"\s*:\s*"([a-z_]+)"', str(exc))
     return found.group(1) if found else ""
+
+
+def _same_payload(tx: dict[str, Any], signed_hex: str) -> bool:
+    """Whether a committed transaction (REST JSON) is our batch: same entry function, recipients and amounts.
+    Covers a re-signed copy (new expiry, so a new hash) of the batch executing instead of the stored one."""
+    payload = tx.get("payload") or {}
+    try:
+        entry = aptos_tx.from_hex(signed_hex).transaction.payload.value
+        ours = aptos_tx.decode_batch_args(aptos_tx.from_hex(signed_hex).transaction.payload)
+        function = f"{entry.module}::{entry.function}"
+        args = payload.get("arguments") or []
+        theirs = [(str(AccountAddress.from_str_relaxed(a)), int(n)) for a, n in zip(args[-2], args[-1], strict=True)]
+    except Exception:
+        return False
+    return payload.get("function") == function and theirs == ours
 
 
 class AptosPayouts:
@@ -208,10 +224,16 @@ class AptosPayouts:
             on_chain = await client.account_sequence_number(self.treasury.address())
             if on_chain > seq:
                 txs = await client.transactions_by_account(self.treasury.address(), limit=1, start=seq)
-                tx = txs[0] if txs else None
-                if tx is not None and tx.get("hash") == tx_hash:
-                    return self._final(batch_id, bool(tx.get("success")), str(tx.get("vm_status")), report)
-                return self._superseded(batch_id, tx.get("hash") if tx else None, report)
+                tx = txs[0] if txs and int(txs[0].get("sequence_number", -1)) == seq else None
+                if tx is None:  # never guess: an unknown outcome must not lead to paying again
+                    report.pending.append(tx_hash)
+                    report.messages.append(f"The node does not show the treasury's transaction {seq}; payout batch "
+                                           f"{batch_id} stays pending. Check {tx_hash} on an archive node.")
+                    return None
+                if tx.get("hash") == tx_hash or _same_payload(tx, signed_hex):
+                    return self._final(batch_id, bool(tx.get("success")), str(tx.get("vm_status")), report,
+                                       chain_hash=str(tx.get("hash")))
+                return self._superseded(batch_id, tx.get("hash"), report)
             if not await self._in_mempool(client, tx_hash):
                 if expires is not None and await self._ledger_now(client) >= expires:
                     signed_hex, tx_hash, expires = await self._resign(client, batch_id, signed_hex, seq)
@@ -278,10 +300,11 @@ class AptosPayouts:
             await asyncio.sleep(self.poll_s)
         return False
 
-    def _final(self, batch_id: int, success: bool, vm_status: str, report: PayoutReport) -> None:
+    def _final(self, batch_id: int, success: bool, vm_status: str, report: PayoutReport, chain_hash: str) -> None:
         with self.factory.begin() as db:
             batch = db.get(PayoutBatchRow, batch_id)
             assert batch is not None
+            batch.tx_hash = chain_hash  # a re-signed copy of the batch may be the one that executed
             rows = list(db.scalars(select(PayoutRow).where(PayoutRow.batch_id == batch_id).order_by(PayoutRow.address)))
             batch.status, batch.vm_status, batch.updated_at = ("committed" if success else "failed"), vm_status, time.time()
             for row in rows:
@@ -290,7 +313,7 @@ class AptosPayouts:
                 else:
                     row.status, row.batch_id = "due", None  # its transaction executed and failed: pay again later
             self.ledger.append(db, "payout", batch.session_id, {
-                "batch_id": batch.id, "backend": "aptos", "status": batch.status, "asset": batch.asset,
+                "session_id": batch.session_id, "batch_id": batch.id, "backend": "aptos", "status": batch.status, "asset": batch.asset,
                 "sender": batch.sender, "sequence_number": batch.sequence_number, "tx_hash": batch.tx_hash,
                 "vm_status": vm_status, "recipients": [[r.address, r.amount] for r in rows],
             })

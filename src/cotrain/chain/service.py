@@ -50,6 +50,16 @@ def binding_statement(session_id: str, peer_id: str, address: str) -> bytes:
     return f"CoTrain peer binding\nsession: {session_id}\npeer: {peer_id}\nwallet: {address}".encode()
 
 
+def sign_binding(wallet_key: ed25519.PrivateKey, session_id: str, peer_id: str) -> dict[str, str]:
+    """For `cotrain join --wallet`: the body of POST /api/v1/rewards/bindings, signed with the wallet's key
+    (the key stays on the volunteer's machine; only the signature is sent)."""
+    public_key = wallet_key.public_key()
+    address = str(AccountAddress.from_key(public_key))
+    signature = wallet_key.sign(binding_statement(session_id, peer_id, address))
+    return {"sessionId": session_id, "peerId": peer_id, "address": address, "publicKey": str(public_key),
+            "signature": str(signature)}
+
+
 def check_binding_signature(session_id: str, peer_id: str, address: str, public_key: str, signature: str) -> None:
     """Raises ChainError unless `signature` is the wallet's signature of the binding statement."""
     try:
