@@ -417,30 +417,34 @@ def run(config: CotrainConfig, *, interactive: bool | None = None) -> int:
     """Train `config` to completion (or until stopped). Returns the process exit code."""
     layout = Layout.from_env().ensure()
     stop = StopRequest().install()
-    trainer = Trainer(config, layout, stop)
-    if trainer.strategy.is_main:
-        trainer.report = ConsoleReporter(interactive)
+    trainer: Trainer | None = None
     try:
+        trainer = Trainer(config, layout, stop)
+        if trainer.strategy.is_main:
+            trainer.report = ConsoleReporter(interactive)
         trainer.setup()
         return trainer.fit()
     except USER_ERRORS as exc:
         message = str(exc)
-        trainer.emit("failed", step=trainer.start_step if hasattr(trainer, "start_step") else 0, error=message)
+        if trainer is not None:
+            trainer.emit("failed", step=getattr(trainer, "start_step", 0), error=message)
         print(f"error: {message}", file=sys.stderr)
         return 2
     except Exception as exc:
-        trainer.emit(
-            "failed", step=len(trainer.history) + getattr(trainer, "start_step", 0),
-            error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
-        )
+        if trainer is not None:
+            trainer.emit(
+                "failed", step=getattr(trainer, "start_step", 0) + len(trainer.history),
+                error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
+            )
         traceback.print_exc()
         return 1
     finally:
-        if isinstance(trainer.report, ConsoleReporter):
-            trainer.report.close()
-        trainer.strategy.shutdown()
-        if trainer.events is not None:
-            trainer.events.close()
+        if trainer is not None:
+            if isinstance(trainer.report, ConsoleReporter):
+                trainer.report.close()
+            trainer.strategy.shutdown()
+            if trainer.events is not None:
+                trainer.events.close()
 
 
 def main(argv: list[str] | None = None) -> int:
