@@ -1,0 +1,53 @@
+"""Keys come from the environment or an owner-only file, and settings errors say which variable to fix."""
+
+from __future__ import annotations
+
+import pytest
+from aptos_sdk import ed25519
+
+from cotrain.chain.keys import KeyConfigError, ledger_key_path, load_ledger_key, load_treasury_account
+from cotrain.chain.settings import ChainConfigError, ChainSettings
+
+
+def test_ledger_key_file_is_created_once_with_mode_600(tmp_path, monkeypatch):
+    monkeypatch.setenv("COTRAIN_HOME", str(tmp_path))
+    monkeypatch.delenv("COTRAIN_LEDGER_KEY", raising=False)
+    with pytest.raises(KeyConfigError, match="COTRAIN_LEDGER_KEY"):
+        load_ledger_key(create=False)
+    key = load_ledger_key()
+    assert load_ledger_key() == key
+    assert ledger_key_path().stat().st_mode & 0o777 == 0o600
+    ledger_key_path().chmod(0o644)
+    with pytest.raises(KeyConfigError, match="chmod 600"):
+        load_ledger_key()
+
+
+def test_env_keys_and_treasury(tmp_path, monkeypatch):
+    key = ed25519.PrivateKey.random()
+    monkeypatch.setenv("COTRAIN_LEDGER_KEY", key.aip80())
+    assert load_ledger_key() == key
+    monkeypatch.delenv("COTRAIN_TREASURY_KEY", raising=False)
+    monkeypatch.delenv("COTRAIN_TREASURY_KEY_FILE", raising=False)
+    with pytest.raises(KeyConfigError, match="COTRAIN_TREASURY_KEY_FILE"):
+        load_treasury_account()
+    path = tmp_path / "t.key"
+    path.write_text(key.hex())
+    path.chmod(0o600)
+    monkeypatch.setenv("COTRAIN_TREASURY_KEY_FILE", str(path))
+    assert load_treasury_account().private_key == key
+    monkeypatch.setenv("COTRAIN_LEDGER_KEY", "not-a-key")
+    with pytest.raises(KeyConfigError) as err:
+        load_ledger_key()
+    assert "not-a-key" not in str(err.value)  # secrets are never echoed
+
+
+def test_settings_errors_name_the_variable():
+    assert ChainSettings.from_env({}).payout_backend == "local"
+    with pytest.raises(ChainConfigError, match="APTOS_NODE_URL"):
+        ChainSettings.from_env({"COTRAIN_PAYOUT_BACKEND": "aptos"})
+    with pytest.raises(ChainConfigError, match="COTRAIN_PAYOUT_BACKEND"):
+        ChainSettings.from_env({"COTRAIN_PAYOUT_BACKEND": "paypal"})
+    with pytest.raises(ChainConfigError, match="APTOS_CHAIN_ID"):
+        ChainSettings.from_env({"APTOS_CHAIN_ID": "x"})
+    s = ChainSettings.from_env({"APTOS_NETWORK": "mainnet"})
+    assert s.chain_id == 1 and s.explorer_txn_url("0xab") == "https://explorer.aptoslabs.com/txn/0xab?network=mainnet"
