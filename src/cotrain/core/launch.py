@@ -1,0 +1,83 @@
+"""`cotrain train` on one machine with several processes: start torchrun for the user.
+
+Single machine, N = nodes × gpus_per_node processes (ddp / fsdp):
+    python -m torch.distributed.run --standalone --nproc-per-node N -m cotrain.core.train --config FILE
+
+Several machines: run on every node (MASTER_ADDR = node 0's address, NODE_RANK = 0..nodes-1)
+    torchrun --nnodes NODES --nproc-per-node GPUS --node-rank NODE_RANK \\
+        --rdzv-backend c10d --rdzv-endpoint MASTER_ADDR:29500 -m cotrain.core.train --config FILE
+or set MASTER_ADDR and NODE_RANK and run `cotrain train FILE`, which builds that command.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from cotrain.config import CotrainConfig
+
+DEFAULT_MASTER_PORT = 29500
+
+
+def torchrun_command(config: CotrainConfig, config_path: str | Path, overrides: list[str]) -> list[str] | None:
+    """The torchrun command line for `config`, or None when this process should train itself."""
+    dist = config.distributed
+    if dist.strategy == "diloco" or dist.world_size <= 1 or "LOCAL_RANK" in os.environ:
+        return None
+    cmd = [sys.executable, "-m", "torch.distributed.run"]
+    master = os.environ.get("MASTER_ADDR")
+    if dist.nodes > 1 and master:
+        node_rank = os.environ.get("NODE_RANK")
+        if node_rank is None:
+            raise RuntimeError(
+                f"MASTER_ADDR is set, so this is node NODE_RANK of {dist.nodes}: set NODE_RANK (0 on {master}, "
+                f"then 1..{dist.nodes - 1}) on every node and run the same command there"
+            )
+        port = os.environ.get("MASTER_PORT", str(DEFAULT_MASTER_PORT))
+        cmd += [
+            "--nnodes", str(dist.nodes), "--node-rank", node_rank, "--nproc-per-node", str(dist.gpus_per_node),
+            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{master}:{port}",
+        ]
+    else:  # every process on this machine
+        cmd += ["--standalone", "--nproc-per-node", str(dist.world_size)]
+    cmd += ["-m", "cotrain.core.train", "--config", str(config_path)]
+    for override in overrides:
+        cmd += ["--set", override]
+    return cmd
+
+
+def maybe_launch_torchrun(config: CotrainConfig, config_path: str | Path, overrides: list[str]) -> int | None:
+    """Run the config under torchrun and return its exit code, or None if no launch is needed."""
+    cmd = torchrun_command(config, config_path, overrides)
+    if cmd is None:
+        return None
+    _check_gpus(config)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    child = subprocess.Popen(cmd, env=env)
+
+    def forward(signum: int, _frame: object) -> None:
+        child.send_signal(signum)  # torchrun passes it on to the workers, which checkpoint and stop
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _check_gpus(config: CotrainConfig) -> None:
+    import torch
+
+    dist = config.distributed
+    wants_cuda = config.train.device == "cuda" or (config.train.device == "auto" and torch.cuda.is_available())
+    local = dist.gpus_per_node if os.environ.get("MASTER_ADDR") and dist.nodes > 1 else dist.world_size
+    if wants_cuda and torch.cuda.device_count() < local:
+        raise RuntimeError(
+            f"distributed asks for {local} processes on this machine but only {torch.cuda.device_count()} GPUs "
+            "are visible: lower distributed.gpus_per_node / nodes, or set train.device = \"cpu\""
+        )
