@@ -51,3 +51,15 @@ def test_settings_errors_name_the_variable():
         ChainSettings.from_env({"APTOS_CHAIN_ID": "x"})
     s = ChainSettings.from_env({"APTOS_NETWORK": "mainnet"})
     assert s.chain_id == 1 and s.explorer_txn_url("0xab") == "https://explorer.aptoslabs.com/txn/0xab?network=mainnet"
+
+
+def test_rotated_ledger_key_still_verifies_old_entries(tmp_path, monkeypatch):
+    from cotrain.chain.runtime import platform_ledger
+
+    old, new = ed25519.PrivateKey.random(), ed25519.PrivateKey.random()
+    monkeypatch.setenv("COTRAIN_LEDGER_KEY", new.hex())
+    monkeypatch.setenv("COTRAIN_LEDGER_TRUSTED_KEYS", str(old.public_key()))
+    assert platform_ledger().trusted == {str(new.public_key()), str(old.public_key())}
+    monkeypatch.setenv("COTRAIN_LEDGER_TRUSTED_KEYS", "zz")
+    with pytest.raises(KeyConfigError, match="COTRAIN_LEDGER_TRUSTED_KEYS"):
+        platform_ledger()

@@ -186,3 +186,16 @@ def test_re_signed_copy_executing_counts_as_ours(db_factory, ledger, wallets, no
     assert {w: node.node.balance(w) for w in wallets} == expected(wallets)
     with db_factory() as db:
         assert [b.status for b in db.scalars(select(PayoutBatchRow))] == ["committed"]
+
+
+def test_fungible_asset_batch_deserialises_with_the_sdk(wallets):
+    treasury = Account.generate()
+    metadata = "0x" + "ab" * 32
+    payload = aptos_tx.batch_payload(metadata, [(w, 10 * (i + 1)) for i, w in enumerate(wallets)])
+    raw = aptos_tx.build_raw(treasury.address(), 7, payload, 2, 2**33, 2000, 100)
+    signed = aptos_tx.from_hex(aptos_tx.sign(treasury, raw).bytes().hex())
+    assert signed.verify()
+    entry = signed.transaction.payload.value
+    assert (str(entry.module), entry.function) == ("0x1::aptos_account", "batch_transfer_fungible_assets")
+    assert "0x" + entry.args[0].hex() == metadata  # Object<Metadata> is its address
+    assert aptos_tx.decode_batch_args(signed.transaction.payload) == [(w, 10 * (i + 1)) for i, w in enumerate(wallets)]

@@ -29,6 +29,7 @@ from aptos_sdk.account import Account
 from aptos_sdk.account_address import AccountAddress
 from aptos_sdk.async_client import ApiError, ClientConfig, RestClient
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cotrain.chain import aptos_tx
@@ -199,6 +200,14 @@ class AptosPayouts:
         payload = aptos_tx.batch_payload(asset, [(addr, amount) for _, addr, amount in group])
         signed, expires = await self._sign_new(client, payload, seq)
         now = time.time()
+        try:
+            return self._record_pending(session_id, asset, group, seq, signed, expires, now)
+        except IntegrityError:
+            raise PayoutError(f"Another payout runner recorded a transaction with sequence number {seq} at the same "
+                              "time; run only one payout runner per treasury account, then run again.") from None
+
+    def _record_pending(self, session_id: str, asset: str, group: list[tuple[int, str, int]], seq: int,
+                        signed: aptos_tx.SignedTransaction, expires: int, now: float) -> int:
         with self.factory.begin() as db:
             batch = PayoutBatchRow(session_id=session_id, backend="aptos", asset=asset, status="pending",
                                    sender=self.sender, sequence_number=seq, signed_txn=signed.bytes().hex(),

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 
+from aptos_sdk import ed25519
 from sqlalchemy.orm import Session, sessionmaker
 
-from cotrain.chain.keys import load_ledger_key, load_treasury_account
+from cotrain.chain.keys import KeyConfigError, load_ledger_key, load_treasury_account
 from cotrain.chain.ledger import Ledger
 from cotrain.chain.payouts import AptosPayouts, PayoutReport, record_due_locally
 from cotrain.chain.settings import ChainSettings
@@ -30,7 +31,16 @@ def open_database(url: str | None = None, migrate: bool = True) -> sessionmaker[
 
 
 def platform_ledger(create_key: bool = True) -> Ledger:
-    return Ledger(load_ledger_key(create=create_key))
+    """The ledger signed with the platform key. After a key rotation, list the old public keys (hex, comma
+    separated) in COTRAIN_LEDGER_TRUSTED_KEYS so older entries still verify."""
+    key = load_ledger_key(create=create_key)
+    old = [k.strip() for k in os.environ.get("COTRAIN_LEDGER_TRUSTED_KEYS", "").split(",") if k.strip()]
+    try:
+        trusted = [key.public_key(), *(ed25519.PublicKey.from_str(k) for k in old)]
+    except Exception:
+        raise KeyConfigError("COTRAIN_LEDGER_TRUSTED_KEYS must list 32-byte Ed25519 public keys in hex, "
+                             "separated by commas.") from None
+    return Ledger(key, trusted)
 
 
 async def run_payouts(factory: sessionmaker[Session], ledger: Ledger, settings: ChainSettings) -> PayoutReport:
