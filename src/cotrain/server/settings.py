@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from cotrain.paths import Layout
 from cotrain.server.db import sqlite_url

@@ -4,9 +4,8 @@ Revision ID: 0001_server_initial
 Revises: (none)
 """
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0001_server_initial'
 down_revision = None
