@@ -105,3 +105,10 @@ def test_pay_without_treasury_key_says_what_to_do(env):
     env.pop("COTRAIN_TREASURY_KEY_FILE")
     out = cli(env, "rewards", "pay")
     assert out.returncode == 2 and "COTRAIN_TREASURY_KEY_FILE" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_unreachable_node_is_one_clear_line(env):
+    env = {**env, "APTOS_NODE_URL": "http://127.0.0.1:9/v1"}
+    prepared(env, [str(Account.generate().address())])
+    out = cli(env, "rewards", "pay")
+    assert out.returncode == 2 and "Could not reach the Aptos node" in out.stderr and "Traceback" not in out.stderr

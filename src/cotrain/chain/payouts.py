@@ -25,6 +25,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 from aptos_sdk.account import Account
 from aptos_sdk.account_address import AccountAddress
 from aptos_sdk.async_client import ApiError, ClientConfig, RestClient
@@ -141,11 +142,15 @@ class AptosPayouts:
                     return report
                 batch_id = await self._prepare(client, *group)
                 await self._settle(client, batch_id, report)
-                if report.pending:
+                if report.pending or report.failed:  # a failed batch is not retried in the same run
                     return report
         except ApiError as exc:
             raise PayoutError(f"The Aptos node at {self.node_url} answered {exc.status_code}: {exc}. "
                               "Pending payouts are kept and retried on the next run.") from None
+        except httpx.HTTPError as exc:
+            raise PayoutError(f"Could not reach the Aptos node at {self.node_url} ({exc.__class__.__name__}); check "
+                              "APTOS_NODE_URL and the network. Pending payouts are kept and retried on the next "
+                              "run.") from None
         finally:
             await client.close()
 
