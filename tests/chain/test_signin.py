@@ -165,3 +165,15 @@ def test_bad_inputs_are_400_with_sentences():
         with pytest.raises(SignInError) as err:
             run(verify_sign_in(bad, store, ORIGIN, CHAIN))
         assert err.value.status == 400 and str(err.value).endswith(".")
+
+
+def test_aip116_expiration_time_is_enforced():
+    wallet, store = Wallet.create(), MemoryNonceStore()
+    ch = issue_challenge(store, wallet.address, ORIGIN, CHAIN)
+    out = wallet.sign_in_siwa(domain="cotrain.example", uri=ORIGIN, nonce=ch.nonce, chain="aptos:2",
+                              extra="\nIssued At: 2020-01-01T00:00:00Z\nExpiration Time: 2020-01-01T00:05:00Z")
+    refused(SignInRequest(wallet.address, wallet.public_key, out["fullMessage"], out["signature"]), store,
+            "expired_nonce")
+    out = wallet.sign_in_siwa(domain="evil.example", uri="https://evil.example", nonce=ch.nonce, chain="aptos:2")
+    refused(SignInRequest(wallet.address, wallet.public_key, out["fullMessage"], out["signature"]), store,
+            "wrong_origin")

@@ -152,6 +152,7 @@ class _Fields:
     chain: str | None
     nonce: str
     signed_bytes: bytes
+    window: tuple[datetime | None, datetime | None] = (None, None)  # AIP-116 Not Before / Expiration Time
 
 
 def _single(values: dict[str, list[str]], key: str, shown: str) -> str | None:
@@ -193,7 +194,7 @@ def _parse_siwa(message: str) -> _Fields:
     values: dict[str, list[str]] = {}
     for line in lines[2:]:
         key, sep, value = line.partition(": ")
-        if sep and key in ("URI", "Chain ID", "Nonce"):
+        if sep and key in ("URI", "Chain ID", "Nonce", "Expiration Time", "Not Before"):
             values.setdefault(key, []).append(value.strip())
     nonce = _single(values, "Nonce", "Nonce:")
     uri = _single(values, "URI", "URI:")
@@ -206,7 +207,20 @@ def _parse_siwa(message: str) -> _Fields:
             "wrong_origin", f"The sign-in message's domain {domain!r} does not match its URI {uri!r}."
         )
     signed = hashlib.sha3_256(SIWA_DOMAIN_SEPARATOR).digest() + message.encode()
-    return _Fields("aip116", lines[1].strip(), application, _single(values, "Chain ID", "Chain ID:"), nonce, signed)
+    window = (_time(_single(values, "Not Before", "Not Before:")), _time(_single(values, "Expiration Time",
+                                                                                "Expiration Time:")))
+    return _Fields("aip116", lines[1].strip(), application, _single(values, "Chain ID", "Chain ID:"), nonce, signed,
+                   window)
+
+
+def _time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise SignInError("bad_message", f"{value!r} in the sign-in message is not an ISO 8601 time.", 400) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _chain_matches(chain: str, chain_id: int) -> bool:
@@ -275,6 +289,13 @@ async def verify_sign_in(
             400,
         )
 
+    not_before, expiration = fields.window
+    if expiration is not None and now >= expiration:
+        raise SignInError("expired_nonce", "The sign-in message has expired (its Expiration Time passed); "
+                          "sign in again.")
+    if not_before is not None and now < not_before:
+        raise SignInError("not_yet_valid", "The sign-in message is not valid yet (Not Before is in the future); "
+                          "check your computer's clock and sign in again.")
     if fields.application.rstrip("/") != origin.rstrip("/"):
         raise SignInError(
             "wrong_origin",
