@@ -14,7 +14,9 @@ from sqlalchemy import select, text
 from cotrain.chain import aptos_tx
 from cotrain.chain.models import PayoutBatchRow, PayoutRow
 from cotrain.chain.payouts import AptosPayouts, PayoutError, record_due_locally
+from cotrain.chain.queries import reward_views
 from cotrain.chain.service import set_reward_pool, settle_session
+from cotrain.chain.settings import ChainSettings
 
 from .fake_aptos import GAS_USED, FakeAptosServer
 from .test_ledger import Rec
@@ -106,6 +108,10 @@ def test_mempool_full_stays_pending_then_pays_once(db_factory, ledger, wallets, 
     node.node.mempool_full = True
     report = asyncio.run(payer(db_factory, ledger, node, treasury).run())
     assert report.pending and "mempool is full" in " ".join(report.messages)
+    with db_factory() as db:  # what the API shows meanwhile: pending, with the transaction's hash
+        views = reward_views(db, ChainSettings(network="testnet"), session_id="s1")
+        assert {(v.payout_status, v.tx_hash) for v in views} == {("pending", report.pending[0])}
+        assert views[0].explorer_url.endswith(f"/txn/{report.pending[0]}?network=testnet")
     node.node.mempool_full = False
     report = asyncio.run(payer(db_factory, ledger, node, treasury).run())
     assert len(report.committed) == 1

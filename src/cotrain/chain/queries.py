@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cotrain.chain.models import ContributionRow, PayoutRow, RewardRow
+from cotrain.chain.models import ContributionRow, PayoutBatchRow, PayoutRow, RewardRow
 from cotrain.chain.settings import ChainSettings
 
 
@@ -54,16 +54,19 @@ def contribution_views(db: Session, *, session_id: str | None = None, address: s
 
 def reward_views(db: Session, settings: ChainSettings, *, session_id: str | None = None,
                  address: str | None = None) -> list[RewardView]:
-    query = select(RewardRow, PayoutRow).outerjoin(
+    query = select(RewardRow, PayoutRow, PayoutBatchRow.tx_hash).outerjoin(
         PayoutRow, (PayoutRow.session_id == RewardRow.session_id) & (PayoutRow.address == RewardRow.address)
-    ).order_by(RewardRow.session_id, RewardRow.address)
+    ).outerjoin(PayoutBatchRow, PayoutBatchRow.id == PayoutRow.batch_id).order_by(RewardRow.session_id,
+                                                                                  RewardRow.address)
     if session_id is not None:
         query = query.where(RewardRow.session_id == session_id)
     if address is not None:
         query = query.where(RewardRow.address == address)
     views = []
-    for reward, payout in db.execute(query).all():
-        tx = payout.tx_hash if payout is not None else None
+    for reward, payout, batch_hash in db.execute(query).all():
+        # paid: the committed transaction; pending: the submitted one (its link shows it in flight)
+        tx = payout.tx_hash if payout is not None and payout.tx_hash else (
+            batch_hash if payout is not None and payout.status == "pending" else None)
         views.append(RewardView(reward.session_id, reward.address, reward.amount, reward.asset,
                                 payout.status if payout is not None else "none", tx,
                                 settings.explorer_txn_url(tx) if tx else None))
