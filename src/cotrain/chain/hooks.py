@@ -8,10 +8,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cotrain.chain.contributions import Limits, ProgressLike
@@ -21,6 +22,7 @@ from cotrain.chain.runtime import platform_ledger, run_payouts
 from cotrain.chain.service import set_reward_pool, settle_session
 from cotrain.chain.settings import ChainSettings
 
+T = TypeVar("T")
 _FIELDS = ("step", "samples", "tokens", "tokens_per_second", "wallet", "device", "updated")
 
 
@@ -37,9 +39,24 @@ def limits_from_config(config: Mapping[str, Any] | None) -> Limits:
     return Limits(tokens_per_outer_round=per_round, seq_length=int(seq) if seq else None)
 
 
+def _with_retry(fn: Callable[[], T]) -> T:
+    """Run an idempotent transaction again when a concurrent ledger append took the same sequence number
+    (SQLite has no advisory lock; PostgreSQL serialises appends)."""
+    for attempt in range(3):
+        try:
+            return fn()
+        except IntegrityError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 def on_session_created(factory: sessionmaker[Session], session_id: str, amount: int, asset: str = "APT") -> None:
-    with factory.begin() as db:
-        set_reward_pool(db, platform_ledger(), session_id, amount, asset)
+    def create() -> None:
+        with factory.begin() as db:
+            set_reward_pool(db, platform_ledger(), session_id, amount, asset)
+
+    _with_retry(create)
 
 
 def record_progress(db: Session, records: Iterable[ProgressLike]) -> None:
@@ -57,8 +74,13 @@ def record_progress(db: Session, records: Iterable[ProgressLike]) -> None:
 
 
 def on_progress(factory: sessionmaker[Session], records: Iterable[ProgressLike]) -> None:
-    with factory.begin() as db:
-        record_progress(db, records)
+    batch = list(records)
+
+    def keep() -> None:
+        with factory.begin() as db:
+            record_progress(db, batch)
+
+    _with_retry(keep)
 
 
 def snapshots(db: Session, session_id: str) -> list[ProgressSnapshot]:
@@ -74,10 +96,15 @@ def on_session_completed(
 ) -> list[RewardRow]:
     """Contributions from the kept progress records (plus `last_records`, e.g. a final fetch_progress),
     then the pro-rata rewards and the payouts due. Idempotent."""
-    with factory.begin() as db:
-        record_progress(db, last_records)
-        return settle_session(db, platform_ledger(), session_id, snapshots(db, session_id),
-                              limits_from_config(config), require_binding)
+    last = list(last_records)
+
+    def settle() -> list[RewardRow]:
+        with factory.begin() as db:
+            record_progress(db, last)
+            return settle_session(db, platform_ledger(), session_id, snapshots(db, session_id),
+                                  limits_from_config(config), require_binding)
+
+    return _with_retry(settle)
 
 
 async def pay_due(factory: sessionmaker[Session], settings: ChainSettings | None = None) -> PayoutReport:
