@@ -3,7 +3,13 @@ browser's chosen language; a key missing in Chinese falls back to English."""
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+
 from cotrain.ui import prefs
+
+# The page's language, set when the page is built; tasks and timers the page starts inherit it
+# (browser storage is not readable from them).
+_language: ContextVar[str | None] = ContextVar("cotrain_ui_language", default=None)
 
 EN: dict[str, str] = {
     "app.tagline": "Open collaborative LLM training",
@@ -86,6 +92,7 @@ EN: dict[str, str] = {
     "new.max_bytes": "Max dataset bytes",
     "new.vocab_size": "Tokenizer vocabulary",
     "new.warmup_steps": "Warmup steps",
+    "new.log_interval": "Progress interval (steps)",
     "new.eval_interval": "Eval interval (steps)",
     "new.checkpoint_interval": "Checkpoint interval (steps)",
     "new.server_default": "Server default",
@@ -271,6 +278,7 @@ ZH: dict[str, str] = {
     "new.max_bytes": "数据集最大字节数",
     "new.vocab_size": "分词器词表大小",
     "new.warmup_steps": "预热步数",
+    "new.log_interval": "进度上报间隔（步）",
     "new.eval_interval": "评估间隔（步）",
     "new.checkpoint_interval": "检查点间隔（步）",
     "new.server_default": "服务器默认值",
@@ -378,6 +386,14 @@ ZH: dict[str, str] = {
 STRINGS: dict[str, dict[str, str]] = {"en": EN, "zh-CN": ZH}
 
 
+def use_language(code: str) -> None:
+    _language.set(code)
+
+
+def current_language() -> str:
+    return _language.get() or prefs.language()
+
+
 def t(key: str, **values: object) -> str:
-    text = STRINGS.get(prefs.language(), EN).get(key) or EN.get(key) or key
+    text = STRINGS.get(current_language(), EN).get(key) or EN.get(key) or key
     return text.format(**values) if values else text

@@ -9,7 +9,7 @@ from nicegui import run, ui
 
 from cotrain.ui import prefs, theme
 from cotrain.ui.context import platform
-from cotrain.ui.i18n import t
+from cotrain.ui.i18n import t, use_language
 
 if TYPE_CHECKING:
     from cotrain.server.auth import Actor
@@ -26,6 +26,7 @@ class Page:
 
 async def frame(active: str) -> Page:
     """Build the header and return the page's content column and the signed-in actor."""
+    use_language(prefs.language())
     actor = await run.io_bound(prefs.actor_for, prefs.token())
     if actor is None and prefs.token():
         prefs.set_token(None)  # revoked since: forget it

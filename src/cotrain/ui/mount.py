@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from cotrain.ui.context import set_platform
+from cotrain.ui.context import set_app
 from cotrain.ui.theme import FAVICON
 
 _mounted = False
@@ -39,7 +39,7 @@ def mount(app: FastAPI) -> None:
     from nicegui.storage import Storage
 
     platform = app.state.platform
-    set_platform(platform)
+    set_app(app)
     home = platform.settings.layout.root
     Storage.path = (home / "ui-storage").resolve()  # per-browser preferences, not in the working directory
 

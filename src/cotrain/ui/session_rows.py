@@ -47,13 +47,18 @@ def to_row(row: TrainingSession, owners: dict[int, str], now: float) -> dict[str
 
 
 def load(actor: Actor | None, search: str | None, status: str | None) -> dict[str, Any]:
-    """Rows matching the filters, and the totals per state for the stat tiles (blocking: DB)."""
+    """Sessions matching the filters, owner names, and the totals per state for the stat tiles
+    (blocking: DB; turn them into rows with `to_row` on the page, where the language is known)."""
     service = platform().sessions
     rows, total = service.list(actor, SessionFilter(status=status or None, search=search or None), limit=LIST_LIMIT)
     owners = owner_names()
-    now = time.time()
     _, everything = service.list(actor, SessionFilter(), limit=1)
     stats = {"total": everything}
     for state in STAT_STATES:
         stats[state] = service.list(actor, SessionFilter(status=state), limit=1)[1]
-    return {"rows": [to_row(r, owners, now) for r in rows], "total": total, "stats": stats}
+    return {"sessions": rows, "owners": owners, "total": total, "stats": stats}
+
+
+def rows_of(data: dict[str, Any]) -> list[dict[str, Any]]:
+    now = time.time()
+    return [to_row(r, data["owners"], now) for r in data["sessions"]]

@@ -30,9 +30,8 @@ def _card(title: str, icon: str) -> ui.column:
 
 
 def _show_error(element: Field, message: str | None) -> None:
-    element._props["error"] = message is not None
-    element._props["error-message"] = message or ""
-    element.update()
+    if element.error != message:
+        element.error = message  # NiceGUI's own error slot of the field
 
 
 @ui.page("/sessions/new")
@@ -42,6 +41,7 @@ async def new_session_page() -> None:
 
     def add(key: FieldKey, element: Field, testid: str) -> Field:
         element.props(f'outlined dense data-testid="{testid}"').classes("flex-1 min-w-[160px]")
+        element.without_auto_validation()  # the messages come from the server's validation, below
         fields[key] = element
         return element
 
@@ -68,18 +68,18 @@ async def new_session_page() -> None:
                     add(("modelConfig", "precision"), ui.select(["fp32", "bf16", "fp16"], value="fp32", label=t("new.precision")), "f-precision")
                 with _card(t("new.training"), "tune"):
                     with ui.row().classes("w-full gap-3"):
-                        add(("trainingConfig", "batchSize"), ui.number(t("new.batch_size"), value=32, min=1, step=1), "f-batch-size")
-                        add(("trainingConfig", "learningRate"), ui.number(t("new.learning_rate"), value=3e-4, min=0, step=1e-4, format="%.2e"), "f-learning-rate")
+                        add(("trainingConfig", "batchSize"), ui.number(t("new.batch_size"), value=32, step=1), "f-batch-size")
+                        add(("trainingConfig", "learningRate"), ui.number(t("new.learning_rate"), value=3e-4, step=1e-4, format="%.2e"), "f-learning-rate")
                         add(("trainingConfig", "optimizer"), ui.select(["adamw", "adam", "sgd"], value="adamw", label=t("new.optimizer")), "f-optimizer")
                     with ui.row().classes("w-full gap-3"):
-                        add(("trainingConfig", "epochs"), ui.number(t("new.epochs"), value=1, min=1, step=1), "f-epochs")
-                        add(("trainingConfig", "maxSteps"), ui.number(t("new.max_steps"), min=1, step=1).props(f'hint="{t("new.max_steps_hint")}"'), "f-max-steps")
-                        add(("trainingConfig", "warmupSteps"), ui.number(t("new.warmup_steps"), min=0, step=1).props(f'placeholder="{hint}"'), "f-warmup")
+                        add(("trainingConfig", "epochs"), ui.number(t("new.epochs"), value=1, step=1), "f-epochs")
+                        add(("trainingConfig", "maxSteps"), ui.number(t("new.max_steps"), step=1).props(f'hint="{t("new.max_steps_hint")}"'), "f-max-steps")
+                        add(("trainingConfig", "warmupSteps"), ui.number(t("new.warmup_steps"), step=1).props(f'placeholder="{hint}"'), "f-warmup")
                 with _card(t("new.distributed"), "lan"), ui.row().classes("w-full gap-3"):
-                    add(("distributedConfig", "nodes"), ui.number(t("new.nodes"), value=1, min=1, step=1), "f-nodes")
-                    add(("distributedConfig", "gpusPerNode"), ui.number(t("new.gpus_per_node"), value=1, min=1, step=1), "f-gpus")
+                    add(("distributedConfig", "nodes"), ui.number(t("new.nodes"), value=1, step=1), "f-nodes")
+                    add(("distributedConfig", "gpusPerNode"), ui.number(t("new.gpus_per_node"), value=1, step=1), "f-gpus")
                     strategy = add(("distributedConfig", "strategy"), ui.select({"ddp": "DDP", "fsdp": "FSDP", "diloco": "DiLoCo"}, value="ddp", label=t("new.strategy")), "f-strategy")
-                    inner = add(("distributedConfig", "innerSteps"), ui.number(t("new.inner_steps"), min=1, step=1).props(f'placeholder="{hint}"'), "f-inner-steps")
+                    inner = add(("distributedConfig", "innerSteps"), ui.number(t("new.inner_steps"), step=1).props(f'placeholder="{hint}"'), "f-inner-steps")
                     inner.bind_visibility_from(strategy, "value", backward=lambda v: v == "diloco")
                 with ui.expansion(t("new.advanced"), icon="settings").classes("ct-card w-full").props(
                     'dense header-class="px-5 py-3 ct-section-title" data-testid="advanced"'
@@ -87,12 +87,13 @@ async def new_session_page() -> None:
                     with ui.column().classes("w-full gap-3 px-5 pb-5"):
                         with ui.row().classes("w-full gap-3"):
                             add(("dataConfig", "dataset"), ui.input(t("new.dataset"), placeholder="stdlib"), "f-dataset")
-                            add(("dataConfig", "seqLength"), ui.number(t("new.seq_length"), min=1, step=1).props(f'placeholder="{hint}"'), "f-seq-length")
-                            add(("dataConfig", "maxBytes"), ui.number(t("new.max_bytes"), min=1, step=1000).props(f'placeholder="{hint}"'), "f-max-bytes")
+                            add(("dataConfig", "seqLength"), ui.number(t("new.seq_length"), step=1).props(f'placeholder="{hint}"'), "f-seq-length")
+                            add(("dataConfig", "maxBytes"), ui.number(t("new.max_bytes"), step=1000).props(f'placeholder="{hint}"'), "f-max-bytes")
                         with ui.row().classes("w-full gap-3"):
-                            add(("dataConfig", "vocabSize"), ui.number(t("new.vocab_size"), min=256, step=256).props(f'placeholder="{hint}"'), "f-vocab-size")
-                            add(("trainingConfig", "evalInterval"), ui.number(t("new.eval_interval"), min=1, step=1).props(f'placeholder="{hint}"'), "f-eval-interval")
-                            add(("checkpointConfig", "interval"), ui.number(t("new.checkpoint_interval"), min=1, step=1).props(f'placeholder="{hint}"'), "f-checkpoint-interval")
+                            add(("dataConfig", "vocabSize"), ui.number(t("new.vocab_size"), step=256).props(f'placeholder="{hint}"'), "f-vocab-size")
+                            add(("trainingConfig", "logInterval"), ui.number(t("new.log_interval"), step=1).props(f'placeholder="{hint}"'), "f-log-interval")
+                            add(("trainingConfig", "evalInterval"), ui.number(t("new.eval_interval"), step=1).props(f'placeholder="{hint}"'), "f-eval-interval")
+                            add(("checkpointConfig", "interval"), ui.number(t("new.checkpoint_interval"), step=1).props(f'placeholder="{hint}"'), "f-checkpoint-interval")
             with ui.column().classes("w-[380px] gap-5 shrink-0 sticky top-[72px]"):
                 with ui.card().classes("ct-card w-full p-5 gap-3").props("flat"):
                     with ui.row().classes("items-center gap-2"):

@@ -1,1 +1,116 @@
-"""(being written)"""
+"""Rewards: sign in with an Aptos wallet (the chain's wallet sign-in), then my contributions and
+my rewards with their payout status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from nicegui import run, ui
+
+from cotrain.ui import format as fmt
+from cotrain.ui import rewards_data
+from cotrain.ui.i18n import t
+from cotrain.ui.layout import empty_state, frame, page_title
+
+SIGN_IN = """
+try { return {ok: true, ...(await window.cotrainWalletSignIn('/api/v1'))}; }
+catch (e) { return {ok: false, error: String(e && e.message || e)}; }
+"""
+PAYOUT_COLORS = {"paid": "positive", "due": "amber-8", "pending": "light-blue-7", "failed": "negative", "none": "grey-6"}
+OCTAS_PER_APT = 100_000_000
+
+
+@ui.page("/rewards")
+async def rewards_page(request: Request) -> None:
+    page = await frame("rewards")
+    script = rewards_data.signin_script()
+    with page.body:
+        header = page_title(t("rewards.title"), t("rewards.subtitle"))
+        if script is None:
+            _unavailable(t("rewards.unavailable"))
+            return
+        try:
+            address = await run.io_bound(rewards_data.wallet_of, request.cookies.get(rewards_data.WALLET_COOKIE))
+        except rewards_data.RewardsUnavailable as exc:
+            _unavailable(f"{t('rewards.unavailable')} ({exc})")
+            return
+        ui.add_body_html(f"<script>{script}</script>")
+        status = ui.column().classes("w-full gap-5").props('data-testid="rewards-state"')
+
+    async def connect() -> None:
+        button.props("loading")
+        result = await ui.run_javascript(SIGN_IN, timeout=180)
+        button.props(remove="loading")
+        if result and result.get("ok"):
+            ui.navigate.reload()  # the server set the wallet cookie
+        else:
+            error = (result or {}).get("error") or "?"
+            ui.notify(t("rewards.failed", error=error), type="negative", multi_line=True)
+
+    with header:
+        button = ui.button(t("rewards.connect"), icon="account_balance_wallet", on_click=connect).props(
+            'unelevated no-caps data-testid="connect-wallet"')
+    if address is None:
+        with status, ui.card().classes("ct-card w-full").props("flat"):
+            empty_state("account_balance_wallet", t("rewards.connect"), t("rewards.subtitle"))
+            hint = ui.label(t("rewards.no_wallet")).classes("text-sm text-amber-9 text-center w-full pb-6")
+            hint.props('data-testid="no-wallet"')
+            hint.set_visibility(False)
+        await ui.context.client.connected()
+        has_wallet = await ui.run_javascript("return !!(window.aptos || window.petra)")
+        hint.set_visibility(not has_wallet)
+        return
+
+    button.set_visibility(False)
+    data = await run.io_bound(rewards_data.mine, address)
+    with status:
+        with ui.card().classes("ct-card w-full px-5 py-3").props("flat"), ui.row().classes("items-center gap-2"):
+            ui.icon("verified", size="20px").classes("text-positive")
+            ui.label(t("rewards.connected", address=address)).classes("ct-mono text-sm").props('data-testid="wallet-address"')
+        _contributions(data["contributions"])
+        _rewards(data["rewards"])
+
+
+def _unavailable(message: str) -> None:
+    with ui.card().classes("ct-card w-full").props('flat data-testid="rewards-state"'):
+        empty_state("toll", t("rewards.title"), message)
+
+
+def _contributions(rows: list[dict[str, Any]]) -> None:
+    with ui.card().classes("ct-card w-full p-5 gap-3").props("flat"):
+        ui.label(t("rewards.contributions")).classes("ct-section-title")
+        if not rows:
+            ui.label(t("rewards.empty")).classes("text-sm ct-muted")
+            return
+        columns = [
+            {"name": "session_id", "label": t("models.col.session"), "field": "session_id", "align": "left", "classes": "ct-mono"},
+            {"name": "peer_id", "label": t("detail.peer_id"), "field": "peer_id", "align": "left", "classes": "ct-mono",
+             ":format": "v => v.length > 16 ? v.slice(0, 8) + '…' + v.slice(-6) : v"},
+            {"name": "tokens", "label": t("models.col.tokens"), "field": "tokens", "align": "right"},
+            {"name": "tps", "label": t("detail.peer_tps"), "field": "tokens_per_second", "align": "right",
+             ":format": "v => Math.round(v).toLocaleString()"},
+            {"name": "status", "label": t("sessions.col.status"), "field": "status", "align": "left"},
+            {"name": "reason", "label": "", "field": "reason", "align": "left", "classes": "text-[12px] ct-muted"},
+        ]
+        for row in rows:
+            row["key"] = f"{row['session_id']}/{row['peer_id']}"
+            row["tokens"] = fmt.count(row["tokens"])
+        ui.table(columns=columns, rows=rows, row_key="key").props("flat dense").classes("w-full")
+
+
+def _rewards(rows: list[dict[str, Any]]) -> None:
+    with ui.card().classes("ct-card w-full p-5 gap-3").props("flat"):
+        ui.label(t("rewards.rewards")).classes("ct-section-title")
+        if not rows:
+            ui.label(t("rewards.empty")).classes("text-sm ct-muted")
+            return
+        for row in rows:
+            with ui.row().classes("w-full items-center justify-between border-t border-gray-500/20 py-2"):
+                ui.label(row["session_id"]).classes("ct-mono text-sm")
+                amount = row["amount"] / OCTAS_PER_APT if row["asset"] == "APT" else row["amount"]
+                ui.label(f"{amount:g} {row['asset']}").classes("font-semibold")
+                with ui.row().classes("items-center gap-2"):
+                    ui.badge(row["payout_status"], color=PAYOUT_COLORS.get(row["payout_status"], "grey-6")).props("rounded")
+                    if row.get("explorer_url"):
+                        ui.link(row["tx_hash"][:10] + "…", row["explorer_url"], new_tab=True).classes("ct-mono text-sm")

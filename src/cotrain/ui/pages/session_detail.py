@@ -43,6 +43,7 @@ async def session_detail_page(session_id: str) -> None:
 class Detail:
     def __init__(self, page: Any, view: session_view.SessionView):
         self.page, self.view, self.row = page, view, view.row
+        self.reload_wanted = False
         self.samples: list[tuple[int, float]] = [
             (int(p["step"]), float(p["time"])) for p in view.history if p.get("loss") is not None and p.get("time")
         ]
@@ -138,7 +139,8 @@ class Detail:
         self.tps_chart.set(0, series("tokens_per_second"))
         self.part_chart.set(0, self.view.participants_series)
         self.charts = [self.loss_chart, self.acc_chart, self.lr_chart, self.tps_chart, self.part_chart]
-        self.flush()
+        for chart in self.charts:
+            chart.flush()
 
     def _peers_card(self) -> None:
         with ui.card().classes("ct-card w-full p-5 gap-3 h-full").props("flat"):
@@ -235,15 +237,19 @@ class Detail:
             self._apply_status(data.get("status", self.row.status))
             if data.get("error"):
                 self._show_error(data["error"])
-            ui.timer(0.1, self.reload, once=True)
+            self.reload_wanted = True
         elif event in ("training.checkpoint", "training.peer", live.GAP):
-            ui.timer(0.1, self.reload, once=True)
+            self.reload_wanted = True
         elif event == "training.error" and data.get("error") and not data.get("interrupted"):
             self._show_error(data["error"])
 
-    def flush(self) -> None:
+    async def flush(self) -> None:
+        """Redraw changed charts; reload what a status, checkpoint or peer message changed."""
         for chart in self.charts:
             chart.flush()
+        if self.reload_wanted:
+            self.reload_wanted = False
+            await self.reload()
 
     async def refresh_logs(self) -> None:
         if self.row.status in ("starting", "running", "cancelling"):

@@ -82,16 +82,17 @@ async def sessions_page() -> None:
 
     async def refresh() -> None:
         data = await run.io_bound(session_rows.load, page.actor, state["search"], state["status"])
+        rows = session_rows.rows_of(data)
         by_id.clear()
-        by_id.update({row["id"]: row for row in data["rows"]})
-        table.rows = data["rows"]
+        by_id.update({row["id"]: row for row in rows})
+        table.rows = rows
         table.update()
         for key, label in tiles.items():
             label.set_text(str(data["stats"][key]))
         filtered = bool(state["search"] or state["status"])
-        table.set_visibility(bool(data["rows"]))
+        table.set_visibility(bool(rows))
         empty.clear()
-        if not data["rows"]:
+        if not rows:
             with empty:
                 if filtered:
                     empty_state("filter_alt_off", t("sessions.no_match"), "")

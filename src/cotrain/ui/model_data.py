@@ -1,0 +1,50 @@
+"""Model versions for the Models page, read through the server's model service (blocking: DB)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from cotrain.server.api.models import list_versions_out
+from cotrain.server.db import session_scope
+from cotrain.server.model_service import compare_versions
+from cotrain.server.session_service import SessionFilter
+from cotrain.ui.context import platform
+
+if TYPE_CHECKING:
+    from cotrain.server.auth import Actor
+
+VERSION_LIMIT = 1000
+
+
+def versions(actor: Actor | None) -> list[dict[str, Any]]:
+    """Every version of the sessions this person may see, newest first, with the session's name."""
+    p = platform()
+    sessions, _ = p.sessions.list(actor, SessionFilter(), limit=VERSION_LIMIT)
+    names = {s.id: s.name for s in sessions}
+    rows = []
+    for v in list_versions_out(p, None, limit=VERSION_LIMIT):
+        if v["session_id"] not in names:
+            continue
+        metrics = v["metrics"] or {}
+        rows.append({
+            "id": v["id"], "session_id": v["session_id"], "session": names[v["session_id"]], "version": v["name"],
+            "val_loss": metrics.get("val_loss"), "val_perplexity": metrics.get("val_perplexity"),
+            "val_accuracy": metrics.get("val_accuracy"), "params": metrics.get("num_parameters"),
+            "tokens": metrics.get("tokens_seen"), "created_at": v["created_at"],
+        })
+    rows.sort(key=lambda r: r["created_at"], reverse=True)
+    return rows
+
+
+def compare(ids: list[int]) -> dict[str, Any]:
+    """The server's side-by-side comparison plus each compared session's loss history."""
+    p = platform()
+    with session_scope(p.factory) as db:
+        result = compare_versions(db, ids)
+    curves: dict[str, list[list[float]]] = {}
+    for row in result["versions"]:
+        if row["sessionId"] not in curves:
+            points = p.metric_history(row["sessionId"], 300)["points"]
+            curves[row["sessionId"]] = [[pt["step"], pt["loss"]] for pt in points if pt.get("loss") is not None]
+    result["curves"] = curves
+    return result

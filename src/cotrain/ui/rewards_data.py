@@ -1,0 +1,62 @@
+"""The signed-in wallet's contributions and rewards, through the chain package's own context and
+read-only views (the same the `/api/v1/me/*` endpoints use). Blocking: DB."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from cotrain.ui.context import platform, server_app
+
+WALLET_COOKIE = "cotrain_wallet"
+
+
+class RewardsUnavailable(Exception):
+    """The chain package is missing or not configured on this server."""
+
+
+def _chain() -> Any:
+    try:
+        from cotrain.chain.api import ChainContext
+    except ImportError as exc:
+        raise RewardsUnavailable(str(exc)) from None
+    state = server_app().state
+    ctx = getattr(state, "chain", None)
+    if ctx is None:
+        try:
+            ctx = ChainContext.create(platform().factory)
+        except Exception as exc:  # e.g. no ledger key and none may be created
+            raise RewardsUnavailable(str(exc)) from None
+        state.chain = ctx
+    return ctx
+
+
+def signin_script() -> str | None:
+    """The chain package's browser sign-in script (defines `window.cotrainWalletSignIn`)."""
+    try:
+        import cotrain.chain
+    except ImportError:
+        return None
+    path = Path(cotrain.chain.__file__).parent / "wallet_signin.js"
+    return path.read_text() if path.exists() else None
+
+
+def wallet_of(token: str | None) -> str | None:
+    """The address a wallet token (the `cotrain_wallet` cookie) was issued to, if still valid."""
+    if not token:
+        return None
+    from cotrain.chain.tokens import read_token
+
+    return read_token(_chain().ledger.public_key, token)
+
+
+def mine(address: str) -> dict[str, list[dict[str, Any]]]:
+    from cotrain.chain.queries import contribution_views, reward_views
+
+    ctx = _chain()
+    with ctx.factory() as db:
+        return {
+            "contributions": [asdict(v) for v in contribution_views(db, address=address)],
+            "rewards": [asdict(v) for v in reward_views(db, ctx.settings, address=address)],
+        }
