@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import math
 import os
 import signal
@@ -349,6 +350,10 @@ class Trainer:
             device=str(self.device),
             config=cfg.model_dump(mode="json"),
         )
+        # Setup leaves many long-lived objects (datasets, tokenizer, modules): move them out of the
+        # collector's way so periodic collections during training stay cheap.
+        gc.collect()
+        gc.freeze()
         tokens_per_step = cfg.train.batch_size * cfg.data.seq_length
         window = Window()
         step = self.start_step
