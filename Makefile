@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench lint clean
+.PHONY: install browser run test bench lint clean
 
 install: $(STAMP)
 
@@ -20,8 +20,20 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/cotrain up
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest
+
+# Browser tests drive Debian's chromium with Playwright (`playwright install` cannot download here).
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "note: /usr/bin/chromium is missing, so browser tests will skip (CI=true makes them fail);" \
+	         "install it with: sudo apt-get install chromium"; \
+	  fi; \
+	fi
 
 bench: $(STAMP)
 	$(PY) bench/engine_overhead.py
