@@ -88,7 +88,8 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         args = [str(Path(sys.executable).with_name("cotrain")), self.command]
         if self.command == "up":
-            args += ["--port", str(self.port), "--log-level", "warning"]
+            # the server's own tests run without the web UI (it has its own tests)
+            args += ["--port", str(self.port), "--log-level", "warning", "--api-only"]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         if self.command == "up":

@@ -10,13 +10,19 @@ def up(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+    api_only: bool = typer.Option(False, "--api-only", help="Serve the API and WebSocket without the web UI."),
 ) -> None:
-    """Start the server: REST API, WebSocket, database (SQLite under COTRAIN_HOME unless
+    """Start the server: web UI, REST API, WebSocket, database (SQLite under COTRAIN_HOME unless
     DATABASE_URL is set), queue, executor and the DHT node."""
+    import importlib.util
+
     import uvicorn
 
-    typer.echo(f"CoTrain server on http://{host}:{port} (API docs: http://{host}:{port}/docs)")
-    uvicorn.run("cotrain.server.app:create_app", factory=True, host=host, port=port, log_level=log_level)
+    with_ui = not api_only and importlib.util.find_spec("cotrain.ui.app") is not None
+    factory = "cotrain.ui.app:create_app" if with_ui else "cotrain.server.app:create_app"
+    where = f"http://{host}:{port}"
+    typer.echo(f"CoTrain server on {where} ({'web UI at ' + where + '/, ' if with_ui else ''}API docs at {where}/docs)")
+    uvicorn.run(factory, factory=True, host=host, port=port, log_level=log_level)
 
 
 def worker() -> None:
