@@ -7,23 +7,9 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from cotrain.chain.contributions import Contribution
 from cotrain.chain.models import ContributionRow, PayoutBatchRow, PayoutRow, RewardRow
 from cotrain.chain.settings import ChainSettings
-
-
-@dataclass(frozen=True)
-class ContributionView:
-    session_id: str
-    peer_id: str
-    address: str | None
-    samples: int
-    tokens: int
-    outer_rounds: int
-    compute_seconds: float
-    tokens_per_second: float
-    device: str
-    status: str
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -37,13 +23,13 @@ class RewardView:
     explorer_url: str | None
 
 
-def _contribution(row: ContributionRow) -> ContributionView:
-    return ContributionView(row.session_id, row.peer_id, row.address, row.samples, row.tokens, row.outer_rounds,
+def _contribution(row: ContributionRow) -> Contribution:
+    return Contribution(row.session_id, row.peer_id, row.address, row.samples, row.tokens, row.outer_rounds,
                             row.compute_seconds, row.tokens_per_second, row.device, row.status, row.reason)
 
 
 def contribution_views(db: Session, *, session_id: str | None = None, address: str | None = None
-                       ) -> list[ContributionView]:
+                       ) -> list[Contribution]:
     query = select(ContributionRow).order_by(ContributionRow.session_id, ContributionRow.peer_id)
     if session_id is not None:
         query = query.where(ContributionRow.session_id == session_id)
