@@ -1,0 +1,130 @@
+"""A hivemind `DecentralizedAverager` whose result is bit-identical on every peer of a group.
+
+hivemind's all-reduce hands each peer `local + (average − local)`, rounded on every peer with
+its own local values (and compressed per peer), so peers drift apart by a few ulps per round.
+DiLoCo needs every peer to hold exactly the same global parameters. Here each reducer sends
+back the average itself, compressed once; the reducer keeps the same compress → decompress
+round trip of its own part. Every peer therefore ends with byte-for-byte the same tensors.
+
+It also counts the bytes each peer sends and receives, and refuses a round in which a reducer
+failed (part of the result missing) instead of silently keeping local values for that part.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing as mp
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import torch
+from hivemind.averaging import DecentralizedAverager
+from hivemind.averaging.allreduce import AllReduceRunner, AllreduceException, BannedException
+from hivemind.compression import deserialize_torch_tensor, serialize_torch_tensor
+from hivemind.proto import averaging_pb2
+from hivemind.utils.asyncio import amap_in_executor, as_aiter, azip
+
+
+class ByteCounters:
+    """Bytes sent / received by the averager process, readable from the training process."""
+
+    def __init__(self) -> None:
+        self.sent = mp.Value(ctypes.c_int64, 0)
+        self.received = mp.Value(ctypes.c_int64, 0)
+
+    def add(self, sent: int = 0, received: int = 0) -> None:
+        with self.sent.get_lock():
+            self.sent.value += sent
+        with self.received.get_lock():
+            self.received.value += received
+
+
+class ExactAllReduceRunner(AllReduceRunner):
+    """Yields the averaged tensors (not deltas), identical on every peer."""
+
+    def __init__(self, *, counters: ByteCounters, compression_type: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.counters = counters
+        self.compression_type = compression_type
+        self.tensor_part_container.return_deltas = False
+
+    async def _communicate_with_peer(self, peer_id) -> None:
+        if peer_id != self.peer_id:
+            return await super()._communicate_with_peer(peer_id)  # registers what the reducer sent: the average
+        peer_index = self.ordered_peer_ids.index(peer_id)
+        sender_index = self.sender_peer_ids.index(peer_id)
+        for part_index, part in enumerate(self.parts_for_local_averaging):
+            averaged = await self.tensor_part_reducer.accumulate_part(sender_index, part_index, part, weight=self.weight)
+            # the exact values the other peers decode from what this reducer sends them
+            same_as_sent = deserialize_torch_tensor(serialize_torch_tensor(averaged, self.compression_type))
+            self.tensor_part_container.register_processed_part(peer_index, part_index, same_as_sent)
+
+    async def _generate_input_for_peer(self, peer_index: int) -> AsyncIterator[averaging_pb2.AveragingData]:
+        async for message in super()._generate_input_for_peer(peer_index):
+            size = len(message.tensor_part.buffer)
+            # the reducer answers with the average of this part, the same shape and compression
+            self.counters.add(sent=size, received=size)
+            yield message
+
+    async def _accumulate_parts_streaming(self, stream, sender_index: int):
+        part_index = 0
+        try:
+            async for tensor_part, weight, compression, size in amap_in_executor(
+                lambda msg: (deserialize_torch_tensor(msg.tensor_part), msg.weight, msg.tensor_part.compression,
+                             len(msg.tensor_part.buffer)),
+                stream,
+                max_prefetch=self.tensor_part_container.prefetch,
+            ):
+                try:
+                    averaged = await self.tensor_part_reducer.accumulate_part(
+                        sender_index, part_index, tensor_part, weight=weight
+                    )
+                    part_index += 1
+                except BannedException:
+                    break
+                reply = serialize_torch_tensor(averaged, compression)
+                self.counters.add(sent=len(reply.buffer), received=size)
+                yield averaging_pb2.AveragingData(code=averaging_pb2.AVERAGED_PART, tensor_part=reply)
+        finally:
+            if part_index != self.tensor_part_reducer.num_parts:
+                await self._ban_sender(self.sender_peer_ids[sender_index])
+
+
+class ExactAverager(DecentralizedAverager):
+    """Averages `averaged_tensors` in place with the exact all-reduce above.
+
+    Call `step(..., allow_retries=False)`: after a failed round the tensors may hold a partial
+    result, so the caller must refill them before trying again.
+    """
+
+    def __init__(self, averaged_tensors: Sequence[torch.Tensor], dht, *, state_provider=None, **kwargs: Any):
+        self.counters = ByteCounters()
+        self.state_provider = state_provider
+        compression = kwargs.get("compression")
+        self._compression_type = compression.compression_type if compression is not None else 0
+        super().__init__(averaged_tensors, dht, **kwargs)
+
+    async def _run_allreduce_inplace_(self, tensors, group_info, group_id=None, **kwargs) -> None:
+        group_id = group_info.group_id if group_id is None else group_id
+        runner = ExactAllReduceRunner(
+            p2p=self._p2p, servicer_type=type(self), prefix=self.prefix, tensors=tensors, group_id=group_id,
+            ordered_peer_ids=group_info.peer_ids, counters=self.counters, compression_type=self._compression_type,
+            **kwargs,
+        )
+        self._running_groups[group_id].set_result(runner)
+        async for tensor, averaged in azip(as_aiter(*tensors), runner):
+            tensor.copy_(averaged)
+        if runner.tensor_part_container.failed_size:
+            raise AllreduceException(
+                f"{runner.tensor_part_container.failed_size} values were not averaged (a peer left mid-round)"
+            )
+
+    def get_current_state(self):
+        """What a joining peer downloads (runs in this process, on a peer's request)."""
+        if self.state_provider is None:
+            return super().get_current_state()
+        metadata, tensors = self.state_provider()
+        return metadata, tensors, None
+
+    def bytes_moved(self) -> tuple[int, int]:
+        return int(self.counters.sent.value), int(self.counters.received.value)
