@@ -139,7 +139,13 @@ def screenshot(page: Any, name: str) -> None:
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
 
 
+def ready(page: Any) -> None:
+    """Wait until the page's NiceGUI connection is up (input before it would be lost)."""
+    page.wait_for_function("() => window.did_handshake === true")
+
+
 def sign_in(page: Any) -> None:
+    ready(page)
     page.get_by_test_id("sign-in").click()
     page.get_by_test_id("token-input").fill(ADMIN_TOKEN)
     page.get_by_test_id("token-submit").click()

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.ui.conftest import TINY, Server, screenshot, sign_in
+from tests.ui.conftest import TINY, Server, ready, screenshot, sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -39,6 +39,10 @@ def _fill(page: Any, testid: str, value: str) -> None:
     box.press("Tab")
 
 
+def _preview_has(page: Any, text: str) -> None:
+    page.wait_for_function("t => document.querySelector('[data-testid=toml-preview]').textContent.includes(t)", arg=text)
+
+
 def test_create_session_in_the_form_and_watch_it_train_live(page: Any, server: Server) -> None:
     page.goto("/")
     page.get_by_text("No sessions yet").wait_for()
@@ -46,8 +50,10 @@ def test_create_session_in_the_form_and_watch_it_train_live(page: Any, server: S
     sign_in(page)
     page.get_by_test_id("new-session").click()
     page.wait_for_url("**/sessions/new")
+    ready(page)
 
     _fill(page, "f-name", "tiny llama (browser)")
+    _preview_has(page, 'name = "tiny llama (browser)"')
     _fill(page, "f-description", "llama2 debug on the stdlib corpus")
     # inline validation shows the server's own message, and blocks creating
     _fill(page, "f-batch-size", "0")
@@ -63,7 +69,7 @@ def test_create_session_in_the_form_and_watch_it_train_live(page: Any, server: S
     _fill(page, "f-log-interval", "2")
     _fill(page, "f-eval-interval", "10")
     preview = page.get_by_test_id("toml-preview")
-    page.wait_for_function("() => document.querySelector('[data-testid=toml-preview]').textContent.includes('max_steps = 40')")
+    _preview_has(page, "max_steps = 40")
     assert "vocab_size = 512" in preview.text_content()
     assert page.get_by_test_id("est-params").text_content() not in ("", "—")
     page.get_by_test_id("advanced").scroll_into_view_if_needed()
@@ -74,7 +80,9 @@ def test_create_session_in_the_form_and_watch_it_train_live(page: Any, server: S
     page.get_by_test_id("create").click()
     page.wait_for_url(re.compile(r"/sessions/[0-9a-f]{12}$"))
     page.get_by_test_id("progress-percent").wait_for()
+    ready(page)
     page.evaluate(WATCH)
+    assert page.get_by_test_id("session-name").text_content() == "tiny llama (browser)"
     page.get_by_test_id("status-badge").filter(has_text="Completed").wait_for(timeout=150_000)
     page.wait_for_function("() => window.__percents.has('100%')")
     percents = page.evaluate("[...window.__percents]")

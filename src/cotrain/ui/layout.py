@@ -35,7 +35,7 @@ async def frame(active: str) -> Page:
     with ui.header().classes("items-center justify-between px-6 py-2 bg-primary text-white").props("elevated=false"):
         with ui.row().classes("items-center gap-6 no-wrap"):
             with ui.link(target="/").classes("row items-center gap-2 no-wrap text-white no-underline"):
-                ui.html(theme.FAVICON.replace("<svg ", '<svg width="26" height="26" '), sanitize=False)
+                ui.html(theme.LOGO, sanitize=False)
                 ui.label("CoTrain").classes("text-lg font-semibold tracking-tight")
             with ui.row().classes("ct-nav gap-1 no-wrap"):
                 for key, target, icon in NAV:

@@ -6,6 +6,7 @@ from typing import Any
 
 from nicegui import ui
 
+from cotrain.ui.i18n import t
 from cotrain.ui.theme import SERIES
 
 AXIS = {"axisLabel": {"color": "#8a8f9c", "fontSize": 11}, "axisLine": {"lineStyle": {"color": "#8a8f9c55"}},
@@ -16,10 +17,11 @@ class LineChart:
     """One chart card: a title, a few named series of (x, y) points, an empty-state text."""
 
     def __init__(self, title: str, series: list[str], *, empty_text: str, testid: str, height: str = "220px",
-                 x_name: str = "step", y_format: str | None = None, colors: list[str] | None = None):
+                 x_name: str | None = None, y_format: str | None = None, colors: list[str] | None = None):
         self.points: list[list[list[float]]] = [[] for _ in series]
         self.dirty = False
         colors = colors or SERIES
+        x_name = x_name if x_name is not None else t("detail.chart.step")
         y_axis: dict[str, Any] = {"type": "value", "scale": True, **AXIS}
         if y_format == "exp":
             y_axis["axisLabel"] = {**AXIS["axisLabel"], ":formatter": "v => v.toExponential(1)"}

@@ -60,8 +60,8 @@ async def new_session_page() -> None:
         with ui.row().classes("w-full gap-5 items-start no-wrap"):
             with ui.column().classes("flex-1 gap-5 min-w-0"):
                 with _card(t("new.basics"), "badge"):
-                    add(("name",), ui.input(t("new.name"), value=""), "f-name")
-                    add(("description",), ui.textarea(t("new.description")).props("autogrow"), "f-description")
+                    add(("name",), ui.input(t("new.name"), value=""), "f-name").classes("w-full")
+                    add(("description",), ui.textarea(t("new.description")).props("autogrow"), "f-description").classes("w-full")
                 with _card(t("new.model"), "memory"), ui.row().classes("w-full gap-3"):
                     model_type = add(("modelConfig", "type"), ui.select(list(MODEL_FAMILIES), value="llama2", label=t("new.model_type")), "f-model-type")
                     model_size = add(("modelConfig", "size"), ui.select(list(sizes_of("llama2")), value="debug", label=t("new.model_size")), "f-model-size")

@@ -53,8 +53,8 @@ async def rewards_page(request: Request) -> None:
             'unelevated no-caps data-testid="connect-wallet"')
     if address is None:
         with status, ui.card().classes("ct-card w-full").props("flat"):
-            empty_state("account_balance_wallet", t("rewards.connect"), t("rewards.subtitle"))
-            hint = ui.label(t("rewards.no_wallet")).classes("text-sm text-amber-9 text-center w-full pb-6")
+            with empty_state("account_balance_wallet", t("rewards.connect"), t("rewards.connect_hint")):
+                hint = ui.label(t("rewards.no_wallet")).classes("text-sm text-amber-9 text-center pt-2")
             hint.props('data-testid="no-wallet"')
             hint.set_visibility(False)
         await ui.context.client.connected()
