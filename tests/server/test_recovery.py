@@ -37,7 +37,7 @@ def first_checkpoint(api, sid):
 def test_killed_engine_is_retried_and_resumes_from_its_checkpoint(servers, cotrain_home):
     server = servers()
     api = server.client()
-    sid = api.post("/sessions", json=long_session(200)).json()["id"]
+    sid = api.post("/sessions", json=long_session(60)).json()["id"]
     first_checkpoint(api, sid)
     [pid] = engine_pids(cotrain_home)
     os.kill(pid, signal.SIGKILL)
@@ -56,7 +56,7 @@ def test_killed_engine_is_retried_and_resumes_from_its_checkpoint(servers, cotra
 def test_server_killed_mid_run_reattaches_and_loses_nothing(servers, cotrain_home):
     server = servers()
     api = server.client()
-    sid = api.post("/sessions", json=long_session(160)).json()["id"]
+    sid = api.post("/sessions", json=long_session(80)).json()["id"]
     first_checkpoint(api, sid)
     server.stop(signal.SIGKILL)
     [pid] = engine_pids(cotrain_home)  # the engine outlives the server (its own process group)
@@ -71,7 +71,7 @@ def test_server_killed_mid_run_reattaches_and_loses_nothing(servers, cotrain_hom
     messages = events(api, sid)
     assert [m["seq"] for m in messages] == list(range(1, len(messages) + 1))
     steps = [m["data"]["step"] for m in messages if m["event"] == "training.progress"]
-    assert steps == list(range(2, 161, 2))  # every progress event, none lost while the server was down
+    assert steps == list(range(2, 81, 2))  # every progress event, none lost while the server was down
     history = api.get(f"/sessions/{sid}/metrics", params={"maxPoints": 1000}).json()
     assert [p["step"] for p in history["points"] if p["loss"] is not None] == steps
 
