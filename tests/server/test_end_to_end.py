@@ -84,3 +84,28 @@ def run_reference_session(server, ws_server=None) -> None:
 def test_reference_session_trains_and_streams_progress(servers):
     server = servers()
     run_reference_session(server)
+
+
+def test_running_again_makes_a_second_model_version_to_compare_and_download(servers):
+    server = servers()
+    api = server.client()
+    sid = api.post("/sessions", json=reference_session()).json()["id"]
+    done = lambda: api.get(f"/sessions/{sid}").json()["status"] in ("completed", "failed")  # noqa: E731
+    wait_until(done, 240, "the first run")
+    assert api.post(f"/sessions/{sid}/start").json()["status"] == "queued"  # runs again, resuming its checkpoints
+    wait_until(lambda: len(api.get("/models", params={"session": sid}).json()) == 2, 240, "the second version")
+    v1, v2 = api.get("/models", params={"session": sid}).json()
+    assert (v1["name"], v2["name"]) == ("v1", "v2")
+    compared = api.get("/models/compare", params={"ids": [v1["id"], v2["id"]]}).json()
+    assert [row["version"] for row in compared["versions"]] == ["v1", "v2"]
+    for key in ("val_loss", "val_perplexity", "val_accuracy", "num_parameters", "tokens_seen"):
+        assert compared["versions"][0][key] is not None, key
+    assert compared["best"]["val_loss"] in (v1["id"], v2["id"])
+    assert api.get("/models/compare", params={"ids": [v1["id"]]}).status_code == 422
+    download = api.get(f"/models/{v2['id']}/download")
+    assert download.status_code == 200 and download.headers["content-type"] == "application/zip"
+    import io
+    import zipfile
+
+    names = zipfile.ZipFile(io.BytesIO(download.content)).namelist()
+    assert f"{sid}-v2/metrics.json" in names and any(n.endswith(".safetensors") for n in names)
