@@ -21,6 +21,7 @@ import pytest
 CHROMIUM = os.environ.get("COTRAIN_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking"]
 ADMIN_TOKEN = "ct_ui_test_admin_token"
+LEDGER_KEY = "0x" + "17" * 32  # the server's ledger key, so a test can settle rewards into its database
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 VIEWPORT = {"width": 1280, "height": 800}
 
@@ -71,7 +72,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     port = _free_port()
     env = dict(os.environ)
     env.update(
-        COTRAIN_HOME=str(home), COTRAIN_ADMIN_TOKEN=ADMIN_TOKEN, COTRAIN_START_DHT="1", HF_HUB_OFFLINE="1",
+        COTRAIN_HOME=str(home), COTRAIN_ADMIN_TOKEN=ADMIN_TOKEN, COTRAIN_LEDGER_KEY=LEDGER_KEY,
+        APTOS_NETWORK="testnet", COTRAIN_START_DHT="1", HF_HUB_OFFLINE="1",
         HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
     )
     env.pop("DATABASE_URL", None)

@@ -155,6 +155,38 @@ def test_rewards_page_without_a_wallet(page: Any, server: Server) -> None:
     screenshot(page, "rewards")
 
 
+def test_rewards_after_wallet_sign_in(page: Any, server: Server) -> None:
+    from aptos_sdk import ed25519
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import sessionmaker
+
+    from cotrain.chain.ledger import Ledger
+    from cotrain.chain.service import set_reward_pool, settle_session
+    from tests.chain.browser_wallet import inject_wallet
+    from tests.chain.test_ledger import Rec
+    from tests.chain.wallets import Wallet
+    from tests.ui.conftest import LEDGER_KEY
+
+    wallet, other = Wallet.create(), Wallet.create()
+    session_id = server.api("GET", "/sessions?limit=1&status=completed")["items"][0]["id"]
+    ledger = Ledger(ed25519.PrivateKey.from_hex(LEDGER_KEY))
+    engine = create_engine(f"sqlite:///{server.home / 'cotrain.db'}")
+    with sessionmaker(engine).begin() as db:  # what the completion hook records for a volunteer run
+        set_reward_pool(db, ledger, session_id, 5 * 10**8, "APT")
+        settle_session(db, ledger, session_id, [Rec("12D3KooWVolunteerA1", wallet.address, 30_000, session_id),
+                                                Rec("12D3KooWVolunteerB2", other.address, 10_000, session_id)],
+                       require_binding=False)
+    engine.dispose()
+    inject_wallet(page, wallet, server.url)
+    page.goto("/rewards")
+    ready(page)
+    page.get_by_test_id("connect-wallet").click()
+    page.get_by_test_id("wallet-address").wait_for()
+    assert wallet.address in page.get_by_test_id("wallet-address").text_content()
+    page.get_by_text("3.75 APT").wait_for()  # 30k of 40k tokens: 3/4 of the 5 APT pool
+    screenshot(page, "rewards-connected")
+
+
 def test_every_page_renders_fast_with_100_sessions(page: Any, server: Server) -> None:
     for i in range(100 - len(server.api("GET", "/sessions?limit=500")["items"])):
         server.api("POST", "/sessions", {"name": f"community run {i:03d}", "autoStart": False})
