@@ -150,3 +150,12 @@ def test_first_start_prints_the_admin_token_once(servers, cotrain_home):
 
     stored = sqlite3.connect(cotrain_home / "cotrain.db").execute("SELECT token_hash FROM api_tokens").fetchall()
     assert all(token not in row[0] for row in stored)
+
+
+def test_example_session_is_created_once(servers):
+    first = servers(COTRAIN_EMBEDDED_WORKER="0", COTRAIN_EXAMPLE_SESSION="1")
+    items = first.client().get("/sessions").json()["items"]
+    assert len(items) == 1 and items[0]["modelSize"] == "debug" and items[0]["status"] == "queued"
+    first.stop()
+    second = servers(COTRAIN_EMBEDDED_WORKER="0", COTRAIN_EXAMPLE_SESSION="1")
+    assert second.client().get("/sessions").json()["total"] == 1

@@ -11,13 +11,17 @@ def up(
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
     api_only: bool = typer.Option(False, "--api-only", help="Serve the API and WebSocket without the web UI."),
+    example: bool = typer.Option(False, "--example", help="Create an example session if there is none yet (a tiny run)."),
 ) -> None:
     """Start the server: web UI, REST API, WebSocket, database (SQLite under COTRAIN_HOME unless
     DATABASE_URL is set), queue, executor and the DHT node."""
     import importlib.util
+    import os
 
     import uvicorn
 
+    if example:
+        os.environ["COTRAIN_EXAMPLE_SESSION"] = "1"  # read by the app the factory builds
     with_ui = not api_only and importlib.util.find_spec("cotrain.ui.app") is not None
     factory = "cotrain.ui.app:create_app" if with_ui else "cotrain.server.app:create_app"
     where = f"http://{host}:{port}"

@@ -43,6 +43,8 @@ class Platform:
         if self.executor:
             await self.executor.start()
         self.started = True
+        if self.settings.example_session:
+            await asyncio.to_thread(self._create_example)
 
     async def stop(self) -> None:
         if self.executor:
@@ -59,6 +61,20 @@ class Platform:
                 f"CoTrain admin token (shown once; also in {self.settings.layout.root / 'admin-token'}):\n  {token}",
                 flush=True,
             )
+
+    def _create_example(self) -> None:
+        """Create the example session when the database has no session yet."""
+        from sqlalchemy import func, select
+
+        from cotrain.server.examples import EXAMPLE_SESSION
+        from cotrain.server.models import TrainingSession
+        from cotrain.server.schemas import SessionCreate
+
+        with session_scope(self.factory) as db:
+            if db.scalar(select(func.count()).select_from(TrainingSession)):
+                return
+        row = self.sessions.create(SessionCreate.model_validate(EXAMPLE_SESSION), None)
+        print(f"Created the example session {row.id} ({row.name}); it is {row.status}.", flush=True)
 
     # ---- for services called from any thread ----------------------------------------------
     def publish(self, messages: list[dict[str, Any]]) -> None:

@@ -56,6 +56,7 @@ class Settings:
     cpu_slots: int = 1
     worker_id: str = ""
     admin_token: str | None = None
+    example_session: bool = False
     python: str = sys.executable
 
     @classmethod
@@ -77,6 +78,7 @@ class Settings:
             cpu_slots=int(os.environ.get("COTRAIN_CPU_SLOTS", 1)),
             worker_id=os.environ.get("COTRAIN_WORKER_ID") or f"{socket.gethostname()}:{layout.root}",
             admin_token=os.environ.get("COTRAIN_ADMIN_TOKEN") or None,
+            example_session=_env_bool("COTRAIN_EXAMPLE_SESSION", False),
         )
 
     @property
