@@ -43,6 +43,8 @@ class PeerProgress:
     wallet: str | None = None
     device: str = "cpu"
     updated: float = 0.0
+    ready_round: int = 0  # DiLoCo: the outer round this peer has finished its inner steps for
+    params_hash: str | None = None  # hash of its global params after `outer_step`
 
     @classmethod
     def from_value(cls, value: Any) -> PeerProgress | None:
@@ -61,6 +63,8 @@ class PeerProgress:
                 wallet=None if value.get("wallet") is None else str(value["wallet"]),
                 device=str(value.get("device", "cpu")),
                 updated=float(value.get("updated", 0.0)),
+                ready_round=int(value.get("ready_round", 0)),
+                params_hash=None if value.get("params_hash") is None else str(value["params_hash"]),
             )
         except (KeyError, TypeError, ValueError):
             return None

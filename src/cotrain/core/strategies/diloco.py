@@ -1,0 +1,361 @@
+"""DiLoCo over hivemind: each peer trains alone for `inner_steps` (H) optimizer steps, then the
+peers average their pseudo-gradients (global − local params) and take one outer SGD step with
+Nesterov momentum on the global params, which are copied back into every model.
+
+One round (outer step r → r+1), on every peer:
+1. pseudo-gradient into the averager's buffers; publish "ready for round r+1" in the progress record;
+2. wait until every live peer (fresh progress record) is ready too, so nobody misses the group;
+   if some peer already finished round r+1, this peer is behind: download the state instead;
+3. all-reduce with `ExactAverager` (byte-identical result everywhere) and gather each member's
+   round number and view of the live peers;
+4. the group applies the round only if every member was in round r+1, it has at least `min_peers`
+   members and more than half of the live peers any member saw (two groups can never both
+   apply one round); the decision uses only gathered data, so the whole group decides alike.
+   Otherwise the round is discarded and retried; a peer that failed while the others went on
+   downloads their state (`load_state_from_peers`). Un-averaged work is never applied.
+A joining peer downloads the global params, outer momentum and round from a peer and then
+takes part in the next round. Outer state lives on the CPU in fp32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+import threading
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from cotrain.core.strategies.base import OuterStepReport, Strategy
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+POLL_SECONDS = 0.2
+
+
+def params_hash(tensors: list[torch.Tensor]) -> str:
+    """A short hash of the exact bytes of `tensors` (equal on peers holding identical params)."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class DilocoStrategy(Strategy):
+    name = "diloco"
+
+    def __init__(self, config, device: torch.device):
+        super().__init__(config, device)
+        if config.distributed.gpus_per_node > 1:
+            raise RuntimeError(
+                "diloco runs one process per peer: set distributed.gpus_per_node = 1 and start one peer per GPU "
+                "(each with the same initial_peers)"
+            )
+        self.diloco = config.distributed.diloco
+        self.session_id = config.session.id or "session"
+        self.outer_step = 0  # rounds applied so far
+        self.ready_round = 0
+        self.inner_done = 0  # inner steps since the last round
+        self.step = 0
+        self.last_hash: str | None = None
+        self.tokens_per_second = 0.0
+        self._last_step_time: float | None = None
+        self._state_lock = threading.Lock()
+        self._extra_bytes = [0, 0]  # state served to / downloaded from peers
+        self._participants_cache = (0.0, 1)
+        self.model: nn.Module | None = None
+
+    # --- processes -------------------------------------------------------------------
+    def setup(self) -> None:
+        from cotrain.p2p.dht import start_dht, visible_maddrs
+        from cotrain.p2p.records import ProgressPublisher
+
+        self.dht = start_dht(self.diloco.initial_peers, self.diloco.host_maddrs, self.diloco.announce_maddrs)
+        self.peer_id = str(self.dht.peer_id)
+        addresses = visible_maddrs(self.dht)
+        print(
+            f"diloco peer {self.peer_id} of session {self.session_id}; others join with "
+            f"initial_peers = {addresses}",
+            file=sys.stderr, flush=True,
+        )
+        self.publisher = ProgressPublisher(self.dht, self._snapshot, interval=self.diloco.progress_interval).start()
+
+    def shutdown(self) -> None:
+        publisher = getattr(self, "publisher", None)
+        if publisher is not None:
+            publisher.stop()
+            self._publish_leaving()
+        for name in ("averager", "dht"):
+            part = getattr(self, name, None)
+            if part is not None:
+                try:
+                    part.shutdown()
+                except Exception as exc:  # leaving must never fail the run
+                    log.warning("could not shut down the %s cleanly: %s", name, exc)
+
+    def data_seed(self) -> int:
+        """Each peer draws its own sample order (from its peer id)."""
+        own = int.from_bytes(hashlib.sha256(self.peer_id.encode()).digest()[:4], "big")
+        return (self.config.train.seed + own) % (2**31)
+
+    # --- model -------------------------------------------------------------------------
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        from cotrain.p2p.averager import ExactAverager
+        from cotrain.p2p.compression import make_compression
+
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.global_params = [p.detach().to("cpu", torch.float32).clone() for p in self.params]
+        self.outer_optimizer = torch.optim.SGD(
+            self.global_params, lr=self.diloco.outer_lr, momentum=self.diloco.outer_momentum,
+            nesterov=self.diloco.nesterov and self.diloco.outer_momentum > 0,
+        )
+        self.averaged = [torch.zeros_like(g) for g in self.global_params]
+        matchmaking = self.diloco.matchmaking_time
+        self.averager = ExactAverager(
+            self.averaged, self.dht, start=True,
+            prefix=f"cotrain_{self.session_id}".replace(".", "_"),
+            target_group_size=None, min_group_size=self.diloco.min_peers,
+            min_matchmaking_time=matchmaking, request_timeout=min(3.0, matchmaking / 2),
+            allreduce_timeout=self.diloco.averaging_timeout, next_chunk_timeout=5.0,
+            compression=make_compression(self.diloco.compression),
+            allow_state_sharing=True, declare_state_period=5.0, state_provider=self._state_for_peers,
+        )
+        self.last_hash = params_hash(self.global_params)
+        self._join_running_session()
+        return model
+
+    def after_optimizer_step(self, step: int, model: nn.Module) -> OuterStepReport | None:
+        now = time.perf_counter()
+        if self._last_step_time is not None:
+            tokens = self.config.train.batch_size * self.config.data.seq_length
+            rate = tokens / max(now - self._last_step_time, 1e-9)
+            self.tokens_per_second = rate if not self.tokens_per_second else 0.8 * self.tokens_per_second + 0.2 * rate
+        self.step = step
+        self.inner_done += 1
+        if self.inner_done < self.diloco.inner_steps:
+            self._last_step_time = time.perf_counter()
+            return None
+        report = self._outer_round()
+        self.inner_done = 0
+        self._last_step_time = time.perf_counter()  # the round's wait is not training time
+        return report
+
+    # --- one round ---------------------------------------------------------------------
+    def _outer_round(self) -> OuterStepReport | None:
+        round_ = self.outer_step + 1
+        started = time.perf_counter()
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            self._fill_pseudo_gradient()
+            self.ready_round = round_
+            self.publisher.publish_now()
+            others = self._wait_until_peers_ready(round_)
+            if any(r.outer_step >= round_ for r in others):
+                return self._catch_up("the other peers finished this round without this peer")
+            gathered = self._average(round_, live=1 + len(others))
+            if gathered is not None:
+                self._apply_outer_step()
+                self.publisher.publish_now()
+                return OuterStepReport(
+                    outer_step=self.outer_step, participants=len(gathered), params_hash=self.last_hash,
+                    extra={"round_seconds": round(time.perf_counter() - started, 3), "round_attempts": attempt},
+                )
+            if any(r.outer_step >= round_ for r in self._live_records()):
+                return self._catch_up("this peer's round failed while the others went on")
+            log.warning("outer round %d failed (attempt %d of %d); retrying", round_, attempt, MAX_ATTEMPTS)
+        print(
+            f"diloco: outer round {round_} could not be averaged after {MAX_ATTEMPTS} attempts; "
+            "discarding this peer's last inner steps and continuing from the global params",
+            file=sys.stderr, flush=True,
+        )
+        self._reset_model_to_global()
+        return None
+
+    def _fill_pseudo_gradient(self) -> None:
+        with torch.no_grad(), self.averager.get_tensors() as buffers:
+            for buffer, global_param, param in zip(buffers, self.global_params, self.params):
+                torch.sub(global_param, param.detach().to("cpu", torch.float32), out=buffer)
+
+    def _wait_until_peers_ready(self, round_: int):
+        """Wait (at most averaging_timeout) for every live peer to be ready for `round_`."""
+        deadline = time.monotonic() + self.diloco.averaging_timeout
+        while True:
+            others = self._live_records()
+            behind = [r for r in others if r.ready_round < round_ and r.outer_step < round_]
+            if not behind or any(r.outer_step >= round_ for r in others) or time.monotonic() > deadline:
+                return others
+            time.sleep(POLL_SECONDS)
+
+    def _average(self, round_: int, live: int) -> dict | None:
+        """All-reduce the pseudo-gradients; the gathered metadata if the group may apply the round."""
+        try:
+            gathered = self.averager.step(
+                gather={"round": round_, "live": live}, timeout=self.diloco.averaging_timeout, allow_retries=False
+            )
+        except Exception as exc:  # hivemind reports failed rounds as exceptions
+            log.warning("averaging round %d failed: %s", round_, exc)
+            return None
+        if not gathered:
+            return None
+        members = list(gathered.values())
+        same_round = all(isinstance(m, dict) and m.get("round") == round_ for m in members)
+        largest_view = max(int(m.get("live", 1)) for m in members) if same_round else 0
+        if same_round and len(members) >= self.diloco.min_peers and 2 * len(members) > largest_view:
+            return gathered
+        log.warning("round %d: group of %d does not make a quorum (%s); discarded", round_, len(members), members)
+        return None
+
+    @torch.no_grad()
+    def _apply_outer_step(self) -> None:
+        with self._state_lock:
+            with self.averager.get_tensors() as averaged:
+                for global_param, pseudo_gradient in zip(self.global_params, averaged):
+                    global_param.grad = pseudo_gradient.clone()
+            self.outer_optimizer.step()
+            self.outer_optimizer.zero_grad(set_to_none=True)
+            self.outer_step += 1
+            self.last_hash = params_hash(self.global_params)
+            self.averager.state_sharing_priority = float(self.outer_step)
+        self._reset_model_to_global()
+
+    @torch.no_grad()
+    def _reset_model_to_global(self) -> None:
+        for param, global_param in zip(self.params, self.global_params):
+            param.copy_(global_param.to(param.device, param.dtype))
+
+    # --- joining / catching up ------------------------------------------------------------
+    def _join_running_session(self) -> None:
+        """A peer joining a session that already made progress downloads its state first."""
+        deadline = time.monotonic() + min(10.0, 3 * self.diloco.progress_interval)
+        while time.monotonic() < deadline:
+            records = self._live_records()
+            if any(r.outer_step > self.outer_step for r in records):
+                self._catch_up("joining a running session")
+                return
+            if records:
+                return  # everyone is at the start: identical initial weights from the shared seed
+            time.sleep(0.5)
+
+    def _catch_up(self, why: str) -> OuterStepReport | None:
+        """Replace the global state (and the model) with a peer's newer one."""
+        print(f"diloco: {why}; downloading the global state from a peer", file=sys.stderr, flush=True)
+        loaded = None
+        try:
+            loaded = self.averager.load_state_from_peers(timeout=self.diloco.averaging_timeout)
+        except Exception as exc:
+            log.warning("could not download the state from peers: %s", exc)
+        if loaded is None:
+            self._reset_model_to_global()
+            return None
+        metadata, tensors = loaded
+        if int(metadata.get("outer_step", -1)) <= self.outer_step:
+            self._reset_model_to_global()
+            return None
+        self._load_state(int(metadata["outer_step"]), tensors)
+        self._extra_bytes[1] += sum(t.numel() * t.element_size() for t in tensors)
+        self._reset_model_to_global()
+        self.ready_round = self.outer_step
+        self.publisher.publish_now()
+        return OuterStepReport(
+            outer_step=self.outer_step, participants=self.participants(), params_hash=self.last_hash,
+            extra={"state_downloaded": True},
+        )
+
+    def _state_for_peers(self) -> tuple[dict[str, Any], list[torch.Tensor]]:
+        """(metadata, tensors) a joining peer downloads: global params then outer momentum."""
+        with self._state_lock:
+            tensors = [g.clone() for g in self.global_params] + [m.clone() for m in self._momentum()]
+            metadata = {"outer_step": self.outer_step, "session_id": self.session_id}
+        self._extra_bytes[0] += sum(t.numel() * t.element_size() for t in tensors)
+        return metadata, tensors
+
+    def _momentum(self) -> list[torch.Tensor]:
+        return [
+            self.outer_optimizer.state.get(g, {}).get("momentum_buffer", torch.zeros_like(g))
+            for g in self.global_params
+        ]
+
+    @torch.no_grad()
+    def _load_state(self, outer_step: int, tensors: list[torch.Tensor]) -> None:
+        count = len(self.global_params)
+        if len(tensors) != 2 * count or any(t.shape != g.shape for t, g in zip(tensors, self.global_params * 2)):
+            raise RuntimeError(
+                "the state downloaded from a peer does not match this model: every peer of a session must use "
+                "the same [model] and [data] vocab settings"
+            )
+        with self._state_lock:
+            for global_param, tensor in zip(self.global_params, tensors[:count]):
+                global_param.copy_(tensor)
+            for global_param, tensor in zip(self.global_params, tensors[count:]):
+                self.outer_optimizer.state[global_param]["momentum_buffer"] = tensor.clone().float()
+            self.outer_step = outer_step
+            self.last_hash = params_hash(self.global_params)
+            self.averager.state_sharing_priority = float(self.outer_step)
+
+    # --- peers and reporting -------------------------------------------------------------
+    def _live_records(self):
+        """Fresh progress records of the other peers of this session."""
+        from cotrain.p2p.records import fetch_progress
+
+        try:
+            return [r for r in fetch_progress(self.dht, self.session_id) if r.peer_id != self.peer_id]
+        except Exception as exc:
+            log.warning("could not read progress records: %s", exc)
+            return []
+
+    def _snapshot(self):
+        from cotrain.p2p.records import PeerProgress
+
+        samples = self.step * self.config.train.batch_size
+        return PeerProgress(
+            peer_id=self.peer_id, session_id=self.session_id, step=self.step, outer_step=self.outer_step,
+            tokens_per_second=float(self.tokens_per_second), samples=samples,
+            tokens=samples * self.config.data.seq_length, wallet=getattr(self.diloco, "wallet", None),
+            device=str(self.device), ready_round=self.ready_round, params_hash=self.last_hash,
+        )
+
+    def _publish_leaving(self) -> None:
+        """A last record that expires at once, so the others stop waiting for this peer."""
+        from cotrain.p2p.dht import signer
+        from cotrain.p2p.records import publish_progress
+
+        try:
+            publish_progress(self.dht, signer(self.dht), self._snapshot(), ttl=0.5)
+        except Exception:
+            pass
+
+    def participants(self) -> int:
+        """This peer and every other peer with a fresh progress record (cached for a second)."""
+        checked_at, count = self._participants_cache
+        if time.monotonic() - checked_at > 1.0:
+            count = 1 + len(self._live_records())
+            self._participants_cache = (time.monotonic(), count)
+        return count
+
+    def comm_bytes(self) -> tuple[int, int]:
+        sent, received = self.averager.bytes_moved() if hasattr(self, "averager") else (0, 0)
+        return sent + self._extra_bytes[0], received + self._extra_bytes[1]
+
+    # --- checkpoints ---------------------------------------------------------------------
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        with self._state_lock:
+            state = {f"global.{i}": g.clone() for i, g in enumerate(self.global_params)}
+            state.update({f"momentum.{i}": m.clone() for i, m in enumerate(self._momentum())})
+            state["outer_step"] = torch.tensor(self.outer_step)
+            state["inner_done"] = torch.tensor(self.inner_done)
+        return state
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        if "outer_step" not in state:
+            return
+        saved_step = int(state["outer_step"])
+        if saved_step < self.outer_step:
+            return  # the state downloaded from peers is newer than this checkpoint
+        count = len(self.global_params)
+        tensors = [state[f"global.{i}"] for i in range(count)] + [state[f"momentum.{i}"] for i in range(count)]
+        self._load_state(saved_step, tensors)
+        self.inner_done = int(state.get("inner_done", torch.tensor(0)))
