@@ -159,3 +159,34 @@ def test_example_session_is_created_once(servers):
     first.stop()
     second = servers(COTRAIN_EMBEDDED_WORKER="0", COTRAIN_EXAMPLE_SESSION="1")
     assert second.client().get("/sessions").json()["total"] == 1
+
+
+def test_private_sessions_stream_only_to_their_owner(server):
+    from tests.server.conftest import WSCollector, wait_until
+
+    admin = server.client()
+    alice_token = admin.post("/auth/tokens", json={"name": "alice"}).json()["token"]
+    alice = server.client(alice_token)
+    private = alice.post("/sessions", json=reference_session(public=False, autoStart=False)).json()["id"]
+    public = alice.post("/sessions", json=reference_session(autoStart=False)).json()["id"]
+
+    anyone = WSCollector(server.ws_url)
+    owner = WSCollector(f"{server.ws_url}?token={alice_token}")
+    try:
+        for ws in (anyone, owner):
+            ws.send({"action": "subscribe", "sessionId": "*"})
+        anyone.send({"action": "subscribe", "sessionId": private, "after": 0})
+        wait_until(lambda: anyone.of("error") and len(owner.of("subscribed")) == 1, 10, "acknowledgements")
+        assert "No session" in anyone.of("error")[0]["data"]["message"]
+        alice.patch(f"/sessions/{private}", json={"name": "secret"})
+        alice.patch(f"/sessions/{public}", json={"name": "open"})
+        wait_until(lambda: len(owner.of("training.status")) == 2 and anyone.of("training.status"), 10, "the updates")
+        assert {m["data"]["sessionId"] for m in owner.of("training.status")} == {private, public}
+        assert {m["data"]["sessionId"] for m in anyone.of("training.status")} == {public}
+        assert all(set(m) == {"event", "data"} for m in owner.messages)
+    finally:
+        anyone.close()
+        owner.close()
+    bad = WSCollector(f"{server.ws_url}?token=ct_wrong")
+    wait_until(lambda: bad.ws.close_code is not None, 10, "the refusal")
+    assert bad.ws.close_code == 1008

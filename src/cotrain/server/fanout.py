@@ -29,9 +29,16 @@ class Subscriber:
     queue: asyncio.Queue[tuple[dict[str, Any], str]] = field(default_factory=lambda: asyncio.Queue(maxsize=10_000))
     sessions: set[str] = field(default_factory=set)
     overflowed: bool = False
+    # who is listening: messages of private sessions reach only their owner's token and admins
+    token_id: int | None = None
+    is_admin: bool = False
 
-    def wants(self, session_id: str) -> bool:
-        return session_id in self.sessions or ALL_SESSIONS in self.sessions
+    def wants(self, message: dict[str, Any]) -> bool:
+        session_id = message["data"].get("sessionId", "")
+        if session_id not in self.sessions and ALL_SESSIONS not in self.sessions:
+            return False
+        private = message.get("private")
+        return private is None or self.is_admin or (self.token_id is not None and private.get("owner") == self.token_id)
 
 
 class LocalHub:
@@ -59,12 +66,11 @@ class LocalHub:
     def deliver(self, message: dict[str, Any]) -> None:
         """Queue `message` for every subscriber of its session. A subscriber too slow to keep
         10,000 messages is marked overflowed; its connection closes and the client replays."""
-        session_id = message["data"].get("sessionId", "")
         text: str | None = None
         for sub in list(self.subscribers):
-            if sub.wants(session_id):
-                if text is None:
-                    text = json.dumps(message, separators=(",", ":"))
+            if sub.wants(message):
+                if text is None:  # what clients get: event and data, never the routing fields
+                    text = json.dumps({"event": message["event"], "data": message["data"]}, separators=(",", ":"))
                 try:
                     sub.queue.put_nowait((message, text))
                     self.delivered += 1

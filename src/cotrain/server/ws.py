@@ -18,6 +18,7 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from cotrain.server.auth import Actor, authenticate
 from cotrain.server.db import session_scope
 from cotrain.server.errors import NotFound
 from cotrain.server.fanout import ALL_SESSIONS, Subscriber
@@ -38,10 +39,17 @@ def _message(event: str, **data: Any) -> str:
 
 
 @router.websocket("/ws")
-async def websocket(ws: WebSocket) -> None:
+async def websocket(ws: WebSocket, token: str | None = None) -> None:
+    """`/ws?token=...` (or an `Authorization: Bearer` header) also streams the caller's private sessions."""
     platform = ws.app.state.platform
+    bearer = ws.headers.get("authorization", "")
+    token = token or (bearer[7:] if bearer.lower().startswith("bearer ") else None)
+    actor = await asyncio.to_thread(_authenticate, platform, token) if token else None
     await ws.accept()
-    sub = Subscriber()
+    if token and actor is None:
+        await ws.close(code=1008, reason="Unknown or revoked token; connect without one for public sessions.")
+        return
+    sub = Subscriber(token_id=actor.token_id if actor else None, is_admin=bool(actor and actor.is_admin))
     platform.hub.add(sub)
     sender = asyncio.create_task(_send_loop(ws, sub, platform))
     try:
@@ -106,7 +114,7 @@ async def _handle_control(ws: WebSocket, sub: Subscriber, platform: Any, item: d
             await ws.send_text(_message("subscribed", sessionId=ALL_SESSIONS, after=None, seq=None))
             return
         try:
-            latest, replay = await asyncio.to_thread(_replay, platform, session_id, after)
+            latest, replay = await asyncio.to_thread(_replay, platform, session_id, after, sub)
         except NotFound as exc:
             sub.sessions.discard(session_id)
             await ws.send_text(_message("error", sessionId=session_id, message=str(exc)))
@@ -127,10 +135,18 @@ async def _handle_control(ws: WebSocket, sub: Subscriber, platform: Any, item: d
         await ws.send_text(_message("error", message=item["message"]))
 
 
-def _replay(platform: Any, session_id: str, after: int | None) -> tuple[int, list[dict[str, Any]]]:
+def _authenticate(platform: Any, token: str) -> Actor | None:
+    with session_scope(platform.factory) as db:
+        return authenticate(db, token)
+
+
+def _replay(platform: Any, session_id: str, after: int | None, sub: Subscriber) -> tuple[int, list[dict[str, Any]]]:
     with session_scope(platform.factory) as db:
         row = db.get(TrainingSession, session_id)
-        if row is None or not row.public:
+        readable = row is not None and (
+            row.public or sub.is_admin or (sub.token_id is not None and sub.token_id == row.owner_id)
+        )
+        if row is None or not readable:
             raise NotFound(f"No session {session_id!r} to subscribe to. List sessions with GET /api/v1/sessions.")
         replay = messages_after(db, session_id, after) if after is not None else []
         return row.message_seq, replay
