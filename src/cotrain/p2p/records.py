@@ -45,6 +45,7 @@ class PeerProgress:
     updated: float = 0.0
     ready_round: int = 0  # DiLoCo: the outer round this peer has finished its inner steps for
     params_hash: str | None = None  # hash of its global params after `outer_step`
+    active: bool = True  # False in the last record of a peer that finished or left
 
     @classmethod
     def from_value(cls, value: Any) -> PeerProgress | None:
@@ -65,6 +66,7 @@ class PeerProgress:
                 updated=float(value.get("updated", 0.0)),
                 ready_round=int(value.get("ready_round", 0)),
                 params_hash=None if value.get("params_hash") is None else str(value["params_hash"]),
+                active=bool(value.get("active", True)),
             )
         except (KeyError, TypeError, ValueError):
             return None

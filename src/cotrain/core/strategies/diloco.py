@@ -156,19 +156,24 @@ class DilocoStrategy(Strategy):
             others = self._wait_until_peers_ready(round_)
             if any(r.outer_step >= round_ for r in others):
                 return self._catch_up("the other peers finished this round without this peer")
+            if 1 + len(others) < self.diloco.min_peers:
+                break  # nobody to average with
             gathered = self._average(round_, live=1 + len(others))
             if gathered is not None:
                 self._apply_outer_step()
                 self.publisher.publish_now()
                 return OuterStepReport(
                     outer_step=self.outer_step, participants=len(gathered), params_hash=self.last_hash,
-                    extra={"round_seconds": round(time.perf_counter() - started, 3), "round_attempts": attempt},
+                    extra={
+                        "group_size": len(gathered), "round_seconds": round(time.perf_counter() - started, 3),
+                        "round_attempts": attempt,
+                    },
                 )
             if any(r.outer_step >= round_ for r in self._live_records()):
                 return self._catch_up("this peer's round failed while the others went on")
             log.warning("outer round %d failed (attempt %d of %d); retrying", round_, attempt, MAX_ATTEMPTS)
         print(
-            f"diloco: outer round {round_} could not be averaged after {MAX_ATTEMPTS} attempts; "
+            f"diloco: outer round {round_} could not be averaged (min_peers = {self.diloco.min_peers}); "
             "discarding this peer's last inner steps and continuing from the global params",
             file=sys.stderr, flush=True,
         )
@@ -181,12 +186,14 @@ class DilocoStrategy(Strategy):
                 torch.sub(global_param, param.detach().to("cpu", torch.float32), out=buffer)
 
     def _wait_until_peers_ready(self, round_: int):
-        """Wait (at most averaging_timeout) for every live peer to be ready for `round_`."""
+        """Wait (at most averaging_timeout) for `min_peers` and for every live peer to be ready
+        for `round_`; the live records of the others."""
         deadline = time.monotonic() + self.diloco.averaging_timeout
         while True:
             others = self._live_records()
             behind = [r for r in others if r.ready_round < round_ and r.outer_step < round_]
-            if not behind or any(r.outer_step >= round_ for r in others) or time.monotonic() > deadline:
+            enough = 1 + len(others) >= self.diloco.min_peers
+            if (enough and not behind) or any(r.outer_step >= round_ for r in others) or time.monotonic() > deadline:
                 return others
             time.sleep(POLL_SECONDS)
 
@@ -302,7 +309,7 @@ class DilocoStrategy(Strategy):
         from cotrain.p2p.records import fetch_progress
 
         try:
-            return [r for r in fetch_progress(self.dht, self.session_id) if r.peer_id != self.peer_id]
+            return [r for r in fetch_progress(self.dht, self.session_id) if r.peer_id != self.peer_id and r.active]
         except Exception as exc:
             log.warning("could not read progress records: %s", exc)
             return []
@@ -319,14 +326,16 @@ class DilocoStrategy(Strategy):
         )
 
     def _publish_leaving(self) -> None:
-        """A last record that expires at once, so the others stop waiting for this peer."""
+        """A last record marked inactive, so the others stop waiting for this peer at once."""
+        from dataclasses import replace
+
         from cotrain.p2p.dht import signer
         from cotrain.p2p.records import publish_progress
 
         try:
-            publish_progress(self.dht, signer(self.dht), self._snapshot(), ttl=0.5)
-        except Exception:
-            pass
+            publish_progress(self.dht, signer(self.dht), replace(self._snapshot(), active=False), ttl=self.publisher.ttl)
+        except Exception as exc:
+            log.warning("could not publish the leaving record: %s", exc)
 
     def participants(self) -> int:
         """This peer and every other peer with a fresh progress record (cached for a second)."""

@@ -1,0 +1,164 @@
+"""DiLoCo peers as real engine processes on loopback, joined through a DHT node that this test
+runs (as the server does): identical global params after every outer step, a peer killed with
+kill -9 does not stop the others, and a peer joining mid-run receives the state and contributes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from cotrain.p2p.dht import start_dht, visible_maddrs
+from tests.conftest import PYTHON, engine_env, tiny_config
+
+DILOCO = """
+[distributed]
+strategy = "diloco"
+
+[distributed.diloco]
+inner_steps = {inner_steps}
+compression = "{compression}"
+initial_peers = {initial_peers}
+host_maddrs = ["/ip4/127.0.0.1/tcp/0"]
+min_peers = 2
+matchmaking_time = 2.0
+averaging_timeout = 30.0
+progress_interval = 1.0
+"""
+
+
+@pytest.fixture
+def bootstrap():
+    """The DHT node peers join through (the server's role in production)."""
+    dht = start_dht()
+    yield json.dumps(visible_maddrs(dht))
+    dht.shutdown()
+
+
+class Peer:
+    """One `python -m cotrain.core.train` peer with its own COTRAIN_HOME (shared datasets)."""
+
+    def __init__(self, name: str, root: Path, datasets: Path, initial_peers: str, *, max_steps: int,
+                 inner_steps: int = 5, compression: str = "none"):
+        self.name = name
+        self.home = root / name
+        self.home.mkdir(parents=True)
+        (self.home / "datasets").symlink_to(datasets, target_is_directory=True)
+        self.config = tiny_config(
+            root / f"{name}.toml", "diloco-test", max_steps=max_steps, interval=max_steps, log_interval=100,
+            extra=DILOCO.format(inner_steps=inner_steps, compression=compression, initial_peers=initial_peers),
+        )
+        self.log = (root / f"{name}.log").open("w")
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "cotrain.core.train", "--config", str(self.config)],
+            env=engine_env(self.home, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false"),
+            stdout=subprocess.DEVNULL, stderr=self.log,
+        )
+
+    def events(self) -> list[dict]:
+        path = self.home / "logs" / "training" / "diloco-test" / "events.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+    def outer_steps(self) -> dict[int, dict]:
+        return {e["outer_step"]: e for e in self.events() if e["type"] == "progress" and "outer_step" in e}
+
+    def wait(self, timeout: float = 240) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self.log.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def wait_until(predicate, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.2)
+
+
+def _prepare(datasets: Path, tmp_path: Path) -> None:
+    """Tokenize once before the peers start (they would otherwise all do it at once)."""
+    from cotrain.config import load_config
+    from cotrain.core.data import prepare_dataset
+    from cotrain.paths import Layout
+
+    home = tmp_path / "prepare"
+    home.mkdir()
+    (home / "datasets").symlink_to(datasets, target_is_directory=True)
+    config = load_config(tiny_config(tmp_path / "prepare.toml", "prepare"))
+    prepare_dataset(config.data, Layout(home).ensure(), seed=config.train.seed)
+
+
+@pytest.mark.slow
+def test_three_peers_hold_identical_global_params_after_every_outer_step(
+    bootstrap: str, shared_datasets: Path, tmp_path: Path
+):
+    _prepare(shared_datasets, tmp_path)
+    peers = [Peer(f"peer{i}", tmp_path, shared_datasets, bootstrap, max_steps=20, compression="int8") for i in range(3)]
+    try:
+        for peer in peers:
+            assert peer.wait() == 0, (tmp_path / f"{peer.name}.log").read_text()[-3000:]
+    finally:
+        for peer in peers:
+            peer.stop()
+    outer = [peer.outer_steps() for peer in peers]
+    assert sorted(outer[0]) == [1, 2, 3, 4]
+    for step in outer[0]:
+        hashes = {o[step]["params_hash"] for o in outer}
+        assert len(hashes) == 1, f"outer step {step}: peers disagree {hashes}"
+        assert all(o[step]["group_size"] == 3 for o in outer)
+    assert all(o[4]["participants"] == 3 for o in outer)
+    assert all(o[4]["bytes_sent"] > 0 and o[4]["bytes_received"] > 0 for o in outer)
+    # each peer trained on its own samples, so their losses differ before averaging
+    assert len({o[1]["loss"] for o in outer}) == 3
+
+
+@pytest.mark.slow
+def test_killed_peer_is_dropped_and_a_joining_peer_gets_the_state(
+    bootstrap: str, shared_datasets: Path, tmp_path: Path
+):
+    _prepare(shared_datasets, tmp_path)
+    peers = [Peer(f"peer{i}", tmp_path, shared_datasets, bootstrap, max_steps=60) for i in range(3)]
+    first, second, victim = peers
+    joiner = None
+    try:
+        wait_until(lambda: 2 in first.outer_steps())
+        os.kill(victim.proc.pid, signal.SIGKILL)
+        victim.proc.wait()
+        killed_at = max(first.outer_steps())
+
+        wait_until(lambda: killed_at + 1 in first.outer_steps())
+        joiner = Peer("joiner", tmp_path, shared_datasets, bootstrap, max_steps=20)
+        assert joiner.wait() == 0, (tmp_path / "joiner.log").read_text()[-3000:]
+        for peer in (first, second):
+            assert peer.wait() == 0, (tmp_path / f"{peer.name}.log").read_text()[-3000:]
+    finally:
+        for peer in [*peers, *([joiner] if joiner else [])]:
+            peer.stop()
+
+    a, b, j = first.outer_steps(), second.outer_steps(), joiner.outer_steps()
+    # the survivors went on to the end, in step with each other
+    assert max(a) == max(b) and max(a) >= 12
+    for step in a:
+        assert a[step]["params_hash"] == b[step]["params_hash"], step
+    assert any(a[s]["group_size"] == 2 for s in a if s > killed_at + 1)
+    # the joiner started from the downloaded state (its first round is not round 1) and took part
+    assert min(j) > 1
+    for step in j:
+        assert j[step]["params_hash"] == a[step]["params_hash"], step
+    assert any(j[s]["group_size"] == 3 for s in j)
+    assert "downloading the global state" in (tmp_path / "joiner.log").read_text()
