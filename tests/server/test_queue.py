@@ -73,20 +73,25 @@ def test_each_session_claimed_once_on_postgres_skip_locked(pg_url):
 
 
 def test_gpus_are_never_shared():
-    pool = ResourcePool(gpus=[0, 1, 2], cpu_slots=1)
+    pool = ResourcePool(gpus=[0, 1, 2], cpu_slots=1, cpus=list(range(6)))
     a = pool.allocate("a", 2)
     assert a is not None and a.gpu_ids == (0, 1)
     assert pool.allocate("b", 2) is None  # one GPU left
+    assert a.cpu_cores == (0, 1, 2, 3)  # two cores per GPU
     c = pool.allocate("c", 1)
-    assert c is not None and c.gpu_ids == (2,)
+    assert c is not None and c.gpu_ids == (2,) and c.cpu_cores == (4, 5)
     pool.release("a")
     b = pool.allocate("b", 2)
     assert b is not None and set(b.gpu_ids) == {0, 1}
     assert not pool.can_ever_fit(4)
 
 
-def test_cpu_machine_runs_one_session_per_slot():
-    pool = ResourcePool(gpus=[], cpu_slots=1)
+def test_cpu_machine_splits_its_cores_between_slots():
+    pool = ResourcePool(gpus=[], cpu_slots=2, cpus=[0, 1, 2, 3])
     a = pool.allocate("a", 8)
-    assert a is not None and a.cuda_visible_devices == ""
-    assert pool.allocate("b", 1) is None
+    assert a is not None and a.cuda_visible_devices == "" and a.cpu_cores == (0, 1)
+    b = pool.allocate("b", 1)
+    assert b is not None and b.cpu_cores == (2, 3)
+    assert pool.allocate("c", 1) is None
+    pool.release("a")
+    assert pool.allocate("c", 1).cpu_cores == (0, 1)

@@ -153,6 +153,11 @@ class Executor:
                 stdout=out, stderr=err, stdin=asyncio.subprocess.DEVNULL,
                 env=env, cwd=str(self.settings.layout.root), start_new_session=True,
             )
+        if allocation.cpu_cores:
+            # the engine is still starting Python (torch makes its threads much later), so all of
+            # them inherit this
+            with contextlib.suppress(OSError, AttributeError):
+                os.sched_setaffinity(proc.pid, allocation.cpu_cores)
         messages: list[dict[str, Any]] = []
         with session_scope(self.factory) as db:
             row = db.get_one(TrainingSession, session_id)
@@ -164,7 +169,9 @@ class Executor:
             row.started_at = row.started_at or time.time()
             if row.status == STARTING:
                 row.status = RUNNING
-            messages.append(status_message(db, row, pid=proc.pid, gpus=list(allocation.gpu_ids)))
+            messages.append(
+                status_message(db, row, pid=proc.pid, gpus=list(allocation.gpu_ids), cpus=list(allocation.cpu_cores))
+            )
         await self._publish(messages)
         return ChildRun(proc)
 
@@ -182,6 +189,8 @@ class Executor:
         env["PYTHONUNBUFFERED"] = "1"
         if self.pool.gpus:
             env["CUDA_VISIBLE_DEVICES"] = allocation.cuda_visible_devices
+        if allocation.cpu_cores and "OMP_NUM_THREADS" not in env:
+            env["OMP_NUM_THREADS"] = str(len(allocation.cpu_cores))
         if strategy == "diloco" and not (request.get("distributedConfig") or {}).get("initialPeers"):
             peers = self.bootstrap_peers()
             if peers:  # the server's DHT is the session's bootstrap peer (a TOML array via env override)

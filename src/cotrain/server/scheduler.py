@@ -1,15 +1,24 @@
 """Assigns the machine's resources to runs: whole GPUs by index (never shared by two
-sessions) or, on a machine without GPUs, CPU slots."""
+sessions) and CPU cores (a share per GPU, or per slot on a machine without GPUs)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+
+
+def available_cpus() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
 class Allocation:
     session_id: str
     gpu_ids: tuple[int, ...] = ()
+    cpu_cores: tuple[int, ...] = ()
 
     @property
     def cuda_visible_devices(self) -> str:
@@ -21,6 +30,7 @@ class Allocation:
 class ResourcePool:
     gpus: list[int]
     cpu_slots: int = 1
+    cpus: list[int] = field(default_factory=available_cpus)
     allocations: dict[str, Allocation] = field(default_factory=dict)
 
     def gpus_needed(self, gpus_per_node: int) -> int:
@@ -34,6 +44,16 @@ class ResourcePool:
         used = {i for a in self.allocations.values() for i in a.gpu_ids}
         return [i for i in self.gpus if i not in used]
 
+    def free_cpus(self) -> list[int]:
+        used = {i for a in self.allocations.values() for i in a.cpu_cores}
+        return [i for i in self.cpus if i not in used]
+
+    def cores_for(self, gpus: int) -> int:
+        """Cores a run gets: an equal share per GPU, or per CPU slot."""
+        if self.gpus:
+            return max(1, len(self.cpus) // len(self.gpus)) * gpus
+        return max(1, len(self.cpus) // max(1, self.cpu_slots))
+
     def fits(self, gpus_per_node: int) -> bool:
         need = self.gpus_needed(gpus_per_node)
         if need:
@@ -44,13 +64,16 @@ class ResourcePool:
         if not self.fits(gpus_per_node):
             return None
         need = self.gpus_needed(gpus_per_node)
-        allocation = Allocation(session_id, tuple(self.free_gpus()[:need]))
-        self.allocations[session_id] = allocation
-        return allocation
+        return self._record(session_id, tuple(self.free_gpus()[:need]))
 
     def adopt(self, session_id: str, gpu_ids: tuple[int, ...]) -> Allocation:
         """Record the GPUs of a run that was started before a restart."""
-        allocation = Allocation(session_id, gpu_ids)
+        return self._record(session_id, gpu_ids)
+
+    def _record(self, session_id: str, gpu_ids: tuple[int, ...]) -> Allocation:
+        free = self.free_cpus()
+        cores = tuple(free[: self.cores_for(len(gpu_ids))]) or tuple(self.cpus)  # never zero cores
+        allocation = Allocation(session_id, gpu_ids, cores)
         self.allocations[session_id] = allocation
         return allocation
 
