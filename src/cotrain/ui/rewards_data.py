@@ -56,7 +56,24 @@ def mine(address: str) -> dict[str, list[dict[str, Any]]]:
 
     ctx = _chain()
     with ctx.factory() as db:
-        return {
+        data = {
             "contributions": [asdict(v) for v in contribution_views(db, address=address)],
             "rewards": [asdict(v) for v in reward_views(db, ctx.settings, address=address)],
         }
+    names = session_names({row["session_id"] for rows in data.values() for row in rows})
+    for rows in data.values():
+        for row in rows:
+            row["session"] = names.get(row["session_id"], row["session_id"])
+    return data
+
+
+def session_names(ids: set[str]) -> dict[str, str]:
+    from cotrain.server.errors import NotFound
+
+    names = {}
+    for session_id in ids:
+        try:
+            names[session_id] = platform().sessions.get(session_id).name
+        except NotFound:
+            continue  # deleted, or private to its owner
+    return names

@@ -60,7 +60,7 @@ async def new_session_page() -> None:
         with ui.row().classes("w-full gap-5 items-start no-wrap"):
             with ui.column().classes("flex-1 gap-5 min-w-0"):
                 with _card(t("new.basics"), "badge"):
-                    add(("name",), ui.input(t("new.name"), value=""), "f-name").classes("w-full")
+                    add(("name",), ui.input(t("new.name"), value=_suggest_name()), "f-name").classes("w-full")
                     add(("description",), ui.textarea(t("new.description")).props("autogrow"), "f-description").classes("w-full")
                 with _card(t("new.model"), "memory"), ui.row().classes("w-full gap-3"):
                     model_type = add(("modelConfig", "type"), ui.select(list(MODEL_FAMILIES), value="llama2", label=t("new.model_type")), "f-model-type")
@@ -168,7 +168,6 @@ async def new_session_page() -> None:
         element.on_value_change(validate)
     create.on_click(lambda: submit(True))
     draft.on_click(lambda: submit(False))
-    fields[("name",)].set_value(_suggest_name())
     validate()
 
 

@@ -77,6 +77,24 @@ def _unavailable(message: str) -> None:
         empty_state("toll", t("rewards.title"), message)
 
 
+SESSION_SLOT = r"""
+<q-td :props="props">
+  <a :href="'/sessions/' + props.row.session_id" class="text-primary no-underline font-medium">{{ props.row.session }}</a>
+  <div class="ct-mono text-[11px] ct-muted">{{ props.row.session_id }}</div>
+</q-td>"""
+BADGE_SLOT = r"""
+<q-td :props="props">
+  <q-badge rounded :color="props.row.color" :label="props.value" class="px-2 py-1" />
+  <div v-if="props.row.reason" class="text-[11px] ct-muted">{{ props.row.reason }}</div>
+</q-td>"""
+TX_SLOT = r"""
+<q-td :props="props">
+  <a v-if="props.row.explorer_url" :href="props.row.explorer_url" target="_blank" class="ct-mono text-primary">
+    {{ props.row.tx_hash.slice(0, 10) }}…</a>
+  <span v-else class="ct-muted">—</span>
+</q-td>"""
+
+
 def _contributions(rows: list[dict[str, Any]]) -> None:
     with ui.card().classes("ct-card w-full p-5 gap-3").props("flat"):
         ui.label(t("rewards.contributions")).classes("ct-section-title")
@@ -84,19 +102,22 @@ def _contributions(rows: list[dict[str, Any]]) -> None:
             ui.label(t("rewards.empty")).classes("text-sm ct-muted")
             return
         columns = [
-            {"name": "session_id", "label": t("models.col.session"), "field": "session_id", "align": "left", "classes": "ct-mono"},
+            {"name": "session", "label": t("models.col.session"), "field": "session", "align": "left"},
             {"name": "peer_id", "label": t("detail.peer_id"), "field": "peer_id", "align": "left", "classes": "ct-mono",
              ":format": "v => v.length > 16 ? v.slice(0, 8) + '…' + v.slice(-6) : v"},
-            {"name": "tokens", "label": t("models.col.tokens"), "field": "tokens", "align": "right"},
+            {"name": "tokens", "label": t("rewards.tokens"), "field": "tokens_shown", "align": "right"},
             {"name": "tps", "label": t("detail.peer_tps"), "field": "tokens_per_second", "align": "right",
              ":format": "v => Math.round(v).toLocaleString()"},
             {"name": "status", "label": t("sessions.col.status"), "field": "status", "align": "left"},
-            {"name": "reason", "label": "", "field": "reason", "align": "left", "classes": "text-[12px] ct-muted"},
         ]
         for row in rows:
             row["key"] = f"{row['session_id']}/{row['peer_id']}"
-            row["tokens"] = fmt.count(row["tokens"])
-        ui.table(columns=columns, rows=rows, row_key="key").props("flat dense").classes("w-full")
+            row["tokens_shown"] = fmt.count(row["tokens"])
+            row["color"] = "positive" if row["status"] == "verified" else "grey-6"
+        table = ui.table(columns=columns, rows=rows, row_key="key").props('flat dense data-testid="contributions"')
+        table.classes("w-full")
+        table.add_slot("body-cell-session", SESSION_SLOT)
+        table.add_slot("body-cell-status", BADGE_SLOT)
 
 
 def _rewards(rows: list[dict[str, Any]]) -> None:
@@ -105,12 +126,21 @@ def _rewards(rows: list[dict[str, Any]]) -> None:
         if not rows:
             ui.label(t("rewards.empty")).classes("text-sm ct-muted")
             return
+        columns = [
+            {"name": "session", "label": t("models.col.session"), "field": "session", "align": "left"},
+            {"name": "amount", "label": t("rewards.amount"), "field": "amount_shown", "align": "right",
+             "classes": "font-semibold"},
+            {"name": "payout", "label": t("rewards.payout"), "field": "payout_status", "align": "left"},
+            {"name": "tx", "label": t("rewards.transaction"), "field": "tx_hash", "align": "left"},
+        ]
         for row in rows:
-            with ui.row().classes("w-full items-center justify-between border-t border-gray-500/20 py-2"):
-                ui.label(row["session_id"]).classes("ct-mono text-sm")
-                amount = row["amount"] / OCTAS_PER_APT if row["asset"] == "APT" else row["amount"]
-                ui.label(f"{amount:g} {row['asset']}").classes("font-semibold")
-                with ui.row().classes("items-center gap-2"):
-                    ui.badge(row["payout_status"], color=PAYOUT_COLORS.get(row["payout_status"], "grey-6")).props("rounded")
-                    if row.get("explorer_url"):
-                        ui.link(row["tx_hash"][:10] + "…", row["explorer_url"], new_tab=True).classes("ct-mono text-sm")
+            amount = row["amount"] / OCTAS_PER_APT if row["asset"] == "APT" else row["amount"]
+            row["amount_shown"] = f"{amount:g} {row['asset']}"
+            row["color"] = PAYOUT_COLORS.get(row["payout_status"], "grey-6")
+            row["reason"] = ""
+            row["key"] = f"{row['session_id']}/{row['address']}"
+        table = ui.table(columns=columns, rows=rows, row_key="key").props('flat dense data-testid="rewards"')
+        table.classes("w-full")
+        table.add_slot("body-cell-session", SESSION_SLOT)
+        table.add_slot("body-cell-payout", BADGE_SLOT)
+        table.add_slot("body-cell-tx", TX_SLOT)
