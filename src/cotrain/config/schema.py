@@ -112,6 +112,10 @@ class DilocoConfig(Section):
     progress_interval: PositiveFloat = Field(
         3.0, description="Seconds between signed progress records in the DHT."
     )
+    wallet: str | None = Field(
+        None, pattern=r"^0x[0-9a-fA-F]{1,64}$",
+        description="Aptos address (0x...) credited for this peer's contribution.",
+    )
 
 
 class DistributedConfig(Section):
