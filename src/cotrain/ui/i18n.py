@@ -401,7 +401,13 @@ def use_language(code: str) -> None:
 
 
 def current_language() -> str:
-    return _language.get() or prefs.language()
+    code = _language.get()
+    if code:
+        return code
+    try:
+        return prefs.language()
+    except RuntimeError:  # outside a page (no browser storage): English
+        return "en"
 
 
 def t(key: str, **values: object) -> str:

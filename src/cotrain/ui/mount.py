@@ -43,7 +43,10 @@ def mount(app: FastAPI) -> None:
     home = platform.settings.layout.root
     Storage.path = (home / "ui-storage").resolve()  # per-browser preferences, not in the working directory
 
+    from cotrain.ui.api_fallback import add_api_fallback
     from cotrain.ui.pages import register_pages
+
+    add_api_fallback(app)
 
     register_pages()
     ui.run_with(

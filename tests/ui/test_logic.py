@@ -1,0 +1,69 @@
+"""The UI's logic without a browser: translations, the form's validation and estimate, formatting,
+and the JSON fallback for unknown API paths."""
+
+from __future__ import annotations
+
+import re
+
+from fastapi import APIRouter, FastAPI
+from fastapi.testclient import TestClient
+
+from cotrain.ui import format as fmt
+from cotrain.ui import i18n, session_form
+from cotrain.ui.api_fallback import add_api_fallback
+
+KNOWN = {("name",), ("trainingConfig", "batchSize"), ("modelConfig", "size"), ("modelConfig", "type"),
+         ("distributedConfig", "strategy"), ("dataConfig", "seqLength")}
+
+
+def test_every_english_string_has_a_chinese_one_with_the_same_placeholders() -> None:
+    assert set(i18n.ZH) == set(i18n.EN)
+    for key, text in i18n.EN.items():
+        assert set(re.findall(r"{(\w+)}", text)) == set(re.findall(r"{(\w+)}", i18n.ZH[key])), key
+
+
+def test_the_form_reports_the_servers_messages_on_the_fields() -> None:
+    bad = session_form.check({("name",): "x", ("trainingConfig", "batchSize"): 0.0}, KNOWN)
+    assert not bad.ok and bad.errors == {("trainingConfig", "batchSize"): "Input should be greater than 0"}
+    size = session_form.check({("name",): "x", ("modelConfig", "type"): "bert", ("modelConfig", "size"): "7B"}, KNOWN)
+    assert not size.ok and "modelConfig.size" in size.errors[("modelConfig", "size")]
+    empty = session_form.check({("name",): ""}, KNOWN)
+    assert ("name",) in empty.errors
+
+
+def test_a_valid_form_gives_the_config_preview_and_estimate() -> None:
+    checked = session_form.check(
+        {("name",): "big", ("modelConfig", "type"): "llama2", ("modelConfig", "size"): "7B",
+         ("trainingConfig", "batchSize"): 32.0, ("distributedConfig", "strategy"): "ddp",
+         ("dataConfig", "seqLength"): 2048.0}, KNOWN)
+    assert checked.ok and checked.config is not None
+    toml = session_form.preview_toml(checked.config)
+    assert 'size = "7B"' in toml and "seq_length = 2048" in toml and 'id = "preview"' not in toml
+    estimate = session_form.estimate(checked.config)
+    assert estimate is not None and 6.5e9 < estimate.parameters < 7e9 and estimate.memory_bytes > 100 * 2**30
+
+
+def test_numbers_read_like_people_write_them() -> None:
+    assert fmt.count(6_738_415_616) == "6.74B"
+    assert fmt.count(165_000) == "165K"
+    assert fmt.size(1536) == "1.5 KiB"
+    assert fmt.duration(3725) == "1h 02m"
+    assert fmt.duration(None) == "—"
+
+
+def test_unknown_api_paths_answer_json_404_and_405() -> None:
+    app = FastAPI()
+    router = APIRouter(prefix="/api/v1")
+
+    @router.post("/things")
+    def make() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    app.include_router(router)
+    add_api_fallback(app)
+    client = TestClient(app)
+    assert client.post("/api/v1/things").json() == {"ok": "yes"}
+    missing = client.get("/api/v1/nothing")
+    assert missing.status_code == 404 and "/docs" in missing.json()["detail"]
+    wrong = client.get("/api/v1/things")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
