@@ -1,7 +1,107 @@
-"""Commands of this area are added by its package as it lands."""
+"""P2P commands: `cotrain join` (volunteer a machine to a DiLoCo session) and `cotrain doctor`
+(check that this machine can take part: p2pd starts, a DHT forms, records round-trip)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
 
 import typer
+
+from cotrain.cli.errors import UserError, friendly_errors
+
+PEERS_OPTION = typer.Option(
+    [], "--initial-peers", help="Multiaddr of a peer of the session, /ip4/HOST/tcp/PORT/p2p/PEER_ID (repeatable)."
+)
+
+
+@friendly_errors
+def join(
+    initial_peers: list[str] = PEERS_OPTION,
+    session: str = typer.Option(..., "--session", help="The session id to train (the same on every peer)."),
+    wallet: str | None = typer.Option(None, "--wallet", help="Aptos address (0x...) credited for your work."),
+    config: Path | None = typer.Option(None, "--config", help="The session's config (same model and data as the others)."),
+    host: list[str] = typer.Option([], "--host-maddr", help="Listen address (default /ip4/0.0.0.0/tcp/0)."),
+    announce: list[str] = typer.Option([], "--announce-maddr", help="Public address to announce (behind NAT)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key: section.key=value (repeatable)."),
+) -> None:
+    """Join a DiLoCo session as a volunteer peer: download the current model from the other peers,
+    train `inner_steps` local steps at a time, and average with them."""
+    from cotrain.config import load_config
+    from cotrain.core.train import run
+
+    if not initial_peers:
+        raise UserError("give --initial-peers with the address of a peer of the session (shown in its log)")
+    diloco: dict = {"initial_peers": list(initial_peers)}
+    if wallet:
+        diloco["wallet"] = wallet
+    if host:
+        diloco["host_maddrs"] = list(host)
+    if announce:
+        diloco["announce_maddrs"] = list(announce)
+    data = {"session": {"id": session}, "distributed": {"strategy": "diloco", "gpus_per_node": 1, "diloco": diloco}}
+    if config is None:
+        data["data"] = {"dataset": "stdlib"}  # the built-in defaults, as a session started the same way uses
+    cfg = load_config(config, overrides=set_, data=data)
+    raise typer.Exit(run(cfg))
+
+
+@friendly_errors
+def doctor(
+    initial_peers: list[str] = PEERS_OPTION,
+    host: str = typer.Option("/ip4/0.0.0.0/tcp/0", "--host-maddr", help="Address to test listening on."),
+) -> None:
+    """Check that this machine can join the P2P network and report the addresses others can use."""
+    checks: list[tuple[str, bool, str]] = []
+
+    def report(name: str, ok: bool, detail: str) -> None:
+        checks.append((name, ok, detail))
+        mark = typer.style("ok  ", fg="green") if ok else typer.style("FAIL", fg="red")
+        typer.echo(f"[{mark}] {name}: {detail}")
+
+    try:
+        from cotrain.p2p.dht import signer, start_dht, visible_maddrs
+        from cotrain.p2p.records import PeerProgress, fetch_progress, publish_progress
+    except Exception as exc:  # hivemind missing or broken
+        report("hivemind", False, f"{exc}; reinstall with `pip install hivemind==1.1.12`")
+        raise typer.Exit(1) from None
+
+    started = time.monotonic()
+    try:
+        node = start_dht(host_maddrs=[host], startup_timeout=30)
+    except Exception as exc:
+        report("p2p daemon", False, f"{exc}")
+        raise typer.Exit(1) from None
+    report("p2p daemon", True, f"p2pd started, peer id {node.peer_id} ({time.monotonic() - started:.1f} s)")
+    addresses = visible_maddrs(node)
+    report("addresses", bool(addresses), ", ".join(addresses) or "none visible")
+    try:
+        loopback = [a for a in addresses if "/127.0.0.1/" in a] or addresses
+        probe = start_dht(initial_peers=loopback[:1], host_maddrs=["/ip4/127.0.0.1/tcp/0"], startup_timeout=30)
+        record = PeerProgress(peer_id="doctor", session_id="cotrain-doctor", step=0, outer_step=0,
+                              tokens_per_second=0.0, samples=0, tokens=0)
+        stored = publish_progress(probe, signer(probe), record, ttl=30)
+        seen = [r.peer_id for r in fetch_progress(node, "cotrain-doctor")]
+        report("local DHT", stored and "doctor" in seen, "a signed record written by one node was read by another")
+        probe.shutdown()
+        if initial_peers:
+            remote = start_dht(initial_peers=list(initial_peers), host_maddrs=[host], startup_timeout=30)
+            report("network", True, f"joined the DHT through {', '.join(initial_peers)}")
+            remote.shutdown()
+    except Exception as exc:
+        report("DHT", False, f"{exc}")
+    finally:
+        node.shutdown()
+    failed = [name for name, ok, _ in checks if not ok]
+    if failed:
+        typer.echo(f"{len(failed)} check(s) failed: {', '.join(failed)}", err=True)
+        raise typer.Exit(1)
+    typer.echo("this machine can join CoTrain sessions: cotrain join --initial-peers MADDR --session ID")
+    sys.stdout.flush()
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to `app`."""
+    app.command("join")(join)
+    app.command("doctor")(doctor)
