@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from cotrain.server import log_redaction
 from cotrain.server.api import hivemind, models, sessions, system, tokens
 from cotrain.server.config_generator import SessionConfigError
 from cotrain.server.errors import ServiceError
@@ -35,6 +36,7 @@ start and kept in `COTRAIN_HOME/admin-token`). Live progress: WebSocket `/ws`.""
 
 def create_app(platform: Platform | None = None) -> FastAPI:
     platform = platform or Platform()
+    log_redaction.install()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
