@@ -83,6 +83,11 @@ def test_create_session_in_the_form_and_watch_it_train_live(page: Any, server: S
     ready(page)
     page.evaluate(WATCH)
     assert page.get_by_test_id("session-name").text_content() == "tiny llama (browser)"
+    try:  # a picture of the run in flight, when the machine is slow enough to catch one
+        page.wait_for_function("() => window.__points.size >= 3", timeout=20_000)
+        screenshot(page, "session-detail-live")
+    except Exception:
+        pass
     page.get_by_test_id("status-badge").filter(has_text="Completed").wait_for(timeout=150_000)
     page.wait_for_function("() => window.__percents.has('100%')")
     percents = page.evaluate("[...window.__percents]")
@@ -94,10 +99,29 @@ def test_create_session_in_the_form_and_watch_it_train_live(page: Any, server: S
     screenshot(page, "session-detail")
 
 
-def test_compare_two_models(page: Any, server: Server) -> None:
-    body = {**TINY, "name": "tiny llama lr 3e-3", "trainingConfig": {**TINY["trainingConfig"], "learningRate": 3e-3}}
-    created = server.api("POST", "/sessions", body)
-    server.wait_status(created["id"])
+ROW_WATCH = """name => {
+  window.__rows = new Set();
+  const table = document.querySelector('[data-testid=sessions-table]');
+  new MutationObserver(() => {
+    for (const tr of table.querySelectorAll('tbody tr')) if (tr.textContent.includes(name)) window.__rows.add(tr.textContent);
+  }).observe(table, {subtree: true, childList: true, characterData: true, attributes: true});
+}"""
+
+
+def test_sessions_list_follows_a_run_then_compare_two_models(page: Any, server: Server) -> None:
+    page.goto("/")
+    page.get_by_test_id("sessions-table").locator("tbody tr").first.wait_for()
+    ready(page)
+    name = "tiny llama lr 3e-3"
+    page.evaluate(ROW_WATCH, name)
+    body = {**TINY, "name": name, "trainingConfig": {**TINY["trainingConfig"], "learningRate": 3e-3}}
+    created = server.api("POST", "/sessions", body)  # another client creates it: the list shows it live
+    row = page.get_by_test_id("sessions-table").locator("tbody tr", has_text=name)
+    row.get_by_text("Completed").wait_for(timeout=150_000)
+    seen = page.evaluate("[...window.__rows]")
+    assert len(seen) >= 3, f"the row did not update live: {seen}"
+    assert server.api("GET", f"/sessions/{created['id']}")["status"] == "completed"
+
     page.goto("/models")
     table = page.get_by_test_id("models-table")
     table.locator("tbody tr").nth(1).wait_for()
@@ -147,6 +171,17 @@ def test_network_page_shows_the_dht_and_a_join_command(page: Any, server: Server
     assert page.get_by_test_id("join-command").first.text_content() == f"cotrain join {created['id']}"
     assert page.get_by_text("/p2p/").count() >= 1
     screenshot(page, "network")
+
+
+def test_cancel_a_draft_from_its_page(page: Any, server: Server) -> None:
+    created = server.api("POST", "/sessions", {"name": "changed my mind", "autoStart": False})
+    page.goto(f"/sessions/{created['id']}")
+    sign_in(page)
+    page.get_by_test_id("status-badge").filter(has_text="Draft").wait_for()
+    page.get_by_test_id("action-cancel").click()
+    page.get_by_test_id("status-badge").filter(has_text="Cancelled").wait_for()
+    page.get_by_test_id("action-retry").wait_for()
+    assert server.api("GET", f"/sessions/{created['id']}")["status"] == "cancelled"
 
 
 def test_rewards_page_without_a_wallet(page: Any, server: Server) -> None:

@@ -9,6 +9,7 @@ from nicegui import run, ui
 from cotrain.ui import format as fmt
 from cotrain.ui import model_data
 from cotrain.ui.components.charts import LineChart
+from cotrain.ui.components.tables import localized
 from cotrain.ui.i18n import t
 from cotrain.ui.layout import empty_state, frame, page_title
 
@@ -53,7 +54,8 @@ async def models_page() -> None:
                 'unelevated no-caps data-testid="compare"')
         with ui.card().classes("ct-card w-full p-0").props("flat"):
             table = ui.table(columns=_columns(), rows=rows, row_key="id", selection="multiple",
-                             pagination={"rowsPerPage": 15}).classes("ct-table w-full").props('flat data-testid="models-table"')
+                             pagination={"rowsPerPage": 15})
+            localized(table).classes("ct-table w-full").props('flat data-testid="models-table"')
         result = ui.column().classes("w-full gap-5").props('data-testid="comparison"')
 
     def sync_button() -> None:

@@ -10,6 +10,7 @@ from cotrain.server.models import ALL_STATES
 from cotrain.ui import format as fmt
 from cotrain.ui import live, session_rows
 from cotrain.ui.components.badges import stat_tile, status_label
+from cotrain.ui.components.tables import localized
 from cotrain.ui.i18n import t
 from cotrain.ui.layout import empty_state, frame, page_title
 from cotrain.ui.theme import STATUS_COLORS
@@ -71,7 +72,7 @@ async def sessions_page() -> None:
                     'outlined dense options-dense data-testid="status-filter"'
                 ).classes("w-44")
             table = ui.table(columns=_columns(), rows=[], row_key="id", pagination={"rowsPerPage": 25, "sortBy": None})
-            table.classes("ct-table w-full").props('flat data-testid="sessions-table"')
+            localized(table).classes("ct-table w-full").props('flat data-testid="sessions-table"')
             table.add_slot("body-cell-name", NAME_SLOT)
             table.add_slot("body-cell-status", STATUS_SLOT)
             table.add_slot("body-cell-progress", PROGRESS_SLOT)
