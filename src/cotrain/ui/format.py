@@ -39,6 +39,8 @@ def metric(value: float | None, digits: int = 4) -> str:
 def duration(seconds: float | None) -> str:
     if seconds is None or seconds < 0 or math.isinf(seconds):
         return t("common.none")
+    if seconds < 1:
+        return "<1s"
     seconds = int(seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)

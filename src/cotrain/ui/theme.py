@@ -41,6 +41,7 @@ body.body--light .ct-card { border: 1px solid #e6e8f0; }
 body.body--dark { background: #0f1117; }
 body.body--dark .ct-card { background: #181b24; border: 1px solid #262a36; }
 .ct-muted { opacity: .65; }
+.ct-card .q-table__card, .ct-card .q-table__container { background: transparent; }
 .ct-mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
 .ct-section-title { font-size: 15px; font-weight: 600; letter-spacing: .01em; }
 .ct-stat-value { font-size: 24px; font-weight: 650; line-height: 1.2; }

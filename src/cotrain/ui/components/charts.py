@@ -17,12 +17,15 @@ class LineChart:
     """One chart card: a title, a few named series of (x, y) points, an empty-state text."""
 
     def __init__(self, title: str, series: list[str], *, empty_text: str, testid: str, height: str = "220px",
-                 x_name: str | None = None, y_format: str | None = None, colors: list[str] | None = None):
+                 x_name: str | None = None, y_format: str | None = None, colors: list[str] | None = None,
+                 integer_y: bool = False):
         self.points: list[list[list[float]]] = [[] for _ in series]
         self.dirty = False
         colors = colors or SERIES
         x_name = x_name if x_name is not None else t("detail.chart.step")
         y_axis: dict[str, Any] = {"type": "value", "scale": True, **AXIS}
+        if integer_y:  # counts (peers): whole numbers from zero
+            y_axis.update({"scale": False, "min": 0, "minInterval": 1, ":max": "v => Math.max(2, v.max + 1)"})
         if y_format == "exp":
             y_axis["axisLabel"] = {**AXIS["axisLabel"], ":formatter": "v => v.toExponential(1)"}
         options: dict[str, Any] = {

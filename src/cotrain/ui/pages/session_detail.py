@@ -105,7 +105,7 @@ class Detail:
                     self.percent = ui.label(f"{row.progress:.0f}%").classes("text-3xl font-semibold").props('data-testid="progress-percent"')
                 self.step_label = ui.label(self._step_text(row.step, row.total_steps)).classes("text-sm ct-muted").props('data-testid="progress-step"')
             self.bar = ui.linear_progress(value=(row.progress or 0) / 100, show_value=False, size="12px").props(
-                f'rounded color={STATUS_COLORS.get(row.status, "primary")} data-testid="progress-bar"')
+                f'rounded animation-speed=300 color={STATUS_COLORS.get(row.status, "primary")} data-testid="progress-bar"')
             with ui.row().classes("w-full gap-8"):
                 self.eta = _inline_stat(t("detail.eta"), self._eta_text(), "eta")
                 self.loss = _inline_stat(t("detail.loss"), fmt.metric(row.loss), "loss")
@@ -125,7 +125,7 @@ class Detail:
             self.tps_chart = LineChart(t("detail.chart.throughput"), ["tokens/s"], empty_text=waiting, testid="tps-chart",
                                        colors=["#06b6d4"])
             self.part_chart = LineChart(t("detail.chart.participants"), ["peers"], empty_text=waiting,
-                                        testid="participants-chart", colors=["#a855f7"])
+                                        testid="participants-chart", colors=["#a855f7"], integer_y=True)
         history = self.view.history
 
         def series(key: str) -> list[list[float]]:
@@ -192,11 +192,15 @@ class Detail:
     def _logs_card(self) -> None:
         with ui.card().classes("ct-card w-full p-5 gap-3").props("flat"):
             ui.label(t("detail.logs")).classes("ct-section-title")
-            self.log_view = ui.label("").classes("ct-code w-full max-h-[260px] text-[11.5px]").props('data-testid="log-tail"')
+            # column-reverse keeps the view scrolled to the newest line
+            with ui.element("div").classes("ct-code w-full max-h-[260px] text-[11.5px]").style(
+                    "display: flex; flex-direction: column-reverse"):
+                self.log_view = ui.label("").props('data-testid="log-tail"')
         self._set_logs(self.view.logs)
 
     def _set_logs(self, lines: list[str]) -> None:
-        self.log_view.set_text("\n".join(lines) if lines else t("detail.logs_empty"))
+        text = "\n".join(lines).strip("\n")
+        self.log_view.set_text(text or t("detail.logs_empty"))
 
     def _config_card(self) -> None:
         row = self.row

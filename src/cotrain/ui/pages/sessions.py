@@ -27,7 +27,7 @@ STATUS_SLOT = r"""
 PROGRESS_SLOT = r"""
 <q-td :props="props" style="min-width: 150px">
   <div class="row items-center no-wrap q-gutter-x-sm">
-    <q-linear-progress rounded size="8px" :value="props.row.progress / 100" :color="props.row.status_color"
+    <q-linear-progress rounded size="8px" animation-speed="300" :value="props.row.progress / 100" :color="props.row.status_color"
                        class="col" data-testid="row-progress" />
     <span class="text-[12px] ct-muted" style="width: 38px; text-align: right">{{ Math.round(props.row.progress) }}%</span>
   </div>
