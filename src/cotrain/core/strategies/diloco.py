@@ -114,7 +114,9 @@ class DilocoStrategy(Strategy):
             self.global_params, lr=self.diloco.outer_lr, momentum=self.diloco.outer_momentum,
             nesterov=self.diloco.nesterov and self.diloco.outer_momentum > 0,
         )
-        self.averaged = [torch.zeros_like(g) for g in self.global_params]
+        # one flat buffer: the all-reduce splits it into parts of equal size, so 8-bit codebooks
+        # and message headers stay negligible even for the many tiny norm weights
+        self.averaged = [torch.zeros(sum(g.numel() for g in self.global_params))]
         matchmaking = self.diloco.matchmaking_time
         self.averager = ExactAverager(
             self.averaged, self.dht, start=True,
@@ -181,9 +183,14 @@ class DilocoStrategy(Strategy):
         return None
 
     def _fill_pseudo_gradient(self) -> None:
-        with torch.no_grad(), self.averager.get_tensors() as buffers:
-            for buffer, global_param, param in zip(buffers, self.global_params, self.params):
-                torch.sub(global_param, param.detach().to("cpu", torch.float32), out=buffer)
+        with torch.no_grad(), self.averager.get_tensors() as (flat,):
+            for view, global_param, param in zip(self._views(flat), self.global_params, self.params):
+                torch.sub(global_param, param.detach().to("cpu", torch.float32), out=view)
+
+    def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Views of the flat buffer shaped like each parameter."""
+        sizes = [g.numel() for g in self.global_params]
+        return [chunk.view_as(g) for chunk, g in zip(flat.split(sizes), self.global_params)]
 
     def _wait_until_peers_ready(self, round_: int):
         """Wait (at most averaging_timeout) for `min_peers` and for every live peer to be ready
@@ -219,8 +226,8 @@ class DilocoStrategy(Strategy):
     @torch.no_grad()
     def _apply_outer_step(self) -> None:
         with self._state_lock:
-            with self.averager.get_tensors() as averaged:
-                for global_param, pseudo_gradient in zip(self.global_params, averaged):
+            with self.averager.get_tensors() as (flat,):
+                for global_param, pseudo_gradient in zip(self.global_params, self._views(flat)):
                     global_param.grad = pseudo_gradient.clone()
             self.outer_optimizer.step()
             self.outer_optimizer.zero_grad(set_to_none=True)

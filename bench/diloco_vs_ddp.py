@@ -1,0 +1,245 @@
+"""DiLoCo vs DDP on the same tiny model, tokens and number of workers.
+
+    python bench/diloco_vs_ddp.py [--quick] [--workers 2] [--steps N]
+
+DDP: `workers` processes under torchrun split a global batch of `batch` samples every step
+(gradients all-reduced every step). DiLoCo: `workers` independent peers of `batch / workers`
+samples each, averaging pseudo-gradients every H steps over hivemind on loopback. Both see the
+same number of tokens. Every run is the real engine (`python -m cotrain.core.train`).
+
+Prints a table and writes bench/results/diloco_vs_ddp.json: one row per run with strategy,
+inner_steps, compression, workers, tokens, final_val_loss, bytes_sent_per_worker (and the
+received bytes, the wall time and the loss gap to DDP). DDP's bytes are what a ring all-reduce of
+the fp32 gradients moves per process (2(n-1)/n of the gradient bytes per step); DiLoCo's are the
+serialized bytes each peer's averager actually sent.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# bench/ holds a platform.py that would shadow the standard library's when run as a script
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results" / "diloco_vs_ddp.json"
+
+BASE = """
+[session]
+id = "{session}"
+
+[model]
+type = "llama2"
+size = "debug"
+
+[train]
+batch_size = {batch}
+max_steps = {steps}
+learning_rate = 3e-3
+warmup_steps = 10
+log_interval = {steps}
+eval_interval = {steps}
+eval_batches = 8
+seed = 1337
+
+[data]
+dataset = "stdlib"
+max_bytes = 1000000
+seq_length = 64
+vocab_size = 512
+
+[checkpoint]
+interval = {steps}
+keep = 1
+
+[distributed]
+strategy = "{strategy}"
+nodes = 1
+gpus_per_node = {gpus}
+backend = "gloo"
+"""
+
+DILOCO = """
+[distributed.diloco]
+inner_steps = {inner_steps}
+compression = "{compression}"
+initial_peers = {initial_peers}
+host_maddrs = ["/ip4/127.0.0.1/tcp/0"]
+min_peers = {workers}
+outer_lr = {outer_lr}
+outer_momentum = {outer_momentum}
+matchmaking_time = 2.0
+averaging_timeout = 60.0
+progress_interval = 1.0
+"""
+
+QUICK_GRID = [(20, "none"), (20, "fp16"), (20, "int8"), (50, "none")]
+FULL_GRID = [(h, c) for h in (20, 50, 100) for c in ("none", "fp16", "int8")]
+
+
+def engine_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(COTRAIN_HOME=str(home), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def make_home(root: Path, name: str, datasets: Path) -> Path:
+    home = root / name
+    home.mkdir(parents=True)
+    (home / "datasets").symlink_to(datasets, target_is_directory=True)
+    return home
+
+
+def last_events(home: Path, session: str) -> tuple[dict, dict]:
+    """(last progress event, completed event) of a finished run."""
+    events = [json.loads(line) for line in (home / "logs" / "training" / session / "events.jsonl").read_text().splitlines()]
+    progress = [e for e in events if e["type"] == "progress"]
+    completed = [e for e in events if e["type"] == "completed"]
+    if not completed:
+        raise RuntimeError(f"run {session} in {home} did not complete; see its events.jsonl")
+    return progress[-1], completed[-1]
+
+
+def run_ddp(root: Path, datasets: Path, workers: int, batch: int, steps: int) -> dict:
+    home = make_home(root, "ddp", datasets)
+    config = root / "ddp.toml"
+    config.write_text(BASE.format(session="ddp", batch=batch, steps=steps, strategy="ddp", gpus=workers))
+    started = time.monotonic()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(workers),
+           "-m", "cotrain.core.train", "--config", str(config)]
+    subprocess.run(cmd, env=engine_env(home), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress, completed = last_events(home, "ddp")
+    return row("ddp", None, "none", workers, completed, progress, time.monotonic() - started)
+
+
+def run_diloco(root: Path, datasets: Path, workers: int, batch: int, steps: int, inner_steps: int,
+               compression: str, initial_peers: list[str], outer_lr: float, outer_momentum: float) -> dict:
+    name = f"diloco-h{inner_steps}-{compression}"
+    procs, homes = [], []
+    started = time.monotonic()
+    for worker in range(workers):
+        home = make_home(root, f"{name}-{worker}", datasets)
+        config = root / f"{name}-{worker}.toml"
+        config.write_text(
+            BASE.format(session=name, batch=batch // workers, steps=steps, strategy="diloco", gpus=1)
+            + DILOCO.format(inner_steps=inner_steps, compression=compression, initial_peers=json.dumps(initial_peers),
+                            workers=workers, outer_lr=outer_lr, outer_momentum=outer_momentum)
+        )
+        log = (root / f"{name}-{worker}.log").open("w")
+        procs.append(subprocess.Popen([sys.executable, "-m", "cotrain.core.train", "--config", str(config)],
+                                      env=engine_env(home), stdout=subprocess.DEVNULL, stderr=log))
+        homes.append(home)
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise RuntimeError(f"{name}: peers exited with {codes}; logs in {root}")
+    finished = [last_events(home, name) for home in homes]
+    hashes = {progress.get("params_hash") for progress, _ in finished}
+    if len(hashes) != 1:
+        raise RuntimeError(f"{name}: peers ended with different global params {hashes}")
+    sent = sum(p["bytes_sent"] for p, _ in finished) / workers
+    received = sum(p["bytes_received"] for p, _ in finished) / workers
+    progress, completed = finished[0]
+    result = row("diloco", inner_steps, compression, workers, completed, progress, time.monotonic() - started)
+    result.update(bytes_sent_per_worker=int(sent), bytes_received_per_worker=int(received))
+    return result
+
+
+def row(strategy: str, inner_steps: int | None, compression: str, workers: int, completed: dict, progress: dict,
+        seconds: float) -> dict:
+    return {
+        "strategy": strategy,
+        "inner_steps": inner_steps,
+        "compression": compression,
+        "workers": workers,
+        "tokens": int(completed["tokens_seen"]) * (workers if strategy == "diloco" else 1),
+        "final_val_loss": round(float(completed["val_loss"]), 4),
+        "bytes_sent_per_worker": int(progress["bytes_sent"]),
+        "bytes_received_per_worker": int(progress["bytes_received"]),
+        "wall_seconds": round(seconds, 1),
+    }
+
+
+def prepare(datasets: Path, root: Path) -> None:
+    """Tokenize once, before any run."""
+    from cotrain.config import load_config
+    from cotrain.core.data import prepare_dataset
+    from cotrain.paths import Layout
+
+    home = make_home(root, "prepare", datasets)
+    config = root / "prepare.toml"
+    config.write_text(BASE.format(session="prepare", batch=8, steps=20, strategy="ddp", gpus=1))
+    cfg = load_config(config)
+    prepare_dataset(cfg.data, Layout(home).ensure(), seed=cfg.train.seed)
+
+
+def print_table(rows: list[dict]) -> None:
+    ddp = next(r for r in rows if r["strategy"] == "ddp")
+    header = f"{'strategy':8} {'H':>4} {'compr':>5} {'workers':>7} {'tokens':>9} {'val loss':>9} {'vs ddp':>7} " \
+             f"{'MB sent/worker':>15} {'less bytes':>10} {'seconds':>8}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        gap = (r["final_val_loss"] - ddp["final_val_loss"]) / ddp["final_val_loss"] * 100
+        fewer = ddp["bytes_sent_per_worker"] / max(1, r["bytes_sent_per_worker"])
+        r["val_loss_vs_ddp_percent"] = round(gap, 2)
+        r["bytes_reduction_vs_ddp"] = round(fewer, 1)
+        print(f"{r['strategy']:8} {r['inner_steps'] or '-':>4} {r['compression']:>5} {r['workers']:>7} "
+              f"{r['tokens']:>9} {r['final_val_loss']:>9.4f} {gap:>+6.2f}% {r['bytes_sent_per_worker'] / 1e6:>15.2f} "
+              f"{fewer:>9.1f}x {r['wall_seconds']:>8.1f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a reduced grid that runs in a few minutes on 2 cores")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=16, help="global batch per step (DiLoCo: split over the peers)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default 200 quick, 600 full)")
+    parser.add_argument("--outer-lr", type=float, default=0.7)
+    parser.add_argument("--outer-momentum", type=float, default=0.9)
+    parser.add_argument("--grid", default=None, help="runs as H:compression,... (default: the quick or full grid)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    steps = args.steps or (200 if args.quick else 600)
+    grid = QUICK_GRID if args.quick else FULL_GRID
+    if args.grid:
+        grid = [(int(h), c) for h, c in (item.split(":") for item in args.grid.split(","))]
+    if any(steps % h for h, _ in grid):
+        parser.error(f"--steps must be a multiple of every H in the grid {sorted({h for h, _ in grid})}")
+
+    from cotrain.p2p.dht import start_dht, visible_maddrs
+
+    with tempfile.TemporaryDirectory(prefix="cotrain-bench-diloco-") as tmp:
+        root = Path(tmp)
+        datasets = root / "datasets"
+        datasets.mkdir()
+        prepare(datasets, root)
+        rows = [run_ddp(root, datasets, args.workers, args.batch, steps)]
+        print(f"ddp done: val loss {rows[0]['final_val_loss']}", file=sys.stderr)
+        bootstrap = start_dht()
+        try:
+            peers = visible_maddrs(bootstrap)
+            for inner_steps, compression in grid:
+                rows.append(run_diloco(root, datasets, args.workers, args.batch, steps, inner_steps, compression, peers,
+                                       args.outer_lr, args.outer_momentum))
+                print(f"diloco H={inner_steps} {compression} done: val loss {rows[-1]['final_val_loss']}", file=sys.stderr)
+        finally:
+            bootstrap.shutdown()
+    print_table(rows)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
