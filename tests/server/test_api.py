@@ -37,22 +37,22 @@ def test_reference_body_creates_a_session_with_its_toml(server):
     }
 
 
-@pytest.mark.parametrize(
-    ("change", "loc", "words"),
-    [
-        ({"modelConfig": {"type": "llama2", "size": "huge"}}, ["body", "modelConfig", "size"], '"debug"'),
-        ({"trainingConfig": {"batchSize": 0}}, ["body", "trainingConfig", "batchSize"], "greater than 0"),
-        ({"trainingConfig": {"batchSzie": 8}}, ["body", "trainingConfig", "batchSzie"], "not permitted"),
-        ({"distributedConfig": {"strategy": "magic"}}, ["body", "distributedConfig", "strategy"], "diloco"),
-        ({"trainingConfig": {"batchSize": 30}, "distributedConfig": {"gpusPerNode": 8}},
-         ["body", "trainingConfig", "batchSize"], "multiple of the 8 processes"),
-    ],
-)
-def test_invalid_input_is_422_naming_the_field(server, change, loc, words):
-    response = server.client().post("/sessions", json={"name": "x", **change})
-    assert response.status_code == 422
-    errors = response.json()["detail"]
-    assert any(e["loc"] == loc and words in e["msg"] for e in errors), errors
+INVALID = [  # (change, the field named, words of the message)
+    ({"modelConfig": {"type": "llama2", "size": "huge"}}, ["body", "modelConfig", "size"], '"debug"'),
+    ({"trainingConfig": {"batchSize": 0}}, ["body", "trainingConfig", "batchSize"], "greater than 0"),
+    ({"trainingConfig": {"batchSzie": 8}}, ["body", "trainingConfig", "batchSzie"], "not permitted"),
+    ({"distributedConfig": {"strategy": "magic"}}, ["body", "distributedConfig", "strategy"], "diloco"),
+    ({"trainingConfig": {"batchSize": 30}, "distributedConfig": {"gpusPerNode": 8}},
+     ["body", "trainingConfig", "batchSize"], "multiple of the 8 processes"),
+]
+
+
+def test_invalid_input_is_422_naming_the_field(server):
+    for change, loc, words in INVALID:
+        response = server.client().post("/sessions", json={"name": "x", **change})
+        assert response.status_code == 422
+        errors = response.json()["detail"]
+        assert any(e["loc"] == loc and words in e["msg"] for e in errors), errors
 
 
 def test_waiting_session_lifecycle(server):
@@ -190,3 +190,38 @@ def test_private_sessions_stream_only_to_their_owner(server):
     bad = WSCollector(f"{server.ws_url}?token=ct_wrong")
     wait_until(lambda: bad.ws.close_code is not None, 10, "the refusal")
     assert bad.ws.close_code == 1008
+
+
+HOSTILE = [  # (method, path, body)
+        ("post", "/sessions", {"name": "x", "trainingConfig": {"maxSteps": 10**30}}),
+        ("post", "/sessions", {"name": "x\u0000y"}),
+        ("post", "/sessions", {"name": "x", "dataConfig": {"dataPath": "/a\u0000b"}}),
+        ("get", "/sessions?offset=99999999999999999999", None),
+        ("get", "/sessions?owner=99999999999999999999", None),
+        ("get", "/sessions?q=%00", None),
+        ("get", "/sessions/..%2F..%2Fetc", None),
+        ("get", "/sessions/a%00b", None),
+        ("get", "/models/99999999999999999999", None),
+        ("get", "/models/compare?ids=1&ids=99999999999999999999", None),
+        ("get", "/models?session=%00", None),
+        ("get", "/hivemind/training/%00", None),
+        ("post", "/hivemind/peers/connect", {"address": "/ip4/x\u0000"}),
+        ("delete", "/auth/tokens/99999999999999999999", None),
+]
+
+
+def test_hostile_input_is_a_4xx_never_a_500(server):
+    api = server.client()
+    for method, path, body in HOSTILE:
+        response = api.request(method, path, json=body) if body is not None else api.request(method, path)
+        assert 400 <= response.status_code < 500, (method, path, response.status_code, response.text)
+
+
+def test_infinite_learning_rate_and_null_rename_are_422(server):
+    api = server.client()
+    raw = '{"name": "x", "trainingConfig": {"learningRate": Infinity}}'
+    response = api.post("/sessions", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    sid = api.post("/sessions", json=reference_session(autoStart=False)).json()["id"]
+    renamed = api.patch(f"/sessions/{sid}", json={"name": None})
+    assert renamed.status_code == 422 and renamed.json()["detail"][0]["loc"] == ["body", "name"]

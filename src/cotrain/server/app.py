@@ -10,11 +10,16 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError, DBAPIError
 
 from cotrain.server import log_redaction
 from cotrain.server.api import hivemind, models, sessions, system, tokens
@@ -61,11 +66,36 @@ def create_app(platform: Platform | None = None) -> FastAPI:
     async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
 
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes the input, and JSON cannot carry Infinity/NaN back
+        return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
+
+    @app.exception_handler(DBAPIError)
+    async def _database_error(_request: Request, exc: DBAPIError) -> JSONResponse:
+        if isinstance(exc, DataError):  # a value the database cannot store (validation should catch these first)
+            return JSONResponse(
+                {"detail": "A value in the request is out of range or contains characters that cannot be stored; "
+                           "check its numbers and text."}, status_code=422)
+        log.error("database error: %s", exc.__class__.__name__)
+        return JSONResponse({"detail": "The database did not answer; try again in a moment."}, status_code=503)
+
     @app.exception_handler(SessionConfigError)
     async def _config_error(_request: Request, exc: SessionConfigError) -> JSONResponse:
         return JSONResponse({"detail": exc.errors}, status_code=422)
 
     return app
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every infinite or NaN float written as a string."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
 
 
 def include_extra_routers(app: FastAPI, specs: tuple[str, ...] = EXTRA_ROUTERS) -> list[str]:

@@ -5,7 +5,7 @@ a typo is a 422 that names the field."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -13,53 +13,59 @@ from pydantic.alias_generators import to_camel
 T = TypeVar("T")
 
 
+BIG = 10**12  # upper bound of counts: far beyond any real run, well inside a 64-bit column
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL characters
+
+
 class CamelModel(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", allow_inf_nan=False, str_max_length=4096
+    )
 
 
 class ModelConfigIn(CamelModel):
     type: Literal["llama2", "llama3", "bert"] = "llama2"
-    size: str = Field("debug", description='A size preset: "debug", "tiny", "small", "base", or "7B", "13B", "70B", ...')
+    size: str = Field("debug", max_length=16, description='A size preset: "debug", "tiny", "small", "base", or "7B", "13B", "70B", ...')
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
 
 
 class TrainingConfigIn(CamelModel):
-    batch_size: int = Field(32, gt=0)
-    learning_rate: float = Field(3e-4, gt=0)
-    epochs: int | None = Field(1, gt=0)
+    batch_size: int = Field(32, gt=0, le=10**7)
+    learning_rate: float = Field(3e-4, gt=0, le=100)
+    epochs: int | None = Field(1, gt=0, le=10**6)
     optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
-    max_steps: int | None = Field(None, gt=0, description="Stop after this many steps (wins over epochs).")
-    warmup_steps: int | None = Field(None, ge=0)
-    log_interval: int | None = Field(None, gt=0)
-    eval_interval: int | None = Field(None, gt=0)
+    max_steps: int | None = Field(None, gt=0, le=BIG, description="Stop after this many steps (wins over epochs).")
+    warmup_steps: int | None = Field(None, ge=0, le=BIG)
+    log_interval: int | None = Field(None, gt=0, le=BIG)
+    eval_interval: int | None = Field(None, gt=0, le=BIG)
 
 
 class DistributedConfigIn(CamelModel):
-    nodes: int = Field(1, gt=0)
-    gpus_per_node: int = Field(1, gt=0)
+    nodes: int = Field(1, gt=0, le=100_000)
+    gpus_per_node: int = Field(1, gt=0, le=1024)
     strategy: Literal["ddp", "fsdp", "diloco"] = "ddp"
-    inner_steps: int | None = Field(None, gt=0, description="DiLoCo: local steps between averaging rounds.")
-    initial_peers: list[str] | None = Field(None, description="DiLoCo: DHT peers to join (default: this server's DHT).")
+    inner_steps: int | None = Field(None, gt=0, le=BIG, description="DiLoCo: local steps between averaging rounds.")
+    initial_peers: list[Annotated[str, Field(pattern=NO_NUL)]] | None = Field(None, max_length=100, description="DiLoCo: DHT peers to join (default: this server's DHT).")
 
 
 class DataConfigIn(CamelModel):
-    dataset: str | None = Field(None, description='A built-in corpus, e.g. "stdlib".')
-    data_path: str | None = None
-    seq_length: int | None = Field(None, gt=0)
-    max_bytes: int | None = Field(None, gt=0)
-    vocab_size: int | None = Field(None, ge=256)
+    dataset: str | None = Field(None, pattern=NO_NUL, description='A built-in corpus, e.g. "stdlib".')
+    data_path: str | None = Field(None, pattern=NO_NUL)
+    seq_length: int | None = Field(None, gt=0, le=10**7)
+    max_bytes: int | None = Field(None, gt=0, le=10**15)
+    vocab_size: int | None = Field(None, ge=256, le=262144)
 
 
 class CheckpointConfigIn(CamelModel):
-    interval: int | None = Field(None, gt=0)
-    keep: int | None = Field(None, gt=0)
+    interval: int | None = Field(None, gt=0, le=BIG)
+    keep: int | None = Field(None, gt=0, le=10_000)
 
 
 class SessionCreate(CamelModel):
     """The original design's `TrainingSessionConfig`, plus optional fields."""
 
-    name: str = Field(..., min_length=1, max_length=200)
-    description: str = ""
+    name: str = Field(..., min_length=1, max_length=200, pattern=NO_NUL)
+    description: str = Field("", pattern=NO_NUL)
     model_config_: ModelConfigIn = Field(default_factory=ModelConfigIn, alias="modelConfig")
     training_config: TrainingConfigIn = Field(default_factory=TrainingConfigIn)
     distributed_config: DistributedConfigIn = Field(default_factory=DistributedConfigIn)
@@ -74,8 +80,8 @@ class SessionCreate(CamelModel):
 class SessionUpdate(CamelModel):
     """Fields that can change while a session waits (draft or queued)."""
 
-    name: str | None = Field(None, min_length=1, max_length=200)
-    description: str | None = None
+    name: str | None = Field(None, min_length=1, max_length=200, pattern=NO_NUL)
+    description: str | None = Field(None, pattern=NO_NUL)
     model_config_: ModelConfigIn | None = Field(None, alias="modelConfig")
     training_config: TrainingConfigIn | None = None
     distributed_config: DistributedConfigIn | None = None
@@ -168,3 +174,17 @@ class Envelope(BaseModel, Generic[T]):
 
     status: Literal["success"] = "success"
     data: T
+
+
+class ErrorOut(BaseModel):
+    """The body of 4xx answers: a sentence saying what went wrong and what to do."""
+
+    detail: str
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "No API token, or an unknown or revoked one"},
+    403: {"model": ErrorOut, "description": "The token may not do this (not the owner, not an admin)"},
+    404: {"model": ErrorOut, "description": "No such resource (or a private one of another user)"},
+    409: {"model": ErrorOut, "description": "Not possible in the resource's current state"},
+}

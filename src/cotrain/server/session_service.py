@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
 from sqlalchemy import func, or_, select
 
 from cotrain.server.auth import Actor
-from cotrain.server.config_generator import build_config, write_config
+from cotrain.server.config_generator import SessionConfigError, build_config, write_config
 from cotrain.server.db import session_scope
 from cotrain.server.errors import Conflict, Forbidden, NotFound
 from cotrain.server.messages import messages_after, status_message
@@ -119,7 +120,12 @@ class SessionService:
                     merged[key] = {**merged[key], **value}
                 else:
                     merged[key] = value
-            body = SessionCreate.model_validate(merged)
+            try:
+                body = SessionCreate.model_validate(merged)
+            except ValidationError as exc:
+                raise SessionConfigError(
+                    [{"loc": ["body", *map(str, e["loc"])], "msg": e["msg"], "type": e["type"]} for e in exc.errors(include_url=False)]
+                ) from None
             config = build_config(session_id, body)
             path = write_config(config, self.p.settings.layout.generated_configs)
             row.request = body.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from cotrain.server.auth import Actor, authenticate
@@ -58,3 +58,8 @@ def admin_actor(actor: Annotated[Actor, Depends(required_actor)]) -> Actor:
 MaybeActor = Annotated[Actor | None, Depends(optional_actor)]
 RequiredActor = Annotated[Actor, Depends(required_actor)]
 AdminActor = Annotated[Actor, Depends(admin_actor)]
+
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+SessionId = Annotated[str, Path(pattern=ID_PATTERN, description="A session id (as returned on create).")]
+DbId = Annotated[int, Path(ge=1, le=2**31 - 1)]

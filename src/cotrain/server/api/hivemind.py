@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, Field
 
-from cotrain.server.api.deps import MaybeActor, PlatformDep, RequiredActor
-from cotrain.server.schemas import Envelope, SessionCreate
+from cotrain.server.api.deps import MaybeActor, PlatformDep, RequiredActor, SessionId
+from cotrain.server.schemas import ERROR_RESPONSES, Envelope, ErrorOut, SessionCreate
 
-router = APIRouter(prefix="/hivemind", tags=["hivemind"])
+router = APIRouter(prefix="/hivemind", tags=["hivemind"], responses=ERROR_RESPONSES)
 
 
 class DHTStatus(BaseModel):
@@ -27,7 +27,7 @@ class Peer(BaseModel):
 
 
 class ConnectRequest(BaseModel):
-    address: str = Field(..., min_length=8, description="A full multiaddr with /p2p/<peer id>, e.g. /ip4/1.2.3.4/tcp/31337/p2p/Qm...")
+    address: str = Field(..., min_length=8, max_length=500, pattern=r"^/[^\x00]*$", description="A full multiaddr with /p2p/<peer id>, e.g. /ip4/1.2.3.4/tcp/31337/p2p/Qm...")
 
 
 class Connected(BaseModel):
@@ -67,7 +67,8 @@ def dht_peers(platform: PlatformDep) -> Envelope[list[Peer]]:
     return Envelope(data=[Peer(**p) for p in platform.dht.peers()])
 
 
-@router.post("/peers/connect", response_model=Envelope[Connected])
+@router.post("/peers/connect", response_model=Envelope[Connected],
+             responses={502: {"model": ErrorOut, "description": "The peer could not be reached"}})
 def connect_peer(body: ConnectRequest, platform: PlatformDep, actor: RequiredActor) -> Envelope[Connected]:
     if "/p2p/" not in body.address:
         raise HTTPException(
@@ -93,7 +94,7 @@ def submit_task(body: SessionCreate, platform: PlatformDep, actor: RequiredActor
 
 
 @router.get("/training/{task_id}", response_model=Envelope[TaskStatus])
-def task_status(task_id: str, platform: PlatformDep, actor: MaybeActor) -> Envelope[TaskStatus]:
+def task_status(task_id: SessionId, platform: PlatformDep, actor: MaybeActor) -> Envelope[TaskStatus]:
     row = platform.sessions.get(task_id, actor)
     return Envelope(
         data=TaskStatus(task_id=row.id, status=row.status, progress=row.progress, step=row.step,

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, status
 from fastapi.responses import FileResponse
+from pydantic import Field
 
-from cotrain.server.api.deps import MaybeActor, PlatformDep
+from cotrain.server.api.deps import ID_PATTERN, DbId, MaybeActor, PlatformDep
 from cotrain.server.db import session_scope
 from cotrain.server.model_service import compare_versions, list_versions, version_out, zip_version
 from cotrain.server.models import ModelVersion
-from cotrain.server.schemas import ModelVersionOut, iso
+from cotrain.server.schemas import ERROR_RESPONSES, ModelVersionOut, iso
 
-router = APIRouter(prefix="/models", tags=["models"])
+router = APIRouter(prefix="/models", tags=["models"], responses=ERROR_RESPONSES)
 
 
 def list_versions_out(platform: Any, session_id: str | None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
@@ -28,8 +29,8 @@ def _out(v: dict[str, Any]) -> ModelVersionOut:
 @router.get("", response_model=list[ModelVersionOut], summary="Final model versions, optionally of one session")
 def list_models(
     platform: PlatformDep, actor: MaybeActor,
-    session: str | None = Query(None, description="Only this session's versions."),
-    limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
+    session: str | None = Query(None, pattern=ID_PATTERN, description="Only this session's versions."),
+    limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=10**9),
 ) -> list[ModelVersionOut]:
     if session:
         platform.sessions.get(session, actor)
@@ -38,7 +39,8 @@ def list_models(
 
 @router.get("/compare", summary="Compare two or more versions (val loss, perplexity, accuracy, params, tokens seen)")
 def compare_models(
-    platform: PlatformDep, ids: list[int] = Query(..., min_length=2, description="Model version ids (repeat: ?ids=1&ids=2).")
+    platform: PlatformDep,
+    ids: list[Annotated[int, Field(ge=1, le=2**31 - 1)]] = Query(..., min_length=2, max_length=50, description="Model version ids (repeat: ?ids=1&ids=2).")
 ) -> dict[str, Any]:
     with session_scope(platform.factory) as db:
         try:
@@ -48,7 +50,7 @@ def compare_models(
 
 
 @router.get("/{model_id}", response_model=ModelVersionOut)
-def get_model(model_id: int, platform: PlatformDep) -> ModelVersionOut:
+def get_model(model_id: DbId, platform: PlatformDep) -> ModelVersionOut:
     with session_scope(platform.factory) as db:
         version = db.get(ModelVersion, model_id)
         if version is None:
@@ -57,8 +59,8 @@ def get_model(model_id: int, platform: PlatformDep) -> ModelVersionOut:
 
 
 @router.get("/{model_id}/download", response_class=FileResponse, summary="The version's files as a zip",
-            responses={200: {"content": {"application/zip": {}}}})
-def download_model(model_id: int, platform: PlatformDep, background: BackgroundTasks) -> FileResponse:
+            responses={200: {"content": {"application/zip": {}}}, 410: {"description": "The files are gone"}})
+def download_model(model_id: DbId, platform: PlatformDep, background: BackgroundTasks) -> FileResponse:
     with session_scope(platform.factory) as db:
         version = db.get(ModelVersion, model_id)
         if version is None:

@@ -7,9 +7,10 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import PlainTextResponse
 
-from cotrain.server.api.deps import MaybeActor, PlatformDep, RequiredActor
+from cotrain.server.api.deps import MaybeActor, PlatformDep, RequiredActor, SessionId
 from cotrain.server.models import ALL_STATES, TrainingSession
 from cotrain.server.schemas import (
+    ERROR_RESPONSES,
     CheckpointOut,
     MessageOut,
     MetricSeries,
@@ -22,7 +23,7 @@ from cotrain.server.schemas import (
 )
 from cotrain.server.session_service import SessionFilter
 
-router = APIRouter(prefix="/sessions", tags=["sessions"])
+router = APIRouter(prefix="/sessions", tags=["sessions"], responses=ERROR_RESPONSES)
 
 StatusFilter = Literal[ALL_STATES]  # type: ignore[valid-type]
 
@@ -53,54 +54,54 @@ def list_sessions(
     status_: StatusFilter | None = Query(None, alias="status"),
     strategy: Literal["ddp", "fsdp", "diloco"] | None = None,
     model_type: Literal["llama2", "llama3", "bert"] | None = Query(None, alias="modelType"),
-    owner: int | None = Query(None, description="Token id of the owner."),
-    q: str | None = Query(None, max_length=200, description="Part of the name."),
+    owner: int | None = Query(None, ge=1, le=2**31 - 1, description="Token id of the owner."),
+    q: str | None = Query(None, max_length=200, pattern=r"^[^\x00]*$", description="Part of the name."),
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=10**9),
 ) -> Page[SessionOut]:
     rows, total = platform.sessions.list(actor, SessionFilter(status_, strategy, model_type, owner, q), limit, offset)
     return Page[SessionOut](items=[session_out(r) for r in rows], total=total, limit=limit, offset=offset)
 
 
 @router.get("/{session_id}", response_model=SessionOut)
-def get_session(session_id: str, platform: PlatformDep, actor: MaybeActor) -> SessionOut:
+def get_session(session_id: SessionId, platform: PlatformDep, actor: MaybeActor) -> SessionOut:
     return session_out(platform.sessions.get(session_id, actor))
 
 
 @router.patch("/{session_id}", response_model=SessionOut, summary="Edit a draft or queued session")
-def update_session(session_id: str, body: SessionUpdate, platform: PlatformDep, actor: RequiredActor) -> SessionOut:
+def update_session(session_id: SessionId, body: SessionUpdate, platform: PlatformDep, actor: RequiredActor) -> SessionOut:
     return session_out(platform.sessions.update(session_id, body, actor))
 
 
 @router.delete("/{session_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_session(session_id: str, platform: PlatformDep, actor: RequiredActor) -> Response:
+def delete_session(session_id: SessionId, platform: PlatformDep, actor: RequiredActor) -> Response:
     platform.sessions.delete(session_id, actor)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/{session_id}/start", response_model=SessionOut, summary="Queue a draft, or run a finished session again")
-def start_session(session_id: str, platform: PlatformDep, actor: RequiredActor) -> SessionOut:
+def start_session(session_id: SessionId, platform: PlatformDep, actor: RequiredActor) -> SessionOut:
     return session_out(platform.sessions.start(session_id, actor))
 
 
 @router.post("/{session_id}/cancel", response_model=SessionOut, summary="Cancel (SIGTERM, then SIGKILL after a grace period)")
-def cancel_session(session_id: str, platform: PlatformDep, actor: RequiredActor) -> SessionOut:
+def cancel_session(session_id: SessionId, platform: PlatformDep, actor: RequiredActor) -> SessionOut:
     return session_out(platform.sessions.cancel(session_id, actor))
 
 
 @router.post("/{session_id}/retry", response_model=SessionOut, summary="Queue a failed or cancelled session again")
-def retry_session(session_id: str, platform: PlatformDep, actor: RequiredActor) -> SessionOut:
+def retry_session(session_id: SessionId, platform: PlatformDep, actor: RequiredActor) -> SessionOut:
     return session_out(platform.sessions.retry(session_id, actor))
 
 
 @router.put("/{session_id}/priority", response_model=SessionOut, summary="Change the queue priority")
-def set_priority(session_id: str, body: PriorityChange, platform: PlatformDep, actor: RequiredActor) -> SessionOut:
+def set_priority(session_id: SessionId, body: PriorityChange, platform: PlatformDep, actor: RequiredActor) -> SessionOut:
     return session_out(platform.sessions.set_priority(session_id, body.priority, actor))
 
 
 @router.get("/{session_id}/config", response_class=PlainTextResponse, summary="Download the generated TOML config",
             responses={200: {"content": {"application/toml": {}}}})
-def download_config(session_id: str, platform: PlatformDep, actor: MaybeActor) -> PlainTextResponse:
+def download_config(session_id: SessionId, platform: PlatformDep, actor: MaybeActor) -> PlainTextResponse:
     return PlainTextResponse(
         platform.sessions.config_toml(session_id, actor), media_type="application/toml",
         headers={"Content-Disposition": f'attachment; filename="{session_id}.toml"'},
@@ -108,7 +109,7 @@ def download_config(session_id: str, platform: PlatformDep, actor: MaybeActor) -
 
 
 @router.get("/{session_id}/status", summary="Status, progress and the latest metrics")
-def session_status(session_id: str, platform: PlatformDep, actor: MaybeActor) -> dict[str, Any]:
+def session_status(session_id: SessionId, platform: PlatformDep, actor: MaybeActor) -> dict[str, Any]:
     row = platform.sessions.get(session_id, actor)
     return {
         "sessionId": row.id, "status": row.status, "progress": row.progress, "step": row.step,
@@ -119,7 +120,7 @@ def session_status(session_id: str, platform: PlatformDep, actor: MaybeActor) ->
 
 @router.get("/{session_id}/metrics", response_model=MetricSeries, summary="Metric history for charts (downsampled)")
 def session_metrics(
-    session_id: str, platform: PlatformDep, actor: MaybeActor,
+    session_id: SessionId, platform: PlatformDep, actor: MaybeActor,
     max_points: int = Query(500, ge=10, le=10_000, alias="maxPoints"),
 ) -> MetricSeries:
     platform.sessions.get(session_id, actor)
@@ -128,8 +129,8 @@ def session_metrics(
 
 @router.get("/{session_id}/events", response_model=list[MessageOut], summary="The session's messages (as sent on the WebSocket)")
 def session_events(
-    session_id: str, platform: PlatformDep, actor: MaybeActor,
-    after: int = Query(0, ge=0, description="Only messages with a larger seq."), limit: int = Query(1000, ge=1, le=10_000),
+    session_id: SessionId, platform: PlatformDep, actor: MaybeActor,
+    after: int = Query(0, ge=0, le=2**62, description="Only messages with a larger seq."), limit: int = Query(1000, ge=1, le=10_000),
 ) -> list[MessageOut]:
     out = []
     for m in platform.sessions.messages(session_id, after, limit, actor):
@@ -139,14 +140,14 @@ def session_events(
 
 @router.get("/{session_id}/logs", summary="The tail of the engine's stderr or stdout")
 def session_logs(
-    session_id: str, platform: PlatformDep, actor: MaybeActor,
+    session_id: SessionId, platform: PlatformDep, actor: MaybeActor,
     stream: Literal["stderr", "stdout"] = "stderr", lines: int = Query(200, ge=1, le=5000),
 ) -> dict[str, Any]:
     return {"sessionId": session_id, "stream": stream, "lines": platform.sessions.log_tail(session_id, stream, lines, actor)}
 
 
 @router.get("/{session_id}/checkpoints", response_model=list[CheckpointOut])
-def session_checkpoints(session_id: str, platform: PlatformDep, actor: MaybeActor) -> list[CheckpointOut]:
+def session_checkpoints(session_id: SessionId, platform: PlatformDep, actor: MaybeActor) -> list[CheckpointOut]:
     return [
         CheckpointOut(step=c["step"], path=c["path"], size_bytes=c["size_bytes"], created_at=iso(c["created_at"]))  # type: ignore[arg-type]
         for c in platform.sessions.checkpoints(session_id, actor)
@@ -154,12 +155,12 @@ def session_checkpoints(session_id: str, platform: PlatformDep, actor: MaybeActo
 
 
 @router.get("/{session_id}/participants", summary="Peers of the session and their progress")
-def session_participants(session_id: str, platform: PlatformDep, actor: MaybeActor) -> dict[str, Any]:
+def session_participants(session_id: SessionId, platform: PlatformDep, actor: MaybeActor) -> dict[str, Any]:
     return platform.sessions.participants(session_id, actor)
 
 
 @router.get("/{session_id}/join", summary="What a volunteer needs to join: the config and the bootstrap peers")
-def join_info(session_id: str, platform: PlatformDep, actor: MaybeActor) -> dict[str, Any]:
+def join_info(session_id: SessionId, platform: PlatformDep, actor: MaybeActor) -> dict[str, Any]:
     row = platform.sessions.get(session_id, actor)
     return {
         "sessionId": row.id, "strategy": row.strategy, "config": row.config_toml,
@@ -169,7 +170,7 @@ def join_info(session_id: str, platform: PlatformDep, actor: MaybeActor) -> dict
 
 
 @router.get("/{session_id}/model", summary="The session's final model versions")
-def session_model(session_id: str, platform: PlatformDep, actor: MaybeActor) -> list[dict[str, Any]]:
+def session_model(session_id: SessionId, platform: PlatformDep, actor: MaybeActor) -> list[dict[str, Any]]:
     from cotrain.server.api.models import list_versions_out
 
     platform.sessions.get(session_id, actor)

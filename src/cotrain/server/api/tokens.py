@@ -5,16 +5,17 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, Field
 
-from cotrain.server.api.deps import AdminActor, PlatformDep, RequiredActor
+from cotrain.server.api.deps import AdminActor, DbId, PlatformDep, RequiredActor
 from cotrain.server.auth import create_token
 from cotrain.server.db import session_scope
 from cotrain.server.models import ApiToken
+from cotrain.server.schemas import ERROR_RESPONSES
 
-router = APIRouter(prefix="/auth", tags=["auth"])
+router = APIRouter(prefix="/auth", tags=["auth"], responses=ERROR_RESPONSES)
 
 
 class TokenCreate(BaseModel):
-    name: str = Field(..., min_length=1, max_length=100)
+    name: str = Field(..., min_length=1, max_length=100, pattern=r"^[^\x00]*$")
     is_admin: bool = False
 
 
@@ -44,7 +45,7 @@ def new_token(body: TokenCreate, platform: PlatformDep, actor: AdminActor) -> To
 
 
 @router.delete("/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Revoke a token (admin)")
-def revoke_token(token_id: int, platform: PlatformDep, actor: AdminActor) -> None:
+def revoke_token(token_id: DbId, platform: PlatformDep, actor: AdminActor) -> None:
     with session_scope(platform.factory) as db:
         row = db.get(ApiToken, token_id)
         if row is None:
