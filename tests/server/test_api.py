@@ -193,20 +193,20 @@ def test_private_sessions_stream_only_to_their_owner(server):
 
 
 HOSTILE = [  # (method, path, body)
-        ("post", "/sessions", {"name": "x", "trainingConfig": {"maxSteps": 10**30}}),
-        ("post", "/sessions", {"name": "x\u0000y"}),
-        ("post", "/sessions", {"name": "x", "dataConfig": {"dataPath": "/a\u0000b"}}),
-        ("get", "/sessions?offset=99999999999999999999", None),
-        ("get", "/sessions?owner=99999999999999999999", None),
-        ("get", "/sessions?q=%00", None),
-        ("get", "/sessions/..%2F..%2Fetc", None),
-        ("get", "/sessions/a%00b", None),
-        ("get", "/models/99999999999999999999", None),
-        ("get", "/models/compare?ids=1&ids=99999999999999999999", None),
-        ("get", "/models?session=%00", None),
-        ("get", "/hivemind/training/%00", None),
-        ("post", "/hivemind/peers/connect", {"address": "/ip4/x\u0000"}),
-        ("delete", "/auth/tokens/99999999999999999999", None),
+    ("post", "/sessions", {"name": "x", "trainingConfig": {"maxSteps": 10**30}}),
+    ("post", "/sessions", {"name": "x\u0000y"}),
+    ("post", "/sessions", {"name": "x", "dataConfig": {"dataPath": "/a\u0000b"}}),
+    ("get", "/sessions?offset=99999999999999999999", None),
+    ("get", "/sessions?owner=99999999999999999999", None),
+    ("get", "/sessions?q=%00", None),
+    ("get", "/sessions/..%2F..%2Fetc", None),
+    ("get", "/sessions/a%00b", None),
+    ("get", "/models/99999999999999999999", None),
+    ("get", "/models/compare?ids=1&ids=99999999999999999999", None),
+    ("get", "/models?session=%00", None),
+    ("get", "/hivemind/training/%00", None),
+    ("post", "/hivemind/peers/connect", {"address": "/ip4/x\u0000"}),
+    ("delete", "/auth/tokens/99999999999999999999", None),
 ]
 
 
