@@ -68,6 +68,8 @@ def test_waiting_session_lifecycle(server):
     assert api.post(f"/sessions/{sid}/start").json()["status"] == "queued"
     assert api.put(f"/sessions/{sid}/priority", json={"priority": 7}).json()["priority"] == 7
     other = api.post("/sessions", json=reference_session(name="other")).json()["id"]
+    assert api.get(f"/sessions/{sid}/status").json()["queuePosition"] == 1  # priority 7 goes first
+    assert api.get(f"/sessions/{other}/status").json()["queuePosition"] == 2
 
     page = api.get("/sessions", params={"status": "queued", "limit": 1}).json()
     assert page["total"] == 2 and len(page["items"]) == 1

@@ -30,6 +30,7 @@ from cotrain.server.models import (
     QUEUED,
     TrainingSession,
 )
+from cotrain.server.queue import queue_position
 from cotrain.server.schemas import SessionCreate, SessionUpdate
 
 if TYPE_CHECKING:
@@ -77,6 +78,12 @@ class SessionService:
             if row is None or not _can_read(actor, row):
                 raise NotFound(f"No session {session_id!r}. List sessions with GET /api/v1/sessions.")
             return row
+
+    def queue_position(self, session_id: str, actor: Actor | None = None) -> int | None:
+        """1 for the next session to run; None when it is not queued."""
+        row = self.get(session_id, actor)
+        with session_scope(self.p.factory) as db:
+            return queue_position(db, row)
 
     def config_toml(self, session_id: str, actor: Actor | None = None) -> str:
         return self.get(session_id, actor).config_toml

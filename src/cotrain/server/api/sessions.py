@@ -115,6 +115,7 @@ def session_status(session_id: SessionId, platform: PlatformDep, actor: MaybeAct
         "sessionId": row.id, "status": row.status, "progress": row.progress, "step": row.step,
         "totalSteps": row.total_steps, "loss": row.loss, "participants": row.participants,
         "metrics": row.latest_metrics or {}, "attempts": row.attempts, "error": row.error, "seq": row.message_seq,
+        "queuePosition": platform.sessions.queue_position(session_id, actor),
     }
 
 
