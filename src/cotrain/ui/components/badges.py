@@ -36,10 +36,12 @@ def stat_tile(label: str, value: str, icon: str | None = None, testid: str | Non
     return value_label
 
 
-def copyable(text: str, testid: str | None = None) -> None:
-    """A one-line code block with a copy button."""
+def copyable(text: str, testid: str | None = None, wrap: bool = False) -> None:
+    """A code block with a copy button (one line, or wrapped for long commands)."""
     with ui.row().classes("w-full items-center no-wrap gap-2"):
-        code = ui.label(text).classes("ct-code flex-1 py-2")
+        code = ui.label(text).classes("ct-code flex-1 py-2 min-w-0")
+        if wrap:
+            code.style("white-space: pre-wrap; word-break: break-all")
         if testid:
             code.props(f'data-testid="{testid}"')
         ui.button(icon="content_copy", on_click=lambda: _copy(text)).props("flat round dense").tooltip(t("common.copy"))

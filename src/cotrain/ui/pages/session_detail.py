@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from fastapi import Request
 from nicegui import run, ui
 
 from cotrain.server.errors import NotFound, ServiceError
 from cotrain.ui import format as fmt
-from cotrain.ui import live, session_view
+from cotrain.ui import live, network_data, session_view
 from cotrain.ui.components.badges import copyable, set_status, status_badge
 from cotrain.ui.components.charts import LineChart
 from cotrain.ui.context import platform
@@ -26,7 +27,7 @@ ACTIONS = {  # action -> states it applies to (as the session service allows)
 
 
 @ui.page("/sessions/{session_id}")
-async def session_detail_page(session_id: str) -> None:
+async def session_detail_page(session_id: str, request: Request) -> None:
     page = await frame("sessions")
     relay = live.Relay()  # holds messages until the page is built
     live.follow([session_id], relay)
@@ -37,12 +38,12 @@ async def session_detail_page(session_id: str) -> None:
             empty_state("search_off", t("detail.not_found", id=session_id), "")
             ui.button(t("detail.back"), icon="arrow_back", on_click=lambda: ui.navigate.to("/")).props("flat no-caps")
         return
-    Detail(page, view).build(relay)
+    Detail(page, view, str(request.base_url)).build(relay)
 
 
 class Detail:
-    def __init__(self, page: Any, view: session_view.SessionView):
-        self.page, self.view, self.row = page, view, view.row
+    def __init__(self, page: Any, view: session_view.SessionView, base_url: str):
+        self.page, self.view, self.row, self.base_url = page, view, view.row, base_url
         self.reload_wanted = False
         self.samples: list[tuple[int, float]] = [
             (int(p["step"]), float(p["time"])) for p in view.history if p.get("loss") is not None and p.get("time")
@@ -210,7 +211,9 @@ class Detail:
         if row.strategy == "diloco":
             with ui.card().classes("ct-card w-full p-5 gap-3").props("flat"):
                 ui.label(t("detail.join")).classes("ct-section-title")
-                copyable(f"cotrain join {row.id}", testid="join-command")
+                copyable(network_data.join_command(self.base_url, row.id, platform().dht.bootstrap_addresses()[:1]),
+                         testid="join-command", wrap=True)
+                ui.label(t("network.wallet_hint")).classes("text-sm ct-muted")
 
     # ---- live updates ------------------------------------------------------------------------------
     def on_message(self, message: dict[str, Any]) -> None:
