@@ -227,3 +227,14 @@ def test_infinite_learning_rate_and_null_rename_are_422(server):
     sid = api.post("/sessions", json=reference_session(autoStart=False)).json()["id"]
     renamed = api.patch(f"/sessions/{sid}", json={"name": None})
     assert renamed.status_code == 422 and renamed.json()["detail"][0]["loc"] == ["body", "name"]
+
+
+def test_the_last_admin_token_cannot_be_revoked(server):
+    admin = server.client()
+    me = admin.get("/auth/me").json()
+    refused = admin.delete(f"/auth/tokens/{me['id']}")
+    assert refused.status_code == 409 and "last admin token" in refused.json()["detail"]
+    second = admin.post("/auth/tokens", json={"name": "ops", "is_admin": True}).json()
+    assert admin.delete(f"/auth/tokens/{me['id']}").status_code == 204
+    assert admin.get("/auth/me").status_code == 401
+    assert server.client(second["token"]).get("/auth/me").json()["is_admin"] is True

@@ -52,10 +52,13 @@ def authenticate(db: Session, token: str) -> Actor | None:
 def ensure_admin_token(db: Session, home: Path, env_token: str | None, announce: bool) -> str | None:
     """Make sure an admin token exists. Returns the plain token when one was just generated (the
     caller prints it once); None when COTRAIN_ADMIN_TOKEN set it or one already existed."""
-    if env_token:
+    if env_token:  # the operator's word wins: active and admin, even if it was revoked
         wanted = hash_token(env_token)
-        if db.scalar(select(ApiToken).where(ApiToken.token_hash == wanted)) is None:
+        row = db.scalar(select(ApiToken).where(ApiToken.token_hash == wanted))
+        if row is None:
             db.add(ApiToken(name=ADMIN_NAME, token_hash=wanted, is_admin=True, revoked=False))
+        else:
+            row.is_admin, row.revoked = True, False
         return None
     if db.scalar(select(ApiToken).where(ApiToken.is_admin.is_(True), ApiToken.revoked.is_(False))) is not None:
         return None

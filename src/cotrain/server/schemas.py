@@ -19,7 +19,8 @@ NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL characters
 
 class CamelModel(BaseModel):
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", allow_inf_nan=False, str_max_length=4096
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", allow_inf_nan=False, str_max_length=4096,
+        strict=True,  # no silent coercion: `"maxRetries": false` is an error, not 0
     )
 
 
@@ -49,8 +50,8 @@ class DistributedConfigIn(CamelModel):
 
 
 class DataConfigIn(CamelModel):
-    dataset: str | None = Field(None, pattern=NO_NUL, description='A built-in corpus, e.g. "stdlib".')
-    data_path: str | None = Field(None, pattern=NO_NUL)
+    dataset: Literal["stdlib"] | None = Field(None, description='A built-in corpus (instead of dataPath).')
+    data_path: str | None = Field(None, min_length=1, pattern=NO_NUL, description="Local files on the worker (instead of dataset).")
     seq_length: int | None = Field(None, gt=0, le=10**7)
     max_bytes: int | None = Field(None, gt=0, le=10**15)
     vocab_size: int | None = Field(None, ge=256, le=262144)
@@ -183,6 +184,7 @@ class ErrorOut(BaseModel):
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "The body could not be read as JSON"},
     401: {"model": ErrorOut, "description": "No API token, or an unknown or revoked one"},
     403: {"model": ErrorOut, "description": "The token may not do this (not the owner, not an admin)"},
     404: {"model": ErrorOut, "description": "No such resource (or a private one of another user)"},

@@ -63,3 +63,7 @@ AdminActor = Annotated[Actor, Depends(admin_actor)]
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 SessionId = Annotated[str, Path(pattern=ID_PATTERN, description="A session id (as returned on create).")]
 DbId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
+# For endpoints that read with or without a token (a token may show more, e.g. private sessions):
+# FastAPI appends this to the operation's security, giving `[{"HTTPBearer": []}, {}]` (optional).
+OPTIONAL_AUTH: dict = {"security": [{}]}

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from cotrain.server.api.deps import MaybeActor, PlatformDep, RequiredActor, SessionId
+from cotrain.server.api.deps import OPTIONAL_AUTH, MaybeActor, PlatformDep, RequiredActor, SessionId
 from cotrain.server.schemas import ERROR_RESPONSES, Envelope, ErrorOut, SessionCreate
 
 router = APIRouter(prefix="/hivemind", tags=["hivemind"], responses=ERROR_RESPONSES)
@@ -27,7 +27,9 @@ class Peer(BaseModel):
 
 
 class ConnectRequest(BaseModel):
-    address: str = Field(..., min_length=8, max_length=500, pattern=r"^/[^\x00]*$", description="A full multiaddr with /p2p/<peer id>, e.g. /ip4/1.2.3.4/tcp/31337/p2p/Qm...")
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    address: str = Field(..., min_length=8, max_length=500, pattern=r"^/[^\s\x00]*/p2p/[^/\s\x00]+$", description="A full multiaddr with /p2p/<peer id>, e.g. /ip4/1.2.3.4/tcp/31337/p2p/Qm...")
 
 
 class Connected(BaseModel):
@@ -93,7 +95,7 @@ def submit_task(body: SessionCreate, platform: PlatformDep, actor: RequiredActor
     return Envelope(data=TaskSubmitted(task_id=row.id, session_id=row.id, status=row.status))
 
 
-@router.get("/training/{task_id}", response_model=Envelope[TaskStatus])
+@router.get("/training/{task_id}", response_model=Envelope[TaskStatus], openapi_extra=OPTIONAL_AUTH)
 def task_status(task_id: SessionId, platform: PlatformDep, actor: MaybeActor) -> Envelope[TaskStatus]:
     row = platform.sessions.get(task_id, actor)
     return Envelope(

@@ -8,7 +8,7 @@ from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, status
 from fastapi.responses import FileResponse
 from pydantic import Field
 
-from cotrain.server.api.deps import ID_PATTERN, DbId, MaybeActor, PlatformDep
+from cotrain.server.api.deps import ID_PATTERN, OPTIONAL_AUTH, DbId, MaybeActor, PlatformDep
 from cotrain.server.db import session_scope
 from cotrain.server.model_service import compare_versions, list_versions, version_out, zip_version
 from cotrain.server.models import ModelVersion
@@ -26,7 +26,7 @@ def _out(v: dict[str, Any]) -> ModelVersionOut:
     return ModelVersionOut(**{**v, "created_at": iso(v["created_at"])})
 
 
-@router.get("", response_model=list[ModelVersionOut], summary="Final model versions, optionally of one session")
+@router.get("", response_model=list[ModelVersionOut], summary="Final model versions, optionally of one session", openapi_extra=OPTIONAL_AUTH)
 def list_models(
     platform: PlatformDep, actor: MaybeActor,
     session: str | None = Query(None, pattern=ID_PATTERN, description="Only this session's versions."),

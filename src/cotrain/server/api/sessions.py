@@ -7,7 +7,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import PlainTextResponse
 
-from cotrain.server.api.deps import MaybeActor, PlatformDep, RequiredActor, SessionId
+from cotrain.server.api.deps import OPTIONAL_AUTH, MaybeActor, PlatformDep, RequiredActor, SessionId
 from cotrain.server.models import ALL_STATES, TrainingSession
 from cotrain.server.schemas import (
     ERROR_RESPONSES,
@@ -47,7 +47,7 @@ def create_session(body: SessionCreate, platform: PlatformDep, actor: RequiredAc
     return session_out(platform.sessions.create(body, actor))
 
 
-@router.get("", response_model=Page[SessionOut], summary="List sessions (filter, paginate)")
+@router.get("", response_model=Page[SessionOut], summary="List sessions (filter, paginate)", openapi_extra=OPTIONAL_AUTH)
 def list_sessions(
     platform: PlatformDep,
     actor: MaybeActor,
@@ -63,7 +63,7 @@ def list_sessions(
     return Page[SessionOut](items=[session_out(r) for r in rows], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{session_id}", response_model=SessionOut)
+@router.get("/{session_id}", response_model=SessionOut, openapi_extra=OPTIONAL_AUTH)
 def get_session(session_id: SessionId, platform: PlatformDep, actor: MaybeActor) -> SessionOut:
     return session_out(platform.sessions.get(session_id, actor))
 
@@ -99,8 +99,8 @@ def set_priority(session_id: SessionId, body: PriorityChange, platform: Platform
     return session_out(platform.sessions.set_priority(session_id, body.priority, actor))
 
 
-@router.get("/{session_id}/config", response_class=PlainTextResponse, summary="Download the generated TOML config",
-            responses={200: {"content": {"application/toml": {}}}})
+@router.get("/{session_id}/config", summary="Download the generated TOML config",
+            responses={200: {"content": {"application/toml": {"schema": {"type": "string"}}}}}, openapi_extra=OPTIONAL_AUTH)
 def download_config(session_id: SessionId, platform: PlatformDep, actor: MaybeActor) -> PlainTextResponse:
     return PlainTextResponse(
         platform.sessions.config_toml(session_id, actor), media_type="application/toml",
@@ -108,7 +108,7 @@ def download_config(session_id: SessionId, platform: PlatformDep, actor: MaybeAc
     )
 
 
-@router.get("/{session_id}/status", summary="Status, progress and the latest metrics")
+@router.get("/{session_id}/status", summary="Status, progress and the latest metrics", openapi_extra=OPTIONAL_AUTH)
 def session_status(session_id: SessionId, platform: PlatformDep, actor: MaybeActor) -> dict[str, Any]:
     row = platform.sessions.get(session_id, actor)
     return {
@@ -119,7 +119,7 @@ def session_status(session_id: SessionId, platform: PlatformDep, actor: MaybeAct
     }
 
 
-@router.get("/{session_id}/metrics", response_model=MetricSeries, summary="Metric history for charts (downsampled)")
+@router.get("/{session_id}/metrics", response_model=MetricSeries, summary="Metric history for charts (downsampled)", openapi_extra=OPTIONAL_AUTH)
 def session_metrics(
     session_id: SessionId, platform: PlatformDep, actor: MaybeActor,
     max_points: int = Query(500, ge=10, le=10_000, alias="maxPoints"),
@@ -128,7 +128,7 @@ def session_metrics(
     return MetricSeries(**platform.metric_history(session_id, max_points))
 
 
-@router.get("/{session_id}/events", response_model=list[MessageOut], summary="The session's messages (as sent on the WebSocket)")
+@router.get("/{session_id}/events", response_model=list[MessageOut], summary="The session's messages (as sent on the WebSocket)", openapi_extra=OPTIONAL_AUTH)
 def session_events(
     session_id: SessionId, platform: PlatformDep, actor: MaybeActor,
     after: int = Query(0, ge=0, le=2**62, description="Only messages with a larger seq."), limit: int = Query(1000, ge=1, le=10_000),
@@ -139,7 +139,7 @@ def session_events(
     return out
 
 
-@router.get("/{session_id}/logs", summary="The tail of the engine's stderr or stdout")
+@router.get("/{session_id}/logs", summary="The tail of the engine's stderr or stdout", openapi_extra=OPTIONAL_AUTH)
 def session_logs(
     session_id: SessionId, platform: PlatformDep, actor: MaybeActor,
     stream: Literal["stderr", "stdout"] = "stderr", lines: int = Query(200, ge=1, le=5000),
@@ -147,7 +147,7 @@ def session_logs(
     return {"sessionId": session_id, "stream": stream, "lines": platform.sessions.log_tail(session_id, stream, lines, actor)}
 
 
-@router.get("/{session_id}/checkpoints", response_model=list[CheckpointOut])
+@router.get("/{session_id}/checkpoints", response_model=list[CheckpointOut], openapi_extra=OPTIONAL_AUTH)
 def session_checkpoints(session_id: SessionId, platform: PlatformDep, actor: MaybeActor) -> list[CheckpointOut]:
     return [
         CheckpointOut(step=c["step"], path=c["path"], size_bytes=c["size_bytes"], created_at=iso(c["created_at"]))  # type: ignore[arg-type]
@@ -155,12 +155,12 @@ def session_checkpoints(session_id: SessionId, platform: PlatformDep, actor: May
     ]
 
 
-@router.get("/{session_id}/participants", summary="Peers of the session and their progress")
+@router.get("/{session_id}/participants", summary="Peers of the session and their progress", openapi_extra=OPTIONAL_AUTH)
 def session_participants(session_id: SessionId, platform: PlatformDep, actor: MaybeActor) -> dict[str, Any]:
     return platform.sessions.participants(session_id, actor)
 
 
-@router.get("/{session_id}/join", summary="What a volunteer needs to join: the config and the bootstrap peers")
+@router.get("/{session_id}/join", summary="What a volunteer needs to join: the config and the bootstrap peers", openapi_extra=OPTIONAL_AUTH)
 def join_info(session_id: SessionId, platform: PlatformDep, actor: MaybeActor) -> dict[str, Any]:
     row = platform.sessions.get(session_id, actor)
     return {
@@ -170,7 +170,7 @@ def join_info(session_id: SessionId, platform: PlatformDep, actor: MaybeActor) -
     }
 
 
-@router.get("/{session_id}/model", summary="The session's final model versions")
+@router.get("/{session_id}/model", summary="The session's final model versions", openapi_extra=OPTIONAL_AUTH)
 def session_model(session_id: SessionId, platform: PlatformDep, actor: MaybeActor) -> list[dict[str, Any]]:
     from cotrain.server.api.models import list_versions_out
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select
 
 from cotrain.server.api.deps import AdminActor, DbId, PlatformDep, RequiredActor
 from cotrain.server.auth import create_token
@@ -15,6 +16,8 @@ router = APIRouter(prefix="/auth", tags=["auth"], responses=ERROR_RESPONSES)
 
 
 class TokenCreate(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
     name: str = Field(..., min_length=1, max_length=100, pattern=r"^[^\x00]*$")
     is_admin: bool = False
 
@@ -50,4 +53,12 @@ def revoke_token(token_id: DbId, platform: PlatformDep, actor: AdminActor) -> No
         row = db.get(ApiToken, token_id)
         if row is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"No token {token_id}.")
+        if row.is_admin and not row.revoked:
+            admins = db.scalar(
+                select(func.count()).select_from(ApiToken).where(ApiToken.is_admin.is_(True), ApiToken.revoked.is_(False))
+            )
+            if admins <= 1:
+                raise HTTPException(
+                    status.HTTP_409_CONFLICT, "This is the last admin token; create another admin token before revoking it."
+                )
         row.revoked = True
