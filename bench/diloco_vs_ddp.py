@@ -124,7 +124,7 @@ def run_ddp(root: Path, datasets: Path, workers: int, batch: int, steps: int) ->
 
 def run_diloco(root: Path, datasets: Path, workers: int, batch: int, steps: int, inner_steps: int,
                compression: str, initial_peers: list[str], outer_lr: float, outer_momentum: float) -> dict:
-    name = f"diloco-h{inner_steps}-{compression}"
+    name = f"diloco-h{inner_steps}-{compression}-lr{outer_lr}-m{outer_momentum}"
     procs, homes = [], []
     started = time.monotonic()
     for worker in range(workers):
@@ -150,7 +150,8 @@ def run_diloco(root: Path, datasets: Path, workers: int, batch: int, steps: int,
     received = sum(p["bytes_received"] for p, _ in finished) / workers
     progress, completed = finished[0]
     result = row("diloco", inner_steps, compression, workers, completed, progress, time.monotonic() - started)
-    result.update(bytes_sent_per_worker=int(sent), bytes_received_per_worker=int(received))
+    result.update(bytes_sent_per_worker=int(sent), bytes_received_per_worker=int(received),
+                  outer_lr=outer_lr, outer_momentum=outer_momentum, nesterov=outer_momentum > 0)
     return result
 
 
@@ -184,7 +185,7 @@ def prepare(datasets: Path, root: Path) -> None:
 
 def print_table(rows: list[dict]) -> None:
     ddp = next(r for r in rows if r["strategy"] == "ddp")
-    header = f"{'strategy':8} {'H':>4} {'compr':>5} {'workers':>7} {'tokens':>9} {'val loss':>9} {'vs ddp':>7} " \
+    header = f"{'strategy':8} {'outer lr/m':>10} {'H':>4} {'compr':>5} {'workers':>7} {'tokens':>9} {'val loss':>9} {'vs ddp':>7} " \
              f"{'MB sent/worker':>15} {'less bytes':>10} {'seconds':>8}"
     print(header)
     print("-" * len(header))
@@ -193,7 +194,8 @@ def print_table(rows: list[dict]) -> None:
         fewer = ddp["bytes_sent_per_worker"] / max(1, r["bytes_sent_per_worker"])
         r["val_loss_vs_ddp_percent"] = round(gap, 2)
         r["bytes_reduction_vs_ddp"] = round(fewer, 1)
-        print(f"{r['strategy']:8} {r['inner_steps'] or '-':>4} {r['compression']:>5} {r['workers']:>7} "
+        outer = f"{r['outer_lr']}/{r['outer_momentum']}" if r["strategy"] == "diloco" else "-"
+        print(f"{r['strategy']:8} {outer:>10} {r['inner_steps'] or '-':>4} {r['compression']:>5} {r['workers']:>7} "
               f"{r['tokens']:>9} {r['final_val_loss']:>9.4f} {gap:>+6.2f}% {r['bytes_sent_per_worker'] / 1e6:>15.2f} "
               f"{fewer:>9.1f}x {r['wall_seconds']:>8.1f}")
 
@@ -204,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16, help="global batch per step (DiLoCo: split over the peers)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default 200 quick, 600 full)")
-    parser.add_argument("--outer-lr", type=float, default=0.7)
-    parser.add_argument("--outer-momentum", type=float, default=0.9)
+    parser.add_argument("--outer", default="0.7:0.9,1.0:0.0",
+                        help="outer SGD settings lr:momentum,... (0.7:0.9 Nesterov is the papers' default; "
+                        "1.0:0.0 is plain averaging of the peers' params)")
     parser.add_argument("--grid", default=None, help="runs as H:compression,... (default: the quick or full grid)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -213,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     grid = QUICK_GRID if args.quick else FULL_GRID
     if args.grid:
         grid = [(int(h), c) for h, c in (item.split(":") for item in args.grid.split(","))]
+    outer = [(float(lr), float(m)) for lr, m in (item.split(":") for item in args.outer.split(","))]
     if any(steps % h for h, _ in grid):
         parser.error(f"--steps must be a multiple of every H in the grid {sorted({h for h, _ in grid})}")
 
@@ -228,10 +232,12 @@ def main(argv: list[str] | None = None) -> int:
         bootstrap = start_dht()
         try:
             peers = visible_maddrs(bootstrap)
-            for inner_steps, compression in grid:
-                rows.append(run_diloco(root, datasets, args.workers, args.batch, steps, inner_steps, compression, peers,
-                                       args.outer_lr, args.outer_momentum))
-                print(f"diloco H={inner_steps} {compression} done: val loss {rows[-1]['final_val_loss']}", file=sys.stderr)
+            for outer_lr, outer_momentum in outer:
+                for inner_steps, compression in grid:
+                    rows.append(run_diloco(root, datasets, args.workers, args.batch, steps, inner_steps, compression,
+                                           peers, outer_lr, outer_momentum))
+                    print(f"diloco H={inner_steps} {compression} outer {outer_lr}/{outer_momentum}: "
+                          f"val loss {rows[-1]['final_val_loss']}", file=sys.stderr)
         finally:
             bootstrap.shutdown()
     print_table(rows)
