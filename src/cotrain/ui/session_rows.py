@@ -46,11 +46,11 @@ def to_row(row: TrainingSession, owners: dict[int, str], now: float) -> dict[str
     }
 
 
-def load(actor: Actor | None, search: str | None, status: str | None) -> dict[str, Any]:
+def load(actor: Actor | None, search: str | None, status: str | None, strategy: str | None = None) -> dict[str, Any]:
     """Sessions matching the filters, owner names, and the totals per state for the stat tiles
     (blocking: DB; turn them into rows with `to_row` on the page, where the language is known)."""
     service = platform().sessions
-    rows, total = service.list(actor, SessionFilter(status=status or None, search=search or None), limit=LIST_LIMIT)
+    rows, total = service.list(actor, SessionFilter(status=status or None, strategy=strategy or None, search=search or None), limit=LIST_LIMIT)
     owners = owner_names()
     _, everything = service.list(actor, SessionFilter(), limit=1)
     stats = {"total": everything}

@@ -25,6 +25,7 @@ class SessionView:
     checkpoints: list[dict[str, Any]]
     logs: list[str]
     versions: list[dict[str, Any]] = field(default_factory=list)
+    queue_position: int | None = None
 
 
 def load(session_id: str, actor: Actor | None) -> SessionView:
@@ -42,6 +43,7 @@ def load(session_id: str, actor: Actor | None) -> SessionView:
         row=row, history=history, participants_series=participants,
         peers=service.participants(session_id, actor)["peers"], checkpoints=service.checkpoints(session_id, actor),
         logs=logs(session_id, actor), versions=list_versions_out(p, session_id),
+        queue_position=service.queue_position(session_id, actor) if row.status == "queued" else None,
     )
 
 

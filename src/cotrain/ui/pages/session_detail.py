@@ -104,7 +104,7 @@ class Detail:
                 with ui.column().classes("gap-0"):
                     ui.label(t("detail.progress")).classes("ct-stat-label")
                     self.percent = ui.label(f"{row.progress:.0f}%").classes("text-3xl font-semibold").props('data-testid="progress-percent"')
-                self.step_label = ui.label(self._step_text(row.step, row.total_steps)).classes("text-sm ct-muted").props('data-testid="progress-step"')
+                self.step_label = ui.label(self._step_text(row.step, row.total_steps, self.view.queue_position)).classes("text-sm ct-muted").props('data-testid="progress-step"')
             self.bar = ui.linear_progress(value=(row.progress or 0) / 100, show_value=False, size="12px").props(
                 f'rounded animation-speed=300 color={STATUS_COLORS.get(row.status, "primary")} data-testid="progress-bar"')
             with ui.row().classes("w-full gap-8"):
@@ -269,6 +269,8 @@ class Detail:
             return
         self.view, self.row = view, view.row
         self._apply_status(view.row.status)
+        if view.queue_position:
+            self.step_label.set_text(self._step_text(view.row.step, view.row.total_steps, view.queue_position))
         self._set_peers(view.peers)
         self._set_checkpoints(view.checkpoints)
         self._set_logs(view.logs)
@@ -320,7 +322,9 @@ class Detail:
             ui.download.from_url(f"/api/v1/models/{latest['id']}/download")
 
     # ---- text ----------------------------------------------------------------------------------------
-    def _step_text(self, step: int, total: int | None) -> str:
+    def _step_text(self, step: int, total: int | None, queue_position: int | None = None) -> str:
+        if queue_position:
+            return t("detail.queue_position", n=queue_position)
         return t("detail.step", step=step, total=total) if total else t("detail.step_unknown", step=step)
 
     def _eta_text(self) -> str:

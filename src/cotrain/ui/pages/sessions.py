@@ -47,7 +47,7 @@ def _columns() -> list[dict[str, Any]]:
 @ui.page("/")
 async def sessions_page() -> None:
     page = await frame("sessions")
-    state: dict[str, Any] = {"search": "", "status": None, "dirty": False}
+    state: dict[str, Any] = {"search": "", "status": None, "strategy": None, "dirty": False}
     with page.body:
         with page_title(t("sessions.title"), t("sessions.subtitle")):
             ui.button(t("sessions.new"), icon="add", on_click=lambda: ui.navigate.to("/sessions/new")).props(
@@ -71,6 +71,10 @@ async def sessions_page() -> None:
                 status = ui.select(options, value="", label=t("sessions.status_filter")).props(
                     'outlined dense options-dense data-testid="status-filter"'
                 ).classes("w-44")
+                strategies = {"": t("sessions.all"), "ddp": "DDP", "fsdp": "FSDP", "diloco": "DiLoCo"}
+                strategy = ui.select(strategies, value="", label=t("sessions.strategy_filter")).props(
+                    'outlined dense options-dense data-testid="strategy-filter"'
+                ).classes("w-40")
             table = ui.table(columns=_columns(), rows=[], row_key="id", pagination={"rowsPerPage": 25, "sortBy": None})
             localized(table).classes("ct-table w-full").props('flat data-testid="sessions-table"')
             table.add_slot("body-cell-name", NAME_SLOT)
@@ -82,7 +86,7 @@ async def sessions_page() -> None:
     by_id: dict[str, dict[str, Any]] = {}
 
     async def refresh() -> None:
-        data = await run.io_bound(session_rows.load, page.actor, state["search"], state["status"])
+        data = await run.io_bound(session_rows.load, page.actor, state["search"], state["status"], state["strategy"])
         rows = session_rows.rows_of(data)
         by_id.clear()
         by_id.update({row["id"]: row for row in rows})
@@ -90,7 +94,7 @@ async def sessions_page() -> None:
         table.update()
         for key, label in tiles.items():
             label.set_text(str(data["stats"][key]))
-        filtered = bool(state["search"] or state["status"])
+        filtered = bool(state["search"] or state["status"] or state["strategy"])
         table.set_visibility(bool(rows))
         empty.clear()
         if not rows:
@@ -111,6 +115,11 @@ async def sessions_page() -> None:
         state["status"] = e.value or None
         await refresh()
 
+    async def on_strategy(e: Any) -> None:
+        state["strategy"] = e.value or None
+        await refresh()
+
+    strategy.on_value_change(on_strategy)
     search.on_value_change(on_search)
     status.on_value_change(on_status)
 
