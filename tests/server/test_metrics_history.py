@@ -1,0 +1,39 @@
+"""Metric history of a long run is downsampled in the database: at most `max_points` buckets,
+each with mean, min and max, so a chart keeps the shape (a one-step spike survives)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from sqlalchemy import insert
+
+from cotrain.server.db import make_engine, make_session_factory, run_migrations, session_scope
+from cotrain.server.metrics_service import metric_history
+from cotrain.server.models import MetricPoint, TrainingSession
+
+
+def test_a_long_run_comes_back_as_a_few_hundred_points_with_its_spike(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    run_migrations(engine)
+    factory = make_session_factory(engine)
+    steps = 200_000
+    with session_scope(factory) as db:
+        db.add(TrainingSession(id="long", name="long", description="", request={}, config_path="", config_toml="",
+                               model_type="llama2", model_size="debug", strategy="ddp", latest_metrics={}))
+    rows = [{"session_id": "long", "step": s, "time": float(s), "loss": 10 * math.exp(-s / 50_000)} for s in range(1, steps + 1)]
+    rows[123_456]["loss"] = 99.0  # one bad step
+    with engine.begin() as conn:
+        conn.execute(insert(MetricPoint), rows)
+
+    with session_scope(factory) as db:
+        began = time.perf_counter()
+        history = metric_history(db, "long", max_points=500)
+        took = time.perf_counter() - began
+    points = history["points"]
+    assert history["downsampled"] and history["total_points"] == steps
+    assert 450 <= len(points) <= 500
+    assert points[0]["loss"] > points[-1]["loss"]  # the curve still goes down
+    assert max(p["loss_max"] for p in points) == 99.0  # the spike is kept by its bucket's max
+    assert points[-1]["step"] == steps
+    print(f"downsampled {steps} points to {len(points)} in {took * 1000:.0f} ms")
