@@ -67,6 +67,8 @@ class DilocoStrategy(Strategy):
         self._state_lock = threading.Lock()
         self._extra_bytes = [0, 0]  # state served to / downloaded from peers
         self._participants_cache = (0.0, 1)
+        self._known_peers: dict[str, Any] = {}
+        self._peer_events: list[dict[str, Any]] = []
         self.model: nn.Module | None = None
 
     # --- processes -------------------------------------------------------------------
@@ -348,9 +350,28 @@ class DilocoStrategy(Strategy):
         """This peer and every other peer with a fresh progress record (cached for a second)."""
         checked_at, count = self._participants_cache
         if time.monotonic() - checked_at > 1.0:
-            count = 1 + len(self._live_records())
+            records = self._live_records()
+            self._note_peers(records)
+            count = 1 + len(records)
             self._participants_cache = (time.monotonic(), count)
         return count
+
+    def _note_peers(self, records) -> None:
+        """Queue `peer` events for peers that appeared or disappeared since the last look."""
+        current = {r.peer_id: r for r in records}
+        for peer_id, record in current.items():
+            if peer_id not in self._known_peers:
+                self._peer_events.append({"peer_id": peer_id, "event": "joined", **_record_fields(record)})
+        for peer_id, record in self._known_peers.items():
+            if peer_id not in current:
+                self._peer_events.append({"peer_id": peer_id, "event": "left", **_record_fields(record)})
+        self._known_peers = current
+
+    def peer_events(self) -> list[dict[str, Any]]:
+        """`peer` events (joined / left, with the peer's last record) since the last call."""
+        self.participants()
+        events, self._peer_events = self._peer_events, []
+        return events
 
     def comm_bytes(self) -> tuple[int, int]:
         sent, received = self.averager.bytes_moved() if hasattr(self, "averager") else (0, 0)
@@ -375,3 +396,12 @@ class DilocoStrategy(Strategy):
         tensors = [state[f"global.{i}"] for i in range(count)] + [state[f"momentum.{i}"] for i in range(count)]
         self._load_state(saved_step, tensors)
         self.inner_done = int(state.get("inner_done", torch.tensor(0)))
+
+
+def _record_fields(record) -> dict[str, Any]:
+    """A progress record as `peer` event fields (without its peer_id, which the event has)."""
+    from dataclasses import asdict
+
+    fields = asdict(record)
+    fields.pop("peer_id")
+    return fields
