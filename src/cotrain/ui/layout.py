@@ -72,7 +72,7 @@ def _theme_button() -> None:
         button.tooltip(t("theme.light") if prefs.dark() else t("theme.dark"))
 
     button = ui.button(icon="light_mode" if prefs.dark() else "dark_mode", on_click=toggle)
-    button.props('flat round dense color=white data-testid="theme"')
+    button.props(f'flat round dense color=white aria-label="{t("theme.dark")} / {t("theme.light")}" data-testid="theme"')
 
 
 def _account(actor: Actor | None) -> None:

@@ -41,7 +41,10 @@ def mount(app: FastAPI) -> None:
     platform = app.state.platform
     set_app(app)
     home = platform.settings.layout.root
-    Storage.path = (home / "ui-storage").resolve()  # per-browser preferences, not in the working directory
+    storage = (home / "ui-storage").resolve()  # per-browser preferences and sign-in, not in the working directory
+    storage.mkdir(mode=0o700, parents=True, exist_ok=True)
+    storage.chmod(0o700)  # it holds the API tokens people signed in with
+    Storage.path = storage
 
     from cotrain.ui.api_fallback import add_api_fallback
     from cotrain.ui.pages import register_pages

@@ -68,7 +68,11 @@ def check(values: dict[FieldKey, Any], known: set[FieldKey]) -> Checked:
     return Checked(body=body, config=config)
 
 
+RESEND = re.compile(r"\s*Change [\w.]+ and send the request again\.$")
+
+
 def _place(out: Checked, loc: FieldKey, message: str, known: set[FieldKey]) -> None:
+    message = RESEND.sub("", message)  # the field is right there: no need to say which to change
     if loc in known:
         out.errors.setdefault(loc, message)
     else:

@@ -44,7 +44,8 @@ def copyable(text: str, testid: str | None = None, wrap: bool = False) -> None:
             code.style("white-space: pre-wrap; word-break: break-all")
         if testid:
             code.props(f'data-testid="{testid}"')
-        ui.button(icon="content_copy", on_click=lambda: _copy(text)).props("flat round dense").tooltip(t("common.copy"))
+        ui.button(icon="content_copy", on_click=lambda: _copy(text)).props(
+            f'flat round dense aria-label="{t("common.copy")}"').tooltip(t("common.copy"))
 
 
 def _copy(text: str) -> None:

@@ -113,6 +113,10 @@ async def new_session_page() -> None:
                 with ui.row().classes("w-full gap-2 no-wrap"):
                     create = ui.button(t("new.create"), icon="rocket_launch").props('unelevated no-caps data-testid="create"').classes("flex-1")
                     draft = ui.button(t("new.create_draft")).props('outline no-caps data-testid="create-draft"')
+                if page.actor is None:
+                    with ui.row().classes("w-full items-start gap-2 no-wrap -mt-2"):
+                        ui.icon("lock", size="16px").classes("text-amber-8 mt-[2px]")
+                        ui.link(t("auth.needed"), "#").classes("text-sm").on("click.prevent", sign_in_dialog)
 
     state: dict[str, Any] = {"checked": None}
 
