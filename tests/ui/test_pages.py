@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 import time
+import zipfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -97,6 +99,14 @@ def test_create_session_in_the_form_and_watch_it_train_live(page: Any, server: S
     assert len(points) >= 2 and max(points) >= 10, f"the loss chart did not grow live: {points}"
     page.get_by_test_id("checkpoints-table").wait_for()
     screenshot(page, "session-detail")
+
+    with page.expect_download() as config_download:
+        page.get_by_test_id("download-config").click()
+    assert "max_steps = 40" in Path(config_download.value.path()).read_text()
+    with page.expect_download() as model_download:
+        page.get_by_test_id("download-model").click()
+    assert model_download.value.suggested_filename.endswith("-v1.zip")
+    assert zipfile.ZipFile(model_download.value.path()).namelist()
 
 
 ROW_WATCH = """name => {
