@@ -7,6 +7,7 @@ lives in its own module and is imported only when chosen (DiLoCo pulls in hivemi
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -30,6 +31,12 @@ def make_strategy(config: CotrainConfig, device: torch.device) -> Strategy:
         return DilocoStrategy(config, device)
     world_size = int(os.environ.get("WORLD_SIZE", "1")) if launched_by_torchrun() else 1
     if world_size == 1:
+        if dist.world_size > 1:
+            print(
+                f"note: distributed asks for {dist.world_size} processes ({dist.strategy}) but this process was not "
+                "started by torchrun, so it trains alone; run `cotrain train FILE` to launch them all",
+                file=sys.stderr, flush=True,
+            )
         return Strategy(config, device)
     if dist.strategy == "fsdp":
         from cotrain.core.strategies.fsdp import FsdpStrategy
