@@ -58,13 +58,17 @@ def maybe_launch_torchrun(config: CotrainConfig, config_path: str | Path, overri
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     child = subprocess.Popen(cmd, env=env)
+    forwarded: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
+        forwarded.append(signum)
         child.send_signal(signum)  # torchrun passes it on to the workers, which checkpoint and stop
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return child.wait()
+        code = child.wait()
+        # torchrun itself exits 1 when signalled; report the stop like a single process does
+        return 128 + forwarded[0] if forwarded and code != 0 else code
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
