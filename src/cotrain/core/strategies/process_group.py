@@ -48,6 +48,15 @@ class ProcessGroupStrategy(Strategy):
         if dist.is_initialized():
             dist.barrier()
 
+    def any_process(self, flag: bool) -> bool:
+        """True on every process when `flag` is True on any of them. The loop should stop on
+        `strategy.any_process(stop.requested)`: torchrun signals every worker, but not all of
+        them see the flag at the same step, and a rank that stops alone leaves the others
+        waiting in a collective."""
+        tensor = torch.tensor([int(flag)], device=self._collective_device())
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return bool(tensor.item())
+
     def data_shard(self) -> tuple[int, int]:
         return self.rank, self.world_size
 
