@@ -49,6 +49,11 @@ class LineChart:
             self.chart = ui.echart(options).classes("w-full").style(f"height: {height}").props(f'data-testid="{testid}"')
         self.chart.props('data-points="0"')
 
+    def set_empty_text(self, text: str) -> None:
+        if self.chart.options["title"]["text"] != text:
+            self.chart.options["title"]["text"] = text
+            self.dirty = True
+
     def set(self, index: int, points: list[list[float]]) -> None:
         self.points[index] = [p for p in points if p[1] is not None]
         self.dirty = True

@@ -20,7 +20,7 @@ from cotrain.ui.theme import STATUS_COLORS
 
 FINAL = ("completed", "failed", "cancelled")
 ACTIONS = {  # action -> states it applies to (as the session service allows)
-    "start": ("draft", "completed", "failed", "cancelled"),
+    "start": ("draft", "completed"),  # failed or cancelled ones: retry (a fresh retry budget)
     "cancel": ("draft", "queued", "starting", "running"),
     "retry": ("failed", "cancelled"),
 }
@@ -288,6 +288,11 @@ class Detail:
         self.bar.props(f"color={STATUS_COLORS.get(status, 'primary')}")
         for action, button in self.buttons.items():
             button.set_visibility(status in ACTIONS[action])
+        self.buttons["start"].set_text(t("detail.run_again") if status == "completed" else t("detail.start"))
+        quiet = status in FINAL or status == "draft"
+        for chart in getattr(self, "charts", []):
+            chart.set_empty_text(t("detail.chart.none") if quiet else t("detail.chart.empty"))
+            chart.flush()
         self.model_button.set_visibility(bool(self.view.versions))
 
     def _show_error(self, error: str | None) -> None:
