@@ -67,3 +67,14 @@ def test_unknown_api_paths_answer_json_404_and_405() -> None:
     assert missing.status_code == 404 and "/docs" in missing.json()["detail"]
     wrong = client.get("/api/v1/things")
     assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+
+
+def test_peer_rows_share_the_tokens_and_eta_follows_the_pace() -> None:
+    from cotrain.ui.session_view import eta_seconds, peer_rows
+
+    rows = peer_rows([{"peer_id": "a", "tokens": 300, "tokens_per_second": 10.0, "step": 5, "updated": 1.0},
+                      {"peer_id": "b", "tokens": 100, "step": 4}], now=2.0)
+    assert [(r["peer_id"], r["share"]) for r in rows] == [("a", 0.75), ("b", 0.25)]
+    assert peer_rows([{"peer_id": "c"}], now=0.0)[0]["share"] is None
+    assert eta_seconds([(10, 100.0), (20, 110.0)], total_steps=40) == 20.0
+    assert eta_seconds([(10, 100.0)], total_steps=40) is None
