@@ -34,7 +34,19 @@ def _columns() -> list[dict[str, Any]]:
         {"name": "params", "label": t("models.col.params"), "field": "params", "align": "right", ":format": BIG},
         {"name": "tokens", "label": t("models.col.tokens"), "field": "tokens", "align": "right", ":format": BIG},
         {"name": "created", "label": t("models.col.created"), "field": "created", "align": "right"},
+        {"name": "download", "label": "", "field": "id", "align": "right"},
     ]
+
+
+SESSION_SLOT = r"""
+<q-td :props="props">
+  <a :href="'/sessions/' + props.row.session_id" class="text-primary no-underline font-medium" @click.stop>{{ props.value }}</a>
+</q-td>"""
+DOWNLOAD_SLOT = """
+<q-td :props="props">
+  <q-btn flat round dense size="sm" icon="download" :href="'/api/v1/models/' + props.row.id + '/download'"
+         aria-label="DOWNLOAD" @click.stop><q-tooltip>DOWNLOAD</q-tooltip></q-btn>
+</q-td>"""
 
 
 @ui.page("/models")
@@ -56,6 +68,8 @@ async def models_page() -> None:
             table = ui.table(columns=_columns(), rows=rows, row_key="id", selection="multiple",
                              pagination={"rowsPerPage": 15})
             localized(table).classes("ct-table w-full").props('flat data-testid="models-table"')
+            table.add_slot("body-cell-session", SESSION_SLOT)
+            table.add_slot("body-cell-download", DOWNLOAD_SLOT.replace("DOWNLOAD", t("models.download")))
         result = ui.column().classes("w-full gap-5").props('data-testid="comparison"')
 
     def sync_button() -> None:

@@ -10,6 +10,7 @@ from nicegui import run, ui
 from cotrain.config.presets import MODEL_FAMILIES, sizes_of
 from cotrain.server.config_generator import SessionConfigError
 from cotrain.server.errors import ServiceError
+from cotrain.server.schemas import DistributedConfigIn
 from cotrain.ui import format as fmt
 from cotrain.ui import session_form
 from cotrain.ui.context import platform
@@ -81,6 +82,10 @@ async def new_session_page() -> None:
                     strategy = add(("distributedConfig", "strategy"), ui.select({"ddp": "DDP", "fsdp": "FSDP", "diloco": "DiLoCo"}, value="ddp", label=t("new.strategy")), "f-strategy")
                     inner = add(("distributedConfig", "innerSteps"), ui.number(t("new.inner_steps"), step=1).props(f'placeholder="{hint}"'), "f-inner-steps")
                     inner.bind_visibility_from(strategy, "value", backward=lambda v: v == "diloco")
+                    if "compression" in DistributedConfigIn.model_fields:  # once the server's schema takes it
+                        compression = add(("distributedConfig", "compression"), ui.select(
+                            ["none", "fp16", "int8"], value=None, label=t("new.compression")), "f-compression")
+                        compression.bind_visibility_from(strategy, "value", backward=lambda v: v == "diloco")
                 with ui.expansion(t("new.advanced"), icon="settings").classes("ct-card w-full").props(
                     'dense header-class="px-5 py-3 ct-section-title" data-testid="advanced"'
                 ):
