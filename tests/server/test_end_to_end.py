@@ -5,7 +5,9 @@ and a model version appears."""
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 
 import pytest
 
@@ -24,7 +26,7 @@ def assert_reference_shape(message: dict, reference: dict) -> None:
             assert_reference_shape(message[key], value)
 
 
-def run_reference_session(server, ws_server=None) -> None:
+def run_reference_session(server, ws_server=None) -> str:
     """Create, stream over `ws_server`'s WebSocket (default: the same server), complete, replay."""
     ws_server = ws_server or server
     reference = json.loads((REFERENCE / "ws-training-progress.json").read_text())
@@ -77,22 +79,18 @@ def run_reference_session(server, ws_server=None) -> None:
         replayed = [m["data"]["seq"] for m in late.messages if m["event"] != "subscribed"]
         assert replayed == list(range(6, len(seqs) + 1))
         late.close()
+        return sid
     finally:
         ws.close()
 
 
-def test_reference_session_trains_and_streams_progress(servers):
+def test_reference_session_trains_streams_progress_and_versions_its_model(servers):
     server = servers()
-    run_reference_session(server)
+    sid = run_reference_session(server)
 
-
-def test_running_again_makes_a_second_model_version_to_compare_and_download(servers):
-    server = servers()
+    # running it again (it resumes from its checkpoints) makes v2; compare and download
     api = server.client()
-    sid = api.post("/sessions", json=reference_session()).json()["id"]
-    done = lambda: api.get(f"/sessions/{sid}").json()["status"] in ("completed", "failed")  # noqa: E731
-    wait_until(done, 240, "the first run")
-    assert api.post(f"/sessions/{sid}/start").json()["status"] == "queued"  # runs again, resuming its checkpoints
+    assert api.post(f"/sessions/{sid}/start").json()["status"] == "queued"
     wait_until(lambda: len(api.get("/models", params={"session": sid}).json()) == 2, 240, "the second version")
     v1, v2 = api.get("/models", params={"session": sid}).json()
     assert (v1["name"], v2["name"]) == ("v1", "v2")
@@ -104,8 +102,26 @@ def test_running_again_makes_a_second_model_version_to_compare_and_download(serv
     assert api.get("/models/compare", params={"ids": [v1["id"]]}).status_code == 422
     download = api.get(f"/models/{v2['id']}/download")
     assert download.status_code == 200 and download.headers["content-type"] == "application/zip"
-    import io
-    import zipfile
-
     names = zipfile.ZipFile(io.BytesIO(download.content)).namelist()
     assert f"{sid}-v2/metrics.json" in names and any(n.endswith(".safetensors") for n in names)
+
+
+def test_one_slot_runs_the_higher_priority_first_then_the_next(servers):
+    """On a CPU machine with one slot, two sessions never run at once; while one runs, the queue
+    orders the others by priority, and the next starts when the running one ends."""
+    server = servers(COTRAIN_CPU_SLOTS="1")
+    api = server.client()
+
+    def tiny(priority: int) -> str:
+        body = reference_session(priority=priority)
+        body["trainingConfig"].update(maxSteps=10, evalInterval=10)
+        return api.post("/sessions", json=body).json()["id"]
+
+    running = tiny(0)
+    wait_until(lambda: api.get(f"/sessions/{running}").json()["status"] == "running", 60, "the first run")
+    low, high = tiny(0), tiny(5)
+    ids = (running, low, high)
+    wait_until(lambda: all(api.get(f"/sessions/{s}").json()["status"] == "completed" for s in ids), 240, "all runs")
+    first, second, third = (api.get(f"/sessions/{s}").json() for s in (running, high, low))
+    assert first["finishedAt"] <= second["startedAt"] < third["startedAt"]
+    assert second["finishedAt"] <= third["startedAt"]
