@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -37,7 +37,7 @@ def peak_flops(device: torch.device, precision: str) -> float:
     return measured_matmul_flops(device.type, precision)
 
 
-@lru_cache(maxsize=None)
+@cache
 def measured_matmul_flops(device_type: str, precision: str) -> float:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     if device_type == "cpu" and dtype == torch.float16:

@@ -358,7 +358,11 @@ class Trainer:
         window = Window()
         step = self.start_step
         last_saved = self.start_step
-        while step < self.total_steps and not self.stop.requested:
+        stopping = False
+        while step < self.total_steps:
+            stopping = self.strategy.any_process(self.stop.requested)
+            if stopping:
+                break
             log_now = (step + 1) % cfg.train.log_interval == 0 or step + 1 == self.total_steps
             result = self.train_step(step, measure_accuracy=log_now)
             step += 1
@@ -372,27 +376,31 @@ class Trainer:
             if log_now or result.outer is not None:
                 self.progress_event(step, result, window)
                 window = Window()
+                for peer in self.strategy.peer_events():
+                    self.emit("peer", step=step, **peer)
             if step % cfg.train.eval_interval == 0 and step < self.total_steps:
                 self.emit("eval", step=step, **self.evaluate())
             if step % cfg.checkpoint.interval == 0 or step == self.total_steps:
                 self.save(step)
                 last_saved = step
-        if self.stop.requested:
+        if stopping:
             if step != last_saved:
                 self.save(step)
-            name = signal.Signals(self.stop.signum).name
+            signum = self.stop.signum or signal.SIGTERM  # another process of the run was signalled
+            name = signal.Signals(signum).name
             self.emit(
                 "failed", step=step, interrupted=True, signal=name,
                 error=f"stopped by {name} at step {step}; checkpoint saved, run the same config again to resume",
             )
-            return 128 + int(self.stop.signum)
+            return 128 + int(signum)
         return self.finish(step)
 
     def finish(self, step: int) -> int:
         final = self.evaluate()
         self.emit("eval", step=step, **final)
         out_dir = self.layout.final_models / self.session_id
-        if self.strategy.is_main:
+        model = self.strategy.export_model(self.model)  # every process: FSDP gathers
+        if model is not None:
             metrics = {
                 **final,
                 "step": step,
@@ -402,9 +410,6 @@ class Trainer:
                 "model_size": self.config.model.size,
                 "session_id": self.session_id,
             }
-            model = self.strategy.unwrap(self.model)
-            if self.strategy.name == "fsdp":  # sharded: export the gathered weights
-                model.load_state_dict(self.strategy.model_state_dict(self.model))
             export_final_model(model, self.tokenizer, out_dir, metrics)
         self.strategy.barrier()
         self.emit("completed", step=step, final_model_path=str(out_dir), tokens_seen=self.tokens_seen, **final)

@@ -48,6 +48,11 @@ class Strategy:
     def barrier(self) -> None:
         """Wait for every process of this run."""
 
+    def any_process(self, flag: bool) -> bool:
+        """True on every process when `flag` is True on any: processes agree to stop together,
+        so none is left waiting in a collective."""
+        return flag
+
     @property
     def is_main(self) -> bool:
         """The one process that writes events, checkpoints and the final model."""
@@ -88,6 +93,10 @@ class Strategy:
     def participants(self) -> int:
         return self.world_size
 
+    def peer_events(self) -> list[dict[str, Any]]:
+        """`peer` events (a P2P peer joined / left, with its record) since the last call."""
+        return []
+
     def comm_bytes(self) -> tuple[int, int]:
         """(bytes sent, bytes received) by this process so far."""
         return 0, 0
@@ -96,6 +105,10 @@ class Strategy:
     def model_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """A full (unsharded) state dict, valid on the main process."""
         return self.unwrap(model).state_dict()
+
+    def export_model(self, model: nn.Module) -> nn.Module | None:
+        """Collective: the plain, unsharded model on the main process (None elsewhere)."""
+        return self.unwrap(model) if self.is_main else None
 
     def optimizer_state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         return optimizer.state_dict()
