@@ -19,7 +19,7 @@ def test_diloco_session_bootstraps_from_the_server_dht(servers, cotrain_home):
     assert addresses
     body = reference_session()
     body["distributedConfig"].update(strategy="diloco", innerSteps=10)
-    body["trainingConfig"]["maxSteps"] = 60
+    body["trainingConfig"]["maxSteps"] = 20
     sid = api.post("/sessions", json=body).json()["id"]
 
     seen_peers = []

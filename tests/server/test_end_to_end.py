@@ -114,7 +114,7 @@ def test_one_slot_runs_the_higher_priority_first_then_the_next(servers):
 
     def tiny(priority: int) -> str:
         body = reference_session(priority=priority)
-        body["trainingConfig"].update(maxSteps=10, evalInterval=10)
+        body["trainingConfig"].update(maxSteps=4, evalInterval=4, logInterval=1)
         return api.post("/sessions", json=body).json()["id"]
 
     running = tiny(0)
