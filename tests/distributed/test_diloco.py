@@ -28,7 +28,7 @@ host_maddrs = ["/ip4/127.0.0.1/tcp/0"]
 min_peers = 2
 matchmaking_time = 2.0
 averaging_timeout = 30.0
-progress_interval = 1.0
+progress_interval = 2.0
 """
 
 
@@ -140,8 +140,7 @@ def test_killed_peer_is_dropped_and_a_joining_peer_gets_the_state(
         os.kill(victim.proc.pid, signal.SIGKILL)
         victim.proc.wait()
         killed_at = max(first.outer_steps())
-
-        wait_until(lambda: killed_at + 1 in first.outer_steps())
+        # starts now, takes part once its startup is done (a few rounds later)
         joiner = Peer("joiner", tmp_path, shared_datasets, bootstrap, max_steps=20)
         assert joiner.wait() == 0, (tmp_path / "joiner.log").read_text()[-3000:]
         for peer in (first, second):

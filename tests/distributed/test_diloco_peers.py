@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
@@ -13,9 +14,10 @@ from cotrain.core.strategies.diloco import DilocoStrategy
 from cotrain.p2p.dht import start_dht, visible_maddrs
 
 
-def _strategy(initial_peers: list[str]) -> DilocoStrategy:
+def _strategy(initial_peers: list[str], checkpoints: Path) -> DilocoStrategy:
     config = load_config(data={
         "session": {"id": "peers-test"},
+        "checkpoint": {"output_path": str(checkpoints)},
         "data": {"dataset": "stdlib"},
         "distributed": {"strategy": "diloco", "diloco": {
             "initial_peers": initial_peers, "host_maddrs": ["/ip4/127.0.0.1/tcp/0"], "progress_interval": 0.5,
@@ -37,10 +39,10 @@ def _eventually(predicate, timeout: float = 20.0):
     raise AssertionError("timed out")
 
 
-def test_peers_join_and_leave_through_progress_records():
+def test_peers_join_and_leave_through_progress_records(tmp_path: Path):
     bootstrap = start_dht()
     peers = visible_maddrs(bootstrap)
-    first, second = _strategy(peers), _strategy(peers)
+    first, second = _strategy(peers, tmp_path / "first"), _strategy(peers, tmp_path / "second")
     try:
         first.setup()
         second.setup()
@@ -54,6 +56,11 @@ def test_peers_join_and_leave_through_progress_records():
         left = _eventually(first.peer_events)
         assert left[0]["event"] == "left" and left[0]["peer_id"] == second.peer_id
         assert first.participants() == 1
+        # a restarted peer keeps its peer id (the key file lives beside its checkpoints)
+        again = _strategy(peers, tmp_path / "second")
+        again.setup()
+        assert again.peer_id == second.peer_id
+        again.shutdown()
     finally:
         second.shutdown()
         first.shutdown()

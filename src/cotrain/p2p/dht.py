@@ -7,6 +7,7 @@ Every node carries an `RSASignatureValidator`, so records whose subkey holds a p
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from hivemind import DHT
 from hivemind.dht.crypto import RSASignatureValidator
@@ -22,15 +23,19 @@ def start_dht(
     client_mode: bool = False,
     startup_timeout: float = 60.0,
     private_key: RSAPrivateKey | None = None,
+    identity_path: str | Path | None = None,
 ) -> DHT:
     """A running DHT node, joined to `initial_peers` (a new network if empty).
 
-    `private_key` signs this node's records (default: the process-wide key); `signer(dht)`
+    `identity_path` keeps the peer id across restarts. `private_key` signs this node's records (default: the process-wide key); `signer(dht)`
     returns the validator holding it. Raises a RuntimeError that says what to check when the peers cannot be reached.
     """
     kwargs: dict = dict(host_maddrs=list(host_maddrs), client_mode=client_mode, startup_timeout=startup_timeout)
     if announce_maddrs:
         kwargs["announce_maddrs"] = list(announce_maddrs)
+    if identity_path is not None:  # a stable peer id: created on first use, reused after a restart
+        Path(identity_path).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["identity_path"] = str(identity_path)
     validator = RSASignatureValidator(private_key)
     try:
         dht = DHT(
@@ -43,8 +48,8 @@ def start_dht(
         where = f"initial peers {list(initial_peers)}" if initial_peers else f"host addresses {list(host_maddrs)}"
         raise RuntimeError(
             f"Could not start a DHT node with {where}: {exc}. Check that the addresses are full multiaddrs "
-            "(/ip4/HOST/tcp/PORT/p2p/PEER_ID) of a running peer and that the port is reachable; "
-            "`cotrain doctor` checks this machine."
+            "(/ip4/HOST/tcp/PORT/p2p/PEER_ID) of a running peer and that the port is reachable, and that no "
+            "other running peer uses the same identity file; `cotrain doctor` checks this machine."
         ) from exc
     dht._cotrain_has_validator = True  # type: ignore[attr-defined]
     dht._cotrain_signer = validator  # type: ignore[attr-defined]

@@ -24,6 +24,7 @@ import logging
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -76,7 +77,10 @@ class DilocoStrategy(Strategy):
         from cotrain.p2p.dht import start_dht, visible_maddrs
         from cotrain.p2p.records import ProgressPublisher
 
-        self.dht = start_dht(self.diloco.initial_peers, self.diloco.host_maddrs, self.diloco.announce_maddrs)
+        self.dht = start_dht(
+            self.diloco.initial_peers, self.diloco.host_maddrs, self.diloco.announce_maddrs,
+            identity_path=self._identity_path(),
+        )
         self.peer_id = str(self.dht.peer_id)
         addresses = visible_maddrs(self.dht)
         print(
@@ -85,6 +89,14 @@ class DilocoStrategy(Strategy):
             file=sys.stderr, flush=True,
         )
         self.publisher = ProgressPublisher(self.dht, self._snapshot, interval=self.diloco.progress_interval).start()
+
+    def _identity_path(self) -> Path:
+        """The peer's libp2p key, beside its checkpoints: a restarted peer keeps its peer id (so its
+        contribution record and its sample order continue)."""
+        from cotrain.paths import Layout
+
+        root = Path(self.config.checkpoint.output_path or Layout.from_env().checkpoints)
+        return root / self.session_id / "p2p-identity.key"
 
     def shutdown(self) -> None:
         publisher = getattr(self, "publisher", None)
