@@ -5,12 +5,18 @@ from __future__ import annotations
 import time
 
 import pytest
-from hivemind.utils import get_dht_time
 from hivemind.dht.crypto import RSASignatureValidator
+from hivemind.utils import get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey
 
 from cotrain.p2p.dht import signer, start_dht, visible_maddrs
-from cotrain.p2p.records import PeerProgress, ProgressPublisher, fetch_progress, progress_key, publish_progress
+from cotrain.p2p.records import (
+    PeerProgress,
+    ProgressPublisher,
+    fetch_progress,
+    progress_key,
+    publish_progress,
+)
 
 
 @pytest.fixture

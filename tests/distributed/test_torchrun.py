@@ -11,7 +11,14 @@ import pytest
 from cotrain.config import load_config
 from cotrain.core.launch import torchrun_command
 from cotrain.core.strategies.base import Strategy
-from tests.distributed.engine import checkpoint_dir, cotrain_train, events_of, losses, torchrun_train, write_config
+from tests.distributed.engine import (
+    checkpoint_dir,
+    cotrain_train,
+    events_of,
+    losses,
+    torchrun_train,
+    write_config,
+)
 
 TWO_PROCESSES = 'strategy = "{strategy}"\nnodes = 1\ngpus_per_node = 2\nbackend = "gloo"'
 

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from hivemind.compression import CompressionBase, Float16Compression, NoCompression, Uniform8BitQuantization
-from hivemind.compression import serialization
+from hivemind.compression import (
+    CompressionBase,
+    Float16Compression,
+    NoCompression,
+    Uniform8BitQuantization,
+    serialization,
+)
 from hivemind.proto import runtime_pb2
 
 

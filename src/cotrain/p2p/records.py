@@ -15,12 +15,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from hivemind import DHT
-from hivemind.utils import get_dht_time
 from hivemind.dht.crypto import RSASignatureValidator
+from hivemind.utils import get_dht_time
 
 from cotrain.p2p.dht import ensure_signature_validator, signer
 
