@@ -135,10 +135,7 @@ class Executor:
             self.wake()
 
     async def _spawn(self, session_id: str, allocation: Allocation) -> ChildRun:
-        with session_scope(self.factory) as db:
-            row = db.get_one(TrainingSession, session_id)
-            config_path = self._local_config(row)
-            strategy, request, attempt = row.strategy, row.request, row.attempts
+        config_path, strategy, request, attempt = await asyncio.to_thread(self._prepare, session_id)
         session_dir = self.settings.layout.session_logs(session_id)
         session_dir.mkdir(parents=True, exist_ok=True)
         env = self._child_env(allocation, strategy, request)
@@ -158,10 +155,18 @@ class Executor:
             # them inherit this
             with contextlib.suppress(OSError, AttributeError):
                 os.sched_setaffinity(proc.pid, allocation.cpu_cores)
-        messages: list[dict[str, Any]] = []
+        await self._publish(await asyncio.to_thread(self._mark_started, session_id, proc.pid, config_path, allocation))
+        return ChildRun(proc)
+
+    def _prepare(self, session_id: str) -> tuple[Path, str, dict[str, Any], int]:
         with session_scope(self.factory) as db:
             row = db.get_one(TrainingSession, session_id)
-            row.pid = proc.pid
+            return self._local_config(row), row.strategy, row.request, row.attempts
+
+    def _mark_started(self, session_id: str, pid: int, config_path: Path, allocation: Allocation) -> list[dict[str, Any]]:
+        with session_scope(self.factory) as db:
+            row = db.get_one(TrainingSession, session_id)
+            row.pid = pid
             row.config_path = str(config_path)
             row.gpu_ids = allocation.cuda_visible_devices or None
             row.error = None
@@ -169,11 +174,7 @@ class Executor:
             row.started_at = row.started_at or time.time()
             if row.status == STARTING:
                 row.status = RUNNING
-            messages.append(
-                status_message(db, row, pid=proc.pid, gpus=list(allocation.gpu_ids), cpus=list(allocation.cpu_cores))
-            )
-        await self._publish(messages)
-        return ChildRun(proc)
+            return [status_message(db, row, pid=pid, gpus=list(allocation.gpu_ids), cpus=list(allocation.cpu_cores))]
 
     def _local_config(self, row: TrainingSession) -> Path:
         """This machine's copy of the session's TOML (a remote worker writes it from the DB)."""
@@ -199,8 +200,7 @@ class Executor:
 
     async def _follow(self, session_id: str, run: ChildRun | AdoptedRun) -> int:
         """Apply the run's events as they come; heartbeat; honour cancel. Returns the exit code."""
-        with session_scope(self.factory) as db:
-            after = db.get_one(TrainingSession, session_id).engine_seq
+        after = await asyncio.to_thread(self._engine_seq, session_id)
         follower = EventFollower(self.settings.layout.session_logs(session_id), after_seq=after)
         last_beat = 0.0
         term_sent: float | None = None
@@ -228,6 +228,10 @@ class Executor:
             await run.wait(self.settings.poll_interval_s)
 
     # ---- database steps (run in a thread) -------------------------------------------------
+    def _engine_seq(self, session_id: str) -> int:
+        with session_scope(self.factory) as db:
+            return db.get_one(TrainingSession, session_id).engine_seq
+
     def _apply(self, session_id: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         with session_scope(self.factory) as db:
             row = db.get_one(TrainingSession, session_id)
