@@ -31,6 +31,7 @@ async def frame(active: str) -> Page:
     if actor is None and prefs.token():
         prefs.set_token(None)  # revoked since: forget it
     theme.apply(prefs.dark())
+    ui.page_title(f"{t('nav.' + active)} · CoTrain")
     ui.query("html").props(f'lang="{prefs.language()}"')
     with ui.header().classes("items-center justify-between px-6 py-2 bg-primary text-white").props("elevated=false"):
         with ui.row().classes("items-center gap-6 no-wrap"):
@@ -65,14 +66,15 @@ def _language_menu() -> None:
 
 
 def _theme_button() -> None:
-    def toggle() -> None:
-        prefs.set_dark(not prefs.dark())
-        ui.dark_mode(prefs.dark())
-        button.props(f"icon={'light_mode' if prefs.dark() else 'dark_mode'}")
-        button.tooltip(t("theme.light") if prefs.dark() else t("theme.dark"))
+    async def toggle() -> None:
+        shown_dark = await ui.run_javascript("return document.body.classList.contains('body--dark')")
+        prefs.set_dark(not shown_dark)
+        ui.dark_mode(not shown_dark)
+        button.props(f"icon={'light_mode' if not shown_dark else 'dark_mode'}")
 
     button = ui.button(icon="light_mode" if prefs.dark() else "dark_mode", on_click=toggle)
     button.props(f'flat round dense color=white aria-label="{t("theme.dark")} / {t("theme.light")}" data-testid="theme"')
+    button.tooltip(t("theme.switch"))
 
 
 def _account(actor: Actor | None) -> None:

@@ -24,8 +24,10 @@ def set_language(value: str) -> None:
     app.storage.user["lang"] = value if value in LANGUAGES else "en"
 
 
-def dark() -> bool:
-    return bool(app.storage.user.get("dark", False))
+def dark() -> bool | None:
+    """True/False once chosen; None (the default) follows the operating system's setting."""
+    value = app.storage.user.get("dark")
+    return None if value is None else bool(value)
 
 
 def set_dark(value: bool) -> None:

@@ -65,6 +65,7 @@ def peer_rows(peers: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
             "step": peer.get("step"),
             "seen": peer.get("updated") or peer.get("time"),
             "share": (tokens / total) if total else None,
+            "left": peer.get("event") == "left",
         })
     return rows
 

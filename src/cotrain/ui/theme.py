@@ -58,7 +58,7 @@ body.body--dark .ct-code { background: #11131a; color: #d1d5db; }
 """
 
 
-def apply(dark: bool) -> None:
+def apply(dark: bool | None) -> None:
     """Colours, CSS and dark mode of the current page."""
     ui.colors(primary=PRIMARY, secondary="#0ea5e9", accent="#a855f7", positive="#16a34a", negative="#dc2626")
     ui.add_css(CSS)

@@ -19,6 +19,14 @@ from cotrain.ui.layout import empty_state, frame, sign_in_dialog
 from cotrain.ui.theme import STATUS_COLORS
 
 FINAL = ("completed", "failed", "cancelled")
+PEER_ROW = r"""
+<q-tr :props="props" :class="props.row.left ? 'ct-muted' : ''">
+  <q-td v-for="col in props.cols" :key="col.name" :props="props" :class="col.classes"
+        :title="col.name === 'peer_id' ? props.row.peer_id : null">
+    {{ col.value }}<q-badge v-if="col.name === 'peer_id' && props.row.left" outline color="grey" class="q-ml-sm"
+      label="LEFT" />
+  </q-td>
+</q-tr>"""
 ACTIONS = {  # action -> states it applies to (as the session service allows)
     "start": ("draft", "completed"),  # failed or cancelled ones: retry (a fresh retry budget)
     "cancel": ("draft", "queued", "starting", "running"),
@@ -157,7 +165,9 @@ class Detail:
                 {"name": "share", "label": t("detail.peer_share"), "field": "share", "align": "right",
                  ":format": "v => v == null ? '—' : (v * 100).toFixed(1) + '%'"},
             ]
-            self.peers_table = ui.table(columns=columns, rows=[], row_key="peer_id").props(
+            self.peers_table = ui.table(columns=columns, rows=[], row_key="peer_id")
+            self.peers_table.add_slot("body", PEER_ROW.replace("LEFT", t("detail.peer_left")))
+            self.peers_table.props(
                 'flat dense hide-pagination :rows-per-page-options="[0]" data-testid="peers-table"').classes("w-full")
             self.peers_empty = ui.label(t("detail.peers_empty")).classes("text-sm ct-muted")
         self._set_peers(self.view.peers)
