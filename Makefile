@@ -23,23 +23,16 @@ run: $(STAMP)
 test: $(STAMP) browser
 	$(PY) -m pytest
 
-# Browser tests drive Debian's chromium with Playwright (`playwright install` cannot download here).
+# Browser tests drive Debian's chromium with Playwright (`playwright install` cannot download
+# here); the Simplified Chinese pages need a CJK font.
+BROWSER_PACKAGES := chromium fonts-wqy-microhei
 browser:
-	@if [ ! -x /usr/bin/chromium ]; then \
+	@if [ ! -x /usr/bin/chromium ] || ! dpkg -s fonts-wqy-microhei >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing Debian's chromium for the browser tests"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	    echo "installing $(BROWSER_PACKAGES) for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_PACKAGES) >/dev/null; \
 	  else \
-	    echo "note: /usr/bin/chromium is missing, so browser tests will skip (CI=true makes them fail);" \
-	         "install it with: sudo apt-get install chromium"; \
+	    echo "note: the browser tests need Debian's $(BROWSER_PACKAGES); without chromium they skip" \
+	         "(CI=true makes them fail). Install: sudo apt-get install $(BROWSER_PACKAGES)"; \
 	  fi; \
 	fi
-
-bench: $(STAMP)
-	$(PY) bench/engine_overhead.py
-
-lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
-
-clean:
-	rm -rf $(VENV) .pytest_cache
