@@ -79,3 +79,11 @@ def engine_env(home: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(COTRAIN_HOME=str(home), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1", **extra)
     return env
+
+
+def missing_service(message: str) -> None:
+    """A service or tool a test needs is absent: skip with the reason on a developer's machine,
+    fail under CI=true, where everything the suite needs must be installed."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{message} (CI=true: required)")
+    pytest.skip(message)

@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 
 import cotrain.chain
 from cotrain.chain.service import set_reward_pool, settle_session
+from tests.conftest import missing_service
 
 from .browser_wallet import inject_wallet
 from .test_api import api  # noqa: F401  (the uvicorn-served API fixture)
@@ -40,8 +41,9 @@ document.getElementById("connect").onclick = async () => {
 </script></body></html>"""
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 def test_wallet_sign_in_in_browser_then_replay_refused(api, db_factory):  # noqa: F811
+    if CHROMIUM is None:
+        missing_service("chromium is not installed: `apt-get install -y chromium` (see the Makefile's browser target)")
     ctx, origin = api.ctx, api.origin
     wallet = Wallet.create()
     with ctx.factory.begin() as db:

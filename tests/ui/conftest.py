@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import missing_service
+
 CHROMIUM = os.environ.get("COTRAIN_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking"]
 ADMIN_TOKEN = "ct_ui_test_admin_token"
@@ -107,7 +109,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
     if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
-        pytest.skip(f"no chromium at {CHROMIUM}: `apt-get install -y chromium` (see the Makefile's browser target)")
+        missing_service(f"no chromium at {CHROMIUM}: `apt-get install -y chromium` (see the Makefile's browser target)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
