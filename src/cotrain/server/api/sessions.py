@@ -163,11 +163,12 @@ def session_participants(session_id: SessionId, platform: PlatformDep, actor: Ma
 @router.get("/{session_id}/join", summary="What a volunteer needs to join: the config and the bootstrap peers", openapi_extra=OPTIONAL_AUTH)
 def join_info(session_id: SessionId, platform: PlatformDep, actor: MaybeActor) -> dict[str, Any]:
     row = platform.sessions.get(session_id, actor)
-    return {
-        "sessionId": row.id, "strategy": row.strategy, "config": row.config_toml,
-        "initialPeers": platform.dht.bootstrap_addresses(),
-        "command": f"cotrain join {row.id}",
-    }
+    peers = platform.dht.bootstrap_addresses()
+    command = " ".join(
+        ["cotrain join", f"--session {row.id}", f"--config {row.id}.toml", *(f"--initial-peers {p}" for p in peers)]
+    )
+    return {"sessionId": row.id, "strategy": row.strategy, "config": row.config_toml, "initialPeers": peers,
+            "command": command + " --wallet 0x<your Aptos address>"}
 
 
 @router.get("/{session_id}/model", summary="The session's final model versions", openapi_extra=OPTIONAL_AUTH)
