@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,9 +45,40 @@ def create_token(db: Session, name: str, is_admin: bool = False) -> tuple[ApiTok
     return row, token
 
 
+# Other kinds of bearer token (the chain's wallet sign-in) plug in here: a resolver maps a token
+# it recognises to a principal name such as "wallet:0xabc...", or returns None.
+TokenResolver = Callable[[str], "str | None"]
+_resolvers: list[TokenResolver] = []
+
+
+def register_token_resolver(resolver: TokenResolver) -> None:
+    """Accept another kind of token. Each principal gets a row in api_tokens (created on first
+    use), so it can own sessions like any token; it is never an admin."""
+    if resolver not in _resolvers:
+        _resolvers.append(resolver)
+
+
+def principal_hash(principal: str) -> str:
+    """The api_tokens.token_hash of a resolved principal. It starts with "p:", which no real
+    token's hash (64 hex digits) does, so no bearer token can ever match it."""
+    return "p:" + hashlib.sha256(principal.encode()).hexdigest()[:62]
+
+
 def authenticate(db: Session, token: str) -> Actor | None:
     row = db.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token), ApiToken.revoked.is_(False)))
-    return Actor(row.id, row.name, row.is_admin) if row else None
+    if row is not None:
+        return Actor(row.id, row.name, row.is_admin)
+    for resolver in _resolvers:
+        principal = resolver(token)
+        if not principal:
+            continue
+        row = db.scalar(select(ApiToken).where(ApiToken.token_hash == principal_hash(principal)))
+        if row is None:
+            row = ApiToken(name=principal[:100], token_hash=principal_hash(principal), is_admin=False, revoked=False)
+            db.add(row)
+            db.flush()
+        return None if row.revoked else Actor(row.id, row.name, False)
+    return None
 
 
 def ensure_admin_token(db: Session, home: Path, env_token: str | None, announce: bool) -> str | None:
