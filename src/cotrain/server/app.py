@@ -25,6 +25,7 @@ from cotrain.server import log_redaction
 from cotrain.server.api import hivemind, models, sessions, system, tokens
 from cotrain.server.config_generator import SessionConfigError
 from cotrain.server.errors import ServiceError
+from cotrain.server.http_metrics import HttpMetrics, HttpMetricsMiddleware
 from cotrain.server.platform import Platform
 from cotrain.server.ws import router as ws_router
 
@@ -53,6 +54,8 @@ def create_app(platform: Platform | None = None) -> FastAPI:
 
     app = FastAPI(title="CoTrain", version=importlib.metadata.version("cotrain"), description=DESCRIPTION, lifespan=lifespan)
     app.state.platform = platform
+    app.state.http_metrics = HttpMetrics()
+    app.add_middleware(HttpMetricsMiddleware, metrics=app.state.http_metrics)
 
     api = APIRouter(prefix="/api/v1")
     for module in (sessions, hivemind, models, tokens, system):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import func, select, text
 
@@ -32,7 +32,7 @@ def health(platform: PlatformDep) -> Envelope[dict[str, Any]]:
     )
 
 
-def prometheus_text(platform: Any) -> str:
+def prometheus_text(platform: Any, http_metrics: Any = None) -> str:
     with session_scope(platform.factory) as db:
         counts = dict(db.execute(select(TrainingSession.status, func.count()).group_by(TrainingSession.status)).all())
     hub = platform.hub
@@ -55,11 +55,13 @@ def prometheus_text(platform: Any) -> str:
         "# HELP cotrain_dht_up 1 when the server's DHT node runs.",
         "# TYPE cotrain_dht_up gauge",
         f"cotrain_dht_up {int(platform.dht.running)}",
+        *(http_metrics.prometheus_lines() if http_metrics is not None else []),
     ]
     return "\n".join(lines) + "\n"
 
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics",
             responses={200: {"content": {"text/plain; version=0.0.4": {}}}})
-def metrics(platform: PlatformDep) -> PlainTextResponse:
-    return PlainTextResponse(prometheus_text(platform), media_type="text/plain; version=0.0.4")
+def metrics(platform: PlatformDep, request: Request) -> PlainTextResponse:
+    text = prometheus_text(platform, getattr(request.app.state, "http_metrics", None))
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
