@@ -141,7 +141,8 @@ def run_diloco(root: Path, datasets: Path, workers: int, batch: int, steps: int,
         homes.append(home)
     codes = [p.wait() for p in procs]
     if any(codes):
-        raise RuntimeError(f"{name}: peers exited with {codes}; logs in {root}")
+        tails = "\n".join((root / f"{name}-{w}.log").read_text()[-2000:] for w in range(workers))
+        raise RuntimeError(f"{name}: peers exited with {codes}:\n{tails}")
     finished = [last_events(home, name) for home in homes]
     hashes = {progress.get("params_hash") for progress, _ in finished}
     if len(hashes) != 1:

@@ -57,8 +57,15 @@ class Peer:
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "cotrain.core.train", "--config", str(self.config)],
             env=engine_env(self.home, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false"),
-            stdout=subprocess.DEVNULL, stderr=self.log,
+            stdout=subprocess.DEVNULL, stderr=self.log, start_new_session=True,
         )
+
+    def peer_id(self) -> str:
+        """From the line the peer prints when its DHT node is up."""
+        for line in Path(self.log.name).read_text().splitlines():
+            if line.startswith("diloco peer "):
+                return line.split()[2]
+        raise AssertionError(f"{self.name} did not print its peer id")
 
     def events(self) -> list[dict]:
         path = self.home / "logs" / "training" / "diloco-test" / "events.jsonl"
@@ -75,10 +82,19 @@ class Peer:
         finally:
             self.log.close()
 
+    def kill_9(self) -> None:
+        """kill -9 the peer and the DHT / averager processes it forked, as when its machine dies."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # nothing it forked outlives the test
+        except ProcessLookupError:
+            pass
         self.log.close()
 
 
@@ -137,8 +153,7 @@ def test_killed_peer_is_dropped_and_a_joining_peer_gets_the_state(
     joiner = None
     try:
         wait_until(lambda: 2 in first.outer_steps())
-        os.kill(victim.proc.pid, signal.SIGKILL)
-        victim.proc.wait()
+        victim.kill_9()
         killed_at = max(first.outer_steps())
         # starts now, takes part once its startup is done (a few rounds later)
         joiner = Peer("joiner", tmp_path, shared_datasets, bootstrap, max_steps=20)
@@ -161,3 +176,6 @@ def test_killed_peer_is_dropped_and_a_joining_peer_gets_the_state(
         assert j[step]["params_hash"] == a[step]["params_hash"], step
     assert any(j[s]["group_size"] == 3 for s in j)
     assert "downloading the global state" in (tmp_path / "joiner.log").read_text()
+    # the survivors logged the victim leaving and the joiner joining as peer events
+    peer_events = [(e["event"], e["peer_id"]) for e in first.events() if e["type"] == "peer"]
+    assert ("left", victim.peer_id()) in peer_events and ("joined", joiner.peer_id()) in peer_events

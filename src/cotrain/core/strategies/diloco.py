@@ -411,9 +411,12 @@ class DilocoStrategy(Strategy):
 
 
 def _record_fields(record) -> dict[str, Any]:
-    """A progress record as `peer` event fields (without its peer_id, which the event has)."""
+    """A progress record as `peer` event fields. The event already has peer_id and session_id,
+    and its `step` is this peer's: the other peer's step becomes `peer_step`."""
     from dataclasses import asdict
 
     fields = asdict(record)
-    fields.pop("peer_id")
+    for key in ("peer_id", "session_id"):
+        fields.pop(key)
+    fields["peer_step"] = fields.pop("step")
     return fields
