@@ -24,17 +24,6 @@ def cotrain_train(config: Path, home: Path, *sets: str, timeout: float = 240) ->
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 
 
-def torchrun_train(config: Path, home: Path, *sets: str, script: Path, nproc: int = 2,
-                   timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    """torchrun running `script` (a stand-in for cotrain.core.train) on `config`."""
-    cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), str(script),
-           "--config", str(config)]
-    for item in sets:
-        cmd += ["--set", item]
-    env = engine_env(home, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-
-
 def events_of(home: Path, session: str) -> list[dict]:
     path = home / "logs" / "training" / session / "events.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

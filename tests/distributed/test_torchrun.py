@@ -3,20 +3,17 @@ they train, only rank 0 writes, and a run resumed from a checkpoint continues ex
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 import pytest
 
 from cotrain.config import load_config
 from cotrain.core.launch import torchrun_command
-from cotrain.core.strategies.base import Strategy
 from tests.distributed.engine import (
     checkpoint_dir,
     cotrain_train,
     events_of,
     losses,
-    torchrun_train,
     write_config,
 )
 
@@ -25,10 +22,6 @@ TWO_PROCESSES = 'strategy = "{strategy}"\nnodes = 1\ngpus_per_node = 2\nbackend 
 
 def _train_and_resume(strategy: str, home: Path, tmp_path: Path) -> None:
     run = cotrain_train
-    if strategy == "fsdp" and "export_model" not in Strategy.__dict__:
-        # the loop's finish() gathers FSDP weights on rank 0 only (a hang): run it with the
-        # proposed finish() that calls strategy.export_model on every process
-        run = partial(torchrun_train, script=Path(__file__).with_name("train_with_export.py"))
     full = write_config(tmp_path / f"{strategy}-full.toml", f"{strategy}-full", TWO_PROCESSES.format(strategy=strategy),
                         max_steps=24, interval=12)
     done = run(full, home)
