@@ -21,10 +21,9 @@ TWO_PROCESSES = 'strategy = "{strategy}"\nnodes = 1\ngpus_per_node = 2\nbackend 
 
 
 def _train_and_resume(strategy: str, home: Path, tmp_path: Path) -> None:
-    run = cotrain_train
     full = write_config(tmp_path / f"{strategy}-full.toml", f"{strategy}-full", TWO_PROCESSES.format(strategy=strategy),
                         max_steps=24, interval=12)
-    done = run(full, home)
+    done = cotrain_train(full, home)
     assert done.returncode == 0, done.stderr[-3000:]
     events = events_of(home, f"{strategy}-full")
     started = events[0]
@@ -41,7 +40,7 @@ def _train_and_resume(strategy: str, home: Path, tmp_path: Path) -> None:
         tmp_path / f"{strategy}-resumed.toml", f"{strategy}-resumed", TWO_PROCESSES.format(strategy=strategy),
         max_steps=24, interval=12,
     )
-    again = run(resumed, home, f"checkpoint.resume={resumed_from}")
+    again = cotrain_train(resumed, home, f"checkpoint.resume={resumed_from}")
     assert again.returncode == 0, again.stderr[-3000:]
     second = events_of(home, f"{strategy}-resumed")
     assert second[0]["step"] == 12 and second[0]["resumed_from"] == str(resumed_from)
@@ -52,14 +51,25 @@ def _train_and_resume(strategy: str, home: Path, tmp_path: Path) -> None:
     assert second[-1]["val_loss"] == pytest.approx(events[-1]["val_loss"], rel=1e-4)
 
 
+
+def _resume_alone(strategy: str, home: Path, tmp_path: Path) -> None:
+    """The checkpoint is a full, unsharded one: a single process resumes it too."""
+    alone = write_config(tmp_path / f"{strategy}-alone.toml", f"{strategy}-alone", "", max_steps=24, interval=12)
+    single = cotrain_train(alone, home, f"checkpoint.resume={checkpoint_dir(home, f'{strategy}-full', 12)}")
+    assert single.returncode == 0, single.stderr[-3000:]
+    events = events_of(home, f"{strategy}-alone")
+    assert events[0]["step"] == 12 and events[0]["world_size"] == 1 and events[-1]["type"] == "completed"
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_train_and_resume(cotrain_home: Path, tmp_path: Path):
     _train_and_resume("ddp", cotrain_home, tmp_path)
 
 
 @pytest.mark.slow
-def test_fsdp_two_processes_train_and_resume(cotrain_home: Path, tmp_path: Path):
+def test_fsdp_two_processes_train_and_resume_also_on_one(cotrain_home: Path, tmp_path: Path):
     _train_and_resume("fsdp", cotrain_home, tmp_path)
+    _resume_alone("fsdp", cotrain_home, tmp_path)
 
 
 def test_torchrun_command_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -71,14 +71,16 @@ class FsdpStrategy(ProcessGroupStrategy):
         return get_model_state_dict(model, options=GATHER_TO_RANK0)
 
     def optimizer_state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        """Collective: the full optimizer state, keyed by parameter name, on rank 0 only."""
-        return get_optimizer_state_dict(model, optimizer, options=GATHER_TO_RANK0)
+        """Collective: the full optimizer state on rank 0 only, in `torch.optim`'s own format
+        (parameters numbered in optimizer order), so single-process and DDP runs can resume it."""
+        full = get_optimizer_state_dict(model, optimizer, options=GATHER_TO_RANK0)
+        return _numbered(full) if full else full
 
     def load_optimizer_state_dict(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
     ) -> None:
         """`state` is the full optimizer state on every process; each keeps its shard."""
-        set_optimizer_state_dict(model, optimizer, state, options=FULL_ON_EVERY_RANK)
+        set_optimizer_state_dict(model, optimizer, _named(state, model, optimizer), options=FULL_ON_EVERY_RANK)
 
     def export_model(self, model: nn.Module) -> nn.Module | None:
         """Collective: a plain, unsharded copy of the model on rank 0 (None elsewhere)."""
@@ -103,3 +105,25 @@ def _gradient_sync(model: nn.Module, sync: bool) -> Iterator[None]:
         yield
     finally:
         model.set_requires_gradient_sync(True)
+
+
+def _numbered(state: dict[str, Any]) -> dict[str, Any]:
+    """Parameter-name keys → positions in the optimizer's parameter groups."""
+    order = [name for group in state["param_groups"] for name in group["params"]]
+    index = {name: i for i, name in enumerate(order)}
+    return {
+        "state": {index[name]: value for name, value in state["state"].items()},
+        "param_groups": [{**group, "params": [index[n] for n in group["params"]]} for group in state["param_groups"]],
+    }
+
+
+def _named(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Positions → the parameter names of this (sharded) model; name-keyed state passes through."""
+    if all(isinstance(name, str) for group in state["param_groups"] for name in group["params"]):
+        return state
+    names_by_param = {id(p): name for name, p in model.named_parameters()}
+    order = [names_by_param[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    return {
+        "state": {order[int(i)]: value for i, value in state["state"].items()},
+        "param_groups": [{**group, "params": [order[int(i)] for i in group["params"]]} for group in state["param_groups"]],
+    }
