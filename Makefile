@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $@
 
+# The platform (API + web UI) on http://127.0.0.1:8000, embedded defaults, with a ready example
+# session on a fresh database.
 run: $(STAMP)
-	$(VENV)/bin/cotrain up
+	$(VENV)/bin/cotrain up --example
 
 test: $(STAMP) browser
 	$(PY) -m pytest
