@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -179,3 +180,32 @@ def test_killed_peer_is_dropped_and_a_joining_peer_gets_the_state(
     # the survivors logged the victim leaving and the joiner joining as peer events
     peer_events = [(e["event"], e["peer_id"]) for e in first.events() if e["type"] == "peer"]
     assert ("left", victim.peer_id()) in peer_events and ("joined", joiner.peer_id()) in peer_events
+
+
+@pytest.mark.slow
+def test_a_restarted_peer_resumes_its_checkpoint_exactly(shared_datasets: Path, tmp_path: Path):
+    """A lone peer (min_peers = 1) checkpoints its outer state and identity; a copy of the step-10
+    checkpoint resumed elsewhere reproduces the same global params after every later outer step."""
+    _prepare(shared_datasets, tmp_path)
+    settings = DILOCO.format(inner_steps=5, compression="none", initial_peers="[]").replace(
+        "min_peers = 2", "min_peers = 1")
+    runs = {}
+    for name in ("first", "resumed"):
+        home = tmp_path / name
+        home.mkdir()
+        (home / "datasets").symlink_to(shared_datasets, target_is_directory=True)
+        if name == "resumed":
+            source = tmp_path / "first" / "models" / "checkpoints" / "alone"
+            target = home / "models" / "checkpoints" / "alone"
+            target.mkdir(parents=True)
+            shutil.copytree(source / "step-00000010", target / "step-00000010")
+            shutil.copy(source / "p2p-identity.key", target / "p2p-identity.key")
+        config = tiny_config(tmp_path / f"{name}.toml", "alone", max_steps=20, interval=10, log_interval=100,
+                             extra=settings)
+        done = subprocess.run([PYTHON, "-m", "cotrain.core.train", "--config", str(config)], capture_output=True,
+                              text=True, env=engine_env(home, OMP_NUM_THREADS="1"), timeout=240)
+        assert done.returncode == 0, done.stderr[-3000:]
+        events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+        runs[name] = {e["outer_step"]: e["params_hash"] for e in events if e.get("outer_step")}
+    assert sorted(runs["first"]) == [1, 2, 3, 4] and sorted(runs["resumed"]) == [3, 4]
+    assert all(runs["resumed"][step] == runs["first"][step] for step in (3, 4))
