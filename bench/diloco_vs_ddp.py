@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                         "1.0:0.0 is plain averaging of the peers' params)")
     parser.add_argument("--grid", default=None, help="runs as H:compression,... (default: the quick or full grid)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--workdir", default=None, help="where the runs' temporary homes go (default: $TMPDIR)")
     args = parser.parse_args(argv)
     steps = args.steps or (200 if args.quick else 600)
     grid = QUICK_GRID if args.quick else FULL_GRID
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cotrain.p2p.dht import start_dht, visible_maddrs
 
-    with tempfile.TemporaryDirectory(prefix="cotrain-bench-diloco-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="dilocobench-", dir=args.workdir) as tmp:
         root = Path(tmp)
         datasets = root / "datasets"
         datasets.mkdir()
