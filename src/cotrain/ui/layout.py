@@ -27,6 +27,7 @@ class Page:
 async def frame(active: str) -> Page:
     """Build the header and return the page's content column and the signed-in actor."""
     use_language(prefs.language())
+    await _sign_in_from_link()
     actor = await run.io_bound(prefs.actor_for, prefs.token())
     if actor is None and prefs.token():
         prefs.set_token(None)  # revoked since: forget it
@@ -50,6 +51,17 @@ async def frame(active: str) -> Page:
             _account(actor)
     body = ui.column().classes("ct-page gap-5")
     return Page(body=body, actor=actor)
+
+
+async def _sign_in_from_link() -> None:
+    """`/?token=...` (the link `cotrain up` suggests on first start) signs the browser in once;
+    the token is then dropped from the address bar and its history entry."""
+    token = ui.context.client.request.query_params.get("token")
+    if not token:
+        return
+    if await run.io_bound(prefs.actor_for, token) is not None:
+        prefs.set_token(token)
+    ui.add_body_html("<script>history.replaceState(null, '', location.pathname)</script>")
 
 
 def _language_menu() -> None:
