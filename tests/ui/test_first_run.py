@@ -40,7 +40,7 @@ def test_make_run_newcomer_signs_in_with_the_link_and_starts_the_example(browser
         token = (home / "admin-token").read_text().strip()
         assert oct((home / "admin-token").stat().st_mode & 0o777) == "0o600"
         printed = (tmp_path / "up.log").read_text()
-        assert token in printed and "/?token=" in printed  # shown once, with the sign-in link
+        assert f"{url}/?token={token}" in printed  # shown once, as a sign-in link
 
         context = browser.new_context(viewport={"width": 1280, "height": 800}, base_url=url)
         context.set_default_timeout(20_000)

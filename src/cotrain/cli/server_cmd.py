@@ -25,6 +25,8 @@ def up(
     with_ui = not api_only and importlib.util.find_spec("cotrain.ui.app") is not None
     factory = "cotrain.ui.app:create_app" if with_ui else "cotrain.server.app:create_app"
     where = f"http://{host}:{port}"
+    if with_ui:
+        os.environ.setdefault("COTRAIN_UI_URL", where)  # the first start prints a sign-in link to it
     typer.echo(f"CoTrain server on {where} ({'web UI at ' + where + '/, ' if with_ui else ''}API docs at {where}/docs)")
     uvicorn.run(factory, factory=True, host=host, port=port, log_level=log_level)
 
