@@ -30,6 +30,7 @@ FIELD_MAP: dict[tuple[str, str], str] = {
     ("distributedConfig", "strategy"): "distributed.strategy",
     ("distributedConfig", "innerSteps"): "distributed.diloco.inner_steps",
     ("distributedConfig", "initialPeers"): "distributed.diloco.initial_peers",
+    ("distributedConfig", "compression"): "distributed.diloco.compression",
     ("dataConfig", "dataset"): "data.dataset",
     ("dataConfig", "dataPath"): "data.data_path",
     ("dataConfig", "seqLength"): "data.seq_length",

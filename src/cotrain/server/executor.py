@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -37,6 +37,7 @@ from cotrain.server.models import (
     QUEUED,
     RUNNING,
     STARTING,
+    ApiToken,
     TrainingSession,
 )
 from cotrain.server.monitor import apply_engine_event
@@ -45,11 +46,15 @@ from cotrain.server.queue import claim_next
 from cotrain.server.scheduler import Allocation, ResourcePool
 from cotrain.server.settings import Settings
 
+if TYPE_CHECKING:
+    from cotrain.server.chain_bridge import ChainBridge
+
 log = logging.getLogger(__name__)
 
 ENGINE_MODULE = "cotrain.core.train"
 EXIT_BAD_CONFIG = 2
-SECRET_ENV = ("COTRAIN_ADMIN_TOKEN", "DATABASE_URL", "REDIS_URL")
+SECRET_ENV = ("COTRAIN_ADMIN_TOKEN", "DATABASE_URL", "REDIS_URL", "COTRAIN_LEDGER_KEY", "COTRAIN_TREASURY_KEY")
+CHAIN_TICK_S = 1.0  # how often a running DiLoCo session's DHT progress records are kept
 
 
 class Executor:
@@ -59,13 +64,16 @@ class Executor:
         factory: sessionmaker[Session],
         hub: LocalHub,
         bootstrap_peers: Callable[[], list[str]] = list,
+        chain: ChainBridge | None = None,
     ):
         self.settings = settings
         self.factory = factory
         self.hub = hub
         self.bootstrap_peers = bootstrap_peers
+        self.chain = chain  # None: no rewards (a remote `cotrain worker`, or no chain package)
         self.pool = ResourcePool(settings.gpus, settings.cpu_slots)
         self.runs: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._last_stale_check = 0.0
@@ -124,6 +132,7 @@ class Executor:
             run = adopted or await self._spawn(session_id, allocation)
             returncode = await self._follow(session_id, run)
             await self._publish(await asyncio.to_thread(self._finish, session_id, returncode))
+            await self._settle(session_id)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -135,10 +144,10 @@ class Executor:
             self.wake()
 
     async def _spawn(self, session_id: str, allocation: Allocation) -> ChildRun:
-        config_path, strategy, request, attempt = await asyncio.to_thread(self._prepare, session_id)
+        config_path, strategy, request, attempt, wallet = await asyncio.to_thread(self._prepare, session_id)
         session_dir = self.settings.layout.session_logs(session_id)
         session_dir.mkdir(parents=True, exist_ok=True)
-        env = self._child_env(allocation, strategy, request)
+        env = self._child_env(allocation, strategy, request, wallet)
         banner = f"\n=== attempt {attempt} by {self.settings.worker_id} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} ===\n"
         with (session_dir / "stdout.log").open("ab") as out, (session_dir / "stderr.log").open("ab") as err:
             out.write(banner.encode())
@@ -158,10 +167,14 @@ class Executor:
         await self._publish(await asyncio.to_thread(self._mark_started, session_id, proc.pid, config_path, allocation))
         return ChildRun(proc)
 
-    def _prepare(self, session_id: str) -> tuple[Path, str, dict[str, Any], int]:
+    def _prepare(self, session_id: str) -> tuple[Path, str, dict[str, Any], int, str | None]:
+        from cotrain.server.chain_bridge import owner_wallet
+
         with session_scope(self.factory) as db:
             row = db.get_one(TrainingSession, session_id)
-            return self._local_config(row), row.strategy, row.request, row.attempts
+            owner = db.get(ApiToken, row.owner_id) if row.owner_id is not None else None
+            wallet = owner_wallet(owner.name if owner else None)
+            return self._local_config(row), row.strategy, row.request, row.attempts, wallet
 
     def _mark_started(self, session_id: str, pid: int, config_path: Path, allocation: Allocation) -> list[dict[str, Any]]:
         with session_scope(self.factory) as db:
@@ -184,7 +197,9 @@ class Executor:
             path.write_text(row.config_toml)
         return path
 
-    def _child_env(self, allocation: Allocation, strategy: str, request: dict[str, Any]) -> dict[str, str]:
+    def _child_env(
+        self, allocation: Allocation, strategy: str, request: dict[str, Any], wallet: str | None = None
+    ) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
         env["COTRAIN_HOME"] = str(self.settings.layout.root)
         env["PYTHONUNBUFFERED"] = "1"
@@ -196,13 +211,17 @@ class Executor:
             peers = self.bootstrap_peers()
             if peers:  # the server's DHT is the session's bootstrap peer (a TOML array via env override)
                 env["COTRAIN_DISTRIBUTED_DILOCO_INITIAL_PEERS"] = json.dumps(peers)
+        if strategy == "diloco" and wallet:
+            # the server's own peer works for the wallet that owns the session (its records name it;
+            # the owner binds the peer to itself with POST /api/v1/rewards/bindings)
+            env["COTRAIN_DISTRIBUTED_DILOCO_WALLET"] = json.dumps(wallet)
         return env
 
     async def _follow(self, session_id: str, run: ChildRun | AdoptedRun) -> int:
         """Apply the run's events as they come; heartbeat; honour cancel. Returns the exit code."""
-        after = await asyncio.to_thread(self._engine_seq, session_id)
+        after, strategy = await asyncio.to_thread(self._engine_seq, session_id)
         follower = EventFollower(self.settings.layout.session_logs(session_id), after_seq=after)
-        last_beat = 0.0
+        last_beat = last_capture = 0.0
         term_sent: float | None = None
         while True:
             events = follower.poll()
@@ -222,15 +241,49 @@ class Executor:
                     log.info("cancelling session %s: SIGTERM to pid %s", session_id, run.pid)
                     run.signal(signal.SIGTERM)
                     term_sent = now
+            if strategy == "diloco" and self.chain is not None and now - last_capture >= CHAIN_TICK_S:
+                last_capture = now
+                await self._capture_progress(session_id)
             if term_sent is not None and now - term_sent > self.settings.cancel_grace_s:
                 log.warning("session %s ignored SIGTERM for %.0f s: SIGKILL", session_id, self.settings.cancel_grace_s)
                 run.signal(signal.SIGKILL)
             await run.wait(self.settings.poll_interval_s)
 
-    # ---- database steps (run in a thread) -------------------------------------------------
-    def _engine_seq(self, session_id: str) -> int:
+    # ---- the chain's hooks (contributions, rewards, payouts) ---------------------------------
+    async def _capture_progress(self, session_id: str) -> None:
+        assert self.chain is not None
+        try:
+            await asyncio.to_thread(self.chain.capture_progress, session_id)
+        except Exception as exc:  # rewards must never stop training; the next tick tries again
+            log.warning("keeping the peers' progress of session %s failed: %s", session_id, exc)
+
+    async def _settle(self, session_id: str) -> None:
+        """A completed session: contributions and rewards (from the kept records and a last DHT read),
+        then the payouts due, in the background."""
+        if self.chain is None:
+            return
+        try:
+            completed, config_toml = await asyncio.to_thread(self._completed_config, session_id)
+            if not completed:
+                return
+            await asyncio.to_thread(self.chain.session_completed, session_id, config_toml)
+        except Exception:
+            log.exception("settling the rewards of session %s failed; its records are kept", session_id)
+            return
+        task = asyncio.create_task(self.chain.pay_due(), name=f"pay-{session_id}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _completed_config(self, session_id: str) -> tuple[bool, str]:
         with session_scope(self.factory) as db:
-            return db.get_one(TrainingSession, session_id).engine_seq
+            row = db.get_one(TrainingSession, session_id)
+            return row.status == COMPLETED, row.config_toml
+
+    # ---- database steps (run in a thread) -------------------------------------------------
+    def _engine_seq(self, session_id: str) -> tuple[int, str]:
+        with session_scope(self.factory) as db:
+            row = db.get_one(TrainingSession, session_id)
+            return row.engine_seq, row.strategy
 
     def _apply(self, session_id: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         with session_scope(self.factory) as db:

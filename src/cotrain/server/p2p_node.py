@@ -112,9 +112,9 @@ class ServerDHT:
         peer_id = self.dht.run_coroutine(_Connect(address))
         return {"peer_id": peer_id, "address": address}
 
-    def session_peers(self, session_id: str) -> list[dict[str, Any]] | None:
-        """Per-peer progress records of a session, or None when the records module is missing or
-        the node is not running (the caller falls back to what the engine reported)."""
+    def progress_records(self, session_id: str) -> list[Any] | None:
+        """The live signed progress records of a session (`cotrain.p2p.records.PeerProgress`), or
+        None when the records module is missing, the node is not running or the read failed."""
         if not self.running:
             return None
         try:
@@ -122,8 +122,15 @@ class ServerDHT:
         except ImportError:
             return None
         try:
-            records = fetch_progress(self.dht, session_id)
+            return list(fetch_progress(self.dht, session_id))
         except Exception as exc:
             log.warning("reading peer records of %s failed: %s", session_id, exc)
+            return None
+
+    def session_peers(self, session_id: str) -> list[dict[str, Any]] | None:
+        """Per-peer progress records of a session as dicts, or None when they cannot be read (the
+        caller falls back to what the engine reported)."""
+        records = self.progress_records(session_id)
+        if records is None:
             return None
         return [asdict(r) if is_dataclass(r) else dict(r) for r in records]

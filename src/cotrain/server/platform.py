@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
-from cotrain.server.auth import ensure_admin_token
+from cotrain.server.auth import ensure_admin_token, register_token_resolver
+from cotrain.server.chain_bridge import ChainBridge
 from cotrain.server.db import make_engine, make_session_factory, run_migrations, session_scope
 from cotrain.server.executor import Executor
 from cotrain.server.fanout import make_hub
@@ -18,6 +20,8 @@ from cotrain.server.settings import Settings
 
 log = logging.getLogger(__name__)
 
+PAYOUT_INTERVAL_S = 60.0  # payouts due are sent (or recorded, local backend) at least this often
+
 
 class Platform:
     def __init__(self, settings: Settings | None = None):
@@ -26,27 +30,38 @@ class Platform:
         self.factory = make_session_factory(self.engine)
         self.hub = make_hub(self.settings.redis_url)
         self.dht = ServerDHT(self.settings.dht_host_maddrs, self.settings.dht_initial_peers)
+        self.chain = ChainBridge(self.factory, self.dht)
         self.executor: Executor | None = None
         if self.settings.embedded_worker:
-            self.executor = Executor(self.settings, self.factory, self.hub, self.dht.bootstrap_addresses)
+            self.executor = Executor(self.settings, self.factory, self.hub, self.dht.bootstrap_addresses, self.chain)
         self.sessions = SessionService(self)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.started = False
+        self._payouts: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         await asyncio.to_thread(run_migrations, self.engine)
         await asyncio.to_thread(self._admin_token)
+        resolver = await asyncio.to_thread(self.chain.token_resolver)
+        if resolver is not None:
+            register_token_resolver(resolver)  # a signed-in wallet can own and start sessions
+        elif self.chain.error:
+            log.warning("no wallet sign-in or rewards on this server: %s", self.chain.error)
         await self.hub.start()
         if self.settings.start_dht:
             await asyncio.to_thread(self.dht.start)
         if self.executor:
             await self.executor.start()
+        if self.chain.available:
+            self._payouts = asyncio.create_task(self.chain.pay_periodically(PAYOUT_INTERVAL_S), name="cotrain-payouts")
         self.started = True
         if self.settings.example_session:
             await asyncio.to_thread(self._create_example)
 
     async def stop(self) -> None:
+        if self._payouts is not None:
+            self._payouts.cancel()
         if self.executor:
             await self.executor.stop()
         await self.hub.stop()
@@ -58,7 +73,8 @@ class Platform:
             token = ensure_admin_token(db, self.settings.layout.root, self.settings.admin_token, announce=True)
         if token:  # the one time the plain token is shown
             print(
-                f"CoTrain admin token (shown once; also in {self.settings.layout.root / 'admin-token'}):\n  {token}",
+                f"CoTrain admin token (shown once; also in {self.settings.layout.root / 'admin-token'}):\n  {token}\n"
+                f"Sign in to the web UI: {os.environ.get('COTRAIN_UI_URL', '')}/?token={token}",
                 flush=True,
             )
 

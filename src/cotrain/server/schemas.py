@@ -47,6 +47,9 @@ class DistributedConfigIn(CamelModel):
     strategy: Literal["ddp", "fsdp", "diloco"] = "ddp"
     inner_steps: int | None = Field(None, gt=0, le=BIG, description="DiLoCo: local steps between averaging rounds.")
     initial_peers: list[Annotated[str, Field(pattern=NO_NUL)]] | None = Field(None, max_length=100, description="DiLoCo: DHT peers to join (default: this server's DHT).")
+    compression: Literal["none", "fp16", "int8"] | None = Field(
+        None, description="DiLoCo: compression of the averaged pseudo-gradient (default none)."
+    )
 
 
 class DataConfigIn(CamelModel):
@@ -60,6 +63,16 @@ class DataConfigIn(CamelModel):
 class CheckpointConfigIn(CamelModel):
     interval: int | None = Field(None, gt=0, le=BIG)
     keep: int | None = Field(None, gt=0, le=10_000)
+
+
+class RewardPoolIn(CamelModel):
+    """What the contributors of a session share when it completes, pro rata to their verified work."""
+
+    amount: int = Field(..., gt=0, le=2**63 - 1, description="In the asset's smallest unit (octas for APT: 1 APT = 10^8).")
+    asset: str = Field(
+        "APT", pattern=r"^(APT|0x[0-9a-fA-F]{1,64})$",
+        description='"APT", or the metadata object address (0x...) of a fungible asset.',
+    )
 
 
 class SessionCreate(CamelModel):
@@ -76,6 +89,9 @@ class SessionCreate(CamelModel):
     public: bool = True
     auto_start: bool = Field(True, description="Queue at once; false keeps it a draft until `start`.")
     max_retries: int | None = Field(None, ge=0, le=20)
+    reward_pool: RewardPoolIn | None = Field(
+        None, description="Split among the contributors' wallets when the session completes; cannot change later."
+    )
 
 
 class SessionUpdate(CamelModel):

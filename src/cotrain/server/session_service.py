@@ -92,6 +92,8 @@ class SessionService:
     def create(self, body: SessionCreate, actor: Actor | None) -> TrainingSession:
         """Validate the parameters as a config (SessionConfigError names the field), write the
         TOML under configs/generated/, store the session, queue it unless it is a draft."""
+        if body.reward_pool is not None:
+            self.p.chain.require()
         session_id = uuid.uuid4().hex[:12]
         config = build_config(session_id, body)
         path = write_config(config, self.p.settings.layout.generated_configs)
@@ -111,9 +113,23 @@ class SessionService:
             db.add(row)
             db.flush()
             message = status_message(db, row)
+        if body.reward_pool is not None:
+            self._set_reward_pool(session_id, body.reward_pool.amount, body.reward_pool.asset)
         self.p.publish([message])
         self.p.wake_executor()
         return row
+
+    def _set_reward_pool(self, session_id: str, amount: int, asset: str) -> None:
+        """The chain's hook, in its own transaction; a session whose pool cannot be recorded is removed again."""
+        try:
+            self.p.chain.session_created(session_id, amount, asset)
+        except Exception:
+            with session_scope(self.p.factory) as db:
+                row = db.get(TrainingSession, session_id)
+                if row is not None:
+                    db.delete(row)
+            Path(self.p.settings.layout.generated_configs / f"{session_id}.toml").unlink(missing_ok=True)
+            raise
 
     def update(self, session_id: str, changes: SessionUpdate, actor: Actor | None) -> TrainingSession:
         with session_scope(self.p.factory) as db:

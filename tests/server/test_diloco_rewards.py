@@ -1,0 +1,164 @@
+"""Rewards end to end: a wallet signs in and creates a DiLoCo session with a reward pool; the server's
+engine (working for the owner's wallet) and two volunteers (`cotrain join --wallet`, each with its own
+wallet) train it together through the server's DHT; every peer's wallet binding is proven through
+POST /rewards/bindings (the owner as the signed-in wallet, the volunteers with their wallet's
+signature). When it completes the pool is split pro rata to the recorded contributions, the payouts are
+due, `cotrain ledger verify` passes, and fails once one contribution row is edited by hand."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cotrain.chain.service import sign_binding
+from tests.chain.wallets import Wallet
+from tests.conftest import engine_env
+from tests.server.conftest import reference_session, wait_until
+
+pytestmark = pytest.mark.slow
+
+POOL = 1_000_000_007  # octas; odd, so the rounding remainder is exercised
+FAST_DILOCO = {  # every peer's DiLoCo settings (config env overrides): loopback, records every second,
+    # and rounds that wait for a second peer, as in tests/distributed
+    "COTRAIN_DISTRIBUTED_DILOCO_HOST_MADDRS": '["/ip4/127.0.0.1/tcp/0"]',
+    "COTRAIN_DISTRIBUTED_DILOCO_MIN_PEERS": "2",
+    "COTRAIN_DISTRIBUTED_DILOCO_MATCHMAKING_TIME": "2.0",
+    "COTRAIN_DISTRIBUTED_DILOCO_AVERAGING_TIMEOUT": "30.0",
+    "COTRAIN_DISTRIBUTED_DILOCO_PROGRESS_INTERVAL": "1.0",
+    "OMP_NUM_THREADS": "1",
+}
+
+
+def sign_in(api, wallet: Wallet) -> str:
+    challenge = api.post("/auth/nonce", json={"address": wallet.address}).json()
+    signed = wallet.sign_message(message=challenge["message"], nonce=challenge["nonce"],
+                                 application=challenge["application"], chain_id=challenge["chainId"])
+    answer = api.post("/auth/verify", json={"address": wallet.address, "publicKey": wallet.public_key, **signed})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["token"]
+
+
+class Volunteer:
+    """`cotrain join --wallet` in a COTRAIN_HOME of its own (the datasets folder is shared)."""
+
+    def __init__(self, name: str, root: Path, datasets: Path, config: Path, session_id: str, peers: list[str],
+                 wallet: Wallet, *sets: str):
+        self.wallet = wallet
+        home = root / name
+        home.mkdir()
+        (home / "datasets").symlink_to(datasets, target_is_directory=True)
+        self.log_path = root / f"{name}.log"
+        cmd = [str(Path(sys.executable).with_name("cotrain")), "join", "--session", session_id, "--config", str(config),
+               "--wallet", wallet.address]
+        for address in peers:
+            cmd += ["--initial-peers", address]
+        for item in sets:
+            cmd += ["--set", item]
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(cmd, env=engine_env(home, TOKENIZERS_PARALLELISM="false", **FAST_DILOCO),
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def peer_id(self) -> str | None:
+        """From the line the peer prints once its DHT node is up."""
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("diloco peer "):
+                return line.split()[2]
+        assert self.proc.poll() is None, self.log_path.read_text()[-3000:]
+        return None
+
+    def stop(self) -> None:
+        import os
+        import signal
+
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+
+
+def test_three_wallets_share_the_pool_of_a_diloco_session(servers, cotrain_home, shared_datasets, tmp_path):
+    server = servers(COTRAIN_START_DHT="1", **FAST_DILOCO)
+    public = server.client(token=None)
+    owner = Wallet.create()
+    api = server.client(token=sign_in(public, owner))  # the signed-in wallet is a (non-admin) API principal
+
+    body = reference_session(autoStart=False, rewardPool={"amount": POOL})
+    body["distributedConfig"].update(strategy="diloco", innerSteps=4)
+    body["trainingConfig"].update(maxSteps=16, batchSize=4, logInterval=4, evalInterval=16)
+    body["checkpointConfig"] = {"interval": 16}
+    created = api.post("/sessions", json=body)
+    assert created.status_code == 201, created.text
+    sid = created.json()["id"]
+    config = tmp_path / f"{sid}.toml"
+    config.write_text(public.get(f"/sessions/{sid}/config").text)
+    # tokenize once before three peers would all do it at once
+    from cotrain.config import load_config
+    from cotrain.core.data import prepare_dataset
+    from cotrain.paths import Layout
+
+    prepare_dataset(load_config(config).data, Layout(cotrain_home).ensure())
+
+    join = public.get(f"/sessions/{sid}/join").json()
+    assert join["initialPeers"] and f"cotrain join --session {sid}" in join["command"]
+    assert api.post(f"/sessions/{sid}/start").status_code == 200  # the owner wallet may start its session
+    # the second volunteer's machine takes half the batch: half the tokens, half the reward of the others
+    volunteers = [Volunteer(f"volunteer{i}", tmp_path, shared_datasets, config, sid, join["initialPeers"],
+                            Wallet.create(), *sets) for i, sets in enumerate([(), ("train.batch_size=2",)])]
+    try:
+        # each volunteer proves its wallet for its peer (what `cotrain join --wallet` would send)
+        for v in volunteers:
+            peer_id = wait_until(v.peer_id, 60, "the volunteer's peer id")
+            proof = sign_binding(v.wallet.account.private_key, sid, peer_id)
+            bound = public.post("/rewards/bindings", json=proof)
+            assert bound.status_code == 201 and bound.json()["proof"] == "signature", bound.text
+
+        # the owner binds the server's peer (its records name the owner's wallet) as the signed-in wallet
+        def own_peer() -> str | None:
+            peers = public.get(f"/sessions/{sid}/participants").json()["peers"]
+            return next((p["peer_id"] for p in peers if p.get("wallet") == owner.address), None)
+
+        own = wait_until(own_peer, 60, "the server's peer to publish its record")
+        bound = api.post("/rewards/bindings", json={"sessionId": sid, "peerId": own, "address": owner.address})
+        assert bound.status_code == 201 and bound.json()["proof"] == "owner", bound.text
+
+        def finished():
+            session = public.get(f"/sessions/{sid}").json()
+            return session if session["status"] in ("completed", "failed") else None
+
+        session = wait_until(finished, 180, "the session to finish", interval=0.5)
+        assert session["status"] == "completed", (session["error"], public.get(f"/sessions/{sid}/logs").json())
+        rewards = wait_until(lambda: (r := public.get(f"/rewards/sessions/{sid}").json())["rewards"]
+                             and all(x["payoutStatus"] == "due" for x in r["rewards"]) and r, 30,
+                             "the rewards and their payouts due")
+    finally:
+        for v in volunteers:
+            v.stop()
+
+    contributors = rewards["contributors"]
+    wallets = {owner.address, *(v.wallet.address for v in volunteers)}
+    assert {c["address"] for c in contributors} == wallets, contributors
+    assert all(c["status"] == "verified" and c["outerRounds"] >= 2 for c in contributors), contributors
+    tokens = {c["address"]: c["tokens"] for c in contributors}
+    assert tokens[volunteers[1].wallet.address] * 2 == tokens[volunteers[0].wallet.address] == tokens[owner.address]
+    split = {r["address"]: r["amount"] for r in rewards["rewards"]}
+    assert sum(split.values()) == POOL
+    total = sum(c["tokens"] for c in contributors)
+    for c in contributors:  # pro rata, within the one octa of the rounding remainder
+        assert abs(split[c["address"]] - POOL * c["tokens"] / total) <= 1, (split, contributors)
+
+    cli = [str(Path(sys.executable).with_name("cotrain")), "ledger", "verify"]
+    env = engine_env(cotrain_home)
+    ok = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    with sqlite3.connect(cotrain_home / "cotrain.db") as db:  # by hand, as someone with the DB file would
+        db.execute("UPDATE chain_contributions SET tokens = tokens + 1000 WHERE address = ?", (owner.address,))
+    bad = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "chain_contributions" in bad.stderr, bad.stdout + bad.stderr
+    print(f"\n3-peer DiLoCo rewards: tokens {sorted(tokens.values())}, rounds "
+          f"{sorted(c['outerRounds'] for c in contributors)}, split {sorted(split.values())} (pool {POOL})")
+
