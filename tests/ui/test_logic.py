@@ -43,6 +43,18 @@ def test_a_valid_form_gives_the_config_preview_and_estimate() -> None:
     assert estimate is not None and 6.5e9 < estimate.parameters < 7e9 and estimate.memory_bytes > 100 * 2**30
 
 
+def test_diloco_compression_from_the_form_reaches_the_config() -> None:
+    checked = session_form.check(
+        {("name",): "dl", ("distributedConfig", "strategy"): "diloco", ("distributedConfig", "innerSteps"): 50.0,
+         ("distributedConfig", "compression"): "int8"}, KNOWN | {("distributedConfig", "compression")})
+    assert checked.ok and checked.config is not None
+    assert checked.config.distributed.diloco.compression == "int8"
+    assert 'compression = "int8"' in session_form.preview_toml(checked.config)
+    bad = session_form.check({("name",): "dl", ("distributedConfig", "compression"): "zip"},
+                             KNOWN | {("distributedConfig", "compression")})
+    assert ("distributedConfig", "compression") in bad.errors
+
+
 def test_numbers_read_like_people_write_them() -> None:
     assert fmt.count(6_738_415_616) == "6.74B"
     assert fmt.count(165_000) == "165K"

@@ -7,12 +7,15 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nicegui import background_tasks, ui
 
 from cotrain.server.fanout import Subscriber
 from cotrain.ui.context import platform
+
+if TYPE_CHECKING:
+    from cotrain.server.auth import Actor
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +24,13 @@ GAP = "__gap__"  # handed to the handler when messages were dropped: reload from
 Handler = Callable[[dict[str, Any]], Awaitable[None] | None]
 
 
-def follow(session_ids: Iterable[str], handler: Handler) -> Subscriber:
-    """Call `handler(message)` for every message of these sessions ("*": all) until the page's
-    client is gone. Subscribe before reading the current state, so nothing falls in between."""
+def follow(session_ids: Iterable[str], handler: Handler, actor: Actor | None) -> Subscriber:
+    """Call `handler(message)` for every message of these sessions ("*": all) that `actor` (the
+    signed-in user) may read, until the page's client is gone. Subscribe before reading the
+    current state, so nothing falls in between."""
     hub = platform().hub
-    sub = Subscriber(sessions=set(session_ids))
+    sub = Subscriber(sessions=set(session_ids), token_id=actor.token_id if actor else None,
+                     is_admin=bool(actor and actor.is_admin))
     hub.add(sub)
 
     async def pump() -> None:

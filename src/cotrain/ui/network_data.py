@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from cotrain.server.chain_bridge import owner_wallet
+from cotrain.server.join_command import join_command
 from cotrain.server.session_service import SessionFilter
 from cotrain.ui.context import platform
 
@@ -31,22 +33,14 @@ def start() -> dict[str, Any]:
     return status()
 
 
-def join_command(base_url: str, session_id: str, initial_peers: list[str]) -> str:
-    """What a volunteer runs: fetch the session's config (same model and data as every peer),
-    then `cotrain join` it through this server's DHT node."""
-    config = f"{session_id}.toml"
-    peers = " ".join(f"--initial-peers {address}" for address in initial_peers) or "--initial-peers <address>"
-    return (f"curl -fsS {base_url.rstrip('/')}/api/v1/sessions/{session_id}/config -o {config} && "
-            f"cotrain join --session {session_id} --config {config} {peers}")
-
-
 def open_diloco_sessions(actor: Actor | None, base_url: str) -> list[dict[str, str]]:
     """DiLoCo sessions a volunteer can join now, with the command to run."""
     service = platform().sessions
     peers = platform().dht.bootstrap_addresses()[:1]
+    wallet = owner_wallet(actor.name if actor else None)
     out = []
     for state in OPEN_STATES:
         rows, _ = service.list(actor, SessionFilter(status=state, strategy="diloco"), limit=20)
-        out += [{"id": r.id, "name": r.name, "status": r.status, "command": join_command(base_url, r.id, peers)}
+        out += [{"id": r.id, "name": r.name, "status": r.status, "command": join_command(base_url, r.id, peers, wallet)}
                 for r in rows]
     return out

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import PlainTextResponse
 
 from cotrain.server.api.deps import OPTIONAL_AUTH, MaybeActor, PlatformDep, RequiredActor, SessionId
+from cotrain.server.chain_bridge import owner_wallet
+from cotrain.server.join_command import join_command
 from cotrain.server.models import ALL_STATES, TrainingSession
 from cotrain.server.schemas import (
     ERROR_RESPONSES,
@@ -161,14 +163,14 @@ def session_participants(session_id: SessionId, platform: PlatformDep, actor: Ma
 
 
 @router.get("/{session_id}/join", summary="What a volunteer needs to join: the config and the bootstrap peers", openapi_extra=OPTIONAL_AUTH)
-def join_info(session_id: SessionId, platform: PlatformDep, actor: MaybeActor) -> dict[str, Any]:
+def join_info(session_id: SessionId, request: Request, platform: PlatformDep, actor: MaybeActor) -> dict[str, Any]:
+    """`command` fetches the config and joins; a signed-in wallet's address is filled in as `--wallet`
+    (add `--wallet 0x...` yourself to be credited otherwise)."""
     row = platform.sessions.get(session_id, actor)
     peers = platform.dht.bootstrap_addresses()
-    command = " ".join(
-        ["cotrain join", f"--session {row.id}", f"--config {row.id}.toml", *(f"--initial-peers {p}" for p in peers)]
-    )
+    command = join_command(str(request.base_url), row.id, peers, owner_wallet(actor.name if actor else None))
     return {"sessionId": row.id, "strategy": row.strategy, "config": row.config_toml, "initialPeers": peers,
-            "command": command + " --wallet 0x<your Aptos address>"}
+            "command": command}
 
 
 @router.get("/{session_id}/model", summary="The session's final model versions", openapi_extra=OPTIONAL_AUTH)

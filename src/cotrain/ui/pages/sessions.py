@@ -149,6 +149,6 @@ async def sessions_page() -> None:
         elif dirty:
             table.update()
 
-    live.follow(["*"], on_message)
+    live.follow(["*"], on_message, page.actor)
     await refresh()
     ui.timer(1.0, flush)

@@ -1,0 +1,41 @@
+"""Create options that reach other parts: a reward pool (recorded in the chain's ledger at creation) and
+DiLoCo compression (mapped to distributed.diloco.compression), both in the OpenAPI schema and validated."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import httpx
+
+from tests.server.conftest import reference_session
+
+
+def test_reward_pool_and_compression_on_create(servers, cotrain_home):
+    server = servers(COTRAIN_EMBEDDED_WORKER="0")
+    api = server.client()
+    spec = httpx.get(server.url + "/openapi.json", timeout=30).json()
+    schemas = spec["components"]["schemas"]
+    assert "rewardPool" in schemas["SessionCreate"]["properties"]
+    assert schemas["RewardPoolIn"]["properties"]["amount"]["exclusiveMinimum"] == 0
+    assert schemas["DistributedConfigIn"]["properties"]["compression"]["anyOf"][0]["enum"] == ["none", "fp16", "int8"]
+
+    body = reference_session(autoStart=False, rewardPool={"amount": 0})
+    refused = api.post("/sessions", json=body)
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "rewardPool", "amount"]
+    body["rewardPool"] = {"amount": 5_000_000, "asset": "dollars"}
+    assert api.post("/sessions", json=body).status_code == 422
+    body["distributedConfig"].update(strategy="diloco", innerSteps=5, compression="zip")
+    body["rewardPool"] = {"amount": 5_000_000}
+    refused = api.post("/sessions", json=body)
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"][-1] == "compression"
+
+    body["distributedConfig"]["compression"] = "int8"
+    created = api.post("/sessions", json=body)
+    assert created.status_code == 201, created.text
+    sid = created.json()["id"]
+    assert 'compression = "int8"' in api.get(f"/sessions/{sid}/config").text
+    with sqlite3.connect(cotrain_home / "cotrain.db") as db:
+        assert db.execute("SELECT amount, asset FROM chain_reward_pools WHERE session_id = ?", (sid,)).fetchall() == [
+            (5_000_000, "APT")]
+        assert db.execute("SELECT kind FROM chain_ledger WHERE session_id = ?", (sid,)).fetchall() == [("reward_pool",)]
+
