@@ -43,24 +43,21 @@ def sign_in(api, wallet: Wallet) -> str:
 
 
 class Volunteer:
-    """`cotrain join --wallet` in a COTRAIN_HOME of its own (the datasets folder is shared)."""
+    """Runs the join command the server gives (curl the config, then `cotrain join`) with `--wallet`,
+    in a folder and COTRAIN_HOME of its own (the datasets folder is shared)."""
 
-    def __init__(self, name: str, root: Path, datasets: Path, config: Path, session_id: str, peers: list[str],
-                 wallet: Wallet, *sets: str):
+    def __init__(self, name: str, root: Path, datasets: Path, command: str, wallet: Wallet, *sets: str):
         self.wallet = wallet
         home = root / name
         home.mkdir()
         (home / "datasets").symlink_to(datasets, target_is_directory=True)
         self.log_path = root / f"{name}.log"
-        cmd = [str(Path(sys.executable).with_name("cotrain")), "join", "--session", session_id, "--config", str(config),
-               "--wallet", wallet.address]
-        for address in peers:
-            cmd += ["--initial-peers", address]
-        for item in sets:
-            cmd += ["--set", item]
+        command += f" --wallet {wallet.address}" + "".join(f" --set {item}" for item in sets)
+        env = engine_env(home, TOKENIZERS_PARALLELISM="false", **FAST_DILOCO)
+        env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"  # `cotrain` of this venv
         with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(cmd, env=engine_env(home, TOKENIZERS_PARALLELISM="false", **FAST_DILOCO),
-                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(["bash", "-c", command], cwd=home, env=env, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
 
     def peer_id(self) -> str | None:
         """From the line the peer prints once its DHT node is up."""
@@ -105,10 +102,11 @@ def test_three_wallets_share_the_pool_of_a_diloco_session(servers, cotrain_home,
 
     join = public.get(f"/sessions/{sid}/join").json()
     assert join["initialPeers"] and f"cotrain join --session {sid}" in join["command"]
+    assert api.get(f"/sessions/{sid}/join").json()["command"].endswith(f"--wallet {owner.address}")
     assert api.post(f"/sessions/{sid}/start").status_code == 200  # the owner wallet may start its session
     # the second volunteer's machine takes half the batch: half the tokens, half the reward of the others
-    volunteers = [Volunteer(f"volunteer{i}", tmp_path, shared_datasets, config, sid, join["initialPeers"],
-                            Wallet.create(), *sets) for i, sets in enumerate([(), ("train.batch_size=2",)])]
+    volunteers = [Volunteer(f"volunteer{i}", tmp_path, shared_datasets, join["command"], Wallet.create(), *sets)
+                  for i, sets in enumerate([(), ("train.batch_size=2",)])]
     try:
         # each volunteer proves its wallet for its peer (what `cotrain join --wallet` would send)
         for v in volunteers:
@@ -132,6 +130,8 @@ def test_three_wallets_share_the_pool_of_a_diloco_session(servers, cotrain_home,
 
         session = wait_until(finished, 180, "the session to finish", interval=0.5)
         assert session["status"] == "completed", (session["error"], public.get(f"/sessions/{sid}/logs").json())
+        peers_over_time = [p["participants"] for p in public.get(f"/sessions/{sid}/metrics").json()["points"]]
+        assert max(p for p in peers_over_time if p is not None) == 3, peers_over_time
         rewards = wait_until(lambda: (r := public.get(f"/rewards/sessions/{sid}").json())["rewards"]
                              and all(x["payoutStatus"] == "due" for x in r["rewards"]) and r, 30,
                              "the rewards and their payouts due")

@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 
 from cotrain.server.models import MetricPoint
 
-SERIES = ("loss", "accuracy", "learning_rate", "tokens_per_second", "val_loss", "val_perplexity", "val_accuracy")
+SERIES = ("loss", "accuracy", "learning_rate", "tokens_per_second", "participants", "val_loss", "val_perplexity",
+          "val_accuracy")
 
 
 def metric_history(db: Session, session_id: str, max_points: int = 500, metrics: tuple[str, ...] = SERIES) -> dict[str, Any]:

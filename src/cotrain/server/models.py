@@ -96,6 +96,7 @@ class MetricPoint(Base):
     accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
     learning_rate: Mapped[float | None] = mapped_column(Float, nullable=True)
     tokens_per_second: Mapped[float | None] = mapped_column(Float, nullable=True)
+    participants: Mapped[int | None] = mapped_column(Integer, nullable=True)  # peers at this step (progress only)
     val_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
     val_perplexity: Mapped[float | None] = mapped_column(Float, nullable=True)
     val_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -70,7 +70,7 @@ def apply_engine_event(db: Session, row: TrainingSession, event: dict[str, Any])
             MetricPoint(
                 session_id=row.id, step=row.step, time=event.get("time") or 0.0, loss=row.loss,
                 accuracy=metrics.get("accuracy"), learning_rate=metrics.get("learning_rate"),
-                tokens_per_second=metrics.get("tokens_per_second"),
+                tokens_per_second=metrics.get("tokens_per_second"), participants=row.participants,
             )
         )
         out.append(record_message(db, row.id, "training.progress", progress_payload(event)))

@@ -12,7 +12,6 @@ if TYPE_CHECKING:
     from cotrain.server.auth import Actor
     from cotrain.server.models import TrainingSession
 
-PARTICIPANT_MESSAGES = 2000  # recent messages scanned for the participants-over-time chart
 LOG_LINES = 60
 
 
@@ -20,7 +19,6 @@ LOG_LINES = 60
 class SessionView:
     row: TrainingSession
     history: list[dict[str, Any]]
-    participants_series: list[list[float]]
     peers: list[dict[str, Any]]
     checkpoints: list[dict[str, Any]]
     logs: list[str]
@@ -34,13 +32,8 @@ def load(session_id: str, actor: Actor | None) -> SessionView:
     service = p.sessions
     row = service.get(session_id, actor)
     history = p.metric_history(session_id, 500)["points"]
-    recent = service.messages(session_id, after=max(0, row.message_seq - PARTICIPANT_MESSAGES), limit=PARTICIPANT_MESSAGES, actor=actor)
-    participants = [
-        [m["data"]["step"], m["data"].get("participants") or 0]
-        for m in recent if m["event"] == "training.progress" and m["data"].get("step") is not None
-    ]
     return SessionView(
-        row=row, history=history, participants_series=participants,
+        row=row, history=history,
         peers=service.participants(session_id, actor)["peers"], checkpoints=service.checkpoints(session_id, actor),
         logs=logs(session_id, actor), versions=list_versions_out(p, session_id),
         queue_position=service.queue_position(session_id, actor) if row.status == "queued" else None,

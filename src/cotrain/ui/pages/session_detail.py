@@ -8,9 +8,11 @@ from typing import Any
 from fastapi import Request
 from nicegui import run, ui
 
+from cotrain.server.chain_bridge import owner_wallet
 from cotrain.server.errors import NotFound, ServiceError
+from cotrain.server.join_command import join_command
 from cotrain.ui import format as fmt
-from cotrain.ui import live, network_data, session_view
+from cotrain.ui import live, session_view
 from cotrain.ui.components.badges import copyable, set_status, status_badge
 from cotrain.ui.components.charts import LineChart
 from cotrain.ui.context import platform
@@ -38,7 +40,7 @@ ACTIONS = {  # action -> states it applies to (as the session service allows)
 async def session_detail_page(session_id: str, request: Request) -> None:
     page = await frame("sessions")
     relay = live.Relay()  # holds messages until the page is built
-    live.follow([session_id], relay)
+    live.follow([session_id], relay, page.actor)
     try:
         view = await run.io_bound(session_view.load, session_id, page.actor)
     except NotFound:
@@ -146,7 +148,7 @@ class Detail:
         self.acc_chart.set(1, series("val_accuracy"))
         self.lr_chart.set(0, series("learning_rate"))
         self.tps_chart.set(0, series("tokens_per_second"))
-        self.part_chart.set(0, self.view.participants_series)
+        self.part_chart.set(0, series("participants"))
         self.charts = [self.loss_chart, self.acc_chart, self.lr_chart, self.tps_chart, self.part_chart]
         for chart in self.charts:
             chart.flush()
@@ -221,7 +223,8 @@ class Detail:
         if row.strategy == "diloco":
             with ui.card().classes("ct-card w-full p-5 gap-3").props("flat"):
                 ui.label(t("detail.join")).classes("ct-section-title")
-                copyable(network_data.join_command(self.base_url, row.id, platform().dht.bootstrap_addresses()[:1]),
+                wallet = owner_wallet(self.page.actor.name if self.page.actor else None)
+                copyable(join_command(self.base_url, row.id, platform().dht.bootstrap_addresses()[:1], wallet),
                          testid="join-command", wrap=True)
                 ui.label(t("network.wallet_hint")).classes("text-sm ct-muted")
 
