@@ -84,9 +84,10 @@ class Peer:
             self.log.close()
 
     def kill_9(self) -> None:
-        """kill -9 the peer and the DHT / averager processes it forked, as when its machine dies."""
-        os.killpg(self.proc.pid, signal.SIGKILL)
+        """kill -9 the peer's training process; its DHT, averager and p2pd must die with it."""
+        os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+        wait_until(lambda: not live_processes_in_group(self.proc.pid), timeout=20)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -97,6 +98,22 @@ class Peer:
         except ProcessLookupError:
             pass
         self.log.close()
+
+
+def live_processes_in_group(pgid: int) -> list[int]:
+    """Pids of the non-zombie processes of process group `pgid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        state, _ppid, group = stat.rsplit(")", 1)[1].split()[:3]
+        if int(group) == pgid and state != "Z":
+            found.append(int(entry.name))
+    return found
 
 
 def wait_until(predicate, timeout: float = 180.0) -> None:

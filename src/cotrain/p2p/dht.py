@@ -13,6 +13,8 @@ from hivemind import DHT
 from hivemind.dht.crypto import RSASignatureValidator
 from hivemind.utils.crypto import RSAPrivateKey
 
+from cotrain.p2p.lifetime import dies_with_parent
+
 LOOPBACK_MADDRS = ["/ip4/127.0.0.1/tcp/0"]
 
 
@@ -38,12 +40,13 @@ def start_dht(
         kwargs["identity_path"] = str(identity_path)
     validator = RSASignatureValidator(private_key)
     try:
-        dht = DHT(
-            initial_peers=list(initial_peers) or None,
-            start=True,
-            record_validators=[validator],
-            **kwargs,
-        )
+        with dies_with_parent():
+            dht = DHT(
+                initial_peers=list(initial_peers) or None,
+                start=True,
+                record_validators=[validator],
+                **kwargs,
+            )
     except Exception as exc:  # hivemind raises plain Exceptions from its P2P daemon
         where = f"initial peers {list(initial_peers)}" if initial_peers else f"host addresses {list(host_maddrs)}"
         raise RuntimeError(

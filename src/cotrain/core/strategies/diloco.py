@@ -118,8 +118,7 @@ class DilocoStrategy(Strategy):
 
     # --- model -------------------------------------------------------------------------
     def wrap_model(self, model: nn.Module) -> nn.Module:
-        from cotrain.p2p.averager import ExactAverager
-        from cotrain.p2p.compression import make_compression
+        from cotrain.p2p.lifetime import dies_with_parent
 
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -132,7 +131,17 @@ class DilocoStrategy(Strategy):
         # and message headers stay negligible even for the many tiny norm weights
         self.averaged = [torch.zeros(sum(g.numel() for g in self.global_params))]
         matchmaking = self.diloco.matchmaking_time
-        self.averager = ExactAverager(
+        with dies_with_parent():  # no orphaned averager after a kill -9
+            self.averager = self._start_averager(matchmaking)
+        self.last_hash = params_hash(self.global_params)
+        self._join_running_session()
+        return model
+
+    def _start_averager(self, matchmaking: float):
+        from cotrain.p2p.averager import ExactAverager
+        from cotrain.p2p.compression import make_compression
+
+        return ExactAverager(
             self.averaged, self.dht, start=True,
             prefix=f"cotrain_{self.session_id}".replace(".", "_"),
             target_group_size=None, min_group_size=self.diloco.min_peers,
@@ -141,9 +150,6 @@ class DilocoStrategy(Strategy):
             compression=make_compression(self.diloco.compression),
             allow_state_sharing=True, declare_state_period=5.0, state_provider=self._state_for_peers,
         )
-        self.last_hash = params_hash(self.global_params)
-        self._join_running_session()
-        return model
 
     def after_optimizer_step(self, step: int, model: nn.Module) -> OuterStepReport | None:
         now = time.perf_counter()

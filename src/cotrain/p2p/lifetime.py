@@ -1,0 +1,50 @@
+"""Helper processes that die with the process that started them.
+
+hivemind runs the DHT node, the averager and the p2pd daemon as forked processes. When the
+training process is killed with SIGKILL they would live on as orphans (still answering on the
+network). Inside `dies_with_parent()`, every process forked from this one asks Linux to SIGKILL
+it when its parent exits (prctl PR_SET_PDEATHSIG); children of those children (p2pd) inherit the
+rule, so a killed peer leaves nothing behind. Elsewhere than Linux it does nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+from collections.abc import Iterator
+
+PR_SET_PDEATHSIG = 1
+_active = False
+_registered = False
+
+
+def _in_child() -> None:
+    if not _active:
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent already died between fork and prctl
+            os._exit(1)
+    except (OSError, AttributeError):
+        pass
+
+
+@contextlib.contextmanager
+def dies_with_parent() -> Iterator[None]:
+    """Processes forked inside this block (from the calling thread) die when this process does."""
+    global _active, _registered
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    if not _registered:
+        os.register_at_fork(after_in_child=_in_child)
+        _registered = True
+    _active = True
+    try:
+        yield
+    finally:
+        _active = False
