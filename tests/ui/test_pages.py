@@ -198,6 +198,35 @@ def test_cancel_a_draft_from_its_page(page: Any, server: Server) -> None:
     assert server.api("GET", f"/sessions/{created['id']}")["status"] == "cancelled"
 
 
+def test_a_private_session_updates_live_for_its_owner(page: Any, server: Server) -> None:
+    """Messages of a private session reach only its owner and admins: the page subscribes as the
+    signed-in user, so the owner (not an admin) watches it live."""
+    import json
+    import urllib.request
+
+    bob = server.api("POST", "/auth/tokens", {"name": "bob"})["token"]
+    request = urllib.request.Request(
+        server.url + "/api/v1/sessions", method="POST",
+        data=json.dumps({**TINY, "name": "bob's private run", "public": False, "autoStart": False}).encode(),
+        headers={"Authorization": f"Bearer {bob}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        session_id = json.loads(response.read())["id"]
+    page.goto(f"/sessions/{session_id}")
+    ready(page)
+    page.get_by_test_id("sign-in").click()
+    page.get_by_test_id("token-input").fill(bob)
+    page.get_by_test_id("token-submit").click()
+    page.get_by_test_id("account").filter(has_text="bob").wait_for()
+    page.get_by_test_id("progress-percent").wait_for()
+    ready(page)
+    page.evaluate(WATCH)
+    page.get_by_test_id("action-start").click()
+    page.get_by_test_id("status-badge").filter(has_text="Completed").wait_for(timeout=150_000)
+    page.wait_for_function("() => window.__percents.has('100%')")
+    assert page.evaluate("window.__noReload") is True, "the page reloaded"
+    assert len(page.evaluate("[...window.__points]")) >= 2, "the loss chart of the private session did not grow live"
+
+
 def test_rewards_page_without_a_wallet(page: Any, server: Server) -> None:
     page.goto("/rewards")
     page.get_by_test_id("rewards-state").wait_for()
