@@ -14,6 +14,7 @@ import ctypes
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 
 PR_SET_PDEATHSIG = 1
@@ -35,9 +36,11 @@ def _in_child() -> None:
 
 @contextlib.contextmanager
 def dies_with_parent() -> Iterator[None]:
-    """Processes forked inside this block (from the calling thread) die when this process does."""
+    """Processes forked inside this block from the main thread die when this process does."""
     global _active, _registered
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        # Linux signals a child when the *thread* that forked it ends: only the main thread lives
+        # as long as the process (a server starting its DHT from a worker thread must not use it)
         yield
         return
     if not _registered:
