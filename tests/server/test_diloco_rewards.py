@@ -42,6 +42,12 @@ def sign_in(api, wallet: Wallet) -> str:
     return answer.json()["token"]
 
 
+def own_peer_of(public, sid: str, owner: Wallet) -> str | None:
+    """The peer whose progress records name the owner's wallet: the server's own engine."""
+    peers = public.get(f"/sessions/{sid}/participants").json()["peers"]
+    return next((p["peer_id"] for p in peers if p.get("wallet") == owner.address), None)
+
+
 class Volunteer:
     """Runs the join command the server gives (curl the config, then `cotrain join`) with `--wallet`,
     in a folder and COTRAIN_HOME of its own (the datasets folder is shared)."""
@@ -108,19 +114,23 @@ def test_three_wallets_share_the_pool_of_a_diloco_session(servers, cotrain_home,
     volunteers = [Volunteer(f"volunteer{i}", tmp_path, shared_datasets, join["command"], Wallet.create(), *sets)
                   for i, sets in enumerate([(), ("train.batch_size=2",)])]
     try:
-        # each volunteer proves its wallet for its peer (what `cotrain join --wallet` would send)
-        for v in volunteers:
+        # each volunteer proves its wallet for the peer id `cotrain join` printed: `cotrain rewards bind`
+        # signs with the wallet's key file and sends the signature (POST /rewards/bindings)
+        for i, v in enumerate(volunteers):
             peer_id = wait_until(v.peer_id, 60, "the volunteer's peer id")
-            proof = sign_binding(v.wallet.account.private_key, sid, peer_id)
-            bound = public.post("/rewards/bindings", json=proof)
-            assert bound.status_code == 201 and bound.json()["proof"] == "signature", bound.text
+            key_file = tmp_path / f"wallet{i}.key"
+            key_file.write_text(str(v.wallet.account.private_key))
+            key_file.chmod(0o600)
+            bind = subprocess.run([str(Path(sys.executable).with_name("cotrain")), "rewards", "bind", "--session", sid,
+                                   "--peer", peer_id, "--wallet-key-file", str(key_file), "--server", server.url],
+                                  capture_output=True, text=True, timeout=60)
+            assert bind.returncode == 0 and v.wallet.address in bind.stdout, bind.stdout + bind.stderr
+        forged = sign_binding(volunteers[0].wallet.account.private_key, sid, own_peer_of(public, sid, owner) or "x")
+        forged["address"] = owner.address  # a volunteer cannot bind a peer to someone else's wallet
+        assert public.post("/rewards/bindings", json=forged).status_code == 401
 
         # the owner binds the server's peer (its records name the owner's wallet) as the signed-in wallet
-        def own_peer() -> str | None:
-            peers = public.get(f"/sessions/{sid}/participants").json()["peers"]
-            return next((p["peer_id"] for p in peers if p.get("wallet") == owner.address), None)
-
-        own = wait_until(own_peer, 60, "the server's peer to publish its record")
+        own = wait_until(lambda: own_peer_of(public, sid, owner), 60, "the server's peer to publish its record")
         bound = api.post("/rewards/bindings", json={"sessionId": sid, "peerId": own, "address": owner.address})
         assert bound.status_code == 201 and bound.json()["proof"] == "owner", bound.text
 

@@ -41,6 +41,11 @@ def _read_key_file(path: Path, what: str) -> ed25519.PrivateKey:
     return _parse(path.read_text(), f"The {what} key file {path}")
 
 
+def load_wallet_key(path: Path) -> ed25519.PrivateKey:
+    """A volunteer's wallet key from a 0600 file (`cotrain rewards bind`); it never leaves the machine."""
+    return _read_key_file(path, "wallet")
+
+
 def ledger_key_path() -> Path:
     return cotrain_home() / "keys" / "ledger.key"
 

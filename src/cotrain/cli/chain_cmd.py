@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 
 import typer
 
@@ -124,6 +125,37 @@ def rewards_pay() -> None:
             raise typer.Exit(3)
 
     _run(pay)
+
+
+@rewards_app.command("bind")
+@friendly_errors
+def rewards_bind(
+    session: str = typer.Option(..., "--session", "-s", help="The session the peer trains."),
+    peer: str = typer.Option(..., "--peer", help="The peer id `cotrain join` printed (`diloco peer <id> ...`)."),
+    key_file: Path = typer.Option(..., "--wallet-key-file", help="File (mode 600) with the wallet's Ed25519 "
+                                  "private key; only a signature leaves this machine."),
+    server: str = typer.Option(..., "--server", help="The CoTrain server, e.g. http://127.0.0.1:8000."),
+) -> None:
+    """Prove that a peer of a session works for your wallet, so its contribution is rewarded: signs the
+    binding statement with the wallet's key and sends it to the server."""
+    import httpx
+
+    from cotrain.chain.keys import load_wallet_key
+    from cotrain.chain.service import sign_binding
+
+    def bind() -> None:
+        body = sign_binding(load_wallet_key(key_file), session, peer)
+        try:
+            answer = httpx.post(server.rstrip("/") + "/api/v1/rewards/bindings", json=body, timeout=30)
+        except httpx.HTTPError as exc:
+            raise UserError(f"The server at {server} did not answer ({exc}); check --server.") from None
+        if answer.status_code != 201:
+            detail = answer.json().get("detail") if answer.headers.get("content-type", "").startswith(
+                "application/json") else answer.text
+            raise UserError(f"The server refused the binding ({answer.status_code}): {detail}")
+        print(f"peer {peer} of session {session} is bound to wallet {body['address']}")
+
+    _run(bind)
 
 
 def register(app: typer.Typer) -> None:
