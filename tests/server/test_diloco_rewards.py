@@ -7,6 +7,7 @@ due, `cotrain ledger verify` passes, and fails once one contribution row is edit
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -84,9 +85,15 @@ class Volunteer:
         self.proc.wait(10)
 
 
-def test_three_wallets_share_the_pool_of_a_diloco_session(servers, cotrain_home, shared_datasets, tmp_path):
-    server = servers(COTRAIN_START_DHT="1", **FAST_DILOCO)
+@pytest.mark.parametrize("runner", ["server", "worker"])
+def test_three_wallets_share_the_pool_of_a_diloco_session(servers, cotrain_home, shared_datasets, tmp_path, runner):
+    """runner "worker": a separate `cotrain worker` runs the session; the server keeps the peers' records
+    from its own loop and settles when it sees the session completed."""
+    server = servers(COTRAIN_START_DHT="1", COTRAIN_EMBEDDED_WORKER="1" if runner == "server" else "0", **FAST_DILOCO)
     public = server.client(token=None)
+    if runner == "worker":  # its engines join the server's DHT as an operator would configure it
+        dht = public.get("/hivemind/status").json()["data"]["visible_addresses"]
+        servers("worker", COTRAIN_DISTRIBUTED_DILOCO_INITIAL_PEERS=json.dumps(dht), **FAST_DILOCO)
     owner = Wallet.create()
     api = server.client(token=sign_in(public, owner))  # the signed-in wallet is a (non-admin) API principal
 

@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import tomllib
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cotrain.server.auth import TokenResolver
+from cotrain.server.db import session_scope
 from cotrain.server.errors import ServiceError
+from cotrain.server.models import COMPLETED, RUNNING, TrainingSession
 from cotrain.server.p2p_node import ServerDHT
 
 log = logging.getLogger(__name__)
 
+SETTLE_WITHIN_S = 7 * 24 * 3600  # completed sessions are settled by the server's loop up to a week later
 WALLET_PRINCIPAL = "wallet:"  # api_tokens.name of a signed-in wallet: "wallet:0x..."
 
 
@@ -121,7 +126,48 @@ class ChainBridge:
         for message in getattr(report, "messages", []):
             log.info("payouts: %s", message)
 
-    async def pay_periodically(self, interval_s: float) -> None:
+    # ---- the server's own loop: sessions the embedded executor does not run ----------------
+    def running_diloco(self, except_worker: str | None) -> list[str]:
+        """Running DiLoCo sessions of other workers (`cotrain worker` on other machines): their peers
+        publish to this server's DHT, so their records are kept here."""
+        with session_scope(self.factory) as db:
+            query = select(TrainingSession.id).where(TrainingSession.status == RUNNING,
+                                                     TrainingSession.strategy == "diloco")
+            if except_worker:
+                query = query.where(TrainingSession.worker_id.is_distinct_from(except_worker))
+            return list(db.scalars(query))
+
+    def unsettled(self) -> list[tuple[str, str]]:
+        """Completed DiLoCo sessions with a reward pool and no contributions yet (run by another worker,
+        or the server stopped between completion and settlement): (id, config TOML)."""
+        from cotrain.chain.models import ContributionRow, RewardPoolRow
+
+        with session_scope(self.factory) as db:
+            counted = select(ContributionRow.session_id).distinct()
+            query = (select(TrainingSession.id, TrainingSession.config_toml)
+                     .join(RewardPoolRow, RewardPoolRow.session_id == TrainingSession.id)
+                     .where(TrainingSession.status == COMPLETED, TrainingSession.strategy == "diloco",
+                            TrainingSession.finished_at > time.time() - SETTLE_WITHIN_S,
+                            TrainingSession.id.not_in(counted)))
+            return [(sid, toml) for sid, toml in db.execute(query).all()]
+
+    async def run(self, except_worker: str | None, tick_s: float, payout_interval_s: float) -> None:
+        """Every `tick_s`: keep other workers' DiLoCo records and settle what completed unsettled; pay what
+        is due after a settlement and every `payout_interval_s`. Errors are logged and tried again."""
+        last_payout = -payout_interval_s
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(interval_s)
-            await self.pay_due()
+            try:
+                for session_id in await asyncio.to_thread(self.running_diloco, except_worker):
+                    await asyncio.to_thread(self.capture_progress, session_id)
+                rewarded = 0
+                for session_id, config_toml in await asyncio.to_thread(self.unsettled):
+                    rewarded += await asyncio.to_thread(self.session_completed, session_id, config_toml)
+                if rewarded or loop.time() - last_payout >= payout_interval_s:
+                    last_payout = loop.time()
+                    await self.pay_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("keeping contributions or paying rewards failed: %s; trying again", exc)
+            await asyncio.sleep(tick_s)

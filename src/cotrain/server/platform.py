@@ -21,6 +21,7 @@ from cotrain.server.settings import Settings
 log = logging.getLogger(__name__)
 
 PAYOUT_INTERVAL_S = 60.0  # payouts due are sent (or recorded, local backend) at least this often
+CHAIN_TICK_S = 1.0  # how often other workers' running DiLoCo sessions' DHT records are kept
 
 
 class Platform:
@@ -54,7 +55,11 @@ class Platform:
         if self.executor:
             await self.executor.start()
         if self.chain.available:
-            self._payouts = asyncio.create_task(self.chain.pay_periodically(PAYOUT_INTERVAL_S), name="cotrain-payouts")
+            # the embedded executor keeps its own sessions' records every tick; this loop does the others'
+            # (remote `cotrain worker`s), settles what is left unsettled, and pays what is due
+            own_worker = self.settings.worker_id if self.executor else None
+            self._payouts = asyncio.create_task(self.chain.run(own_worker, CHAIN_TICK_S, PAYOUT_INTERVAL_S),
+                                                name="cotrain-rewards")
         self.started = True
         if self.settings.example_session:
             await asyncio.to_thread(self._create_example)
