@@ -146,7 +146,8 @@ def test_first_start_prints_the_admin_token_once(servers, cotrain_home):
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     assert first.client(token).get("/auth/me").json()["is_admin"] is True
     first.stop()
-    assert first.log_path.read_text().count(token) == 1
+    shown = [line for line in first.log_path.read_text().splitlines() if token in line]
+    assert len(shown) == 2 and shown[1].endswith(f"/?token={token}")  # the token, then the sign-in link
     second = servers(COTRAIN_EMBEDDED_WORKER="0", COTRAIN_ADMIN_TOKEN="")
     assert second.client(token).get("/auth/me").status_code == 200
     assert token not in second.log_path.read_text()
@@ -159,7 +160,7 @@ def test_first_start_prints_the_admin_token_once(servers, cotrain_home):
 def test_example_session_is_created_once(servers):
     first = servers(COTRAIN_EMBEDDED_WORKER="0", COTRAIN_EXAMPLE_SESSION="1")
     items = first.client().get("/sessions").json()["items"]
-    assert len(items) == 1 and items[0]["modelSize"] == "debug" and items[0]["status"] == "queued"
+    assert len(items) == 1 and items[0]["modelSize"] == "debug" and items[0]["status"] == "draft"  # waits for Start
     first.stop()
     second = servers(COTRAIN_EMBEDDED_WORKER="0", COTRAIN_EXAMPLE_SESSION="1")
     assert second.client().get("/sessions").json()["total"] == 1
