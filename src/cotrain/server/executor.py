@@ -266,9 +266,11 @@ class Executor:
             completed, config_toml = await asyncio.to_thread(self._completed_config, session_id)
             if not completed:
                 return
-            await asyncio.to_thread(self.chain.session_completed, session_id, config_toml)
+            rewarded = await asyncio.to_thread(self.chain.session_completed, session_id, config_toml)
         except Exception:
             log.exception("settling the rewards of session %s failed; its records are kept", session_id)
+            return
+        if not rewarded:
             return
         task = asyncio.create_task(self.chain.pay_due(), name=f"pay-{session_id}")
         self._background.add(task)

@@ -14,6 +14,7 @@ from cotrain.server.models import ALL_STATES, TrainingSession
 from cotrain.server.schemas import (
     ERROR_RESPONSES,
     CheckpointOut,
+    ErrorOut,
     MessageOut,
     MetricSeries,
     Page,
@@ -42,10 +43,13 @@ def session_out(row: TrainingSession) -> SessionOut:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=SessionOut, summary="Create a training session")
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=SessionOut, summary="Create a training session",
+             responses={503: {"model": ErrorOut, "description": "A reward pool was asked for and this server "
+                                                                "has no chain (install it or leave out rewardPool)"}})
 def create_session(body: SessionCreate, platform: PlatformDep, actor: RequiredActor) -> SessionOut:
     """Turns the parameters into a validated TOML config (configs/generated/<id>.toml) and queues
-    the session (or keeps it a draft with `autoStart: false`)."""
+    the session (or keeps it a draft with `autoStart: false`). A `rewardPool` is recorded in the
+    contribution ledger and split among the contributors' wallets when the session completes."""
     return session_out(platform.sessions.create(body, actor))
 
 
