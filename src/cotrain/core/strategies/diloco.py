@@ -9,8 +9,9 @@ One round (outer step r → r+1), on every peer:
 3. all-reduce with `ExactAverager` (byte-identical result everywhere) and gather each member's
    round number and view of the live peers;
 4. the group applies the round only if every member was in round r+1, it has at least `min_peers`
-   members and more than half of the live peers any member saw (two groups can never both
-   apply one round); the decision uses only gathered data, so the whole group decides alike.
+   members and more than half of the live peers any member saw (so two disjoint groups cannot
+   both apply a round while the peers agree on who is live); the decision uses only gathered
+   data, so the whole group decides alike.
    Otherwise the round is discarded and retried; a peer that failed while the others went on
    downloads their state (`load_state_from_peers`). Un-averaged work is never applied.
 A joining peer downloads the global params, outer momentum and round from a peer and then
