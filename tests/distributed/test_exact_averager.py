@@ -1,0 +1,53 @@
+"""The exact all-reduce: three averagers on loopback end with byte-identical tensors equal to the
+mean (up to the compression), and count the bytes they moved."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from cotrain.p2p.averager import ExactAverager
+from cotrain.p2p.compression import make_compression
+from cotrain.p2p.dht import start_dht, visible_maddrs
+
+
+@pytest.mark.parametrize("compression, tolerance", [("none", 1e-6), ("fp16", 2e-3)])
+def test_three_peers_get_identical_averages(compression: str, tolerance: float):
+    first = start_dht()
+    dhts = [first] + [start_dht(initial_peers=visible_maddrs(first)) for _ in range(2)]
+    generator = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(50_000, generator=generator) for _ in range(3)]
+    mean = sum(inputs) / 3
+    averagers = [
+        ExactAverager([x.clone()], dht, start=True, prefix="exact_test", target_group_size=None, min_group_size=3,
+                      min_matchmaking_time=2.0, request_timeout=1.0, compression=make_compression(compression))
+        for x, dht in zip(inputs, dhts)
+    ]
+    try:
+        results: list = [None] * 3
+
+        def step(i: int) -> None:
+            results[i] = averagers[i].step(gather={"peer": i}, timeout=60, allow_retries=False)
+
+        threads = [threading.Thread(target=step, args=(i,)) for i in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert all(r is not None and sorted(v["peer"] for v in r.values()) == [0, 1, 2] for r in results)
+        outputs = []
+        for averager in averagers:
+            with averager.get_tensors() as (tensor,):
+                outputs.append(tensor.clone())
+        assert all(torch.equal(outputs[0], out) for out in outputs[1:])
+        assert (outputs[0] - mean).abs().max() < tolerance
+        raw = inputs[0].numel() * 4
+        sent = [averager.bytes_moved()[0] for averager in averagers]
+        assert 0 < sum(sent) / 3 <= 2 * raw * (1 if compression == "none" else 0.6)
+    finally:
+        for averager in averagers:
+            averager.shutdown()
+        for dht in dhts:
+            dht.shutdown()
