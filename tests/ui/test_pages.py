@@ -225,6 +225,11 @@ def test_a_private_session_updates_live_for_its_owner(page: Any, server: Server)
     page.wait_for_function("() => window.__percents.has('100%')")
     assert page.evaluate("window.__noReload") is True, "the page reloaded"
     assert len(page.evaluate("[...window.__points]")) >= 2, "the loss chart of the private session did not grow live"
+    # the later tests show the latest completed session to a visitor: leave no private one behind
+    request = urllib.request.Request(server.url + f"/api/v1/sessions/{session_id}", method="DELETE",
+                                     headers={"Authorization": f"Bearer {bob}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 204
 
 
 def test_rewards_page_without_a_wallet(page: Any, server: Server) -> None:
