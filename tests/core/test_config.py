@@ -93,3 +93,13 @@ def test_templates_validate(template: Path):
     config = load_config(template)
     assert template.read_text().startswith("#"), "every template starts with a comment header"
     assert config.session.id
+
+
+def test_reference_copy_matches_shared():
+    from tests.conftest import SHARED_REFERENCE
+
+    copy = REPO / "tests" / "reference"
+    if not SHARED_REFERENCE.is_dir():
+        pytest.skip("../shared/reference is not beside this clone; the copy in tests/reference is used")
+    for original in SHARED_REFERENCE.iterdir():
+        assert (copy / original.name).read_bytes() == original.read_bytes(), f"tests/reference/{original.name} drifted"
