@@ -243,27 +243,31 @@ class Trainer:
     # --- evaluation ----------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean loss, perplexity and token accuracy (masked tokens for bert) on the first
-        `eval_batches` micro batches of the val split, the same ones every time."""
+        """Loss, perplexity and token accuracy (masked tokens for bert) over the first
+        `eval_batches × batch_size` samples of the val split: the same samples every time,
+        whatever the number of processes (they split the samples and add up their sums)."""
+        cfg = self.config
+        n = min(len(self.val_samples), cfg.train.eval_batches * cfg.train.batch_size)
+        index, count = self.strategy.data_shard()
+        mine = torch.arange(n)[index::count]
         self.model.eval()
-        total_loss, batches, correct, predicted = 0.0, 0, 0, 0
-        n = len(self.val_samples)
-        for b in range(min(self.config.train.eval_batches, max(1, n // self.micro_batch))):
-            idx = torch.arange(b * self.micro_batch, min(n, (b + 1) * self.micro_batch))
-            if len(idx) == 0:
-                break
-            inputs, targets = self._inputs_and_targets(self.val_samples.get(idx), -1 - b, 0)
-            loss, logits = self._loss(inputs.to(self.device), targets.to(self.device))
-            c, p = token_accuracy(logits, targets.to(self.device))
-            total_loss, batches, correct, predicted = total_loss + loss.item(), batches + 1, correct + c, predicted + p
+        loss_sum, tokens, correct = 0.0, 0, 0
+        for start in range(0, len(mine), self.micro_batch):
+            idx = mine[start : start + self.micro_batch]
+            inputs, targets = self._inputs_and_targets(self.val_samples.get(idx), -1 - int(idx[0]), 0)
+            targets = targets.to(self.device)
+            loss, logits = self._loss(inputs.to(self.device), targets)
+            c, p = token_accuracy(logits, targets)
+            loss_sum, tokens, correct = loss_sum + loss.item() * p, tokens + p, correct + c
         self.model.train()
-        if batches == 0:
+        totals = [self.strategy.mean_across_processes(float(v)) * count for v in (loss_sum, tokens, correct)]
+        if totals[1] == 0:
             return {}
-        val_loss = self.strategy.mean_across_processes(total_loss / batches)
+        val_loss = totals[0] / totals[1]
         return {
             "val_loss": val_loss,
             "val_perplexity": math.exp(min(val_loss, 50.0)),
-            "val_accuracy": correct / max(1, predicted),
+            "val_accuracy": totals[2] / totals[1],
         }
 
     # --- checkpoints and events ----------------------------------------------------------
