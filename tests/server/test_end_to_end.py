@@ -125,3 +125,23 @@ def test_one_slot_runs_the_higher_priority_first_then_the_next(servers):
     first, second, third = (api.get(f"/sessions/{s}").json() for s in (running, high, low))
     assert first["finishedAt"] <= second["startedAt"] < third["startedAt"]
     assert second["finishedAt"] <= third["startedAt"]
+
+
+def test_a_two_process_ddp_session_runs_under_torchrun(servers, cotrain_home):
+    """A session asking for 2 processes on one node (CPU: gloo) is launched under torchrun by
+    the executor; both ranks train and progress reports 2 participants."""
+    server = servers()
+    api = server.client()
+    body = reference_session()
+    body["distributedConfig"].update(gpusPerNode=2)
+    body["trainingConfig"].update(maxSteps=12, evalInterval=12, logInterval=2)
+    sid = api.post("/sessions", json=body).json()["id"]
+    status = wait_until(
+        lambda: (s := api.get(f"/sessions/{sid}").json())["status"] in ("completed", "failed") and s, 240,
+        "the DDP session to finish",
+    )
+    assert status["status"] == "completed", (status["error"], api.get(f"/sessions/{sid}/logs").json()["lines"][-20:])
+    events = [json.loads(line) for line in (cotrain_home / "logs" / "training" / sid / "events.jsonl").read_text().splitlines()]
+    started = next(e for e in events if e["type"] == "started")
+    assert started["world_size"] == 2
+    assert {e["participants"] for e in events if e["type"] == "progress"} == {2}

@@ -352,6 +352,7 @@ class Trainer:
             num_parameters=self.info.num_parameters,
             world_size=self.strategy.world_size,
             device=str(self.device),
+            peer_id=getattr(self.strategy, "peer_id", None),  # DiLoCo: this process's DHT peer
             config=cfg.model_dump(mode="json"),
         )
         # Setup leaves many long-lived objects (datasets, tokenizer, modules): move them out of the

@@ -155,7 +155,7 @@ class Executor:
             out.flush()
             err.flush()
             proc = await asyncio.create_subprocess_exec(
-                self.settings.python, "-m", ENGINE_MODULE, "--config", str(config_path),
+                *self._engine_command(config_path),
                 stdout=out, stderr=err, stdin=asyncio.subprocess.DEVNULL,
                 env=env, cwd=str(self.settings.layout.root), start_new_session=True,
             )
@@ -166,6 +166,15 @@ class Executor:
                 os.sched_setaffinity(proc.pid, allocation.cpu_cores)
         await self._publish(await asyncio.to_thread(self._mark_started, session_id, proc.pid, config_path, allocation))
         return ChildRun(proc)
+
+    def _engine_command(self, config_path: Path) -> list[str]:
+        """The engine as one process, or under torchrun when its config asks for several (ddp /
+        fsdp with nodes × gpus_per_node > 1); torchrun forwards our SIGTERM to every rank."""
+        from cotrain.config import load_config
+        from cotrain.core.launch import torchrun_command
+
+        command = torchrun_command(load_config(config_path), config_path, [])
+        return command or [self.settings.python, "-m", ENGINE_MODULE, "--config", str(config_path)]
 
     def _prepare(self, session_id: str) -> tuple[Path, str, dict[str, Any], int, str | None]:
         from cotrain.server.chain_bridge import owner_wallet
