@@ -189,3 +189,26 @@ def test_tiny_cpu_template_loss_falls_by_30_percent(cotrain_home: Path):
     progress = [e for e in events_of(cotrain_home, "tiny-cpu") if e["type"] == "progress"]
     first, last = progress[0]["loss"], progress[-1]["loss"]
     assert last <= 0.7 * first, (first, last)
+
+
+def test_accumulation_sgd_and_starting_from_a_local_pretrained_model(cotrain_home: Path, tmp_path: Path):
+    """micro_batch_size < batch_size accumulates gradients; sgd trains; `model.path` starts from
+    a model this engine exported (its own tokenizer comes along)."""
+    first = tiny_config(tmp_path / "base.toml", "base", max_steps=30, interval=30, log_interval=3)
+    first.write_text(first.read_text().replace("batch_size = 8\n", "batch_size = 8\nmicro_batch_size = 2\n"))
+    result = run_engine(first, cotrain_home)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    final = cotrain_home / "models" / "final" / "base"
+    tuned = tiny_config(tmp_path / "tuned.toml", "tuned", max_steps=6, interval=6, log_interval=3)
+    text = tuned.read_text().replace('size = "debug"', f'size = "debug"\npath = "{final}"')
+    tuned.write_text(text.replace('learning_rate = 3e-3', 'learning_rate = 1e-2\noptimizer = "sgd"'))
+    result = run_engine(tuned, cotrain_home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    started = next(e for e in events_of(cotrain_home, "tuned") if e["type"] == "started")
+    base_started = next(e for e in events_of(cotrain_home, "base") if e["type"] == "started")
+    assert started["num_parameters"] == base_started["num_parameters"]
+    base = [e["loss"] for e in events_of(cotrain_home, "base") if e["type"] == "progress"]
+    tuned_first = [e for e in events_of(cotrain_home, "tuned") if e["type"] == "progress"][0]["loss"]
+    assert base[-1] < base[0] - 0.3  # the base run learned something ...
+    assert tuned_first < base[0] - 0.3  # ... and the tuned run starts from it, not from random init
