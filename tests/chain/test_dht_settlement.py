@@ -64,7 +64,7 @@ def test_three_wallets_on_a_real_dht(tmp_path, monkeypatch):
                 if ({r.outer_step for r in seen} == {rnd} and len(seen) == 3) or time.time() > deadline:
                     break
                 time.sleep(1.0)
-            assert len(seen) == 3
+            assert len(seen) == 3 and {r.outer_step for r in seen} == {rnd}, "the DHT did not show this round"
             on_progress(factory, seen)
         rewards = on_session_completed(factory, SESSION, CONFIG)
     finally:
