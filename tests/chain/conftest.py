@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cotrain.chain.ledger import Ledger
 from cotrain.chain.models import CHAIN_TABLES
 from cotrain.server.db import Base, make_engine, make_session_factory
+from tests.conftest import missing_service
 
 PG_URL = os.environ.get("CHAIN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -37,7 +38,7 @@ def db_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessi
         engine.dispose()
         return
     if not _pg_available():
-        pytest.skip(f"PostgreSQL is not reachable at {PG_URL}")
+        missing_service(f"PostgreSQL is not reachable at {PG_URL}; start it (see README) to run these tests")
     schema = f"chain_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')

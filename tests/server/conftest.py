@@ -23,7 +23,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from tests.conftest import REFERENCE
+from tests.conftest import REFERENCE, missing_service
 
 PG_ADMIN_URL = os.environ.get("COTRAIN_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("COTRAIN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -201,10 +201,7 @@ def servers(cotrain_home: Path, server_env: dict[str, str]) -> Iterator[Callable
 
 
 def _unreachable(kind: str, exc: Exception) -> None:
-    message = f"{kind} is not reachable ({exc}); start it (see README) to run these tests"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    missing_service(f"{kind} is not reachable ({exc}); start it (see README) to run these tests")
 
 
 @pytest.fixture
