@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -19,15 +18,10 @@ from cotrain.chain.nonces import SqlNonceStore
 from cotrain.chain.service import binding_statement, set_reward_pool, settle_session, sign_binding
 from cotrain.chain.settings import ChainSettings
 from cotrain.server.app import include_extra_routers
+from tests.conftest import free_port
 
 from .test_ledger import Rec
 from .wallets import Wallet
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -45,7 +39,7 @@ def api(db_factory):
     assert include_extra_routers(app) == ["cotrain.chain.api:router"]  # as the server includes it
     settings = ChainSettings(network="testnet", chain_id=2)
     app.state.chain = ChainContext(db_factory, key, Ledger(key), settings, SqlNonceStore(db_factory), None)
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,18 +13,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import free_port
+
 from .wallets import Wallet
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def server(tmp_path: Path):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "COTRAIN_HOME": str(tmp_path), "COTRAIN_START_DHT": "0", "PYTHONUNBUFFERED": "1",
            "COTRAIN_ADMIN_TOKEN": "ct_chain_test_admin", "APTOS_NETWORK": "testnet"}
     for key in ("DATABASE_URL", "REDIS_URL", "COTRAIN_PUBLIC_ORIGIN", "APTOS_NODE_URL", "COTRAIN_LEDGER_KEY"):

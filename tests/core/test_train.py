@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, REPO, engine_env, tiny_config
+from tests.conftest import PYTHON, REPO, engine_env, tiny_config, wait_until
 
 PROGRESS_FIELDS = {"session_id", "step", "total_steps", "progress", "loss", "participants", "metrics"}
 METRIC_FIELDS = {
@@ -38,15 +37,6 @@ def losses_by_step(events: list[dict]) -> dict[int, float]:
     later value, which is what the resumed run produced."""
     return {e["step"]: e["loss"] for e in events if e["type"] == "progress"}
 
-
-def wait_for(predicate, timeout: float = 120.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("timed out waiting")
 
 
 def test_tiny_run_writes_events_checkpoints_and_a_loadable_model(cotrain_home: Path, tmp_path: Path):
@@ -99,7 +89,7 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(cotrain_home: Path, tm
     proc = subprocess.Popen(train_cmd(crashed), env=engine_env(cotrain_home), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: any(e["type"] == "checkpoint" for e in events_of(cotrain_home, "crash")))
+        wait_until(lambda: any(e["type"] == "checkpoint" for e in events_of(cotrain_home, "crash")), 120, "a checkpoint")
         proc.kill()  # SIGKILL: no chance to clean up
         proc.wait(timeout=30)
     finally:
@@ -123,7 +113,7 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(cotrain_home: Path, tmp_
     config = tiny_config(tmp_path / "term.toml", "term", max_steps=2000, interval=1000)
     proc = subprocess.Popen(train_cmd(config), env=engine_env(cotrain_home), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: any(e["type"] == "progress" for e in events_of(cotrain_home, "term")))
+    wait_until(lambda: any(e["type"] == "progress" for e in events_of(cotrain_home, "term")), 120, "progress", 0.05)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143, stderr[-2000:]
@@ -137,7 +127,8 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(cotrain_home: Path, tmp_
     resumed = subprocess.Popen(train_cmd(config), env=engine_env(cotrain_home), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
-        started = wait_for(lambda: [e for e in events_of(cotrain_home, "term") if e["type"] == "started"][1:])
+        started = wait_until(lambda: [e for e in events_of(cotrain_home, "term") if e["type"] == "started"][1:], 120,
+                             "the resumed run to start", 0.05)
         assert started[0]["step"] == stopped_at and started[0]["resumed_from"].endswith(f"{stopped_at:08d}")
     finally:
         resumed.kill()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import missing_service
+from tests.conftest import free_port, missing_service
 
 CHROMIUM = os.environ.get("COTRAIN_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking"]
@@ -34,11 +33,6 @@ TINY = {
     "dataConfig": {"dataset": "stdlib", "maxBytes": 300000, "seqLength": 64, "vocabSize": 512},
 }
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -71,7 +65,7 @@ class Server:
 @pytest.fixture(scope="package")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("ui-home")
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ)
     env.update(
         COTRAIN_HOME=str(home), COTRAIN_ADMIN_TOKEN=ADMIN_TOKEN, COTRAIN_LEDGER_KEY=LEDGER_KEY,

@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 
-from tests.ui.conftest import _free_port, ready
+from tests.conftest import free_port
+from tests.ui.conftest import ready
 
 pytestmark = pytest.mark.browser
 
 
 def test_make_run_newcomer_signs_in_with_the_link_and_starts_the_example(browser: Any, tmp_path: Path) -> None:
-    home, port = tmp_path / "home", _free_port()
+    home, port = tmp_path / "home", free_port()
     env = {**os.environ, "COTRAIN_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     for key in ("DATABASE_URL", "REDIS_URL", "COTRAIN_ADMIN_TOKEN"):
         env.pop(key, None)
