@@ -41,7 +41,7 @@ from cotrain.server.models import (
     TrainingSession,
 )
 from cotrain.server.monitor import apply_engine_event
-from cotrain.server.processes import AdoptedRun, ChildRun, describe_exit, meaningful_error
+from cotrain.server.processes import AdoptedRun, ChildRun, describe_exit, end_process_group, meaningful_error
 from cotrain.server.queue import claim_next
 from cotrain.server.scheduler import Allocation, ResourcePool
 from cotrain.server.settings import Settings
@@ -77,6 +77,7 @@ class Executor:
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._last_stale_check = 0.0
+        self._killed: dict[str, str] = {}  # session -> why its run was SIGKILLed (for its final status)
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -139,6 +140,7 @@ class Executor:
             log.exception("run of session %s failed inside the executor", session_id)
             await self._publish(await asyncio.to_thread(self._finish, session_id, -1, f"Executor error: {exc}"))
         finally:
+            self._killed.pop(session_id, None)
             self.pool.release(session_id)
             self.runs.pop(session_id, None)
             self.wake()
@@ -232,12 +234,17 @@ class Executor:
         follower = EventFollower(self.settings.layout.session_logs(session_id), after_seq=after)
         last_beat = last_capture = 0.0
         term_sent: float | None = None
+        killed = False
         while True:
             events = follower.poll()
             if events:
                 await self._publish(await asyncio.to_thread(self._apply, session_id, events))
             returncode = run.returncode
             if returncode is not None:
+                # ranks left behind by a launcher that died (torchrun killed, a rank hung) share its group
+                strays = end_process_group(run.pid)
+                if strays:
+                    log.warning("session %s: killed %d leftover process(es) of its run: %s", session_id, len(strays), strays)
                 events = follower.poll()  # whatever it wrote just before exiting
                 if events:
                     await self._publish(await asyncio.to_thread(self._apply, session_id, events))
@@ -253,10 +260,21 @@ class Executor:
             if strategy == "diloco" and self.chain is not None and now - last_capture >= CHAIN_TICK_S:
                 last_capture = now
                 await self._capture_progress(session_id)
-            if term_sent is not None and now - term_sent > self.settings.cancel_grace_s:
-                log.warning("session %s ignored SIGTERM for %.0f s: SIGKILL", session_id, self.settings.cancel_grace_s)
+            if term_sent is not None and not killed and now - term_sent > self.settings.cancel_grace_s:
+                killed = True
+                note = self._kill_note()
+                log.warning("session %s ignored SIGTERM for %s: SIGKILL to process group %s", session_id,
+                            _seconds(self.settings.cancel_grace_s), run.pid)
+                self._killed[session_id] = note
+                await asyncio.to_thread(_append_line, self.settings.layout.session_logs(session_id) / "stderr.log", note)
                 run.signal(signal.SIGKILL)
             await run.wait(self.settings.poll_interval_s)
+
+    def _kill_note(self) -> str:
+        return (
+            f"cotrain: the run did not stop within {_seconds(self.settings.cancel_grace_s)} of SIGTERM, so it was "
+            "killed with SIGKILL (no checkpoint was saved on the way out; a retry resumes from the last one)."
+        )
 
     # ---- the chain's hooks (contributions, rewards, payouts) ---------------------------------
     async def _capture_progress(self, session_id: str) -> None:
@@ -319,6 +337,8 @@ class Executor:
             extra: dict[str, Any] = {"exitCode": returncode}
             if row.cancel_requested:
                 row.status, row.finished_at, row.error = CANCELLED, time.time(), None
+                if session_id in self._killed:
+                    extra["detail"] = self._killed[session_id]
             elif returncode == 0:
                 version = register_model_version(db, self.settings.layout, row)
                 row.status, row.finished_at, row.error, row.progress = COMPLETED, time.time(), None, 100.0
@@ -406,3 +426,14 @@ class Executor:
 
 def _gpus_per_node(row: TrainingSession) -> int:
     return int((row.request.get("distributedConfig") or {}).get("gpusPerNode") or 1)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g} s"
+
+
+def _append_line(path: Path, line: str) -> None:
+    """A line of the executor's own in the run's log, where the user reads the run's output."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fh.write(line + "\n")

@@ -70,6 +70,31 @@ def engine_alive(pid: int, config_path: str) -> bool:
     return state not in ("Z", "X") and "cotrain.core.train" in cmdline and config_path in cmdline
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group `pgid` (none known without /proc)."""
+    pids = []
+    for proc in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):  # state, ppid, pgrp
+            pids.append(int(proc.name))
+    return pids
+
+
+def end_process_group(pgid: int) -> list[int]:
+    """SIGKILL what is left of a run's process group once its leader has exited; returns those pids.
+    Called right after the exit is seen, before the group id could be reused."""
+    strays = group_members(pgid)
+    if strays:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+    return strays
+
+
 def meaningful_error(stderr_path: Path, max_bytes: int = 65536) -> str | None:
     """The line of a traceback that says what went wrong (`ValueError: ...`), from the end of a log."""
     try:
