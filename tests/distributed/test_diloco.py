@@ -26,7 +26,7 @@ inner_steps = {inner_steps}
 compression = "{compression}"
 initial_peers = {initial_peers}
 host_maddrs = ["/ip4/127.0.0.1/tcp/0"]
-min_peers = 2
+min_peers = {min_peers}
 matchmaking_time = 2.0
 averaging_timeout = 30.0
 progress_interval = 2.0
@@ -45,14 +45,15 @@ class Peer:
     """One `python -m cotrain.core.train` peer with its own COTRAIN_HOME (shared datasets)."""
 
     def __init__(self, name: str, root: Path, datasets: Path, initial_peers: str, *, max_steps: int,
-                 inner_steps: int = 5, compression: str = "none"):
+                 inner_steps: int = 5, compression: str = "none", min_peers: int = 2):
         self.name = name
         self.home = root / name
         self.home.mkdir(parents=True)
         (self.home / "datasets").symlink_to(datasets, target_is_directory=True)
         self.config = tiny_config(
             root / f"{name}.toml", "diloco-test", max_steps=max_steps, interval=max_steps, log_interval=100,
-            extra=DILOCO.format(inner_steps=inner_steps, compression=compression, initial_peers=initial_peers),
+            extra=DILOCO.format(inner_steps=inner_steps, compression=compression, initial_peers=initial_peers,
+                               min_peers=min_peers),
         )
         self.log = (root / f"{name}.log").open("w")
         self.proc = subprocess.Popen(
@@ -162,6 +163,34 @@ def test_three_peers_hold_identical_global_params_after_every_outer_step(
 
 
 @pytest.mark.slow
+def test_default_min_peers_still_averages_all_live_peers_in_one_group(
+    bootstrap: str, shared_datasets: Path, tmp_path: Path
+):
+    """min_peers = 1 (the default) must not let matchmaking split three ready peers into a pair and
+    a lone peer: each round's group is sized to the live peers, so every round averages all three at
+    the first attempt, and no round is discarded or made up by downloading the state."""
+    _prepare(shared_datasets, tmp_path)
+    peers = [Peer(f"peer{i}", tmp_path, shared_datasets, bootstrap, max_steps=20, min_peers=1) for i in range(3)]
+    try:
+        for peer in peers:
+            assert peer.wait() == 0, (tmp_path / f"{peer.name}.log").read_text()[-3000:]
+    finally:
+        for peer in peers:
+            peer.stop()
+    outer = [peer.outer_steps() for peer in peers]
+    for name, steps in zip((p.name for p in peers), outer):
+        assert sorted(steps) == [1, 2, 3, 4], (name, sorted(steps))
+        rounds = {s: (e.get("group_size"), e.get("round_attempts")) for s, e in steps.items()}
+        assert all(r == (3, 1) for r in rounds.values()), (name, rounds)
+    for step in outer[0]:
+        hashes = {o[step]["params_hash"] for o in outer}
+        assert len(hashes) == 1, f"outer step {step}: peers disagree {hashes}"
+    for peer in peers:
+        log = (tmp_path / f"{peer.name}.log").read_text()
+        assert "downloading the global state" not in log and "does not make a quorum" not in log, log[-3000:]
+
+
+@pytest.mark.slow
 def test_killed_peer_is_dropped_and_a_joining_peer_gets_the_state(
     bootstrap: str, shared_datasets: Path, tmp_path: Path
 ):
@@ -204,8 +233,7 @@ def test_a_restarted_peer_resumes_its_checkpoint_exactly(shared_datasets: Path, 
     """A lone peer (min_peers = 1) checkpoints its outer state and identity; a copy of the step-10
     checkpoint resumed elsewhere reproduces the same global params after every later outer step."""
     _prepare(shared_datasets, tmp_path)
-    settings = DILOCO.format(inner_steps=5, compression="none", initial_peers="[]").replace(
-        "min_peers = 2", "min_peers = 1")
+    settings = DILOCO.format(inner_steps=5, compression="none", initial_peers="[]", min_peers=1)
     runs = {}
     for name in ("first", "resumed"):
         home = tmp_path / name

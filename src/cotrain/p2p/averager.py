@@ -6,8 +6,9 @@ DiLoCo needs every peer to hold exactly the same global parameters. Here each re
 back the average itself, compressed once; the reducer keeps the same compress → decompress
 round trip of its own part. Every peer therefore ends with byte-for-byte the same tensors.
 
-It also counts the bytes each peer sends and receives, and refuses a round in which a reducer
-failed (part of the result missing) instead of silently keeping local values for that part.
+It also counts the bytes each peer sends and receives, refuses a round in which a reducer
+failed (part of the result missing) instead of silently keeping local values for that part, and
+lets the caller resize matchmaking's groups between rounds (`set_group_size`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from hivemind.averaging.allreduce import AllreduceException, AllReduceRunner, Ba
 from hivemind.compression import deserialize_torch_tensor, serialize_torch_tensor
 from hivemind.proto import averaging_pb2
 from hivemind.utils.asyncio import amap_in_executor, as_aiter, azip
+from hivemind.utils.mpfuture import MPFuture
 
 
 class ByteCounters:
@@ -125,6 +127,38 @@ class ExactAverager(DecentralizedAverager):
             return super().get_current_state()
         metadata, tensors = self.state_provider()
         return metadata, tensors, None
+
+    def set_group_size(self, min_size: int, target_size: int | None) -> None:
+        """Groups of the next rounds: at least `min_size` members (a leader with fewer when its
+        matchmaking time is up disbands and looks again), assembled at once when `target_size` join.
+
+        hivemind takes both only in the constructor and keeps them in its `Matchmaking`, which lives
+        in the averager's own process: the change travels through the command pipe, as hivemind's
+        `set_group_bits` does. Call it between rounds, not during `step`.
+        """
+        if min_size < 1 or (target_size is not None and target_size < min_size):
+            raise ValueError(f"group sizes must satisfy 1 <= min_size <= target_size, got {min_size}, {target_size}")
+        future = MPFuture()
+        self._outer_pipe.send(("_set_group_size", [], dict(min_size=min_size, target_size=target_size, future=future)))
+        future.result()
+
+    async def _set_group_size(self, min_size: int, target_size: int | None, future: MPFuture) -> None:
+        try:
+            self._matchmaking.min_group_size = min_size
+            self._matchmaking.target_group_size = target_size
+            future.set_result(None)
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+
+    def group_size(self) -> tuple[int, int | None]:
+        """(min_size, target_size) that matchmaking uses now, read in the averager's process."""
+        future = MPFuture()
+        self._outer_pipe.send(("_get_group_size", [], dict(future=future)))
+        return future.result()
+
+    async def _get_group_size(self, future: MPFuture) -> None:
+        future.set_result((self._matchmaking.min_group_size, self._matchmaking.target_group_size))
 
     def bytes_moved(self) -> tuple[int, int]:
         return int(self.counters.sent.value), int(self.counters.received.value)

@@ -6,8 +6,10 @@ One round (outer step r → r+1), on every peer:
 1. pseudo-gradient into the averager's buffers; publish "ready for round r+1" in the progress record;
 2. wait until every live peer (fresh progress record) is ready too, so nobody misses the group;
    if some peer already finished round r+1, this peer is behind: download the state instead;
-3. all-reduce with `ExactAverager` (byte-identical result everywhere) and gather each member's
-   round number and view of the live peers;
+3. size matchmaking to the live peers: groups of at least the quorum of step 4 (a smaller group
+   could never apply the round and would only waste it), assembled as soon as every ready peer
+   joined; then all-reduce with `ExactAverager` (byte-identical result everywhere) and gather each
+   member's round number and view of the live peers;
 4. the group applies the round only if every member was in round r+1, it has at least `min_peers`
    members and more than half of the live peers any member saw (so two disjoint groups cannot
    both apply a round while the peers agree on who is live); the decision uses only gathered
@@ -37,6 +39,11 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
 POLL_SECONDS = 0.2
+
+
+def quorum_size(live: int, min_peers: int) -> int:
+    """The smallest group that may apply a round: `min_peers`, and more than half of `live` peers."""
+    return max(min_peers, live // 2 + 1)
 
 
 def params_hash(tensors: list[torch.Tensor]) -> str:
@@ -181,6 +188,7 @@ class DilocoStrategy(Strategy):
                 return self._catch_up("the other peers finished this round without this peer")
             if 1 + len(others) < self.diloco.min_peers:
                 break  # nobody to average with
+            self._size_groups(round_, others)
             gathered = self._average(round_, live=1 + len(others))
             if gathered is not None:
                 self._apply_outer_step()
@@ -225,6 +233,18 @@ class DilocoStrategy(Strategy):
                 return others
             time.sleep(POLL_SECONDS)
 
+    def _size_groups(self, round_: int, others) -> None:
+        """This round's matchmaking: with hivemind's fixed `min_group_size` (min_peers, default 1) a
+        leader whose matchmaking time ran out assembled whoever had joined it yet, so live peers split
+        into groups ({A, B} and {C}, or three groups of one) that the quorum then discarded."""
+        live = 1 + len(others)
+        ready = 1 + sum(1 for r in others if r.ready_round >= round_)
+        quorum = quorum_size(live, self.diloco.min_peers)
+        try:
+            self.averager.set_group_size(quorum, max(ready, quorum))
+        except Exception as exc:  # the averager process is gone: the step below fails and says so
+            log.warning("could not size round %d's group: %s", round_, exc)
+
     def _average(self, round_: int, live: int) -> dict | None:
         """All-reduce the pseudo-gradients; the gathered metadata if the group may apply the round."""
         try:
@@ -239,7 +259,7 @@ class DilocoStrategy(Strategy):
         members = list(gathered.values())
         same_round = all(isinstance(m, dict) and m.get("round") == round_ for m in members)
         largest_view = max(int(m.get("live", 1)) for m in members) if same_round else 0
-        if same_round and len(members) >= self.diloco.min_peers and 2 * len(members) > largest_view:
+        if same_round and len(members) >= quorum_size(largest_view, self.diloco.min_peers):
             return gathered
         log.warning("round %d: group of %d does not make a quorum (%s); discarded", round_, len(members), members)
         return None
