@@ -7,6 +7,7 @@ Names: `training.progress` (the original design's payload, DESIGN.md §3), `trai
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select, update
@@ -43,6 +44,37 @@ def messages_after(db: Session, session_id: str, after: int, limit: int = 10_000
         .limit(limit)
     )
     return [{"event": row.event, "data": row.data} for row in rows]
+
+
+def messages_for_all(
+    db: Session, known: dict[str, int], since: float | None, readable: Callable[[TrainingSession], bool],
+    limit: int = 10_000,
+) -> list[dict[str, Any]]:
+    """What a `"*"` subscriber missed, in the order they were stored: messages of the sessions in
+    `known` after their seq, and (with `since`) every message stored since then of a session not in
+    `known` (one it never heard of: created, or first active, while it was away). Only sessions
+    `readable` by the subscriber; unknown and unreadable ids in `known` are skipped alike."""
+    sessions = {row.id: row for row in db.scalars(select(TrainingSession).where(TrainingSession.id.in_(list(known))))}
+    found: list[SessionMessage] = []
+    for session_id, seq in known.items():  # one indexed range each (an OR of hundreds is too deep for SQLite)
+        if session_id in sessions and readable(sessions[session_id]):
+            found.extend(db.scalars(
+                select(SessionMessage)
+                .where(SessionMessage.session_id == session_id, SessionMessage.seq > seq)
+                .order_by(SessionMessage.seq)
+                .limit(limit)
+            ))
+    if since is not None:
+        query = (
+            select(SessionMessage, TrainingSession)
+            .join(TrainingSession, TrainingSession.id == SessionMessage.session_id)
+            .where(SessionMessage.time >= since, SessionMessage.session_id.not_in(list(known)))
+            .order_by(SessionMessage.id)
+            .limit(limit)
+        )
+        found.extend(message for message, session in db.execute(query) if readable(session))
+    found.sort(key=lambda m: m.id)
+    return [{"event": m.event, "data": m.data} for m in found[:limit]]
 
 
 def status_message(db: Session, row: TrainingSession, **extra: Any) -> dict[str, Any]:

@@ -1,9 +1,21 @@
 """The WebSocket `/ws`: every message is `{"event": NAME, "data": PAYLOAD}`.
 
-Client actions: `{"action": "subscribe", "sessionId": ID | "*", "after": SEQ?}` (acknowledged
-with `subscribed`; with `after`, the messages it missed are replayed from the database first),
-`{"action": "unsubscribe", "sessionId": ID}`, `{"action": "ping"}`. Each session's messages
-carry `data.seq` (1, 2, ...); a message is never sent twice to one connection.
+Client actions: `{"action": "subscribe", "sessionId": ID | "*", "after": ...}` (acknowledged with
+`subscribed`), `{"action": "unsubscribe", "sessionId": ID}`, `{"action": "ping"}`. Each session's
+messages carry `data.sessionId` and `data.seq` (1, 2, ... per session); a message is never sent
+twice to one connection.
+
+Replay after a reconnect (what was missed comes from the database before any live message):
+- one session: `"after": SEQ`, the last seq received from it.
+- all sessions (`"*"`): `"after": {"sessions": {ID: SEQ, ...}, "since": TIME}`. Each listed
+  session replays after its seq; with `since` (unix seconds), sessions *not* listed replay every
+  message stored since then (sessions created, or first heard of, while the client was away).
+  The `subscribed` acknowledgement of `"*"` carries `time`, the server's clock when the
+  subscription began: keep it and send it back as `since` on the next reconnect, with the last
+  seq of every session you heard from, and nothing is lost or repeated.
+Private sessions are replayed, like streamed, to their owner and admins only; ids the caller
+cannot read are skipped without saying whether they exist. Malformed `after` values get an
+`error` message that says what to send.
 
 Only the sender task writes to the socket; the receive loop hands it control items through the
 same queue, which also orders a replay before any live message that follows the subscription.
@@ -14,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -22,12 +36,13 @@ from cotrain.server.auth import Actor, authenticate
 from cotrain.server.db import session_scope
 from cotrain.server.errors import NotFound
 from cotrain.server.fanout import ALL_SESSIONS, Subscriber
-from cotrain.server.messages import messages_after
+from cotrain.server.messages import messages_after, messages_for_all
 from cotrain.server.models import TrainingSession
 
 router = APIRouter()
 
 CONTROL = "__control__"
+MAX_REPLAY_SESSIONS = 1000
 
 
 def _control(kind: str, **data: Any) -> tuple[dict[str, Any], str]:
@@ -63,9 +78,10 @@ async def websocket(ws: WebSocket, token: str | None = None) -> None:
                 continue
             action, session_id = request.get("action"), request.get("sessionId")
             if action == "subscribe" and isinstance(session_id, str):
-                after = request.get("after")
-                if after is not None and (not isinstance(after, int) or after < 0):
-                    sub.queue.put_nowait(_control("error", message="after must be a non-negative integer (the last seq you received)."))
+                try:
+                    after = _parse_after(session_id, request.get("after"))
+                except ValueError as exc:
+                    sub.queue.put_nowait(_control("error", message=str(exc)))
                     continue
                 # the control item goes first, so live messages queued from now on follow the replay
                 sub.queue.put_nowait(_control("subscribe", sessionId=session_id, after=after))
@@ -111,7 +127,7 @@ async def _handle_control(ws: WebSocket, sub: Subscriber, platform: Any, item: d
     if kind == "subscribe":
         session_id, after = item["sessionId"], item["after"]
         if session_id == ALL_SESSIONS:
-            await ws.send_text(_message("subscribed", sessionId=ALL_SESSIONS, after=None, seq=None))
+            await _subscribe_all(ws, sub, platform, after, last_sent)
             return
         try:
             latest, replay = await asyncio.to_thread(_replay, platform, session_id, after, sub)
@@ -135,6 +151,60 @@ async def _handle_control(ws: WebSocket, sub: Subscriber, platform: Any, item: d
         await ws.send_text(_message("error", message=item["message"]))
 
 
+async def _subscribe_all(
+    ws: WebSocket, sub: Subscriber, platform: Any, after: AllAfter | None, last_sent: dict[str, int]
+) -> None:
+    began = time.time()  # before the replay is read: whatever is stored later comes live (or replays next time)
+    replay: list[dict[str, Any]] = []
+    if after is not None:
+        for session_id, seq in after.sessions.items():
+            last_sent[session_id] = max(last_sent.get(session_id, 0), seq)
+        replay = await asyncio.to_thread(_replay_all, platform, after, sub)
+    await ws.send_text(_message("subscribed", sessionId=ALL_SESSIONS, after=after.as_json() if after else None,
+                                seq=None, time=began))
+    for message in replay:
+        session_id, seq = message["data"]["sessionId"], message["data"]["seq"]
+        if seq > last_sent.get(session_id, 0):
+            last_sent[session_id] = seq
+            await ws.send_text(json.dumps(message, separators=(",", ":")))
+
+
+def _parse_after(session_id: str, after: Any) -> int | AllAfter | None:
+    """`after` as sent with a subscribe; ValueError with the sentence to show otherwise."""
+    if after is None:
+        return None
+    if session_id != ALL_SESSIONS:
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise ValueError("after must be a non-negative integer (the last seq you received from that session).")
+        return after
+    usage = (
+        'For sessionId "*", after must be an object like {"sessions": {"<sessionId>": <last seq>}, '
+        '"since": <time from the last "subscribed" acknowledgement>}'
+    )
+    if not isinstance(after, dict) or not set(after) <= {"sessions", "since"}:
+        raise ValueError(usage + ".")
+    sessions, since = after.get("sessions", {}), after.get("since")
+    if not isinstance(sessions, dict) or len(sessions) > MAX_REPLAY_SESSIONS:
+        raise ValueError(f"{usage}; sessions may list at most {MAX_REPLAY_SESSIONS} sessions.")
+    for key, seq in sessions.items():
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise ValueError(f"{usage}; the seq of session {key!r} must be a non-negative integer, not {seq!r}.")
+    if since is not None and (isinstance(since, bool) or not isinstance(since, int | float) or not 0 <= since < 1e11):
+        raise ValueError(f"{usage}; since must be a unix time in seconds, not {since!r}.")
+    return AllAfter(dict(sessions), float(since) if since is not None else None)
+
+
+@dataclass(frozen=True)
+class AllAfter:
+    """Where a `"*"` subscriber left off: the last seq per session it heard from, and when it subscribed."""
+
+    sessions: dict[str, int]
+    since: float | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"sessions": self.sessions, "since": self.since}
+
+
 def _authenticate(platform: Any, token: str) -> Actor | None:
     with session_scope(platform.factory) as db:
         return authenticate(db, token)
@@ -143,10 +213,16 @@ def _authenticate(platform: Any, token: str) -> Actor | None:
 def _replay(platform: Any, session_id: str, after: int | None, sub: Subscriber) -> tuple[int, list[dict[str, Any]]]:
     with session_scope(platform.factory) as db:
         row = db.get(TrainingSession, session_id)
-        readable = row is not None and (
-            row.public or sub.is_admin or (sub.token_id is not None and sub.token_id == row.owner_id)
-        )
-        if row is None or not readable:
+        if row is None or not _readable(sub, row):
             raise NotFound(f"No session {session_id!r} to subscribe to. List sessions with GET /api/v1/sessions.")
         replay = messages_after(db, session_id, after) if after is not None else []
         return row.message_seq, replay
+
+
+def _replay_all(platform: Any, after: AllAfter, sub: Subscriber) -> list[dict[str, Any]]:
+    with session_scope(platform.factory) as db:
+        return messages_for_all(db, after.sessions, after.since, lambda row: _readable(sub, row))
+
+
+def _readable(sub: Subscriber, row: TrainingSession) -> bool:
+    return row.public or sub.is_admin or (sub.token_id is not None and sub.token_id == row.owner_id)
