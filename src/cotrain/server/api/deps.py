@@ -1,10 +1,16 @@
-"""FastAPI dependencies: the platform object and the caller's identity."""
+"""FastAPI dependencies: the platform object and the caller's identity.
+
+They are `async def`: FastAPI runs a plain `def` dependency in its thread pool, and a thread hop
+per dependency cost more than the request itself. Only a token lookup touches the database, and
+that one goes to the pool explicitly.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from cotrain.server.auth import Actor, authenticate
@@ -14,20 +20,24 @@ from cotrain.server.platform import Platform
 bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer ct_...`")
 
 
-def get_platform(request: Request) -> Platform:
+async def get_platform(request: Request) -> Platform:
     return request.app.state.platform
 
 
 PlatformDep = Annotated[Platform, Depends(get_platform)]
 
 
-def optional_actor(
+def _authenticate(platform: Platform, token: str) -> Actor | None:
+    with session_scope(platform.factory) as db:
+        return authenticate(db, token)
+
+
+async def optional_actor(
     platform: PlatformDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Actor | None:
     if credentials is None:
         return None
-    with session_scope(platform.factory) as db:
-        actor = authenticate(db, credentials.credentials)
+    actor = await run_in_threadpool(_authenticate, platform, credentials.credentials)
     if actor is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -38,7 +48,7 @@ def optional_actor(
     return actor
 
 
-def required_actor(actor: Annotated[Actor | None, Depends(optional_actor)]) -> Actor:
+async def required_actor(actor: Annotated[Actor | None, Depends(optional_actor)]) -> Actor:
     if actor is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -49,7 +59,7 @@ def required_actor(actor: Annotated[Actor | None, Depends(optional_actor)]) -> A
     return actor
 
 
-def admin_actor(actor: Annotated[Actor, Depends(required_actor)]) -> Actor:
+async def admin_actor(actor: Annotated[Actor, Depends(required_actor)]) -> Actor:
     if not actor.is_admin:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "Only an admin token can do this.")
     return actor
