@@ -21,7 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cotrain.core.events import EventFollower
@@ -39,6 +40,7 @@ from cotrain.server.models import (
     STARTING,
     ApiToken,
     TrainingSession,
+    Worker,
 )
 from cotrain.server.monitor import apply_engine_event
 from cotrain.server.processes import AdoptedRun, ChildRun, describe_exit, end_process_group, meaningful_error
@@ -55,6 +57,7 @@ ENGINE_MODULE = "cotrain.core.train"
 EXIT_BAD_CONFIG = 2
 SECRET_ENV = ("COTRAIN_ADMIN_TOKEN", "DATABASE_URL", "REDIS_URL", "COTRAIN_LEDGER_KEY", "COTRAIN_TREASURY_KEY")
 CHAIN_TICK_S = 1.0  # how often a running DiLoCo session's DHT progress records are kept
+WORKER_BEAT_S = 5.0  # how often the executor refreshes its `workers` row (and looks for stale sessions)
 
 
 class Executor:
@@ -82,6 +85,7 @@ class Executor:
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         self._wake = asyncio.Event()
+        await asyncio.to_thread(self._beat_worker)
         await self.reconcile()
         self._loop_task = asyncio.create_task(self._loop(), name="cotrain-executor")
 
@@ -93,6 +97,8 @@ class Executor:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        with contextlib.suppress(Exception):  # a worker that is gone waits for no one
+            await asyncio.to_thread(self._forget_worker)
 
     def wake(self) -> None:
         """Look at the queue now (after a create, start, retry or cancel) instead of within a second."""
@@ -113,8 +119,9 @@ class Executor:
             self._wake.clear()
 
     async def _tick(self) -> None:
-        if time.monotonic() - self._last_stale_check > 5:
+        if time.monotonic() - self._last_stale_check > min(WORKER_BEAT_S, self.settings.heartbeat_timeout_s / 3):
             self._last_stale_check = time.monotonic()
+            await asyncio.to_thread(self._beat_worker)
             await self._publish(await asyncio.to_thread(self._requeue_stale))
         while True:
             row = await asyncio.to_thread(claim_next, self.factory, self.settings.worker_id, self._fits)
@@ -358,6 +365,23 @@ class Executor:
                     extra["retryAt"] = row.next_attempt_at
             row.worker_id = None if row.status != QUEUED else row.worker_id
             return [status_message(db, row, **extra)]
+
+    def _beat_worker(self) -> None:
+        """This executor's row in `workers`: what it can run (its GPUs) and that it is alive."""
+        try:
+            with session_scope(self.factory) as db:
+                row = db.get(Worker, self.settings.worker_id)
+                if row is None:
+                    row = Worker(id=self.settings.worker_id, started_at=time.time())
+                    db.add(row)
+                row.gpus, row.cpu_slots = len(self.pool.gpus), self.pool.cpu_slots
+                row.runs, row.heartbeat_at = len(self.runs), time.time()
+        except IntegrityError:  # another process with this worker id added the row first: the next beat updates it
+            log.warning("worker id %s is used by two processes; give each its own COTRAIN_WORKER_ID", self.settings.worker_id)
+
+    def _forget_worker(self) -> None:
+        with session_scope(self.factory) as db:
+            db.execute(delete(Worker).where(Worker.id == self.settings.worker_id))
 
     def _requeue_stale(self) -> list[dict[str, Any]]:
         """Sessions held by a worker that stopped heartbeating go back to the queue."""

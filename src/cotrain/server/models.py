@@ -80,7 +80,10 @@ class SessionMessage(Base):
     time: Mapped[float] = mapped_column(Float, default=now)
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
 
-    __table_args__ = (UniqueConstraint("session_id", "seq", name="uq_session_messages_seq"),)
+    __table_args__ = (
+        UniqueConstraint("session_id", "seq", name="uq_session_messages_seq"),
+        Index("ix_session_messages_time", "time"),  # the "*" replay of sessions a client never heard of
+    )
 
 
 class MetricPoint(Base):
@@ -130,3 +133,18 @@ class ApiToken(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[float] = mapped_column(Float, default=now)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+
+class Worker(Base):
+    """An executor (`cotrain up`'s embedded one or a `cotrain worker`) and what it can run, kept
+    fresh by its heartbeat, so the API can say why a queued session waits."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)  # Settings.worker_id: host:COTRAIN_HOME
+    gpus: Mapped[int] = mapped_column(Integer, default=0)  # 0: trains on CPU (runs any session, slowly)
+    cpu_slots: Mapped[int] = mapped_column(Integer, default=1)
+    runs: Mapped[int] = mapped_column(Integer, default=0)  # sessions it runs now
+    started_at: Mapped[float] = mapped_column(Float, default=now)
+    heartbeat_at: Mapped[float] = mapped_column(Float, default=now)

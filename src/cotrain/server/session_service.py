@@ -32,6 +32,7 @@ from cotrain.server.models import (
 )
 from cotrain.server.queue import queue_position
 from cotrain.server.schemas import SessionCreate, SessionUpdate
+from cotrain.server.waiting import waiting_reasons
 
 if TYPE_CHECKING:
     from cotrain.server.platform import Platform
@@ -84,6 +85,13 @@ class SessionService:
         row = self.get(session_id, actor)
         with session_scope(self.p.factory) as db:
             return queue_position(db, row)
+
+    def waiting_reasons(self, rows: list[TrainingSession]) -> dict[str, str]:
+        """Why each queued session among `rows` has not started (see waiting.py)."""
+        if not any(row.status == QUEUED for row in rows):
+            return {}
+        with session_scope(self.p.factory) as db:
+            return waiting_reasons(db, rows, self.p.settings.heartbeat_timeout_s)
 
     def config_toml(self, session_id: str, actor: Actor | None = None) -> str:
         return self.get(session_id, actor).config_toml

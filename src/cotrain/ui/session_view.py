@@ -24,6 +24,7 @@ class SessionView:
     logs: list[str]
     versions: list[dict[str, Any]] = field(default_factory=list)
     queue_position: int | None = None
+    waiting_reason: str | None = None  # why a queued session has not started (no worker, too few GPUs, ...)
 
 
 def load(session_id: str, actor: Actor | None) -> SessionView:
@@ -37,6 +38,7 @@ def load(session_id: str, actor: Actor | None) -> SessionView:
         peers=service.participants(session_id, actor)["peers"], checkpoints=service.checkpoints(session_id, actor),
         logs=logs(session_id, actor), versions=list_versions_out(p, session_id),
         queue_position=service.queue_position(session_id, actor) if row.status == "queued" else None,
+        waiting_reason=service.waiting_reasons([row]).get(row.id),
     )
 
 

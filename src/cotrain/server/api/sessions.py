@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import PlainTextResponse
@@ -26,18 +26,26 @@ from cotrain.server.schemas import (
 )
 from cotrain.server.session_service import SessionFilter
 
+if TYPE_CHECKING:
+    from cotrain.server.platform import Platform
+
 router = APIRouter(prefix="/sessions", tags=["sessions"], responses=ERROR_RESPONSES)
 
 StatusFilter = Literal[ALL_STATES]  # type: ignore[valid-type]
 
 
-def session_out(row: TrainingSession) -> SessionOut:
+def session_out(row: TrainingSession, platform: Platform, reasons: dict[str, str] | None = None) -> SessionOut:
+    """The API's view of a row; `reasons` (from SessionService.waiting_reasons) when the caller has
+    them for many rows at once."""
+    if reasons is None:
+        reasons = platform.sessions.waiting_reasons([row])
     return SessionOut(
         id=row.id, name=row.name, description=row.description, status=row.status, priority=row.priority,
         public=row.public, owner_id=row.owner_id, model_type=row.model_type, model_size=row.model_size,
         strategy=row.strategy, step=row.step, total_steps=row.total_steps, progress=row.progress, loss=row.loss,
         participants=row.participants, metrics=row.latest_metrics or {}, attempts=row.attempts,
-        max_retries=row.max_retries, error=row.error, worker_id=row.worker_id, created_at=iso(row.created_at),
+        max_retries=row.max_retries, error=row.error, worker_id=row.worker_id,
+        waiting_reason=reasons.get(row.id), created_at=iso(row.created_at),
         queued_at=iso(row.queued_at), started_at=iso(row.started_at), finished_at=iso(row.finished_at),
         request=row.request,
     )
@@ -50,7 +58,7 @@ def create_session(body: SessionCreate, platform: PlatformDep, actor: RequiredAc
     """Turns the parameters into a validated TOML config (configs/generated/<id>.toml) and queues
     the session (or keeps it a draft with `autoStart: false`). A `rewardPool` is recorded in the
     contribution ledger and split among the contributors' wallets when the session completes."""
-    return session_out(platform.sessions.create(body, actor))
+    return session_out(platform.sessions.create(body, actor), platform)
 
 
 @router.get("", response_model=Page[SessionOut], summary="List sessions (filter, paginate)", openapi_extra=OPTIONAL_AUTH)
@@ -66,17 +74,18 @@ def list_sessions(
     offset: int = Query(0, ge=0, le=10**9),
 ) -> Page[SessionOut]:
     rows, total = platform.sessions.list(actor, SessionFilter(status_, strategy, model_type, owner, q), limit, offset)
-    return Page[SessionOut](items=[session_out(r) for r in rows], total=total, limit=limit, offset=offset)
+    reasons = platform.sessions.waiting_reasons(rows)
+    return Page[SessionOut](items=[session_out(r, platform, reasons) for r in rows], total=total, limit=limit, offset=offset)
 
 
 @router.get("/{session_id}", response_model=SessionOut, openapi_extra=OPTIONAL_AUTH)
 def get_session(session_id: SessionId, platform: PlatformDep, actor: MaybeActor) -> SessionOut:
-    return session_out(platform.sessions.get(session_id, actor))
+    return session_out(platform.sessions.get(session_id, actor), platform)
 
 
 @router.patch("/{session_id}", response_model=SessionOut, summary="Edit a draft or queued session")
 def update_session(session_id: SessionId, body: SessionUpdate, platform: PlatformDep, actor: RequiredActor) -> SessionOut:
-    return session_out(platform.sessions.update(session_id, body, actor))
+    return session_out(platform.sessions.update(session_id, body, actor), platform)
 
 
 @router.delete("/{session_id}", status_code=status.HTTP_204_NO_CONTENT)
@@ -87,22 +96,22 @@ def delete_session(session_id: SessionId, platform: PlatformDep, actor: Required
 
 @router.post("/{session_id}/start", response_model=SessionOut, summary="Queue a draft, or run a finished session again")
 def start_session(session_id: SessionId, platform: PlatformDep, actor: RequiredActor) -> SessionOut:
-    return session_out(platform.sessions.start(session_id, actor))
+    return session_out(platform.sessions.start(session_id, actor), platform)
 
 
 @router.post("/{session_id}/cancel", response_model=SessionOut, summary="Cancel (SIGTERM, then SIGKILL after a grace period)")
 def cancel_session(session_id: SessionId, platform: PlatformDep, actor: RequiredActor) -> SessionOut:
-    return session_out(platform.sessions.cancel(session_id, actor))
+    return session_out(platform.sessions.cancel(session_id, actor), platform)
 
 
 @router.post("/{session_id}/retry", response_model=SessionOut, summary="Queue a failed or cancelled session again")
 def retry_session(session_id: SessionId, platform: PlatformDep, actor: RequiredActor) -> SessionOut:
-    return session_out(platform.sessions.retry(session_id, actor))
+    return session_out(platform.sessions.retry(session_id, actor), platform)
 
 
 @router.put("/{session_id}/priority", response_model=SessionOut, summary="Change the queue priority")
 def set_priority(session_id: SessionId, body: PriorityChange, platform: PlatformDep, actor: RequiredActor) -> SessionOut:
-    return session_out(platform.sessions.set_priority(session_id, body.priority, actor))
+    return session_out(platform.sessions.set_priority(session_id, body.priority, actor), platform)
 
 
 @router.get("/{session_id}/config", summary="Download the generated TOML config",
@@ -122,6 +131,7 @@ def session_status(session_id: SessionId, platform: PlatformDep, actor: MaybeAct
         "totalSteps": row.total_steps, "loss": row.loss, "participants": row.participants,
         "metrics": row.latest_metrics or {}, "attempts": row.attempts, "error": row.error, "seq": row.message_seq,
         "queuePosition": platform.sessions.queue_position(session_id, actor),
+        "waitingReason": platform.sessions.waiting_reasons([row]).get(row.id),
     }
 
 

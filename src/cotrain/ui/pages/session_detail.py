@@ -342,7 +342,8 @@ class Detail:
     # ---- text ----------------------------------------------------------------------------------------
     def _step_text(self, step: int, total: int | None, queue_position: int | None = None) -> str:
         if queue_position:
-            return t("detail.queue_position", n=queue_position)
+            reason = self.view.waiting_reason
+            return t("detail.queue_position", n=queue_position) + (f" · {reason}" if reason else "")
         return t("detail.step", step=step, total=total) if total else t("detail.step_unknown", step=step)
 
     def _eta_text(self) -> str:
