@@ -195,7 +195,9 @@ def test_killed_peer_is_dropped_and_a_joining_peer_gets_the_state(
     bootstrap: str, shared_datasets: Path, tmp_path: Path
 ):
     _prepare(shared_datasets, tmp_path)
-    peers = [Peer(f"peer{i}", tmp_path, shared_datasets, bootstrap, max_steps=60) for i in range(3)]
+    # the survivors train long enough for the joiner's startup (tens of seconds on a busy machine) to end
+    # well before they do: rounds of peers that are all ready close at once, so 60 steps were a close race
+    peers = [Peer(f"peer{i}", tmp_path, shared_datasets, bootstrap, max_steps=100) for i in range(3)]
     first, second, victim = peers
     joiner = None
     try:

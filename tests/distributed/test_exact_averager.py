@@ -51,3 +51,41 @@ def test_three_peers_get_identical_averages(compression: str, tolerance: float):
             averager.shutdown()
         for dht in dhts:
             dht.shutdown()
+
+
+def test_group_size_changes_between_rounds_in_the_averager_process():
+    """Built with min_group_size=1 (DiLoCo's default min_peers), resized to 3 before the round: the three
+    averagers form one group of three (with min 1 each one's matchmaking could close a group of one)."""
+    first = start_dht()
+    dhts = [first] + [start_dht(initial_peers=visible_maddrs(first)) for _ in range(2)]
+    averagers = [
+        ExactAverager([torch.full((1000,), float(i))], dht, start=True, prefix="resize_test", target_group_size=None,
+                      min_group_size=1, min_matchmaking_time=2.0, request_timeout=1.0)
+        for i, dht in enumerate(dhts)
+    ]
+    try:
+        assert averagers[0].group_size() == (1, None)
+        with pytest.raises(ValueError):
+            averagers[0].set_group_size(3, 2)
+        for averager in averagers:
+            averager.set_group_size(3, 3)
+        assert [averager.group_size() for averager in averagers] == [(3, 3)] * 3
+        results: list = [None] * 3
+
+        def step(i: int) -> None:
+            results[i] = averagers[i].step(gather={"peer": i}, timeout=60, allow_retries=False)
+
+        threads = [threading.Thread(target=step, args=(i,)) for i in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert all(r is not None and len(r) == 3 for r in results), results
+        for averager in averagers:
+            with averager.get_tensors() as (tensor,):
+                assert torch.equal(tensor, torch.full((1000,), 1.0))
+    finally:
+        for averager in averagers:
+            averager.shutdown()
+        for dht in dhts:
+            dht.shutdown()
