@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cotrain.core.events import EventFollower
 from cotrain.server.db import session_scope
 from cotrain.server.fanout import LocalHub
+from cotrain.server.log_tail import TailKeeper, keep_tail
 from cotrain.server.messages import status_message
 from cotrain.server.model_service import register_model_version
 from cotrain.server.models import (
@@ -57,6 +58,7 @@ ENGINE_MODULE = "cotrain.core.train"
 EXIT_BAD_CONFIG = 2
 SECRET_ENV = ("COTRAIN_ADMIN_TOKEN", "DATABASE_URL", "REDIS_URL", "COTRAIN_LEDGER_KEY", "COTRAIN_TREASURY_KEY")
 CHAIN_TICK_S = 1.0  # how often a running DiLoCo session's DHT progress records are kept
+LOG_TAIL_S = 2.0  # how often a run's log tail is copied into the database (when it changed)
 WORKER_BEAT_S = 5.0  # how often the executor refreshes its `workers` row (and looks for stale sessions)
 
 
@@ -239,7 +241,8 @@ class Executor:
         """Apply the run's events as they come; heartbeat; honour cancel. Returns the exit code."""
         after, strategy = await asyncio.to_thread(self._engine_seq, session_id)
         follower = EventFollower(self.settings.layout.session_logs(session_id), after_seq=after)
-        last_beat = last_capture = 0.0
+        tails = TailKeeper(self.settings.layout.session_logs(session_id))
+        last_beat = last_capture = last_tail = 0.0
         term_sent: float | None = None
         killed = False
         while True:
@@ -255,6 +258,7 @@ class Executor:
                 events = follower.poll()  # whatever it wrote just before exiting
                 if events:
                     await self._publish(await asyncio.to_thread(self._apply, session_id, events))
+                await self._keep_tails(session_id, tails)
                 return returncode
             now = time.monotonic()
             if now - last_beat >= 1.0:
@@ -264,6 +268,9 @@ class Executor:
                     log.info("cancelling session %s: SIGTERM to pid %s", session_id, run.pid)
                     run.signal(signal.SIGTERM)
                     term_sent = now
+            if now - last_tail >= LOG_TAIL_S:
+                last_tail = now
+                await self._keep_tails(session_id, tails)
             if strategy == "diloco" and self.chain is not None and now - last_capture >= CHAIN_TICK_S:
                 last_capture = now
                 await self._capture_progress(session_id)
@@ -276,6 +283,20 @@ class Executor:
                 await asyncio.to_thread(_append_line, self.settings.layout.session_logs(session_id) / "stderr.log", note)
                 run.signal(signal.SIGKILL)
             await run.wait(self.settings.poll_interval_s)
+
+    async def _keep_tails(self, session_id: str, tails: TailKeeper) -> None:
+        """The run's newest log lines into the database, for API replicas without this machine's disk."""
+        try:
+            changed = await asyncio.to_thread(tails.changed)
+            if changed:
+                await asyncio.to_thread(self._store_tails, session_id, changed)
+        except Exception as exc:  # the log on disk is still whole; the next tick tries again
+            log.warning("keeping the log tail of session %s failed: %s", session_id, exc)
+
+    def _store_tails(self, session_id: str, changed: dict[str, list[str]]) -> None:
+        with session_scope(self.factory) as db:
+            for stream, lines in changed.items():
+                keep_tail(db, session_id, stream, self.settings.worker_id, lines)
 
     def _kill_note(self) -> str:
         return (
@@ -347,7 +368,7 @@ class Executor:
                 if session_id in self._killed:
                     extra["detail"] = self._killed[session_id]
             elif returncode == 0:
-                version = register_model_version(db, self.settings.layout, row)
+                version = register_model_version(db, self.settings.layout, row, self.settings.worker_id)
                 row.status, row.finished_at, row.error, row.progress = COMPLETED, time.time(), None, 100.0
                 if version is not None:
                     extra["modelVersion"] = {"id": version.id, "version": version.version, "name": f"v{version.version}"}

@@ -19,8 +19,11 @@ from cotrain.server.models import ModelVersion, TrainingSession
 COMPARED = ("val_loss", "val_perplexity", "val_accuracy", "num_parameters", "tokens_seen")
 
 
-def register_model_version(db: Session, layout: Layout, row: TrainingSession) -> ModelVersion | None:
-    """Snapshot the session's exported model as its next version; None when the run exported nothing."""
+def register_model_version(
+    db: Session, layout: Layout, row: TrainingSession, worker_id: str | None = None
+) -> ModelVersion | None:
+    """Snapshot the session's exported model as its next version (on the disk of `worker_id`, the
+    executor that ran it); None when the run exported nothing."""
     source = layout.final_models / row.id
     if not source.is_dir():
         return None
@@ -33,7 +36,7 @@ def register_model_version(db: Session, layout: Layout, row: TrainingSession) ->
     metrics_file = target / "metrics.json"
     if metrics_file.exists():
         metrics = json.loads(metrics_file.read_text())
-    version = ModelVersion(session_id=row.id, version=number, path=str(target), metrics=metrics)
+    version = ModelVersion(session_id=row.id, version=number, path=str(target), metrics=metrics, worker_id=worker_id)
     db.add(version)
     db.flush()
     return version
@@ -75,9 +78,18 @@ def compare_versions(db: Session, ids: list[int]) -> dict[str, Any]:
     return {"versions": rows, "best": best}
 
 
-def zip_version(version: ModelVersion) -> Path:
-    """A zip of the version's directory in a temp file (the caller deletes it)."""
-    source = Path(version.path)
+def local_files(version: ModelVersion, layout: Layout, worker_id: str) -> Path:
+    """Where this machine finds the version's files. `version.path` is a path on the disk of the
+    worker that made it; another machine reads them only through a COTRAIN_HOME on shared storage
+    (mounted anywhere), so there the same name under its own models/final/ is what counts."""
+    if version.worker_id is None or version.worker_id == worker_id:
+        return Path(version.path)
+    return layout.final_models / Path(version.path).name
+
+
+def zip_version(version: ModelVersion, source: Path | None = None) -> Path:
+    """A zip of the version's directory (`source`, default its recorded path) in a temp file (the caller deletes it)."""
+    source = source or Path(version.path)
     if not source.is_dir():
         raise FileNotFoundError(f"the files of model v{version.version} are gone from {source}")
     fd, name = tempfile.mkstemp(suffix=".zip")

@@ -118,6 +118,7 @@ class ModelVersion(Base):
     path: Mapped[str] = mapped_column(Text)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[float] = mapped_column(Float, default=now)
+    worker_id: Mapped[str | None] = mapped_column(String(200), nullable=True)  # whose disk `path` is on
 
     __table_args__ = (UniqueConstraint("session_id", "version", name="uq_model_versions_version"),)
 
@@ -148,3 +149,17 @@ class Worker(Base):
     runs: Mapped[int] = mapped_column(Integer, default=0)  # sessions it runs now
     started_at: Mapped[float] = mapped_column(Float, default=now)
     heartbeat_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+
+class SessionLogTail(Base):
+    """The last lines of a run's stdout or stderr, kept by the worker that follows it, so an API
+    replica on another machine (without the worker's disk) can show them."""
+
+    __tablename__ = "session_log_tails"
+
+    session_id: Mapped[str] = mapped_column(ForeignKey("training_sessions.id", ondelete="CASCADE"), primary_key=True)
+    stream: Mapped[str] = mapped_column(String(8), primary_key=True)  # stdout | stderr
+    worker_id: Mapped[str] = mapped_column(String(200))
+    lines: Mapped[list[str]] = mapped_column(JSON, default=list)
+    updated_at: Mapped[float] = mapped_column(Float, default=now)

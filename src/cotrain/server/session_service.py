@@ -18,6 +18,7 @@ from cotrain.server.auth import Actor
 from cotrain.server.config_generator import SessionConfigError, build_config, write_config
 from cotrain.server.db import session_scope
 from cotrain.server.errors import Conflict, Forbidden, NotFound
+from cotrain.server.log_tail import kept_tail, read_tail
 from cotrain.server.messages import messages_after, status_message
 from cotrain.server.models import (
     ACTIVE_STATES,
@@ -234,15 +235,26 @@ class SessionService:
             return messages_after(db, session_id, after, limit)
 
     def log_tail(self, session_id: str, stream: str = "stderr", lines: int = 200, actor: Actor | None = None) -> list[str]:
+        return self.log_view(session_id, stream, lines, actor)["lines"]
+
+    def log_view(self, session_id: str, stream: str = "stderr", lines: int = 200, actor: Actor | None = None) -> dict[str, Any]:
+        """The last `lines` lines of the run's `stream`: from this machine's disk, or from the tail
+        the worker that ran it keeps in the database (at most log_tail.KEPT_LINES) when the run was
+        on another machine, or that tail is newer than the file here."""
         self.get(session_id, actor)
         path = self.p.settings.layout.session_logs(session_id) / f"{stream}.log"
-        if not path.exists():
-            return []
-        with path.open("rb") as fh:
-            fh.seek(0, 2)
-            fh.seek(max(0, fh.tell() - 256 * 1024))
-            text = fh.read().decode(errors="replace")
-        return text.splitlines()[-lines:]
+        local = read_tail(path, lines)
+        with session_scope(self.p.factory) as db:
+            kept = kept_tail(db, session_id, stream)
+            remote = kept is not None and kept.worker_id != self.p.settings.worker_id
+            kept_lines, kept_worker, kept_at = (kept.lines, kept.worker_id, kept.updated_at) if kept else ([], None, 0.0)
+        here = {"lines": local, "source": "disk", "workerId": self.p.settings.worker_id}
+        there = {"lines": kept_lines[-lines:], "source": "database", "workerId": kept_worker}
+        if local is None:
+            return there if kept else {"lines": [], "source": None, "workerId": None}
+        if remote and kept_at > _mtime(path):
+            return there
+        return here
 
     def checkpoints(self, session_id: str, actor: Actor | None = None) -> list[dict[str, Any]]:
         self.get(session_id, actor)
@@ -274,6 +286,13 @@ class SessionService:
         else:
             source = "dht"
         return {"sessionId": session_id, "count": max(row.participants, len(peers)), "source": source, "peers": peers}
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def _can_read(actor: Actor | None, row: TrainingSession) -> bool:

@@ -10,7 +10,13 @@ from pydantic import Field
 
 from cotrain.server.api.deps import ID_PATTERN, OPTIONAL_AUTH, DbId, MaybeActor, PlatformDep
 from cotrain.server.db import session_scope
-from cotrain.server.model_service import compare_versions, list_versions, version_out, zip_version
+from cotrain.server.model_service import (
+    compare_versions,
+    list_versions,
+    local_files,
+    version_out,
+    zip_version,
+)
 from cotrain.server.models import ModelVersion
 from cotrain.server.schemas import ERROR_RESPONSES, ModelVersionOut, iso
 
@@ -24,6 +30,14 @@ def list_versions_out(platform: Any, session_id: str | None, limit: int = 100, o
 
 def _out(v: dict[str, Any]) -> ModelVersionOut:
     return ModelVersionOut(**{**v, "created_at": iso(v["created_at"])})
+
+
+def elsewhere(version: ModelVersion) -> str:
+    return (
+        f"Model v{version.version} of session {version.session_id} is on the disk of worker {version.worker_id} "
+        f"({version.path}), not on this server's. Download it on that machine, or put COTRAIN_HOME on storage "
+        "shared by the servers and their workers."
+    )
 
 
 @router.get("", response_model=list[ModelVersionOut], summary="Final model versions, optionally of one session", openapi_extra=OPTIONAL_AUTH)
@@ -59,15 +73,18 @@ def get_model(model_id: DbId, platform: PlatformDep) -> ModelVersionOut:
 
 
 @router.get("/{model_id}/download", response_class=FileResponse, summary="The version's files as a zip",
-            responses={200: {"content": {"application/zip": {}}}, 410: {"description": "The files are gone"}})
+            responses={200: {"content": {"application/zip": {}}}, 410: {"description": "The files are gone"},
+                       409: {"description": "The files are on the disk of the worker that trained it, not this server's"}})
 def download_model(model_id: DbId, platform: PlatformDep, background: BackgroundTasks) -> FileResponse:
     with session_scope(platform.factory) as db:
         version = db.get(ModelVersion, model_id)
         if version is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"No model version {model_id}. List them with GET /api/v1/models.")
         try:
-            path = zip_version(version)
+            path = zip_version(version, local_files(version, platform.settings.layout, platform.settings.worker_id))
         except FileNotFoundError as exc:
+            if version.worker_id and version.worker_id != platform.settings.worker_id:
+                raise HTTPException(status.HTTP_409_CONFLICT, elsewhere(version)) from None
             raise HTTPException(status.HTTP_410_GONE, str(exc)) from None
         name = f"{version.session_id}-v{version.version}.zip"
     background.add_task(path.unlink, missing_ok=True)

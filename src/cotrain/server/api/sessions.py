@@ -160,7 +160,9 @@ def session_logs(
     session_id: SessionId, platform: PlatformDep, actor: MaybeActor,
     stream: Literal["stderr", "stdout"] = "stderr", lines: int = Query(200, ge=1, le=5000),
 ) -> dict[str, Any]:
-    return {"sessionId": session_id, "stream": stream, "lines": platform.sessions.log_tail(session_id, stream, lines, actor)}
+    """From this machine's disk when the run's log is here; otherwise from the last 200 lines the
+    worker that ran it keeps in the database (`source`: "disk" or "database", `workerId`: whose log)."""
+    return {"sessionId": session_id, "stream": stream, **platform.sessions.log_view(session_id, stream, lines, actor)}
 
 
 @router.get("/{session_id}/checkpoints", response_model=list[CheckpointOut], openapi_extra=OPTIONAL_AUTH)
