@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from cotrain.cli.errors import UserError, friendly_errors
+from cotrain.config.loader import deep_merge
 
 PEERS_OPTION = typer.Option(
     [], "--initial-peers", help="Multiaddr of a peer of the session, /ip4/HOST/tcp/PORT/p2p/PEER_ID (repeatable)."
@@ -20,20 +21,46 @@ PEERS_OPTION = typer.Option(
 def join(
     initial_peers: list[str] = PEERS_OPTION,
     session: str = typer.Option(..., "--session", help="The session id to train (the same on every peer)."),
+    server: str | None = typer.Option(
+        None, "--server", help="The CoTrain server running the session, e.g. https://cotrain.example.org: the "
+        "session's config and the server's DHT peers come from it."),
+    token: str | None = typer.Option(
+        None, "--token", envvar="COTRAIN_TOKEN", help="API token for a private session (with --server)."),
     wallet: str | None = typer.Option(None, "--wallet", help="Aptos address (0x...) credited for your work."),
-    config: Path | None = typer.Option(None, "--config", help="The session's config (same model and data as the others)."),
+    config: Path | None = typer.Option(
+        None, "--config", help="The session's config (same model and data as the others); with --server, "
+        "this file is used instead of the server's."),
     host: list[str] = typer.Option([], "--host-maddr", help="Listen address (default /ip4/0.0.0.0/tcp/0)."),
     announce: list[str] = typer.Option([], "--announce-maddr", help="Public address to announce (behind NAT)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key: section.key=value (repeatable)."),
 ) -> None:
     """Join a DiLoCo session as a volunteer peer: download the current model from the other peers,
-    train `inner_steps` local steps at a time, and average with them."""
-    from cotrain.config import load_config
-    from cotrain.core.train import run
+    train `inner_steps` local steps at a time, and average with them.
 
-    if not initial_peers:
-        raise UserError("give --initial-peers with the address of a peer of the session (shown in its log)")
-    diloco: dict = {"initial_peers": list(initial_peers)}
+    `--server URL --session ID` takes the config and the bootstrap peers from the server;
+    `--initial-peers MADDR --session ID [--config FILE]` joins without one."""
+    from cotrain.config import load_config
+
+    base: dict = {}
+    peers = list(initial_peers)
+    if server:
+        base, server_peers = _from_server(server, session, token)
+        peers = _unique(server_peers + list(base.get("distributed", {}).get("diloco", {}).get("initial_peers", []))
+                        + peers)
+        if config is not None:
+            base = {}  # the volunteer's own file wins over the server's config
+        if not peers:
+            raise UserError(
+                f"The server at {server} has no running DHT node yet, so there is no peer to join through. Ask its "
+                "admin to start it (the Network page, or POST /api/v1/hivemind/start) and try again, or pass "
+                "--initial-peers with the address of a peer of the session."
+            )
+    elif token:
+        raise UserError("--token is for --server: give --server with the URL of the server running the session")
+    if not peers:
+        raise UserError("give --server with the URL of the server running the session, or --initial-peers with the "
+                        "address of a peer of the session (shown in its log)")
+    diloco: dict = {"initial_peers": peers}
     if wallet:
         diloco["wallet"] = wallet
     if host:
@@ -41,10 +68,32 @@ def join(
     if announce:
         diloco["announce_maddrs"] = list(announce)
     data = {"session": {"id": session}, "distributed": {"strategy": "diloco", "gpus_per_node": 1, "diloco": diloco}}
-    if config is None:
+    if config is None and not base:
         data["data"] = {"dataset": "stdlib"}  # the built-in defaults, as a session started the same way uses
-    cfg = load_config(config, overrides=set_, data=data)
+    cfg = load_config(config, overrides=set_, data=deep_merge(base, data))
+    from cotrain.core.train import run  # torch: imported once the arguments are known to be good
+
     raise typer.Exit(run(cfg))
+
+
+def _from_server(server: str, session: str, token: str | None) -> tuple[dict, list[str]]:
+    """(the session's config, the server's DHT addresses); a UserError when the server cannot give them."""
+    from cotrain.p2p.server_join import JoinError, fetch_join_info
+
+    try:
+        info = fetch_join_info(server, session, token)
+    except JoinError as exc:
+        raise UserError(str(exc)) from None
+    if info.strategy != "diloco":
+        raise UserError(
+            f"Session {session} trains with the {info.strategy} strategy, which runs only on the server's own "
+            "machines; volunteers can join DiLoCo sessions only (the server's Network page lists them)."
+        )
+    return info.config, info.initial_peers
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
 
 
 @friendly_errors
@@ -97,7 +146,8 @@ def doctor(
     if failed:
         typer.echo(f"{len(failed)} check(s) failed: {', '.join(failed)}", err=True)
         raise typer.Exit(1)
-    typer.echo("this machine can join CoTrain sessions: cotrain join --initial-peers MADDR --session ID")
+    typer.echo("this machine can join CoTrain sessions: cotrain join --server URL --session ID "
+               "(or --initial-peers MADDR instead of --server)")
     sys.stdout.flush()
 
 

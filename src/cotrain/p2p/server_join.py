@@ -1,0 +1,86 @@
+"""What a volunteer peer needs from a CoTrain server to join a session: the session's config
+(the same model and data as every other peer) and the server's DHT addresses to bootstrap from.
+
+Both come from one request, `GET {server}/api/v1/sessions/{id}/join`. Every way it can go wrong
+becomes a `JoinError` whose message says what to do; no HTTP error reaches the user raw.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+
+class JoinError(Exception):
+    """The server cannot give what joining needs; the message says what to do."""
+
+
+@dataclass
+class JoinInfo:
+    session_id: str
+    strategy: str
+    config: dict[str, Any]  # the session's parsed TOML config
+    initial_peers: list[str]  # the server's DHT addresses (empty while its DHT is not running)
+
+
+def fetch_join_info(server: str, session_id: str, token: str | None = None, timeout: float = 30.0) -> JoinInfo:
+    """The session's config and bootstrap peers from the server at `server` (http[s]://host[:port]);
+    `token` (an API token) lets a private session's owner or an admin read it."""
+    base = server.strip().rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise JoinError(f"--server {server!r} is not a URL: give the server's address with http:// or https://, "
+                        "e.g. --server http://127.0.0.1:8000")
+    url = f"{base}/api/v1/sessions/{quote(session_id, safe='')}/join"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        answer = httpx.get(url, headers=headers, timeout=timeout, follow_redirects=True)
+    except httpx.HTTPError as exc:
+        raise JoinError(f"Could not reach the CoTrain server at {base} ({type(exc).__name__}: {exc or 'no answer'}). "
+                        "Check --server and that the server is running and reachable from this machine.") from None
+    if answer.status_code != 200:
+        raise JoinError(_refusal(answer, base, session_id, token))
+    return _parse(answer, base, session_id)
+
+
+def _refusal(answer: httpx.Response, base: str, session_id: str, token: str | None) -> str:
+    """The sentence for a non-200 answer."""
+    detail = _detail(answer)
+    if answer.status_code == 404:
+        return (f"The server at {base} has no session {session_id!r} that {'this token' if token else 'a visitor'} "
+                f"can see. Check the session id (its page on the server shows it); if the session is private, "
+                f"pass --token with an API token of its owner or an admin.")
+    if answer.status_code in (401, 403):
+        what = "refused this token" if token else "needs a token for this session"
+        return (f"The server at {base} {what} ({detail}). Pass --token with a valid API token (or set COTRAIN_TOKEN); "
+                "sign in on the server's web page to get one.")
+    if answer.status_code == 422:
+        return f"{session_id!r} is not a valid session id ({detail}); copy the id from the session's page."
+    return (f"The server at {base} answered {answer.status_code} to GET {answer.request.url.path} ({detail}). "
+            "Try again in a moment; if it persists, check --server and the server's log.")
+
+
+def _detail(answer: httpx.Response) -> str:
+    try:
+        detail = answer.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    return str(detail) if detail else (answer.text.strip()[:200] or answer.reason_phrase)
+
+
+def _parse(answer: httpx.Response, base: str, session_id: str) -> JoinInfo:
+    """The answer's fields, checked: a proxy's error page or another service must not start a peer."""
+    not_cotrain = (f"The server at {base} did not answer like a CoTrain server (GET {answer.request.url.path}); "
+                   "check --server (the address of `cotrain up`, without /api/v1).")
+    try:
+        body = answer.json()
+        config = tomllib.loads(body["config"])
+        peers = [str(address) for address in body.get("initialPeers") or []]
+        strategy = str(body["strategy"])
+    except (ValueError, KeyError, TypeError, AttributeError, tomllib.TOMLDecodeError):
+        raise JoinError(not_cotrain) from None
+    return JoinInfo(session_id=str(body.get("sessionId") or session_id), strategy=strategy, config=config,
+                    initial_peers=peers)
