@@ -48,6 +48,7 @@ from cotrain.server.processes import AdoptedRun, ChildRun, describe_exit, end_pr
 from cotrain.server.queue import claim_next
 from cotrain.server.scheduler import Allocation, ResourcePool
 from cotrain.server.settings import Settings
+from cotrain.server.waiting import gpus_per_node
 
 if TYPE_CHECKING:
     from cotrain.server.chain_bridge import ChainBridge
@@ -129,12 +130,12 @@ class Executor:
             row = await asyncio.to_thread(claim_next, self.factory, self.settings.worker_id, self._fits)
             if row is None:
                 return
-            allocation = self.pool.allocate(row.id, _gpus_per_node(row))
+            allocation = self.pool.allocate(row.id, gpus_per_node(row))
             assert allocation is not None  # _fits said so, and only this loop allocates
             self.runs[row.id] = asyncio.create_task(self._run(row.id, allocation), name=f"run-{row.id}")
 
     def _fits(self, row: TrainingSession) -> bool:
-        return row.id not in self.runs and self.pool.fits(_gpus_per_node(row))
+        return row.id not in self.runs and self.pool.fits(gpus_per_node(row))
 
     # ---- one run ---------------------------------------------------------------------------
     async def _run(self, session_id: str, allocation: Allocation, adopted: AdoptedRun | None = None) -> None:
@@ -467,10 +468,6 @@ class Executor:
                 await self.hub.publish(message)
             except Exception as exc:  # the DB has it; clients replay with `after`
                 print(f"cotrain: could not publish a message ({exc})", file=sys.stderr)
-
-
-def _gpus_per_node(row: TrainingSession) -> int:
-    return int((row.request.get("distributedConfig") or {}).get("gpusPerNode") or 1)
 
 
 def _seconds(value: float) -> str:
