@@ -71,3 +71,13 @@ def test_implausible_peers_are_excluded_with_reasons():
 def test_unproven_wallet_is_excluded():
     out = tally([Rec("p1", 100, 1, 0, 100, A)], bound_wallets={"p1": B})
     assert not out[0].verified and "not proven" in out[0].reason
+
+
+def test_rounds_that_fell_between_two_snapshots_still_count():
+    """Fast rounds: the monitor saw outer steps 0, 2 and 4 only; the peer was there for all five."""
+    records = [Rec("p1", 1024 * (r + 1), 16 * (r + 1), r, 5000, A, updated=r) for r in (0, 2, 4)]
+    out = tally(records, Limits(tokens_per_outer_round=1024, seq_length=64))
+    assert out[0].status == "verified", out[0].reason
+    assert out[0].outer_rounds == 5
+    greedy = [Rec("p2", 1024 * 8, 16 * 8, r, 5000, B, updated=r) for r in (0, 2, 4)]  # 8 rounds' worth in 5
+    assert tally(greedy, Limits(tokens_per_outer_round=1024, seq_length=64))[0].status == "excluded"

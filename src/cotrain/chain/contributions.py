@@ -114,7 +114,9 @@ def _one_peer(
     first, last = snaps[0], snaps[-1]
     tokens = max(r.tokens for r in snaps)
     samples = max(r.samples for r in snaps)
-    rounds = len({r.outer_step for r in snaps})
+    # the rounds the peer was there for: the span of its outer steps, not the distinct values seen,
+    # which depend on how often the monitor sampled (fast rounds slip between two snapshots)
+    rounds = max(r.outer_step for r in snaps) - min(r.outer_step for r in snaps) + 1
     reported_tps = max(r.tokens_per_second for r in snaps)
     address = _address(last.wallet)
     ceiling = limits.device_ceiling(last.device)
