@@ -11,7 +11,7 @@ import pytest
 
 from cotrain.p2p.dht import start_dht, visible_maddrs
 from cotrain.p2p.records import fetch_progress
-from tests.conftest import PYTHON, engine_env, tiny_config
+from tests.conftest import PYTHON, engine_env, free_port, tiny_config
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 
@@ -35,6 +35,16 @@ def test_join_without_peers_says_what_to_do(cotrain_home: Path):
     proc = cotrain("join", "--session", "s", home=cotrain_home)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "--initial-peers" in err
+
+
+def test_join_with_an_unreachable_peer_is_one_sentence(cotrain_home: Path):
+    nobody = f"/ip4/127.0.0.1/tcp/{free_port()}/p2p/QmUQWXKeTU7aVJbzjVMqZrXt4QMBAGsFU2ZmjL2bWZShxB"
+    proc = cotrain("join", "--session", "s", "--initial-peers", nobody, home=cotrain_home)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err[-2000:]
+    assert "Traceback" not in err
+    assert f"error: Could not start a DHT node with initial peers ['{nobody}']" in err
+    assert "cotrain doctor" in err
 
 
 @pytest.mark.slow

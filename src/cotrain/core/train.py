@@ -40,9 +40,10 @@ from cotrain.core.models import ModelLoadError, build_model, describe
 from cotrain.core.optim import build_optimizer, lr_at, set_lr
 from cotrain.core.strategies import make_strategy
 from cotrain.core.tokenizer import eos_id, mask_id
+from cotrain.p2p.errors import PeerNetworkError
 from cotrain.paths import Layout
 
-USER_ERRORS = (ConfigError, DataSourceError, ModelLoadError)
+USER_ERRORS = (ConfigError, DataSourceError, ModelLoadError, PeerNetworkError)
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

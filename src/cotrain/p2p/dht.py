@@ -13,6 +13,7 @@ from hivemind import DHT
 from hivemind.dht.crypto import RSASignatureValidator
 from hivemind.utils.crypto import RSAPrivateKey
 
+from cotrain.p2p.errors import PeerNetworkError
 from cotrain.p2p.lifetime import dies_with_parent
 
 LOOPBACK_MADDRS = ["/ip4/127.0.0.1/tcp/0"]
@@ -49,7 +50,7 @@ def start_dht(
             )
     except Exception as exc:  # hivemind raises plain Exceptions from its P2P daemon
         where = f"initial peers {list(initial_peers)}" if initial_peers else f"host addresses {list(host_maddrs)}"
-        raise RuntimeError(
+        raise PeerNetworkError(
             f"Could not start a DHT node with {where}: {exc}. Check that the addresses are full multiaddrs "
             "(/ip4/HOST/tcp/PORT/p2p/PEER_ID) of a running peer and that the port is reachable, and that no "
             "other running peer uses the same identity file; `cotrain doctor` checks this machine."

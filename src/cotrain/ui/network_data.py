@@ -36,11 +36,10 @@ def start() -> dict[str, Any]:
 def open_diloco_sessions(actor: Actor | None, base_url: str) -> list[dict[str, str]]:
     """DiLoCo sessions a volunteer can join now, with the command to run."""
     service = platform().sessions
-    peers = platform().dht.bootstrap_addresses()[:1]
     wallet = owner_wallet(actor.name if actor else None)
     out = []
     for state in OPEN_STATES:
         rows, _ = service.list(actor, SessionFilter(status=state, strategy="diloco"), limit=20)
-        out += [{"id": r.id, "name": r.name, "status": r.status, "command": join_command(base_url, r.id, peers, wallet)}
+        out += [{"id": r.id, "name": r.name, "status": r.status, "command": join_command(base_url, r.id, wallet)}
                 for r in rows]
     return out

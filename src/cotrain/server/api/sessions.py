@@ -180,11 +180,11 @@ def session_participants(session_id: SessionId, platform: PlatformDep, actor: Ma
 
 @router.get("/{session_id}/join", summary="What a volunteer needs to join: the config and the bootstrap peers", openapi_extra=OPTIONAL_AUTH)
 def join_info(session_id: SessionId, request: Request, platform: PlatformDep, actor: MaybeActor) -> dict[str, Any]:
-    """`command` fetches the config and joins; a signed-in wallet's address is filled in as `--wallet`
-    (add `--wallet 0x...` yourself to be credited otherwise)."""
+    """`command` joins through this server (`cotrain join --server`); a signed-in wallet's address is
+    filled in as `--wallet` (add `--wallet 0x...` yourself to be credited otherwise)."""
     row = platform.sessions.get(session_id, actor)
     peers = platform.dht.bootstrap_addresses()
-    command = join_command(str(request.base_url), row.id, peers, owner_wallet(actor.name if actor else None))
+    command = join_command(str(request.base_url), row.id, owner_wallet(actor.name if actor else None))
     return {"sessionId": row.id, "strategy": row.strategy, "config": row.config_toml, "initialPeers": peers,
             "command": command}
 

@@ -224,7 +224,7 @@ class Detail:
             with ui.card().classes("ct-card w-full p-5 gap-3").props("flat"):
                 ui.label(t("detail.join")).classes("ct-section-title")
                 wallet = owner_wallet(self.page.actor.name if self.page.actor else None)
-                copyable(join_command(self.base_url, row.id, platform().dht.bootstrap_addresses()[:1], wallet),
+                copyable(join_command(self.base_url, row.id, wallet),
                          testid="join-command", wrap=True)
                 ui.label(t("network.wallet_hint")).classes("text-sm ct-muted")
 
