@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from cotrain.p2p.dht import start_dht, visible_maddrs
+from cotrain.server.processes import group_members
 from tests.conftest import PYTHON, engine_env, tiny_config
 
 DILOCO = """
@@ -88,7 +89,7 @@ class Peer:
         """kill -9 the peer's training process; its DHT, averager and p2pd must die with it."""
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
-        wait_until(lambda: not live_processes_in_group(self.proc.pid), timeout=20)
+        wait_until(lambda: not group_members(self.proc.pid), timeout=20)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -101,20 +102,14 @@ class Peer:
         self.log.close()
 
 
-def live_processes_in_group(pgid: int) -> list[int]:
-    """Pids of the non-zombie processes of process group `pgid` (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        state, _ppid, group = stat.rsplit(")", 1)[1].split()[:3]
-        if int(group) == pgid and state != "Z":
-            found.append(int(entry.name))
-    return found
+def run_to_completion(peers: list[Peer], tmp_path: Path) -> None:
+    """Wait for every peer to exit 0 (its log tail if not); stop them all in any case."""
+    try:
+        for peer in peers:
+            assert peer.wait() == 0, (tmp_path / f"{peer.name}.log").read_text()[-3000:]
+    finally:
+        for peer in peers:
+            peer.stop()
 
 
 def wait_until(predicate, timeout: float = 180.0) -> None:
@@ -144,12 +139,7 @@ def test_three_peers_hold_identical_global_params_after_every_outer_step(
 ):
     _prepare(shared_datasets, tmp_path)
     peers = [Peer(f"peer{i}", tmp_path, shared_datasets, bootstrap, max_steps=20, compression="int8") for i in range(3)]
-    try:
-        for peer in peers:
-            assert peer.wait() == 0, (tmp_path / f"{peer.name}.log").read_text()[-3000:]
-    finally:
-        for peer in peers:
-            peer.stop()
+    run_to_completion(peers, tmp_path)
     outer = [peer.outer_steps() for peer in peers]
     assert sorted(outer[0]) == [1, 2, 3, 4]
     for step in outer[0]:
@@ -171,12 +161,7 @@ def test_default_min_peers_still_averages_all_live_peers_in_one_group(
     the first attempt, and no round is discarded or made up by downloading the state."""
     _prepare(shared_datasets, tmp_path)
     peers = [Peer(f"peer{i}", tmp_path, shared_datasets, bootstrap, max_steps=20, min_peers=1) for i in range(3)]
-    try:
-        for peer in peers:
-            assert peer.wait() == 0, (tmp_path / f"{peer.name}.log").read_text()[-3000:]
-    finally:
-        for peer in peers:
-            peer.stop()
+    run_to_completion(peers, tmp_path)
     outer = [peer.outer_steps() for peer in peers]
     for name, steps in zip((p.name for p in peers), outer):
         assert sorted(steps) == [1, 2, 3, 4], (name, sorted(steps))

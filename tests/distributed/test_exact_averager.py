@@ -13,6 +13,22 @@ from cotrain.p2p.compression import make_compression
 from cotrain.p2p.dht import start_dht, visible_maddrs
 
 
+def step_together(averagers: list[ExactAverager]) -> list:
+    """One averaging round of every averager at once (each `step` blocks until its group is done);
+    what each gathered, or None where its round failed."""
+    results: list = [None] * len(averagers)
+
+    def step(i: int) -> None:
+        results[i] = averagers[i].step(gather={"peer": i}, timeout=60, allow_retries=False)
+
+    threads = [threading.Thread(target=step, args=(i,)) for i in range(len(averagers))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
 @pytest.mark.parametrize("compression, tolerance", [("none", 1e-6), ("fp16", 2e-3)])
 def test_three_peers_get_identical_averages(compression: str, tolerance: float):
     first = start_dht()
@@ -26,16 +42,7 @@ def test_three_peers_get_identical_averages(compression: str, tolerance: float):
         for x, dht in zip(inputs, dhts)
     ]
     try:
-        results: list = [None] * 3
-
-        def step(i: int) -> None:
-            results[i] = averagers[i].step(gather={"peer": i}, timeout=60, allow_retries=False)
-
-        threads = [threading.Thread(target=step, args=(i,)) for i in range(3)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        results = step_together(averagers)
         assert all(r is not None and sorted(v["peer"] for v in r.values()) == [0, 1, 2] for r in results)
         outputs = []
         for averager in averagers:
@@ -70,16 +77,7 @@ def test_group_size_changes_between_rounds_in_the_averager_process():
         for averager in averagers:
             averager.set_group_size(3, 3)
         assert [averager.group_size() for averager in averagers] == [(3, 3)] * 3
-        results: list = [None] * 3
-
-        def step(i: int) -> None:
-            results[i] = averagers[i].step(gather={"peer": i}, timeout=60, allow_retries=False)
-
-        threads = [threading.Thread(target=step, args=(i,)) for i in range(3)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        results = step_together(averagers)
         assert all(r is not None and len(r) == 3 for r in results), results
         for averager in averagers:
             with averager.get_tensors() as (tensor,):

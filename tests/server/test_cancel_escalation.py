@@ -6,28 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 
 import pytest
 
+from cotrain.server.processes import group_processes
 from tests.server.conftest import engine_pids, reference_session, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-def group_members(pgid: int) -> list[tuple[int, str]]:
-    """(pid, state) of every process in process group `pgid`, zombies included."""
-    members = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[-1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:  # after the comm: state, ppid, pgrp
-            members.append((int(proc.name), fields[0]))
-    return members
 
 
 def messages(api, sid, event):
@@ -48,13 +33,13 @@ def test_engine_that_ignores_sigterm_is_killed_and_can_be_retried(servers, cotra
     wait_until(lambda: messages(api, sid, "training.checkpoint"), 180, "the first checkpoint")
     [pid] = engine_pids(cotrain_home)
     os.kill(pid, signal.SIGSTOP)  # hung: SIGTERM stays pending, no checkpoint on the way out
-    stopped = wait_until(lambda: [s for p, s in group_members(pid) if p == pid and s == "T"], 30, "the engine to stop")
+    stopped = wait_until(lambda: [s for p, s in group_processes(pid) if p == pid and s == "T"], 30, "the engine to stop")
     assert stopped
 
     assert api.post(f"/sessions/{sid}/cancel").json()["status"] == "cancelling"
     session = wait_until(lambda: final(api, sid), 60, "the cancel to escalate to SIGKILL")
     assert session["status"] == "cancelled" and session["error"] is None
-    assert group_members(pid) == []  # the whole group is gone: no zombie, no orphaned rank
+    assert group_processes(pid) == []  # the whole group is gone: no zombie, no orphaned rank
     assert not engine_pids(cotrain_home)
 
     last = messages(api, sid, "training.status")[-1]

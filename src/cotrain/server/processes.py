@@ -70,9 +70,9 @@ def engine_alive(pid: int, config_path: str) -> bool:
     return state not in ("Z", "X") and "cotrain.core.train" in cmdline and config_path in cmdline
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of process group `pgid` (none known without /proc)."""
-    pids = []
+def group_processes(pgid: int) -> list[tuple[int, str]]:
+    """(pid, state) of every process of process group `pgid`, zombies included (none without /proc)."""
+    members = []
     for proc in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
         if not proc.name.isdigit():
             continue
@@ -80,9 +80,14 @@ def group_members(pgid: int) -> list[int]:
             fields = (proc / "stat").read_text().rsplit(")", 1)[-1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):  # state, ppid, pgrp
-            pids.append(int(proc.name))
-    return pids
+        if int(fields[2]) == pgid:  # after the command name: state, ppid, pgrp
+            members.append((int(proc.name), fields[0]))
+    return members
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group `pgid`."""
+    return [pid for pid, state in group_processes(pgid) if state not in ("Z", "X")]
 
 
 def end_process_group(pgid: int) -> list[int]:
