@@ -38,3 +38,15 @@ browser:
 	         "(CI=true makes them fail). Install: sudo apt-get install $(BROWSER_PACKAGES)"; \
 	  fi; \
 	fi
+
+# Every benchmark's quick run; each prints its figures and writes bench/results/*.json.
+bench: $(STAMP)
+	$(PY) bench/engine_overhead.py --quick
+	$(PY) bench/platform.py --quick
+	$(PY) bench/diloco_vs_ddp.py --quick
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache
