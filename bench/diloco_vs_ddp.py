@@ -5,9 +5,11 @@
 DDP: `workers` processes under torchrun split a global batch of `batch` samples every step
 (gradients all-reduced every step). DiLoCo: `workers` independent peers of `batch / workers`
 samples each, averaging pseudo-gradients every H steps over hivemind on loopback. Both see the
-same number of tokens. Every run is the real engine (`python -m cotrain.core.train`).
+same number of tokens, from a corpus large enough that no run repeats samples, and are scored on
+the same val samples. Every run is the real engine (`python -m cotrain.core.train`); every row is
+the mean over `--seeds` (each seed's loss is kept in the row).
 
-Prints a table and writes bench/results/diloco_vs_ddp.json: one row per run with strategy,
+Prints a table and writes bench/results/diloco_vs_ddp.json: one row per setting with strategy,
 inner_steps, compression, workers, tokens, final_val_loss, bytes_sent_per_worker (and the
 received bytes, the wall time and the loss gap to DDP). DDP's bytes are what a ring all-reduce of
 the fp32 gradients moves per process (2(n-1)/n of the gradient bytes per step); DiLoCo's are the
@@ -24,11 +26,14 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
 
 import argparse
+import functools
 import json
 import os
+import statistics
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "diloco_vs_ddp.json"
@@ -39,21 +44,21 @@ id = "{session}"
 
 [model]
 type = "llama2"
-size = "debug"
+size = "{size}"
 
 [train]
 batch_size = {batch}
 max_steps = {steps}
-learning_rate = 3e-3
+learning_rate = {lr}
 warmup_steps = 10
 log_interval = {steps}
 eval_interval = {steps}
-eval_batches = 8
-seed = 1337
+eval_batches = {eval_batches}
+seed = {seed}
 
 [data]
 dataset = "stdlib"
-max_bytes = 1000000
+max_bytes = {max_bytes}
 seq_length = 64
 vocab_size = 512
 
@@ -82,7 +87,7 @@ averaging_timeout = 60.0
 progress_interval = 1.0
 """
 
-QUICK_GRID = [(20, "none"), (20, "fp16"), (20, "int8"), (50, "none")]
+QUICK_GRID = [(20, "none"), (20, "int8"), (50, "none"), (50, "fp16")]
 FULL_GRID = [(h, c) for h in (20, 50, 100) for c in ("none", "fp16", "int8")]
 
 
@@ -110,50 +115,84 @@ def last_events(home: Path, session: str) -> tuple[dict, dict]:
     return progress[-1], completed[-1]
 
 
-def run_ddp(root: Path, datasets: Path, workers: int, batch: int, steps: int) -> dict:
-    home = make_home(root, "ddp", datasets)
-    config = root / "ddp.toml"
-    config.write_text(BASE.format(session="ddp", batch=batch, steps=steps, strategy="ddp", gpus=workers))
+@dataclass(frozen=True)
+class Setup:
+    """What every run of one benchmark shares: same model, tokens, workers and val samples."""
+
+    root: Path
+    datasets: Path
+    workers: int
+    batch: int  # global samples per optimizer step
+    steps: int
+    eval_samples: int
+    max_bytes: int
+    lr: float = 3e-3
+    size: str = "debug"
+
+    def config(self, session: str, seed: int, strategy: str) -> str:
+        # DDP's processes split one batch; each DiLoCo peer trains on its own share of it
+        batch = self.batch if strategy == "ddp" else self.batch // self.workers
+        return BASE.format(session=session, batch=batch, steps=self.steps, strategy=strategy,
+                           gpus=self.workers if strategy == "ddp" else 1, seed=seed,
+                           eval_batches=self.eval_samples // batch, max_bytes=self.max_bytes, lr=self.lr,
+                           size=self.size)
+
+
+def run_ddp(setup: Setup, seed: int) -> dict:
+    name = f"ddp-s{seed}"
+    home = make_home(setup.root, name, setup.datasets)
+    config = setup.root / f"{name}.toml"
+    config.write_text(setup.config(name, seed, "ddp"))
     started = time.monotonic()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(workers),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(setup.workers),
            "-m", "cotrain.core.train", "--config", str(config)]
     subprocess.run(cmd, env=engine_env(home), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    progress, completed = last_events(home, "ddp")
-    return row("ddp", None, "none", workers, completed, progress, time.monotonic() - started)
+    progress, completed = last_events(home, name)
+    return row("ddp", None, "none", setup.workers, completed, progress, time.monotonic() - started)
 
 
-def run_diloco(root: Path, datasets: Path, workers: int, batch: int, steps: int, inner_steps: int,
-               compression: str, initial_peers: list[str], outer_lr: float, outer_momentum: float) -> dict:
-    name = f"diloco-h{inner_steps}-{compression}-lr{outer_lr}-m{outer_momentum}"
+def run_diloco(setup: Setup, seed: int, inner_steps: int, compression: str, initial_peers: list[str],
+               outer_lr: float, outer_momentum: float) -> dict:
+    name = f"diloco-h{inner_steps}-{compression}-lr{outer_lr}-m{outer_momentum}-s{seed}"
     procs, homes = [], []
     started = time.monotonic()
-    for worker in range(workers):
-        home = make_home(root, f"{name}-{worker}", datasets)
-        config = root / f"{name}-{worker}.toml"
+    for worker in range(setup.workers):
+        home = make_home(setup.root, f"{name}-{worker}", setup.datasets)
+        config = setup.root / f"{name}-{worker}.toml"
         config.write_text(
-            BASE.format(session=name, batch=batch // workers, steps=steps, strategy="diloco", gpus=1)
+            setup.config(name, seed, "diloco")
             + DILOCO.format(inner_steps=inner_steps, compression=compression, initial_peers=json.dumps(initial_peers),
-                            workers=workers, outer_lr=outer_lr, outer_momentum=outer_momentum)
+                            workers=setup.workers, outer_lr=outer_lr, outer_momentum=outer_momentum)
         )
-        log = (root / f"{name}-{worker}.log").open("w")
+        log = (setup.root / f"{name}-{worker}.log").open("w")
         procs.append(subprocess.Popen([sys.executable, "-m", "cotrain.core.train", "--config", str(config)],
                                       env=engine_env(home), stdout=subprocess.DEVNULL, stderr=log))
         homes.append(home)
     codes = [p.wait() for p in procs]
     if any(codes):
-        tails = "\n".join((root / f"{name}-{w}.log").read_text()[-2000:] for w in range(workers))
+        tails = "\n".join((setup.root / f"{name}-{w}.log").read_text()[-2000:] for w in range(setup.workers))
         raise RuntimeError(f"{name}: peers exited with {codes}:\n{tails}")
     finished = [last_events(home, name) for home in homes]
     hashes = {progress.get("params_hash") for progress, _ in finished}
     if len(hashes) != 1:
         raise RuntimeError(f"{name}: peers ended with different global params {hashes}")
-    sent = sum(p["bytes_sent"] for p, _ in finished) / workers
-    received = sum(p["bytes_received"] for p, _ in finished) / workers
+    sent = sum(p["bytes_sent"] for p, _ in finished) / setup.workers
+    received = sum(p["bytes_received"] for p, _ in finished) / setup.workers
     progress, completed = finished[0]
-    result = row("diloco", inner_steps, compression, workers, completed, progress, time.monotonic() - started)
+    result = row("diloco", inner_steps, compression, setup.workers, completed, progress, time.monotonic() - started)
     result.update(bytes_sent_per_worker=int(sent), bytes_received_per_worker=int(received),
                   outer_lr=outer_lr, outer_momentum=outer_momentum, nesterov=outer_momentum > 0)
     return result
+
+
+def over_seeds(seeds: list[int], run_one) -> dict:
+    """One row for a setting: the mean final val loss over `seeds` (each kept in val_loss_per_seed)."""
+    runs = [run_one(seed=seed) for seed in seeds]
+    merged = dict(runs[0])
+    losses = [r["final_val_loss"] for r in runs]
+    merged.update(final_val_loss=round(statistics.fmean(losses), 4), val_loss_per_seed=losses, seeds=seeds,
+                  wall_seconds=round(sum(r["wall_seconds"] for r in runs), 1))
+    return merged
 
 
 def row(strategy: str, inner_steps: int | None, compression: str, workers: int, completed: dict, progress: dict,
@@ -171,15 +210,15 @@ def row(strategy: str, inner_steps: int | None, compression: str, workers: int, 
     }
 
 
-def prepare(datasets: Path, root: Path) -> None:
+def prepare(setup: Setup) -> None:
     """Tokenize once, before any run."""
     from cotrain.config import load_config
     from cotrain.core.data import prepare_dataset
     from cotrain.paths import Layout
 
-    home = make_home(root, "prepare", datasets)
-    config = root / "prepare.toml"
-    config.write_text(BASE.format(session="prepare", batch=8, steps=20, strategy="ddp", gpus=1))
+    home = make_home(setup.root, "prepare", setup.datasets)
+    config = setup.root / "prepare.toml"
+    config.write_text(setup.config("prepare", 0, "ddp"))
     cfg = load_config(config)
     prepare_dataset(cfg.data, Layout(home).ensure(), seed=cfg.train.seed)
 
@@ -203,43 +242,56 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a reduced grid that runs in a few minutes on 2 cores")
+    parser.add_argument("--quick", action="store_true", help="a reduced grid that runs in under 10 minutes on 2 cores")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16, help="global batch per step (DiLoCo: split over the peers)")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default 200 quick, 600 full)")
-    parser.add_argument("--outer", default="0.7:0.9,1.0:0.0",
-                        help="outer SGD settings lr:momentum,... (0.7:0.9 Nesterov is the papers' default; "
+    parser.add_argument("--steps", type=int, default=400, help="optimizer steps")
+    parser.add_argument("--seeds", default=None,
+                        help="comma-separated seeds; every row is the mean over them (default 1337 quick, 1337,7 full)")
+    parser.add_argument("--size", default="debug", help="llama2 size preset of the model")
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (DDP's, DiLoCo's inner)")
+    parser.add_argument("--eval-samples", type=int, default=256, help="val samples every run is scored on")
+    parser.add_argument("--max-bytes", type=int, default=4_000_000,
+                        help="corpus bytes (enough that no run repeats samples: peers draw their own orders)")
+    parser.add_argument("--outer", default=None,
+                        help="outer Nesterov SGD settings lr:momentum,... (default 0.7:0.7 quick, 0.7:0.7,0.7:0.9 full; "
+                        "0.7:0.9 is the papers' default for long runs, 0.7:0.7 did best on runs this short, "
                         "1.0:0.0 is plain averaging of the peers' params)")
     parser.add_argument("--grid", default=None, help="runs as H:compression,... (default: the quick or full grid)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--workdir", default=None, help="where the runs' temporary homes go (default: $TMPDIR)")
     args = parser.parse_args(argv)
-    steps = args.steps or (200 if args.quick else 600)
+    steps = args.steps
+    seeds = [int(s) for s in (args.seeds or ("1337" if args.quick else "1337,7")).split(",")]
     grid = QUICK_GRID if args.quick else FULL_GRID
     if args.grid:
         grid = [(int(h), c) for h, c in (item.split(":") for item in args.grid.split(","))]
-    outer = [(float(lr), float(m)) for lr, m in (item.split(":") for item in args.outer.split(","))]
+    outer_spec = args.outer or ("0.7:0.7" if args.quick else "0.7:0.7,0.7:0.9")
+    outer = [(float(lr), float(m)) for lr, m in (item.split(":") for item in outer_spec.split(","))]
     if any(steps % h for h, _ in grid):
         parser.error(f"--steps must be a multiple of every H in the grid {sorted({h for h, _ in grid})}")
+    if args.batch % args.workers or args.eval_samples % args.batch:
+        parser.error("--batch must be a multiple of --workers, and --eval-samples a multiple of --batch")
 
     from cotrain.p2p.dht import start_dht, visible_maddrs
 
     with tempfile.TemporaryDirectory(prefix="dilocobench-", dir=args.workdir) as tmp:
-        root = Path(tmp)
-        datasets = root / "datasets"
-        datasets.mkdir()
-        prepare(datasets, root)
-        rows = [run_ddp(root, datasets, args.workers, args.batch, steps)]
-        print(f"ddp done: val loss {rows[0]['final_val_loss']}", file=sys.stderr)
+        setup = Setup(Path(tmp), Path(tmp) / "datasets", args.workers, args.batch, steps, args.eval_samples,
+                      args.max_bytes, args.lr, args.size)
+        setup.datasets.mkdir()
+        prepare(setup)
+        rows = [over_seeds(seeds, functools.partial(run_ddp, setup))]
+        print(f"ddp: val loss {rows[0]['final_val_loss']} {rows[0]['val_loss_per_seed']}", file=sys.stderr)
         bootstrap = start_dht()
         try:
             peers = visible_maddrs(bootstrap)
             for outer_lr, outer_momentum in outer:
                 for inner_steps, compression in grid:
-                    rows.append(run_diloco(root, datasets, args.workers, args.batch, steps, inner_steps, compression,
-                                           peers, outer_lr, outer_momentum))
+                    rows.append(over_seeds(seeds, functools.partial(
+                        run_diloco, setup, inner_steps=inner_steps, compression=compression, initial_peers=peers,
+                        outer_lr=outer_lr, outer_momentum=outer_momentum)))
                     print(f"diloco H={inner_steps} {compression} outer {outer_lr}/{outer_momentum}: "
-                          f"val loss {rows[-1]['final_val_loss']}", file=sys.stderr)
+                          f"val loss {rows[-1]['final_val_loss']} {rows[-1]['val_loss_per_seed']}", file=sys.stderr)
         finally:
             bootstrap.shutdown()
     print_table(rows)

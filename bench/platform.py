@@ -7,7 +7,7 @@
    (when it wrote the line) to the moment the client has the message. p50/p95/p99.
 2. api: `--clients` concurrent HTTP clients (default 100) alternate GET session / GET list for a
    fixed time, back to back (saturation); requests per second, p99 latency, errors. Then the same
-   clients paced at 1, 2, 4, ... requests per second each, up to the rate where p99 passes 50 ms.
+   clients paced at 1, 2, 3, 4, 6, ... requests per second each, up to the rate where p99 passes 50 ms.
 3. ws_subscribers: `--subscribers` WebSocket clients (default 1000) subscribe to one session;
    one status change is made; did every one receive it?
 
@@ -152,11 +152,11 @@ async def api_load(base: str, clients: int, seconds: float, session_id: str, int
 
 
 async def paced_sweep(base: str, clients: int, seconds: float, session_id: str) -> dict:
-    """The same clients, each pacing its requests at 1, 2, 4, ... per second, until p99 passes 50 ms.
+    """The same clients, each pacing its requests at 1, 2, 3, 4, 6, ... per second, until p99 passes 50 ms.
     Back to back, N clients wait N / throughput on average whatever the server does (Little's law),
     so this is the figure that says how much traffic 100 clients can send with p99 under 50 ms."""
     steps, capacity = [], 0.0
-    for per_client_rps in (1, 2, 4, 8, 16, 32):
+    for per_client_rps in (1, 2, 3, 4, 6, 8, 12, 16):
         step = await api_load(base, clients, seconds, session_id, interval=1 / per_client_rps)
         step["per_client_rps"] = per_client_rps
         steps.append(step)
