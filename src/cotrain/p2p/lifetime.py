@@ -31,7 +31,7 @@ def _in_child() -> None:
         if os.getppid() == 1:  # the parent already died between fork and prctl
             os._exit(1)
     except (OSError, AttributeError):
-        pass
+        return  # no prctl (not Linux): the helper then outlives a parent killed with SIGKILL
 
 
 @contextlib.contextmanager
