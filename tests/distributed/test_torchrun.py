@@ -3,12 +3,14 @@ they train, only rank 0 writes, and a run resumed from a checkpoint continues ex
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from cotrain.config import load_config
 from cotrain.core.launch import torchrun_command
+from tests.conftest import PYTHON, engine_env, free_port
 from tests.distributed.engine import (
     checkpoint_dir,
     cotrain_train,
@@ -93,3 +95,39 @@ def test_torchrun_command_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     single = load_config(config_path, overrides=["distributed.gpus_per_node=1"])
     monkeypatch.delenv("LOCAL_RANK")
     assert torchrun_command(single, config_path, []) is None
+
+
+@pytest.mark.slow
+def test_two_nodes_meet_at_a_c10d_rendezvous(cotrain_home: Path, shared_datasets: Path, tmp_path: Path):
+    """Multi-node as a user runs it: the same `cotrain train FILE` on every node with MASTER_ADDR,
+    MASTER_PORT and NODE_RANK set; here two "nodes" with their own COTRAIN_HOME on loopback."""
+    from cotrain.core.data import prepare_dataset
+    from cotrain.paths import Layout
+
+    config = write_config(tmp_path / "two-nodes.toml", "two-nodes",
+                          'strategy = "ddp"\nnodes = 2\ngpus_per_node = 1\nbackend = "gloo"', max_steps=12, interval=12)
+    cfg = load_config(config)
+    prepare_dataset(cfg.data, Layout(cotrain_home).ensure(), seed=cfg.train.seed)  # not twice at once
+    second_home = tmp_path / "node1"
+    second_home.mkdir()
+    (second_home / "datasets").symlink_to(shared_datasets, target_is_directory=True)
+    port = str(free_port())
+    nodes = []
+    for rank, home in enumerate((cotrain_home, second_home)):
+        env = engine_env(home, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", MASTER_ADDR="127.0.0.1",
+                         MASTER_PORT=port, NODE_RANK=str(rank))
+        nodes.append(subprocess.Popen([PYTHON, "-m", "cotrain.cli", "train", str(config)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        outputs = [node.communicate(timeout=300) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    assert [node.returncode for node in nodes] == [0, 0], [err[-2000:] for _, err in outputs]
+    # the rendezvous, not NODE_RANK, decides which node holds global rank 0: that one writes, alone
+    written = [events_of(home, "two-nodes") for home in (cotrain_home, second_home)]
+    assert sorted(bool(events) for events in written) == [False, True], written
+    events = next(events for events in written if events)
+    assert events[0]["type"] == "started" and events[0]["world_size"] == 2
+    assert all(e["participants"] == 2 for e in events if e["type"] == "progress")
+    assert events[-1]["type"] == "completed" and events[-1]["step"] == 12
