@@ -429,13 +429,16 @@ def token_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[int, in
     return int(correct.sum()), int(valid.sum())
 
 
-def run(config: CotrainConfig, *, interactive: bool | None = None) -> int:
-    """Train `config` to completion (or until stopped). Returns the process exit code."""
+def run(config: CotrainConfig, *, interactive: bool | None = None, keep_alive: list | None = None) -> int:
+    """Train `config` to completion (or until stopped). Returns the process exit code.
+    `keep_alive` receives the trainer, so the caller decides when it is freed (see `main`)."""
     layout = Layout.from_env().ensure()
     stop = StopRequest().install()
     trainer: Trainer | None = None
     try:
         trainer = Trainer(config, layout, stop)
+        if keep_alive is not None:
+            keep_alive.append(trainer)
         if trainer.strategy.is_main:
             trainer.report = ConsoleReporter(interactive)
         trainer.setup()
@@ -473,7 +476,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return run(config)
+    trainer: list[Trainer] = []
+    code = run(config, keep_alive=trainer)
+    if "LOCAL_RANK" in os.environ:  # a torchrun worker
+        # Freeing DDP's reducer frees its gloo process group, whose destructor joins the gloo thread
+        # while holding the GIL; if that thread is still releasing the last collective's tensors it
+        # needs the GIL too, and the process hangs after training completed (seen 1 run in ~30).
+        # Everything is written and closed by now: leave without freeing anything.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":
