@@ -3,23 +3,30 @@ mean (up to the compression), and count the bytes they moved."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pytest
 import torch
 
-from cotrain.p2p.averager import ExactAverager
+from cotrain.p2p.averager import ExactAllReduceRunner, ExactAverager
 from cotrain.p2p.compression import make_compression
 from cotrain.p2p.dht import start_dht, visible_maddrs
 
 
-def step_together(averagers: list[ExactAverager]) -> list:
+def step_together(averagers: list[ExactAverager], errors: list | None = None) -> list:
     """One averaging round of every averager at once (each `step` blocks until its group is done);
-    what each gathered, or None where its round failed."""
+    what each gathered, or None where its round failed (its exception goes to `errors`)."""
     results: list = [None] * len(averagers)
+    failures: list = errors if errors is not None else []
 
     def step(i: int) -> None:
-        results[i] = averagers[i].step(gather={"peer": i}, timeout=60, allow_retries=False)
+        try:
+            results[i] = averagers[i].step(gather={"peer": i}, timeout=60, allow_retries=False)
+        except Exception as exc:
+            failures.append(exc)
+            if errors is None:
+                raise
 
     threads = [threading.Thread(target=step, args=(i,)) for i in range(len(averagers))]
     for thread in threads:
@@ -87,3 +94,38 @@ def test_group_size_changes_between_rounds_in_the_averager_process():
             averager.shutdown()
         for dht in dhts:
             dht.shutdown()
+
+
+class LateSenderRunner(ExactAllReduceRunner):
+    """Starts sending its parts to the other peers only after their `sender_timeout` ran out."""
+
+    async def _communicate_with_peer(self, peer_id) -> None:
+        if peer_id != self.peer_id:
+            await asyncio.sleep(3 * self.sender_timeout)
+        return await super()._communicate_with_peer(peer_id)
+
+
+def test_a_dropped_sender_fails_the_round_for_the_whole_group():
+    """Peer B starts sending after A's reducer gave up on it. hivemind's reducer would hand A the average
+    of A's part without B (A applies a half-averaged round, B fails); here both refuse the round."""
+    first = start_dht()
+    second = start_dht(initial_peers=visible_maddrs(first))
+    inputs = [torch.zeros(20_000), torch.ones(20_000)]
+    settings = dict(start=True, prefix="late_test", target_group_size=None, min_group_size=2, min_matchmaking_time=2.0,
+                    request_timeout=1.0, next_chunk_timeout=1.0)
+    averagers = [ExactAverager([inputs[0].clone()], first, **settings),
+                 ExactAverager([inputs[1].clone()], second, runner_type=LateSenderRunner, **settings)]
+    try:
+        errors: list = []
+        results = step_together(averagers, errors)
+        assert results == [None, None], results
+        # both took part in one group and failed in its all-reduce, not in matchmaking
+        assert len(errors) == 2 and all("All-Reduce" in str(e) or "not averaged" in str(e) for e in errors), errors
+        # hivemind's lenient reducer would have given A 0.5 for B's half and its own 0 for its half
+        with averagers[0].get_tensors() as (tensor,):
+            assert not torch.any(tensor == 0.5), "A kept part of a round that lacked B's values"
+    finally:
+        for averager in averagers:
+            averager.shutdown()
+        first.shutdown()
+        second.shutdown()

@@ -6,9 +6,14 @@ DiLoCo needs every peer to hold exactly the same global parameters. Here each re
 back the average itself, compressed once; the reducer keeps the same compress → decompress
 round trip of its own part. Every peer therefore ends with byte-for-byte the same tensors.
 
-It also counts the bytes each peer sends and receives, refuses a round in which a reducer
-failed (part of the result missing) instead of silently keeping local values for that part, and
-lets the caller resize matchmaking's groups between rounds (`set_group_size`).
+It also counts the bytes each peer sends and receives, and is strict where hivemind is lenient:
+- a round in which a reducer failed (part of the result missing) is refused, instead of silently
+  keeping local values for that part;
+- a reducer that had to drop a sender (it left, or did not start sending within
+  `sender_timeout`) answers with an error instead of the average of the remaining senders, so no
+  peer applies a part that lacks a group member's pseudo-gradient, and the whole group refuses the
+  round alike (hivemind would let the others apply a partial average while the dropped peer fails);
+- the caller can resize matchmaking's groups between rounds (`set_group_size`).
 """
 
 from __future__ import annotations
@@ -50,6 +55,12 @@ class ExactAllReduceRunner(AllReduceRunner):
         self.compression_type = compression_type
         self.tensor_part_container.return_deltas = False
 
+    def _averaged_over_whole_group(self, part_index: int) -> bool:
+        """Whether every sender of the group contributed to this reducer's part `part_index`
+        (a sender dropped after sending k parts still counts for parts 0..k-1)."""
+        reducer = self.tensor_part_reducer
+        return all(failed_after > part_index for failed_after in reducer.sender_failed_after)
+
     async def _communicate_with_peer(self, peer_id) -> None:
         if peer_id != self.peer_id:
             return await super()._communicate_with_peer(peer_id)  # registers what the reducer sent: the average
@@ -57,6 +68,9 @@ class ExactAllReduceRunner(AllReduceRunner):
         sender_index = self.sender_peer_ids.index(peer_id)
         for part_index, part in enumerate(self.parts_for_local_averaging):
             averaged = await self.tensor_part_reducer.accumulate_part(sender_index, part_index, part, weight=self.weight)
+            if not self._averaged_over_whole_group(part_index):
+                self.tensor_part_container.register_failed_reducer(peer_index)
+                return
             # the exact values the other peers decode from what this reducer sends them
             same_as_sent = deserialize_torch_tensor(serialize_torch_tensor(averaged, self.compression_type))
             self.tensor_part_container.register_processed_part(peer_index, part_index, same_as_sent)
@@ -84,6 +98,9 @@ class ExactAllReduceRunner(AllReduceRunner):
                     part_index += 1
                 except BannedException:
                     break
+                if not self._averaged_over_whole_group(part_index - 1):
+                    yield averaging_pb2.AveragingData(code=averaging_pb2.INTERNAL_ERROR)
+                    break
                 reply = serialize_torch_tensor(averaged, compression)
                 self.counters.add(sent=len(reply.buffer), received=size)
                 yield averaging_pb2.AveragingData(code=averaging_pb2.AVERAGED_PART, tensor_part=reply)
@@ -99,7 +116,11 @@ class ExactAverager(DecentralizedAverager):
     result, so the caller must refill them before trying again.
     """
 
-    def __init__(self, averaged_tensors: Sequence[torch.Tensor], dht, *, state_provider=None, **kwargs: Any):
+    def __init__(self, averaged_tensors: Sequence[torch.Tensor], dht, *, state_provider=None,
+                 runner_type: type[ExactAllReduceRunner] = ExactAllReduceRunner, **kwargs: Any):
+        # the peers' RPC names carry the averager's class name, so a different runner is passed in
+        # rather than set on a subclass (a subclass would never meet plain averagers)
+        self.runner_type = runner_type
         self.counters = ByteCounters()
         self.state_provider = state_provider
         compression = kwargs.get("compression")
@@ -108,7 +129,7 @@ class ExactAverager(DecentralizedAverager):
 
     async def _run_allreduce_inplace_(self, tensors, group_info, group_id=None, **kwargs) -> None:
         group_id = group_info.group_id if group_id is None else group_id
-        runner = ExactAllReduceRunner(
+        runner = self.runner_type(
             p2p=self._p2p, servicer_type=type(self), prefix=self.prefix, tensors=tensors, group_id=group_id,
             ordered_peer_ids=group_info.peer_ids, counters=self.counters, compression_type=self._compression_type,
             **kwargs,
