@@ -21,6 +21,8 @@ from tests.conftest import PYTHON, engine_env, tiny_config
 DILOCO = """
 [distributed]
 strategy = "diloco"
+gpus_per_node = {processes}
+backend = "gloo"
 
 [distributed.diloco]
 inner_steps = {inner_steps}
@@ -46,7 +48,7 @@ class Peer:
     """One `python -m cotrain.core.train` peer with its own COTRAIN_HOME (shared datasets)."""
 
     def __init__(self, name: str, root: Path, datasets: Path, initial_peers: str, *, max_steps: int,
-                 inner_steps: int = 5, compression: str = "none", min_peers: int = 2):
+                 inner_steps: int = 5, compression: str = "none", min_peers: int = 2, processes: int = 1):
         self.name = name
         self.home = root / name
         self.home.mkdir(parents=True)
@@ -54,11 +56,15 @@ class Peer:
         self.config = tiny_config(
             root / f"{name}.toml", "diloco-test", max_steps=max_steps, interval=max_steps, log_interval=100,
             extra=DILOCO.format(inner_steps=inner_steps, compression=compression, initial_peers=initial_peers,
-                               min_peers=min_peers),
+                               min_peers=min_peers, processes=processes),
         )
         self.log = (root / f"{name}.log").open("w")
+        command = ["-m", "cotrain.core.train", "--config", str(self.config)]
+        if processes > 1:  # a volunteer's machine with several GPUs: `cotrain join --gpus N` launches torchrun
+            command = ["-m", "cotrain.cli", "join", "--session", "diloco-test", "--config", str(self.config),
+                       "--gpus", str(processes), *(f"--initial-peers={a}" for a in json.loads(initial_peers))]
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "cotrain.core.train", "--config", str(self.config)],
+            [PYTHON, *command],
             env=engine_env(self.home, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false"),
             stdout=subprocess.DEVNULL, stderr=self.log, start_new_session=True,
         )
@@ -173,6 +179,31 @@ def test_default_min_peers_still_averages_all_live_peers_in_one_group(
     for peer in peers:
         log = (tmp_path / f"{peer.name}.log").read_text()
         assert "downloading the global state" not in log and "does not make a quorum" not in log, log[-3000:]
+
+
+@pytest.mark.slow
+def test_a_peer_with_two_processes_trains_its_inner_steps_with_ddp(
+    bootstrap: str, shared_datasets: Path, tmp_path: Path
+):
+    """A volunteer joins with `cotrain join --gpus 2` (torchrun, gloo) beside a one-process peer: the
+    two-process peer splits its batch over its ranks, only its rank 0 averages with the other peer, and both hold the
+    same global params after every outer step."""
+    _prepare(shared_datasets, tmp_path)
+    peers = [Peer("pair", tmp_path, shared_datasets, bootstrap, max_steps=20, processes=2),
+             Peer("single", tmp_path, shared_datasets, bootstrap, max_steps=20)]
+    run_to_completion(peers, tmp_path)
+    pair, single = (peer.outer_steps() for peer in peers)
+    assert sorted(pair) == sorted(single) == [1, 2, 3, 4]
+    for step in pair:
+        assert pair[step]["params_hash"] == single[step]["params_hash"], f"outer step {step}"
+        assert pair[step]["group_size"] == single[step]["group_size"] == 2
+    started = next(e for e in peers[0].events() if e["type"] == "started")
+    assert started["world_size"] == 2 and started["peer_id"] == peers[0].peer_id()
+    assert pair[4]["participants"] == 2 and pair[4]["bytes_sent"] > 0
+    # one peer: one DHT identity, one writer of events, checkpoints and the final model
+    log = (tmp_path / "pair.log").read_text()
+    assert log.count("diloco peer ") == 1, log[-3000:]
+    assert len([e for e in peers[0].events() if e["type"] == "completed"]) == 1
 
 
 @pytest.mark.slow

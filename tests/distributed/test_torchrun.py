@@ -90,6 +90,14 @@ def test_torchrun_command_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert "--nnodes" in cmd and cmd[cmd.index("--rdzv-endpoint") + 1] == "10.0.0.1:29500"
     assert cmd[cmd.index("--nproc-per-node") + 1] == "2"
 
+    # a DiLoCo peer with 2 GPUs: its own processes only, never a rendezvous (peers meet over the DHT)
+    as_diloco = ["distributed.strategy=diloco", "distributed.nodes=3", "distributed.diloco.inner_steps=5"]
+    diloco = load_config(config_path, overrides=as_diloco)
+    cmd = torchrun_command(diloco, config_path, [])
+    assert "--standalone" in cmd and "--nnodes" not in cmd and cmd[cmd.index("--nproc-per-node") + 1] == "2"
+    one_gpu = load_config(config_path, overrides=[*as_diloco, "distributed.gpus_per_node=1"])
+    assert torchrun_command(one_gpu, config_path, []) is None
+
     monkeypatch.setenv("LOCAL_RANK", "0")  # already under torchrun: never launch again
     assert torchrun_command(config, config_path, []) is None
     single = load_config(config_path, overrides=["distributed.gpus_per_node=1"])

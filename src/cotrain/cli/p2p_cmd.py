@@ -27,6 +27,8 @@ def join(
     token: str | None = typer.Option(
         None, "--token", envvar="COTRAIN_TOKEN", help="API token for a private session (with --server)."),
     wallet: str | None = typer.Option(None, "--wallet", help="Aptos address (0x...) credited for your work."),
+    gpus: int = typer.Option(
+        1, "--gpus", min=1, help="GPUs (processes) of this machine that train together as one peer (DDP inside it)."),
     config: Path | None = typer.Option(
         None, "--config", help="The session's config (same model and data as the others); with --server, "
         "this file is used instead of the server's."),
@@ -67,13 +69,28 @@ def join(
         diloco["host_maddrs"] = list(host)
     if announce:
         diloco["announce_maddrs"] = list(announce)
-    data = {"session": {"id": session}, "distributed": {"strategy": "diloco", "gpus_per_node": 1, "diloco": diloco}}
+    data = {"session": {"id": session}, "distributed": {"strategy": "diloco", "gpus_per_node": gpus, "diloco": diloco}}
     if config is None and not base:
         data["data"] = {"dataset": "stdlib"}  # the built-in defaults, as a session started the same way uses
     cfg = load_config(config, overrides=set_, data=deep_merge(base, data))
-    from cotrain.core.train import run  # torch: imported once the arguments are known to be good
+    from cotrain.core.launch import maybe_launch_torchrun
 
-    raise typer.Exit(run(cfg))
+    # several processes for one peer: torchrun starts them, and its workers read a config file
+    code = maybe_launch_torchrun(cfg, _write_for_workers(cfg), []) if gpus > 1 else None
+    if code is None:
+        from cotrain.core.train import run  # torch: imported once the arguments are known to be good
+
+        code = run(cfg)
+    raise typer.Exit(code)
+
+
+def _write_for_workers(cfg) -> Path:
+    from cotrain.config.writer import config_to_toml
+    from cotrain.paths import Layout
+
+    path = Layout.from_env().ensure().generated_configs / f"join-{cfg.session.id}.toml"
+    path.write_text(config_to_toml(cfg, header=f"written by cotrain join for session {cfg.session.id}", full=True))
+    return path
 
 
 def _from_server(server: str, session: str, token: str | None) -> tuple[dict, list[str]]:

@@ -3,6 +3,9 @@
 Single machine, N = nodes × gpus_per_node processes (ddp / fsdp):
     python -m torch.distributed.run --standalone --nproc-per-node N -m cotrain.core.train --config FILE
 
+A DiLoCo peer is one machine: with gpus_per_node > 1 its N = gpus_per_node processes train the
+inner steps together (DDP) and the peer meets the other peers over the DHT, not a rendezvous.
+
 Several machines: run on every node (MASTER_ADDR = node 0's address, NODE_RANK = 0..nodes-1)
     torchrun --nnodes NODES --nproc-per-node GPUS --node-rank NODE_RANK \\
         --rdzv-backend c10d --rdzv-endpoint MASTER_ADDR:29500 -m cotrain.core.train --config FILE
@@ -25,11 +28,14 @@ DEFAULT_MASTER_PORT = 29500
 def torchrun_command(config: CotrainConfig, config_path: str | Path, overrides: list[str]) -> list[str] | None:
     """The torchrun command line for `config`, or None when this process should train itself."""
     dist = config.distributed
-    if dist.strategy == "diloco" or dist.world_size <= 1 or "LOCAL_RANK" in os.environ:
+    processes = local_processes(config)
+    # a DiLoCo peer launches only its own GPUs; ddp / fsdp also launch for a multi-node rendezvous
+    several = processes > 1 if dist.strategy == "diloco" else dist.world_size > 1
+    if "LOCAL_RANK" in os.environ or not several:
         return None
     cmd = [sys.executable, "-m", "torch.distributed.run"]
     master = os.environ.get("MASTER_ADDR")
-    if dist.nodes > 1 and master:
+    if dist.strategy != "diloco" and dist.nodes > 1 and master:
         node_rank = os.environ.get("NODE_RANK")
         if node_rank is None:
             raise RuntimeError(
@@ -42,7 +48,7 @@ def torchrun_command(config: CotrainConfig, config_path: str | Path, overrides: 
             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{master}:{port}",
         ]
     else:  # every process on this machine
-        cmd += ["--standalone", "--nproc-per-node", str(dist.world_size)]
+        cmd += ["--standalone", "--nproc-per-node", str(processes)]
     cmd += ["-m", "cotrain.core.train", "--config", str(config_path)]
     for override in overrides:
         cmd += ["--set", override]
@@ -74,12 +80,20 @@ def maybe_launch_torchrun(config: CotrainConfig, config_path: str | Path, overri
             signal.signal(sig, handler)
 
 
+def local_processes(config: CotrainConfig) -> int:
+    """Processes `cotrain train` starts on this machine: one node's share on a multi-node
+    rendezvous, a DiLoCo peer's GPUs, or else every process of the run."""
+    dist = config.distributed
+    if dist.strategy == "diloco" or (os.environ.get("MASTER_ADDR") and dist.nodes > 1):
+        return dist.gpus_per_node
+    return dist.world_size
+
+
 def _check_gpus(config: CotrainConfig) -> None:
     import torch
 
-    dist = config.distributed
     wants_cuda = config.train.device == "cuda" or (config.train.device == "auto" and torch.cuda.is_available())
-    local = dist.gpus_per_node if os.environ.get("MASTER_ADDR") and dist.nodes > 1 else dist.world_size
+    local = local_processes(config)
     if wants_cuda and torch.cuda.device_count() < local:
         raise RuntimeError(
             f"distributed asks for {local} processes on this machine but only {torch.cuda.device_count()} GPUs "

@@ -19,6 +19,7 @@ It also counts the bytes each peer sends and receives, and is strict where hivem
 from __future__ import annotations
 
 import ctypes
+import logging
 import multiprocessing as mp
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -30,6 +31,8 @@ from hivemind.compression import deserialize_torch_tensor, serialize_torch_tenso
 from hivemind.proto import averaging_pb2
 from hivemind.utils.asyncio import amap_in_executor, as_aiter, azip
 from hivemind.utils.mpfuture import MPFuture
+
+log = logging.getLogger(__name__)
 
 
 class ByteCounters:
@@ -63,7 +66,11 @@ class ExactAllReduceRunner(AllReduceRunner):
 
     async def _communicate_with_peer(self, peer_id) -> None:
         if peer_id != self.peer_id:
-            return await super()._communicate_with_peer(peer_id)  # registers what the reducer sent: the average
+            try:
+                return await super()._communicate_with_peer(peer_id)  # registers what the reducer sent: the average
+            except Exception as exc:  # hivemind logs why only at debug level
+                log.warning("all-reduce part from %s failed: %r", peer_id, exc)
+                raise
         peer_index = self.ordered_peer_ids.index(peer_id)
         sender_index = self.sender_peer_ids.index(peer_id)
         for part_index, part in enumerate(self.parts_for_local_averaging):

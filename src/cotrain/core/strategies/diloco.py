@@ -18,22 +18,31 @@ One round (outer step r → r+1), on every peer:
    downloads their state (`load_state_from_peers`). Un-averaged work is never applied.
 A joining peer downloads the global params, outer momentum and round from a peer and then
 takes part in the next round. Outer state lives on the CPU in fp32.
+
+A peer with several GPUs (`gpus_per_node > 1`, launched by torchrun) trains its inner steps
+with DDP across them; only its rank 0 joins the DHT, averages and steps the outer optimizer, then
+broadcasts the new global params to the peer's other ranks. Those local all-reduces never leave
+the machine, so the bytes counted are the averager's alone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from cotrain.core.strategies.base import OuterStepReport, Strategy
+
+if TYPE_CHECKING:
+    from cotrain.core.strategies.ddp import DdpStrategy
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +68,13 @@ class DilocoStrategy(Strategy):
 
     def __init__(self, config, device: torch.device):
         super().__init__(config, device)
-        if config.distributed.gpus_per_node > 1:
-            raise RuntimeError(
-                "diloco runs one process per peer: set distributed.gpus_per_node = 1 and start one peer per GPU "
-                "(each with the same initial_peers)"
-            )
+        # the processes of this peer (torchrun, one per GPU): DDP for the inner steps
+        self.local: DdpStrategy | None = None
+        if "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from cotrain.core.strategies.ddp import DdpStrategy
+
+            self.local = DdpStrategy(config, device)
+            self.rank, self.world_size = self.local.rank, self.local.world_size
         self.diloco = config.distributed.diloco
         self.session_id = config.session.id or "session"
         self.outer_step = 0  # rounds applied so far
@@ -82,6 +93,12 @@ class DilocoStrategy(Strategy):
 
     # --- processes -------------------------------------------------------------------
     def setup(self) -> None:
+        if self.local is not None:
+            self.local.setup()
+        if self.is_main:
+            self._join_network()
+
+    def _join_network(self) -> None:
         from cotrain.p2p.dht import start_dht, visible_maddrs
         from cotrain.p2p.records import ProgressPublisher
 
@@ -118,11 +135,46 @@ class DilocoStrategy(Strategy):
                     part.shutdown()
                 except Exception as exc:  # leaving must never fail the run
                     log.warning("could not shut down the %s cleanly: %s", name, exc)
+        if self.local is not None:
+            self.local.shutdown()
+
+    # --- this peer's own processes ---------------------------------------------------------
+    def barrier(self) -> None:
+        if self.local is not None:
+            self.local.barrier()
+
+    def any_process(self, flag: bool) -> bool:
+        return self.local.any_process(flag) if self.local is not None else flag
+
+    def mean_across_processes(self, value: float) -> float:
+        return self.local.mean_across_processes(value) if self.local is not None else value
+
+    def data_shard(self) -> tuple[int, int]:
+        return self.local.data_shard() if self.local is not None else (0, 1)
+
+    def accumulation_context(self, model: nn.Module, is_last_micro_batch: bool):
+        if self.local is not None:
+            return self.local.accumulation_context(model, is_last_micro_batch)
+        return super().accumulation_context(model, is_last_micro_batch)
+
+    def _broadcast_from_main(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` as rank 0 of this peer has it, on every rank of the peer."""
+        import torch.distributed as dist
+
+        assert self.local is not None
+        moved = tensor.to(self.local._collective_device())
+        dist.broadcast(moved, src=0)
+        return moved.cpu()
 
     def data_seed(self) -> int:
-        """Each peer draws its own sample order (from its peer id)."""
-        own = int.from_bytes(hashlib.sha256(self.peer_id.encode()).digest()[:4], "big")
-        return (self.config.train.seed + own) % (2**31)
+        """Each peer draws its own sample order (from its peer id); its processes share it."""
+        seed = 0
+        if self.is_main:
+            own = int.from_bytes(hashlib.sha256(self.peer_id.encode()).digest()[:4], "big")
+            seed = (self.config.train.seed + own) % (2**31)
+        if self.local is not None:
+            seed = int(self._broadcast_from_main(torch.tensor([seed], dtype=torch.int64)).item())
+        return seed
 
     # --- model -------------------------------------------------------------------------
     def wrap_model(self, model: nn.Module) -> nn.Module:
@@ -137,13 +189,19 @@ class DilocoStrategy(Strategy):
         )
         # one flat buffer: the all-reduce splits it into parts of equal size, so 8-bit codebooks
         # and message headers stay negligible even for the many tiny norm weights
-        self.averaged = [torch.zeros(sum(g.numel() for g in self.global_params))]
-        matchmaking = self.diloco.matchmaking_time
-        with dies_with_parent():  # no orphaned averager after a kill -9
-            self.averager = self._start_averager(matchmaking)
         self.last_hash = params_hash(self.global_params)
-        self._join_running_session()
-        return model
+        if self.is_main:
+            self.averaged = [torch.zeros(sum(g.numel() for g in self.global_params))]
+            with dies_with_parent():  # no orphaned averager after a kill -9
+                self.averager = self._start_averager(self.diloco.matchmaking_time)
+            self._join_running_session()
+        if self.local is None:
+            return model
+        self._share_global_state()  # the state rank 0 may have downloaded
+        return self.local.wrap_model(model)
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        return self.local.unwrap(model) if self.local is not None else model
 
     def _start_averager(self, matchmaking: float):
         from cotrain.p2p.averager import ExactAverager
@@ -170,7 +228,9 @@ class DilocoStrategy(Strategy):
         if self.inner_done < self.diloco.inner_steps:
             self._last_step_time = time.perf_counter()
             return None
-        report = self._outer_round()
+        report = self._outer_round() if self.is_main else None
+        if self.local is not None:
+            self._share_global_state()
         self.inner_done = 0
         self._last_step_time = time.perf_counter()  # the round's wait is not training time
         return report
@@ -278,6 +338,19 @@ class DilocoStrategy(Strategy):
         self._reset_model_to_global()
 
     @torch.no_grad()
+    def _share_global_state(self) -> None:
+        """Rank 0's global params and round on every rank of this peer, and in every model copy."""
+        flat = torch.cat([g.reshape(-1) for g in self.global_params] + [torch.tensor([float(self.outer_step)])])
+        flat = self._broadcast_from_main(flat)
+        if not self.is_main:
+            sizes = [g.numel() for g in self.global_params]
+            for global_param, values in zip(self.global_params, flat[:-1].split(sizes)):
+                global_param.copy_(values.view_as(global_param))
+            self.outer_step = int(flat[-1].item())
+            self.last_hash = None  # rank 0 reports the hash
+        self._reset_model_to_global()
+
+    @torch.no_grad()
     def _reset_model_to_global(self) -> None:
         for param, global_param in zip(self.params, self.global_params):
             param.copy_(global_param.to(param.device, param.dtype))
@@ -349,7 +422,8 @@ class DilocoStrategy(Strategy):
                 self.outer_optimizer.state[global_param]["momentum_buffer"] = tensor.clone().float()
             self.outer_step = outer_step
             self.last_hash = params_hash(self.global_params)
-            self.averager.state_sharing_priority = float(self.outer_step)
+            if self.is_main:
+                self.averager.state_sharing_priority = float(self.outer_step)
 
     # --- peers and reporting -------------------------------------------------------------
     def _live_records(self):
@@ -388,7 +462,7 @@ class DilocoStrategy(Strategy):
     def participants(self) -> int:
         """This peer and every other peer with a fresh progress record (cached for a second)."""
         checked_at, count = self._participants_cache
-        if time.monotonic() - checked_at > 1.0:
+        if self.is_main and time.monotonic() - checked_at > 1.0:
             records = self._live_records()
             self._note_peers(records)
             count = 1 + len(records)
@@ -413,6 +487,7 @@ class DilocoStrategy(Strategy):
         return events
 
     def comm_bytes(self) -> tuple[int, int]:
+        """Bytes this peer exchanged with other peers (its local DDP all-reduces are not counted)."""
         sent, received = self.averager.bytes_moved() if hasattr(self, "averager") else (0, 0)
         return sent + self._extra_bytes[0], received + self._extra_bytes[1]
 
