@@ -66,6 +66,11 @@ def test_join_refusals_are_sentences(servers, cotrain_home: Path):
     refused(join(cotrain_home, "--server", server.url, "--session", private, COTRAIN_TOKEN=ADMIN_TOKEN),
             "no running DHT node", "hivemind/start", "--initial-peers")
     refused(join(cotrain_home, "--session", private), "--server", "--initial-peers")
+    ended = create("diloco")
+    assert api.post(f"/sessions/{ended}/cancel").status_code == 200
+    assert api.get(f"/sessions/{ended}/join").json()["status"] == "cancelled"
+    refused(join(cotrain_home, "--server", server.url, "--session", ended), f"Session {ended} is cancelled",
+            "training has ended")
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import typer
 from cotrain.cli.errors import UserError, friendly_errors
 from cotrain.config.loader import deep_merge
 
+ENDED = ("completed", "failed", "cancelled")  # a session in one of these has no run to join
 PEERS_OPTION = typer.Option(
     [], "--initial-peers", help="Multiaddr of a peer of the session, /ip4/HOST/tcp/PORT/p2p/PEER_ID (repeatable)."
 )
@@ -105,6 +106,11 @@ def _from_server(server: str, session: str, token: str | None) -> tuple[dict, li
         raise UserError(
             f"Session {session} trains with the {info.strategy} strategy, which runs only on the server's own "
             "machines; volunteers can join DiLoCo sessions only (the server's Network page lists them)."
+        )
+    if info.status in ENDED:
+        raise UserError(
+            f"Session {session} is {info.status} on {server}: its training has ended, so there is no run to join. "
+            "Pick a queued or running DiLoCo session on the server's Sessions page."
         )
     return info.config, info.initial_peers
 

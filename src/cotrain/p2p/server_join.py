@@ -25,6 +25,7 @@ class JoinInfo:
     strategy: str
     config: dict[str, Any]  # the session's parsed TOML config
     initial_peers: list[str]  # the server's DHT addresses (empty while its DHT is not running)
+    status: str | None = None  # the session's status on the server (older servers do not say)
 
 
 def fetch_join_info(server: str, session_id: str, token: str | None = None, timeout: float = 30.0) -> JoinInfo:
@@ -83,4 +84,4 @@ def _parse(answer: httpx.Response, base: str, session_id: str) -> JoinInfo:
     except (ValueError, KeyError, TypeError, AttributeError, tomllib.TOMLDecodeError):
         raise JoinError(not_cotrain) from None
     return JoinInfo(session_id=str(body.get("sessionId") or session_id), strategy=strategy, config=config,
-                    initial_peers=peers)
+                    initial_peers=peers, status=body.get("status"))

@@ -185,8 +185,8 @@ def join_info(session_id: SessionId, request: Request, platform: PlatformDep, ac
     row = platform.sessions.get(session_id, actor)
     peers = platform.dht.bootstrap_addresses()
     command = join_command(str(request.base_url), row.id, owner_wallet(actor.name if actor else None))
-    return {"sessionId": row.id, "strategy": row.strategy, "config": row.config_toml, "initialPeers": peers,
-            "command": command}
+    return {"sessionId": row.id, "strategy": row.strategy, "status": row.status, "config": row.config_toml,
+            "initialPeers": peers, "command": command}
 
 
 @router.get("/{session_id}/model", summary="The session's final model versions", openapi_extra=OPTIONAL_AUTH)
