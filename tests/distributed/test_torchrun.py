@@ -3,7 +3,11 @@ they train, only rank 0 writes, and a run resumed from a checkpoint continues ex
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -139,3 +143,45 @@ def test_two_nodes_meet_at_a_c10d_rendezvous(cotrain_home: Path, shared_datasets
     assert events[0]["type"] == "started" and events[0]["world_size"] == 2
     assert all(e["participants"] == 2 for e in events if e["type"] == "progress")
     assert events[-1]["type"] == "completed" and events[-1]["step"] == 12
+
+
+def running_with(config: Path) -> list[int]:
+    """Live processes whose command line names `config`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(config).encode() in (proc / "cmdline").read_bytes():
+                if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                    pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.slow
+def test_killing_the_launcher_stops_torchrun_and_its_ranks_with_a_checkpoint(cotrain_home: Path, tmp_path: Path):
+    """`cotrain train` killed with SIGKILL (an OOM killer, a closed terminal's kill -9): torchrun gets
+    SIGTERM from Linux, its ranks save a checkpoint and leave; nothing trains on as an orphan."""
+    config = write_config(tmp_path / "orphan.toml", "orphan", TWO_PROCESSES.format(strategy="ddp"),
+                          max_steps=100_000, interval=100_000)
+    launcher = subprocess.Popen([PYTHON, "-m", "cotrain.cli", "train", str(config)], start_new_session=True,
+                                env=engine_env(cotrain_home, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false"),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while not any(e["type"] == "progress" for e in events_of(cotrain_home, "orphan")):
+            assert launcher.poll() is None and time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.2)
+        os.kill(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+        deadline = time.monotonic() + 60
+        while running_with(config):  # torchrun and its ranks (which torchrun puts in sessions of their own)
+            assert time.monotonic() < deadline, f"left running: {running_with(config)}"
+            time.sleep(0.2)
+    finally:
+        for pid in running_with(config):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    last = events_of(cotrain_home, "orphan")[-1]
+    assert last["type"] == "failed" and last["interrupted"] and last["signal"] == "SIGTERM", last
+    assert checkpoint_dir(cotrain_home, "orphan", last["step"]).is_dir()

@@ -14,6 +14,8 @@ or set MASTER_ADDR and NODE_RANK and run `cotrain train FILE`, which builds that
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -23,6 +25,7 @@ from pathlib import Path
 from cotrain.config import CotrainConfig
 
 DEFAULT_MASTER_PORT = 29500
+PR_SET_PDEATHSIG = 1
 
 
 def torchrun_command(config: CotrainConfig, config_path: str | Path, overrides: list[str]) -> list[str] | None:
@@ -63,7 +66,8 @@ def maybe_launch_torchrun(config: CotrainConfig, config_path: str | Path, overri
     _check_gpus(config)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
-    child = subprocess.Popen(cmd, env=env)
+    linux = sys.platform.startswith("linux")
+    child = subprocess.Popen(cmd, env=env, preexec_fn=_stop_when_launcher_dies if linux else None)
     forwarded: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
@@ -78,6 +82,14 @@ def maybe_launch_torchrun(config: CotrainConfig, config_path: str | Path, overri
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _stop_when_launcher_dies() -> None:
+    """In torchrun's process before it starts: Linux sends it SIGTERM when `cotrain train` dies, even
+    by SIGKILL, so torchrun stops its workers (which save a checkpoint) instead of training on as
+    orphans that nobody waits for."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def local_processes(config: CotrainConfig) -> int:
