@@ -105,9 +105,13 @@ def make_home(root: Path, name: str, datasets: Path) -> Path:
     return home
 
 
+def read_events(home: Path, session: str) -> list[dict]:
+    return [json.loads(line) for line in (home / "logs" / "training" / session / "events.jsonl").read_text().splitlines()]
+
+
 def last_events(home: Path, session: str) -> tuple[dict, dict]:
     """(last progress event, completed event) of a finished run."""
-    events = [json.loads(line) for line in (home / "logs" / "training" / session / "events.jsonl").read_text().splitlines()]
+    events = read_events(home, session)
     progress = [e for e in events if e["type"] == "progress"]
     completed = [e for e in events if e["type"] == "completed"]
     if not completed:
@@ -176,12 +180,18 @@ def run_diloco(setup: Setup, seed: int, inner_steps: int, compression: str, init
     hashes = {progress.get("params_hash") for progress, _ in finished}
     if len(hashes) != 1:
         raise RuntimeError(f"{name}: peers ended with different global params {hashes}")
+    # rounds that needed another attempt and peers that downloaded the state instead: both move
+    # bytes beyond one all-reduce per H steps, so the row says how often they happened
+    outer_events = [e for home in homes for e in read_events(home, name) if e["type"] == "progress"]
+    retried = sum(max(0, int(e.get("round_attempts") or 1) - 1) for e in outer_events)
+    downloads = sum(1 for e in outer_events if e.get("state_downloaded"))
     sent = sum(p["bytes_sent"] for p, _ in finished) / setup.workers
     received = sum(p["bytes_received"] for p, _ in finished) / setup.workers
     progress, completed = finished[0]
     result = row("diloco", inner_steps, compression, setup.workers, completed, progress, time.monotonic() - started)
     result.update(bytes_sent_per_worker=int(sent), bytes_received_per_worker=int(received),
-                  outer_lr=outer_lr, outer_momentum=outer_momentum, nesterov=outer_momentum > 0)
+                  outer_lr=outer_lr, outer_momentum=outer_momentum, nesterov=outer_momentum > 0,
+                  rounds=setup.steps // inner_steps, rounds_retried=retried, state_downloads=downloads)
     return result
 
 
@@ -192,6 +202,11 @@ def over_seeds(seeds: list[int], run_one) -> dict:
     losses = [r["final_val_loss"] for r in runs]
     merged.update(final_val_loss=round(statistics.fmean(losses), 4), val_loss_per_seed=losses, seeds=seeds,
                   wall_seconds=round(sum(r["wall_seconds"] for r in runs), 1))
+    for key in ("bytes_sent_per_worker", "bytes_received_per_worker"):
+        merged[key] = round(statistics.fmean(r[key] for r in runs))
+    for key in ("rounds", "rounds_retried", "state_downloads"):
+        if key in merged:
+            merged[key] = sum(r[key] for r in runs)
     return merged
 
 
@@ -226,7 +241,7 @@ def prepare(setup: Setup) -> None:
 def print_table(rows: list[dict]) -> None:
     ddp = next(r for r in rows if r["strategy"] == "ddp")
     header = f"{'strategy':8} {'outer lr/m':>10} {'H':>4} {'compr':>5} {'workers':>7} {'tokens':>9} {'val loss':>9} {'vs ddp':>7} " \
-             f"{'MB sent/worker':>15} {'less bytes':>10} {'seconds':>8}"
+             f"{'MB sent/worker':>15} {'less bytes':>10} {'retried':>7} {'seconds':>8}"
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -235,9 +250,10 @@ def print_table(rows: list[dict]) -> None:
         r["val_loss_vs_ddp_percent"] = round(gap, 2)
         r["bytes_reduction_vs_ddp"] = round(fewer, 1)
         outer = f"{r['outer_lr']}/{r['outer_momentum']}" if r["strategy"] == "diloco" else "-"
+        retried = f"{r['rounds_retried'] + r['state_downloads']}/{r['rounds']}" if r["strategy"] == "diloco" else "-"
         print(f"{r['strategy']:8} {outer:>10} {r['inner_steps'] or '-':>4} {r['compression']:>5} {r['workers']:>7} "
               f"{r['tokens']:>9} {r['final_val_loss']:>9.4f} {gap:>+6.2f}% {r['bytes_sent_per_worker'] / 1e6:>15.2f} "
-              f"{fewer:>9.1f}x {r['wall_seconds']:>8.1f}")
+              f"{fewer:>9.1f}x {retried:>7} {r['wall_seconds']:>8.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a reduced grid that runs in under 10 minutes on 2 cores")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16, help="global batch per step (DiLoCo: split over the peers)")
-    parser.add_argument("--steps", type=int, default=400, help="optimizer steps")
+    parser.add_argument("--steps", type=int, default=1600,
+                        help="optimizer steps (1600 x 16 x 64 tokens: about 10 per parameter of the debug model)")
     parser.add_argument("--seeds", default=None,
                         help="comma-separated seeds; every row is the mean over them (default 1337 quick, 1337,7 full)")
     parser.add_argument("--size", default="debug", help="llama2 size preset of the model")

@@ -219,6 +219,7 @@ def test_killed_peer_is_dropped_and_a_joining_peer_gets_the_state(
     try:
         wait_until(lambda: 2 in first.outer_steps())
         victim.kill_9()
+        killed_time = time.time()
         killed_at = max(first.outer_steps())
         # starts now, takes part once its startup is done (a few rounds later)
         joiner = Peer("joiner", tmp_path, shared_datasets, bootstrap, max_steps=20)
@@ -235,6 +236,10 @@ def test_killed_peer_is_dropped_and_a_joining_peer_gets_the_state(
     for step in a:
         assert a[step]["params_hash"] == b[step]["params_hash"], step
     assert any(a[s]["group_size"] == 2 for s in a if s > killed_at + 1)
+    # dropped within 10 s: the first round the survivors averaged without the victim
+    without_victim = min(a[s]["time"] for s in a if s > killed_at and a[s]["group_size"] == 2)
+    print(f"first round without the killed peer {without_victim - killed_time:.1f} s after kill -9")
+    assert without_victim - killed_time < 10.0
     # the joiner started from the downloaded state (its first round is not round 1) and took part
     assert min(j) > 1
     for step in j:
