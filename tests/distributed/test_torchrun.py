@@ -185,3 +185,33 @@ def test_killing_the_launcher_stops_torchrun_and_its_ranks_with_a_checkpoint(cot
     last = events_of(cotrain_home, "orphan")[-1]
     assert last["type"] == "failed" and last["interrupted"] and last["signal"] == "SIGTERM", last
     assert checkpoint_dir(cotrain_home, "orphan", last["step"]).is_dir()
+
+
+@pytest.mark.slow
+def test_ranks_die_with_a_killed_torchrun(cotrain_home: Path, tmp_path: Path):
+    """torchrun SIGKILLed (the server's cancel after its grace period kills the run's process group):
+    its ranks, which torchrun starts in sessions of their own, must not train on."""
+    config = write_config(tmp_path / "headless.toml", "headless", TWO_PROCESSES.format(strategy="ddp"),
+                          max_steps=100_000, interval=100_000)
+    torchrun = subprocess.Popen(
+        [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "cotrain.core.train",
+         "--config", str(config)],
+        env=engine_env(cotrain_home, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false"),
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not any(e["type"] == "progress" for e in events_of(cotrain_home, "headless")):
+            assert torchrun.poll() is None and time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.2)
+        assert len(running_with(config)) == 3  # torchrun and two ranks
+        os.killpg(torchrun.pid, signal.SIGKILL)
+        torchrun.wait()
+        deadline = time.monotonic() + 30
+        while running_with(config):
+            assert time.monotonic() < deadline, f"ranks left running: {running_with(config)}"
+            time.sleep(0.2)
+    finally:
+        for pid in running_with(config):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import signal
 import subprocess
@@ -66,8 +67,9 @@ def maybe_launch_torchrun(config: CotrainConfig, config_path: str | Path, overri
     _check_gpus(config)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
-    linux = sys.platform.startswith("linux")
-    child = subprocess.Popen(cmd, env=env, preexec_fn=_stop_when_launcher_dies if linux else None)
+    # torchrun gets SIGTERM when this launcher dies, even by SIGKILL: it stops its ranks (which save a
+    # checkpoint) instead of training on as orphans that nobody waits for
+    child = subprocess.Popen(cmd, env=env, preexec_fn=functools.partial(signal_when_parent_dies, signal.SIGTERM))
     forwarded: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
@@ -84,12 +86,12 @@ def maybe_launch_torchrun(config: CotrainConfig, config_path: str | Path, overri
             signal.signal(sig, handler)
 
 
-def _stop_when_launcher_dies() -> None:
-    """In torchrun's process before it starts: Linux sends it SIGTERM when `cotrain train` dies, even
-    by SIGKILL, so torchrun stops its workers (which save a checkpoint) instead of training on as
-    orphans that nobody waits for."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def signal_when_parent_dies(signum: int) -> None:
+    """Ask Linux to send this process `signum` when its parent exits, however it exits
+    (PR_SET_PDEATHSIG). Elsewhere than Linux it does nothing."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
 
 
 def local_processes(config: CotrainConfig) -> int:

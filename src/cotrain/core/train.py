@@ -35,6 +35,7 @@ from cotrain.core.corpus import DataSourceError
 from cotrain.core.data import prepare_dataset
 from cotrain.core.events import EventWriter
 from cotrain.core.export import export_final_model
+from cotrain.core.launch import signal_when_parent_dies
 from cotrain.core.metrics import gpu_utilization, memory_bytes, peak_flops
 from cotrain.core.models import ModelLoadError, build_model, describe
 from cotrain.core.optim import build_optimizer, lr_at, set_lr
@@ -471,6 +472,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="the TOML config")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a key")
     args = parser.parse_args(argv)
+    if "LOCAL_RANK" in os.environ:
+        # torchrun puts its ranks in sessions of their own, so killing its process group (the server's
+        # cancel after the grace period, an OOM kill) would leave the ranks running: die with torchrun
+        signal_when_parent_dies(signal.SIGKILL)
     try:
         config = load_config(args.config, overrides=args.set)
     except ConfigError as exc:
