@@ -181,7 +181,8 @@ class Executor:
 
     def _engine_command(self, config_path: Path) -> list[str]:
         """The engine as one process, or under torchrun when its config asks for several (ddp /
-        fsdp with nodes × gpus_per_node > 1); torchrun forwards our SIGTERM to every rank."""
+        fsdp with nodes × gpus_per_node > 1, a diloco peer with gpus_per_node > 1); torchrun
+        forwards our SIGTERM to every rank, and the ranks die with torchrun if it is SIGKILLed."""
         from cotrain.config import load_config
         from cotrain.core.launch import torchrun_command
 
