@@ -120,7 +120,9 @@ class DilocoConfig(Section):
 
 class DistributedConfig(Section):
     nodes: PositiveInt = Field(1, description="Machines (DiLoCo: peers).")
-    gpus_per_node: PositiveInt = Field(1, description="Processes per machine.")
+    gpus_per_node: PositiveInt = Field(
+        1, description="Processes per machine (DiLoCo: per peer; they run the inner steps as DDP)."
+    )
     strategy: Strategy = Field(
         "ddp", description="ddp / fsdp under torchrun, or diloco over the hivemind DHT."
     )
