@@ -256,7 +256,7 @@ def test_a_restarted_peer_resumes_its_checkpoint_exactly(shared_datasets: Path, 
     """A lone peer (min_peers = 1) checkpoints its outer state and identity; a copy of the step-10
     checkpoint resumed elsewhere reproduces the same global params after every later outer step."""
     _prepare(shared_datasets, tmp_path)
-    settings = DILOCO.format(inner_steps=5, compression="none", initial_peers="[]", min_peers=1)
+    settings = DILOCO.format(inner_steps=5, compression="none", initial_peers="[]", min_peers=1, processes=1)
     runs = {}
     for name in ("first", "resumed"):
         home = tmp_path / name

@@ -13,11 +13,16 @@ It also counts the bytes each peer sends and receives, and is strict where hivem
   `sender_timeout`) answers with an error instead of the average of the remaining senders, so no
   peer applies a part that lacks a group member's pseudo-gradient, and the whole group refuses the
   round alike (hivemind would let the others apply a partial average while the dropped peer fails);
-- the caller can resize matchmaking's groups between rounds (`set_group_size`).
+- the caller can resize matchmaking's groups between rounds (`set_group_size`);
+- a reducer keeps each sender's stream open until the sender, having read every averaged part,
+  closes it. hivemind's reducer closed the stream right after writing its last reply, and about
+  one round in 500 on loopback the sender then saw the stream end before the reply arrived
+  ("sent 0 parts"): it failed the round the others applied and had to download their state.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import logging
 import multiprocessing as mp
@@ -47,6 +52,29 @@ class ByteCounters:
             self.sent.value += sent
         with self.received.get_lock():
             self.received.value += received
+
+
+class _ClosesAfterParts:
+    """A stub whose `rpc_aggregate_part` stream ends (and is closed by this sender) as soon as the
+    expected number of averaged parts arrived, instead of waiting for the reducer to close it."""
+
+    def __init__(self, stub: Any, parts: int):
+        self.stub, self.parts = stub, parts
+
+    async def rpc_aggregate_part(self, requests: AsyncIterator[averaging_pb2.AveragingData]):
+        stream = await self.stub.rpc_aggregate_part(requests)
+        return self._first_parts(stream)
+
+    async def _first_parts(self, stream: AsyncIterator[averaging_pb2.AveragingData]):
+        received = 0
+        try:
+            async for message in stream:
+                yield message
+                received += 1
+                if received == self.parts or message.code != averaging_pb2.AVERAGED_PART:
+                    break
+        finally:
+            await stream.aclose()
 
 
 class ExactAllReduceRunner(AllReduceRunner):
@@ -81,6 +109,17 @@ class ExactAllReduceRunner(AllReduceRunner):
             # the exact values the other peers decode from what this reducer sends them
             same_as_sent = deserialize_torch_tensor(serialize_torch_tensor(averaged, self.compression_type))
             self.tensor_part_container.register_processed_part(peer_index, part_index, same_as_sent)
+
+    def _get_peer_stub(self, peer):
+        parts = self.tensor_part_container.num_parts_by_peer[self.ordered_peer_ids.index(peer)]
+        return _ClosesAfterParts(super()._get_peer_stub(peer), parts)
+
+    async def rpc_aggregate_part(self, stream, context):
+        async for message in super().rpc_aggregate_part(stream, context):
+            yield message
+        # the sender closes the stream once it holds every reply (which ends this handler at once);
+        # the wait is only a bound for a sender that never does
+        await asyncio.sleep(self.reducer_timeout)
 
     async def _generate_input_for_peer(self, peer_index: int) -> AsyncIterator[averaging_pb2.AveragingData]:
         async for message in super()._generate_input_for_peer(peer_index):
