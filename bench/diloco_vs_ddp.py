@@ -11,7 +11,9 @@ the mean over `--seeds` (each seed's loss is kept in the row).
 
 Prints a table and writes bench/results/diloco_vs_ddp.json: one row per setting with strategy,
 inner_steps, compression, workers, tokens, final_val_loss, bytes_sent_per_worker (and the
-received bytes, the wall time and the loss gap to DDP). DDP's bytes are what a ring all-reduce of
+received bytes, the wall time, the loss gap to DDP, and for DiLoCo the rounds, how many were
+retried and how many times a peer downloaded the state instead: each costs bytes beyond one
+all-reduce per H steps). DDP's bytes are what a ring all-reduce of
 the fp32 gradients moves per process (2(n-1)/n of the gradient bytes per step); DiLoCo's are the
 serialized bytes each peer's averager actually sent.
 """
