@@ -162,7 +162,7 @@ class DilocoStrategy(Strategy):
         import torch.distributed as dist
 
         assert self.local is not None
-        moved = tensor.to(self.local._collective_device())
+        moved = tensor.to(self.local.collective_device())
         dist.broadcast(moved, src=0)
         return moved.cpu()
 

@@ -53,7 +53,7 @@ class ProcessGroupStrategy(Strategy):
         `strategy.any_process(stop.requested)`: torchrun signals every worker, but not all of
         them see the flag at the same step, and a rank that stops alone leaves the others
         waiting in a collective."""
-        tensor = torch.tensor([int(flag)], device=self._collective_device())
+        tensor = torch.tensor([int(flag)], device=self.collective_device())
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return bool(tensor.item())
 
@@ -61,11 +61,12 @@ class ProcessGroupStrategy(Strategy):
         return self.rank, self.world_size
 
     def mean_across_processes(self, value: float) -> float:
-        tensor = torch.tensor([value], dtype=torch.float64, device=self._collective_device())
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.collective_device())
         dist.all_reduce(tensor)
         return float(tensor.item()) / self.world_size
 
-    def _collective_device(self) -> torch.device:
+    def collective_device(self) -> torch.device:
+        """Where collectives take their tensors: the GPU with NCCL, the CPU with gloo."""
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
 
     def comm_bytes(self) -> tuple[int, int]:
