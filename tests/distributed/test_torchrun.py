@@ -158,6 +158,27 @@ def running_with(config: Path) -> list[int]:
     return pids
 
 
+def wait_until_none_left(config: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while running_with(config):
+        assert time.monotonic() < deadline, f"left running: {running_with(config)}"
+        time.sleep(0.2)
+
+
+def kill_all_with(config: Path) -> None:
+    for pid in running_with(config):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def wait_for_training(home: Path, session: str, proc: subprocess.Popen) -> None:
+    """Until the run's first progress event (it fails if `proc` exits first)."""
+    deadline = time.monotonic() + 180
+    while not any(e["type"] == "progress" for e in events_of(home, session)):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run did not start"
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
 def test_killing_the_launcher_stops_torchrun_and_its_ranks_with_a_checkpoint(cotrain_home: Path, tmp_path: Path):
     """`cotrain train` killed with SIGKILL (an OOM killer, a closed terminal's kill -9): torchrun gets
@@ -168,20 +189,12 @@ def test_killing_the_launcher_stops_torchrun_and_its_ranks_with_a_checkpoint(cot
                                 env=engine_env(cotrain_home, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false"),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 180
-        while not any(e["type"] == "progress" for e in events_of(cotrain_home, "orphan")):
-            assert launcher.poll() is None and time.monotonic() < deadline, "the run did not start"
-            time.sleep(0.2)
+        wait_for_training(cotrain_home, "orphan", launcher)
         os.kill(launcher.pid, signal.SIGKILL)
         launcher.wait()
-        deadline = time.monotonic() + 60
-        while running_with(config):  # torchrun and its ranks (which torchrun puts in sessions of their own)
-            assert time.monotonic() < deadline, f"left running: {running_with(config)}"
-            time.sleep(0.2)
+        wait_until_none_left(config, timeout=60)  # torchrun and its ranks (in sessions of their own)
     finally:
-        for pid in running_with(config):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill_all_with(config)
     last = events_of(cotrain_home, "orphan")[-1]
     assert last["type"] == "failed" and last["interrupted"] and last["signal"] == "SIGTERM", last
     assert checkpoint_dir(cotrain_home, "orphan", last["step"]).is_dir()
@@ -200,18 +213,10 @@ def test_ranks_die_with_a_killed_torchrun(cotrain_home: Path, tmp_path: Path):
         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 180
-        while not any(e["type"] == "progress" for e in events_of(cotrain_home, "headless")):
-            assert torchrun.poll() is None and time.monotonic() < deadline, "the run did not start"
-            time.sleep(0.2)
+        wait_for_training(cotrain_home, "headless", torchrun)
         assert len(running_with(config)) == 3  # torchrun and two ranks
         os.killpg(torchrun.pid, signal.SIGKILL)
         torchrun.wait()
-        deadline = time.monotonic() + 30
-        while running_with(config):
-            assert time.monotonic() < deadline, f"ranks left running: {running_with(config)}"
-            time.sleep(0.2)
+        wait_until_none_left(config, timeout=30)
     finally:
-        for pid in running_with(config):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill_all_with(config)
