@@ -14,8 +14,6 @@ or set MASTER_ADDR and NODE_RANK and run `cotrain train FILE`, which builds that
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import functools
 import os
 import signal
@@ -24,9 +22,9 @@ import sys
 from pathlib import Path
 
 from cotrain.config import CotrainConfig
+from cotrain.parent_death import signal_when_parent_dies
 
 DEFAULT_MASTER_PORT = 29500
-PR_SET_PDEATHSIG = 1
 
 
 def torchrun_command(config: CotrainConfig, config_path: str | Path, overrides: list[str]) -> list[str] | None:
@@ -84,14 +82,6 @@ def maybe_launch_torchrun(config: CotrainConfig, config_path: str | Path, overri
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def signal_when_parent_dies(signum: int) -> None:
-    """Ask Linux to send this process `signum` when its parent exits, however it exits
-    (PR_SET_PDEATHSIG). Elsewhere than Linux it does nothing."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
 
 
 def local_processes(config: CotrainConfig) -> int:

@@ -35,13 +35,13 @@ from cotrain.core.corpus import DataSourceError
 from cotrain.core.data import prepare_dataset
 from cotrain.core.events import EventWriter
 from cotrain.core.export import export_final_model
-from cotrain.core.launch import signal_when_parent_dies
 from cotrain.core.metrics import gpu_utilization, memory_bytes, peak_flops
 from cotrain.core.models import ModelLoadError, build_model, describe
 from cotrain.core.optim import build_optimizer, lr_at, set_lr
 from cotrain.core.strategies import make_strategy
 from cotrain.core.tokenizer import eos_id, mask_id
 from cotrain.p2p.errors import PeerNetworkError
+from cotrain.parent_death import signal_when_parent_dies
 from cotrain.paths import Layout
 
 USER_ERRORS = (ConfigError, DataSourceError, ModelLoadError, PeerNetworkError)

@@ -39,6 +39,8 @@ from hivemind.utils.mpfuture import MPFuture
 
 log = logging.getLogger(__name__)
 
+SENDER_CLOSE_BOUND = 60.0  # seconds a reducer keeps a finished stream open for its sender to close
+
 
 class ByteCounters:
     """Bytes sent / received by the averager process, readable from the training process."""
@@ -118,8 +120,8 @@ class ExactAllReduceRunner(AllReduceRunner):
         async for message in super().rpc_aggregate_part(stream, context):
             yield message
         # the sender closes the stream once it holds every reply (which ends this handler at once);
-        # the wait is only a bound for a sender that never does
-        await asyncio.sleep(self.reducer_timeout)
+        # the wait is only a bound for a sender that never does (reducer_timeout may be unset)
+        await asyncio.sleep(self.reducer_timeout or SENDER_CLOSE_BOUND)
 
     async def _generate_input_for_peer(self, peer_index: int) -> AsyncIterator[averaging_pb2.AveragingData]:
         async for message in super()._generate_input_for_peer(peer_index):

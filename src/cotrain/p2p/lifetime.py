@@ -10,28 +10,21 @@ rule, so a killed peer leaves nothing behind. Elsewhere than Linux it does nothi
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import sys
 import threading
 from collections.abc import Iterator
 
-PR_SET_PDEATHSIG = 1
+from cotrain.parent_death import signal_when_parent_dies
+
 _active = False
 _registered = False
 
 
 def _in_child() -> None:
-    if not _active:
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() == 1:  # the parent already died between fork and prctl
-            os._exit(1)
-    except (OSError, AttributeError):
-        return  # no prctl (not Linux): the helper then outlives a parent killed with SIGKILL
+    if _active and signal_when_parent_dies(signal.SIGKILL) and os.getppid() == 1:
+        os._exit(1)  # the parent already died between fork and prctl
 
 
 @contextlib.contextmanager
