@@ -15,8 +15,10 @@ def test_api_tokens_and_resolved_principals(tmp_path):
         row, token = auth.create_token(db, "alice")
         assert token not in row.token_hash and row.token_hash == auth.hash_token(token)
 
-    def wallet(token: str) -> str | None:
-        return f"wallet:{token.removeprefix('w.')}" if token.startswith("w.") else None
+    def wallet(token: str) -> auth.ResolvedToken | None:
+        if not token.startswith("w."):
+            return None
+        return auth.ResolvedToken(f"wallet:{token.removeprefix('w.')}", issued_at=1.0, token_id=token)
 
     auth.register_token_resolver(wallet)
     try:

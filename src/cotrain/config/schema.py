@@ -82,6 +82,14 @@ class TrainConfig(Section):
     seed: int = Field(1337, description="Seeds init, data order and masking.")
     deterministic: bool = Field(False, description="Bit-identical results on CPU (slower kernels on GPU).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when visible, else CPU.")
+    compile: bool = Field(
+        False,
+        description="torch.compile the model (faster steps on GPU after a compile of a minute or so; CPU needs a C compiler).",
+    )
+    activation_checkpointing: bool = Field(
+        False,
+        description="Recompute each layer's activations in the backward pass: less memory for ~1/3 more compute.",
+    )
     log_interval: PositiveInt = Field(10, description="Steps between progress events.")
     eval_interval: PositiveInt = Field(
         200, description="Steps between evaluations on the val split (and one at the end)."

@@ -1,5 +1,6 @@
 """Building the model: a `transformers` Llama (llama2 / llama3, causal LM) or BERT (masked LM),
-from random init at a size preset, or from a local pretrained directory."""
+from random init at a size preset, or from a local pretrained directory; and the engine's speed
+options on it: PyTorch's fused attention (SDPA), activation checkpointing, torch.compile."""
 
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ from transformers import (
 )
 
 from cotrain.config import ModelConfig, get_preset
+from cotrain.config.presets import ModelPreset
+
+# torch.nn.functional.scaled_dot_product_attention: flash / memory-efficient kernels on GPU, and
+# no (batch, heads, seq, seq) score matrix kept for the backward pass.
+ATTENTION = "sdpa"
 
 
 class ModelLoadError(ValueError):
@@ -35,8 +41,11 @@ class ModelInfo:
     flops_per_token: float  # forward + backward, for MFU
 
 
-def build_hf_config(model: ModelConfig, vocab_size: int, seq_length: int, special: dict[str, int]) -> PretrainedConfig:
-    preset = get_preset(model.type, model.size)
+def build_hf_config(
+    model: ModelConfig, vocab_size: int, seq_length: int, special: dict[str, int], preset: ModelPreset | None = None
+) -> PretrainedConfig:
+    """The `transformers` config of `model`'s size preset (or of `preset`, a shape of the caller's)."""
+    preset = preset or get_preset(model.type, model.size)
     vocab = preset.vocab(vocab_size)
     if vocab < vocab_size:
         raise ModelLoadError(
@@ -71,16 +80,19 @@ def build_hf_config(model: ModelConfig, vocab_size: int, seq_length: int, specia
         bos_token_id=special.get("bos"),
         eos_token_id=special.get("eos"),
         pad_token_id=special.get("pad"),
+        attn_implementation=ATTENTION,
     )
 
 
 def build_model(
-    model: ModelConfig, *, vocab_size: int, seq_length: int, special: dict[str, int], seed: int
+    model: ModelConfig, *, vocab_size: int, seq_length: int, special: dict[str, int], seed: int,
+    preset: ModelPreset | None = None,
 ) -> nn.Module:
-    """Random init at the preset's size (seeded), or `from_pretrained` of `model.path`."""
+    """Random init at the preset's size (seeded), or `from_pretrained` of `model.path`.
+    `preset` replaces the size preset of `model.size` (the benchmarks' shapes)."""
     if model.path:
         return load_pretrained(model)
-    hf_config = build_hf_config(model, vocab_size, seq_length, special)
+    hf_config = build_hf_config(model, vocab_size, seq_length, special, preset)
     torch.manual_seed(seed)
     cls = BertForMaskedLM if model.type == "bert" else LlamaForCausalLM
     return cls(hf_config)
@@ -114,6 +126,25 @@ def describe(module: nn.Module, seq_length: int) -> ModelInfo:
     layers, hidden = cfg.num_hidden_layers, cfg.hidden_size
     flops = 6.0 * matmul_params + 12.0 * layers * hidden * seq_length
     return ModelInfo(params, embedding, layers, hidden, flops)
+
+
+def enable_activation_checkpointing(module: nn.Module) -> None:
+    """Keep only each transformer layer's input in the forward pass and recompute the rest in the
+    backward pass. Non-reentrant checkpointing: it needs no input that requires grad, and
+    torch.compile traces it."""
+    module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def compile_model(module: nn.Module) -> nn.Module:
+    """torch.compile `module` in place (`nn.Module.compile`): the module keeps its class, its
+    parameter names and its state dict keys, so checkpoints, DDP / FSDP and the exported model are
+    the same as without compile. Returns `module`."""
+    module.compile()
+    return module
+
+
+def is_compiled(module: nn.Module) -> bool:
+    return getattr(module, "_compiled_call_impl", None) is not None
 
 
 def is_masked_lm(module: nn.Module) -> bool:

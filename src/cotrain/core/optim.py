@@ -25,10 +25,20 @@ def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimiz
     lr = train.learning_rate
     if train.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=train.momentum)
+    kernel = adam_kernel(decay + no_decay)
     if train.optimizer == "adam":
         # Adam's weight decay is L2 in the gradient; AdamW's is decoupled (Loshchilov & Hutter).
-        return torch.optim.Adam(groups, lr=lr, betas=train.betas, foreach=True)
-    return torch.optim.AdamW(groups, lr=lr, betas=train.betas, foreach=True)
+        return torch.optim.Adam(groups, lr=lr, betas=train.betas, **kernel)
+    return torch.optim.AdamW(groups, lr=lr, betas=train.betas, **kernel)
+
+
+def adam_kernel(params: list[torch.Tensor]) -> dict[str, bool]:
+    """`fused=True` (one CUDA kernel for every parameter's update) when all parameters are on
+    CUDA; the multi-tensor `foreach` implementation otherwise (CPU, where results then stay the
+    same as before fused kernels existed, and parameters split over devices)."""
+    if params and all(p.device.type == "cuda" and p.is_floating_point() for p in params):
+        return {"fused": True}
+    return {"foreach": True}
 
 
 def lr_at(step: int, train: TrainConfig, total_steps: int) -> float:

@@ -14,18 +14,32 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cotrain.server.models import ApiToken
+from cotrain.server.models import ApiToken, RevokedToken
+from cotrain.server.permissions import Role
 
 ADMIN_NAME = "admin"
 
 
 @dataclass(frozen=True)
 class Actor:
-    """Who is calling: a token's id and name, and whether it is an admin."""
+    """Who is calling: a token's (or wallet's) id and name, and its role."""
 
     token_id: int
     name: str
-    is_admin: bool
+    role: Role = Role.MEMBER
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.ADMIN
+
+    @property
+    def label(self) -> str:
+        """How the audit log names this actor: "wallet:0x..." or "token:ID"."""
+        return self.name if self.name.startswith("wallet:") else f"token:{self.token_id}"
+
+
+def actor_of(row: ApiToken) -> Actor:
+    return Actor(row.id, row.name, Role(row.role))
 
 
 def hash_token(token: str) -> str:
@@ -36,24 +50,33 @@ def new_token() -> str:
     return "ct_" + secrets.token_urlsafe(32)
 
 
-def create_token(db: Session, name: str, is_admin: bool = False) -> tuple[ApiToken, str]:
+def create_token(db: Session, name: str, role: Role = Role.MEMBER) -> tuple[ApiToken, str]:
     """A new token; the plain text is returned once and never stored."""
     token = new_token()
-    row = ApiToken(name=name, token_hash=hash_token(token), is_admin=is_admin, revoked=False)
+    row = ApiToken(name=name, token_hash=hash_token(token), role=role.value, revoked=False)
     db.add(row)
     db.flush()
     return row, token
 
 
 # Other kinds of bearer token (the chain's wallet sign-in) plug in here: a resolver maps a token
-# it recognises to a principal name such as "wallet:0xabc...", or returns None.
-TokenResolver = Callable[[str], "str | None"]
+# it recognises to a principal name such as "wallet:0xabc..." and the time the token was issued,
+# or returns None. Revocation (the principal's row, `tokens_valid_after`, revoked token ids) is the
+# resolver's to check together with `principal_is_current`.
+TokenResolver = Callable[[str], "ResolvedToken | None"]
+
+
+@dataclass(frozen=True)
+class ResolvedToken:
+    principal: str  # e.g. "wallet:0x..."
+    issued_at: float
+    token_id: str  # the token's own id, for sign-out
 _resolvers: list[TokenResolver] = []
 
 
 def register_token_resolver(resolver: TokenResolver) -> None:
     """Accept another kind of token. Each principal gets a row in api_tokens (created on first
-    use), so it can own sessions like any token; it is never an admin."""
+    use, as a member), so it can own sessions and be given a role like any token."""
     if resolver not in _resolvers:
         _resolvers.append(resolver)
 
@@ -65,19 +88,46 @@ def principal_hash(principal: str) -> str:
 
 
 def authenticate(db: Session, token: str) -> Actor | None:
+    """The actor `token` stands for, or None when it is unknown, revoked or expired."""
     row = db.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token), ApiToken.revoked.is_(False)))
     if row is not None:
-        return Actor(row.id, row.name, row.is_admin)
+        return actor_of(row)
     for resolver in _resolvers:
-        principal = resolver(token)
-        if not principal:
+        resolved = resolver(token)
+        if resolved is None:
             continue
-        row = db.scalar(select(ApiToken).where(ApiToken.token_hash == principal_hash(principal)))
-        if row is None:
-            row = ApiToken(name=principal[:100], token_hash=principal_hash(principal), is_admin=False, revoked=False)
-            db.add(row)
-            db.flush()
-        return None if row.revoked else Actor(row.id, row.name, False)
+        if db.get(RevokedToken, resolved.token_id) is not None:
+            return None
+        row = principal_row(db, resolved.principal)
+        if row.revoked or (row.tokens_valid_after is not None and resolved.issued_at < row.tokens_valid_after):
+            return None
+        return actor_of(row)
+    return None
+
+
+def principal_row(db: Session, principal: str) -> ApiToken:
+    """The api_tokens row of a principal such as "wallet:0x...", created (as a member) on first use."""
+    row = db.scalar(select(ApiToken).where(ApiToken.token_hash == principal_hash(principal)))
+    if row is None:
+        row = ApiToken(name=principal[:100], token_hash=principal_hash(principal), role=Role.MEMBER.value,
+                       revoked=False)
+        db.add(row)
+        db.flush()
+    return row
+
+
+def revoke_token_id(db: Session, token_id: str, expires_at: float) -> None:
+    """Sign-out: this one wallet token is refused from now until it would have expired anyway."""
+    if db.get(RevokedToken, token_id) is None:
+        db.add(RevokedToken(token_id=token_id, expires_at=expires_at))
+
+
+def resolve_token(token: str) -> ResolvedToken | None:
+    """What the registered resolvers make of `token` (no database check)."""
+    for resolver in _resolvers:
+        resolved = resolver(token)
+        if resolved is not None:
+            return resolved
     return None
 
 
@@ -88,13 +138,13 @@ def ensure_admin_token(db: Session, home: Path, env_token: str | None, announce:
         wanted = hash_token(env_token)
         row = db.scalar(select(ApiToken).where(ApiToken.token_hash == wanted))
         if row is None:
-            db.add(ApiToken(name=ADMIN_NAME, token_hash=wanted, is_admin=True, revoked=False))
+            db.add(ApiToken(name=ADMIN_NAME, token_hash=wanted, role=Role.ADMIN.value, revoked=False))
         else:
-            row.is_admin, row.revoked = True, False
+            row.role, row.revoked = Role.ADMIN.value, False
         return None
-    if db.scalar(select(ApiToken).where(ApiToken.is_admin.is_(True), ApiToken.revoked.is_(False))) is not None:
+    if db.scalar(select(ApiToken).where(ApiToken.role == Role.ADMIN.value, ApiToken.revoked.is_(False))) is not None:
         return None
-    _, token = create_token(db, ADMIN_NAME, is_admin=True)
+    _, token = create_token(db, ADMIN_NAME, Role.ADMIN)
     if announce:
         path = home / "admin-token"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

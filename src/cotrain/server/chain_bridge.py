@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from cotrain.server.auth import TokenResolver
+from cotrain.server.auth import ResolvedToken, TokenResolver
 from cotrain.server.db import session_scope
 from cotrain.server.errors import ServiceError
 from cotrain.server.models import COMPLETED, RUNNING, TrainingSession
@@ -65,7 +65,7 @@ class ChainBridge:
             return None
         try:
             from cotrain.chain.keys import load_ledger_key
-            from cotrain.chain.tokens import PREFIX, read_token
+            from cotrain.chain.tokens import PREFIX, read_claims
 
             public_key = load_ledger_key().public_key()
         except Exception as exc:  # a bad COTRAIN_LEDGER_KEY: wallet sign-in cannot work either
@@ -73,11 +73,13 @@ class ChainBridge:
             log.error("wallet tokens are not accepted: %s", self.error)
             return None
 
-        def resolve(token: str) -> str | None:
+        def resolve(token: str) -> ResolvedToken | None:
             if not token.startswith(PREFIX + "."):
                 return None
-            address = read_token(public_key, token)
-            return WALLET_PRINCIPAL + address if address else None
+            claims = read_claims(public_key, token)
+            if claims is None:
+                return None
+            return ResolvedToken(WALLET_PRINCIPAL + claims.address, claims.issued_at, claims.token_id)
 
         return resolve
 

@@ -15,6 +15,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from cotrain.server.auth import Actor
+from cotrain.server.permissions import can_read_session
+
 log = logging.getLogger(__name__)
 
 ALL_SESSIONS = "*"
@@ -29,16 +32,15 @@ class Subscriber:
     queue: asyncio.Queue[tuple[dict[str, Any], str]] = field(default_factory=lambda: asyncio.Queue(maxsize=10_000))
     sessions: set[str] = field(default_factory=set)
     overflowed: bool = False
-    # who is listening: messages of private sessions reach only their owner's token and admins
-    token_id: int | None = None
-    is_admin: bool = False
+    # who is listening: messages of private sessions follow permissions.can_read_session
+    actor: Actor | None = None
 
     def wants(self, message: dict[str, Any]) -> bool:
         session_id = message["data"].get("sessionId", "")
         if session_id not in self.sessions and ALL_SESSIONS not in self.sessions:
             return False
         private = message.get("private")
-        return private is None or self.is_admin or (self.token_id is not None and private.get("owner") == self.token_id)
+        return private is None or can_read_session(self.actor, private.get("owner"), public=False)
 
 
 class LocalHub:

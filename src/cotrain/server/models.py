@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from cotrain.server.db import Base
@@ -124,16 +124,29 @@ class ModelVersion(Base):
 
 
 class ApiToken(Base):
-    """A bearer token for programmatic clients; only its SHA-256 is stored."""
+    """An actor: a bearer token for programmatic clients (only its SHA-256 is stored), or a signed-in
+    wallet (`name` "wallet:0x...", `token_hash` from `auth.principal_hash`). Its `role` is one of
+    `permissions.Role`. A wallet's tokens issued before `tokens_valid_after` are revoked."""
 
     __tablename__ = "api_tokens"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(100))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    role: Mapped[str] = mapped_column(String(16), default="member")
     created_at: Mapped[float] = mapped_column(Float, default=now)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    tokens_valid_after: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class RevokedToken(Base):
+    """A wallet token revoked before it expired (sign-out): its id until its own expiry."""
+
+    __tablename__ = "revoked_tokens"
+
+    token_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+    revoked_at: Mapped[float] = mapped_column(Float, default=now)
 
 
 
@@ -146,6 +159,8 @@ class Worker(Base):
     id: Mapped[str] = mapped_column(String(200), primary_key=True)  # Settings.worker_id: host:COTRAIN_HOME
     gpus: Mapped[int] = mapped_column(Integer, default=0)  # 0: trains on CPU (runs any session, slowly)
     cpu_slots: Mapped[int] = mapped_column(Integer, default=1)
+    # memory one training process may use there: each GPU's memory, or host RAM on a CPU worker
+    memory_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     runs: Mapped[int] = mapped_column(Integer, default=0)  # sessions it runs now
     started_at: Mapped[float] = mapped_column(Float, default=now)
     heartbeat_at: Mapped[float] = mapped_column(Float, default=now)
@@ -163,3 +178,24 @@ class SessionLogTail(Base):
     worker_id: Mapped[str] = mapped_column(String(200))
     lines: Mapped[list[str]] = mapped_column(JSON, default=list)
     updated_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class AuditEntry(Base):
+    """One state-changing request or security event, append-only and hash-chained: `entry_hash` is
+    sha256 over the previous entry's hash and this entry's canonical JSON (see audit.py), so an
+    edited or deleted row breaks the chain from there on."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[float] = mapped_column(Float, default=now, index=True)
+    actor: Mapped[str] = mapped_column(String(100), index=True)  # "token:3", "wallet:0x...", "anonymous"
+    role: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(60), index=True)
+    target: Mapped[str] = mapped_column(String(200), default="", index=True)
+    outcome: Mapped[str] = mapped_column(String(16))  # ok | refused | failed
+    client_ip: Mapped[str] = mapped_column(String(64), default="")
+    request_id: Mapped[str] = mapped_column(String(64), default="")
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    entry_hash: Mapped[str] = mapped_column(String(64), unique=True)

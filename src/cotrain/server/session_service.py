@@ -20,9 +20,9 @@ from cotrain.server.db import session_scope
 from cotrain.server.errors import Conflict, Forbidden, NotFound
 from cotrain.server.log_tail import kept_tail, read_tail
 from cotrain.server.messages import messages_after, status_message
+from cotrain.server.permissions import Action, allowed, can_manage_session, can_read_session
 from cotrain.server.models import (
     ACTIVE_STATES,
-    ALL_STATES,
     CANCELLED,
     CANCELLING,
     COMPLETED,
@@ -57,7 +57,7 @@ class SessionService:
     # ---- reading ---------------------------------------------------------------------------
     def list(self, actor: Actor | None, flt: SessionFilter, limit: int = 50, offset: int = 0) -> tuple[list[TrainingSession], int]:
         query = select(TrainingSession)
-        if not (actor and actor.is_admin):
+        if not allowed(actor, Action.READ_ALL_SESSIONS):
             query = query.where(or_(TrainingSession.public.is_(True), TrainingSession.owner_id == (actor.token_id if actor else -1)))
         if flt.status:
             query = query.where(TrainingSession.status == flt.status)
@@ -77,7 +77,7 @@ class SessionService:
     def get(self, session_id: str, actor: Actor | None = None) -> TrainingSession:
         with session_scope(self.p.factory) as db:
             row = db.get(TrainingSession, session_id)
-            if row is None or not _can_read(actor, row):
+            if row is None or not can_read_session(actor, row.owner_id, row.public):
                 raise NotFound(f"No session {session_id!r}. List sessions with GET /api/v1/sessions.")
             return row
 
@@ -222,9 +222,9 @@ class SessionService:
 
     def _managed(self, db: Any, session_id: str, actor: Actor | None) -> TrainingSession:
         row = db.get(TrainingSession, session_id, with_for_update=True)
-        if row is None or not _can_read(actor, row):
+        if row is None or not can_read_session(actor, row.owner_id, row.public):
             raise NotFound(f"No session {session_id!r}. List sessions with GET /api/v1/sessions.")
-        if not _can_manage(actor, row):
+        if not can_manage_session(actor, row.owner_id):
             raise Forbidden(f"Session {session_id} belongs to another user; only its owner or an admin can change it.")
         return row
 
@@ -295,17 +295,5 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-def _can_read(actor: Actor | None, row: TrainingSession) -> bool:
-    return row.public or (actor is not None and (actor.is_admin or actor.token_id == row.owner_id))
-
-
-def _can_manage(actor: Actor | None, row: TrainingSession) -> bool:
-    return actor is not None and (actor.is_admin or (row.owner_id is not None and actor.token_id == row.owner_id))
-
-
-def validate_status(status: str | None) -> str | None:
-    if status is not None and status not in ALL_STATES:
-        raise ValueError(f"status must be one of {', '.join(ALL_STATES)}")
-    return status
 
 

@@ -38,6 +38,7 @@ from cotrain.server.errors import NotFound
 from cotrain.server.fanout import ALL_SESSIONS, Subscriber
 from cotrain.server.messages import messages_after, messages_for_all
 from cotrain.server.models import TrainingSession
+from cotrain.server.permissions import can_read_session
 
 router = APIRouter()
 
@@ -64,7 +65,7 @@ async def websocket(ws: WebSocket, token: str | None = None) -> None:
     if token and actor is None:
         await ws.close(code=1008, reason="Unknown or revoked token; connect without one for public sessions.")
         return
-    sub = Subscriber(token_id=actor.token_id if actor else None, is_admin=bool(actor and actor.is_admin))
+    sub = Subscriber(actor=actor)
     platform.hub.add(sub)
     sender = asyncio.create_task(_send_loop(ws, sub, platform))
     try:
@@ -225,4 +226,4 @@ def _replay_all(platform: Any, after: AllAfter, sub: Subscriber) -> list[dict[st
 
 
 def _readable(sub: Subscriber, row: TrainingSession) -> bool:
-    return row.public or sub.is_admin or (sub.token_id is not None and sub.token_id == row.owner_id)
+    return can_read_session(sub.actor, row.owner_id, row.public)

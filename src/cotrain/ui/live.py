@@ -29,8 +29,7 @@ def follow(session_ids: Iterable[str], handler: Handler, actor: Actor | None) ->
     signed-in user) may read, until the page's client is gone. Subscribe before reading the
     current state, so nothing falls in between."""
     hub = platform().hub
-    sub = Subscriber(sessions=set(session_ids), token_id=actor.token_id if actor else None,
-                     is_admin=bool(actor and actor.is_admin))
+    sub = Subscriber(sessions=set(session_ids), actor=actor)
     hub.add(sub)
 
     async def pump() -> None:

@@ -59,15 +59,8 @@ async def required_actor(actor: Annotated[Actor | None, Depends(optional_actor)]
     return actor
 
 
-async def admin_actor(actor: Annotated[Actor, Depends(required_actor)]) -> Actor:
-    if not actor.is_admin:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "Only an admin token can do this.")
-    return actor
-
-
 MaybeActor = Annotated[Actor | None, Depends(optional_actor)]
 RequiredActor = Annotated[Actor, Depends(required_actor)]
-AdminActor = Annotated[Actor, Depends(admin_actor)]
 
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
