@@ -23,10 +23,14 @@ from sqlalchemy.exc import DataError, DBAPIError
 
 from cotrain.server import log_redaction
 from cotrain.server.api import hivemind, models, sessions, system, tokens
+from cotrain.server.api import users as users_api  # issue 11: roles
+from cotrain.server.body_limit import BodyLimitMiddleware  # issue 11: limits on input
 from cotrain.server.config_generator import SessionConfigError
 from cotrain.server.errors import ServiceError
 from cotrain.server.http_metrics import HttpMetrics, HttpMetricsMiddleware
+from cotrain.server.permissions import PermissionDenied
 from cotrain.server.platform import Platform
+from cotrain.server.rate_limits import RateLimiter  # issue 11: limits on input
 from cotrain.server.ws import router as ws_router
 
 log = logging.getLogger(__name__)
@@ -55,15 +59,25 @@ def create_app(platform: Platform | None = None) -> FastAPI:
     app = FastAPI(title="CoTrain", version=importlib.metadata.version("cotrain"), description=DESCRIPTION, lifespan=lifespan)
     app.state.platform = platform
     app.state.http_metrics = HttpMetrics()
+    # issue 11, limits on input: bodies over the limit get 413 before parsing (inside the metrics
+    # middleware, which counts the 413s); rate limits are shared through Redis when REDIS_URL is set
+    app.add_middleware(BodyLimitMiddleware, max_bytes=platform.settings.max_body_bytes)
+    app.state.rate_limiter = RateLimiter.from_settings(platform.settings)
     app.add_middleware(HttpMetricsMiddleware, metrics=app.state.http_metrics)
 
     api = APIRouter(prefix="/api/v1")
-    for module in (sessions, hivemind, models, tokens, system):
+    for module in (sessions, hivemind, models, tokens, system, users_api):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(system.router, include_in_schema=False)  # /health and /metrics at the root too
     app.include_router(ws_router)
     include_extra_routers(app)
+
+    @app.exception_handler(PermissionDenied)
+    async def _permission_denied(_request: Request, exc: PermissionDenied) -> JSONResponse:
+        if exc.anonymous:
+            return JSONResponse({"detail": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        return JSONResponse({"detail": str(exc)}, status_code=403)
 
     @app.exception_handler(ServiceError)
     async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cotrain.server.auth import Actor
-from cotrain.server.permissions import can_read_session
+from cotrain.server.internals import scrub_data
+from cotrain.server.permissions import can_read_session, can_see_internals
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,9 @@ class Subscriber:
             return False
         private = message.get("private")
         return private is None or can_read_session(self.actor, private.get("owner"), public=False)
+
+    def sees_internals(self, message: dict[str, Any]) -> bool:
+        return can_see_internals(self.actor, message.get("owner"))
 
 
 class LocalHub:
@@ -68,16 +72,27 @@ class LocalHub:
     def deliver(self, message: dict[str, Any]) -> None:
         """Queue `message` for every subscriber of its session. A subscriber too slow to keep
         10,000 messages is marked overflowed; its connection closes and the client replays."""
-        text: str | None = None
+        full: tuple[dict[str, Any], str] | None = None  # encoded once per message, not once per subscriber
+        redacted: tuple[dict[str, Any], str] | None = None  # what everyone but the owner and admins gets
         for sub in list(self.subscribers):
             if sub.wants(message):
-                if text is None:  # what clients get: event and data, never the routing fields
-                    text = json.dumps({"event": message["event"], "data": message["data"]}, separators=(",", ":"))
+                if sub.sees_internals(message):
+                    full = full or _shown(message, message["data"])
+                    item = full
+                else:
+                    redacted = redacted or _shown(message, scrub_data(message["data"]))
+                    item = redacted
                 try:
-                    sub.queue.put_nowait((message, text))
+                    sub.queue.put_nowait(item)
                     self.delivered += 1
                 except asyncio.QueueFull:
                     sub.overflowed = True
+
+
+def _shown(message: dict[str, Any], data: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The message with `data` and its JSON text: event and data, never the routing fields."""
+    shown = {**message, "data": data}
+    return shown, json.dumps({"event": message["event"], "data": data}, separators=(",", ":"))
 
 
 class RedisHub(LocalHub):

@@ -14,7 +14,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from cotrain.paths import Layout
+from cotrain.server.auth import Actor
 from cotrain.server.models import ModelVersion, TrainingSession
+from cotrain.server.permissions import readable_sessions_clause
 
 COMPARED = ("val_loss", "val_perplexity", "val_accuracy", "num_parameters", "tokens_seen")
 
@@ -54,8 +56,13 @@ def version_out(version: ModelVersion) -> dict[str, Any]:
     }
 
 
-def list_versions(db: Session, session_id: str | None = None, limit: int = 100, offset: int = 0) -> list[ModelVersion]:
+def list_versions(db: Session, session_id: str | None = None, limit: int = 100, offset: int = 0,
+                  actor: Actor | None = None) -> list[ModelVersion]:
+    """Versions of the sessions `actor` may read (permissions.can_read_session)."""
     query = select(ModelVersion).order_by(ModelVersion.session_id, ModelVersion.version)
+    visible = readable_sessions_clause(actor, TrainingSession.owner_id, TrainingSession.public)
+    if visible is not None:
+        query = query.join(TrainingSession, TrainingSession.id == ModelVersion.session_id).where(visible)
     if session_id:
         query = query.where(ModelVersion.session_id == session_id)
     return list(db.scalars(query.limit(limit).offset(offset)))

@@ -167,6 +167,26 @@ def can_read_session(actor: Actor | None, owner_id: int | None, public: bool) ->
     return allowed(actor, Action.READ_ALL_SESSIONS) or (owner_id is not None and actor.token_id == owner_id)
 
 
+def readable_sessions_clause(actor: Actor | None, owner_column: Any, public_column: Any) -> Any | None:
+    """`can_read_session` as a SQL condition over a sessions table's columns, for listings; None
+    when the actor may read every session."""
+    from sqlalchemy import or_
+
+    if allowed(actor, Action.READ_ALL_SESSIONS):
+        return None
+    if actor is None:
+        return public_column.is_(True)
+    return or_(public_column.is_(True), owner_column == actor.token_id)
+
+
+def can_see_internals(actor: Actor | None, owner_id: int | None) -> bool:
+    """Whether errors, logs, events and listings may show this session's file-system paths, host
+    names and tracebacks: its owner and admins only; everyone else gets them redacted."""
+    if actor is None:
+        return False
+    return allowed(actor, Action.MANAGE_ALL_SESSIONS) or (owner_id is not None and actor.token_id == owner_id)
+
+
 def can_manage_session(actor: Actor | None, owner_id: int | None) -> bool:
     if actor is None or not allowed(actor, Action.SESSION_MANAGE):
         return False

@@ -17,6 +17,7 @@ from cotrain.server.metrics_service import metric_history
 from cotrain.server.p2p_node import ServerDHT
 from cotrain.server.session_service import SessionService
 from cotrain.server.settings import Settings
+from cotrain.server.signed_urls import load_secret
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class Platform:
         self.engine = make_engine(self.settings.database_url)
         self.factory = make_session_factory(self.engine)
         self.hub = make_hub(self.settings.redis_url)
+        self.url_secret = load_secret(self.settings.layout.root)  # signs the UI's download links
         self.dht = ServerDHT(self.settings.dht_host_maddrs, self.settings.dht_initial_peers)
         self.chain = ChainBridge(self.factory, self.dht)
         self.executor: Executor | None = None

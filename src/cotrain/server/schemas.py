@@ -176,7 +176,7 @@ class MetricSeries(OutModel):
 
 class CheckpointOut(OutModel):
     step: int
-    path: str
+    path: str | None = Field(None, description="Where it is on the server's disk (owner and admins only).")
     size_bytes: int
     created_at: datetime
 
@@ -186,7 +186,7 @@ class ModelVersionOut(OutModel):
     session_id: str
     version: int
     name: str
-    path: str
+    path: str | None = Field(None, description="Where the files are on the server's disk (owner and admins only).")
     metrics: dict[str, Any]
     created_at: datetime
 

@@ -12,15 +12,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 
+from cotrain.config.memory import need_of
 from cotrain.server.auth import Actor
+from cotrain.server.capacity import need_of_row, require_capacity
 from cotrain.server.config_generator import SessionConfigError, build_config, write_config
+from cotrain.server.data_paths import check_data_path
 from cotrain.server.db import session_scope
 from cotrain.server.errors import Conflict, Forbidden, NotFound
+from cotrain.server.internals import scrub, worker_host
 from cotrain.server.log_tail import kept_tail, read_tail
-from cotrain.server.messages import messages_after, status_message
-from cotrain.server.permissions import Action, allowed, can_manage_session, can_read_session
+from cotrain.server.messages import messages_after, shown_to, status_message
 from cotrain.server.models import (
     ACTIVE_STATES,
     CANCELLED,
@@ -30,6 +33,12 @@ from cotrain.server.models import (
     FAILED,
     QUEUED,
     TrainingSession,
+)
+from cotrain.server.permissions import (
+    can_manage_session,
+    can_read_session,
+    can_see_internals,
+    readable_sessions_clause,
 )
 from cotrain.server.queue import queue_position
 from cotrain.server.schemas import SessionCreate, SessionUpdate
@@ -57,8 +66,9 @@ class SessionService:
     # ---- reading ---------------------------------------------------------------------------
     def list(self, actor: Actor | None, flt: SessionFilter, limit: int = 50, offset: int = 0) -> tuple[list[TrainingSession], int]:
         query = select(TrainingSession)
-        if not allowed(actor, Action.READ_ALL_SESSIONS):
-            query = query.where(or_(TrainingSession.public.is_(True), TrainingSession.owner_id == (actor.token_id if actor else -1)))
+        visible = readable_sessions_clause(actor, TrainingSession.owner_id, TrainingSession.public)
+        if visible is not None:
+            query = query.where(visible)
         if flt.status:
             query = query.where(TrainingSession.status == flt.status)
         if flt.strategy:
@@ -95,7 +105,14 @@ class SessionService:
             return waiting_reasons(db, rows, self.p.settings.heartbeat_timeout_s)
 
     def config_toml(self, session_id: str, actor: Actor | None = None) -> str:
-        return self.get(session_id, actor).config_toml
+        row = self.get(session_id, actor)
+        return row.config_toml if can_see_internals(actor, row.owner_id) else scrub(row.config_toml) or ""
+
+    def error_text(self, row: TrainingSession, actor: Actor | None) -> str | None:
+        """The run's error as `actor` may see it (no paths, hosts or tracebacks for other people)."""
+        if can_see_internals(actor, row.owner_id):
+            return row.error
+        return scrub(row.error, worker_host(row.worker_id))
 
     # ---- creating and changing -------------------------------------------------------------
     def create(self, body: SessionCreate, actor: Actor | None) -> TrainingSession:
@@ -105,6 +122,8 @@ class SessionService:
             self.p.chain.require()
         session_id = uuid.uuid4().hex[:12]
         config = build_config(session_id, body)
+        require_capacity(self.p.factory, need_of(config), self.p.settings.heartbeat_timeout_s)  # capacity.py: 422 when no live worker can ever run it
+        approval = check_data_path(body, actor, self.p.settings)  # data roots: 422 for a member outside them
         path = write_config(config, self.p.settings.layout.generated_configs)
         status = QUEUED if body.auto_start else DRAFT
         with session_scope(self.p.factory) as db:
@@ -117,7 +136,7 @@ class SessionService:
                 total_steps=config.train.max_steps, queued_at=time.time() if status == QUEUED else None,
                 max_retries=self.p.settings.max_retries if body.max_retries is None else body.max_retries,
                 latest_metrics={}, attempts=0, next_attempt_at=0.0, step=0, progress=0.0, participants=0,
-                engine_seq=0, message_seq=0, cancel_requested=False,
+                engine_seq=0, message_seq=0, cancel_requested=False, data_path_approval=approval,
             )
             db.add(row)
             db.flush()
@@ -159,6 +178,8 @@ class SessionService:
                     [{"loc": ["body", *map(str, e["loc"])], "msg": e["msg"], "type": e["type"]} for e in exc.errors(include_url=False)]
                 ) from None
             config = build_config(session_id, body)
+            require_capacity(self.p.factory, need_of(config), self.p.settings.heartbeat_timeout_s)  # capacity.py
+            row.data_path_approval = check_data_path(body, actor, self.p.settings, row.data_path_approval)
             path = write_config(config, self.p.settings.layout.generated_configs)
             row.request = body.model_dump(mode="json", by_alias=True, exclude_none=True)
             row.name, row.description, row.priority, row.public = body.name, body.description, body.priority, body.public
@@ -190,6 +211,7 @@ class SessionService:
             row = self._managed(db, session_id, actor)
             if row.status not in allowed:
                 raise Conflict(f"Session {session_id} is {row.status}; it can be {verb} only when {' or '.join(allowed)}.")
+            require_capacity(self.p.factory, need_of_row(row), self.p.settings.heartbeat_timeout_s)  # capacity.py
             row.status, row.attempts, row.next_attempt_at, row.error = QUEUED, 0, 0.0, None
             row.cancel_requested, row.finished_at, row.queued_at = False, None, time.time()
             message = status_message(db, row)
@@ -230,9 +252,9 @@ class SessionService:
 
     # ---- what a session produced -----------------------------------------------------------
     def messages(self, session_id: str, after: int = 0, limit: int = 1000, actor: Actor | None = None) -> list[dict[str, Any]]:
-        self.get(session_id, actor)
+        row = self.get(session_id, actor)
         with session_scope(self.p.factory) as db:
-            return messages_after(db, session_id, after, limit)
+            return shown_to(actor, row.owner_id, messages_after(db, session_id, after, limit))
 
     def log_tail(self, session_id: str, stream: str = "stderr", lines: int = 200, actor: Actor | None = None) -> list[str]:
         return self.log_view(session_id, stream, lines, actor)["lines"]
@@ -241,7 +263,14 @@ class SessionService:
         """The last `lines` lines of the run's `stream`: from this machine's disk, or from the tail
         the worker that ran it keeps in the database (at most log_tail.KEPT_LINES) when the run was
         on another machine, or that tail is newer than the file here."""
-        self.get(session_id, actor)
+        row = self.get(session_id, actor)
+        view = self._log_view(session_id, stream, lines)
+        if can_see_internals(actor, row.owner_id):
+            return view
+        hosts = worker_host(view["workerId"]) + worker_host(self.p.settings.worker_id)
+        return {"lines": [scrub(line, hosts) for line in view["lines"]], "source": view["source"], "workerId": None}
+
+    def _log_view(self, session_id: str, stream: str, lines: int) -> dict[str, Any]:
         path = self.p.settings.layout.session_logs(session_id) / f"{stream}.log"
         local = read_tail(path, lines)
         with session_scope(self.p.factory) as db:
@@ -257,7 +286,8 @@ class SessionService:
         return here
 
     def checkpoints(self, session_id: str, actor: Actor | None = None) -> list[dict[str, Any]]:
-        self.get(session_id, actor)
+        """Checkpoints on this machine's disk; their paths for the owner and admins only."""
+        show_paths = can_see_internals(actor, self.get(session_id, actor).owner_id)
         root = self.p.settings.layout.checkpoints / session_id
         found = []
         for path in sorted(root.glob("step-*")) if root.is_dir() else []:
@@ -265,7 +295,7 @@ class SessionService:
             if match and path.is_dir():
                 files = [f for f in path.rglob("*") if f.is_file()]
                 found.append({
-                    "step": int(match.group(1)), "path": str(path),
+                    "step": int(match.group(1)), "path": str(path) if show_paths else None,
                     "size_bytes": sum(f.stat().st_size for f in files), "created_at": path.stat().st_mtime,
                 })
         return found

@@ -17,6 +17,13 @@ Private sessions are replayed, like streamed, to their owner and admins only; id
 cannot read are skipped without saying whether they exist. Malformed `after` values get an
 `error` message that says what to send.
 
+Limits (issue 11): a client message over COTRAIN_WS_MAX_MESSAGE_BYTES (64 KiB) gets an `error`
+and the connection is closed with 1009; one connection follows at most COTRAIN_WS_MAX_SUBSCRIPTIONS
+sessions (`"*"` counts as one); subscribes are rate limited per address and per actor
+(COTRAIN_RATE_WS_SUBSCRIBE, rate_limits.py): a refused one gets an `error` with `retryAfter`
+(seconds). A replay sends at most MAX_REPLAY_MESSAGES messages; when there were more, the
+`subscribed` acknowledgement says `"truncated": true` (the rest: GET /api/v1/sessions/{id}/events).
+
 Only the sender task writes to the socket; the receive loop hands it control items through the
 same queue, which also orders a replay before any live message that follows the subscription.
 """
@@ -36,14 +43,27 @@ from cotrain.server.auth import Actor, authenticate
 from cotrain.server.db import session_scope
 from cotrain.server.errors import NotFound
 from cotrain.server.fanout import ALL_SESSIONS, Subscriber
-from cotrain.server.messages import messages_after, messages_for_all
+from cotrain.server.messages import messages_after, messages_for_all, shown_to
 from cotrain.server.models import TrainingSession
-from cotrain.server.permissions import can_read_session
+from cotrain.server.permissions import Action, allowed, can_read_session
+from cotrain.server.rate_limits import Limit, client_ip, limiter_of
 
 router = APIRouter()
 
 CONTROL = "__control__"
+# Each client action and the permission it needs (permissions.PERMISSIONS); the read rule then
+# decides which sessions a subscription may see.
+WS_ACTIONS: dict[str, Action] = {
+    "subscribe": Action.LIVE_SUBSCRIBE,
+    "unsubscribe": Action.LIVE_SUBSCRIBE,
+    "ping": Action.LIVE_SUBSCRIBE,
+}
 MAX_REPLAY_SESSIONS = 1000
+MAX_REPLAY_MESSAGES = 10_000  # rows one replay reads and sends, at most (issue 11)
+
+
+class MessageTooBig(Exception):
+    """A client message over the limit: answered with an `error`, then the connection is closed (1009)."""
 
 
 def _control(kind: str, **data: Any) -> tuple[dict[str, Any], str]:
@@ -71,18 +91,26 @@ async def websocket(ws: WebSocket, token: str | None = None) -> None:
     try:
         while True:
             try:
-                request = json.loads(await ws.receive_text())
+                request = json.loads(await _receive_text(ws, platform.settings.ws_max_message_bytes))
                 if not isinstance(request, dict):
                     raise ValueError
             except (ValueError, json.JSONDecodeError):
                 sub.queue.put_nowait(_control("error", message='Send JSON like {"action": "subscribe", "sessionId": "..."}.'))
                 continue
             action, session_id = request.get("action"), request.get("sessionId")
+            needed = WS_ACTIONS.get(action) if isinstance(action, str) else None
+            if needed is not None and not allowed(sub.actor, needed):
+                sub.queue.put_nowait(_control("error", message=f"Your role may not {action} here."))
+                continue
             if action == "subscribe" and isinstance(session_id, str):
                 try:
                     after = _parse_after(session_id, request.get("after"))
                 except ValueError as exc:
                     sub.queue.put_nowait(_control("error", message=str(exc)))
+                    continue
+                refused = await _subscribe_refused(ws, platform, sub, session_id)  # issue 11: limits
+                if refused is not None:
+                    sub.queue.put_nowait(_control("error", sessionId=session_id, **refused))
                     continue
                 # the control item goes first, so live messages queued from now on follow the replay
                 sub.queue.put_nowait(_control("subscribe", sessionId=session_id, after=after))
@@ -98,6 +126,10 @@ async def websocket(ws: WebSocket, token: str | None = None) -> None:
                 )
     except WebSocketDisconnect:
         pass
+    except MessageTooBig as exc:  # issue 11: the sender says why, then closes with 1009
+        sub.queue.put_nowait(_control("close", code=1009, message=str(exc)))
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(sender), 5)
     finally:
         platform.hub.remove(sub)
         sender.cancel()
@@ -111,6 +143,10 @@ async def _send_loop(ws: WebSocket, sub: Subscriber, platform: Any) -> None:
         message, text = await sub.queue.get()
         if sub.overflowed:
             await ws.close(code=1013, reason="Too slow to keep up; reconnect and subscribe with after=<last seq>.")
+            return
+        if message["event"] == CONTROL and message["kind"] == "close":
+            await ws.send_text(_message("error", message=message["message"]))
+            await ws.close(code=message["code"], reason="Message too big.")
             return
         if message["event"] == CONTROL:
             await _handle_control(ws, sub, platform, message, last_sent)
@@ -217,12 +253,19 @@ def _replay(platform: Any, session_id: str, after: int | None, sub: Subscriber) 
         if row is None or not _readable(sub, row):
             raise NotFound(f"No session {session_id!r} to subscribe to. List sessions with GET /api/v1/sessions.")
         replay = messages_after(db, session_id, after) if after is not None else []
-        return row.message_seq, replay
+        return row.message_seq, shown_to(sub.actor, row.owner_id, replay)
 
 
 def _replay_all(platform: Any, after: AllAfter, sub: Subscriber) -> list[dict[str, Any]]:
+    owners: dict[str, int | None] = {}
+
+    def readable(row: TrainingSession) -> bool:
+        owners[row.id] = row.owner_id
+        return _readable(sub, row)
+
     with session_scope(platform.factory) as db:
-        return messages_for_all(db, after.sessions, after.since, lambda row: _readable(sub, row))
+        replay = messages_for_all(db, after.sessions, after.since, readable)
+    return [shown_to(sub.actor, owners.get(m["data"]["sessionId"]), [m])[0] for m in replay]
 
 
 def _readable(sub: Subscriber, row: TrainingSession) -> bool:

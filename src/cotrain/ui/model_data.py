@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from cotrain.server import signed_urls
 from cotrain.server.api.models import list_versions_out
 from cotrain.server.db import session_scope
 from cotrain.server.model_service import compare_versions
@@ -22,7 +23,7 @@ def versions(actor: Actor | None) -> list[dict[str, Any]]:
     sessions, _ = p.sessions.list(actor, SessionFilter(), limit=VERSION_LIMIT)
     names = {s.id: s.name for s in sessions}
     rows = []
-    for v in list_versions_out(p, None, limit=VERSION_LIMIT):
+    for v in list_versions_out(p, None, limit=VERSION_LIMIT, actor=actor):
         if v["session_id"] not in names:
             continue
         metrics = v["metrics"] or {}
@@ -31,9 +32,17 @@ def versions(actor: Actor | None) -> list[dict[str, Any]]:
             "val_loss": metrics.get("val_loss"), "val_perplexity": metrics.get("val_perplexity"),
             "val_accuracy": metrics.get("val_accuracy"), "params": metrics.get("num_parameters"),
             "tokens": metrics.get("tokens_seen"), "created_at": v["created_at"],
+            "download_url": download_url(v["id"], actor),
         })
     rows.sort(key=lambda r: r["created_at"], reverse=True)
     return rows
+
+
+def download_url(model_id: int, actor: Actor | None) -> str:
+    """The version's zip: a short-lived link signed for `actor` (no token in the URL), or the plain
+    URL for anonymous visitors (who can only see public sessions' versions anyway)."""
+    path = f"/api/v1/models/{model_id}/download"
+    return signed_urls.sign(platform().url_secret, path, actor.token_id) if actor is not None else path
 
 
 def compare(ids: list[int]) -> dict[str, Any]:

@@ -36,7 +36,7 @@ def load(session_id: str, actor: Actor | None) -> SessionView:
     return SessionView(
         row=row, history=history,
         peers=service.participants(session_id, actor)["peers"], checkpoints=service.checkpoints(session_id, actor),
-        logs=logs(session_id, actor), versions=list_versions_out(p, session_id),
+        logs=logs(session_id, actor), versions=list_versions_out(p, session_id, actor=actor),
         queue_position=service.queue_position(session_id, actor) if row.status == "queued" else None,
         waiting_reason=service.waiting_reasons([row]).get(row.id),
     )

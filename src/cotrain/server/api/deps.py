@@ -13,8 +13,10 @@ from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from cotrain.server.auth import Actor, authenticate
+from cotrain.server import signed_urls
+from cotrain.server.auth import Actor, actor_of, authenticate
 from cotrain.server.db import session_scope
+from cotrain.server.models import ApiToken
 from cotrain.server.platform import Platform
 
 bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer ct_...`")
@@ -32,10 +34,33 @@ def _authenticate(platform: Platform, token: str) -> Actor | None:
         return authenticate(db, token)
 
 
+def _link_actor(platform: Platform, request: Request) -> Actor | None:
+    """The actor of a signed download link (signed_urls) on a GET, or None when there is none."""
+    query = request.query_params
+    if request.method != "GET" or "sig" not in query:
+        return None
+    try:
+        expires, actor_id, sig = int(query["expires"]), int(query["actor"]), query["sig"]
+    except (KeyError, ValueError):
+        expires, actor_id, sig = 0, 0, ""
+    if not signed_urls.verify(platform.url_secret, request.url.path, expires, actor_id, sig):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "This download link is invalid or has expired; "
+                            "open the page again for a fresh link.")
+    with session_scope(platform.factory) as db:
+        row = db.get(ApiToken, actor_id)
+        if row is None or row.revoked:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "The user this link was made for is no longer "
+                                "signed in; open the page again.")
+        return actor_of(row)
+
+
 async def optional_actor(
-    platform: PlatformDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    platform: PlatformDep, request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Actor | None:
     if credentials is None:
+        if "sig" in request.query_params:
+            return await run_in_threadpool(_link_actor, platform, request)
         return None
     actor = await run_in_threadpool(_authenticate, platform, credentials.credentials)
     if actor is None:

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from cotrain.server.api.deps import OPTIONAL_AUTH, MaybeActor, PlatformDep, RequiredActor, SessionId
+from cotrain.server.api.deps import OPTIONAL_AUTH, PlatformDep, SessionId
+from cotrain.server.auth import Actor
+from cotrain.server.permissions import Action, permit
 from cotrain.server.schemas import ERROR_RESPONSES, Envelope, ErrorOut, SessionCreate
 
 router = APIRouter(prefix="/hivemind", tags=["hivemind"], responses=ERROR_RESPONSES)
+
+Operator = Annotated[Actor, Depends(permit(Action.DHT_OPERATE))]
+Creator = Annotated[Actor, Depends(permit(Action.SESSION_CREATE))]
+Reader = Annotated[Actor | None, Depends(permit(Action.SESSION_READ))]
+StatusReader = Annotated[Actor | None, Depends(permit(Action.STATUS_READ))]
 
 
 class DHTStatus(BaseModel):
@@ -55,23 +64,23 @@ class TaskStatus(BaseModel):
 
 
 @router.post("/start", response_model=Envelope[DHTStatus], summary="Start the server's DHT node (idempotent)")
-def start_dht(platform: PlatformDep, actor: RequiredActor) -> Envelope[DHTStatus]:
+def start_dht(platform: PlatformDep, actor: Operator) -> Envelope[DHTStatus]:
     return Envelope(data=DHTStatus(**platform.dht.start()))
 
 
 @router.get("/status", response_model=Envelope[DHTStatus])
-def dht_status(platform: PlatformDep) -> Envelope[DHTStatus]:
+def dht_status(platform: PlatformDep, actor: StatusReader) -> Envelope[DHTStatus]:
     return Envelope(data=DHTStatus(**platform.dht.status()))
 
 
 @router.get("/peers", response_model=Envelope[list[Peer]])
-def dht_peers(platform: PlatformDep) -> Envelope[list[Peer]]:
+def dht_peers(platform: PlatformDep, actor: StatusReader) -> Envelope[list[Peer]]:
     return Envelope(data=[Peer(**p) for p in platform.dht.peers()])
 
 
 @router.post("/peers/connect", response_model=Envelope[Connected],
              responses={502: {"model": ErrorOut, "description": "The peer could not be reached"}})
-def connect_peer(body: ConnectRequest, platform: PlatformDep, actor: RequiredActor) -> Envelope[Connected]:
+def connect_peer(body: ConnectRequest, platform: PlatformDep, actor: Operator) -> Envelope[Connected]:
     if "/p2p/" not in body.address:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
@@ -90,17 +99,18 @@ def connect_peer(body: ConnectRequest, platform: PlatformDep, actor: RequiredAct
 
 @router.post("/train", response_model=Envelope[TaskSubmitted], status_code=status.HTTP_201_CREATED,
              summary="Submit a training task (a session; its id is the task id)")
-def submit_task(body: SessionCreate, platform: PlatformDep, actor: RequiredActor) -> Envelope[TaskSubmitted]:
+def submit_task(body: SessionCreate, platform: PlatformDep, actor: Creator) -> Envelope[TaskSubmitted]:
     row = platform.sessions.create(body, actor)
     return Envelope(data=TaskSubmitted(task_id=row.id, session_id=row.id, status=row.status))
 
 
 @router.get("/training/{task_id}", response_model=Envelope[TaskStatus], openapi_extra=OPTIONAL_AUTH)
-def task_status(task_id: SessionId, platform: PlatformDep, actor: MaybeActor) -> Envelope[TaskStatus]:
+def task_status(task_id: SessionId, platform: PlatformDep, actor: Reader) -> Envelope[TaskStatus]:
     row = platform.sessions.get(task_id, actor)
     return Envelope(
         data=TaskStatus(task_id=row.id, status=row.status, progress=row.progress, step=row.step,
-                        total_steps=row.total_steps, loss=row.loss, participants=row.participants, error=row.error)
+                        total_steps=row.total_steps, loss=row.loss, participants=row.participants,
+                        error=platform.sessions.error_text(row, actor))
     )
 
 

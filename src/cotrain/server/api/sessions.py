@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import PlainTextResponse
 
-from cotrain.server.api.deps import OPTIONAL_AUTH, MaybeActor, PlatformDep, RequiredActor, SessionId
+from cotrain.server.api.deps import OPTIONAL_AUTH, PlatformDep, SessionId
+from cotrain.server.auth import Actor
 from cotrain.server.chain_bridge import owner_wallet
+from cotrain.server.internals import scrub_data
 from cotrain.server.join_command import join_command
 from cotrain.server.models import ALL_STATES, TrainingSession
+from cotrain.server.permissions import Action, can_see_internals, permit
+from cotrain.server.rate_limits import Limit, rate_limit
 from cotrain.server.schemas import (
     ERROR_RESPONSES,
     CheckpointOut,
@@ -33,38 +37,48 @@ router = APIRouter(prefix="/sessions", tags=["sessions"], responses=ERROR_RESPON
 
 StatusFilter = Literal[ALL_STATES]  # type: ignore[valid-type]
 
+# Who each route lets in (permissions.PERMISSIONS); the services then apply the read rule and ownership.
+Reader = Annotated[Actor | None, Depends(permit(Action.SESSION_READ))]
+Creator = Annotated[Actor, Depends(permit(Action.SESSION_CREATE))]
+Manager = Annotated[Actor, Depends(permit(Action.SESSION_MANAGE))]
 
-def session_out(row: TrainingSession, platform: Platform, reasons: dict[str, str] | None = None) -> SessionOut:
-    """The API's view of a row; `reasons` (from SessionService.waiting_reasons) when the caller has
+
+def session_out(row: TrainingSession, platform: Platform, actor: Actor | None,
+                reasons: dict[str, str] | None = None) -> SessionOut:
+    """The API's view of a row as `actor` may see it (internals.py: paths, hosts and tracebacks for
+    the owner and admins only); `reasons` (from SessionService.waiting_reasons) when the caller has
     them for many rows at once."""
     if reasons is None:
         reasons = platform.sessions.waiting_reasons([row])
+    internals = can_see_internals(actor, row.owner_id)
     return SessionOut(
         id=row.id, name=row.name, description=row.description, status=row.status, priority=row.priority,
         public=row.public, owner_id=row.owner_id, model_type=row.model_type, model_size=row.model_size,
         strategy=row.strategy, step=row.step, total_steps=row.total_steps, progress=row.progress, loss=row.loss,
         participants=row.participants, metrics=row.latest_metrics or {}, attempts=row.attempts,
-        max_retries=row.max_retries, error=row.error, worker_id=row.worker_id,
+        max_retries=row.max_retries, error=platform.sessions.error_text(row, actor),
+        worker_id=row.worker_id if internals else None,
         waiting_reason=reasons.get(row.id), created_at=iso(row.created_at),
         queued_at=iso(row.queued_at), started_at=iso(row.started_at), finished_at=iso(row.finished_at),
-        request=row.request,
+        request=row.request if internals else scrub_data(row.request),
     )
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SessionOut, summary="Create a training session",
+             dependencies=[Depends(rate_limit(Limit.SESSION_CREATE))],  # issue 11: 429 with Retry-After
              responses={503: {"model": ErrorOut, "description": "A reward pool was asked for and this server "
                                                                 "has no chain (install it or leave out rewardPool)"}})
-def create_session(body: SessionCreate, platform: PlatformDep, actor: RequiredActor) -> SessionOut:
+def create_session(body: SessionCreate, platform: PlatformDep, actor: Creator) -> SessionOut:
     """Turns the parameters into a validated TOML config (configs/generated/<id>.toml) and queues
     the session (or keeps it a draft with `autoStart: false`). A `rewardPool` is recorded in the
     contribution ledger and split among the contributors' wallets when the session completes."""
-    return session_out(platform.sessions.create(body, actor), platform)
+    return session_out(platform.sessions.create(body, actor), platform, actor)
 
 
 @router.get("", response_model=Page[SessionOut], summary="List sessions (filter, paginate)", openapi_extra=OPTIONAL_AUTH)
 def list_sessions(
     platform: PlatformDep,
-    actor: MaybeActor,
+    actor: Reader,
     status_: StatusFilter | None = Query(None, alias="status"),
     strategy: Literal["ddp", "fsdp", "diloco"] | None = None,
     model_type: Literal["llama2", "llama3", "bert"] | None = Query(None, alias="modelType"),
@@ -75,48 +89,48 @@ def list_sessions(
 ) -> Page[SessionOut]:
     rows, total = platform.sessions.list(actor, SessionFilter(status_, strategy, model_type, owner, q), limit, offset)
     reasons = platform.sessions.waiting_reasons(rows)
-    return Page[SessionOut](items=[session_out(r, platform, reasons) for r in rows], total=total, limit=limit, offset=offset)
+    return Page[SessionOut](items=[session_out(r, platform, actor, reasons) for r in rows], total=total, limit=limit, offset=offset)
 
 
 @router.get("/{session_id}", response_model=SessionOut, openapi_extra=OPTIONAL_AUTH)
-def get_session(session_id: SessionId, platform: PlatformDep, actor: MaybeActor) -> SessionOut:
-    return session_out(platform.sessions.get(session_id, actor), platform)
+def get_session(session_id: SessionId, platform: PlatformDep, actor: Reader) -> SessionOut:
+    return session_out(platform.sessions.get(session_id, actor), platform, actor)
 
 
 @router.patch("/{session_id}", response_model=SessionOut, summary="Edit a draft or queued session")
-def update_session(session_id: SessionId, body: SessionUpdate, platform: PlatformDep, actor: RequiredActor) -> SessionOut:
-    return session_out(platform.sessions.update(session_id, body, actor), platform)
+def update_session(session_id: SessionId, body: SessionUpdate, platform: PlatformDep, actor: Manager) -> SessionOut:
+    return session_out(platform.sessions.update(session_id, body, actor), platform, actor)
 
 
 @router.delete("/{session_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_session(session_id: SessionId, platform: PlatformDep, actor: RequiredActor) -> Response:
+def delete_session(session_id: SessionId, platform: PlatformDep, actor: Manager) -> Response:
     platform.sessions.delete(session_id, actor)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/{session_id}/start", response_model=SessionOut, summary="Queue a draft, or run a finished session again")
-def start_session(session_id: SessionId, platform: PlatformDep, actor: RequiredActor) -> SessionOut:
-    return session_out(platform.sessions.start(session_id, actor), platform)
+def start_session(session_id: SessionId, platform: PlatformDep, actor: Manager) -> SessionOut:
+    return session_out(platform.sessions.start(session_id, actor), platform, actor)
 
 
 @router.post("/{session_id}/cancel", response_model=SessionOut, summary="Cancel (SIGTERM, then SIGKILL after a grace period)")
-def cancel_session(session_id: SessionId, platform: PlatformDep, actor: RequiredActor) -> SessionOut:
-    return session_out(platform.sessions.cancel(session_id, actor), platform)
+def cancel_session(session_id: SessionId, platform: PlatformDep, actor: Manager) -> SessionOut:
+    return session_out(platform.sessions.cancel(session_id, actor), platform, actor)
 
 
 @router.post("/{session_id}/retry", response_model=SessionOut, summary="Queue a failed or cancelled session again")
-def retry_session(session_id: SessionId, platform: PlatformDep, actor: RequiredActor) -> SessionOut:
-    return session_out(platform.sessions.retry(session_id, actor), platform)
+def retry_session(session_id: SessionId, platform: PlatformDep, actor: Manager) -> SessionOut:
+    return session_out(platform.sessions.retry(session_id, actor), platform, actor)
 
 
 @router.put("/{session_id}/priority", response_model=SessionOut, summary="Change the queue priority")
-def set_priority(session_id: SessionId, body: PriorityChange, platform: PlatformDep, actor: RequiredActor) -> SessionOut:
-    return session_out(platform.sessions.set_priority(session_id, body.priority, actor), platform)
+def set_priority(session_id: SessionId, body: PriorityChange, platform: PlatformDep, actor: Manager) -> SessionOut:
+    return session_out(platform.sessions.set_priority(session_id, body.priority, actor), platform, actor)
 
 
 @router.get("/{session_id}/config", summary="Download the generated TOML config",
             responses={200: {"content": {"application/toml": {"schema": {"type": "string"}}}}}, openapi_extra=OPTIONAL_AUTH)
-def download_config(session_id: SessionId, platform: PlatformDep, actor: MaybeActor) -> PlainTextResponse:
+def download_config(session_id: SessionId, platform: PlatformDep, actor: Reader) -> PlainTextResponse:
     return PlainTextResponse(
         platform.sessions.config_toml(session_id, actor), media_type="application/toml",
         headers={"Content-Disposition": f'attachment; filename="{session_id}.toml"'},
@@ -124,12 +138,13 @@ def download_config(session_id: SessionId, platform: PlatformDep, actor: MaybeAc
 
 
 @router.get("/{session_id}/status", summary="Status, progress and the latest metrics", openapi_extra=OPTIONAL_AUTH)
-def session_status(session_id: SessionId, platform: PlatformDep, actor: MaybeActor) -> dict[str, Any]:
+def session_status(session_id: SessionId, platform: PlatformDep, actor: Reader) -> dict[str, Any]:
     row = platform.sessions.get(session_id, actor)
     return {
         "sessionId": row.id, "status": row.status, "progress": row.progress, "step": row.step,
         "totalSteps": row.total_steps, "loss": row.loss, "participants": row.participants,
-        "metrics": row.latest_metrics or {}, "attempts": row.attempts, "error": row.error, "seq": row.message_seq,
+        "metrics": row.latest_metrics or {}, "attempts": row.attempts,
+        "error": platform.sessions.error_text(row, actor), "seq": row.message_seq,
         "queuePosition": platform.sessions.queue_position(session_id, actor),
         "waitingReason": platform.sessions.waiting_reasons([row]).get(row.id),
     }
@@ -137,7 +152,7 @@ def session_status(session_id: SessionId, platform: PlatformDep, actor: MaybeAct
 
 @router.get("/{session_id}/metrics", response_model=MetricSeries, summary="Metric history for charts (downsampled)", openapi_extra=OPTIONAL_AUTH)
 def session_metrics(
-    session_id: SessionId, platform: PlatformDep, actor: MaybeActor,
+    session_id: SessionId, platform: PlatformDep, actor: Reader,
     max_points: int = Query(500, ge=10, le=10_000, alias="maxPoints"),
 ) -> MetricSeries:
     platform.sessions.get(session_id, actor)
@@ -146,7 +161,7 @@ def session_metrics(
 
 @router.get("/{session_id}/events", response_model=list[MessageOut], summary="The session's messages (as sent on the WebSocket)", openapi_extra=OPTIONAL_AUTH)
 def session_events(
-    session_id: SessionId, platform: PlatformDep, actor: MaybeActor,
+    session_id: SessionId, platform: PlatformDep, actor: Reader,
     after: int = Query(0, ge=0, le=2**62, description="Only messages with a larger seq."), limit: int = Query(1000, ge=1, le=10_000),
 ) -> list[MessageOut]:
     out = []
@@ -157,7 +172,7 @@ def session_events(
 
 @router.get("/{session_id}/logs", summary="The tail of the engine's stderr or stdout", openapi_extra=OPTIONAL_AUTH)
 def session_logs(
-    session_id: SessionId, platform: PlatformDep, actor: MaybeActor,
+    session_id: SessionId, platform: PlatformDep, actor: Reader,
     stream: Literal["stderr", "stdout"] = "stderr", lines: int = Query(200, ge=1, le=5000),
 ) -> dict[str, Any]:
     """From this machine's disk when the run's log is here; otherwise from the last 200 lines the
@@ -166,7 +181,7 @@ def session_logs(
 
 
 @router.get("/{session_id}/checkpoints", response_model=list[CheckpointOut], openapi_extra=OPTIONAL_AUTH)
-def session_checkpoints(session_id: SessionId, platform: PlatformDep, actor: MaybeActor) -> list[CheckpointOut]:
+def session_checkpoints(session_id: SessionId, platform: PlatformDep, actor: Reader) -> list[CheckpointOut]:
     return [
         CheckpointOut(step=c["step"], path=c["path"], size_bytes=c["size_bytes"], created_at=iso(c["created_at"]))  # type: ignore[arg-type]
         for c in platform.sessions.checkpoints(session_id, actor)
@@ -174,12 +189,12 @@ def session_checkpoints(session_id: SessionId, platform: PlatformDep, actor: May
 
 
 @router.get("/{session_id}/participants", summary="Peers of the session and their progress", openapi_extra=OPTIONAL_AUTH)
-def session_participants(session_id: SessionId, platform: PlatformDep, actor: MaybeActor) -> dict[str, Any]:
+def session_participants(session_id: SessionId, platform: PlatformDep, actor: Reader) -> dict[str, Any]:
     return platform.sessions.participants(session_id, actor)
 
 
 @router.get("/{session_id}/join", summary="What a volunteer needs to join: the config and the bootstrap peers", openapi_extra=OPTIONAL_AUTH)
-def join_info(session_id: SessionId, request: Request, platform: PlatformDep, actor: MaybeActor) -> dict[str, Any]:
+def join_info(session_id: SessionId, request: Request, platform: PlatformDep, actor: Reader) -> dict[str, Any]:
     """`command` joins through this server (`cotrain join --server`); a signed-in wallet's address is
     filled in as `--wallet` (add `--wallet 0x...` yourself to be credited otherwise)."""
     row = platform.sessions.get(session_id, actor)
@@ -190,8 +205,8 @@ def join_info(session_id: SessionId, request: Request, platform: PlatformDep, ac
 
 
 @router.get("/{session_id}/model", summary="The session's final model versions", openapi_extra=OPTIONAL_AUTH)
-def session_model(session_id: SessionId, platform: PlatformDep, actor: MaybeActor) -> list[dict[str, Any]]:
+def session_model(session_id: SessionId, platform: PlatformDep, actor: Reader) -> list[dict[str, Any]]:
     from cotrain.server.api.models import list_versions_out
 
     platform.sessions.get(session_id, actor)
-    return list_versions_out(platform, session_id)
+    return list_versions_out(platform, session_id, actor=actor)

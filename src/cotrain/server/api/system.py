@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import func, select, text
 
 from cotrain.server.api.deps import PlatformDep
 from cotrain.server.db import session_scope
 from cotrain.server.models import ALL_STATES, TrainingSession
+from cotrain.server.permissions import Action, permit
 from cotrain.server.schemas import Envelope
 
 router = APIRouter(tags=["system"])
 
 
-@router.get("/health", response_model=Envelope[dict[str, Any]], summary="Liveness and the state of each component")
+@router.get("/health", response_model=Envelope[dict[str, Any]], summary="Liveness and the state of each component",
+            dependencies=[Depends(permit(Action.STATUS_READ))])
 def health(platform: PlatformDep) -> Envelope[dict[str, Any]]:
     with session_scope(platform.factory) as db:
         db.execute(text("SELECT 1"))
@@ -61,6 +63,7 @@ def prometheus_text(platform: Any, http_metrics: Any = None) -> str:
 
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics",
+            dependencies=[Depends(permit(Action.STATUS_READ))],
             responses={200: {"content": {"text/plain; version=0.0.4": {}}}})
 def metrics(platform: PlatformDep, request: Request) -> PlainTextResponse:
     text = prometheus_text(platform, getattr(request.app.state, "http_metrics", None))

@@ -44,7 +44,7 @@ SESSION_SLOT = r"""
 </q-td>"""
 DOWNLOAD_SLOT = """
 <q-td :props="props">
-  <q-btn flat round dense size="sm" icon="download" :href="'/api/v1/models/' + props.row.id + '/download'"
+  <q-btn flat round dense size="sm" icon="download" :href="props.row.download_url"
          aria-label="DOWNLOAD" @click.stop><q-tooltip>DOWNLOAD</q-tooltip></q-btn>
 </q-td>"""
 

@@ -12,7 +12,7 @@ from cotrain.server.chain_bridge import owner_wallet
 from cotrain.server.errors import NotFound, ServiceError
 from cotrain.server.join_command import join_command
 from cotrain.ui import format as fmt
-from cotrain.ui import live, session_view
+from cotrain.ui import live, model_data, session_view
 from cotrain.ui.components.badges import copyable, set_status, status_badge
 from cotrain.ui.components.charts import LineChart
 from cotrain.ui.context import platform
@@ -337,7 +337,7 @@ class Detail:
     def download_model(self) -> None:
         if self.view.versions:
             latest = self.view.versions[-1]
-            ui.download.from_url(f"/api/v1/models/{latest['id']}/download")
+            ui.download.from_url(model_data.download_url(latest["id"], self.page.actor))
 
     # ---- text ----------------------------------------------------------------------------------------
     def _step_text(self, step: int, total: int | None, queue_position: int | None = None) -> str:
