@@ -214,6 +214,17 @@ def permit(action: Action) -> Callable[..., Any]:
     return check
 
 
+TABLE_BEGIN = "<!-- permission-table:begin (generated from cotrain/server/permissions.py) -->"
+TABLE_END = "<!-- permission-table:end -->"
+
+
+def with_permission_table(readme_text: str) -> str:
+    """`readme_text` with the block between the markers replaced by the current table."""
+    head, _, rest = readme_text.partition(TABLE_BEGIN)
+    _, _, tail = rest.partition(TABLE_END)
+    return f"{head}{TABLE_BEGIN}\n{permission_table_markdown()}\n{TABLE_END}{tail}"
+
+
 def permission_table_markdown() -> str:
     """The README's permission table: one row per action, one column per role."""
     header = "| action | what it allows | " + " | ".join(r.value for r in ROLE_ORDER) + " |"
@@ -223,3 +234,11 @@ def permission_table_markdown() -> str:
         marks = " | ".join("✓" if r in PERMISSIONS[action] else "" for r in ROLE_ORDER)
         rows.append(f"| `{action.value}` | {DESCRIPTIONS[action]} | {marks} |")
     return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m cotrain.server.permissions README.md
+    import sys
+    from pathlib import Path
+
+    readme = Path(sys.argv[1])
+    readme.write_text(with_permission_table(readme.read_text()))
