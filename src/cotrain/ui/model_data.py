@@ -39,9 +39,13 @@ def versions(actor: Actor | None) -> list[dict[str, Any]]:
 
 
 def download_url(model_id: int, actor: Actor | None) -> str:
-    """The version's zip: a short-lived link signed for `actor` (no token in the URL), or the plain
-    URL for anonymous visitors (who can only see public sessions' versions anyway)."""
-    path = f"/api/v1/models/{model_id}/download"
+    """The version's zip, as a link `signed_link` makes."""
+    return signed_link(f"/api/v1/models/{model_id}/download", actor)
+
+
+def signed_link(path: str, actor: Actor | None) -> str:
+    """A short-lived link to `path` signed for `actor` (no token in the URL), or the plain path for
+    anonymous visitors (who can only reach public sessions' files anyway)."""
     return signed_urls.sign(platform().url_secret, path, actor.token_id) if actor is not None else path
 
 

@@ -25,6 +25,9 @@ class SessionView:
     versions: list[dict[str, Any]] = field(default_factory=list)
     queue_position: int | None = None
     waiting_reason: str | None = None  # why a queued session has not started (no worker, too few GPUs, ...)
+    # as this person may see them (no paths, hosts or tracebacks unless owner or admin)
+    error: str | None = None
+    config_toml: str = ""
 
 
 def load(session_id: str, actor: Actor | None) -> SessionView:
@@ -39,6 +42,7 @@ def load(session_id: str, actor: Actor | None) -> SessionView:
         logs=logs(session_id, actor), versions=list_versions_out(p, session_id, actor=actor),
         queue_position=service.queue_position(session_id, actor) if row.status == "queued" else None,
         waiting_reason=service.waiting_reasons([row]).get(row.id),
+        error=service.error_text(row, actor), config_toml=service.config_toml(session_id, actor),
     )
 
 

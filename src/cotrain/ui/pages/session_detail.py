@@ -78,7 +78,7 @@ class Detail:
                 self._actions()
             self._progress_card()
             self.error_box = ui.column().classes("w-full")
-            self._show_error(row.error)
+            self._show_error(self.view.error)
             self._charts()
             with ui.row().classes("w-full gap-5 no-wrap items-stretch"):
                 with ui.column().classes("flex-1 min-w-0"):
@@ -219,7 +219,7 @@ class Detail:
         row = self.row
         with ui.expansion(t("detail.details"), icon="description").classes("ct-card w-full").props(
                 'dense header-class="px-5 py-3 ct-section-title"'):
-            ui.label(row.config_toml).classes("ct-code mx-5 mb-5").props('data-testid="session-config"')
+            ui.label(self.view.config_toml).classes("ct-code mx-5 mb-5").props('data-testid="session-config"')
         if row.strategy == "diloco":
             with ui.card().classes("ct-card w-full p-5 gap-3").props("flat"):
                 ui.label(t("detail.join")).classes("ct-section-title")
@@ -332,7 +332,7 @@ class Detail:
         self._apply_status(row.status)
 
     def download_config(self) -> None:
-        ui.download.content(self.row.config_toml, f"{self.row.id}.toml", "application/toml")
+        ui.download.from_url(model_data.signed_link(f"/api/v1/sessions/{self.row.id}/config", self.page.actor))
 
     def download_model(self) -> None:
         if self.view.versions:
