@@ -47,11 +47,13 @@ def join(
     base: dict = {}
     peers = list(initial_peers)
     if server:
-        base, server_peers = _from_server(server, session, token)
+        base, server_peers, dropped = _from_server(server, session, token)
         peers = _unique(server_peers + list(base.get("distributed", {}).get("diloco", {}).get("initial_peers", []))
                         + peers)
         if config is not None:
             base = {}  # the volunteer's own file wins over the server's config
+        else:
+            _check_dropped(session, dropped, set_)
         if not peers:
             raise UserError(
                 f"The server at {server} has no running DHT node yet, so there is no peer to join through. Ask its "
@@ -94,9 +96,10 @@ def _write_for_workers(cfg) -> Path:
     return path
 
 
-def _from_server(server: str, session: str, token: str | None) -> tuple[dict, list[str]]:
-    """(the session's config, the server's DHT addresses); a UserError when the server cannot give them."""
-    from cotrain.p2p.server_join import JoinError, fetch_join_info
+def _from_server(server: str, session: str, token: str | None) -> tuple[dict, list[str], list[str]]:
+    """(what a volunteer takes of the session's config, the server's DHT addresses, the config keys
+    dropped); a UserError when the server cannot give them."""
+    from cotrain.p2p.server_join import JoinError, fetch_join_info, volunteer_config
 
     try:
         info = fetch_join_info(server, session, token)
@@ -112,7 +115,25 @@ def _from_server(server: str, session: str, token: str | None) -> tuple[dict, li
             f"Session {session} is {info.status} on {server}: its training has ended, so there is no run to join. "
             "Pick a queued or running DiLoCo session on the server's Sessions page."
         )
-    return info.config, info.initial_peers
+    kept, dropped = volunteer_config(info.config)
+    return kept, info.initial_peers, dropped
+
+
+def _check_dropped(session: str, dropped: list[str], overrides: list[str]) -> None:
+    """Warn about the server's keys a volunteer does not take; refuse to train on other data than the
+    session's when the session reads files on the server's machine and the volunteer named none."""
+    if not dropped:
+        return
+    typer.echo(f"warning: ignored {len(dropped)} key(s) of the server's config that a volunteer never takes from a "
+               f"server (paths on this machine, its wallet and addresses are yours to set): {', '.join(dropped)}",
+               err=True)
+    named = {item.partition("=")[0].strip() for item in overrides}
+    if "data.data_path" in dropped and not named & {"data.data_path", "data.dataset"}:
+        raise UserError(
+            f"Session {session} trains on files on the server's machine (data.data_path), and a server cannot "
+            "choose paths on yours: put a copy of the same data on this machine and pass "
+            "--set data.data_path=PATH, or --config with your own copy of the session's config."
+        )
 
 
 def _unique(items: list[str]) -> list[str]:

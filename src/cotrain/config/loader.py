@@ -149,8 +149,13 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict
     return raw
 
 
+# COTRAIN_* variables that look like `<section>_<key>` but are settings of the machine, not config
+# keys (COTRAIN_DATA_ROOTS: the data roots of cotrain.data_roots, not data.roots)
+NOT_CONFIG_KEYS = frozenset({"COTRAIN_DATA_ROOTS"})
+
+
 def env_key_to_path(name: str) -> str | None:
-    if not name.startswith("COTRAIN_"):
+    if not name.startswith("COTRAIN_") or name in NOT_CONFIG_KEYS:
         return None
     rest = name[len("COTRAIN_") :].lower()
     section_model: type[BaseModel] = CotrainConfig

@@ -38,6 +38,7 @@ from cotrain.core.export import export_final_model
 from cotrain.core.metrics import gpu_utilization, memory_bytes, peak_flops
 from cotrain.core.models import ModelLoadError, build_model, describe
 from cotrain.core.optim import build_optimizer, lr_at, set_lr
+from cotrain.core.path_guard import check_config_paths
 from cotrain.core.strategies import make_strategy
 from cotrain.core.tokenizer import eos_id, mask_id
 from cotrain.p2p.errors import PeerNetworkError
@@ -128,6 +129,7 @@ class Trainer:
         strategy.setup()
         if strategy.is_main:
             self.events = EventWriter(self.layout.session_logs(self.session_id), self.session_id)
+        check_config_paths(cfg)  # a worker's run reads only inside this machine's data roots (path_guard)
         self.data = self._prepare_data()
         self.tokenizer = self.data.load_tokenizer()
         special = {"eos": eos_id(self.tokenizer), "bos": eos_id(self.tokenizer)}

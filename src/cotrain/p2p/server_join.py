@@ -3,6 +3,13 @@
 
 Both come from one request, `GET {server}/api/v1/sessions/{id}/join`. Every way it can go wrong
 becomes a `JoinError` whose message says what to do; no HTTP error reaches the user raw.
+
+A volunteer trusts the server with what to train, never with where on the volunteer's machine to
+read or write: `volunteer_config` keeps only the keys of `VOLUNTEER_KEYS` (an allow-list: the
+model, the training settings, the data by name, the DiLoCo settings) and drops everything else,
+paths first (`model.path`, `data.data_path`, a tokenizer path, `checkpoint.output_path`,
+`checkpoint.resume`), but also the server's wallet and listen addresses, and any key this version
+does not know; `cotrain join` names what it dropped in a warning line.
 """
 
 from __future__ import annotations
@@ -85,3 +92,50 @@ def _parse(answer: httpx.Response, base: str, session_id: str) -> JoinInfo:
         raise JoinError(not_cotrain) from None
     return JoinInfo(session_id=str(body.get("sessionId") or session_id), strategy=strategy, config=config,
                     initial_peers=peers, status=body.get("status"))
+
+
+# What a volunteer's run takes from the server's config. A key maps to True (kept), to a section of
+# its own (a dict), or to a test of its value (kept when the value passes). Anything else is dropped.
+_TRAIN_KEYS = (
+    "batch_size", "micro_batch_size", "learning_rate", "min_lr_ratio", "epochs", "max_steps", "optimizer", "schedule",
+    "warmup_steps", "weight_decay", "betas", "momentum", "grad_clip", "seed", "deterministic", "device", "compile",
+    "activation_checkpointing", "log_interval", "eval_interval", "eval_batches",
+)
+_DILOCO_KEYS = (
+    "inner_steps", "outer_lr", "outer_momentum", "nesterov", "compression", "initial_peers", "min_peers",
+    "matchmaking_time", "averaging_timeout", "progress_interval",
+)
+VOLUNTEER_KEYS: dict[str, Any] = {
+    "session": dict.fromkeys(("id", "name", "description"), True),
+    "model": dict.fromkeys(("type", "size", "precision", "dropout"), True),
+    "train": dict.fromkeys(_TRAIN_KEYS, True),
+    "distributed": {
+        **dict.fromkeys(("nodes", "gpus_per_node", "strategy", "backend"), True),
+        "diloco": dict.fromkeys(_DILOCO_KEYS, True),
+    },
+    "data": {
+        **dict.fromkeys(("dataset", "seq_length", "max_bytes", "vocab_size", "val_fraction", "mlm_probability"), True),
+        "tokenizer": lambda value: value == "train",  # a BPE trained on the corpus, not a path
+    },
+    "checkpoint": dict.fromkeys(("interval", "keep"), True),
+}
+
+
+def volunteer_config(config: dict[str, Any], allowed: dict[str, Any] = VOLUNTEER_KEYS,
+                     prefix: str = "") -> tuple[dict[str, Any], list[str]]:
+    """(the keys of the server's `config` a volunteer's run takes, the dotted names of those dropped)."""
+    kept: dict[str, Any] = {}
+    dropped: list[str] = []
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        rule = allowed.get(key)
+        if isinstance(rule, dict) and isinstance(value, dict):
+            inner, inner_dropped = volunteer_config(value, rule, name + ".")
+            if inner:
+                kept[key] = inner
+            dropped.extend(inner_dropped)
+        elif rule is True or (callable(rule) and rule(value)):
+            kept[key] = value
+        else:
+            dropped.append(name)
+    return kept, dropped

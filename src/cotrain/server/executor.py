@@ -26,6 +26,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cotrain.core.events import EventFollower
+from cotrain.core.path_guard import ENFORCE_ENV
+from cotrain.data_roots import ENV as DATA_ROOTS_ENV
+from cotrain.data_roots import join_roots
+from cotrain.server.data_paths import run_roots
 from cotrain.server.db import session_scope
 from cotrain.server.fanout import LocalHub
 from cotrain.server.log_tail import TailKeeper, keep_tail
@@ -160,6 +164,7 @@ class Executor:
         session_dir = self.settings.layout.session_logs(session_id)
         session_dir.mkdir(parents=True, exist_ok=True)
         env = self._child_env(allocation, strategy, request, wallet)
+        env.update(await asyncio.to_thread(self._data_roots_env, session_id))
         banner = f"\n=== attempt {attempt} by {self.settings.worker_id} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} ===\n"
         with (session_dir / "stdout.log").open("ab") as out, (session_dir / "stderr.log").open("ab") as err:
             out.write(banner.encode())
@@ -238,6 +243,13 @@ class Executor:
             # the owner binds the peer to itself with POST /api/v1/rewards/bindings)
             env["COTRAIN_DISTRIBUTED_DILOCO_WALLET"] = json.dumps(wallet)
         return env
+
+    def _data_roots_env(self, session_id: str) -> dict[str, str]:
+        """The run checks its paths against this worker's data roots (core/path_guard.py), plus
+        exactly the path a maintainer or admin approved for this session (server/data_paths.py)."""
+        with session_scope(self.factory) as db:
+            approval = db.get_one(TrainingSession, session_id).data_path_approval
+        return {ENFORCE_ENV: "1", DATA_ROOTS_ENV: join_roots(run_roots(self.settings, approval))}
 
     async def _follow(self, session_id: str, run: ChildRun | AdoptedRun) -> int:
         """Apply the run's events as they come; heartbeat; honour cancel. Returns the exit code."""

@@ -55,6 +55,9 @@ class TrainingSession(Base):
     heartbeat_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # a maintainer's or admin's approval of a dataPath outside the data roots (server/data_paths.py);
+    # the worker adds exactly its resolved path to the run's roots
+    data_path_approval: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # latest progress, for lists and the status endpoint
     step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)

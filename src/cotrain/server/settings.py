@@ -9,7 +9,9 @@ import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from cotrain.data_roots import data_roots as data_roots_from_env
 from cotrain.paths import Layout
 from cotrain.server.db import sqlite_url
 
@@ -58,6 +60,10 @@ class Settings:
     admin_token: str | None = None
     example_session: bool = False
     python: str = sys.executable
+    # ---- data roots (issue 11): server/data_paths.py, core/path_guard.py ----
+    # COTRAIN_DATA_ROOTS (commas or colons; default COTRAIN_HOME/datasets/raw), resolved: where a
+    # member's dataPath may point, and what this worker's runs may read
+    data_roots: list[Path] = field(default_factory=list)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -79,6 +85,7 @@ class Settings:
             worker_id=os.environ.get("COTRAIN_WORKER_ID") or f"{socket.gethostname()}:{layout.root}",
             admin_token=os.environ.get("COTRAIN_ADMIN_TOKEN") or None,
             example_session=_env_bool("COTRAIN_EXAMPLE_SESSION", False),
+            data_roots=data_roots_from_env(home=layout.root),  # data roots (issue 11)
         )
 
     @property
