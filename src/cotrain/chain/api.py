@@ -203,6 +203,12 @@ async def auth_verify(body: VerifyRequest, request: Request, response: Response,
         raise _sign_in_failed(exc) from None
     now = time.time()
     with ctx.factory.begin() as db:
+        from cotrain.server.user_service import is_banned  # issue 11: an admin's ban refuses sign-in
+
+        if is_banned(db, verified.address):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, {
+                "reason": "banned", "message": "An admin of this platform has banned this wallet, so it cannot "
+                "sign in; ask an admin to lift the ban."})
         user = db.get(ChainUser, verified.address)
         if user is None:
             db.add(ChainUser(address=verified.address, public_key=verified.public_key, created_at=now,

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from nicegui import run, ui
 
+from cotrain.server.permissions import Action, allowed
 from cotrain.ui import prefs, theme
 from cotrain.ui.context import platform
 from cotrain.ui.i18n import t, use_language
@@ -16,6 +17,15 @@ if TYPE_CHECKING:
 
 NAV = (("sessions", "/", "view_list"), ("models", "/models", "compare"), ("network", "/network", "hub"),
        ("rewards", "/rewards", "paid"))
+
+# Admin pages (issue 11): an entry shows only to actors whose role may do its action; the page
+# itself refuses everyone else too.
+ADMIN_NAV = (("users", "/users", "manage_accounts", Action.USERS_READ),)
+
+
+def nav_items(actor: Actor | None) -> tuple[tuple[str, str, str], ...]:
+    """The navigation entries `actor` sees: everyone's, then the admin pages its role may open."""
+    return NAV + tuple((key, target, icon) for key, target, icon, action in ADMIN_NAV if allowed(actor, action))
 
 
 @dataclass
@@ -40,7 +50,7 @@ async def frame(active: str) -> Page:
                 ui.html(theme.LOGO, sanitize=False)
                 ui.label("CoTrain").classes("text-lg font-semibold tracking-tight")
             with ui.row().classes("ct-nav gap-1 no-wrap"):
-                for key, target, icon in NAV:
+                for key, target, icon in nav_items(actor):
                     button = ui.button(t(f"nav.{key}"), icon=icon, on_click=lambda target=target: ui.navigate.to(target))
                     button.props(f'flat dense no-caps color=white padding="4px 12px" data-testid="nav-{key}"')
                     if key == active:

@@ -1,0 +1,97 @@
+"""/api/v1/users (admin): every actor with its role, setting roles, revoking a user's tokens.
+
+A user is named in the path by its wallet address (`0x...`) or, for an API token, `token:ID`:
+
+  GET  /users?role=&kind=wallet|token&limit=&offset=    the users, newest first
+  PUT  /users/{ref}/role      {"role": "member"|"maintainer"|"admin"}   (a wallet that never signed
+                                                                         in gets its row: pre-assigned)
+  POST /users/{ref}/revoke    {"ban": true|false} (optional)            ends its tokens; ban/un-ban
+
+The rules are in `cotrain.server.user_service`, shared with `cotrain users` and the UI.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Body, Depends, Path, Query
+from fastapi.concurrency import run_in_threadpool
+from pydantic import Field
+
+from cotrain.server import user_service
+from cotrain.server.api.deps import PlatformDep
+from cotrain.server.auth import Actor
+from cotrain.server.permissions import Action, Role, permit
+from cotrain.server.schemas import ERROR_RESPONSES, CamelModel, OutModel, Page, iso
+
+router = APIRouter(prefix="/users", tags=["users"], responses=ERROR_RESPONSES)
+
+UserRefPath = Annotated[str, Path(min_length=1, max_length=80, description="A wallet address (0x...) or token:ID.")]
+
+
+class UserOut(OutModel):
+    ref: str = Field(description="How to name this user in /users/{ref}/...: its address, or token:ID.")
+    kind: Literal["wallet", "token"]
+    id: int = Field(description="The user's id (what sessions' owner ids refer to).")
+    name: str = Field(description="The wallet's address, or the API token's name.")
+    address: str | None
+    role: Role
+    created_at: datetime | None
+    revoked: bool = Field(description="A banned wallet, or a revoked API token.")
+    tokens_valid_after: datetime | None = Field(description="A wallet's tokens issued before this are refused.")
+    last_login_at: datetime | None = Field(description="A wallet's last sign-in; null for API tokens.")
+
+
+class RoleIn(CamelModel):
+    role: Literal["member", "maintainer", "admin"]
+
+
+class RevokeIn(CamelModel):
+    ban: bool | None = Field(None, description="true: also refuse its sign-ins until un-banned; false: lift a ban; "
+                                               "left out: the ban stays as it is.")
+
+
+class RoleChanged(UserOut):
+    previous_role: Role
+
+
+def user_out(view: user_service.UserView) -> UserOut:
+    return UserOut(ref=view.ref, kind=view.kind, id=view.id, name=view.name, address=view.address, role=view.role,
+                   created_at=iso(view.created_at), revoked=view.revoked,
+                   tokens_valid_after=iso(view.tokens_valid_after), last_login_at=iso(view.last_login_at))
+
+
+@router.get("", response_model=Page[UserOut], summary="Users and their roles (admin)")
+async def list_users(
+    platform: PlatformDep,
+    actor: Annotated[Actor, Depends(permit(Action.USERS_READ))],
+    role: Annotated[Literal["member", "maintainer", "admin"] | None, Query(description="Only this role.")] = None,
+    kind: Annotated[Literal["wallet", "token"] | None, Query(description="Only wallets or only API tokens.")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+) -> Page[UserOut]:
+    views, total = await run_in_threadpool(user_service.list_users, platform.factory,
+                                           Role(role) if role else None, kind, limit, offset)
+    return Page[UserOut](items=[user_out(v) for v in views], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{ref}", response_model=UserOut, summary="One user (admin)")
+async def get_user(ref: UserRefPath, platform: PlatformDep,
+                   actor: Annotated[Actor, Depends(permit(Action.USERS_READ))]) -> UserOut:
+    return user_out(await run_in_threadpool(user_service.get_user, platform.factory, ref))
+
+
+@router.put("/{ref}/role", response_model=RoleChanged, summary="Set a user's role (admin)")
+async def set_role(ref: UserRefPath, body: RoleIn, platform: PlatformDep,
+                   actor: Annotated[Actor, Depends(permit(Action.USERS_WRITE))]) -> RoleChanged:
+    view, before = await run_in_threadpool(user_service.set_role, platform.factory, ref, body.role)
+    return RoleChanged(**user_out(view).model_dump(), previous_role=before)
+
+
+@router.post("/{ref}/revoke", response_model=UserOut, summary="End a user's tokens; ban or un-ban (admin)")
+async def revoke(ref: UserRefPath, platform: PlatformDep,
+                 actor: Annotated[Actor, Depends(permit(Action.USERS_WRITE))],
+                 body: Annotated[RevokeIn | None, Body()] = None) -> UserOut:
+    ban = body.ban if body is not None else None
+    return user_out(await run_in_threadpool(user_service.revoke, platform.factory, ref, ban))
