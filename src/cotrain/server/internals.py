@@ -12,8 +12,8 @@ import socket
 from functools import cache
 from typing import Any
 
-PATH = re.compile(r"(?<![\w.:/~-])(?:~|\.{1,2})?/(?:[\w.@+=,-]+/?)+")
-URL_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+# an absolute (or ~, ./, ../) path; not the path part of a URL, whose "/" follows a word character
+PATH = re.compile(r"(?<![\w./~-])(?:~|\.{1,2})?/(?:[\w.@+=,-]+/?)+")
 TRACEBACK_START = "Traceback (most recent call last):"
 FRAME_LINE = re.compile(r'^\s+(File ".*", line \d+|\S.*)$')
 # keys whose values say where or on which machine something is: dropped for other people
@@ -28,14 +28,7 @@ def _host_names() -> tuple[str, ...]:
 
 
 def _scrub_paths(line: str) -> str:
-    def replace(match: re.Match[str]) -> str:
-        text = match.group(0)
-        start = match.start()
-        if URL_SCHEME.search(line[max(0, start - 12):start + 1] + "/"):  # part of http://..., keep
-            return text
-        return "<path>" if text.count("/") >= 1 and len(text) > 1 else text
-
-    return PATH.sub(replace, line)
+    return PATH.sub(lambda match: "<path>" if len(match.group(0)) > 1 else match.group(0), line)
 
 
 def scrub(text: str | None, hosts: tuple[str, ...] = ()) -> str | None:
