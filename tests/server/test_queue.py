@@ -61,6 +61,30 @@ def test_each_session_claimed_once_on_sqlite(tmp_path):
     assert sorted(claimed) == [f"s{i:03d}" for i in range(30)] and set(claimed.values()) == {1}
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_sessions_that_fit_no_worker_never_hide_the_rest(request, tmp_path, database):
+    """The scan is not limited to the top N rows: 45 higher-priority sessions the worker cannot
+    fit (two pages and more) do not keep it from the one it can."""
+    url = request.getfixturevalue("pg_url") if database == "postgresql" else f"sqlite:///{tmp_path / 'q.db'}"
+    engine = make_engine(url)
+    run_migrations(engine)
+    factory = make_session_factory(engine)
+    add_sessions(factory, 46, priority=lambda i: 0 if i == 45 else 10)
+    seen: list[str] = []
+
+    def fits(row: TrainingSession) -> bool:
+        seen.append(row.id)
+        return row.id == "s045"
+
+    claimed = claim_next(factory, "w", fits, batch=20)
+    assert claimed is not None and claimed.id == "s045" and claimed.worker_id == "w"
+    assert seen == [f"s{i:03d}" for i in range(46)]  # each looked at once, in queue order
+    assert claim_next(factory, "w", lambda r: r.id == "s045") is None  # taken; the others stay queued
+    with session_scope(factory) as db:
+        assert db.query(TrainingSession).filter(TrainingSession.status == QUEUED).count() == 45
+    engine.dispose()
+
+
 @pytest.mark.postgres
 def test_each_session_claimed_once_on_postgres_skip_locked(pg_url):
     engine = make_engine(pg_url)

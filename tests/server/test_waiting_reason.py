@@ -73,4 +73,4 @@ def test_openapi_documents_waiting_reason(servers):
     server = servers(COTRAIN_EMBEDDED_WORKER="0")
     schema = httpx.get(server.url + "/openapi.json", timeout=30).json()
     field = schema["components"]["schemas"]["SessionOut"]["properties"]["waitingReason"]
-    assert "queued" in field["description"] and "GPUs per node" in field["description"]
+    assert "queued" in field["description"] and "GPUs per node or memory" in field["description"]

@@ -20,6 +20,9 @@ def up(
 
     import uvicorn
 
+    from cotrain.server.worker_memory import exit_on_bad_override
+
+    exit_on_bad_override()  # the embedded worker's COTRAIN_WORKER_MEMORY, checked before the server starts
     if example:
         os.environ["COTRAIN_EXAMPLE_SESSION"] = "1"  # read by the app the factory builds
     with_ui = not api_only and importlib.util.find_spec("cotrain.ui.app") is not None

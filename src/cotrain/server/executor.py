@@ -25,10 +25,12 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from cotrain.config.memory import fits as fits_machine
 from cotrain.core.events import EventFollower
 from cotrain.core.path_guard import ENFORCE_ENV
 from cotrain.data_roots import ENV as DATA_ROOTS_ENV
 from cotrain.data_roots import join_roots
+from cotrain.server.capacity import gpus_per_node, need_of_row
 from cotrain.server.data_paths import run_roots
 from cotrain.server.db import session_scope
 from cotrain.server.fanout import LocalHub
@@ -52,7 +54,7 @@ from cotrain.server.processes import AdoptedRun, ChildRun, describe_exit, end_pr
 from cotrain.server.queue import claim_next
 from cotrain.server.scheduler import Allocation, ResourcePool
 from cotrain.server.settings import Settings
-from cotrain.server.waiting import gpus_per_node
+from cotrain.server.worker_memory import detect_worker_memory
 
 if TYPE_CHECKING:
     from cotrain.server.chain_bridge import ChainBridge
@@ -82,6 +84,8 @@ class Executor:
         self.bootstrap_peers = bootstrap_peers
         self.chain = chain  # None: no rewards (a remote `cotrain worker`, or no chain package)
         self.pool = ResourcePool(settings.gpus, settings.cpu_slots)
+        self.memory_bytes: int | None = None  # per GPU, or host RAM; measured at start (worker_memory.py)
+        self._ram_in_use: dict[str, int] = {}  # CPU worker: session -> the host RAM its run was counted for
         self.runs: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._wake: asyncio.Event | None = None
@@ -92,6 +96,7 @@ class Executor:
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         self._wake = asyncio.Event()
+        self.memory_bytes = await asyncio.to_thread(detect_worker_memory, self.pool.gpus)
         await asyncio.to_thread(self._beat_worker)
         await self.reconcile()
         self._loop_task = asyncio.create_task(self._loop(), name="cotrain-executor")
@@ -130,16 +135,27 @@ class Executor:
             self._last_stale_check = time.monotonic()
             await asyncio.to_thread(self._beat_worker)
             await self._publish(await asyncio.to_thread(self._requeue_stale))
-        while True:
+        while self.pool.fits(1):  # room for one more run (a GPU, or a CPU slot), else nothing to claim
             row = await asyncio.to_thread(claim_next, self.factory, self.settings.worker_id, self._fits)
             if row is None:
                 return
             allocation = self.pool.allocate(row.id, gpus_per_node(row))
             assert allocation is not None  # _fits said so, and only this loop allocates
+            if not self.pool.gpus:
+                self._ram_in_use[row.id] = need_of_row(row).bytes_on(0) or 0
             self.runs[row.id] = asyncio.create_task(self._run(row.id, allocation), name=f"run-{row.id}")
 
     def _fits(self, row: TrainingSession) -> bool:
-        return row.id not in self.runs and self.pool.fits(gpus_per_node(row))
+        """Free GPUs (or a CPU slot) now, and the memory it needs: never start a run that would be
+        OOM-killed. GPUs are never shared; host RAM is, by the runs of a CPU worker's slots."""
+        memory = self.memory_bytes
+        if memory is not None and not self.pool.gpus:
+            memory -= sum(self._ram_in_use.values())
+        return (
+            row.id not in self.runs
+            and fits_machine(need_of_row(row), len(self.pool.gpus), memory)
+            and self.pool.fits(gpus_per_node(row))
+        )
 
     # ---- one run ---------------------------------------------------------------------------
     async def _run(self, session_id: str, allocation: Allocation, adopted: AdoptedRun | None = None) -> None:
@@ -155,6 +171,7 @@ class Executor:
             await self._publish(await asyncio.to_thread(self._finish, session_id, -1, f"Executor error: {exc}"))
         finally:
             self._killed.pop(session_id, None)
+            self._ram_in_use.pop(session_id, None)
             self.pool.release(session_id)
             self.runs.pop(session_id, None)
             self.wake()
@@ -402,7 +419,7 @@ class Executor:
             return [status_message(db, row, **extra)]
 
     def _beat_worker(self) -> None:
-        """This executor's row in `workers`: what it can run (its GPUs) and that it is alive."""
+        """This executor's row in `workers`: what it can run (its GPUs and memory) and that it is alive."""
         try:
             with session_scope(self.factory) as db:
                 row = db.get(Worker, self.settings.worker_id)
@@ -410,6 +427,7 @@ class Executor:
                     row = Worker(id=self.settings.worker_id, started_at=time.time())
                     db.add(row)
                 row.gpus, row.cpu_slots = len(self.pool.gpus), self.pool.cpu_slots
+                row.memory_bytes = self.memory_bytes
                 row.runs, row.heartbeat_at = len(self.runs), time.time()
         except IntegrityError:  # another process with this worker id added the row first: the next beat updates it
             log.warning("worker id %s is used by two processes; give each its own COTRAIN_WORKER_ID", self.settings.worker_id)

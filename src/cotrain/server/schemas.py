@@ -143,7 +143,7 @@ class SessionOut(OutModel):
     worker_id: str | None
     waiting_reason: str | None = Field(
         None, description="Why a queued session has not started yet, as a sentence that says what to do "
-        "(no worker running, no worker with enough GPUs per node, a retry backoff, all fitting workers busy). "
+        "(no worker running, no worker with enough GPUs per node or memory, a retry backoff, all fitting workers busy). "
         "null unless the session is queued.",
     )
     created_at: datetime | None

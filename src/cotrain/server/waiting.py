@@ -1,7 +1,8 @@
 """Why a queued session waits, in a sentence for the user: no worker is running, none has the
-GPUs it asks for, it waits out a retry backoff, or every worker that fits it is busy.
+GPUs per node or the memory it needs (see capacity.py), it waits out a retry backoff, or every
+worker that fits it is busy.
 
-Worked out when asked, from the `workers` rows every executor keeps fresh (its GPUs and a
+Worked out when asked, from the `workers` rows every executor keeps fresh (its GPUs, memory and a
 heartbeat), so it is one answer for the whole fleet and never stale; the executors share the
 database, so `cotrain worker`s on other machines count like the embedded one.
 """
@@ -11,24 +12,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from cotrain.server.capacity import gpus_per_node, live_workers, need_of_row, waiting_shortfall, worker_fits
 from cotrain.server.models import QUEUED, TrainingSession, Worker
 
-
-def gpus_per_node(row: TrainingSession) -> int:
-    return int((row.request.get("distributedConfig") or {}).get("gpusPerNode") or 1)
-
-
-def live_workers(db: Session, heartbeat_timeout_s: float) -> list[Worker]:
-    return list(db.scalars(select(Worker).where(Worker.heartbeat_at >= time.time() - heartbeat_timeout_s)))
-
-
-def can_ever_run(worker: Worker, gpus: int) -> bool:
-    """A worker without GPUs trains on CPU, whatever the session asks; one with GPUs gives each of
-    its runs whole GPUs (see scheduler.ResourcePool)."""
-    return worker.gpus == 0 or gpus <= worker.gpus
+__all__ = ["gpus_per_node", "live_workers", "waiting_reason", "waiting_reasons"]
 
 
 def waiting_reasons(db: Session, rows: Iterable[TrainingSession], heartbeat_timeout_s: float) -> dict[str, str]:
@@ -47,14 +36,11 @@ def waiting_reason(row: TrainingSession, workers: list[Worker], now: float | Non
             "Waiting: no worker is running. Start `cotrain up` with its embedded worker, or a `cotrain worker` "
             "pointed at this database."
         )
-    need = gpus_per_node(row)
-    if not any(can_ever_run(w, need) for w in workers):
-        largest = max(workers, key=lambda w: (w.gpus, w.id))
-        return (
-            f"Waiting: needs {need} GPUs per node; the largest worker ({largest.id}) has {largest.gpus}. "
-            f"Lower gpusPerNode to {largest.gpus} or fewer, or start a `cotrain worker` on a machine with {need} GPUs."
-        )
+    need = need_of_row(row)
+    shortfall = waiting_shortfall(need, workers)
+    if shortfall is not None:
+        return shortfall
     if row.next_attempt_at > now:
         return f"Waiting {row.next_attempt_at - now:.0f} s before retrying (see error)."
-    fitting = sum(1 for w in workers if can_ever_run(w, need))
+    fitting = sum(1 for w in workers if worker_fits(need, w))
     return f"Waiting for a free slot on {'the' if fitting == 1 else 'one of the'} {fitting} worker{'s' if fitting != 1 else ''} that can run it."

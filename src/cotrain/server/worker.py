@@ -13,10 +13,12 @@ from cotrain.server.db import make_engine, make_session_factory, run_migrations
 from cotrain.server.executor import Executor
 from cotrain.server.fanout import make_hub
 from cotrain.server.settings import Settings
+from cotrain.server.worker_memory import exit_on_bad_override
 
 
 async def run_worker(settings: Settings | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    exit_on_bad_override()
     settings = settings or Settings.from_env()
     if settings.uses_embedded_database:
         print(

@@ -10,7 +10,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from cotrain.config import CotrainConfig, config_to_toml
-from cotrain.config.presets import estimate_memory_per_gpu, get_preset
+from cotrain.config.memory import process_memory_bytes
+from cotrain.config.presets import get_preset
 from cotrain.server.config_generator import SessionConfigError, build_config
 from cotrain.server.schemas import SessionCreate
 
@@ -92,15 +93,11 @@ class Estimate:
 
 
 def estimate(config: CotrainConfig) -> Estimate | None:
+    """The form's estimate; the memory figure is the one the server checks against its workers."""
     try:
         preset = get_preset(config.model.type, config.model.size)
     except KeyError:
         return None
-    dist = config.distributed
-    micro = config.train.micro_batch_size or max(1, config.train.batch_size // max(1, dist.data_parallel_size))
-    shards = dist.world_size if dist.strategy == "fsdp" else 1
-    memory = estimate_memory_per_gpu(
-        preset, precision=config.model.precision, micro_batch_size=micro, seq_length=config.data.seq_length,
-        shards=shards, tokenizer_vocab=config.data.vocab_size,
-    )
-    return Estimate(preset.num_parameters(config.data.vocab_size), memory, dist.world_size)
+    memory = process_memory_bytes(config)
+    assert memory is not None  # a known preset
+    return Estimate(preset.num_parameters(config.data.vocab_size), memory, config.distributed.world_size)
