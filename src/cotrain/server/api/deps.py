@@ -7,7 +7,7 @@ that one goes to the pool explicitly.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.concurrency import run_in_threadpool
@@ -17,7 +17,9 @@ from cotrain.server import signed_urls
 from cotrain.server.auth import Actor, actor_of, authenticate
 from cotrain.server.db import session_scope
 from cotrain.server.models import ApiToken
-from cotrain.server.platform import Platform
+
+if TYPE_CHECKING:  # the platform pulls in the executor and the engine; routers of other packages
+    from cotrain.server.platform import Platform  # (the chain's) import these dependencies without it
 
 bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer ct_...`")
 
@@ -26,7 +28,7 @@ async def get_platform(request: Request) -> Platform:
     return request.app.state.platform
 
 
-PlatformDep = Annotated[Platform, Depends(get_platform)]
+PlatformDep = Annotated[Any, Depends(get_platform)]  # a Platform
 
 
 def _authenticate(platform: Platform, token: str) -> Actor | None:
