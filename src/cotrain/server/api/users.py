@@ -1,11 +1,13 @@
 """/api/v1/users (admin): every actor with its role, setting roles, revoking a user's tokens.
 
-A user is named in the path by its wallet address (`0x...`) or, for an API token, `token:ID`:
+A user is named in the path by its wallet address (`0x...`) or, for an API token, `token:ID`
+(each user's `ref` in the list):
 
   GET  /users?role=&kind=wallet|token&limit=&offset=    the users, newest first
-  PUT  /users/{ref}/role      {"role": "member"|"maintainer"|"admin"}   (a wallet that never signed
-                                                                         in gets its row: pre-assigned)
-  POST /users/{ref}/revoke    {"ban": true|false} (optional)            ends its tokens; ban/un-ban
+  GET  /users/{address}                                 one user
+  PUT  /users/{address}/role    {"role": "member"|"maintainer"|"admin"}   (a wallet that never signed
+                                                                           in gets its row: pre-assigned)
+  POST /users/{address}/revoke  {"ban": true|false} (optional)            ends its tokens; ban/un-ban
 
 The rules are in `cotrain.server.user_service`, shared with `cotrain users` and the UI.
 """
@@ -27,11 +29,12 @@ from cotrain.server.schemas import ERROR_RESPONSES, CamelModel, OutModel, Page, 
 
 router = APIRouter(prefix="/users", tags=["users"], responses=ERROR_RESPONSES)
 
-UserRefPath = Annotated[str, Path(min_length=1, max_length=80, description="A wallet address (0x...) or token:ID.")]
+UserRefPath = Annotated[str, Path(min_length=1, max_length=80,
+                                  description="A wallet address (0x...), or token:ID for an API token.")]
 
 
 class UserOut(OutModel):
-    ref: str = Field(description="How to name this user in /users/{ref}/...: its address, or token:ID.")
+    ref: str = Field(description="How to name this user in /users/{address}/...: its address, or token:ID.")
     kind: Literal["wallet", "token"]
     id: int = Field(description="The user's id (what sessions' owner ids refer to).")
     name: str = Field(description="The wallet's address, or the API token's name.")
@@ -76,22 +79,22 @@ async def list_users(
     return Page[UserOut](items=[user_out(v) for v in views], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{ref}", response_model=UserOut, summary="One user (admin)")
-async def get_user(ref: UserRefPath, platform: PlatformDep,
+@router.get("/{address}", response_model=UserOut, summary="One user (admin)")
+async def get_user(address: UserRefPath, platform: PlatformDep,
                    actor: Annotated[Actor, Depends(permit(Action.USERS_READ))]) -> UserOut:
-    return user_out(await run_in_threadpool(user_service.get_user, platform.factory, ref))
+    return user_out(await run_in_threadpool(user_service.get_user, platform.factory, address))
 
 
-@router.put("/{ref}/role", response_model=RoleChanged, summary="Set a user's role (admin)")
-async def set_role(ref: UserRefPath, body: RoleIn, platform: PlatformDep,
+@router.put("/{address}/role", response_model=RoleChanged, summary="Set a user's role (admin)")
+async def set_role(address: UserRefPath, body: RoleIn, platform: PlatformDep,
                    actor: Annotated[Actor, Depends(permit(Action.USERS_WRITE))]) -> RoleChanged:
-    view, before = await run_in_threadpool(user_service.set_role, platform.factory, ref, body.role)
+    view, before = await run_in_threadpool(user_service.set_role, platform.factory, address, body.role)
     return RoleChanged(**user_out(view).model_dump(), previous_role=before)
 
 
-@router.post("/{ref}/revoke", response_model=UserOut, summary="End a user's tokens; ban or un-ban (admin)")
-async def revoke(ref: UserRefPath, platform: PlatformDep,
+@router.post("/{address}/revoke", response_model=UserOut, summary="End a user's tokens; ban or un-ban (admin)")
+async def revoke(address: UserRefPath, platform: PlatformDep,
                  actor: Annotated[Actor, Depends(permit(Action.USERS_WRITE))],
                  body: Annotated[RevokeIn | None, Body()] = None) -> UserOut:
     ban = body.ban if body is not None else None
-    return user_out(await run_in_threadpool(user_service.revoke, platform.factory, ref, ban))
+    return user_out(await run_in_threadpool(user_service.revoke, platform.factory, address, ban))
