@@ -8,6 +8,7 @@ REST endpoints the payout path uses, following the Aptos REST API (v1):
   POST /v1/transactions                     BCS SignedTransaction → 202 PendingTransaction, or
                                             400 sequence_number_too_old / vm_error, 507 mempool_is_full
   GET  /v1/transactions/by_hash/{hash}      pending or committed transaction (404 transaction_not_found)
+  POST /v1/view                             JSON view call; only `0x1::coin::balance<AptosCoin>(owner)` → ["octas"]
 
 Transactions are deserialised and their signatures verified with aptos-sdk; `0x1::aptos_account::
 batch_transfer` is executed against in-memory balances (gas: GAS_USED units × gas price). Never used by
@@ -207,6 +208,13 @@ class FakeAptosNode:
         return 200, {"sequence_number": str(state.sequence_number),
                      "authentication_key": "0x" + state.authentication_key.hex()}
 
+    def view(self, body: dict[str, Any]) -> tuple[int, Any]:
+        """The view functions the server calls: the APT balance of an account (0 for an unknown one)."""
+        if (body.get("function"), body.get("type_arguments")) != ("0x1::coin::balance", ["0x1::aptos_coin::AptosCoin"]):
+            return 400, _error(f"unsupported view function {body.get('function')!r}", "invalid_input")
+        with self.lock:
+            return 200, [str(self.balance(body["arguments"][0]))]
+
     def account_transactions(self, address: str, start: int, limit: int) -> tuple[int, Any]:
         sender = str(AccountAddress.from_str_relaxed(address))
         mine = [t for t in self.committed if t["sender"] == sender and int(t["sequence_number"]) >= start]
@@ -265,6 +273,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         path = urlsplit(self.path).path.rstrip("/")
+        if path == "/v1/view" and self.headers.get("Content-Type", "").startswith("application/json"):
+            return self._send(*self.node.view(json.loads(body)))
         if self.headers.get("Content-Type") != "application/x.aptos.signed_transaction+bcs":
             return self._send(415, _error("expected a BCS signed transaction", "invalid_input"))
         if path == "/v1/transactions/simulate":

@@ -1,4 +1,5 @@
-"""Rewards end to end: a wallet signs in and creates a DiLoCo session with a reward pool; the server's
+"""Rewards end to end: a wallet signs in, is made a maintainer by the admin (members may not open
+pools), and creates a DiLoCo session with a reward pool; the server's
 engine (working for the owner's wallet) and two volunteers (`cotrain join --wallet`, each with its own
 wallet) train it together through the server's DHT; every peer's wallet binding is proven through
 POST /rewards/bindings (the owner as the signed-in wallet, the volunteers with their wallet's
@@ -89,13 +90,17 @@ class Volunteer:
 def test_three_wallets_share_the_pool_of_a_diloco_session(servers, cotrain_home, shared_datasets, tmp_path, runner):
     """runner "worker": a separate `cotrain worker` runs the session; the server keeps the peers' records
     from its own loop and settles when it sees the session completed."""
-    server = servers(COTRAIN_START_DHT="1", COTRAIN_EMBEDDED_WORKER="1" if runner == "server" else "0", **FAST_DILOCO)
+    server = servers(COTRAIN_START_DHT="1", COTRAIN_EMBEDDED_WORKER="1" if runner == "server" else "0",
+                     COTRAIN_REWARD_POOL_MAX=str(POOL), **FAST_DILOCO)
     public = server.client(token=None)
     if runner == "worker":  # its engines join the server's DHT as an operator would configure it
         dht = public.get("/hivemind/status").json()["data"]["visible_addresses"]
         servers("worker", COTRAIN_DISTRIBUTED_DILOCO_INITIAL_PEERS=json.dumps(dht), **FAST_DILOCO)
     owner = Wallet.create()
     api = server.client(token=sign_in(public, owner))  # the signed-in wallet is a (non-admin) API principal
+    # a member may not open a reward pool: the admin makes the owner a maintainer (pools up to COTRAIN_REWARD_POOL_MAX)
+    promoted = server.client().put(f"/users/{owner.address}/role", json={"role": "maintainer"})
+    assert promoted.status_code == 200, promoted.text
 
     body = reference_session(autoStart=False, rewardPool={"amount": POOL})
     body["distributedConfig"].update(strategy="diloco", innerSteps=4)
