@@ -23,6 +23,13 @@ def up(
     from cotrain.server.worker_memory import exit_on_bad_override
 
     exit_on_bad_override()  # the embedded worker's COTRAIN_WORKER_MEMORY, checked before the server starts
+    from cotrain.server.settings import QuotaSettings
+
+    try:  # issue 11, member quotas: a bad COTRAIN_QUOTA_* is one sentence, not a traceback from the app factory
+        QuotaSettings.from_env()
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     if example:
         os.environ["COTRAIN_EXAMPLE_SESSION"] = "1"  # read by the app the factory builds
     with_ui = not api_only and importlib.util.find_spec("cotrain.ui.app") is not None
@@ -31,7 +38,15 @@ def up(
     if with_ui:
         os.environ.setdefault("COTRAIN_UI_URL", where)  # the first start prints a sign-in link to it
     typer.echo(f"CoTrain server on {where} ({'web UI at ' + where + '/, ' if with_ui else ''}API docs at {where}/docs)")
-    uvicorn.run(factory, factory=True, host=host, port=port, log_level=log_level)
+    # issue 11, limits on input: WebSocket frames capped like request bodies (the /ws bound is
+    # tighter, in the app); X-Forwarded-For is believed only from COTRAIN_TRUSTED_PROXIES
+    from cotrain.server.settings import limits_from_env
+
+    limits = limits_from_env()
+    trusted = limits["trusted_proxies"]
+    uvicorn.run(factory, factory=True, host=host, port=port, log_level=log_level,
+                ws_max_size=max(limits["max_body_bytes"], limits["ws_max_message_bytes"]),
+                proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None)
 
 
 def worker() -> None:

@@ -42,6 +42,7 @@ from cotrain.server.permissions import (
 )
 from cotrain.server.queue import queue_position
 from cotrain.server.schemas import SessionCreate, SessionUpdate
+from cotrain.server.session_policy import Change, SessionPolicy
 from cotrain.server.waiting import waiting_reasons
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class SessionFilter:
 class SessionService:
     def __init__(self, platform: Platform):
         self.p = platform
+        self.policy = SessionPolicy(platform.settings.quotas, platform.settings.layout.root)  # quotas, priority, pools
 
     # ---- reading ---------------------------------------------------------------------------
     def list(self, actor: Actor | None, flt: SessionFilter, limit: int = 50, offset: int = 0) -> tuple[list[TrainingSession], int]:
@@ -124,9 +126,10 @@ class SessionService:
         config = build_config(session_id, body)
         require_capacity(self.p.factory, need_of(config), self.p.settings.heartbeat_timeout_s)  # capacity.py: 422 when no live worker can ever run it
         approval = check_data_path(body, actor, self.p.settings)  # data roots: 422 for a member outside them
-        path = write_config(config, self.p.settings.layout.generated_configs)
         status = QUEUED if body.auto_start else DRAFT
         with session_scope(self.p.factory) as db:
+            self.policy.enforce(db, actor, Change.create(actor, body, config))  # session_policy.py: 403 past a quota
+            path = write_config(config, self.p.settings.layout.generated_configs)
             row = TrainingSession(
                 id=session_id, name=body.name, description=body.description,
                 owner_id=actor.token_id if actor else None, public=body.public, status=status,
@@ -180,6 +183,7 @@ class SessionService:
             config = build_config(session_id, body)
             require_capacity(self.p.factory, need_of(config), self.p.settings.heartbeat_timeout_s)  # capacity.py
             row.data_path_approval = check_data_path(body, actor, self.p.settings, row.data_path_approval)
+            self.policy.enforce(db, actor, Change.update(row, body, config))  # session_policy.py
             path = write_config(config, self.p.settings.layout.generated_configs)
             row.request = body.model_dump(mode="json", by_alias=True, exclude_none=True)
             row.name, row.description, row.priority, row.public = body.name, body.description, body.priority, body.public
@@ -212,6 +216,7 @@ class SessionService:
             if row.status not in allowed:
                 raise Conflict(f"Session {session_id} is {row.status}; it can be {verb} only when {' or '.join(allowed)}.")
             require_capacity(self.p.factory, need_of_row(row), self.p.settings.heartbeat_timeout_s)  # capacity.py
+            self.policy.enforce(db, actor, Change.start(row))  # session_policy.py: active-sessions quota
             row.status, row.attempts, row.next_attempt_at, row.error = QUEUED, 0, 0.0, None
             row.cancel_requested, row.finished_at, row.queued_at = False, None, time.time()
             message = status_message(db, row)
@@ -238,7 +243,9 @@ class SessionService:
     def set_priority(self, session_id: str, priority: int, actor: Actor | None) -> TrainingSession:
         with session_scope(self.p.factory) as db:
             row = self._managed(db, session_id, actor)
+            self.policy.enforce(db, actor, Change.set_priority(row, priority))  # session_policy.py
             row.priority = priority
+            row.request = {**row.request, "priority": priority}  # so a later edit keeps it
         self.p.wake_executor()
         return row
 

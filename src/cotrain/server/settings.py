@@ -10,6 +10,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cotrain.data_roots import data_roots as data_roots_from_env
 from cotrain.paths import Layout
@@ -40,6 +41,60 @@ def detect_gpus() -> list[int]:
     return [i for i, line in enumerate(line for line in out.splitlines() if line.startswith("GPU "))]
 
 
+# ---- limits on input (issue 11) ----
+def limits_from_env() -> dict[str, Any]:
+    """The limits-on-input fields of Settings from the environment (also read on their own by
+    `cotrain up` for uvicorn's WebSocket frame cap, and by an app built without a Platform)."""
+    return dict(
+        max_body_bytes=int(os.environ.get("COTRAIN_MAX_BODY_BYTES") or 1_048_576),
+        rate_sign_in=os.environ.get("COTRAIN_RATE_SIGN_IN") or "30/minute",
+        rate_session_create=os.environ.get("COTRAIN_RATE_SESSION_CREATE") or "30/hour",
+        rate_ws_subscribe=os.environ.get("COTRAIN_RATE_WS_SUBSCRIBE") or "120/minute",
+        rate_limit_namespace=os.environ.get("COTRAIN_RATE_LIMIT_NAMESPACE") or "cotrain",
+        trusted_proxies=_env_list("COTRAIN_TRUSTED_PROXIES"),
+        ws_max_message_bytes=int(os.environ.get("COTRAIN_WS_MAX_MESSAGE_BYTES") or 65_536),
+        ws_max_subscriptions=int(os.environ.get("COTRAIN_WS_MAX_SUBSCRIPTIONS") or 100),
+    )
+
+
+# ---- member quotas and reward pools (issue 11): server/session_policy.py ----
+@dataclass(frozen=True)
+class QuotaSettings:
+    """What a member may ask of the platform; maintainers and admins may go past these (not past
+    the schema's hard limits). Sizes are preset names of config/presets.py, for every family."""
+
+    active_sessions: int = 2  # COTRAIN_QUOTA_ACTIVE_SESSIONS: queued, starting, running or cancelling, per owner
+    world_size: int = 8  # COTRAIN_QUOTA_WORLD_SIZE: nodes x gpusPerNode
+    model_sizes: tuple[str, ...] = ("debug", "tiny", "small", "base", "large")  # COTRAIN_QUOTA_MODEL_SIZES ("*": all)
+    tokens: int = 2_000_000_000  # COTRAIN_QUOTA_TOKENS: steps x batch x sequence (x DiLoCo peers)
+    reward_pool_max: int = 1_000_000_000  # COTRAIN_REWARD_POOL_MAX: a maintainer's pool (10 APT in octas)
+
+    @classmethod
+    def from_env(cls) -> QuotaSettings:
+        sizes = tuple(_env_list("COTRAIN_QUOTA_MODEL_SIZES")) or cls.model_sizes
+        return cls(
+            active_sessions=_env_count("COTRAIN_QUOTA_ACTIVE_SESSIONS", cls.active_sessions),
+            world_size=_env_count("COTRAIN_QUOTA_WORLD_SIZE", cls.world_size),
+            model_sizes=sizes,
+            tokens=_env_count("COTRAIN_QUOTA_TOKENS", cls.tokens),
+            reward_pool_max=_env_count("COTRAIN_REWARD_POOL_MAX", cls.reward_pool_max),
+        )
+
+
+def _env_count(name: str, default: int) -> int:
+    """A whole number >= 0 from the environment ("2e9" and "2_000_000_000" too)."""
+    raw = (os.environ.get(name) or "").strip().replace("_", "")
+    if not raw:
+        return default
+    try:
+        value = float(raw) if "e" in raw.lower() else int(raw)
+    except ValueError:
+        value = -1
+    if value < 0 or value != int(value):
+        raise ValueError(f"{name}={os.environ[name]!r} is not a whole number >= 0; set it to e.g. {default} or unset it.")
+    return int(value)
+
+
 @dataclass
 class Settings:
     layout: Layout
@@ -60,6 +115,16 @@ class Settings:
     admin_token: str | None = None
     example_session: bool = False
     python: str = sys.executable
+    quotas: QuotaSettings = field(default_factory=QuotaSettings)  # member quotas (session_policy.py)
+    # ---- limits on input (issue 11): server/body_limit.py, server/rate_limits.py, ws.py ----
+    max_body_bytes: int = 1_048_576  # COTRAIN_MAX_BODY_BYTES: larger request bodies get 413
+    rate_sign_in: str = "30/minute"  # COTRAIN_RATE_SIGN_IN, nonce and verify each (";" joins several)
+    rate_session_create: str = "30/hour"  # COTRAIN_RATE_SESSION_CREATE
+    rate_ws_subscribe: str = "120/minute"  # COTRAIN_RATE_WS_SUBSCRIBE
+    rate_limit_namespace: str = "cotrain"  # COTRAIN_RATE_LIMIT_NAMESPACE: Redis key prefix
+    trusted_proxies: list[str] = field(default_factory=list)  # COTRAIN_TRUSTED_PROXIES: X-Forwarded-For
+    ws_max_message_bytes: int = 65_536  # COTRAIN_WS_MAX_MESSAGE_BYTES
+    ws_max_subscriptions: int = 100  # COTRAIN_WS_MAX_SUBSCRIPTIONS: sessions one connection follows
     # ---- data roots (issue 11): server/data_paths.py, core/path_guard.py ----
     # COTRAIN_DATA_ROOTS (commas or colons; default COTRAIN_HOME/datasets/raw), resolved: where a
     # member's dataPath may point, and what this worker's runs may read
@@ -85,6 +150,8 @@ class Settings:
             worker_id=os.environ.get("COTRAIN_WORKER_ID") or f"{socket.gethostname()}:{layout.root}",
             admin_token=os.environ.get("COTRAIN_ADMIN_TOKEN") or None,
             example_session=_env_bool("COTRAIN_EXAMPLE_SESSION", False),
+            quotas=QuotaSettings.from_env(),
+            **limits_from_env(),
             data_roots=data_roots_from_env(home=layout.root),  # data roots (issue 11)
         )
 
