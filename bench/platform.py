@@ -62,7 +62,9 @@ def free_port() -> int:
 def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env.update(COTRAIN_HOME=str(home), COTRAIN_ADMIN_TOKEN=TOKEN, COTRAIN_START_DHT="0", HF_HUB_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+               HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               # the subscriber bench opens 1000 anonymous subscriptions from one address in seconds
+               COTRAIN_RATE_WS_SUBSCRIBE="100000/minute")
     for key in ("DATABASE_URL", "REDIS_URL"):
         env.pop(key, None)
     cotrain = Path(sys.executable).with_name("cotrain")

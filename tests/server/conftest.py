@@ -157,6 +157,8 @@ def server_env(cotrain_home: Path) -> dict[str, str]:
         COTRAIN_HOME=str(cotrain_home), COTRAIN_ADMIN_TOKEN=ADMIN_TOKEN, COTRAIN_START_DHT="0",
         COTRAIN_RETRY_BACKOFF="0.5", COTRAIN_CANCEL_GRACE="20", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
         TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
+        # rate limits counted in Redis are this test's own (runs on one machine share one Redis)
+        COTRAIN_RATE_LIMIT_NAMESPACE="test-" + uuid.uuid4().hex[:12],
     )
     for key in ("DATABASE_URL", "REDIS_URL"):
         env.pop(key, None)

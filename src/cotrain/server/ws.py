@@ -172,7 +172,8 @@ async def _handle_control(ws: WebSocket, sub: Subscriber, platform: Any, item: d
             sub.sessions.discard(session_id)
             await ws.send_text(_message("error", sessionId=session_id, message=str(exc)))
             return
-        await ws.send_text(_message("subscribed", sessionId=session_id, after=after, seq=latest))
+        await ws.send_text(_message("subscribed", sessionId=session_id, after=after, seq=latest,
+                                    truncated=len(replay) >= MAX_REPLAY_MESSAGES))
         if after is not None:
             last_sent[session_id] = max(last_sent.get(session_id, 0), after)
         for message in replay:
@@ -184,8 +185,8 @@ async def _handle_control(ws: WebSocket, sub: Subscriber, platform: Any, item: d
         await ws.send_text(_message("unsubscribed", sessionId=item["sessionId"]))
     elif kind == "pong":
         await ws.send_text(_message("pong"))
-    elif kind == "error":
-        await ws.send_text(_message("error", message=item["message"]))
+    elif kind == "error":  # with sessionId and retryAfter when the refusal has them
+        await ws.send_text(_message("error", **{k: v for k, v in item.items() if k not in ("event", "kind")}))
 
 
 async def _subscribe_all(
@@ -198,12 +199,39 @@ async def _subscribe_all(
             last_sent[session_id] = max(last_sent.get(session_id, 0), seq)
         replay = await asyncio.to_thread(_replay_all, platform, after, sub)
     await ws.send_text(_message("subscribed", sessionId=ALL_SESSIONS, after=after.as_json() if after else None,
-                                seq=None, time=began))
+                                seq=None, time=began, truncated=len(replay) >= MAX_REPLAY_MESSAGES))
     for message in replay:
         session_id, seq = message["data"]["sessionId"], message["data"]["seq"]
         if seq > last_sent.get(session_id, 0):
             last_sent[session_id] = seq
             await ws.send_text(json.dumps(message, separators=(",", ":")))
+
+
+async def _receive_text(ws: WebSocket, max_bytes: int) -> str:
+    """The next client message as text (binary frames decoded as UTF-8); MessageTooBig past `max_bytes`.
+    (`cotrain up` also caps frames in uvicorn, so a huge one is cut off before it is buffered.)"""
+    message = await ws.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
+    text, data = message.get("text"), message.get("bytes")
+    size = len(text.encode()) if text is not None else len(data or b"")
+    if size > max_bytes:
+        raise MessageTooBig(f"Messages to /ws may be at most {max_bytes} bytes; this one had {size}. "
+                            "Send one action per message (a subscribe is under 100 bytes).")
+    return text if text is not None else (data or b"").decode("utf-8", errors="replace")
+
+
+async def _subscribe_refused(ws: WebSocket, platform: Any, sub: Subscriber, session_id: str) -> dict[str, Any] | None:
+    """Why this subscribe is refused (`message`, maybe `retryAfter`), or None: the per-connection
+    bound on followed sessions, then the subscribe rate limit (per address and per actor)."""
+    most = platform.settings.ws_max_subscriptions
+    if session_id not in sub.sessions and len(sub.sessions) >= most:
+        return {"message": f"This connection already follows {most} sessions, the most one may "
+                           "(COTRAIN_WS_MAX_SUBSCRIPTIONS); unsubscribe from one, or subscribe to \"*\" for all."}
+    refusal = await limiter_of(ws.app).check(Limit.WS_SUBSCRIBE, client_ip(ws), sub.actor)
+    if refusal is not None:
+        return {"message": refusal.message, "retryAfter": refusal.retry_after}
+    return None
 
 
 def _parse_after(session_id: str, after: Any) -> int | AllAfter | None:
@@ -252,7 +280,7 @@ def _replay(platform: Any, session_id: str, after: int | None, sub: Subscriber) 
         row = db.get(TrainingSession, session_id)
         if row is None or not _readable(sub, row):
             raise NotFound(f"No session {session_id!r} to subscribe to. List sessions with GET /api/v1/sessions.")
-        replay = messages_after(db, session_id, after) if after is not None else []
+        replay = messages_after(db, session_id, after, MAX_REPLAY_MESSAGES) if after is not None else []
         return row.message_seq, shown_to(sub.actor, row.owner_id, replay)
 
 
@@ -264,7 +292,7 @@ def _replay_all(platform: Any, after: AllAfter, sub: Subscriber) -> list[dict[st
         return _readable(sub, row)
 
     with session_scope(platform.factory) as db:
-        replay = messages_for_all(db, after.sessions, after.since, readable)
+        replay = messages_for_all(db, after.sessions, after.since, readable, limit=MAX_REPLAY_MESSAGES)
     return [shown_to(sub.actor, owners.get(m["data"]["sessionId"]), [m])[0] for m in replay]
 
 
