@@ -17,7 +17,11 @@ from cotrain.chain.ledger import Ledger
 from cotrain.chain.nonces import SqlNonceStore
 from cotrain.chain.service import binding_statement, set_reward_pool, settle_session, sign_binding
 from cotrain.chain.settings import ChainSettings
+from cotrain.paths import Layout
 from cotrain.server.app import include_extra_routers
+from cotrain.server.db import Base
+from cotrain.server.platform import Platform
+from cotrain.server.settings import Settings
 from tests.conftest import free_port
 
 from .test_ledger import Rec
@@ -33,12 +37,19 @@ class Served:
 
 
 @pytest.fixture
-def api(db_factory):
+def api(db_factory, tmp_path):
     key = ed25519.PrivateKey.random()
     app = FastAPI()
     assert include_extra_routers(app) == ["cotrain.chain.api:router"]  # as the server includes it
     settings = ChainSettings(network="testnet", chain_id=2)
     app.state.chain = ChainContext(db_factory, key, Ledger(key), settings, SqlNonceStore(db_factory), None)
+    # The routes check tokens and permissions through the server's platform (its api_tokens and
+    # revoked_tokens tables): a real one, not started, on the same database.
+    engine = db_factory.kw["bind"]
+    Base.metadata.create_all(engine)
+    app.state.platform = Platform(Settings(layout=Layout(tmp_path / "home").ensure(), embedded_worker=False,
+                                           database_url=engine.url.render_as_string(hide_password=False),
+                                           start_dht=False))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -49,6 +60,7 @@ def api(db_factory):
         yield Served(client, app.state.chain, f"http://127.0.0.1:{port}", app)
     server.should_exit = True
     thread.join(5)
+    app.state.platform.engine.dispose()
 
 
 def sign_in(client, origin, wallet, chain_id=2):
@@ -117,3 +129,37 @@ def test_peer_binding_signed_by_wallet(api):
     # What `cotrain join --wallet` sends, made by sign_binding with the volunteer's key:
     assert client.post("/rewards/bindings", json=sign_binding(wallet.account.private_key, "s9", "peerC")
                        ).json()["proof"] == "signature"
+
+
+def test_application_is_never_taken_from_the_host_header(api):
+    """Without COTRAIN_PUBLIC_ORIGIN the nonce names this server on the loopback address, whatever Host the
+    request claims, and a wallet that signed for the forged host is refused."""
+    client, origin = api.client, api.origin
+    wallet = Wallet.create()
+    forged = client.post("/auth/nonce", json={"address": wallet.address}, headers={"Host": "evil.example"})
+    assert forged.status_code == 200 and forged.json()["application"] == origin
+    nonce = forged.json()
+    signed = wallet.sign_message(message=nonce["message"], nonce=nonce["nonce"], application="http://evil.example",
+                                 chain_id=2)
+    body = {"address": wallet.address, "publicKey": wallet.public_key, **signed}
+    refused = client.post("/auth/verify", json=body, headers={"Host": "evil.example"})
+    assert refused.status_code == 401 and refused.json()["detail"]["reason"] == "wrong_origin"
+    assert "COTRAIN_PUBLIC_ORIGIN" in refused.json()["detail"]["message"]
+    ok, _ = sign_in(client, origin, wallet)
+    assert ok.status_code == 200, ok.text
+
+
+def test_logout_revokes_the_token_and_clears_the_cookie(api):
+    client, origin = api.client, api.origin
+    ok, _ = sign_in(client, origin, Wallet.create())
+    token = ok.json()["token"]
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert client.get("/me/rewards", headers=bearer).status_code == 200
+    assert client.get("/me/rewards").status_code == 200  # the cookie the sign-in set, as a browser sends it
+    out = client.post("/auth/logout")
+    assert out.status_code == 204 and 'cotrain_wallet=""' in out.headers["set-cookie"]
+    assert "cotrain_wallet" not in client.cookies
+    for headers in (bearer, {"Cookie": f"cotrain_wallet={token}"}):
+        again = client.get("/me/rewards", headers=headers)
+        assert again.status_code == 401 and "signed out" in again.json()["detail"]
+    assert client.post("/auth/logout", headers=bearer).status_code == 401

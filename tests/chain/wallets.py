@@ -34,10 +34,11 @@ class Wallet:
         full = "APTOS\n" + "\n".join(f"{k}: {values[k]}" for k in order if k != "chainId" or chain_id)
         return {"fullMessage": full, "signature": str(self.account.sign(full.encode()))}
 
-    def sign_in_siwa(self, *, domain: str, uri: str, nonce: str, chain: str, extra: str = "") -> dict[str, str]:
+    def sign_in_siwa(self, *, domain: str, uri: str, nonce: str, chain: str, extra: str = "",
+                     statement: str = "Sign in to CoTrain") -> dict[str, str]:
         """What AIP-116 `signIn` signs: sha3_256("SIGN_IN_WITH_APTOS::") || message."""
         text = (f"{domain} wants you to sign in with your Aptos account:\n{self.address}\n\n"
-                f"Sign in to CoTrain\n\nURI: {uri}\nVersion: 1\nChain ID: {chain}\nNonce: {nonce}{extra}")
+                f"{statement}\n\nURI: {uri}\nVersion: 1\nChain ID: {chain}\nNonce: {nonce}{extra}")
         signed = hashlib.sha3_256(b"SIGN_IN_WITH_APTOS::").digest() + text.encode()
         signature = self.account.private_key.sign(signed)
         assert isinstance(signature, ed25519.Signature)

@@ -3,6 +3,7 @@
   POST /auth/nonce                       {address} → {nonce, message, application, chainId, expiresAt}
   POST /auth/verify                      {address, publicKey, fullMessage, signature} → {token, address, expiresAt}
                                          (also sets the `cotrain_wallet` cookie)
+  POST /auth/logout                      revoke the wallet token in hand (bearer or cookie), clear the cookie
   GET  /me/contributions                 the signed-in wallet's contributions (excluded ones with the reason)
   GET  /me/rewards                       the signed-in wallet's rewards and their payout status
   GET  /rewards/sessions/{session_id}    a session's contributors, rewards, payout status, explorer links
@@ -10,11 +11,16 @@
                                          signed-in wallet itself)
 
 The server's `app.state.platform.factory` (SQLAlchemy sessionmaker) is used unless `app.state.chain` was set.
+
+Wallet tokens are checked by the server's `cotrain.server.auth.authenticate` on every route (signature,
+expiry, sign-out, an admin's revocation). The signed `application` is COTRAIN_PUBLIC_ORIGIN, or a loopback
+origin when none is set: never the request's Host header.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Annotated
@@ -32,7 +38,7 @@ from cotrain.chain.models import ChainUser
 from cotrain.chain.nonces import SqlNonceStore
 from cotrain.chain.queries import contribution_views, reward_views
 from cotrain.chain.service import ChainError, bind_peer, check_binding_signature
-from cotrain.chain.settings import ChainSettings
+from cotrain.chain.settings import ChainConfigError, ChainSettings
 from cotrain.chain.signin import (
     AuthKeyLookup,
     SignInError,
@@ -42,9 +48,12 @@ from cotrain.chain.signin import (
     normalize_address,
     verify_sign_in,
 )
-from cotrain.chain.tokens import issue_token, read_token
+from cotrain.chain.tokens import TokenClaims, issue_token, read_claims
+from cotrain.server.auth import Actor, ResolvedToken, authenticate, revoke_token_id
+from cotrain.server.permissions import Action, PermissionDenied, permit, require
 
 COOKIE = "cotrain_wallet"
+WALLET_PRINCIPAL = "wallet:"  # the api_tokens name of a signed-in wallet, as the server's chain bridge names it
 router = APIRouter(tags=["wallet & rewards"])
 _bearer = HTTPBearer(auto_error=False, description="A wallet token from POST /api/v1/auth/verify")
 
@@ -65,11 +74,40 @@ class ChainContext:
         key = load_ledger_key()
         return cls(factory, key, Ledger(key), settings, SqlNonceStore(factory), lookup)
 
+    # ---- wallet tokens: checked by the server's `authenticate`, so sign-out and revocation hold here too
+    def resolve_token(self, token: str) -> ResolvedToken | None:
+        """A `cotrain.server.auth.TokenResolver` for this chain's wallet tokens (signature and expiry)."""
+        claims = read_claims(self.ledger.public_key, token)
+        if claims is None:
+            return None
+        return ResolvedToken(WALLET_PRINCIPAL + claims.address, claims.issued_at, claims.token_id)
+
+    def signed_in(self, token: str) -> SignedIn | None:
+        """The wallet `token` signs in, or None when it is forged, expired, signed out or revoked (its own id,
+        the user's `tokens_valid_after`, or the principal revoked). Blocking: DB."""
+        claims = read_claims(self.ledger.public_key, token)
+        if claims is None:
+            return None
+        with self.factory.begin() as db:
+            actor = authenticate(db, token, resolvers=[self.resolve_token])
+        return None if actor is None else SignedIn(claims.address, actor, claims)
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    address: str
+    actor: Actor
+    claims: TokenClaims
+
 
 def get_chain(request: Request) -> ChainContext:
     ctx = getattr(request.app.state, "chain", None)
     if ctx is None:
-        ctx = ChainContext.create(request.app.state.platform.factory)
+        try:
+            ctx = ChainContext.create(request.app.state.platform.factory)
+        except ChainConfigError as exc:  # e.g. a COTRAIN_PUBLIC_ORIGIN that is not an origin
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"Wallet sign-in and rewards are not "
+                                f"configured correctly on this server: {exc}") from None
         request.app.state.chain = ctx
     return ctx
 
@@ -77,25 +115,55 @@ def get_chain(request: Request) -> ChainContext:
 ChainDep = Annotated[ChainContext, Depends(get_chain)]
 
 
-def origin_of(request: Request, ctx: ChainContext) -> str:
-    """This server's origin as wallets report it (`application`): COTRAIN_PUBLIC_ORIGIN, else the request's."""
+def application_of(request: Request, ctx: ChainContext) -> str:
+    """The `application` wallets are asked to sign: COTRAIN_PUBLIC_ORIGIN; without it, this server on the
+    loopback address (the port is the socket's, `scope["server"]`), as any loopback origin is accepted then.
+    Never the request's Host header: a proxy or a forged header must not choose what is accepted."""
     if ctx.settings.origin:
         return ctx.settings.origin
-    return f"{request.url.scheme}://{request.url.netloc}"
+    server = request.scope.get("server")
+    port = server[1] if server and len(server) > 1 and server[1] else None
+    return "http://127.0.0.1" + (f":{port}" if port else "")
 
 
-def wallet_address(
-    request: Request, ctx: ChainDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> str:
+def signed_in_wallet(
+    request: Request, ctx: ChainContext, credentials: HTTPAuthorizationCredentials | None, action: Action
+) -> SignedIn:
+    """The wallet signed in with a bearer token or, from a browser, the `cotrain_wallet` cookie; its role
+    must be allowed `action` by the permission table. Raises 401/403 with a sentence. Blocking: DB."""
     token = credentials.credentials if credentials is not None else request.cookies.get(COOKIE)
     if not token:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Sign in with your Aptos wallet first (POST "
                             "/api/v1/auth/nonce, then /api/v1/auth/verify).", headers={"WWW-Authenticate": "Bearer"})
-    address = read_token(ctx.ledger.public_key, token)
-    if address is None:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Your wallet sign-in is invalid or has expired; sign in "
-                            "with your wallet again.", headers={"WWW-Authenticate": "Bearer"})
-    return address
+    if token.startswith("ct_"):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "This is an API token, which has no wallet: sign in with "
+                            "your wallet for this (an admin revokes API tokens with DELETE /api/v1/auth/tokens/{id}).")
+    signed = ctx.signed_in(token)
+    if signed is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Your wallet sign-in is invalid, has expired or was "
+                            "signed out; sign in with your wallet again.", headers={"WWW-Authenticate": "Bearer"})
+    try:
+        require(signed.actor, action)
+    except PermissionDenied as exc:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from None
+    return signed
+
+
+def permit_wallet(action: Action) -> Callable[..., SignedIn]:
+    """`permit(action)` for the wallet's own routes: the token may also come as the `cotrain_wallet` cookie
+    (browsers), and it must be a wallet's. `.action` marks the route for the permission matrix test."""
+
+    def check(request: Request, ctx: ChainDep,
+              credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> SignedIn:
+        return signed_in_wallet(request, ctx, credentials, action)
+
+    check.action = action  # type: ignore[attr-defined]
+    check.__name__ = f"permit_wallet_{action.name.lower()}"
+    return check
+
+
+async def wallet_address(signed: Annotated[SignedIn, Depends(permit_wallet(Action.SELF_READ))]) -> str:
+    return signed.address
 
 
 WalletDep = Annotated[str, Depends(wallet_address)]
@@ -112,7 +180,8 @@ class NonceRequest(Camel):
 class NonceResponse(Camel):
     nonce: str
     message: str = Field(description="Pass as `message` to the wallet's signMessage.")
-    application: str = Field(description="The origin wallets must report; it is checked.")
+    application: str = Field(description="The origin wallets must sign as `application`: COTRAIN_PUBLIC_ORIGIN "
+                             "exactly; without it, any loopback origin (this is the server's own).")
     chain_id: int | None
     expires_at: datetime
 
@@ -181,10 +250,11 @@ def _sign_in_failed(exc: SignInError) -> HTTPException:
     return HTTPException(exc.status, {"reason": exc.reason, "message": str(exc)}, headers=headers)
 
 
-@router.post("/auth/nonce", response_model=NonceResponse, summary="A one-time sign-in nonce (valid 5 minutes)")
+@router.post("/auth/nonce", response_model=NonceResponse, summary="A one-time sign-in nonce (valid 5 minutes)",
+             dependencies=[Depends(permit(Action.SIGN_IN))])
 def auth_nonce(body: NonceRequest, request: Request, ctx: ChainDep) -> NonceResponse:
     try:
-        challenge = issue_challenge(ctx.nonces, body.address, origin_of(request, ctx), ctx.settings.chain_id,
+        challenge = issue_challenge(ctx.nonces, body.address, application_of(request, ctx), ctx.settings.chain_id,
                                     ttl_s=ctx.settings.nonce_ttl_s)
     except SignInError as exc:
         raise _sign_in_failed(exc) from None
@@ -193,12 +263,13 @@ def auth_nonce(body: NonceRequest, request: Request, ctx: ChainDep) -> NonceResp
 
 
 @router.post("/auth/verify", response_model=VerifyResponse, summary="Sign in with a wallet signature",
+             dependencies=[Depends(permit(Action.SIGN_IN))],
              responses={401: {"description": "Refused: replay, wrong origin, wrong key, expired nonce, ..."}})
 async def auth_verify(body: VerifyRequest, request: Request, response: Response, ctx: ChainDep) -> VerifyResponse:
     try:
         verified = await verify_sign_in(
             SignInRequest(body.address, body.public_key, body.full_message, body.signature), ctx.nonces,
-            origin_of(request, ctx), ctx.settings.chain_id, auth_key_lookup=ctx.auth_key_lookup)
+            ctx.settings.origin, ctx.settings.chain_id, auth_key_lookup=ctx.auth_key_lookup)
     except SignInError as exc:
         raise _sign_in_failed(exc) from None
     now = time.time()
@@ -217,8 +288,20 @@ async def auth_verify(body: VerifyRequest, request: Request, response: Response,
             user.public_key, user.last_login_at = verified.public_key, now
     token, expires = issue_token(ctx.platform_key, verified.address, ctx.settings.token_ttl_s)
     response.set_cookie(COOKIE, token, max_age=ctx.settings.token_ttl_s, httponly=True, samesite="lax",
-                        secure=origin_of(request, ctx).startswith("https://"))
+                        secure=(ctx.settings.origin or "").startswith("https://"))
     return VerifyResponse(token=token, address=verified.address, expires_at=datetime.fromtimestamp(expires, UTC))
+
+
+@router.post("/auth/logout", status_code=status.HTTP_204_NO_CONTENT, response_class=Response,
+             summary="Sign out: revoke this wallet token and clear its cookie",
+             responses={401: {"description": "No wallet sign-in, or it is already invalid, expired or signed out"}})
+def auth_logout(ctx: ChainDep, signed: Annotated[SignedIn, Depends(permit_wallet(Action.SELF_SIGN_OUT))]) -> Response:
+    """The token in hand (bearer or cookie) is refused everywhere from now on, until it would have expired."""
+    with ctx.factory.begin() as db:
+        revoke_token_id(db, signed.claims.token_id, signed.claims.expires_at)
+    done = Response(status_code=status.HTTP_204_NO_CONTENT)
+    done.delete_cookie(COOKIE, httponly=True, samesite="lax", secure=(ctx.settings.origin or "").startswith("https://"))
+    return done
 
 
 @router.get("/me/contributions", response_model=list[ContributionOut], summary="My contributions")
@@ -254,7 +337,7 @@ def bind(body: BindingRequest, request: Request, ctx: ChainDep,
             check_binding_signature(body.session_id, body.peer_id, address, body.public_key or "", body.signature)
             proof = "signature"
         else:
-            if wallet_address(request, ctx, credentials) != address:
+            if signed_in_wallet(request, ctx, credentials, Action.PEER_BIND).address != address:
                 raise HTTPException(status.HTTP_403_FORBIDDEN, "You can bind peers only to the wallet you are signed "
                                     "in with; sign the binding with the other wallet instead.")
             proof = "owner"

@@ -9,6 +9,12 @@ Two formats are accepted, both signed with the account's Ed25519 key:
   `<domain> wants you to sign in with your Aptos account:`; the wallet signs
   `sha3_256(b"SIGN_IN_WITH_APTOS::") || message`.
 
+What was signed must match what this server issued, field by field: every line is a known field and
+none appears twice (so nothing can be smuggled inside another field's value), the `message:` (AIP-116:
+the statement) is the issued text exactly, the nonce is the issued one, the chain id is present and the
+configured chain, and the `application:` (AIP-116: the URI's origin) is COTRAIN_PUBLIC_ORIGIN exactly,
+or, with none configured, a loopback origin. Nothing is taken from the request's Host header.
+
 The public key must belong to the address: its authentication key is sha3-256(public key || scheme), or,
 when an Aptos node is configured, the account's on-chain authentication key (so rotated keys work).
 Signature checks, key parsing and address derivation use aptos-sdk.
@@ -26,6 +32,8 @@ from urllib.parse import urlsplit
 
 from aptos_sdk import asymmetric_crypto_wrapper, ed25519
 from aptos_sdk.account_address import AccountAddress
+
+from cotrain.chain.settings import ChainSettings
 
 AIP62_PREFIX = "APTOS\n"
 SIWA_HEADER_SUFFIX = " wants you to sign in with your Aptos account:"
@@ -151,8 +159,17 @@ class _Fields:
     application: str
     chain: str | None
     nonce: str
+    message: str | None  # AIP-62 `message:`, AIP-116 statement: must be the issued text exactly
     signed_bytes: bytes
     window: tuple[datetime | None, datetime | None] = (None, None)  # AIP-116 Not Before / Expiration Time
+
+
+AIP62_FIELDS = ("address", "application", "chainId", "message", "nonce")
+SIWA_FIELDS = ("URI", "Version", "Chain ID", "Nonce", "Issued At", "Expiration Time", "Not Before", "Request ID")
+
+
+def _shown(line: str) -> str:
+    return repr(line if len(line) <= 60 else line[:57] + "...")
 
 
 def _single(values: dict[str, list[str]], key: str, shown: str) -> str | None:
@@ -164,12 +181,24 @@ def _single(values: dict[str, list[str]], key: str, shown: str) -> str | None:
     return found[0] if found else None
 
 
-def _parse_aip62(full_message: str) -> _Fields:
+def _field_lines(lines: list[str], known: tuple[str, ...], what: str) -> dict[str, list[str]]:
+    """Every line must be `Key: value` with a known key: nothing can hide in another field's value,
+    and a duplicated key is caught by `_single`."""
     values: dict[str, list[str]] = {}
-    for line in full_message[len(AIP62_PREFIX) :].split("\n"):
+    for line in lines:
         key, sep, value = line.partition(": ")
-        if sep and key in ("address", "application", "chainId", "nonce"):
-            values.setdefault(key, []).append(value.strip())
+        if not sep or key not in known:
+            raise SignInError(
+                "bad_message",
+                f"The signed message has a line {_shown(line)} that is not one of the {what} fields "
+                f"({', '.join(k + ':' for k in known)}); sign exactly the message this server issued.",
+            )
+        values.setdefault(key, []).append(value)
+    return values
+
+
+def _parse_aip62(full_message: str) -> _Fields:
+    values = _field_lines(full_message[len(AIP62_PREFIX) :].split("\n"), AIP62_FIELDS, "signMessage")
     nonce = _single(values, "nonce", "nonce:")
     if nonce is None:
         raise SignInError("bad_message", "The signed message has no 'nonce:' line; ask for a nonce and sign it.")
@@ -179,27 +208,40 @@ def _parse_aip62(full_message: str) -> _Fields:
         raise SignInError(
             "bad_message",
             "The signed message must include the address and the application: sign with "
-            "signMessage({address: true, application: true, ...}).",
+            "signMessage({address: true, application: true, chainId: true, ...}).",
         )
-    return _Fields(
-        "aip62", address, application, _single(values, "chainId", "chainId:"), nonce, full_message.encode()
-    )
+    return _Fields("aip62", address, application, _single(values, "chainId", "chainId:"), nonce,
+                   _single(values, "message", "message:"), full_message.encode())
 
 
 def _parse_siwa(message: str) -> _Fields:
     lines = message.split("\n")
-    if len(lines) < 2 or not lines[0].endswith(SIWA_HEADER_SUFFIX):
+    if len(lines) < 4 or not lines[0].endswith(SIWA_HEADER_SUFFIX) or lines[2] != "":
         raise SignInError("bad_message", "The sign-in message is not in the Sign in with Aptos format.", 400)
     domain = lines[0][: -len(SIWA_HEADER_SUFFIX)]
-    values: dict[str, list[str]] = {}
-    for line in lines[2:]:
-        key, sep, value = line.partition(": ")
-        if sep and key in ("URI", "Chain ID", "Nonce", "Expiration Time", "Not Before"):
-            values.setdefault(key, []).append(value.strip())
+    statement: str | None = None
+    rest = lines[3:]
+    if rest and not rest[0].startswith("URI: "):  # the optional statement, then an empty line
+        if len(rest) < 2 or rest[1] != "":
+            raise SignInError("bad_message", "The sign-in message's statement must be one line followed by an "
+                              "empty line; sign exactly the message this server issued.")
+        statement, rest = rest[0], rest[2:]
+    if "Resources:" in rest:  # the last field: a list of "- <URI>" lines
+        at = rest.index("Resources:")
+        if rest.count("Resources:") > 1 or not all(line.startswith("- ") for line in rest[at + 1 :]):
+            raise SignInError("bad_message", "The sign-in message's 'Resources:' must be its last field, "
+                              "followed only by '- <URI>' lines.")
+        rest = rest[:at]
+    values = _field_lines(rest, SIWA_FIELDS, "Sign in with Aptos")
     nonce = _single(values, "Nonce", "Nonce:")
     uri = _single(values, "URI", "URI:")
     if nonce is None or uri is None:
         raise SignInError("bad_message", "The sign-in message needs a 'URI:' and a 'Nonce:' line.")
+    version = _single(values, "Version", "Version:")
+    if version is not None and version != "1":
+        raise SignInError("bad_message", f"The sign-in message's Version is {version!r}; only version 1 is known.")
+    _single(values, "Issued At", "Issued At:")
+    _single(values, "Request ID", "Request ID:")
     parts = urlsplit(uri)
     application = f"{parts.scheme}://{parts.netloc}"
     if parts.netloc != domain:
@@ -207,10 +249,10 @@ def _parse_siwa(message: str) -> _Fields:
             "wrong_origin", f"The sign-in message's domain {domain!r} does not match its URI {uri!r}."
         )
     signed = hashlib.sha3_256(SIWA_DOMAIN_SEPARATOR).digest() + message.encode()
-    window = (_time(_single(values, "Not Before", "Not Before:")), _time(_single(values, "Expiration Time",
-                                                                                "Expiration Time:")))
-    return _Fields("aip116", lines[1].strip(), application, _single(values, "Chain ID", "Chain ID:"), nonce, signed,
-                   window)
+    window = (_time(_single(values, "Not Before", "Not Before:")),
+              _time(_single(values, "Expiration Time", "Expiration Time:")))
+    return _Fields("aip116", lines[1], application, _single(values, "Chain ID", "Chain ID:"), nonce, statement,
+                   signed, window)
 
 
 def _time(value: str | None) -> datetime | None:
@@ -266,12 +308,14 @@ def derived_auth_keys(public_key: ed25519.PublicKey) -> set[bytes]:
 async def verify_sign_in(
     request: SignInRequest,
     store: NonceStore,
-    origin: str,
+    origin: str | None,
     chain_id: int | None,
     now: datetime | None = None,
     auth_key_lookup: AuthKeyLookup | None = None,
 ) -> VerifiedSignIn:
-    """Check a wallet's sign-in response; raises SignInError saying why it is refused."""
+    """Check a wallet's sign-in response against what this server issued; raises SignInError saying
+    why it is refused. `origin` is COTRAIN_PUBLIC_ORIGIN (None: loopback origins only) and
+    `chain_id` the configured chain; neither ever comes from the request."""
     now = now or datetime.now(UTC)
     claimed = normalize_address(request.address)
     public_key = _parse_public_key(request.public_key)
@@ -279,7 +323,7 @@ async def verify_sign_in(
 
     if request.full_message.startswith(AIP62_PREFIX):
         fields = _parse_aip62(request.full_message)
-    elif SIWA_HEADER_SUFFIX + "\n" in request.full_message:
+    elif request.full_message.split("\n", 1)[0].endswith(SIWA_HEADER_SUFFIX):
         fields = _parse_siwa(request.full_message)
     else:
         raise SignInError(
@@ -296,24 +340,14 @@ async def verify_sign_in(
     if not_before is not None and now < not_before:
         raise SignInError("not_yet_valid", "The sign-in message is not valid yet (Not Before is in the future); "
                           "check your computer's clock and sign in again.")
-    if fields.application.rstrip("/") != origin.rstrip("/"):
-        raise SignInError(
-            "wrong_origin",
-            f"The message was signed for {fields.application}, not for this server ({origin}); "
-            f"sign in from {origin}.",
-        )
+    _check_application(fields.application, origin)
     if normalize_address(fields.address) != claimed:
         raise SignInError(
             "wrong_address",
             f"The message was signed for address {fields.address}, but the request is for {claimed}; "
             "sign with the account you are signing in as.",
         )
-    if chain_id is not None and fields.chain is not None and not _chain_matches(fields.chain, chain_id):
-        raise SignInError(
-            "wrong_chain",
-            f"The wallet signed for chain {fields.chain}, but this server uses chain id {chain_id}; "
-            "switch the wallet's network and sign again.",
-        )
+    _check_chain(fields.chain, chain_id)
     challenge = store.get(fields.nonce)
     if challenge is None:
         raise SignInError(
@@ -322,6 +356,12 @@ async def verify_sign_in(
     if challenge.address != claimed:
         raise SignInError(
             "wrong_address", "This nonce was issued for another address; ask for a nonce for your address."
+        )
+    if fields.message != challenge.message:
+        raise SignInError(
+            "wrong_message",
+            "The signed message is not the one this server issued with this nonce; sign exactly the `message` "
+            "returned by /auth/nonce, with nothing added.",
         )
     if not public_key.verify(fields.signed_bytes, signature):
         raise SignInError(
@@ -344,6 +384,43 @@ async def verify_sign_in(
             "unknown_nonce", "The nonce in the message was not issued by this server; ask for a new nonce."
         )
     return VerifiedSignIn(address=claimed, public_key=str(public_key), format=fields.format)
+
+
+def _check_application(application: str, origin: str | None) -> None:
+    """`application` must be the configured public origin exactly; with none, a loopback origin."""
+    if ChainSettings(origin=origin).accepts_application(application):
+        return
+    if origin is not None:
+        raise SignInError(
+            "wrong_origin",
+            f"The message was signed for {_shown(application)}, not for this server ({origin}); "
+            f"sign in from {origin}.",
+        )
+    raise SignInError(
+        "wrong_origin",
+        f"The message was signed for {_shown(application)}, but this server accepts sign-ins from loopback "
+        "addresses only (http://127.0.0.1, localhost, [::1]) because COTRAIN_PUBLIC_ORIGIN is not set; open "
+        "the server on this machine, or ask its operator to set COTRAIN_PUBLIC_ORIGIN.",
+    )
+
+
+def _check_chain(chain: str | None, chain_id: int | None) -> None:
+    if chain_id is None:
+        raise SignInError(
+            "no_chain", "This server has no Aptos chain id configured, so it cannot check which network a "
+            "wallet signed for; its operator must set APTOS_CHAIN_ID (or APTOS_NETWORK).", 503)
+    if chain is None:
+        raise SignInError(
+            "wrong_chain",
+            f"The signed message has no chain id; sign with the chain id included (signMessage({{chainId: true}}), "
+            f"chain {chain_id}).",
+        )
+    if not _chain_matches(chain, chain_id):
+        raise SignInError(
+            "wrong_chain",
+            f"The wallet signed for chain {_shown(chain)}, but this server uses chain id {chain_id}; "
+            "switch the wallet's network and sign again.",
+        )
 
 
 async def _check_key_owns_address(

@@ -2,6 +2,9 @@
 // asks the server for a nonce, has the wallet sign it (AIP-62 signMessage) and sends the signed full message
 // back. On success the server sets the `cotrain_wallet` cookie; the token is also returned.
 // Usage: const me = await cotrainWalletSignIn("/api/v1");   // → {token, address, expiresAt}
+//        await cotrainWalletSignOut("/api/v1");             // revokes the token and clears the cookie
+// The server checks that the wallet signed exactly the issued message and nonce, for its chain and its
+// origin (COTRAIN_PUBLIC_ORIGIN, or loopback), so the address, application and chain id are all asked for.
 (function () {
   function hex(value) {
     if (typeof value === "string") return value;
@@ -39,7 +42,7 @@
       nonce: nonce.nonce,
       address: true,
       application: true,
-      chainId: nonce.chainId !== null && nonce.chainId !== undefined,
+      chainId: true,
     });
     return postJson(apiBase + "/auth/verify", {
       address,
@@ -47,5 +50,11 @@
       fullMessage: signed.fullMessage,
       signature: hex(signed.signature),
     });
+  };
+
+  window.cotrainWalletSignOut = async function (apiBase) {
+    apiBase = apiBase || "/api/v1";
+    const res = await fetch(apiBase + "/auth/logout", { method: "POST", credentials: "same-origin" });
+    if (!res.ok && res.status !== 401) throw new Error(`The server refused to sign out (${res.status}).`);
   };
 })();

@@ -7,11 +7,12 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from cotrain.server.models import ApiToken, RevokedToken
@@ -87,12 +88,14 @@ def principal_hash(principal: str) -> str:
     return "p:" + hashlib.sha256(principal.encode()).hexdigest()[:62]
 
 
-def authenticate(db: Session, token: str) -> Actor | None:
-    """The actor `token` stands for, or None when it is unknown, revoked or expired."""
+def authenticate(db: Session, token: str, resolvers: Sequence[TokenResolver] | None = None) -> Actor | None:
+    """The actor `token` stands for, or None when it is unknown, revoked or expired. `resolvers`
+    (default: the registered ones) lets a package that holds its own key, such as the chain's
+    wallet API, check its tokens here, with the same revocation rules, without registering."""
     row = db.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token), ApiToken.revoked.is_(False)))
     if row is not None:
         return actor_of(row)
-    for resolver in _resolvers:
+    for resolver in _resolvers if resolvers is None else resolvers:
         resolved = resolver(token)
         if resolved is None:
             continue
@@ -117,7 +120,9 @@ def principal_row(db: Session, principal: str) -> ApiToken:
 
 
 def revoke_token_id(db: Session, token_id: str, expires_at: float) -> None:
-    """Sign-out: this one wallet token is refused from now until it would have expired anyway."""
+    """Sign-out: this one wallet token is refused from now until it would have expired anyway.
+    Rows of tokens that have expired since are dropped: expiry refuses those on its own."""
+    db.execute(delete(RevokedToken).where(RevokedToken.expires_at < time.time()))
     if db.get(RevokedToken, token_id) is None:
         db.add(RevokedToken(token_id=token_id, expires_at=expires_at))
 

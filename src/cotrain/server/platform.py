@@ -49,6 +49,7 @@ class Platform:
         resolver = await asyncio.to_thread(self.chain.token_resolver)
         if resolver is not None:
             register_token_resolver(resolver)  # a signed-in wallet can own and start sessions
+            print(_sign_in_notice(), flush=True)  # issue 11: which origins wallets may sign in for
         elif self.chain.error:
             log.warning("no wallet sign-in or rewards on this server: %s", self.chain.error)
         await self.hub.start()
@@ -115,6 +116,16 @@ class Platform:
     def metric_history(self, session_id: str, max_points: int = 500) -> dict[str, Any]:
         with session_scope(self.factory) as db:
             return metric_history(db, session_id, max_points)
+
+
+def _sign_in_notice() -> str:
+    """The start-up line on wallet sign-in's accepted origin (COTRAIN_PUBLIC_ORIGIN, or loopback only)."""
+    from cotrain.chain.settings import ChainConfigError, ChainSettings
+
+    try:
+        return ChainSettings.from_env().sign_in_notice()
+    except ChainConfigError as exc:
+        return f"Wallet sign-in is refused until this is fixed: {exc}"
 
 
 def _log_failure(future: Any) -> None:

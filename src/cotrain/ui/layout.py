@@ -64,14 +64,19 @@ async def frame(active: str) -> Page:
 
 
 async def _sign_in_from_link() -> None:
-    """`/?token=...` (the link `cotrain up` suggests on first start) signs the browser in once;
-    the token is then dropped from the address bar and its history entry."""
-    token = ui.context.client.request.query_params.get("token")
+    """`/?token=...` (the link `cotrain up` suggests on first start) is exchanged once, here on the
+    server, for this browser's sign-in (kept sealed, `cotrain.ui.sealed`). The first thing the page
+    runs, before anything else loads, drops the token from the address bar and from its history
+    entry, and no Referer carries it."""
+    request = ui.context.client.request
+    token = request.query_params.get("token")
     if not token:
         return
+    ui.add_head_html('<meta name="referrer" content="no-referrer">'
+                     "<script>history.replaceState(null, '', location.pathname + location.search"
+                     ".replace(/([?&])token=[^&]*&?/, '$1').replace(/[?&]$/, '') + location.hash)</script>")
     if await run.io_bound(prefs.actor_for, token) is not None:
         prefs.set_token(token)
-    ui.add_body_html("<script>history.replaceState(null, '', location.pathname)</script>")
 
 
 def _language_menu() -> None:

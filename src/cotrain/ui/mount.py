@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from cotrain.ui import sealed
 from cotrain.ui.context import set_app
 from cotrain.ui.theme import FAVICON
 
@@ -43,8 +44,10 @@ def mount(app: FastAPI) -> None:
     home = platform.settings.layout.root
     storage = (home / "ui-storage").resolve()  # per-browser preferences and sign-in, not in the working directory
     storage.mkdir(mode=0o700, parents=True, exist_ok=True)
-    storage.chmod(0o700)  # it holds the API tokens people signed in with
+    storage.chmod(0o700)  # it holds the (sealed) API tokens people signed in with
     Storage.path = storage
+    secret = _storage_secret(home)
+    sealed.set_secret(secret)  # tokens in the storage files are sealed with a key derived from it
 
     from cotrain.ui.api_fallback import add_api_fallback
     from cotrain.ui.pages import register_pages
@@ -56,7 +59,7 @@ def mount(app: FastAPI) -> None:
         app,
         title="CoTrain",
         favicon=FAVICON,
-        storage_secret=_storage_secret(home),
+        storage_secret=secret,
         show_welcome_message=False,
         reconnect_timeout=10.0,
     )

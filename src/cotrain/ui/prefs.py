@@ -1,5 +1,5 @@
 """Per-browser preferences kept in NiceGUI's user storage: language, theme and the API token
-the person signed in with."""
+the person signed in with (sealed: `cotrain.ui.sealed`, never in plain text in the storage file)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from nicegui import app
 
+from cotrain.ui import sealed
 from cotrain.ui.context import platform
 
 if TYPE_CHECKING:
@@ -35,12 +36,21 @@ def set_dark(value: bool) -> None:
 
 
 def token() -> str | None:
-    return app.storage.user.get("token") or None
+    stored = app.storage.user.get("token")
+    if not stored or not isinstance(stored, str):
+        return None
+    if not sealed.is_sealed(stored):  # kept in plain text by an older version: seal it now
+        set_token(stored)
+        return stored
+    value = sealed.unseal(stored)
+    if value is None:  # sealed under another UI secret, or altered: signed out
+        set_token(None)
+    return value
 
 
 def set_token(value: str | None) -> None:
     if value:
-        app.storage.user["token"] = value
+        app.storage.user["token"] = sealed.seal(value)
     else:
         app.storage.user.pop("token", None)
 

@@ -43,12 +43,12 @@ def signin_script() -> str | None:
 
 
 def wallet_of(token: str | None) -> str | None:
-    """The address a wallet token (the `cotrain_wallet` cookie) was issued to, if still valid."""
+    """The address a wallet token (the `cotrain_wallet` cookie) was issued to, while it is valid: not
+    expired, signed out or revoked (the server's `authenticate`, as on the API)."""
     if not token:
         return None
-    from cotrain.chain.tokens import read_token
-
-    return read_token(_chain().ledger.public_key, token)
+    signed = _chain().signed_in(token)
+    return signed.address if signed is not None else None
 
 
 def mine(address: str) -> dict[str, list[dict[str, Any]]]:
