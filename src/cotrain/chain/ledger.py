@@ -2,7 +2,7 @@
 Ed25519 signature over its own hash, so any change to history is detectable.
 
 entry_hash = sha3_256( sha3_256(b"COTRAIN::LedgerEntry") || BCS(seq: u64, kind: str, session_id: str,
-                       body: str, created_at_us: u64, prev_hash: 32 bytes) )
+                       body: str, created_at_us: u64) || prev_hash (32 bytes) )   (cotrain.hashchain)
 signature  = Ed25519(platform key, entry_hash)
 
 Rows in other tables that carry a `ledger_seq` (contributions, reward pools, rewards) are checked against
@@ -13,7 +13,6 @@ hash elsewhere for that).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Iterable
@@ -21,30 +20,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aptos_sdk import ed25519
-from aptos_sdk.bcs import Serializer
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from cotrain.chain.models import ContributionRow, LedgerEntryRow, PayoutRow, RewardPoolRow, RewardRow
+from cotrain.hashchain import GENESIS, canonical_json, link_hash, micros
 
-DOMAIN = hashlib.sha3_256(b"COTRAIN::LedgerEntry").digest()
-GENESIS_PREV = "0" * 64
+__all__ = ["GENESIS_PREV", "Ledger", "VerifyReport", "canonical_json", "entry_hash"]
+
+GENESIS_PREV = GENESIS
 _PG_LOCK_ID = 0x636F7472  # advisory lock serialising appends on PostgreSQL
 
 
-def canonical_json(body: dict[str, Any]) -> str:
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
 def entry_hash(seq: int, kind: str, session_id: str, body: str, created_at: float, prev_hash: str) -> str:
-    ser = Serializer()
-    ser.u64(seq)
-    ser.str(kind)
-    ser.str(session_id)
-    ser.str(body)
-    ser.u64(round(created_at * 1_000_000))
-    ser.fixed_bytes(bytes.fromhex(prev_hash))
-    return hashlib.sha3_256(DOMAIN + ser.output()).hexdigest()
+    return link_hash("LedgerEntry", (seq, kind, session_id, body, micros(created_at)), prev_hash)
 
 
 class Ledger:

@@ -40,6 +40,14 @@ from cotrain.chain.models import PayoutBatchRow, PayoutRow
 BATCH_SIZE = 100
 
 
+def _audit(factory: sessionmaker[Session], action: str, session_id: str, outcome: str = "ok", **detail: Any) -> None:
+    """One audit entry per payout event (after its transaction committed); never stops a payout."""
+    from cotrain.server.audit import SYSTEM, audit_log_for
+
+    audit_log_for(factory).record_safely(action, actor=SYSTEM, role=SYSTEM, target=session_id, outcome=outcome,
+                                         detail=detail)
+
+
 class PayoutError(Exception):
     """Payouts cannot go on; the message says why and what to do. Nothing was paid twice or lost."""
 
@@ -66,6 +74,7 @@ def _due_groups(db: Session, backend: str) -> dict[tuple[str, str], list[PayoutR
 def record_due_locally(factory: sessionmaker[Session], ledger: Ledger) -> PayoutReport:
     """The local backend: one ledger entry per session listing the payouts due."""
     report = PayoutReport()
+    recorded: list[tuple[str, dict[str, Any]]] = []
     with factory.begin() as db:
         for (session_id, asset), rows in _due_groups(db, "local").items():
             now = time.time()
@@ -80,6 +89,10 @@ def record_due_locally(factory: sessionmaker[Session], ledger: Ledger) -> Payout
                 "recipients": [[r.address, r.amount] for r in rows],
             })
             report.recorded_due += len(rows)
+            recorded.append((session_id, {"batch_id": batch.id, "backend": "local", "asset": asset,
+                                          "recipients": len(rows), "amount": sum(r.amount for r in rows)}))
+    for session_id, detail in recorded:
+        _audit(factory, "payout.recorded_due", session_id, **detail)
     return report
 
 
@@ -226,7 +239,11 @@ class AptosPayouts:
             if claimed != len(ids):
                 raise PayoutError("Another payout runner took some of these payouts; run only one runner per "
                                   "treasury account.")
-            return batch.id
+            batch_id = batch.id
+        _audit(self.factory, "payout.pending", session_id, batch_id=batch_id, backend="aptos", asset=asset,
+               recipients=len(group), amount=sum(amount for _, _, amount in group), sequence_number=seq,
+               tx_hash=aptos_tx.transaction_hash(signed), sender=self.sender)
+        return batch_id
 
     async def _settle(self, client: RestClient, batch_id: int, report: PayoutReport) -> None:
         """Bring one pending batch to its final state, or leave it pending (reported) to retry later."""
@@ -335,6 +352,11 @@ class AptosPayouts:
             if not success:
                 report.messages.append(f"Payout transaction {batch.tx_hash} failed on chain ({vm_status}); its payouts "
                                        "are due again.")
+            event = (batch.session_id, {"batch_id": batch.id, "backend": "aptos", "asset": batch.asset,
+                                        "recipients": len(rows), "amount": sum(r.amount for r in rows),
+                                        "tx_hash": batch.tx_hash, "vm_status": vm_status[:200]})
+        _audit(self.factory, "payout.committed" if success else "payout.failed", event[0],
+               "ok" if success else "failed", **event[1])
 
     def _superseded(self, batch_id: int, other_hash: str | None, report: PayoutReport) -> None:
         with self.factory.begin() as db:
@@ -344,5 +366,8 @@ class AptosPayouts:
             batch.vm_status = f"sequence number {batch.sequence_number} was used by {other_hash}"
             for row in db.scalars(select(PayoutRow).where(PayoutRow.batch_id == batch_id)):
                 row.status, row.batch_id = "due", None
+            session_id, seq = batch.session_id, batch.sequence_number
+        _audit(self.factory, "payout.superseded", session_id, "failed", batch_id=batch_id, sequence_number=seq,
+               other_tx_hash=other_hash)
         report.messages.append(f"Another transaction ({other_hash}) used the treasury's sequence number; the payouts "
                                "of that batch are due again. Do not use the treasury account elsewhere.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from cotrain.cli import chain_cmd, config_cmd, core_cmd, p2p_cmd, server_cmd, users_cmd
+from cotrain.cli import audit_cmd, chain_cmd, config_cmd, core_cmd, p2p_cmd, server_cmd, users_cmd
 
 app = typer.Typer(
     name="cotrain",
@@ -15,7 +15,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (config_cmd, core_cmd, server_cmd, p2p_cmd, chain_cmd, users_cmd):
+for module in (config_cmd, core_cmd, server_cmd, p2p_cmd, chain_cmd, users_cmd, audit_cmd):
     module.register(app)
 
 

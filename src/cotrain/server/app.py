@@ -22,8 +22,10 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, DBAPIError
 
 from cotrain.server import log_redaction
+from cotrain.server.api import audit as audit_api  # issue 11: audit log
 from cotrain.server.api import hivemind, models, sessions, system, tokens
 from cotrain.server.api import users as users_api  # issue 11: roles
+from cotrain.server.audit_middleware import AuditMiddleware  # issue 11: audit log
 from cotrain.server.body_limit import BodyLimitMiddleware  # issue 11: limits on input
 from cotrain.server.config_generator import SessionConfigError
 from cotrain.server.errors import ServiceError
@@ -64,9 +66,10 @@ def create_app(platform: Platform | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=platform.settings.max_body_bytes)
     app.state.rate_limiter = RateLimiter.from_settings(platform.settings)
     app.add_middleware(HttpMetricsMiddleware, metrics=app.state.http_metrics)
+    app.add_middleware(AuditMiddleware)  # issue 11: added last (outermost), so it also sees the limits' 413/429
 
     api = APIRouter(prefix="/api/v1")
-    for module in (sessions, hivemind, models, tokens, system, users_api):
+    for module in (sessions, hivemind, models, tokens, system, users_api, audit_api):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(system.router, include_in_schema=False)  # /health and /metrics at the root too

@@ -185,8 +185,8 @@ class SessionLogTail(Base):
 
 class AuditEntry(Base):
     """One state-changing request or security event, append-only and hash-chained: `entry_hash` is
-    sha256 over the previous entry's hash and this entry's canonical JSON (see audit.py), so an
-    edited or deleted row breaks the chain from there on."""
+    the ledger's kind of link (cotrain.hashchain) over this entry's fields and the previous entry's
+    hash, and ids are consecutive (see audit.py), so an edited or deleted row breaks the chain."""
 
     __tablename__ = "audit_log"
 

@@ -20,7 +20,8 @@ NAV = (("sessions", "/", "view_list"), ("models", "/models", "compare"), ("netwo
 
 # Admin pages (issue 11): an entry shows only to actors whose role may do its action; the page
 # itself refuses everyone else too.
-ADMIN_NAV = (("users", "/users", "manage_accounts", Action.USERS_READ),)
+ADMIN_NAV = (("users", "/users", "manage_accounts", Action.USERS_READ),
+             ("audit", "/audit", "fact_check", Action.AUDIT_READ))
 
 
 def nav_items(actor: Actor | None) -> tuple[tuple[str, str, str], ...]:

@@ -2,4 +2,4 @@
 
 
 def register_pages() -> None:
-    from cotrain.ui.pages import models, network, new_session, rewards, session_detail, sessions, users  # noqa: F401
+    from cotrain.ui.pages import audit, models, network, new_session, rewards, session_detail, sessions, users  # noqa: F401

@@ -11,8 +11,8 @@ from cotrain.config.presets import MODEL_FAMILIES, sizes_of
 from cotrain.server.config_generator import SessionConfigError
 from cotrain.server.errors import ServiceError
 from cotrain.server.schemas import DistributedConfigIn
+from cotrain.ui import audit_data, session_form
 from cotrain.ui import format as fmt
-from cotrain.ui import session_form
 from cotrain.ui.context import platform
 from cotrain.ui.i18n import t
 from cotrain.ui.layout import frame, page_title, sign_in_dialog
@@ -159,7 +159,8 @@ async def new_session_page() -> None:
             return
         body = checked.body.model_copy(update={"auto_start": auto_start})
         try:
-            row = await run.io_bound(platform().sessions.create, body, page.actor)
+            row = await run.io_bound(audit_data.audited, page.actor, "session.create", "", audit_data.client_ip(),
+                                     platform().sessions.create, body, page.actor)  # issue 11: audit log
         except SessionConfigError as exc:
             problems.clear()
             with problems:

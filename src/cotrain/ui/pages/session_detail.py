@@ -11,8 +11,8 @@ from nicegui import run, ui
 from cotrain.server.chain_bridge import owner_wallet
 from cotrain.server.errors import NotFound, ServiceError
 from cotrain.server.join_command import join_command
+from cotrain.ui import audit_data, live, model_data, session_view
 from cotrain.ui import format as fmt
-from cotrain.ui import live, model_data, session_view
 from cotrain.ui.components.badges import copyable, set_status, status_badge
 from cotrain.ui.components.charts import LineChart
 from cotrain.ui.context import platform
@@ -325,7 +325,8 @@ class Detail:
             return
         method = getattr(platform().sessions, action)
         try:
-            row = await run.io_bound(method, self.row.id, self.page.actor)
+            row = await run.io_bound(audit_data.audited, self.page.actor, f"session.{action}", self.row.id,
+                                     audit_data.client_ip(), method, self.row.id, self.page.actor)  # issue 11: audit
         except ServiceError as exc:
             ui.notify(str(exc), type="negative", multi_line=True)
             return
