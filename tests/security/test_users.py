@@ -259,3 +259,31 @@ def test_cli_lists_sets_roles_and_revokes_on_the_servers_database(server: Server
         assert refused.returncode == 2, (args, refused.stdout, refused.stderr)
         assert refused.stderr.startswith("error: ") and says in refused.stderr and "Traceback" not in refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+
+
+def test_role_changes_and_revokes_are_in_the_audit_log(server: ServerProcess) -> None:
+    token, wallet = wallet_sign_in(server)
+    admin_id = admin_token_id(server)
+    with server.client() as admin:
+        assert admin.put(f"/users/{wallet.address}/role", json={"role": "maintainer"}).status_code == 200
+        assert admin.put(f"/users/token:{admin_id}/role", json={"role": "member"}).status_code == 409
+    with server.client(token) as member_now_maintainer:
+        assert member_now_maintainer.put(f"/users/{wallet.address}/role", json={"role": "admin"}).status_code == 403
+    assert cli(server, "revoke", wallet.address, "--ban").returncode == 0
+    with server.client() as admin:
+        entries = admin.get("/audit", params={"action": "user.*", "limit": 500}).json()["items"]
+
+    def one(**wanted: str) -> dict:
+        """The newest entry with these values (the only one for this test's fresh wallet)."""
+        found = [e for e in entries if all(e[k] == v for k, v in wanted.items())]
+        assert found and (len(found) == 1 or wanted["target"] != wallet.address), (wanted, found)
+        return found[0]
+
+    promoted = one(action="user.role_set", target=wallet.address, outcome="ok")
+    assert (promoted["actor"], promoted["role"]) == (f"token:{admin_id}", "admin")
+    assert promoted["detail"]["role"] == "maintainer"
+    assert one(action="user.role_set", target=f"token:{admin_id}", outcome="failed")["actor"] == f"token:{admin_id}"
+    refused = one(action="user.role_set", target=wallet.address, outcome="refused")
+    assert (refused["actor"], refused["role"]) == (f"wallet:{wallet.address}", "maintainer")
+    banned = one(action="user.revoke", target=wallet.address, outcome="ok")
+    assert banned["actor"].startswith("cli:") and banned["detail"]["via"] == "cli" and banned["detail"]["ban"] is True

@@ -75,6 +75,10 @@ def test_admin_changes_roles_revokes_and_bans_in_the_users_page(page: Any, serve
     choose(page, f"role-{member.address}", "Maintainer")
     page.get_by_text("is now Maintainer").wait_for()
     assert server.api("GET", f"/users/{member.address}")["role"] == "maintainer"
+    audited = server.api("GET", f"/audit?action=user.role_set&target={member.address}")["items"]
+    admin = f"token:{server.api('GET', '/auth/me')['id']}"
+    assert [(e["actor"], e["outcome"], e["detail"]["via"], e["detail"]["role"]) for e in audited] == [
+        (admin, "ok", "ui", "maintainer")]
 
     # revoke and ban, then lift the ban
     page.get_by_test_id(f"revoke-{banned.address}").click()

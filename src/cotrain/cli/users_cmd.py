@@ -1,6 +1,7 @@
 """`cotrain users list | role | revoke`: the admin's user management, for an operator on the server
 machine. Like `cotrain ledger`, it talks to the server's database directly (DATABASE_URL, else the
-SQLite file under COTRAIN_HOME) through the same service as `/api/v1/users`."""
+SQLite file under COTRAIN_HOME) through the same service as `/api/v1/users`; changes are written
+to the audit log as the operator's ("cli:<login>")."""
 
 from __future__ import annotations
 
@@ -46,13 +47,52 @@ def _checked(fn: Any, *args: Any) -> Any:
         raise UserError(str(exc)) from None
 
 
-def _run(fn: Any, *args: Any) -> Any:
+def _run(fn: Any, *args: Any, audit: tuple[str, str, dict[str, Any]] | None = None) -> Any:
+    """`fn(factory, *args)` on the server's database; with `audit` (action, target, detail) the
+    change is written to the audit log, refused or not (the API's middleware never sees the CLI)."""
     from sqlalchemy.exc import OperationalError
 
     try:
-        return _checked(fn, _factory(), *args)
+        factory = _factory()
     except OperationalError as exc:
         raise UserError(f"The database did not answer ({exc.orig.__class__.__name__}); check DATABASE_URL.") from None
+    try:
+        result = _checked(fn, factory, *args)
+    except UserError as exc:
+        if audit:
+            _audit(factory, audit, "failed", {"reason": str(exc)})
+        raise
+    except OperationalError as exc:
+        raise UserError(f"The database did not answer ({exc.orig.__class__.__name__}); check DATABASE_URL.") from None
+    if audit:
+        _audit(factory, audit, "ok", _done(result))
+    return result
+
+
+def _done(result: Any) -> dict[str, Any]:
+    """The audit detail of a change's result: the user's ref, and its previous role for a role change."""
+    view, before = result if isinstance(result, tuple) else (result, None)
+    done: dict[str, Any] = {"target": view.ref, "revoked": view.revoked}
+    if before is not None:
+        done["previousRole"] = before.value
+    return done
+
+
+def _audit(factory: Any, audit: tuple[str, str, dict[str, Any]], outcome: str, extra: dict[str, Any]) -> None:
+    """One audit entry by the operator ("cli:<login>", role "system"): this command runs on the
+    server machine with the database's own credentials, outside every role."""
+    import getpass
+
+    from cotrain.server.audit import SYSTEM, audit_log_for
+
+    action, target, detail = audit
+    target = extra.pop("target", target)
+    try:
+        login = getpass.getuser()
+    except Exception:
+        login = "unknown"
+    audit_log_for(factory).record_safely(action, actor=f"cli:{login}", role=SYSTEM, target=target, outcome=outcome,
+                                         detail={"via": "cli", **detail, **extra})
 
 
 def _when(ts: float | None) -> str:
@@ -110,7 +150,7 @@ def users_role(
 
     ref = _checked(user_service.parse_ref, user)
     wanted = _checked(user_service.parse_role, role)
-    view, before = _run(user_service.set_role, ref, wanted)
+    view, before = _run(user_service.set_role, ref, wanted, audit=("user.role_set", str(ref), {"role": wanted.value}))
     change = "unchanged" if before is view.role else f"{before.value} → {view.role.value}"
     print(f"{view.ref}: {change}")
 
@@ -127,7 +167,7 @@ def users_revoke(
     from cotrain.server import user_service
 
     ref = _checked(user_service.parse_ref, user)
-    view = _run(user_service.revoke, ref, ban)
+    view = _run(user_service.revoke, ref, ban, audit=("user.revoke", str(ref), {"ban": ban}))
     if view.kind == "token":
         print(f"{view.ref} ({view.name}): revoked")
         return

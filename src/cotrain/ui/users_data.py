@@ -1,11 +1,13 @@
 """The Users page's data and actions, through `cotrain.server.user_service` (the same rules as
 `/api/v1/users`). Every action re-reads who the browser's token belongs to and checks the
-permission table again, so an admin demoted since the page opened cannot act on it. Blocking: DB."""
+permission table again, so an admin demoted since the page opened cannot act on it, and is
+written to the audit log with the same action names as the API's. Blocking: DB."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cotrain.server import user_service
 from cotrain.server.errors import ServiceError
@@ -14,6 +16,9 @@ from cotrain.ui import format as fmt
 from cotrain.ui import prefs
 from cotrain.ui.context import platform
 from cotrain.ui.i18n import t
+
+if TYPE_CHECKING:
+    from cotrain.server.auth import Actor
 
 LIMIT = 500  # the newest users shown; filters narrow the rest
 STATUS_COLORS = {"active": "positive", "banned": "negative", "revoked": "grey-6"}
@@ -62,26 +67,46 @@ def rows_of(views: list[user_service.UserView], me: int | None) -> list[dict[str
     return [row_of(v, me) for v in views]
 
 
-def _as_admin(token: str | None) -> None:
-    require(prefs.actor_for(token), Action.USERS_WRITE)
+def _record(actor: Actor | None, action: str, target: str, outcome: str, client_ip: str,
+            detail: dict[str, Any]) -> None:
+    """The audit entry of a change made here (the API's audit middleware never sees the UI's calls)."""
+    from cotrain.ui import audit_data
+
+    audit_data.record(actor, action, target, outcome, client_ip, detail)
 
 
-def set_role(token: str | None, ref: str, role: str) -> Outcome:
+def _change(token: str | None, action: str, ref: str, client_ip: str, detail: dict[str, Any],
+            change: Callable[[], tuple[user_service.UserView, dict[str, Any]]]) -> Outcome:
+    """Re-check that the browser's token is still an admin's, make the change, and audit it either way."""
+    actor = prefs.actor_for(token)
     try:
-        _as_admin(token)
-        view, _ = user_service.set_role(platform().factory, ref, role)
-    except (ServiceError, PermissionDenied) as exc:
+        require(actor, Action.USERS_WRITE)
+    except PermissionDenied as exc:
+        _record(actor, action, ref, "refused", client_ip, {**detail, "reason": str(exc)})
         return Outcome(None, str(exc))
+    try:
+        view, done = change()
+    except ServiceError as exc:
+        _record(actor, action, ref, "failed", client_ip, {**detail, "reason": str(exc)})
+        return Outcome(None, str(exc))
+    _record(actor, action, view.ref, "ok", client_ip, {**detail, **done})
     return Outcome(view, "")
 
 
-def revoke(token: str | None, ref: str, ban: bool | None) -> Outcome:
-    try:
-        _as_admin(token)
+def set_role(token: str | None, ref: str, role: str, client_ip: str = "") -> Outcome:
+    def change() -> tuple[user_service.UserView, dict[str, Any]]:
+        view, before = user_service.set_role(platform().factory, ref, role)
+        return view, {"previousRole": before.value}
+
+    return _change(token, "user.role_set", ref, client_ip, {"role": role}, change)
+
+
+def revoke(token: str | None, ref: str, ban: bool | None, client_ip: str = "") -> Outcome:
+    def change() -> tuple[user_service.UserView, dict[str, Any]]:
         view = user_service.revoke(platform().factory, ref, ban)
-    except (ServiceError, PermissionDenied) as exc:
-        return Outcome(None, str(exc))
-    return Outcome(view, "")
+        return view, {"revoked": view.revoked}
+
+    return _change(token, "user.revoke", ref, client_ip, {"ban": ban}, change)
 
 
 def done_message(view: user_service.UserView, action: str, ban: bool | None = None) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 from nicegui import run, ui
 
 from cotrain.server.permissions import Action, allowed
-from cotrain.ui import prefs, users_data
+from cotrain.ui import audit_data, prefs, users_data
 from cotrain.ui.components.tables import localized
 from cotrain.ui.i18n import t
 from cotrain.ui.layout import empty_state, frame, page_title, sign_in_dialog
@@ -63,6 +63,7 @@ async def users_page() -> None:
     page = await frame("users")
     ui.add_css(".ct-users tbody tr { cursor: default; }")  # rows are not links here
     token = prefs.token()
+    client_ip = audit_data.client_ip()
     with page.body:
         page_title(t("users.title"), t("users.subtitle"))
         if not allowed(page.actor, Action.USERS_READ):
@@ -111,11 +112,11 @@ async def users_page() -> None:
         await refresh()  # also puts a refused role selector back
 
     async def on_role(e: Any) -> None:
-        outcome = await run.io_bound(users_data.set_role, token, e.args["ref"], e.args["role"])
+        outcome = await run.io_bound(users_data.set_role, token, e.args["ref"], e.args["role"], client_ip)
         await done(outcome, "role")
 
     async def on_unban(e: Any) -> None:
-        await done(await run.io_bound(users_data.revoke, token, e.args["ref"], False), "revoke", False)
+        await done(await run.io_bound(users_data.revoke, token, e.args["ref"], False, client_ip), "revoke", False)
 
     def on_revoke(e: Any) -> None:
         row = e.args
@@ -128,7 +129,7 @@ async def users_page() -> None:
             async def confirm() -> None:
                 dialog.close()
                 wanted = True if ban is not None and ban.value else None
-                await done(await run.io_bound(users_data.revoke, token, row["ref"], wanted), "revoke", wanted)
+                await done(await run.io_bound(users_data.revoke, token, row["ref"], wanted, client_ip), "revoke", wanted)
 
             with ui.row().classes("w-full justify-end gap-2"):
                 ui.button(t("common.cancel"), on_click=dialog.close).props("flat no-caps")
