@@ -39,13 +39,14 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from cotrain.server.audit import audit_log_for
 from cotrain.server.auth import Actor, authenticate
 from cotrain.server.db import session_scope
 from cotrain.server.errors import NotFound
 from cotrain.server.fanout import ALL_SESSIONS, Subscriber
 from cotrain.server.messages import messages_after, messages_for_all, shown_to
 from cotrain.server.models import TrainingSession
-from cotrain.server.permissions import Action, allowed, can_read_session
+from cotrain.server.permissions import Action, allowed, can_read_session, role_of
 from cotrain.server.rate_limits import Limit, client_ip, limiter_of
 
 router = APIRouter()
@@ -111,6 +112,7 @@ async def websocket(ws: WebSocket, token: str | None = None) -> None:
                 refused = await _subscribe_refused(ws, platform, sub, session_id)  # issue 11: limits
                 if refused is not None:
                     sub.queue.put_nowait(_control("error", sessionId=session_id, **refused))
+                    await _audit_refused(ws, platform, sub, session_id, refused["message"])
                     continue
                 # the control item goes first, so live messages queued from now on follow the replay
                 sub.queue.put_nowait(_control("subscribe", sessionId=session_id, after=after))
@@ -168,6 +170,11 @@ async def _handle_control(ws: WebSocket, sub: Subscriber, platform: Any, item: d
             return
         try:
             latest, replay = await asyncio.to_thread(_replay, platform, session_id, after, sub)
+        except HiddenSession as exc:  # exists, but the read rule says no: the same answer, and an audit row
+            sub.sessions.discard(session_id)
+            await ws.send_text(_message("error", sessionId=session_id, message=str(exc)))
+            await _audit_refused(ws, platform, sub, session_id, "the read rule hides this session")
+            return
         except NotFound as exc:
             sub.sessions.discard(session_id)
             await ws.send_text(_message("error", sessionId=session_id, message=str(exc)))
@@ -234,6 +241,16 @@ async def _subscribe_refused(ws: WebSocket, platform: Any, sub: Subscriber, sess
     return None
 
 
+async def _audit_refused(ws: WebSocket, platform: Any, sub: Subscriber, session_id: str, reason: str) -> None:
+    """A refused subscribe is a security event like a refused request (the audit middleware sees
+    only HTTP): one audit row, written off the event loop, never failing the connection."""
+    audit = audit_log_for(platform.engine)
+    await asyncio.to_thread(
+        audit.record_safely, "live.subscribe", actor=sub.actor.label if sub.actor else "anonymous",
+        role=role_of(sub.actor).value, target=session_id, outcome="refused", client_ip=client_ip(ws),
+        detail={"reason": reason})
+
+
 def _parse_after(session_id: str, after: Any) -> int | AllAfter | None:
     """`after` as sent with a subscribe; ValueError with the sentence to show otherwise."""
     if after is None:
@@ -275,11 +292,16 @@ def _authenticate(platform: Any, token: str) -> Actor | None:
         return authenticate(db, token)
 
 
+class HiddenSession(NotFound):
+    """A session that exists but that the subscriber may not read (told apart only for the audit log)."""
+
+
 def _replay(platform: Any, session_id: str, after: int | None, sub: Subscriber) -> tuple[int, list[dict[str, Any]]]:
     with session_scope(platform.factory) as db:
         row = db.get(TrainingSession, session_id)
         if row is None or not _readable(sub, row):
-            raise NotFound(f"No session {session_id!r} to subscribe to. List sessions with GET /api/v1/sessions.")
+            error = NotFound if row is None else HiddenSession
+            raise error(f"No session {session_id!r} to subscribe to. List sessions with GET /api/v1/sessions.")
         replay = messages_after(db, session_id, after, MAX_REPLAY_MESSAGES) if after is not None else []
         return row.message_seq, shown_to(sub.actor, row.owner_id, replay)
 
