@@ -50,7 +50,8 @@ def _link_actor(platform: Platform, request: Request) -> Actor | None:
                             "open the page again for a fresh link.")
     with session_scope(platform.factory) as db:
         row = db.get(ApiToken, actor_id)
-        if row is None or row.revoked:
+        issued = expires - signed_urls.DEFAULT_TTL_S  # links made before an admin's revoke die with it
+        if row is None or row.revoked or (row.tokens_valid_after is not None and issued < row.tokens_valid_after):
             raise HTTPException(status.HTTP_403_FORBIDDEN, "The user this link was made for is no longer "
                                 "signed in; open the page again.")
         return actor_of(row)
