@@ -49,8 +49,10 @@ from cotrain.chain.signin import (
     verify_sign_in,
 )
 from cotrain.chain.tokens import TokenClaims, issue_token, read_claims
+from cotrain.server.api.deps import SessionId
 from cotrain.server.auth import Actor, ResolvedToken, authenticate, revoke_token_id
 from cotrain.server.permissions import Action, PermissionDenied, permit, require
+from cotrain.server.rate_limits import Limit, rate_limit
 
 COOKIE = "cotrain_wallet"
 WALLET_PRINCIPAL = "wallet:"  # the api_tokens name of a signed-in wallet, as the server's chain bridge names it
@@ -251,7 +253,8 @@ def _sign_in_failed(exc: SignInError) -> HTTPException:
 
 
 @router.post("/auth/nonce", response_model=NonceResponse, summary="A one-time sign-in nonce (valid 5 minutes)",
-             dependencies=[Depends(permit(Action.SIGN_IN))])
+             dependencies=[Depends(rate_limit(Limit.SIGN_IN)),  # issue 11: 429 with Retry-After
+                           Depends(permit(Action.SIGN_IN))])
 def auth_nonce(body: NonceRequest, request: Request, ctx: ChainDep) -> NonceResponse:
     try:
         challenge = issue_challenge(ctx.nonces, body.address, application_of(request, ctx), ctx.settings.chain_id,
@@ -263,7 +266,8 @@ def auth_nonce(body: NonceRequest, request: Request, ctx: ChainDep) -> NonceResp
 
 
 @router.post("/auth/verify", response_model=VerifyResponse, summary="Sign in with a wallet signature",
-             dependencies=[Depends(permit(Action.SIGN_IN))],
+             dependencies=[Depends(rate_limit(Limit.SIGN_IN)),  # issue 11: 429 with Retry-After
+                           Depends(permit(Action.SIGN_IN))],
              responses={401: {"description": "Refused: replay, wrong origin, wrong key, expired nonce, ..."}})
 async def auth_verify(body: VerifyRequest, request: Request, response: Response, ctx: ChainDep) -> VerifyResponse:
     try:
@@ -317,8 +321,11 @@ def my_rewards(address: WalletDep, ctx: ChainDep) -> list[RewardOut]:
 
 
 @router.get("/rewards/sessions/{session_id}", response_model=SessionRewards,
-            summary="A session's contributors, rewards and payout status")
-def session_rewards(session_id: str, ctx: ChainDep) -> SessionRewards:
+            summary="A session's contributors, rewards and payout status", openapi_extra={"security": [{}]})
+def session_rewards(session_id: SessionId, request: Request, ctx: ChainDep,
+                    actor: Annotated[Actor | None, Depends(permit(Action.SESSION_READ))]) -> SessionRewards:
+    """Follows the session's read rule: a private session's rewards answer 404 to everyone else."""
+    request.app.state.platform.sessions.get(session_id, actor)
     with ctx.factory() as db:
         return SessionRewards(
             session_id=session_id,
@@ -328,7 +335,7 @@ def session_rewards(session_id: str, ctx: ChainDep) -> SessionRewards:
 
 
 @router.post("/rewards/bindings", response_model=BindingOut, status_code=status.HTTP_201_CREATED,
-             summary="Bind a session's peer to a wallet")
+             summary="Bind a session's peer to a wallet", dependencies=[Depends(permit(Action.PEER_BIND))])
 def bind(body: BindingRequest, request: Request, ctx: ChainDep,
          credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> BindingOut:
     try:
