@@ -20,6 +20,7 @@ from cotrain.chain.settings import ChainSettings
 from cotrain.paths import Layout
 from cotrain.server.app import include_extra_routers
 from cotrain.server.db import Base
+from cotrain.server.models import TrainingSession
 from cotrain.server.platform import Platform
 from cotrain.server.settings import Settings
 from tests.conftest import free_port
@@ -63,6 +64,12 @@ def api(db_factory, tmp_path):
     app.state.platform.engine.dispose()
 
 
+def public_session(session_id: str) -> TrainingSession:
+    return TrainingSession(id=session_id, name=session_id, public=True, status="completed", request={},
+                           config_path="", config_toml="", model_type="llama2", model_size="debug",
+                           strategy="diloco")
+
+
 def sign_in(client, origin, wallet, chain_id=2):
     nonce = client.post("/auth/nonce", json={"address": wallet.address}).json()
     assert nonce["application"] == origin and nonce["chainId"] == 2
@@ -76,6 +83,7 @@ def test_sign_in_then_my_contributions_and_rewards(api):
     client, ctx, origin = api.client, api.ctx, api.origin
     wallet, other = Wallet.create(), Wallet.create()
     with ctx.factory.begin() as db:
+        db.add(public_session("s1"))  # a session's rewards follow its read rule: it must exist and be public
         set_reward_pool(db, ctx.ledger, "s1", 1000, "APT")
         settle_session(db, ctx.ledger, "s1", [Rec("p1", wallet.address, 100), Rec("p2", other.address, 300),
                                               Rec("p3", other.address, 10, device="cpu", tokens_per_second=10**7)],
