@@ -132,7 +132,16 @@ def enable_activation_checkpointing(module: nn.Module) -> None:
     """Keep only each transformer layer's input in the forward pass and recompute the rest in the
     backward pass. Non-reentrant checkpointing: it needs no input that requires grad, and
     torch.compile traces it."""
-    module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    enable = getattr(module, "activation_checkpointing_enable", None)  # transformers' newer name
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        module.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def uses_activation_checkpointing(module: nn.Module) -> bool:
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in module.modules())
 
 
 def compile_model(module: nn.Module) -> nn.Module:

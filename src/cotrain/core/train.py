@@ -36,7 +36,14 @@ from cotrain.core.data import prepare_dataset
 from cotrain.core.events import EventWriter
 from cotrain.core.export import export_final_model
 from cotrain.core.metrics import gpu_utilization, memory_bytes, peak_flops
-from cotrain.core.models import ModelLoadError, build_model, describe
+from cotrain.core.models import (
+    ModelLoadError,
+    build_model,
+    compile_model,
+    describe,
+    enable_activation_checkpointing,
+    is_masked_lm,
+)
 from cotrain.core.optim import build_optimizer, lr_at, set_lr
 from cotrain.core.path_guard import check_config_paths
 from cotrain.core.strategies import make_strategy
@@ -146,10 +153,7 @@ class Trainer:
         self.resume_from = self._find_resume_point()
         if self.resume_from is not None:
             ckpt.load_model_weights(self.resume_from.path, model)
-        self.model = strategy.wrap_model(model.to(self.device))
-        self.optimizer = build_optimizer(self.model, cfg.train)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.model.precision == "fp16")
-        self.autocast_dtype = AUTOCAST_DTYPES.get(cfg.model.precision)
+        self.install_model(model)
 
         causal = not self.masked_lm
         self.train_samples = TokenSamples(self.data.shards("train"), cfg.data.seq_length, causal)
@@ -164,6 +168,26 @@ class Trainer:
         if self.resume_from is not None:
             self._restore(self.resume_from)
         self.peak_flops = peak_flops(self.device, cfg.model.precision) if strategy.is_main else 0.0
+
+    def install_model(self, model: torch.nn.Module) -> None:
+        """Put `model` (weights loaded) to train: the speed options, the device, the strategy's
+        wrapper, then the optimizer. torch.compile comes last so it traces the wrapped model
+        (DDP's bucketed all-reduce, FSDP's hooks) and compiles in place: parameter names,
+        checkpoints and the exported model stay the same."""
+        cfg = self.config
+        if cfg.train.activation_checkpointing:
+            enable_activation_checkpointing(model)
+        self.model = self.strategy.wrap_model(model.to(self.device))
+        if cfg.train.compile:
+            compile_model(self.model)
+        self.optimizer = build_optimizer(self.model, cfg.train)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.model.precision == "fp16")
+        self.autocast_dtype = AUTOCAST_DTYPES.get(cfg.model.precision)
+        # a causal LM would otherwise fill a KV cache in every training forward, for nothing
+        self.forward_kwargs = {} if is_masked_lm(model) else {"use_cache": False}
+        # compiled, the fp32 cast and log-softmax fuse into one pass over the logits (batch × seq ×
+        # vocab: the largest tensor of a small model) instead of writing fp32 copies of them
+        self.cross_entropy = torch.compile(token_cross_entropy) if cfg.train.compile else token_cross_entropy
 
     def _prepare_data(self):
         cfg = self.config
@@ -212,9 +236,8 @@ class Trainer:
 
     def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with self._autocast():
-            logits = self.model(input_ids=inputs).logits
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
-        return loss, logits
+            logits = self.model(input_ids=inputs, **self.forward_kwargs).logits
+        return self.cross_entropy(logits, targets), logits
 
     def train_step(self, step: int, measure_accuracy: bool) -> StepResult:
         cfg, model, strategy = self.config, self.model, self.strategy
@@ -423,6 +446,11 @@ class Trainer:
         self.strategy.barrier()
         self.emit("completed", step=step, final_model_path=str(out_dir), tokens_seen=self.tokens_seen, **final)
         return 0
+
+
+def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross entropy in fp32 over positions whose target is not -100."""
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
 
 
 def token_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
