@@ -283,6 +283,8 @@ def main() -> None:
     parser.add_argument("--activation-checkpointing", action="store_true")
     parser.add_argument("--vocab", type=int, default=512, help="vocabulary of the debug model (default 512)")
     parser.add_argument("--size-timeout", type=float, default=600, help="seconds per size before it is abandoned")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="seconds for all sizes together: a size gets what the ones before it left")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"default {RESULTS.relative_to(HERE.parent)}")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -303,16 +305,18 @@ def main() -> None:
         parser.error(f"unknown size(s) {unknown}; choose from {', '.join(DEFAULT_BATCH)}")
 
     result: dict = {"bench": "mfu", "quick": args.quick, "rows": []}
+    deadline = time.monotonic() + args.time_budget if args.time_budget else float("inf")
     for size in sizes:
-        print(f"{size}: measuring ...", flush=True)
+        timeout = min(args.size_timeout, deadline - time.monotonic())
+        print(f"{size}: measuring (at most {timeout:.0f} s) ...", flush=True)
         with tempfile.TemporaryDirectory(prefix="cotrain-mfu-") as tmp:
             out = Path(tmp) / "row.json"
             try:
-                proc = subprocess.run(child_command(size, out, args), timeout=args.size_timeout)
+                proc = subprocess.run(child_command(size, out, args), timeout=max(timeout, 1))
                 row = json.loads(out.read_text()) if proc.returncode == 0 and out.exists() else {
                     "size": size, "error": f"exit code {proc.returncode} (see the output above)"}
             except subprocess.TimeoutExpired:
-                row = {"size": size, "error": f"no result within --size-timeout {args.size_timeout:.0f} s"}
+                row = {"size": size, "error": f"no result within {timeout:.0f} s (--size-timeout / --time-budget)"}
         result["rows"].append(row)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
