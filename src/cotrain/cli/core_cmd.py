@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cotrain.cli.errors import friendly_errors
+from cotrain.cli.errors import fail, friendly_errors
 
 data_app = typer.Typer(help="Prepare training data.", no_args_is_help=True)
 models_app = typer.Typer(help="Model presets and trained models.", no_args_is_help=True)
@@ -33,7 +33,7 @@ def train(file: Path = typer.Argument(..., help="A CoTrain TOML config."), set_:
 def prepare(
     file: Path | None = typer.Argument(None, help="A config whose [data] section says what to prepare."),
     data_path: str | None = typer.Option(None, help="Raw .txt/.jsonl/.parquet file or folder."),
-    dataset: str | None = typer.Option(None, help='A built-in corpus: "stdlib".'),
+    dataset: str | None = typer.Option(None, help='"stdlib", or a Hugging Face dataset on this machine: "hf:NAME[:CONFIG]", "hf:/path".'),
     tokenizer: str | None = typer.Option(None, help='"train" or a local tokenizer.json / directory.'),
     vocab_size: int | None = typer.Option(None, help="Vocabulary of a trained tokenizer."),
     max_bytes: int | None = typer.Option(None, help="Use at most this many bytes of raw text."),
@@ -41,6 +41,7 @@ def prepare(
 ) -> None:
     """Tokenize and pack a corpus into memory-mapped shards (does nothing if already prepared)."""
     from cotrain.config import load_config
+    from cotrain.core.corpus import DataSourceError
     from cotrain.core.data import prepare_dataset
     from cotrain.paths import Layout
 
@@ -49,7 +50,11 @@ def prepare(
     if file is None and not data_path and not dataset:
         extra["data"]["dataset"] = "stdlib"
     config = load_config(file, overrides=set_, data=extra)
-    prepared = prepare_dataset(config.data, Layout.from_env().ensure(), model_path=config.model.path, seed=config.train.seed)
+    try:
+        prepared = prepare_dataset(config.data, Layout.from_env().ensure(), model_path=config.model.path,
+                                   seed=config.train.seed)
+    except DataSourceError as exc:  # missing data, a wrong column: one sentence, no traceback
+        raise fail(str(exc)) from None
     splits = prepared.meta["splits"]
     typer.echo(
         f"prepared {prepared.root}\n"

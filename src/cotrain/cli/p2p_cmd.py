@@ -128,11 +128,13 @@ def _check_dropped(session: str, dropped: list[str], overrides: list[str]) -> No
                f"server (paths on this machine, its wallet and addresses are yours to set): {', '.join(dropped)}",
                err=True)
     named = {item.partition("=")[0].strip() for item in overrides}
-    if "data.data_path" in dropped and not named & {"data.data_path", "data.dataset"}:
+    read_from = [key for key in ("data.data_path", "data.dataset") if key in dropped]  # "hf:/path" is a path too
+    if read_from and not named & {"data.data_path", "data.dataset"}:
         raise UserError(
-            f"Session {session} trains on files on the server's machine (data.data_path), and a server cannot "
+            f"Session {session} trains on files on the server's machine ({read_from[0]}), and a server cannot "
             "choose paths on yours: put a copy of the same data on this machine and pass "
-            "--set data.data_path=PATH, or --config with your own copy of the session's config."
+            "--set data.data_path=PATH (or --set data.dataset=hf:/PATH for a save_to_disk folder), or --config "
+            "with your own copy of the session's config."
         )
 
 

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
+from cotrain.config.hf_spec import FORMS, is_hf, parse_hf
 from cotrain.config.presets import PRESETS, sizes_of
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -156,7 +157,16 @@ class DataConfig(Section):
     )
     dataset: str | None = Field(
         None,
-        description='A built-in corpus instead of data_path: "stdlib" (the Python standard library sources).',
+        description='Instead of data_path: "stdlib" (the Python standard library sources), "hf:NAME[:CONFIG]" '
+        '(a dataset in the local Hugging Face cache, never downloaded) or "hf:/path" (a save_to_disk folder).',
+    )
+    split: str = Field(
+        "train", min_length=1, pattern=r"^[^\x00]*$",
+        description='The split of an hf: dataset to read, e.g. "train" or "train[:10%]" (val_fraction is held out of it).',
+    )
+    text_column: str = Field(
+        "text", min_length=1, pattern=r"^[^\x00]*$",
+        description="The column (hf: datasets, .parquet) or field (.jsonl) holding the text.",
     )
     max_bytes: PositiveInt | None = Field(None, description="Use at most this many bytes of raw text.")
     tokenizer: str = Field(
@@ -246,9 +256,15 @@ class CotrainConfig(Section):
                 ("data.dataset", data.dataset, "unset when data.data_path is set (choose one source)")
             )
         if data.dataset is not None and data.dataset != "stdlib":
-            problems.append(
-                ("data.dataset", data.dataset, '"stdlib", or point data.data_path at local files')
-            )
+            if not is_hf(data.dataset):
+                problems.append(
+                    ("data.dataset", data.dataset, f'"stdlib", {FORMS}, or point data.data_path at local files')
+                )
+            else:
+                try:
+                    parse_hf(data.dataset)
+                except ValueError as exc:
+                    problems.append(("data.dataset", data.dataset, str(exc)))
 
         if problems:
             raise CrossFieldError(problems)

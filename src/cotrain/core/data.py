@@ -24,8 +24,10 @@ from typing import Any
 import numpy as np
 
 from cotrain.config import DataConfig
+from cotrain.config.hf_spec import is_hf
 from cotrain.core.corpus import DataSourceError, RawSource, file_source, stdlib_source
 from cotrain.core.events import write_json_atomic
+from cotrain.core.hf_datasets import HFSource
 from cotrain.paths import Layout
 
 FORMAT_VERSION = 1
@@ -94,12 +96,14 @@ class PreparedData:
         return int(self.meta["vocab_size"])
 
 
-def resolve_source(data: DataConfig) -> RawSource:
+def resolve_source(data: DataConfig) -> RawSource | HFSource:
     if data.data_path:
         return file_source(data.data_path)
     if data.dataset in (None, "stdlib"):
         return stdlib_source(data.max_bytes)
-    raise DataSourceError(f'unknown data.dataset {data.dataset!r}; use "stdlib" or set data.data_path')
+    if is_hf(data.dataset):
+        return HFSource(data)  # a Hugging Face dataset already on this machine (cotrain.core.hf_datasets)
+    raise DataSourceError(f'unknown data.dataset {data.dataset!r}; use "stdlib", "hf:NAME" or set data.data_path')
 
 
 def find_prepared(data_path: str | None) -> PreparedData | None:
@@ -134,6 +138,8 @@ def dataset_key(source_hash: str, data: DataConfig, tokenizer_id: str, model_pat
         "val_fraction": data.val_fraction,
         "model_path": model_path if tokenizer_id == "train" else None,
     }
+    if data.text_column != "text":  # only then, so the keys of data prepared before it existed stay valid
+        parts["text_column"] = data.text_column
     return hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
@@ -184,9 +190,12 @@ def _path_fingerprint(path: Path) -> str:
     return hashlib.blake2b(target.read_bytes(), digest_size=8).hexdigest()
 
 
-def _load_documents(source: RawSource, cache_dir: Path):
-    """All documents as a `datasets.Dataset` with one `text` column."""
+def _load_documents(source: RawSource | HFSource, cache_dir: Path, column: str = "text"):
+    """All documents as a `datasets.Dataset` with one `text` column (`column` of .jsonl/.parquet)."""
     import datasets
+
+    if isinstance(source, HFSource):
+        return source.documents(cache_dir)
 
     by_kind: dict[str, list[str]] = {}
     for path in source.files:
@@ -196,16 +205,19 @@ def _load_documents(source: RawSource, cache_dir: Path):
     for kind, files in by_kind.items():
         kwargs: dict[str, Any] = {"sample_by": "document"} if kind == "text" else {}
         ds = datasets.load_dataset(kind, data_files=files, split="train", cache_dir=str(cache_dir), **kwargs)
-        if "text" not in ds.column_names:
-            raise DataSourceError(f"{files[0]}: records need a \"text\" field (found {ds.column_names})")
-        parts.append(ds.select_columns(["text"]))
+        wanted = "text" if kind == "text" else column
+        if wanted not in ds.column_names:
+            raise DataSourceError(f"{files[0]}: records need a \"{wanted}\" field (found {ds.column_names}); "
+                                  "set data.text_column to the field holding the text")
+        ds = ds.select_columns([wanted])
+        parts.append(ds.rename_column(wanted, "text") if wanted != "text" else ds)
     return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
-def _build(source: RawSource, data: DataConfig, tokenizer_spec: str, key: str, out: Path, seed: int) -> dict[str, Any]:
+def _build(source: RawSource | HFSource, data: DataConfig, tokenizer_spec: str, key: str, out: Path, seed: int) -> dict[str, Any]:
     from cotrain.core.tokenizer import eos_id, load_tokenizer, train_bpe
 
-    docs = _load_documents(source, out / ".cache")
+    docs = _load_documents(source, out / ".cache", data.text_column)
     if data.max_bytes is not None:
         docs = docs.select(range(_docs_within(docs, data.max_bytes)))
     if len(docs) < 2 and data.val_fraction > 0:
@@ -247,6 +259,8 @@ def _build(source: RawSource, data: DataConfig, tokenizer_spec: str, key: str, o
         "val_document_indices": val_ids,
         "files": [str(p) for p in source.files],
     }
+    if isinstance(source, HFSource):
+        detail["dataset"], detail["split"], detail["text_column"] = source.name, data.split, data.text_column
     return {
         "key": key,
         "format": FORMAT_VERSION,
@@ -260,11 +274,14 @@ def _build(source: RawSource, data: DataConfig, tokenizer_spec: str, key: str, o
 
 
 def _docs_within(docs, max_bytes: int) -> int:
-    total = 0
-    for i, text in enumerate(docs["text"]):
-        total += len(text.encode())
-        if total >= max_bytes:
-            return i + 1
+    """Documents up to the one that reaches max_bytes, read in batches (never the whole column)."""
+    total = count = 0
+    for batch in docs.iter(batch_size=1000):
+        for text in batch["text"]:
+            total += len(text.encode())
+            count += 1
+            if total >= max_bytes:
+                return count
     return len(docs)
 
 

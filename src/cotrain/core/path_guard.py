@@ -17,6 +17,8 @@ When the check applies:
 
 What is checked (after `~`, `..` and symlinks are resolved, against resolved roots):
 - `data.data_path` inside a data root, and no symlink below it (when it is a folder) leading out;
+  the same for the save_to_disk folder of `data.dataset = "hf:/path"` (cotrain.config.hf_spec; a
+  dataset named `hf:NAME` is read from this machine's own Hugging Face cache, which its operator set);
 - `model.path`, a `data.tokenizer` path and a `checkpoint.resume` directory inside a data root or
   `COTRAIN_HOME/models` (where checkpoints and final models live);
 - `checkpoint.output_path` (written to) inside `COTRAIN_HOME/models`.
@@ -31,6 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from cotrain.config import ConfigError, CotrainConfig
+from cotrain.config.hf_spec import hf_path
 from cotrain.data_roots import ENV, data_roots, escaping_links, resolve, show_roots, unique, within
 
 ENFORCE_ENV = "COTRAIN_ENFORCE_DATA_ROOTS"
@@ -79,12 +82,13 @@ def check_config_paths(config: CotrainConfig, environ: Mapping[str, str] | None 
                         f"inside {'one of them' if len(allowed) > 1 else 'it'}, or {how}.")
         return None
 
-    data_path = check("data.data_path", config.data.data_path, roots, "the data roots")
-    if data_path is not None and data_path.is_dir():
-        for link, target in escaping_links(data_path, roots)[:3]:
-            problems.append(f"data.data_path {config.data.data_path!r} holds the symlink {link}, which leads to "
-                            f"{target}, outside the data roots of this machine ({show_roots(roots)}): remove the "
-                            f"link or copy the file into a data root, or {WIDEN}.")
+    for key, value in (("data.data_path", config.data.data_path), ("data.dataset", hf_path(config.data.dataset))):
+        folder = check(key, value, roots, "the data roots")
+        if folder is not None and folder.is_dir():
+            for link, target in escaping_links(folder, roots)[:3]:
+                problems.append(f"{key} {value!r} holds the symlink {link}, which leads to {target}, outside the "
+                                f"data roots of this machine ({show_roots(roots)}): remove the link or copy the file "
+                                f"into a data root, or {WIDEN}.")
     readable = unique([*roots, *models])
     check("model.path", config.model.path, readable, "the data roots and models folder")
     if config.data.tokenizer != "train":

@@ -7,8 +7,8 @@ becomes a `JoinError` whose message says what to do; no HTTP error reaches the u
 A volunteer trusts the server with what to train, never with where on the volunteer's machine to
 read or write: `volunteer_config` keeps only the keys of `VOLUNTEER_KEYS` (an allow-list: the
 model, the training settings, the data by name, the DiLoCo settings) and drops everything else,
-paths first (`model.path`, `data.data_path`, a tokenizer path, `checkpoint.output_path`,
-`checkpoint.resume`), but also the server's wallet and listen addresses, and any key this version
+paths first (`model.path`, `data.data_path`, a `data.dataset = "hf:/path"` folder, a tokenizer
+path, `checkpoint.output_path`, `checkpoint.resume`), but also the server's wallet and listen addresses, and any key this version
 does not know; `cotrain join` names what it dropped in a warning line.
 """
 
@@ -20,6 +20,8 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+
+from cotrain.config.hf_spec import hf_path
 
 
 class JoinError(Exception):
@@ -114,7 +116,9 @@ VOLUNTEER_KEYS: dict[str, Any] = {
         "diloco": dict.fromkeys(_DILOCO_KEYS, True),
     },
     "data": {
-        **dict.fromkeys(("dataset", "seq_length", "max_bytes", "vocab_size", "val_fraction", "mlm_probability"), True),
+        **dict.fromkeys(("seq_length", "max_bytes", "vocab_size", "val_fraction", "mlm_probability", "split",
+                         "text_column"), True),
+        "dataset": lambda value: hf_path(value) is None,  # "stdlib", "hf:NAME": names; "hf:/path" is a path
         "tokenizer": lambda value: value == "train",  # a BPE trained on the corpus, not a path
     },
     "checkpoint": dict.fromkeys(("interval", "keep"), True),

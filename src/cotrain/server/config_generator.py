@@ -33,6 +33,8 @@ FIELD_MAP: dict[tuple[str, str], str] = {
     ("distributedConfig", "compression"): "distributed.diloco.compression",
     ("dataConfig", "dataset"): "data.dataset",
     ("dataConfig", "dataPath"): "data.data_path",
+    ("dataConfig", "split"): "data.split",
+    ("dataConfig", "textColumn"): "data.text_column",
     ("dataConfig", "seqLength"): "data.seq_length",
     ("dataConfig", "maxBytes"): "data.max_bytes",
     ("dataConfig", "vocabSize"): "data.vocab_size",

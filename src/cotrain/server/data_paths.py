@@ -1,10 +1,11 @@
 """The server's side of the data roots (see cotrain.data_roots): which file-system paths a session
 may name, decided when it is created or edited.
 
-The only path a create or edit body can carry is `dataConfig.dataPath`: the request schema
-forbids unknown keys, so `model.path`, `data.tokenizer`, `checkpoint.output_path` and
+The only paths a create or edit body can carry are `dataConfig.dataPath` and the save_to_disk folder
+of `dataConfig.dataset = "hf:/path"` (cotrain.config.hf_spec; `hf:NAME` names a dataset of the
+worker's own Hugging Face cache, not a path): the request schema forbids unknown keys, so `model.path`, `data.tokenizer`, `checkpoint.output_path` and
 `checkpoint.resume` cannot be set through the API at all (a 422 naming the field). A `dataPath` is
-resolved the way the engine will open it (relative to COTRAIN_HOME, where the executor starts
+(or that folder) is resolved the way the engine will open it (relative to COTRAIN_HOME, where the executor starts
 runs; `~`, `..` and symlinks followed) and must lie inside one of the server's
 `COTRAIN_DATA_ROOTS`; otherwise a member gets a 422 naming the roots. Maintainers and admins
 (`Action.DATA_ANY_PATH`) may use any path: their approval is stored on the session
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cotrain.config.hf_spec import hf_path
 from cotrain.data_roots import ENV, data_roots, resolve, show_roots, within
 from cotrain.server.config_generator import SessionConfigError
 from cotrain.server.permissions import Action, allowed, who_may
@@ -42,28 +44,44 @@ def check_data_path(
 ) -> dict[str, Any] | None:
     """The session's approval record: None when it names no path outside the roots, the previous
     approval when it still covers the path, a new one when `actor` may use any path. Raises
-    SessionConfigError (422 on dataConfig.dataPath, naming the roots) otherwise."""
-    data_path = body.data_config.data_path if body.data_config is not None else None
-    if not data_path:
+    SessionConfigError (422 on dataConfig.dataPath or dataConfig.dataset, naming the roots) otherwise."""
+    data = body.data_config
+    return check_source_paths(data.data_path if data else None, data.dataset if data else None, actor, settings,
+                              previous)
+
+
+def check_source_paths(
+    data_path: str | None, dataset: str | None, actor: Actor | None, settings: Settings,
+    previous: dict[str, Any] | None = None, loc: tuple[str, ...] = ("body", "dataConfig"),
+    keys: tuple[str, str] = ("dataPath", "dataset"),
+) -> dict[str, Any] | None:
+    """`check_data_path` on the two values a config reads data from (`data.data_path`, `data.dataset`),
+    for any body that carries them: `loc` and `keys` name them in the 422 (a full engine config
+    passes its own)."""
+    if data_path:
+        key, value, path = keys[0], data_path, data_path
+    elif (folder := hf_path(dataset)) is not None:
+        key, value, path = keys[1], str(dataset), folder
+    else:
         return None
+    shown = ".".join([*loc[1:], key])
     roots = server_roots(settings)
-    resolved = resolve(data_path, settings.layout.root)
+    resolved = resolve(path, settings.layout.root)
     if within(resolved, roots):
         return None
     if previous and previous.get("path") == str(resolved):
         return previous
     if actor is None or not allowed(actor, Action.DATA_ANY_PATH):
         # the resolved path is not shown: it would tell a member where the server's symlinks lead
+        names = f"{shown} {value!r}" + ("" if value == path else f" names the folder {path!r}, which")
         message = (
-            f"dataConfig.dataPath {data_path!r} is outside the data roots of this server ({show_roots(roots)}), "
+            f"{names} is outside the data roots of this server ({show_roots(roots)}), "
             f"after following '..' and symlinks: put the data inside one of them and name that path; only "
             f"{who_may(Action.DATA_ANY_PATH)} may use other paths, and the server's operator widens the roots "
             f"with {ENV}."
         )
-        raise SessionConfigError([{"loc": ["body", "dataConfig", "dataPath"], "msg": message,
-                                   "type": "data_path_outside_roots"}])
-    return {"dataPath": data_path, "path": str(resolved), "by": actor.label, "role": actor.role.value,
-            "at": time.time()}
+        raise SessionConfigError([{"loc": [*loc, key], "msg": message, "type": "data_path_outside_roots"}])
+    return {key: value, "path": str(resolved), "by": actor.label, "role": actor.role.value, "at": time.time()}
 
 
 def run_roots(settings: Settings, approval: dict[str, Any] | None) -> list[Path]:

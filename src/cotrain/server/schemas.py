@@ -10,6 +10,8 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from cotrain.config.hf_spec import DATASET_PATTERN
+
 T = TypeVar("T")
 
 
@@ -53,7 +55,15 @@ class DistributedConfigIn(CamelModel):
 
 
 class DataConfigIn(CamelModel):
-    dataset: Literal["stdlib"] | None = Field(None, description='A built-in corpus (instead of dataPath).')
+    dataset: str | None = Field(
+        None, max_length=1024, pattern=DATASET_PATTERN,
+        description='Instead of dataPath: "stdlib", "hf:NAME[:CONFIG]" (a dataset in the worker\'s Hugging Face cache) '
+        'or "hf:/path" (a save_to_disk folder, inside the data roots like dataPath).',
+    )
+    split: str | None = Field(None, min_length=1, max_length=256, pattern=NO_NUL,
+                              description='The split of an hf: dataset (default "train"; "train[:10%]" slices).')
+    text_column: str | None = Field(None, min_length=1, max_length=256, pattern=NO_NUL,
+                                    description='The column holding the text (default "text").')
     data_path: str | None = Field(None, min_length=1, pattern=NO_NUL, description="Local files on the worker (instead of dataset).")
     seq_length: int | None = Field(None, gt=0, le=10**7)
     max_bytes: int | None = Field(None, gt=0, le=10**15)
