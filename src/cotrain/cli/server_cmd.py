@@ -23,10 +23,11 @@ def up(
     from cotrain.server.worker_memory import exit_on_bad_override
 
     exit_on_bad_override()  # the embedded worker's COTRAIN_WORKER_MEMORY, checked before the server starts
-    from cotrain.server.settings import QuotaSettings
+    from cotrain.server.settings import QuotaSettings, tracking_from_env
 
     try:  # issue 11, member quotas: a bad COTRAIN_QUOTA_* is one sentence, not a traceback from the app factory
         QuotaSettings.from_env()
+        tracking_from_env()  # issue 17, experiment trackers: a bad COTRAIN_TRACKING_* likewise
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

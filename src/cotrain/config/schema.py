@@ -9,7 +9,15 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 from cotrain.config.hf_spec import FORMS, is_hf, parse_hf
 from cotrain.config.presets import PRESETS, sizes_of
@@ -190,6 +198,44 @@ class CheckpointConfig(Section):
     resume: Resume | str = Field("latest", description='"latest", "none", or a checkpoint directory.')
 
 
+# ---- experiment trackers (issue 17): core/tracking.py, core/trackers.py ----
+TrackerName = Literal["tensorboard", "mlflow", "wandb"]
+
+
+class TrackingConfig(Section):
+    """Flat keys, so each one is also a server setting COTRAIN_TRACKING_<KEY> (server/settings.py)."""
+
+    backends: list[TrackerName] = Field(
+        default_factory=list,
+        description='Trackers that receive every progress and eval metric, the config and the final model path: any of "tensorboard", "mlflow", "wandb" (also "a,b"). One that fails to start warns once; training goes on.',
+    )
+    run_name: str | None = Field(None, description="The run's name in every tracker; default: session.id.")
+    tensorboard_dir: str | None = Field(
+        None, description="TensorBoard root; the run writes to <tensorboard_dir>/<run_name>. Default COTRAIN_HOME/logs/tensorboard."
+    )
+    mlflow_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI (http://host:5000, sqlite:///file.db); default: MLFLOW_TRACKING_URI, else sqlite:///COTRAIN_HOME/logs/mlflow.db.",
+    )
+    mlflow_experiment: str = Field("cotrain", min_length=1, description="MLflow experiment (created when missing).")
+    wandb_project: str = Field("cotrain", min_length=1, description="W&B project.")
+    wandb_entity: str | None = Field(None, description="W&B entity (user or team); default: the account's default.")
+    wandb_mode: Literal["offline", "online"] = Field(
+        "offline", description="offline writes the run to wandb_dir only (`wandb sync` uploads it later); online needs WANDB_API_KEY."
+    )
+    wandb_dir: str | None = Field(
+        None, description="Folder W&B writes its wandb/ run folders in; default: WANDB_DIR, else COTRAIN_HOME/logs."
+    )
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        """`"tensorboard,mlflow"` (an environment variable, --set) is the list of the two."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
 class CotrainConfig(Section):
     session: SessionConfig = Field(default_factory=SessionConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -197,6 +243,7 @@ class CotrainConfig(Section):
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)  # experiment trackers (issue 17)
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> CotrainConfig:

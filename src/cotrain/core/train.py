@@ -3,7 +3,8 @@
 Read top to bottom: resolve the device and strategy, prepare the data, build the model, resume
 from the latest checkpoint, then loop over steps (forward/backward over micro batches, clip,
 optimizer step, strategy sync), logging progress, evaluating, checkpointing, and finally
-exporting the model. The only outputs are files: the event stream, checkpoints, the final model.
+exporting the model. The only outputs are files: the event stream, checkpoints, the final model
+(and the experiment trackers of [tracking], which follow the event stream: core/tracking.py).
 
 Exit codes: 0 completed, 1 training error, 2 unusable config or data,
 128+signal (143 SIGTERM, 130 SIGINT) when stopped after saving a checkpoint.
@@ -48,6 +49,7 @@ from cotrain.core.optim import build_optimizer, lr_at, set_lr
 from cotrain.core.path_guard import check_config_paths
 from cotrain.core.strategies import make_strategy
 from cotrain.core.tokenizer import eos_id, mask_id
+from cotrain.core.tracking import Tracking
 from cotrain.p2p.errors import PeerNetworkError
 from cotrain.parent_death import signal_when_parent_dies
 from cotrain.paths import Layout
@@ -119,6 +121,7 @@ class Trainer:
     stop: StopRequest
     report: Any = None  # callable(event) for the console, main process only
     events: EventWriter | None = None
+    tracking: Tracking | None = None  # experiment trackers, main process only
     tokens_seen: int = 0
     history: list[float] = field(default_factory=list)
 
@@ -304,6 +307,8 @@ class Trainer:
         event = self.events.emit(type_, **fields)
         if self.report is not None:
             self.report(event)
+        if self.tracking is not None:
+            self.tracking.on_event(event)
 
     def save(self, step: int) -> None:
         model_state = self.strategy.model_state_dict(self.model)  # every process: FSDP gathers
@@ -368,9 +373,15 @@ class Trainer:
         )
 
     # --- the run -------------------------------------------------------------------------
+    def start_tracking(self) -> None:
+        """TensorBoard / MLflow / W&B of [tracking] follow the main process's events from here on."""
+        if self.events is not None:
+            self.tracking = Tracking.start(self.config, self.layout.root, resumed=self.resume_from is not None)
+
     def fit(self) -> int:
         cfg = self.config
         self.model.train()
+        self.start_tracking()
         self.emit(
             "started",
             step=self.start_step,
@@ -492,6 +503,8 @@ def run(config: CotrainConfig, *, interactive: bool | None = None, keep_alive: l
         if trainer is not None:
             if isinstance(trainer.report, ConsoleReporter):
                 trainer.report.close()
+            if trainer.tracking is not None:
+                trainer.tracking.close()
             trainer.strategy.shutdown()
             if trainer.events is not None:
                 trainer.events.close()

@@ -6,10 +6,12 @@ The one mapping from request fields to config keys lives in `FIELD_MAP`, so a co
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from cotrain.config import ConfigError, CotrainConfig, config_to_toml, validate_config
+from cotrain.config.schema import TrackingConfig
 from cotrain.server.schemas import SessionCreate
 
 # (request section, request field) -> config key path
@@ -81,6 +83,20 @@ def build_config(session_id: str, body: SessionCreate) -> CotrainConfig:
         return validate_config(request_to_raw(session_id, body))
     except ConfigError as exc:
         raise SessionConfigError([_problem_to_error(p) for p in exc.problems]) from None
+
+
+# ---- experiment trackers (issue 17) ----
+def with_server_tracking(config: CotrainConfig, defaults: Mapping[str, Any]) -> CotrainConfig:
+    """`config` with the server's tracking (settings.tracking, from COTRAIN_TRACKING_*) for every
+    [tracking] key the session's own config does not set: the session's value wins, then the
+    server's, then the schema's default (no trackers)."""
+    unset = {key: value for key, value in defaults.items() if key not in config.tracking.model_fields_set}
+    if not unset:
+        return config
+    merged = config.model_copy(deep=True)
+    # validated on assignment, and marked set, so the generated TOML writes it
+    merged.tracking = TrackingConfig.model_validate({**config.tracking.model_dump(exclude_unset=True), **unset})
+    return merged
 
 
 def _problem_to_error(problem: str) -> dict[str, Any]:

@@ -244,7 +244,9 @@ class Executor:
     def _child_env(
         self, allocation: Allocation, strategy: str, request: dict[str, Any], wallet: str | None = None
     ) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+        # COTRAIN_TRACKING_* are the server's tracking defaults, already in the session's config
+        # (config_generator.with_server_tracking); as engine overrides they would beat the session's own
+        env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV and not k.startswith("COTRAIN_TRACKING_")}
         env["COTRAIN_HOME"] = str(self.settings.layout.root)
         env["PYTHONUNBUFFERED"] = "1"
         if self.pool.gpus:

@@ -95,6 +95,40 @@ def _env_count(name: str, default: int) -> int:
     return int(value)
 
 
+# ---- experiment trackers (issue 17): server/config_generator.py `with_server_tracking` ----
+TRACKING_ENV_PREFIX = "COTRAIN_TRACKING_"
+
+
+def tracking_from_env() -> dict[str, Any]:
+    """COTRAIN_TRACKING_<KEY> for the keys of the config's [tracking] section but run_name (a
+    session's own): BACKENDS, TENSORBOARD_DIR, MLFLOW_URI, MLFLOW_EXPERIMENT, WANDB_PROJECT,
+    WANDB_ENTITY, WANDB_MODE, WANDB_DIR, written as in a config ("tensorboard,mlflow" for the list).
+    They are the tracking of every session whose own config does not set that key; the executor
+    keeps them from the engine, which follows the session's config alone."""
+    from pydantic import ValidationError
+
+    from cotrain.config.loader import describe_validation_error, parse_value
+    from cotrain.config.schema import TrackingConfig
+
+    keys = [key for key in TrackingConfig.model_fields if key != "run_name"]
+    raw: dict[str, Any] = {}
+    for name, value in os.environ.items():
+        if not name.startswith(TRACKING_ENV_PREFIX) or not value.strip():
+            continue
+        key = name[len(TRACKING_ENV_PREFIX) :].lower()
+        if key not in keys:
+            known = ", ".join(TRACKING_ENV_PREFIX + k.upper() for k in keys)
+            raise ValueError(f"{name} is not a server tracking setting; they are {known}. Fix the name or unset it.")
+        raw[key] = parse_value(value.strip())
+    try:
+        tracking = TrackingConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = [f"{TRACKING_ENV_PREFIX}{line.split('.')[0].split(' ')[0].upper()}: {line}"
+                    for line in describe_validation_error(exc, TrackingConfig)]
+        raise ValueError("; ".join(problems) + ". Fix the variable or unset it.") from None
+    return tracking.model_dump(include=set(raw))
+
+
 @dataclass
 class Settings:
     layout: Layout
@@ -129,6 +163,9 @@ class Settings:
     # COTRAIN_DATA_ROOTS (commas or colons; default COTRAIN_HOME/datasets/raw), resolved: where a
     # member's dataPath may point, and what this worker's runs may read
     data_roots: list[Path] = field(default_factory=list)
+    # ---- experiment trackers (issue 17): COTRAIN_TRACKING_* (tracking_from_env), applied by
+    # config_generator.with_server_tracking to each session's config where it sets no value itself
+    tracking: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -153,6 +190,7 @@ class Settings:
             quotas=QuotaSettings.from_env(),
             **limits_from_env(),
             data_roots=data_roots_from_env(home=layout.root),  # data roots (issue 11)
+            tracking=tracking_from_env(),  # experiment trackers (issue 17)
         )
 
     @property
