@@ -17,7 +17,12 @@ from sqlalchemy import func, select
 from cotrain.config.memory import need_of
 from cotrain.server.auth import Actor
 from cotrain.server.capacity import need_of_row, require_capacity
-from cotrain.server.config_generator import SessionConfigError, build_config, write_config
+from cotrain.server.config_generator import (
+    SessionConfigError,
+    build_config,
+    with_server_tracking,
+    write_config,
+)
 from cotrain.server.data_paths import check_data_path
 from cotrain.server.db import session_scope
 from cotrain.server.errors import Conflict, Forbidden, NotFound
@@ -123,7 +128,7 @@ class SessionService:
         if body.reward_pool is not None:
             self.p.chain.require()
         session_id = uuid.uuid4().hex[:12]
-        config = build_config(session_id, body)
+        config = with_server_tracking(build_config(session_id, body), self.p.settings.tracking)  # issue 17: COTRAIN_TRACKING_* where the config sets none
         require_capacity(self.p.factory, need_of(config), self.p.settings.heartbeat_timeout_s)  # capacity.py: 422 when no live worker can ever run it
         approval = check_data_path(body, actor, self.p.settings)  # data roots: 422 for a member outside them
         status = QUEUED if body.auto_start else DRAFT
@@ -180,7 +185,7 @@ class SessionService:
                 raise SessionConfigError(
                     [{"loc": ["body", *map(str, e["loc"])], "msg": e["msg"], "type": e["type"]} for e in exc.errors(include_url=False)]
                 ) from None
-            config = build_config(session_id, body)
+            config = with_server_tracking(build_config(session_id, body), self.p.settings.tracking)  # issue 17
             require_capacity(self.p.factory, need_of(config), self.p.settings.heartbeat_timeout_s)  # capacity.py
             row.data_path_approval = check_data_path(body, actor, self.p.settings, row.data_path_approval)
             self.policy.enforce(db, actor, Change.update(row, body, config))  # session_policy.py
