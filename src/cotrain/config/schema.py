@@ -209,7 +209,10 @@ class TrackingConfig(Section):
         default_factory=list,
         description='Trackers that receive every progress and eval metric, the config and the final model path: any of "tensorboard", "mlflow", "wandb" (also "a,b"). One that fails to start warns once; training goes on.',
     )
-    run_name: str | None = Field(None, description="The run's name in every tracker; default: session.id.")
+    run_name: str | None = Field(
+        None, pattern=SESSION_ID_PATTERN,  # also a folder name: no "/" or ".."
+        description="The run's name in every tracker (letters, digits, . _ -); default: session.id.",
+    )
     tensorboard_dir: str | None = Field(
         None, description="TensorBoard root; the run writes to <tensorboard_dir>/<run_name>. Default COTRAIN_HOME/logs/tensorboard."
     )
