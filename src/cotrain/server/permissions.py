@@ -55,6 +55,7 @@ class Action(StrEnum):
     QUOTA_EXCEED = "quota.exceed"  # past the member quotas (still within the hard limits of the schema)
     REWARD_POOL_SET = "reward_pool.set"  # maintainers up to COTRAIN_REWARD_POOL_MAX
     REWARD_POOL_UNLIMITED = "reward_pool.unlimited"
+    ENGINE_WORKER_KEYS = "engine_config.worker_keys"  # issue 17: engine-config keys that act on the worker
     # the platform's own machinery
     DHT_OPERATE = "dht.operate"  # start the server's DHT node, connect it, submit hivemind tasks
     # administration
@@ -86,6 +87,7 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     Action.QUOTA_EXCEED: frozenset(_MAINTAINERS),
     Action.REWARD_POOL_SET: frozenset(_MAINTAINERS),
     Action.REWARD_POOL_UNLIMITED: frozenset(_ADMINS),
+    Action.ENGINE_WORKER_KEYS: frozenset(_MAINTAINERS),  # issue 17
     Action.DHT_OPERATE: frozenset(_MAINTAINERS),
     Action.READ_ALL_SESSIONS: frozenset(_MAINTAINERS),
     Action.MANAGE_ALL_SESSIONS: frozenset(_ADMINS),
@@ -111,6 +113,8 @@ DESCRIPTIONS: dict[Action, str] = {
     Action.QUOTA_EXCEED: "go past the member quotas",
     Action.REWARD_POOL_SET: "open or raise a reward pool (maintainers up to COTRAIN_REWARD_POOL_MAX)",
     Action.REWARD_POOL_UNLIMITED: "a reward pool of any size",
+    Action.ENGINE_WORKER_KEYS: ("set engine-config keys that act on the worker (its listen addresses, the credited "
+                                "wallet) or that the server does not vet"),
     Action.DHT_OPERATE: "operate the server's DHT node (start, connect, hivemind tasks)",
     Action.READ_ALL_SESSIONS: "read other users' private sessions",
     Action.MANAGE_ALL_SESSIONS: "change any user's sessions",

@@ -104,6 +104,31 @@ class SessionCreate(CamelModel):
     )
 
 
+# ---- issue 17: a session from a full engine config (server/engine_config.py) ----------------------
+ENGINE_CONFIG_MAX_CHARS = 65536
+
+
+class SessionFromConfig(CamelModel):
+    """A session from a full engine config: the TOML `cotrain train` runs, as text, plus the
+    platform's own fields. The config is validated with the engine's schema and held to the same
+    rules as a `SessionCreate` (data roots, quotas, capacity, priority, reward pools)."""
+
+    engine_config: str = Field(
+        ..., min_length=1, max_length=ENGINE_CONFIG_MAX_CHARS, pattern=NO_NUL,
+        description="The config as TOML text. The server sets [session] id and the checkpoint folder.",
+    )
+    name: str | None = Field(None, min_length=1, max_length=200, pattern=NO_NUL,
+                             description="Default: the config's [session] name, else its id.")
+    description: str | None = Field(None, pattern=NO_NUL, description="Default: the config's [session] description.")
+    priority: int = Field(0, ge=-100, le=100, description="Higher runs first.")
+    public: bool = True
+    auto_start: bool = Field(True, description="Queue at once; false keeps it a draft until `start`.")
+    max_retries: int | None = Field(None, ge=0, le=20)
+    reward_pool: RewardPoolIn | None = Field(
+        None, description="Split among the contributors' wallets when the session completes; cannot change later."
+    )
+
+
 class SessionUpdate(CamelModel):
     """Fields that can change while a session waits (draft or queued)."""
 

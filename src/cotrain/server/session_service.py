@@ -25,7 +25,14 @@ from cotrain.server.config_generator import (
 )
 from cotrain.server.data_paths import check_data_path
 from cotrain.server.db import session_scope
-from cotrain.server.errors import Conflict, Forbidden, NotFound
+from cotrain.server.engine_config import (  # issue 17: sessions from a full engine config
+    engine_session,
+    engine_words,
+    in_engine_terms,
+    is_engine_session,
+    stored_request,
+)
+from cotrain.server.errors import Conflict, Forbidden, NotFound, ServiceError
 from cotrain.server.internals import scrub, worker_host
 from cotrain.server.log_tail import kept_tail, read_tail
 from cotrain.server.messages import messages_after, shown_to, status_message
@@ -46,11 +53,12 @@ from cotrain.server.permissions import (
     readable_sessions_clause,
 )
 from cotrain.server.queue import queue_position
-from cotrain.server.schemas import SessionCreate, SessionUpdate
+from cotrain.server.schemas import SessionCreate, SessionFromConfig, SessionUpdate
 from cotrain.server.session_policy import Change, SessionPolicy
 from cotrain.server.waiting import waiting_reasons
 
 if TYPE_CHECKING:
+    from cotrain.config import CotrainConfig
     from cotrain.server.platform import Platform
 
 CHECKPOINT_DIR = re.compile(r"^step-(\d+)$")
@@ -128,7 +136,28 @@ class SessionService:
         if body.reward_pool is not None:
             self.p.chain.require()
         session_id = uuid.uuid4().hex[:12]
-        config = with_server_tracking(build_config(session_id, body), self.p.settings.tracking)  # issue 17: COTRAIN_TRACKING_* where the config sets none
+        return self._store_new(session_id, body, build_config(session_id, body), actor)
+
+    # issue 17: a session from a full engine config (engine_config.py)
+    def create_from_config(self, body: SessionFromConfig, actor: Actor | None) -> TrainingSession:
+        """The same as `create` for the TOML `cotrain train` runs: the config is validated by the
+        engine's schema plus engine_config.py's rules, then goes through the very checks of `create`
+        (capacity, data roots, quotas, priority, reward pool) as the JSON create it amounts to. The
+        row keeps that request plus the submitted text; config_toml is the config with the server's id."""
+        if body.reward_pool is not None:
+            self.p.chain.require()
+        session_id = uuid.uuid4().hex[:12]
+        config, request = engine_session(session_id, body, actor, self.p.settings)
+        try:
+            return self._store_new(session_id, request, config, actor, stored_request(request, body.engine_config))
+        except SessionConfigError as exc:
+            raise SessionConfigError(in_engine_terms(exc.errors)) from None
+        except ServiceError as exc:
+            raise type(exc)(engine_words(str(exc))) from None
+
+    def _store_new(self, session_id: str, body: SessionCreate, config: CotrainConfig, actor: Actor | None,
+                   request: dict[str, Any] | None = None) -> TrainingSession:
+        config = with_server_tracking(config, self.p.settings.tracking)  # issue 17: COTRAIN_TRACKING_* where the config sets none
         require_capacity(self.p.factory, need_of(config), self.p.settings.heartbeat_timeout_s)  # capacity.py: 422 when no live worker can ever run it
         approval = check_data_path(body, actor, self.p.settings)  # data roots: 422 for a member outside them
         status = QUEUED if body.auto_start else DRAFT
@@ -138,7 +167,8 @@ class SessionService:
             row = TrainingSession(
                 id=session_id, name=body.name, description=body.description,
                 owner_id=actor.token_id if actor else None, public=body.public, status=status,
-                priority=body.priority, request=body.model_dump(mode="json", by_alias=True, exclude_none=True),
+                priority=body.priority,
+                request=request or body.model_dump(mode="json", by_alias=True, exclude_none=True),
                 config_path=str(path), config_toml=path.read_text(), model_type=config.model.type,
                 model_size=config.model.size, strategy=config.distributed.strategy,
                 total_steps=config.train.max_steps, queued_at=time.time() if status == QUEUED else None,
@@ -173,6 +203,10 @@ class SessionService:
             if row.status not in (DRAFT, QUEUED):
                 raise Conflict(f"Session {session_id} is {row.status}; only draft or queued sessions can be edited. Cancel it first.")
             patch = changes.model_dump(by_alias=True, exclude_unset=True, mode="json")
+            if is_engine_session(row.request):  # issue 17: its config is the submitted TOML, not these fields
+                message = self._update_engine_session(db, row, patch, actor)
+                self.p.publish([message])
+                return row
             merged = {**row.request}
             for key, value in patch.items():
                 if isinstance(value, dict) and isinstance(merged.get(key), dict):
@@ -198,6 +232,22 @@ class SessionService:
             message = status_message(db, row, updated=True)
         self.p.publish([message])
         return row
+
+    def _update_engine_session(self, db: Any, row: TrainingSession, patch: dict[str, Any],
+                               actor: Actor | None) -> dict[str, Any]:
+        """An edit of a session made from an engine config: its name, description, visibility and
+        priority; its config is the TOML that was sent (send a new one to change it)."""
+        fixed = sorted(set(patch) - {"name", "description", "public", "priority"})
+        if fixed:
+            raise Conflict(f"Session {row.id} was created from an engine config, so {', '.join(fixed)} cannot be "
+                           "edited field by field: delete it and create it again from the changed TOML.")
+        if "priority" in patch:
+            self.policy.enforce(db, actor, Change.set_priority(row, patch["priority"]))  # session_policy.py
+        for key, value in patch.items():
+            if value is not None:
+                setattr(row, key, value)
+        row.request = {**row.request, **{k: v for k, v in patch.items() if v is not None}}
+        return status_message(db, row, updated=True)
 
     def delete(self, session_id: str, actor: Actor | None) -> None:
         with session_scope(self.p.factory) as db:

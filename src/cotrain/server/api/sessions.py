@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
+from pydantic import ValidationError
 
 from cotrain.server.api.deps import OPTIONAL_AUTH, PlatformDep, SessionId
 from cotrain.server.auth import Actor
@@ -24,6 +27,7 @@ from cotrain.server.schemas import (
     Page,
     PriorityChange,
     SessionCreate,
+    SessionFromConfig,
     SessionOut,
     SessionUpdate,
     iso,
@@ -64,14 +68,65 @@ def session_out(row: TrainingSession, platform: Platform, actor: Actor | None,
     )
 
 
+# issue 17: the create body is the original design's JSON, or a full engine config (JSON with
+# `engineConfig`, or the TOML itself); parsed here so each form keeps its own 422 locations.
+TOML_TYPES = frozenset({"application/toml", "text/toml", "text/x-toml", "application/x-toml"})
+CREATE_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": {"oneOf": [
+            {"$ref": "#/components/schemas/SessionCreate"},
+            SessionFromConfig.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}"),
+        ]}},
+        "application/toml": {"schema": {"type": "string", "description": "A full engine config, as `cotrain train` "
+                                        "runs it: the session takes its name from [session] and the defaults "
+                                        "(public, queued at once); send JSON with engineConfig for the other fields."}},
+    },
+}
+CREATE_BODY["content"]["application/json"]["schema"]["oneOf"][1].pop("$defs", None)
+
+
+async def create_body(request: Request) -> SessionCreate | SessionFromConfig:
+    """The body as SessionCreate, or SessionFromConfig when it is TOML or has `engineConfig`."""
+    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    raw = await request.body()
+    if content_type in TOML_TYPES:
+        try:
+            payload: Any = {"engineConfig": raw.decode("utf-8")}
+        except UnicodeDecodeError:
+            raise RequestValidationError([{"loc": ("body",), "type": "toml_invalid",
+                                           "msg": "The TOML body is not UTF-8 text."}]) from None
+    else:
+        try:
+            payload = json.loads(raw)
+        except ValueError as exc:
+            raise RequestValidationError([{"loc": ("body", getattr(exc, "pos", 0)), "type": "json_invalid",
+                                           "msg": "JSON decode error", "ctx": {"error": str(exc)}}]) from None
+    model = SessionFromConfig if isinstance(payload, dict) and "engineConfig" in payload else SessionCreate
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]) from None
+
+
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SessionOut, summary="Create a training session",
              dependencies=[Depends(rate_limit(Limit.SESSION_CREATE))],  # issue 11: 429 with Retry-After
+             openapi_extra={"requestBody": CREATE_BODY},
              responses={503: {"model": ErrorOut, "description": "A reward pool was asked for and this server "
                                                                 "has no chain (install it or leave out rewardPool)"}})
-def create_session(body: SessionCreate, platform: PlatformDep, actor: Creator) -> SessionOut:
+def create_session(actor: Creator, platform: PlatformDep,  # the permission first: a refusal is not a 422
+                   body: Annotated[SessionCreate | SessionFromConfig, Depends(create_body)]) -> SessionOut:
     """Turns the parameters into a validated TOML config (configs/generated/<id>.toml) and queues
     the session (or keeps it a draft with `autoStart: false`). A `rewardPool` is recorded in the
-    contribution ledger and split among the contributors' wallets when the session completes."""
+    contribution ledger and split among the contributors' wallets when the session completes.
+
+    A full engine config (what `cotrain train` runs) is accepted too: `{"engineConfig": "<TOML text>",
+    "priority": ..., "public": ..., "autoStart": ...}`, or the TOML itself with `Content-Type:
+    application/toml`. It is validated by the engine's schema and held to the same rules (data roots,
+    quotas, capacity, priority); the server sets its [session] id and its checkpoint folder."""
+    if isinstance(body, SessionFromConfig):
+        return session_out(platform.sessions.create_from_config(body, actor), platform, actor)
     return session_out(platform.sessions.create(body, actor), platform, actor)
 
 
