@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import typer
 
-from cotrain.cli import audit_cmd, chain_cmd, config_cmd, core_cmd, p2p_cmd, server_cmd, users_cmd
+from cotrain.cli import (
+    audit_cmd,
+    chain_cmd,
+    config_cmd,
+    core_cmd,
+    p2p_cmd,
+    platform_cmd,
+    server_cmd,
+    users_cmd,
+)
 
 app = typer.Typer(
     name="cotrain",
@@ -15,7 +24,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (config_cmd, core_cmd, server_cmd, p2p_cmd, chain_cmd, users_cmd, audit_cmd):
+for module in (config_cmd, core_cmd, server_cmd, p2p_cmd, chain_cmd, users_cmd, audit_cmd,
+               platform_cmd):  # issue 17: login, sessions, models list/compare/download
     module.register(app)
 
 

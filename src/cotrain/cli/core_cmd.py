@@ -1,4 +1,4 @@
-"""Engine commands: `cotrain train`, `cotrain data prepare`, `cotrain models list`."""
+"""Engine commands: `cotrain train`, `cotrain data prepare`, `cotrain models presets`."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def prepare(
     )
 
 
-@models_app.command("list")
+@models_app.command("presets")  # issue 17: `cotrain models list` lists the server's trained versions
 def list_presets() -> None:
     """Model size presets with their parameter counts."""
     from rich.console import Console
