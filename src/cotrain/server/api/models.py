@@ -58,12 +58,13 @@ def _out(v: dict[str, Any]) -> ModelVersionOut:
     return ModelVersionOut(**{**v, "created_at": iso(v["created_at"])})
 
 
-def elsewhere(version: ModelVersion, show_path: bool) -> str:
-    where = f" ({version.path})" if show_path else ""
+def elsewhere(version: ModelVersion, show_internals: bool) -> str:
+    """Where the files are instead; which worker and path only for the owner and admins."""
+    where = f"worker {version.worker_id} ({version.path})" if show_internals else "the worker that trained it"
     return (
-        f"Model v{version.version} of session {version.session_id} is on the disk of the worker that trained it"
-        f"{where}, not on this server's. Download it on that machine, or put COTRAIN_HOME on storage "
-        "shared by the servers and their workers."
+        f"Model v{version.version} of session {version.session_id} is on the disk of {where}, not on this "
+        "server's. Download it on that machine, or put COTRAIN_HOME on storage shared by the servers and "
+        "their workers."
     )
 
 
