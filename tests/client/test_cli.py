@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,6 +25,7 @@ import pytest
 from tests.chain.wallets import Wallet
 from tests.client.conftest import ADMIN_TOKEN, TEMPLATE, TINY_SET, DroppingProxy
 from tests.security.conftest import api_token
+from tests.trackers import mlflow_history, mlflow_run, running_mlflow_server, tensorboard_scalars
 
 pytestmark = pytest.mark.slow
 
@@ -111,8 +113,27 @@ def cli_end_to_end(proxy: DroppingProxy, workdir: Path, token: str = ADMIN_TOKEN
     return EndToEnd(session_id, messages, zips[0], model_dir, env, drops)
 
 
-def test_cli_end_to_end(platform, proxy: DroppingProxy, tmp_path: Path):
-    done = cli_end_to_end(proxy, tmp_path)
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
+        yield uri
+
+
+def test_cli_end_to_end(platform, proxy: DroppingProxy, tmp_path: Path, mlflow_server: str):
+    """Issue 17's whole path from a fresh shell, and the same session's curves in TensorBoard and
+    MLflow, equal to what `sessions watch` showed."""
+    trackers = ["tracking.backends=tensorboard,mlflow", f"tracking.mlflow_uri={mlflow_server}",
+                "tracking.mlflow_experiment=end-to-end"]
+    done = cli_end_to_end(proxy, tmp_path, sets=trackers)
+    watched = {m["data"]["step"]: m["data"]["loss"] for m in done.messages
+               if m["event"] == "training.progress" and m["data"].get("loss") is not None}
+    board = tensorboard_scalars(platform.home / "logs" / "tensorboard" / done.session_id, "loss")
+    run = mlflow_run(mlflow_server, done.session_id, "end-to-end")
+    assert run.info.status == "FINISHED"
+    logged = mlflow_history(mlflow_server, run.info.run_id, "loss")
+    assert len(watched) >= 10 and set(watched) <= set(board) and set(watched) <= set(logged)
+    for step, loss in watched.items():
+        assert board[step] == pytest.approx(loss, rel=1e-5) and logged[step] == pytest.approx(loss, rel=1e-5)
     shown = json.loads(cli("sessions", "show", done.session_id, "--json", env=done.env).stdout)
     assert shown["status"] == "completed" and shown["totalSteps"] == 40
     listed = json.loads(cli("sessions", "list", "--json", env=done.env).stdout)

@@ -5,10 +5,8 @@ run file. A tracker that cannot start, or that goes away mid-run, warns once; th
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -18,11 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from cotrain.config import ConfigError, load_config
-from tests.conftest import PYTHON, engine_env, free_port, missing_service, tiny_config, wait_until
+from tests.conftest import PYTHON, engine_env, free_port, tiny_config
+from tests.trackers import mlflow_history, mlflow_run, running_mlflow_server
 
 TRACKING = """
 [tracking]
@@ -30,59 +28,13 @@ backends = {backends}
 mlflow_uri = "{mlflow_uri}"
 mlflow_experiment = "tracking-tests"
 """
-MLFLOW_START_S = 180  # `mlflow server` takes ~15 s to answer on a busy 2-core machine
 
 
 # ---- a real MLflow server, once per module -------------------------------------------------------
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if importlib.util.find_spec("mlflow.server") is None or importlib.util.find_spec("flask") is None:
-        missing_service("the full mlflow package (its server) is not installed: pip install -e '.[dev]'")
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    log = (root / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [PYTHON, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--default-artifact-root", str(root / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # its own group: it starts helpers
-    )
-    uri = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        assert proc.poll() is None, (root / "server.log").read_text()[-3000:]
-        try:
-            return httpx.get(f"{uri}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(answers, MLFLOW_START_S, f"mlflow server on port {port}", interval=0.5)
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
         yield uri
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(5)  # its graceful stop can take 20 s; a test server's files need none
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        log.close()
-
-
-def mlflow_run(uri: str, session: str) -> Any:
-    """The one MLflow run of `session`, found as a test of the platform would: by its tag."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("tracking-tests")
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`cotrain.session_id` = '{session}'")
-    assert len(runs) == 1, [r.info.run_name for r in runs]
-    return runs[0]
-
-
-def mlflow_history(uri: str, run_id: str, key: str) -> dict[int, float]:
-    from mlflow import MlflowClient
-
-    return {m.step: m.value for m in MlflowClient(uri).get_metric_history(run_id, key)}
 
 
 # ---- the engine's own record of the run ----------------------------------------------------------

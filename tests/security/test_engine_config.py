@@ -98,7 +98,9 @@ def test_a_members_toml_cannot_escape_a_rule(callers: Callers, as_toml: bool):
     diloco = '[distributed]\nstrategy = "diloco"\n[distributed.diloco]\n'
     for text, key in ((TINY + diloco + 'host_maddrs = ["/ip4/0.0.0.0/tcp/22"]\n', "host_maddrs"),
                       (TINY + diloco + 'wallet = "0x1"\n', "wallet"),
-                      (TINY.replace("vocab_size = 512", "vocab_size = 512\nnum_proc = 10000"), "num_proc")):
+                      (TINY.replace("vocab_size = 512", "vocab_size = 512\nnum_proc = 10000"), "num_proc"),
+                      # another session's TensorBoard folder and MLflow run name
+                      (TINY + '[tracking]\nbackends = ["tensorboard"]\nrun_name = "someone-elses-id"\n', "run_name")):
         refused(send(member, text, as_toml), 403, "Your role (member) may not set", key, "maintainers and admins")
     assert callers.total() == before  # nothing was created
 

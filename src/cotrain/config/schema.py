@@ -52,7 +52,7 @@ class ModelConfig(Section):
     )
     size: str = Field(
         "debug",
-        description="Size preset: debug, tiny, small, base, or a published shape (7B, 13B, 70B; llama3 8B, 70B; bert base, large). `cotrain models list` shows them.",
+        description="Size preset: debug, tiny, small, base, or a published shape (7B, 13B, 70B; llama3 8B, 70B; bert base, large). `cotrain models presets` shows them.",
     )
     precision: Precision = Field(
         "fp32", description="Autocast dtype; weights stay fp32. fp16 adds a grad scaler."

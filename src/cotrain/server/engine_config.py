@@ -59,7 +59,7 @@ MEMBER_KEYS = frozenset({
         "seq_length", "data_path", "dataset", "split", "text_column", "max_bytes", "tokenizer", "vocab_size",
         "val_fraction", "mlm_probability")),
     "checkpoint.interval", "checkpoint.keep", "checkpoint.resume",
-    "tracking.backends", "tracking.run_name", "tracking.mlflow_experiment", "tracking.wandb_project",
+    "tracking.backends", "tracking.mlflow_experiment", "tracking.wandb_project",
 })
 WORKER_KEYS_WHY = {  # what the worker keys do, for the refusal
     "distributed.diloco.host_maddrs": "the addresses the worker listens on",
@@ -71,6 +71,7 @@ WORKER_KEYS_WHY = {  # what the worker keys do, for the refusal
     "tracking.mlflow_uri": "where the worker sends the run (a server, or a file it writes)",
     "tracking.wandb_mode": "whether the worker uploads with the operator's W&B key",
     "tracking.wandb_entity": "the W&B account the worker uploads to",
+    "tracking.run_name": "the run the worker's trackers write to (another session's, if named so)",
 }
 
 
