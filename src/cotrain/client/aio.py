@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import httpx
 
 from cotrain.client.core import (
+    STREAM_ERRORS,
     AsyncTransport,
     Call,
     Endpoints,
@@ -22,6 +23,8 @@ from cotrain.client.core import (
     base_urls,
     is_final,
     latest_version,
+    lost_since,
+    stream_failure,
     zip_name,
 )
 from cotrain.client.errors import CotrainError, error_from_response, unreachable
@@ -88,7 +91,6 @@ class AsyncClient(Endpoints, AsyncTransport):
                     reconnect_for: float = 300.0, idle: float = 15.0) -> AsyncIterator[MessageOut]:
         """`Client.watch` as an async iterator: every message after `after`, once, in order, across reconnects."""
         from websockets.asyncio.client import connect
-        from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
         cursor = EventCursor(_sid(session_id), after, until_done)
         lost_at: float | None = None
@@ -125,30 +127,17 @@ class AsyncClient(Endpoints, AsyncTransport):
                             if cursor.ending:
                                 async for message in self._catch_up(cursor, check_final=True):
                                     yield message
-            except ConnectionClosed as exc:
-                if exc.rcvd is not None and exc.rcvd.code == 1008:
-                    raise CotrainError(401, exc.rcvd.reason or "The server refused the token.") from None
-                lost_at = self._lost(lost_at, reconnect_for, exc)
-            except InvalidURI as exc:
-                raise CotrainError(None, f"{self.ws_url} is not a WebSocket address ({exc}).") from None
-            except (OSError, InvalidHandshake, TimeoutError) as exc:
-                lost_at = self._lost(lost_at, reconnect_for, exc)
-            except CotrainError as exc:
-                if exc.status is not None:
-                    raise
-                lost_at = self._lost(lost_at, reconnect_for, exc)
+            except STREAM_ERRORS as exc:
+                fatal = stream_failure(exc, self.ws_url)
+                if fatal is not None:
+                    raise fatal from None
+                lost_at = lost_since(lost_at, time.monotonic(), reconnect_for, exc, self.server)
             else:
                 continue
             cursor.reconnects += 1
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    def _lost(self, lost_at: float | None, reconnect_for: float, exc: Exception) -> float:
-        now = time.monotonic()
-        if lost_at is not None and now - lost_at > reconnect_for:
-            raise CotrainError(None, f"Lost the live connection to {self.server} and could not reconnect for "
-                                     f"{reconnect_for:g} s ({exc.__class__.__name__}: {exc}).") from None
-        return lost_at if lost_at is not None else now
 
     async def _catch_up(self, cursor: EventCursor, check_final: bool = False) -> AsyncIterator[MessageOut]:
         final = check_final and cursor.until_done and is_final((await self.get_session(cursor.session_id)).status)

@@ -19,6 +19,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import httpx
 from pydantic import BaseModel, TypeAdapter
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from cotrain.client.errors import CotrainError
 from cotrain.server.schemas import (
@@ -470,3 +471,29 @@ class LogFollower:
                 break
         self.seen = (seen + tail[overlap:])[-10_000:]
         return tail[overlap:]
+
+
+# ---- the live stream's connection failures, for both transports ----------------------------------
+STREAM_ERRORS = (ConnectionClosed, InvalidURI, InvalidHandshake, OSError, TimeoutError, CotrainError)
+
+
+def stream_failure(exc: Exception, ws_url: str) -> CotrainError | None:
+    """What a failure of the live connection means: an error to raise (a refused token, a bad
+    address, a refusal the server answered with), or None: the connection was lost, reconnect."""
+    if isinstance(exc, ConnectionClosed):
+        if exc.rcvd is not None and exc.rcvd.code == 1008:
+            return CotrainError(401, exc.rcvd.reason or "The server refused the token.")
+        return None
+    if isinstance(exc, InvalidURI):
+        return CotrainError(None, f"{ws_url} is not a WebSocket address ({exc}).")
+    if isinstance(exc, CotrainError) and exc.status is not None:
+        return exc
+    return None
+
+
+def lost_since(lost_at: float | None, now: float, reconnect_for: float, exc: Exception, server: str) -> float:
+    """When the connection was first lost; raises once it has stayed lost for `reconnect_for` s."""
+    if lost_at is not None and now - lost_at > reconnect_for:
+        raise CotrainError(None, f"Lost the live connection to {server} and could not reconnect for "
+                                 f"{reconnect_for:g} s ({exc.__class__.__name__}: {exc}).") from None
+    return lost_at if lost_at is not None else now

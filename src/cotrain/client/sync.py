@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import httpx
 
 from cotrain.client.core import (
+    STREAM_ERRORS,
     Call,
     Endpoints,
     EventCursor,
@@ -20,6 +21,8 @@ from cotrain.client.core import (
     base_urls,
     is_final,
     latest_version,
+    lost_since,
+    stream_failure,
     zip_name,
 )
 from cotrain.client.errors import CotrainError, error_from_response, unreachable
@@ -92,7 +95,6 @@ class Client(Endpoints, SyncTransport):
         (for up to `reconnect_for` seconds) and resumes after the last seq received; a gap is filled
         from the stored events; after `idle` quiet seconds the stored events are checked too. Ends
         after the final status message (completed, failed or cancelled) unless `until_done` is False."""
-        from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
         from websockets.sync.client import connect
 
         cursor = EventCursor(_sid(session_id), after, until_done)
@@ -126,30 +128,17 @@ class Client(Endpoints, SyncTransport):
                                 yield got.message
                             if cursor.ending:
                                 yield from self._catch_up(cursor, check_final=True)
-            except ConnectionClosed as exc:
-                if exc.rcvd is not None and exc.rcvd.code == 1008:
-                    raise CotrainError(401, exc.rcvd.reason or "The server refused the token.") from None
-                lost_at = self._lost(lost_at, reconnect_for, exc)
-            except InvalidURI as exc:
-                raise CotrainError(None, f"{self.ws_url} is not a WebSocket address ({exc}).") from None
-            except (OSError, InvalidHandshake, TimeoutError) as exc:
-                lost_at = self._lost(lost_at, reconnect_for, exc)
-            except CotrainError as exc:
-                if exc.status is not None:
-                    raise
-                lost_at = self._lost(lost_at, reconnect_for, exc)
+            except STREAM_ERRORS as exc:
+                fatal = stream_failure(exc, self.ws_url)
+                if fatal is not None:
+                    raise fatal from None
+                lost_at = lost_since(lost_at, time.monotonic(), reconnect_for, exc, self.server)
             else:
                 continue
             cursor.reconnects += 1
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    def _lost(self, lost_at: float | None, reconnect_for: float, exc: Exception) -> float:
-        now = time.monotonic()
-        if lost_at is not None and now - lost_at > reconnect_for:
-            raise CotrainError(None, f"Lost the live connection to {self.server} and could not reconnect for "
-                                     f"{reconnect_for:g} s ({exc.__class__.__name__}: {exc}).") from None
-        return lost_at if lost_at is not None else now
 
     def _catch_up(self, cursor: EventCursor, check_final: bool = False) -> Iterator[MessageOut]:
         """Deliver the stored messages after the cursor; with `check_final`, end the stream when the
