@@ -3,12 +3,14 @@ driven by Playwright. Pages collect console errors; a test fails if any appeared
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -62,9 +64,10 @@ class Server:
         raise AssertionError(f"session {session_id} did not become {wanted} in {timeout} s")
 
 
-@pytest.fixture(scope="package")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    home = tmp_path_factory.mktemp("ui-home")
+@contextlib.contextmanager
+def running_server(home: Path, **extra_env: str) -> Iterator[Server]:
+    """`uvicorn cotrain.ui.app` on a free loopback port with its home in `home` (a test module that
+    needs another server than the package's, e.g. one on Redis, starts its own)."""
     port = free_port()
     env = dict(os.environ)
     env.update(
@@ -74,6 +77,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     )
     env.pop("DATABASE_URL", None)
     env.pop("REDIS_URL", None)
+    env.update(extra_env)
     log = (home / "server.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "cotrain.ui.app:create_app", "--factory", "--host", "127.0.0.1",
@@ -91,13 +95,21 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                 process.kill()
                 pytest.fail(f"the server did not start:\n{(home / 'server.log').read_text()[-4000:]}")
             time.sleep(0.3)
-    yield Server(url, home, process)
-    process.terminate()
     try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+        yield Server(url, home, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture(scope="package")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running_server(tmp_path_factory.mktemp("ui-home")) as started:
+        yield started
 
 
 @pytest.fixture(scope="package")
@@ -142,9 +154,22 @@ def ready(page: Any) -> None:
     page.wait_for_function("() => window.did_handshake === true")
 
 
-def sign_in(page: Any) -> None:
+def sign_in(page: Any, token: str = ADMIN_TOKEN) -> None:
+    """Sign the page in with `token` (default the admin's) through the sign-in dialog."""
     ready(page)
     page.get_by_test_id("sign-in").click()
-    page.get_by_test_id("token-input").fill(ADMIN_TOKEN)
+    page.get_by_test_id("token-input").fill(token)
     page.get_by_test_id("token-submit").click()
     page.get_by_test_id("account").wait_for()
+
+
+def api_status(server: Server, method: str, path: str, token: str | None, body: dict[str, Any] | None = None) -> int:
+    """The HTTP status of one API call (`path` under /api/v1) with `token`."""
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    request = urllib.request.Request(server.url + "/api/v1" + path, method=method, headers=headers,
+                                     data=json.dumps(body).encode() if body is not None else None)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code

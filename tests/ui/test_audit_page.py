@@ -4,46 +4,26 @@ docs/screenshots/audit.png (1280×800)."""
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.chain.wallets import Wallet
-from tests.ui.conftest import Server, ready, screenshot, sign_in
+from tests.ui.conftest import Server, api_status, ready, screenshot, sign_in
 
 pytestmark = pytest.mark.browser
 
 
-def _status(server: Server, method: str, path: str, token: str | None, body: dict[str, Any] | None = None) -> int:
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
-    request = urllib.request.Request(server.url + "/api/v1" + path, method=method, headers=headers,
-                                     data=json.dumps(body).encode() if body is not None else None)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
-def _sign_in_with(page: Any, token: str) -> None:
-    ready(page)
-    page.get_by_test_id("sign-in").click()
-    page.get_by_test_id("token-input").fill(token)
-    page.get_by_test_id("token-submit").click()
-    page.get_by_test_id("account").wait_for()
 
 
 @pytest.fixture(scope="module")
 def member(server: Server) -> str:
     """A member's token, and a few things worth auditing: refusals, a failed and a good sign-in."""
     token = server.api("POST", "/auth/tokens", {"name": "audit-member", "role": "member"})["token"]
-    assert _status(server, "POST", "/sessions", token, {"name": "pool", "autoStart": False,
+    assert api_status(server, "POST", "/sessions", token, {"name": "pool", "autoStart": False,
                                                         "rewardPool": {"amount": 10**12}}) == 403
-    assert _status(server, "GET", "/audit", token) == 403
+    assert api_status(server, "GET", "/audit", token) == 403
     wallet = Wallet.create()
     with httpx.Client(base_url=server.url + "/api/v1", timeout=30) as client:
         challenge = client.post("/auth/nonce", json={"address": wallet.address}).json()
@@ -60,7 +40,7 @@ def test_members_and_visitors_see_no_audit_log(page: Any, server: Server, member
     page.get_by_test_id("audit-not-allowed").wait_for()
     assert page.get_by_test_id("audit-table").count() == 0
     assert page.get_by_test_id("nav-audit").count() == 0
-    _sign_in_with(page, member)
+    sign_in(page, member)
     page.goto("/audit")
     page.get_by_test_id("audit-not-allowed").wait_for()
     assert page.get_by_test_id("nav-audit").count() == 0

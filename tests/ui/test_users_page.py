@@ -4,14 +4,12 @@ nav entry nor the page. Screenshot: docs/screenshots/users.png (1280×800)."""
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from typing import Any
 
 import pytest
 
 from tests.chain.wallets import Wallet
-from tests.ui.conftest import Server, ready, screenshot, sign_in
+from tests.ui.conftest import Server, api_status, ready, screenshot, sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -24,21 +22,6 @@ def wallet_token(server: Server, wallet: Wallet) -> str:
     return token
 
 
-def me_status(server: Server, token: str) -> int:
-    request = urllib.request.Request(server.url + "/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
-def sign_in_with(page: Any, token: str) -> None:
-    ready(page)
-    page.get_by_test_id("sign-in").click()
-    page.get_by_test_id("token-input").fill(token)
-    page.get_by_test_id("token-submit").click()
-    page.get_by_test_id("account").wait_for()
 
 
 def choose(page: Any, testid: str, option: str) -> None:
@@ -86,7 +69,7 @@ def test_admin_changes_roles_revokes_and_bans_in_the_users_page(page: Any, serve
     page.get_by_test_id("revoke-confirm").click()
     page.wait_for_function("a => document.querySelector(`[data-testid='status-${a}']`)?.textContent === 'Banned'",
                            arg=banned.address)
-    assert me_status(server, tokens[banned.address]) == 401
+    assert api_status(server, "GET", "/auth/me", tokens[banned.address]) == 401
     assert server.api("GET", f"/users/{banned.address}")["revoked"] is True
     page.get_by_text("access revoked and banned").wait_for()
     page.wait_for_timeout(700)  # the notification's entry transition
@@ -95,7 +78,7 @@ def test_admin_changes_roles_revokes_and_bans_in_the_users_page(page: Any, serve
     page.wait_for_function("a => document.querySelector(`[data-testid='status-${a}']`)?.textContent === 'Active'",
                            arg=banned.address)
     assert server.api("GET", f"/users/{banned.address}")["revoked"] is False
-    assert me_status(server, tokens[member.address]) == 200  # the others were not touched
+    assert api_status(server, "GET", "/auth/me", tokens[member.address]) == 200  # the others were not touched
 
     # the filters
     choose(page, "kind-filter", "API token")
@@ -116,7 +99,7 @@ def test_the_last_admin_is_kept_in_the_users_page(page: Any, server: Server) -> 
 def test_members_see_no_users_page(page: Any, server: Server) -> None:
     token = server.api("POST", "/auth/tokens", {"name": "a member", "role": "member"})["token"]
     page.goto("/")
-    sign_in_with(page, token)
+    sign_in(page, token)
     assert page.get_by_test_id("nav-users").count() == 0
     page.goto("/users")
     page.get_by_test_id("not-allowed").wait_for()
