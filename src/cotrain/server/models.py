@@ -213,3 +213,79 @@ class AuditEntry(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     entry_hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+# ---- issue 19: per-node system metrics and DiLoCo rounds, kept for charts (server/node_samples.py) ----
+
+class NodeSample(Base):
+    """One node's (DDP/FSDP host, DiLoCo peer) `system` sample from a `progress` event. Rates are
+    bytes/s over the engine's log interval; GPU columns are NULL on a node without a GPU (`gpus`
+    holds the per-device list, the `gpu_*` columns their node-level mean/sum/max for charts).
+    Rows per node are thinned as they grow (node_samples.MAX_SAMPLES_PER_NODE)."""
+
+    __tablename__ = "node_samples"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("training_sessions.id", ondelete="CASCADE"))
+    node: Mapped[str] = mapped_column(String(64))
+    time: Mapped[float] = mapped_column(Float)
+    step: Mapped[int] = mapped_column(Integer)
+    host_cpus: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cpu_percent: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ram_used_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    ram_total_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    process_rss_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    net_sent_bytes_per_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    net_recv_bytes_per_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    disk_read_bytes_per_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    disk_write_bytes_per_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    tokens_per_second: Mapped[float | None] = mapped_column(Float, nullable=True)
+    gpu_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    gpu_util_percent: Mapped[float | None] = mapped_column(Float, nullable=True)  # mean over the node's GPUs
+    gpu_mem_used_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # sum
+    gpu_mem_total_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # sum
+    gpu_power_w: Mapped[float | None] = mapped_column(Float, nullable=True)  # sum
+    gpu_temp_c: Mapped[float | None] = mapped_column(Float, nullable=True)  # hottest
+    gpus: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+
+    __table_args__ = (Index("ix_node_samples_session_node_step", "session_id", "node", "step"),)
+
+
+class RoundSample(Base):
+    """One DiLoCo outer round as a peer reported it (`round` block of a `progress` event); a later
+    report of the same round replaces it."""
+
+    __tablename__ = "round_samples"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("training_sessions.id", ondelete="CASCADE"))
+    round: Mapped[int] = mapped_column(Integer)
+    time: Mapped[float] = mapped_column(Float)
+    step: Mapped[int] = mapped_column(Integer)
+    round_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    train_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    averaging_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    wait_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    bytes_sent: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    bytes_received: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    group_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    slowest_peer: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+    __table_args__ = (UniqueConstraint("session_id", "round", name="uq_round_samples_round"),)
+
+
+class RoundPeerSample(Base):
+    """One peer's part of one round (its training time and traffic); the reports of several peers
+    about the same round merge here, one row per (round, peer)."""
+
+    __tablename__ = "round_peer_samples"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("training_sessions.id", ondelete="CASCADE"))
+    round: Mapped[int] = mapped_column(Integer)
+    peer: Mapped[str] = mapped_column(String(64))
+    train_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    bytes_sent: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    bytes_received: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+    __table_args__ = (UniqueConstraint("session_id", "round", "peer", name="uq_round_peer_samples_peer"),)

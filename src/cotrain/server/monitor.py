@@ -12,11 +12,17 @@ from sqlalchemy.orm import Session
 
 from cotrain.server.messages import record_message
 from cotrain.server.models import CANCELLING, RUNNING, STARTING, MetricPoint, TrainingSession
+from cotrain.server.node_samples import clean_round, clean_system, record_event_blocks
 
 
-def progress_payload(event: dict[str, Any]) -> dict[str, Any]:
-    """The original design's `training.progress` data, from an engine `progress` event."""
+def progress_payload(event: dict[str, Any], blocks: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The original design's `training.progress` data, from an engine `progress` event; plus
+    (issue 19, additive) the cleaned `system` and DiLoCo `round` blocks when the event has them
+    (`blocks`: what node_samples.record_event_blocks kept; cleaned here when not given)."""
     metrics = event.get("metrics") or {}
+    if blocks is None:
+        blocks = {k: v for k, v in (("system", clean_system(event.get("system"))),
+                                    ("round", clean_round(event.get("round")))) if v is not None}
     return {
         "progress": round(float(event.get("progress") or 0.0), 2),
         "loss": event.get("loss"),
@@ -32,6 +38,7 @@ def progress_payload(event: dict[str, Any]) -> dict[str, Any]:
         "totalSteps": event.get("total_steps"),
         "engineSeq": event.get("seq"),
         "time": event.get("time"),
+        **blocks,
     }
 
 
@@ -73,7 +80,8 @@ def apply_engine_event(db: Session, row: TrainingSession, event: dict[str, Any])
                 tokens_per_second=metrics.get("tokens_per_second"), participants=row.participants,
             )
         )
-        out.append(record_message(db, row.id, "training.progress", progress_payload(event)))
+        blocks = record_event_blocks(db, row.id, event, row.step)  # issue 19: per node, per round
+        out.append(record_message(db, row.id, "training.progress", progress_payload(event, blocks)))
     elif kind == "eval":
         fields = {k: event.get(k) for k in ("val_loss", "val_perplexity", "val_accuracy")}
         row.latest_metrics = {**(row.latest_metrics or {}), **fields}

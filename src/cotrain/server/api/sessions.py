@@ -13,8 +13,10 @@ from pydantic import ValidationError
 from cotrain.server.api.deps import OPTIONAL_AUTH, PlatformDep, SessionId
 from cotrain.server.auth import Actor
 from cotrain.server.chain_bridge import owner_wallet
-from cotrain.server.internals import scrub_data
+from cotrain.server.db import session_scope
+from cotrain.server.internals import scrub_data, worker_host
 from cotrain.server.join_command import join_command
+from cotrain.server.metrics_service import latest_nodes, node_history, round_history
 from cotrain.server.models import ALL_STATES, TrainingSession
 from cotrain.server.permissions import Action, can_see_internals, permit
 from cotrain.server.rate_limits import Limit, rate_limit
@@ -265,3 +267,49 @@ def session_model(session_id: SessionId, platform: PlatformDep, actor: Reader) -
 
     platform.sessions.get(session_id, actor)
     return list_versions_out(platform, session_id, actor=actor)
+
+
+# ---- issue 19: every machine of a session (metrics_service.latest_nodes / node_history / round_history) ----
+
+def _for_reader(data: dict[str, Any], row: TrainingSession, actor: Actor | None) -> dict[str, Any]:
+    """Node ids and GPU names carry no host names by the engine's contract; anything that does is
+    still scrubbed for everyone but the owner and admins (internals.py)."""
+    return data if can_see_internals(actor, row.owner_id) else scrub_data(data, worker_host(row.worker_id))
+
+
+@router.get("/{session_id}/nodes", summary="Each node's or peer's system metrics: the latest and over time",
+            openapi_extra=OPTIONAL_AUTH)
+def session_nodes(
+    session_id: SessionId, platform: PlatformDep, actor: Reader,
+    max_points: int = Query(500, ge=10, le=10_000, alias="maxPoints"),
+) -> dict[str, Any]:
+    """`nodes`: the newest sample of each node (GPU utilisation and memory per device, host RAM,
+    network and disk bytes/s, tokens/s, `last_seen`), one per DDP/FSDP node or DiLoCo peer;
+    `history`: each node's series (`node`, `totalPoints`, `points`), downsampled past `maxPoints`
+    samples (metrics_service.node_history). Node, GPU and point fields keep the engine contract's names."""
+    row = platform.sessions.get(session_id, actor)
+    with session_scope(platform.factory) as db:
+        nodes = latest_nodes(db, row.id)
+        history = node_history(db, row.id, max_points)
+    data = {"sessionId": row.id, "nodes": nodes, "downsampled": history["downsampled"],
+            "history": [{"node": h["node"], "totalPoints": h["total_points"], "points": h["points"]}
+                        for h in history["nodes"]]}
+    return _for_reader(data, row, actor)
+
+
+@router.get("/{session_id}/rounds", summary="DiLoCo rounds: training, averaging and waiting time, traffic, the slowest peer",
+            openapi_extra=OPTIONAL_AUTH)
+def session_rounds(
+    session_id: SessionId, platform: PlatformDep, actor: Reader,
+    max_points: int = Query(500, ge=10, le=10_000, alias="maxPoints"),
+) -> dict[str, Any]:
+    """The session's rounds oldest first (bucketed past `maxPoints`), the newest whole with its
+    peers, its slowest peer, and per-peer totals (metrics_service.round_history); empty for a
+    session that is not DiLoCo."""
+    row = platform.sessions.get(session_id, actor)
+    with session_scope(platform.factory) as db:
+        rounds = round_history(db, row.id, max_points)
+    data = {"sessionId": row.id, "totalRounds": rounds["total_rounds"], "downsampled": rounds["downsampled"],
+            "rounds": rounds["rounds"], "latest": rounds["latest"], "slowestPeer": rounds["slowest_peer"],
+            "peers": rounds["peers"]}
+    return _for_reader(data, row, actor)

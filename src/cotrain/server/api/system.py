@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import func, select, text
 
 from cotrain.server.api.deps import PlatformDep
+from cotrain.server.auth import Actor
 from cotrain.server.db import session_scope
 from cotrain.server.models import ALL_STATES, TrainingSession
+from cotrain.server.node_metrics import session_metric_lines
 from cotrain.server.permissions import Action, permit
 from cotrain.server.schemas import Envelope
 
@@ -34,9 +36,12 @@ def health(platform: PlatformDep) -> Envelope[dict[str, Any]]:
     )
 
 
-def prometheus_text(platform: Any, http_metrics: Any = None) -> str:
+def prometheus_text(platform: Any, http_metrics: Any = None, actor: Actor | None = None) -> str:
+    """The server's metrics; the per-session, per-node and per-round series (node_metrics.py, issue
+    19) cover the sessions `actor` may read (anonymous scrapes: public sessions only)."""
     with session_scope(platform.factory) as db:
         counts = dict(db.execute(select(TrainingSession.status, func.count()).group_by(TrainingSession.status)).all())
+        session_lines = session_metric_lines(db, actor)
     hub = platform.hub
     lines = [
         "# HELP cotrain_sessions Training sessions by status.",
@@ -58,13 +63,16 @@ def prometheus_text(platform: Any, http_metrics: Any = None) -> str:
         "# TYPE cotrain_dht_up gauge",
         f"cotrain_dht_up {int(platform.dht.running)}",
         *(http_metrics.prometheus_lines() if http_metrics is not None else []),
+        *session_lines,
     ]
     return "\n".join(lines) + "\n"
 
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics",
-            dependencies=[Depends(permit(Action.STATUS_READ))],
             responses={200: {"content": {"text/plain; version=0.0.4": {}}}})
-def metrics(platform: PlatformDep, request: Request) -> PlainTextResponse:
-    text = prometheus_text(platform, getattr(request.app.state, "http_metrics", None))
+def metrics(platform: PlatformDep, request: Request,
+            actor: Annotated[Actor | None, Depends(permit(Action.STATUS_READ))]) -> PlainTextResponse:
+    """Public; per-session series only for sessions the caller may read (scrape with a maintainer's
+    or admin's token to include private ones)."""
+    text = prometheus_text(platform, getattr(request.app.state, "http_metrics", None), actor)
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
