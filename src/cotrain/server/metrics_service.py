@@ -127,8 +127,9 @@ def node_history(db: Session, session_id: str, max_points: int = 500, nodes: lis
     downsampled = max(totals.values()) > max_points
     by_node: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
     if not downsampled:
-        for r in db.scalars(select(NodeSample).where(*where).order_by(NodeSample.step, NodeSample.id)):
-            by_node[r.node].append({"step": r.step, "time": r.time, **{m: getattr(r, m) for m in NODE_SERIES}})
+        columns = [NodeSample.node, NodeSample.step, NodeSample.time, *(getattr(NodeSample, m) for m in NODE_SERIES)]
+        for r in db.execute(select(*columns).where(*where).order_by(NodeSample.step, NodeSample.id)).mappings():
+            by_node[r["node"]].append({k: v for k, v in r.items() if k != "node"})
     else:
         first, last = min(s[2] for s in stats), max(s[3] for s in stats)
         width = max(1, -(-(last - first + 1) // max_points))
