@@ -6,7 +6,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cotrain.server.api.models import list_versions_out
+from cotrain.server.db import session_scope
+from cotrain.server.internals import scrub_data, worker_host
+from cotrain.server.metrics_service import latest_nodes, node_history, round_history
+from cotrain.server.permissions import can_see_internals
 from cotrain.ui.context import platform
+from cotrain.ui.machines_view import ROUND_LIMIT, SERIES_LIMIT
 
 if TYPE_CHECKING:
     from cotrain.server.auth import Actor
@@ -28,6 +33,10 @@ class SessionView:
     # as this person may see them (no paths, hosts or tracebacks unless owner or admin)
     error: str | None = None
     config_toml: str = ""
+    # issue 19: the nodes' stored samples (NODE dicts of the `system` blocks, oldest first) and the
+    # DiLoCo sessions' `round` blocks, in the engine contract's shape (machines_view reads them)
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
 
 
 def load(session_id: str, actor: Actor | None) -> SessionView:
@@ -43,7 +52,24 @@ def load(session_id: str, actor: Actor | None) -> SessionView:
         queue_position=service.queue_position(session_id, actor) if row.status == "queued" else None,
         waiting_reason=service.waiting_reasons([row]).get(row.id),
         error=service.error_text(row, actor), config_toml=service.config_toml(session_id, actor),
+        **machine_history(row, actor),
     )
+
+
+def machine_history(row: TrainingSession, actor: Actor | None) -> dict[str, list[dict[str, Any]]]:
+    """The Machines and Rounds sections' stored history (the page then follows the live messages):
+    each node's newest sample first (with its GPUs), then its points over time; the DiLoCo rounds.
+    Scrubbed like GET /sessions/{id}/nodes and /rounds for everyone but the owner and admins."""
+    with session_scope(platform().factory) as db:
+        nodes = latest_nodes(db, row.id)
+        for history in node_history(db, row.id, SERIES_LIMIT)["nodes"]:
+            nodes += [{**point, "node": history["node"]} for point in history["points"]]
+        rounds: list[dict[str, Any]] = []
+        if row.strategy == "diloco":
+            stored = round_history(db, row.id, ROUND_LIMIT)
+            rounds = stored["rounds"] + ([stored["latest"]] if stored["latest"] else [])
+    data = {"nodes": nodes, "rounds": rounds}
+    return data if can_see_internals(actor, row.owner_id) else scrub_data(data, worker_host(row.worker_id))
 
 
 def logs(session_id: str, actor: Actor | None) -> list[str]:

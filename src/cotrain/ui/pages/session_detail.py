@@ -15,9 +15,11 @@ from cotrain.ui import audit_data, live, model_data, session_view
 from cotrain.ui import format as fmt
 from cotrain.ui.components.badges import copyable, set_status, status_badge
 from cotrain.ui.components.charts import LineChart
+from cotrain.ui.components.machines import MachinesSection, RoundsSection
 from cotrain.ui.context import platform
 from cotrain.ui.i18n import t
 from cotrain.ui.layout import empty_state, frame, sign_in_dialog
+from cotrain.ui.machines_view import Machines, Rounds
 from cotrain.ui.theme import STATUS_COLORS
 
 FINAL = ("completed", "failed", "cancelled")
@@ -58,6 +60,10 @@ class Detail:
         self.samples: list[tuple[int, float]] = [
             (int(p["step"]), float(p["time"])) for p in view.history if p.get("loss") is not None and p.get("time")
         ]
+        self.machines, self.rounds = Machines(), Rounds()  # issue 19: per-node metrics, DiLoCo rounds
+        self.machines.add_many(view.nodes)
+        self.rounds.add_many(view.rounds)
+        self.rounds_section: RoundsSection | None = None
 
     # ---- building ------------------------------------------------------------------------------
     def build(self, relay: live.Relay) -> None:
@@ -80,6 +86,9 @@ class Detail:
             self.error_box = ui.column().classes("w-full")
             self._show_error(self.view.error)
             self._charts()
+            if row.strategy == "diloco":  # why a DiLoCo run is slow first, then each machine
+                self.rounds_section = RoundsSection(self.rounds)
+            self.machines_section = MachinesSection(self.machines)
             with ui.row().classes("w-full gap-5 no-wrap items-stretch"):
                 with ui.column().classes("flex-1 min-w-0"):
                     self._peers_card()
@@ -88,6 +97,9 @@ class Detail:
             self._logs_card()
             self._config_card()
         self._apply_status(row.status)
+        self.machines_section.flush()  # the stored history, before the first live message
+        if self.rounds_section is not None:
+            self.rounds_section.flush()
         relay.connect(self.on_message)
         ui.timer(1.0, self.flush)
         ui.timer(3.0, self.refresh_logs)
@@ -250,6 +262,10 @@ class Detail:
             self.lr_chart.add(0, step, metrics.get("learningRate"))
             self.tps_chart.add(0, step, metrics.get("tokensPerSecond"))
             self.part_chart.add(0, step, data.get("participants"))
+            if self.machines.add_message(data):
+                self.machines_section.dirty = True
+            if self.rounds_section is not None and self.rounds.add_message(data):
+                self.rounds_section.dirty = True
         elif event == "training.eval":
             self.loss_chart.add(1, data.get("step"), data.get("valLoss"))
             self.acc_chart.add(1, data.get("step"), data.get("valAccuracy"))
@@ -267,6 +283,9 @@ class Detail:
         """Redraw changed charts; reload what a status, checkpoint or peer message changed."""
         for chart in self.charts:
             chart.flush()
+        self.machines_section.flush()
+        if self.rounds_section is not None:
+            self.rounds_section.flush()
         if self.reload_wanted:
             self.reload_wanted = False
             await self.reload()
@@ -287,6 +306,10 @@ class Detail:
         self._set_peers(view.peers)
         self._set_checkpoints(view.checkpoints)
         self._set_logs(view.logs)
+        if self.machines.add_many(view.nodes):  # what a gap in the live messages left out
+            self.machines_section.dirty = True
+        if self.rounds_section is not None and self.rounds.add_many(view.rounds):
+            self.rounds_section.dirty = True
         if view.row.status in FINAL:
             self.percent.set_text(f"{view.row.progress:.0f}%")
             self.bar.set_value((view.row.progress or 0) / 100)
@@ -306,6 +329,9 @@ class Detail:
         for chart in getattr(self, "charts", []):
             chart.set_empty_text(t("detail.chart.none") if quiet else t("detail.chart.empty"))
             chart.flush()
+        for section in (getattr(self, "machines_section", None), self.rounds_section):
+            if section is not None:
+                section.set_quiet(quiet)
         self.model_button.set_visibility(bool(self.view.versions))
 
     def _show_error(self, error: str | None) -> None:
