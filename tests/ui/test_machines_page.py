@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import urllib.error
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -91,7 +91,7 @@ def node(name: str, when: float, i: int, *, gpus: int = 0, tps: float | None = N
         "tokens_per_second": tps, "time": when,
     }
     if gpus:
-        out["gpus"] = [{"index": g, "name": "NVIDIA H100 80GB HBM3", "util_percent": 88.0 + (g + i) % 7,
+        out["gpus"] = [{"index": g, "name": "NVIDIA H100 80GB HBM3", "util_percent": 88.0 + (g + i) % 7 - 9 * k,
                         "mem_used_bytes": int((61 + g + 0.2 * i) * GiB), "mem_total_bytes": 80 * GiB,
                         "power_w": 540.0 + 10 * g, "temp_c": 61.0 + g} for g in range(gpus)]
     return out
@@ -202,6 +202,25 @@ def round_block(number: int, peer: str, train: float, wait: float, averaging: fl
             "peers": [{"peer": peer, "train_seconds": train, "bytes_sent": sent, "bytes_received": sent - 3 * MiB}]}
 
 
+def publish_rounds(session_id: str, seq: int, first_seen: Callable[[], Any] | None = None) -> None:
+    """Eight rounds of two peers, each peer's progress event with its own `round` block and machine;
+    B (a CPU volunteer) trains slower and A waits for it. `first_seen`: waits for round 1 on the page."""
+    start = time.time() - 600
+    for r in range(1, 9):
+        end = start + 70 * r
+        train_a, train_b = 48.0 + r % 3, 58.0 + 2 * (r % 4)
+        averaging = 6.0 + (r % 2)
+        for peer, train, gpus, tps in ((PEER_A, train_a, 1, 9_800.0), (PEER_B, train_b, 0, 8_100.0)):
+            wait = round(max(train_a, train_b) - train, 3)
+            block = round_block(r, peer, train, wait, averaging, sent=(96 if peer == PEER_A else 95) * MiB,
+                                slowest=PEER_B)
+            nodes = [node(peer, end, r, gpus=gpus, tps=tps, k=int(peer == PEER_B))]
+            seq += 1
+            publish(session_id, seq, progress_event(500 * r, end, nodes, round=block))
+        if r == 1 and first_seen is not None:
+            first_seen()
+
+
 def test_diloco_round_breakdown_and_slowest_peer(page: Any, server: Server) -> None:
     session_id = start_quiet_session(server, "llama 1B · volunteers (DiLoCo)", strategy="diloco", innerSteps=10**6)
     try:
@@ -210,26 +229,14 @@ def test_diloco_round_breakdown_and_slowest_peer(page: Any, server: Server) -> N
         ready(page)
         assert page.get_by_test_id("rounds-summary").text_content() == "No outer round has finished yet."
         page.evaluate(NO_RELOAD)
-        start, seq = time.time() - 600, 2000
-        for r in range(1, 9):  # eight rounds; B (a CPU volunteer) trains slower and A waits for it
-            end = start + 70 * r
-            train_a, train_b = 48.0 + r % 3, 58.0 + 2 * (r % 4)
-            averaging = 6.0 + (r % 2)
-            for peer, train, gpus, tps in ((PEER_A, train_a, 1, 9_800.0), (PEER_B, train_b, 0, 8_100.0)):
-                wait = round(max(train_a, train_b) - train, 3)
-                block = round_block(r, peer, train, wait, averaging, sent=(96 if peer == PEER_A else 95) * MiB,
-                                    slowest=PEER_B)
-                nodes = [node(peer, end, r, gpus=gpus, tps=tps, k=int(peer == PEER_B))]
-                seq += 1
-                publish(session_id, seq, progress_event(500 * r, end, nodes, round=block))
-            if r == 1:
-                page.get_by_test_id("slowest-peer").filter(has_text="Slowest peer in round 1").wait_for()
+        publish_rounds(session_id, 2000, first_seen=lambda: page.get_by_test_id("slowest-peer").filter(
+            has_text="Slowest peer in round 1").wait_for())
         page.wait_for_function("() => document.querySelector('[data-testid=rounds-chart]')"
                                ".getAttribute('data-points') === '8'")
         slowest = page.get_by_test_id("slowest-peer").text_content()
         assert slowest == "Slowest peer in round 8: 12D3KooW…p5GaKt (trained 58.0 s)", slowest
         summary = page.get_by_test_id("rounds-summary").text_content()
-        # the two peers' reports of round 8, averaged: A trained 50 s and waited 8 s, B trained 58 s
+        # round 8: A trained 50 s, B 58 s: training is their mean, waiting the mean wait for B
         assert summary.startswith("Round 8: 64.0 s (training 54.0 s, averaging 6.0 s, waiting 4.0 s) · 2 peers"), summary
         peers = page.get_by_test_id("round-peers-table").locator("tbody tr")
         assert peers.count() == 2
@@ -241,6 +248,23 @@ def test_diloco_round_breakdown_and_slowest_peer(page: Any, server: Server) -> N
         assert page.evaluate("window.__noReload") is True, "the page reloaded"
         scroll_to(page, "rounds-section")
         screenshot(page, "rounds")
+
+        # Simplified Chinese, dark (a reload each: the page follows anew, so the rounds come again)
+        page.get_by_test_id("language").click()
+        page.get_by_test_id("lang-zh-CN").click()
+        page.get_by_text("DiLoCo 轮次").first.wait_for()
+        page.get_by_test_id("theme").click()
+        page.wait_for_function("() => document.body.classList.contains('body--dark')")
+        page.reload()
+        page.wait_for_function("() => document.body.classList.contains('body--dark')")
+        page.get_by_test_id("rounds-section").wait_for()
+        ready(page)
+        publish_rounds(session_id, 3000)
+        page.wait_for_function("() => document.querySelector('[data-testid=rounds-chart]')"
+                               ".getAttribute('data-points') === '8'")
+        page.get_by_test_id("slowest-peer").filter(has_text="第 8 轮最慢的节点").wait_for()
+        scroll_to(page, "rounds-section")
+        screenshot(page, "rounds-dark-zh-CN")
     finally:
         server.api("POST", f"/sessions/{session_id}/cancel")
         server.wait_status(session_id, "cancelled", timeout=60)
