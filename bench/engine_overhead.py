@@ -8,6 +8,13 @@ engine, baseline, ...) so drift in machine load hits both alike. The engine's fi
 `tokens_per_second` from the progress events (timed over the steps alone, so evaluation and
 checkpoints are excluded); the baseline times its steps the same way. Warm-up steps are
 dropped from both. Writes bench/results/engine_overhead.json.
+
+It also prices the per-node system metrics (core/system_metrics.py: psutil, NVML, one gather
+per log interval), in the same engine runs: after the warm-up window, the log windows alternate
+between sampling at their end and not (`Trainer.sample_system` then does nothing), and the steps
+and the sampling are timed in-process. `fraction_of_step_time` is the time spent sampling over the
+time spent in steps (target under 1%); `step_time_ratio` is the step time, sampling included, of the
+windows that sampled over that of those that did not (noisier: step times vary by a few %).
 """
 
 from __future__ import annotations
@@ -51,16 +58,74 @@ resume = "none"
 """
 
 
-def engine_tokens_per_s(config: Path, home: Path) -> float:
+# The engine's own loop, its steps and its system sampling timed. After the first (warm-up) log
+# window, the windows alternate between sampling at their end (on) and not sampling (off).
+TIMED_ENGINE = r'''
+import json, sys, time
+from cotrain.config import load_config
+from cotrain.core import train
+out, config = sys.argv[1], sys.argv[2]
+spent = {"on": [0.0, 0], "off": [0.0, 0], "sampling_seconds": 0.0, "samples": 0}
+window = {"index": 0}
+step, sample = train.Trainer.train_step, train.Trainer.sample_system
+def sampling():
+    return window["index"] % 2 == 1
+def timed_step(self, *args, **kwargs):
+    began = time.perf_counter()
+    result = step(self, *args, **kwargs)
+    if window["index"] > 0:
+        bucket = spent["on" if sampling() else "off"]
+        bucket[0] += time.perf_counter() - began
+        bucket[1] += 1
+    return result
+def timed_sample(self, log_window):
+    if window["index"] == 0 or sampling():
+        began = time.perf_counter()
+        sample(self, log_window)
+        seconds = time.perf_counter() - began
+        if window["index"] > 0:
+            spent["on"][0] += seconds
+            spent["sampling_seconds"] += seconds
+            spent["samples"] += 1
+    window["index"] += 1
+train.Trainer.train_step, train.Trainer.sample_system = timed_step, timed_sample
+code = train.run(load_config(config))
+with open(out, "w") as fh:
+    json.dump(spent, fh)
+sys.exit(code)
+'''
+
+
+def engine_run(config: Path, home: Path) -> dict:
+    """One engine run: its tokens/s (from its progress events) and its step and sampling times."""
     env = {**os.environ, "COTRAIN_HOME": str(home), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     events_file = home / "logs" / "training" / "bench-engine" / "events.jsonl"
     events_file.unlink(missing_ok=True)
-    subprocess.run([sys.executable, "-m", "cotrain.core.train", "--config", str(config)], env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    timings = home / "timings.json"
+    subprocess.run([sys.executable, "-c", TIMED_ENGINE, str(timings), str(config)],
+                   env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     progress = [json.loads(line) for line in events_file.read_text().splitlines()]
     windows = [e for e in progress if e["type"] == "progress" and e["step"] > WARMUP_STEPS]
     # Each window covers log_interval steps of equal tokens: the overall rate is the harmonic mean.
-    return statistics.harmonic_mean([e["metrics"]["tokens_per_second"] for e in windows])
+    return {"tokens_per_s": statistics.harmonic_mean([e["metrics"]["tokens_per_second"] for e in windows]),
+            **json.loads(timings.read_text())}
+
+
+def sampling_cost(runs: list[dict]) -> dict:
+    """The system sampling's price: its own time over the steps' time, and the step time (sampling
+    included) of the windows that sampled over that of the windows that did not, in the same runs."""
+    on_seconds, on_steps = (sum(r["on"][i] for r in runs) for i in (0, 1))
+    off_seconds, off_steps = (sum(r["off"][i] for r in runs) for i in (0, 1))
+    sampling = sum(r["sampling_seconds"] for r in runs)
+    return {
+        "fraction_of_step_time": sampling / (on_seconds - sampling),
+        "seconds_per_sample": sampling / max(sum(r["samples"] for r in runs), 1),
+        "step_seconds_sampling_on": on_seconds / on_steps,
+        "step_seconds_sampling_off": off_seconds / off_steps,
+        "step_time_ratio": (on_seconds / on_steps) / (off_seconds / off_steps),
+        "log_interval": WARMUP_STEPS,
+        "target_fraction": 0.01,
+    }
 
 
 BASELINE = r'''
@@ -125,12 +190,14 @@ def main() -> None:
         prepared = prepare_dataset(cfg.data, Layout.from_env().ensure(), seed=cfg.train.seed)
         shard = prepared.shards("train")[0]
 
-        engine, baseline = [], []
+        engine, baseline, runs = [], [], []
         for round_ in range(rounds):
             started = time.monotonic()
-            engine.append(engine_tokens_per_s(config, home))
+            runs.append(engine_run(config, home))
+            engine.append(runs[-1]["tokens_per_s"])
             baseline.append(baseline_tokens_per_s(shard, prepared.vocab_size, args.size, steps, args.batch, args.seq))
-            print(f"round {round_ + 1}/{rounds}: engine {engine[-1]:,.0f} tok/s, baseline {baseline[-1]:,.0f} tok/s "
+            print(f"round {round_ + 1}/{rounds}: engine {engine[-1]:,.0f} tok/s, baseline {baseline[-1]:,.0f} tok/s, "
+                  f"system sampling {sampling_cost(runs[-1:])['fraction_of_step_time']:.4%} of step time "
                   f"({time.monotonic() - started:.0f}s)", flush=True)
 
     result = {
@@ -141,12 +208,17 @@ def main() -> None:
         "setup": {"model": f"llama2-{args.size}", "batch_size": args.batch, "seq_length": args.seq, "steps": steps,
                   "warmup_steps": WARMUP_STEPS, "threads": os.cpu_count(), "device": "cpu"},
         "target_ratio": 0.97,
+        "system_sampling": sampling_cost(runs),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nengine   {result['engine_tokens_per_s']:>10,.0f} tokens/s\n"
           f"baseline {result['baseline_tokens_per_s']:>10,.0f} tokens/s\n"
-          f"ratio    {result['ratio']:>10.3f}  (target >= 0.97)\nwrote {RESULTS}")
+          f"ratio    {result['ratio']:>10.3f}  (target >= 0.97)")
+    cost = result["system_sampling"]
+    print(f"system sampling: {cost['seconds_per_sample'] * 1e3:.2f} ms per sample every {WARMUP_STEPS} steps = "
+          f"{cost['fraction_of_step_time']:.4%} of step time (target < 1%); step time on/off "
+          f"{cost['step_time_ratio']:.3f} (same runs)\nwrote {RESULTS}")
 
 
 if __name__ == "__main__":

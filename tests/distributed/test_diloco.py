@@ -48,13 +48,14 @@ class Peer:
     """One `python -m cotrain.core.train` peer with its own COTRAIN_HOME (shared datasets)."""
 
     def __init__(self, name: str, root: Path, datasets: Path, initial_peers: str, *, max_steps: int,
-                 inner_steps: int = 5, compression: str = "none", min_peers: int = 2, processes: int = 1):
+                 inner_steps: int = 5, compression: str = "none", min_peers: int = 2, processes: int = 1,
+                 log_interval: int = 100):
         self.name = name
         self.home = root / name
         self.home.mkdir(parents=True)
         (self.home / "datasets").symlink_to(datasets, target_is_directory=True)
         self.config = tiny_config(
-            root / f"{name}.toml", "diloco-test", max_steps=max_steps, interval=max_steps, log_interval=100,
+            root / f"{name}.toml", "diloco-test", max_steps=max_steps, interval=max_steps, log_interval=log_interval,
             extra=DILOCO.format(inner_steps=inner_steps, compression=compression, initial_peers=initial_peers,
                                min_peers=min_peers, processes=processes),
         )

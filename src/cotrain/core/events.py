@@ -10,7 +10,10 @@ Event types and their fields (besides the common ones):
               config as a dict), num_parameters, world_size, device
 - progress:   step, total_steps, progress (0-100), loss, participants, epoch, tokens_seen,
               metrics{accuracy, learning_rate, batch_size, tokens_per_second, samples_per_second,
-              step_time, mfu, memory_bytes, grad_norm, gpu_utilization (GPU only)}
+              step_time, mfu, memory_bytes, grad_norm, gpu_utilization (GPU only)},
+              system{nodes: one per node / DiLoCo peer (core/system_metrics.py)} once sampled,
+              DiLoCo after an outer step: outer_step, params_hash, group_size, round{...}
+              (core/strategies/round_metrics.py)
 - eval:       step, val_loss, val_perplexity, val_accuracy
 - checkpoint: step, path
 - peer:       peer_id, event ("joined" | "left" | "progress"), plus the peer's record

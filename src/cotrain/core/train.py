@@ -48,6 +48,7 @@ from cotrain.core.models import (
 from cotrain.core.optim import build_optimizer, lr_at, set_lr
 from cotrain.core.path_guard import check_config_paths
 from cotrain.core.strategies import make_strategy
+from cotrain.core.system_metrics import SystemSampler
 from cotrain.core.tokenizer import eos_id, mask_id
 from cotrain.core.tracking import Tracking
 from cotrain.p2p.errors import PeerNetworkError
@@ -171,6 +172,7 @@ class Trainer:
         if self.resume_from is not None:
             self._restore(self.resume_from)
         self.peak_flops = peak_flops(self.device, cfg.model.precision) if strategy.is_main else 0.0
+        self.system = SystemSampler.for_this_process()  # primed now: its first rates cover training, not setup
 
     def install_model(self, model: torch.nn.Module) -> None:
         """Put `model` (weights loaded) to train: the speed options, the device, the strategy's
@@ -357,6 +359,9 @@ class Trainer:
         extra: dict[str, Any] = {}
         if result.outer is not None:
             extra = {"outer_step": result.outer.outer_step, "params_hash": result.outer.params_hash, **result.outer.extra}
+        nodes = self.strategy.system_nodes()
+        if nodes:
+            extra["system"] = {"nodes": nodes}
         self.emit(
             "progress",
             step=step,
@@ -371,6 +376,12 @@ class Trainer:
             metrics=metrics,
             **extra,
         )
+
+    def sample_system(self, window: Window) -> None:
+        """Every process, at the log interval: its machine's figures and its own tokens/s, gathered
+        per node to the main process for the next progress event's `system` block."""
+        own_tokens = window.tokens / self.strategy.data_shard()[1]
+        self.strategy.gather_nodes(self.system.sample(own_tokens / window.seconds if window.seconds else None))
 
     # --- the run -------------------------------------------------------------------------
     def start_tracking(self) -> None:
@@ -416,6 +427,8 @@ class Trainer:
                 raise FloatingPointError(
                     f"loss became {result.loss} at step {step}; lower train.learning_rate or use precision bf16/fp32"
                 )
+            if log_now:
+                self.sample_system(window)
             if log_now or result.outer is not None:
                 self.progress_event(step, result, window)
                 window = Window()

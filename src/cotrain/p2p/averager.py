@@ -26,6 +26,7 @@ import asyncio
 import ctypes
 import logging
 import multiprocessing as mp
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -43,11 +44,13 @@ SENDER_CLOSE_BOUND = 60.0  # seconds a reducer keeps a finished stream open for 
 
 
 class ByteCounters:
-    """Bytes sent / received by the averager process, readable from the training process."""
+    """Bytes sent / received by the averager process, and the seconds its all-reduces took (the
+    rest of a `step` is matchmaking: waiting for the group), readable from the training process."""
 
     def __init__(self) -> None:
         self.sent = mp.Value(ctypes.c_int64, 0)
         self.received = mp.Value(ctypes.c_int64, 0)
+        self.allreduce_seconds = mp.Value(ctypes.c_double, 0.0)
 
     def add(self, sent: int = 0, received: int = 0) -> None:
         with self.sent.get_lock():
@@ -183,8 +186,13 @@ class ExactAverager(DecentralizedAverager):
             **kwargs,
         )
         self._running_groups[group_id].set_result(runner)
-        async for tensor, averaged in azip(as_aiter(*tensors), runner):
-            tensor.copy_(averaged)
+        started = time.perf_counter()
+        try:
+            async for tensor, averaged in azip(as_aiter(*tensors), runner):
+                tensor.copy_(averaged)
+        finally:
+            with self.counters.allreduce_seconds.get_lock():
+                self.counters.allreduce_seconds.value += time.perf_counter() - started
         if runner.tensor_part_container.failed_size:
             raise AllreduceException(
                 f"{runner.tensor_part_container.failed_size} values were not averaged (a peer left mid-round)"
@@ -231,3 +239,7 @@ class ExactAverager(DecentralizedAverager):
 
     def bytes_moved(self) -> tuple[int, int]:
         return int(self.counters.sent.value), int(self.counters.received.value)
+
+    def allreduce_seconds(self) -> float:
+        """Seconds spent in all-reduces so far (the part of the rounds that moved tensors)."""
+        return float(self.counters.allreduce_seconds.value)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from cotrain.config import CotrainConfig
+from cotrain.core.system_metrics import merge_nodes
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Strategy:
         self.device = device
         self.rank = 0
         self.world_size = 1
+        self._nodes: list[dict[str, Any]] = []  # the latest machine samples, merged per node
 
     # --- processes -------------------------------------------------------------------
     def setup(self) -> None:
@@ -100,6 +102,15 @@ class Strategy:
     def comm_bytes(self) -> tuple[int, int]:
         """(bytes sent, bytes received) by this process so far."""
         return 0, 0
+
+    def gather_nodes(self, sample: dict[str, Any]) -> None:
+        """Every process, at the log interval (a collective where there are several): this
+        process's machine sample (core/system_metrics.py) to the main process, merged per node."""
+        self._nodes = merge_nodes([sample])
+
+    def system_nodes(self) -> list[dict[str, Any]]:
+        """The progress event's `system` nodes on the main process (empty before the first sample)."""
+        return self._nodes
 
     # --- checkpoints ---------------------------------------------------------------------
     def model_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:

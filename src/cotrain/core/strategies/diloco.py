@@ -40,6 +40,8 @@ import torch
 from torch import nn
 
 from cotrain.core.strategies.base import OuterStepReport, Strategy
+from cotrain.core.strategies.round_metrics import RoundClock, short_peer_id, train_seconds_of
+from cotrain.core.system_metrics import merge_nodes
 
 if TYPE_CHECKING:
     from cotrain.core.strategies.ddp import DdpStrategy
@@ -90,6 +92,9 @@ class DilocoStrategy(Strategy):
         self._known_peers: dict[str, Any] = {}
         self._peer_events: list[dict[str, Any]] = []
         self.model: nn.Module | None = None
+        self.round_clock = RoundClock.start((0, 0))  # restarted when training starts and after every round
+        self.own_node: dict[str, Any] | None = None  # this peer's machine, in its record and its events
+        self.last_round: dict[str, Any] | None = None  # its last round block, in its record
 
     # --- processes -------------------------------------------------------------------
     def setup(self) -> None:
@@ -195,6 +200,7 @@ class DilocoStrategy(Strategy):
             with dies_with_parent():  # no orphaned averager after a kill -9
                 self.averager = self._start_averager(self.diloco.matchmaking_time)
             self._join_running_session()
+            self.round_clock = RoundClock.start(self.comm_bytes())
         if self.local is None:
             return model
         self._share_global_state()  # the state rank 0 may have downloaded
@@ -232,6 +238,7 @@ class DilocoStrategy(Strategy):
         if self.local is not None:
             self._share_global_state()
         self.inner_done = 0
+        self.round_clock = RoundClock.start(self.comm_bytes())
         self._last_step_time = time.perf_counter()  # the round's wait is not training time
         return report
 
@@ -239,25 +246,35 @@ class DilocoStrategy(Strategy):
     def _outer_round(self) -> OuterStepReport | None:
         round_ = self.outer_step + 1
         started = time.perf_counter()
+        clock = self.round_clock
+        clock.inner_steps_done()
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            self._fill_pseudo_gradient()
+            with clock.phase("averaging"):
+                self._fill_pseudo_gradient()
             self.ready_round = round_
-            self.publisher.publish_now()
-            others = self._wait_until_peers_ready(round_)
+            with clock.phase("wait"):
+                self.publisher.publish_now()
+                others = self._wait_until_peers_ready(round_)
+            self._note_peers(others)  # the freshest view of the others (and their machines) for the events
             if any(r.outer_step >= round_ for r in others):
                 return self._catch_up("the other peers finished this round without this peer")
             if 1 + len(others) < self.diloco.min_peers:
                 break  # nobody to average with
-            self._size_groups(round_, others)
-            gathered = self._average(round_, live=1 + len(others))
+            with clock.phase("wait"):
+                self._size_groups(round_, others)
+            gathered = self._average(round_, live=1 + len(others), clock=clock)
             if gathered is not None:
-                self._apply_outer_step()
+                with clock.phase("averaging"):
+                    self._apply_outer_step()
+                block = clock.block(round_, short_peer_id(self.peer_id), self.comm_bytes(),
+                                    train_seconds_of(gathered))
+                self.last_round = {k: v for k, v in block.items() if k != "peers"}
                 self.publisher.publish_now()
                 return OuterStepReport(
                     outer_step=self.outer_step, participants=len(gathered), params_hash=self.last_hash,
                     extra={
                         "group_size": len(gathered), "round_seconds": round(time.perf_counter() - started, 3),
-                        "round_attempts": attempt,
+                        "round_attempts": attempt, "round": block,
                     },
                 )
             if any(r.outer_step >= round_ for r in self._live_records()):
@@ -305,15 +322,21 @@ class DilocoStrategy(Strategy):
         except Exception as exc:  # the averager process is gone: the step below fails and says so
             log.warning("could not size round %d's group: %s", round_, exc)
 
-    def _average(self, round_: int, live: int) -> dict | None:
-        """All-reduce the pseudo-gradients; the gathered metadata if the group may apply the round."""
+    def _average(self, round_: int, live: int, clock: RoundClock) -> dict | None:
+        """All-reduce the pseudo-gradients; the gathered metadata if the group may apply the round.
+        The step's time goes to `clock`: its all-reduce is averaging, its matchmaking waiting."""
+        began, allreduce_before = time.perf_counter(), self.averager.allreduce_seconds()
         try:
             gathered = self.averager.step(
-                gather={"round": round_, "live": live}, timeout=self.diloco.averaging_timeout, allow_retries=False
+                gather={"round": round_, "live": live, "train_seconds": round(clock.train, 3)},
+                timeout=self.diloco.averaging_timeout, allow_retries=False,
             )
         except Exception as exc:  # hivemind reports failed rounds as exceptions
             log.warning("averaging round %d failed: %s", round_, exc)
             return None
+        finally:
+            allreduce = self.averager.allreduce_seconds() - allreduce_before
+            clock.add(averaging=allreduce, wait=max(time.perf_counter() - began - allreduce, 0.0))
         if not gathered:
             return None
         members = list(gathered.values())
@@ -445,6 +468,7 @@ class DilocoStrategy(Strategy):
             tokens_per_second=float(self.tokens_per_second), samples=samples,
             tokens=samples * self.config.data.seq_length, wallet=getattr(self.diloco, "wallet", None),
             device=str(self.device), ready_round=self.ready_round, params_hash=self.last_hash,
+            system=self.own_node, round=self.last_round,
         )
 
     def _publish_leaving(self) -> None:
@@ -485,6 +509,25 @@ class DilocoStrategy(Strategy):
         self.participants()
         events, self._peer_events = self._peer_events, []
         return events
+
+    def gather_nodes(self, sample: dict[str, Any]) -> None:
+        """This peer is one node: its processes' samples merged (over its local group when it has
+        one), named by its short peer id; it goes into its record for the others to see."""
+        if self.local is not None:
+            self.local.gather_nodes(sample)
+            nodes = self.local.system_nodes()
+        else:
+            nodes = merge_nodes([sample])
+        if self.is_main:
+            self.own_node = {**nodes[0], "node": short_peer_id(self.peer_id)}
+
+    def system_nodes(self) -> list[dict[str, Any]]:
+        """This peer's machine, then every other live peer's, from their records."""
+        if self.own_node is None:
+            return []
+        self.participants()  # refreshes the others' records, at most once a second
+        others = [{**r.system, "node": short_peer_id(r.peer_id)} for r in self._known_peers.values() if r.system]
+        return [self.own_node, *others]
 
     def comm_bytes(self) -> tuple[int, int]:
         """Bytes this peer exchanged with other peers (its local DDP all-reduces are not counted)."""

@@ -11,6 +11,7 @@ import torch.distributed as dist
 from torch import nn
 
 from cotrain.core.strategies.base import Strategy
+from cotrain.core.system_metrics import merge_nodes
 
 
 def pick_backend(wanted: str, device: torch.device) -> str:
@@ -71,6 +72,13 @@ class ProcessGroupStrategy(Strategy):
 
     def comm_bytes(self) -> tuple[int, int]:
         return self._bytes[0], self._bytes[1]
+
+    def gather_nodes(self, sample: dict) -> None:
+        """One small gather of every rank's sample (a dict of numbers) to rank 0, at the log interval."""
+        gathered: list | None = [None] * self.world_size if self.is_main else None
+        dist.gather_object(sample, gathered, dst=0)
+        if gathered is not None:
+            self._nodes = merge_nodes(gathered)
 
     def _count_allreduce(self, model: nn.Module) -> None:
         """Ring all-reduce of every gradient: each process sends and receives 2·(n-1)/n of it."""
