@@ -269,3 +269,32 @@ def test_diloco_round_breakdown_and_slowest_peer(page: Any, server: Server) -> N
         server.api("POST", f"/sessions/{session_id}/cancel")
         server.wait_status(session_id, "cancelled", timeout=60)
 
+
+def test_a_real_run_fills_its_machine_row_live_and_after_a_reload(page: Any, server: Server) -> None:
+    """No published messages here: the engine's own `system` block, through the executor, the
+    monitor, the database and the hub, to the row; after a reload the stored history fills it."""
+    import re
+
+    created = server.api("POST", "/sessions", {**TINY, "name": "tiny llama (its machine)", "autoStart": False})
+    page.goto(f"/sessions/{created['id']}")
+    page.get_by_test_id("status-badge").filter(has_text="Draft").wait_for()
+    ready(page)
+    assert page.get_by_test_id("machines-empty").text_content() == "No machine metrics recorded."
+    page.evaluate(NO_RELOAD)
+    server.api("POST", f"/sessions/{created['id']}/start")
+    row = page.get_by_test_id("machines-table").locator("tbody tr[data-node='node-0']")
+    row.wait_for(timeout=120_000)
+    cells = [c.strip() for c in row.locator("td").all_text_contents()]
+    assert cells[1:3] == ["—", "—"], f"this machine has no GPU: {cells}"
+    assert re.fullmatch(r"\d+\.\d / \d+\.\d [KMGT]iB", cells[4]), cells
+    assert all(c.endswith("/s") for c in cells[5:9]), cells
+    page.get_by_test_id("status-badge").filter(has_text="Completed").wait_for(timeout=150_000)
+    assert page.evaluate("window.__noReload") is True, "the page reloaded"
+    page.reload()
+    row.wait_for()
+    assert [c.strip() for c in row.locator("td").all_text_contents()][4] != "—"
+    page.wait_for_function("() => Number(document.querySelector('[data-testid=machines-ram-chart]')"
+                           ".getAttribute('data-points')) >= 2")
+    print("\nthis machine's row after the run:", [c.strip() for c in row.locator("td").all_text_contents()])
+    scroll_to(page, "machines-section")
+    screenshot(page, "machines-real-run")
