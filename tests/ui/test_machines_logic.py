@@ -171,12 +171,15 @@ def test_rounds_merge_each_peers_block_and_name_the_slowest() -> None:
     assert first.slowest_peer == b  # not named in round 1: the peer that trained longest
     assert (first.group_size, first.bytes_sent) == (2, 8 * 2**20)
     assert rounds.slowest_text() == "Slowest peer in round 2: 12D3KooW…bbbbb2 (trained 7.0 s)"
-    assert rounds.summary().startswith("Round 2: 8.5 s (training 7.0 s, averaging 1.0 s, waiting 0.5 s) · 2 peers")
+    assert rounds.summary().startswith("Round 2: 8.5 s (training 7.0 s, averaging 1.0 s, waiting 0.5 s) · group of 2")
     assert [r["peer"] for r in rounds.peer_rows()] == [b] and rounds.peer_rows()[0]["slowest"]
     rounds.add(round_block(2, a, 3.0))
     assert [(r["peer"], r["slowest"], r["train"]) for r in rounds.peer_rows()] == [(b, True, "7.0 s"), (a, False, "3.0 s")]
     assert rounds.bars()["train"][1] == 5.0 and rounds.bars()["wait"][1] == 2.0
     assert not rounds.add_message({"progress": 5.0}) and not rounds.add({"train_seconds": 1.0})
+    alone = Rounds()
+    alone.add({**round_block(1, a, 2.0), "group_size": 1})
+    assert alone.slowest_text() == "A group of one: no peer to wait for."
 
 
 def test_a_stored_round_reads_like_the_live_reports_it_was_merged_from() -> None:

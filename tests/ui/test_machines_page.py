@@ -237,7 +237,7 @@ def test_diloco_round_breakdown_and_slowest_peer(page: Any, server: Server) -> N
         assert slowest == "Slowest peer in round 8: 12D3KooW…p5GaKt (trained 58.0 s)", slowest
         summary = page.get_by_test_id("rounds-summary").text_content()
         # round 8: A trained 50 s, B 58 s: training is their mean, waiting the mean wait for B
-        assert summary.startswith("Round 8: 64.0 s (training 54.0 s, averaging 6.0 s, waiting 4.0 s) · 2 peers"), summary
+        assert summary.startswith("Round 8: 64.0 s (training 54.0 s, averaging 6.0 s, waiting 4.0 s) · group of 2"), summary
         peers = page.get_by_test_id("round-peers-table").locator("tbody tr")
         assert peers.count() == 2
         assert peers.nth(0).get_attribute("data-peer") == PEER_B and "slowest" in peers.nth(0).text_content()
@@ -298,3 +298,32 @@ def test_a_real_run_fills_its_machine_row_live_and_after_a_reload(page: Any, ser
     print("\nthis machine's row after the run:", [c.strip() for c in row.locator("td").all_text_contents()])
     scroll_to(page, "machines-section")
     screenshot(page, "machines-real-run")
+
+
+def test_a_real_diloco_run_draws_its_rounds(page: Any, server: Server) -> None:
+    """One DiLoCo peer (the server's own worker) on this machine: its engine's `round` blocks reach
+    the chart live, and the stored rounds draw it again after a reload."""
+    body = {**TINY, "name": "tiny llama (DiLoCo rounds)", "autoStart": False,
+            "trainingConfig": {**TINY["trainingConfig"], "maxSteps": 40, "evalInterval": 20},
+            "distributedConfig": {"strategy": "diloco", "innerSteps": 10}, "checkpointConfig": {"interval": 20}}
+    created = server.api("POST", "/sessions", body)
+    page.goto(f"/sessions/{created['id']}")
+    page.get_by_test_id("status-badge").filter(has_text="Draft").wait_for()
+    ready(page)
+    page.evaluate(NO_RELOAD)
+    server.api("POST", f"/sessions/{created['id']}/start")
+    chart = "() => Number(document.querySelector('[data-testid=rounds-chart]').getAttribute('data-points'))"
+    page.wait_for_function(f"() => ({chart})() >= 1", timeout=150_000)
+    page.get_by_test_id("status-badge").filter(has_text="Completed").wait_for(timeout=150_000)
+    stored = server.api("GET", f"/sessions/{created['id']}/rounds")["totalRounds"]
+    assert stored == 4, f"the server kept {stored} rounds of 4"
+    page.wait_for_function(f"() => ({chart})() === {stored}")  # the last ones land with the completion
+    assert page.evaluate("window.__noReload") is True, "the page reloaded"
+    summary = page.get_by_test_id("rounds-summary").text_content()
+    assert page.get_by_test_id("slowest-peer").text_content() == "A group of one: no peer to wait for."
+    print("\nthe newest round as the page says it:", summary, "|", page.get_by_test_id("slowest-peer").text_content())
+    page.reload()
+    page.wait_for_function(f"() => ({chart})() === {stored}")
+    assert page.get_by_test_id("rounds-summary").text_content() == summary
+    scroll_to(page, "rounds-section")
+    screenshot(page, "rounds-real-run")

@@ -419,7 +419,7 @@ class Rounds:
             return ""
         peer = last.slowest_peer
         if peer is None:
-            return t("rounds.slowest_unknown")
+            return t("rounds.slowest_alone") if last.group_size <= 1 else t("rounds.slowest_unknown")
         train = _number(last.peers.get(peer, {}).get("train_seconds"))
         if train is None:
             return t("rounds.slowest", peer=short_id(peer), round=last.round)
