@@ -148,11 +148,12 @@ def logout() -> None:
     if stored.get("address") and stored.get("token") and stored.get("server"):
         import httpx
 
-        try:  # best effort: the token stops working everywhere
+        try:  # the token stops working everywhere, not only here
             httpx.post(str(stored["server"]) + "/api/v1/auth/logout",
                        headers={"Authorization": f"Bearer {stored['token']}"}, timeout=10)
-        except httpx.HTTPError:
-            pass
+        except httpx.HTTPError as exc:
+            print(f"warning: {stored['server']} could not be reached to sign the wallet token out ({exc}); "
+                  "it stays valid there until it expires", file=sys.stderr)
     print("logged out" if forget_login() else "not logged in")
 
 
