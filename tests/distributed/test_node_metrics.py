@@ -7,16 +7,13 @@ keep to be believed, and the round arithmetic."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from cotrain.config import load_config
 from cotrain.core.strategies.round_metrics import RoundClock, short_peer_id, slowest_peer, train_seconds_of
 from cotrain.p2p.records import PeerProgress, bounded_node, bounded_round
-from tests.conftest import PYTHON, engine_env, free_port
-from tests.distributed.engine import cotrain_train, events_of, write_config
+from tests.distributed.engine import cotrain_train, events_of, train_on_two_loopback_nodes, write_config
 from tests.distributed.test_diloco import Peer, _prepare, bootstrap, run_to_completion  # noqa: F401 (fixture)
 
 MIB = 1 << 20
@@ -59,29 +56,9 @@ def test_ddp_on_one_node_reports_one_node_with_both_processes(cotrain_home: Path
 @pytest.mark.slow
 def test_ddp_on_two_nodes_reports_each_node(cotrain_home: Path, shared_datasets: Path, tmp_path: Path):
     """`cotrain train` on two "nodes" (NODE_RANK 0 and 1 on loopback): rank 0's events list both."""
-    from cotrain.core.data import prepare_dataset
-    from cotrain.paths import Layout
-
     config = write_config(tmp_path / "two.toml", "two-node-metrics",
                           'strategy = "ddp"\nnodes = 2\ngpus_per_node = 1\nbackend = "gloo"', max_steps=6, interval=6)
-    cfg = load_config(config)
-    prepare_dataset(cfg.data, Layout(cotrain_home).ensure(), seed=cfg.train.seed)
-    second_home = tmp_path / "node1"
-    second_home.mkdir()
-    (second_home / "datasets").symlink_to(shared_datasets, target_is_directory=True)
-    port = str(free_port())
-    nodes = []
-    for rank, home in enumerate((cotrain_home, second_home)):
-        env = engine_env(home, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", MASTER_ADDR="127.0.0.1",
-                         MASTER_PORT=port, NODE_RANK=str(rank))
-        nodes.append(subprocess.Popen([PYTHON, "-m", "cotrain.cli", "train", str(config)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    try:
-        outputs = [node.communicate(timeout=300) for node in nodes]
-    finally:
-        for node in nodes:
-            node.kill()
-    assert [node.returncode for node in nodes] == [0, 0], [err[-2000:] for _, err in outputs]
+    _, second_home = train_on_two_loopback_nodes(config, cotrain_home, shared_datasets, tmp_path)
     events = next(e for e in (events_of(h, "two-node-metrics") for h in (cotrain_home, second_home)) if e)
     samples = progress_nodes(events)
     assert len(samples) == 3

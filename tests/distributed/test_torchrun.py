@@ -14,12 +14,13 @@ import pytest
 
 from cotrain.config import load_config
 from cotrain.core.launch import torchrun_command
-from tests.conftest import PYTHON, engine_env, free_port
+from tests.conftest import PYTHON, engine_env
 from tests.distributed.engine import (
     checkpoint_dir,
     cotrain_train,
     events_of,
     losses,
+    train_on_two_loopback_nodes,
     write_config,
 )
 
@@ -113,29 +114,9 @@ def test_torchrun_command_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 def test_two_nodes_meet_at_a_c10d_rendezvous(cotrain_home: Path, shared_datasets: Path, tmp_path: Path):
     """Multi-node as a user runs it: the same `cotrain train FILE` on every node with MASTER_ADDR,
     MASTER_PORT and NODE_RANK set; here two "nodes" with their own COTRAIN_HOME on loopback."""
-    from cotrain.core.data import prepare_dataset
-    from cotrain.paths import Layout
-
     config = write_config(tmp_path / "two-nodes.toml", "two-nodes",
                           'strategy = "ddp"\nnodes = 2\ngpus_per_node = 1\nbackend = "gloo"', max_steps=12, interval=12)
-    cfg = load_config(config)
-    prepare_dataset(cfg.data, Layout(cotrain_home).ensure(), seed=cfg.train.seed)  # not twice at once
-    second_home = tmp_path / "node1"
-    second_home.mkdir()
-    (second_home / "datasets").symlink_to(shared_datasets, target_is_directory=True)
-    port = str(free_port())
-    nodes = []
-    for rank, home in enumerate((cotrain_home, second_home)):
-        env = engine_env(home, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", MASTER_ADDR="127.0.0.1",
-                         MASTER_PORT=port, NODE_RANK=str(rank))
-        nodes.append(subprocess.Popen([PYTHON, "-m", "cotrain.cli", "train", str(config)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    try:
-        outputs = [node.communicate(timeout=300) for node in nodes]
-    finally:
-        for node in nodes:
-            node.kill()
-    assert [node.returncode for node in nodes] == [0, 0], [err[-2000:] for _, err in outputs]
+    _, second_home = train_on_two_loopback_nodes(config, cotrain_home, shared_datasets, tmp_path)
     # the rendezvous, not NODE_RANK, decides which node holds global rank 0: that one writes, alone
     written = [events_of(home, "two-nodes") for home in (cotrain_home, second_home)]
     assert sorted(bool(events) for events in written) == [False, True], written
