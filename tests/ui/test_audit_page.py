@@ -54,8 +54,9 @@ def test_admin_filters_the_audit_log_and_verifies_the_chain(page: Any, server: S
     page.wait_for_url("**/audit")
     table = page.get_by_test_id("audit-table")
     table.locator("tbody tr").first.wait_for()
-    first = table.locator("tbody tr").first.text_content()
-    assert "token.create" in first  # newest first: the maintainer token made last
+    rows = table.locator("tbody tr").all_text_contents()
+    # this module's maintainer token is listed (other tests on the shared server may have acted since)
+    assert any("token.create" in row for row in rows), rows
     ready(page)
 
     action = page.get_by_test_id("filter-action")
