@@ -132,7 +132,7 @@ BASELINE = r'''
 import sys, time, json, numpy as np, torch, torch.nn.functional as F
 from transformers import LlamaForCausalLM
 from cotrain.config import ModelConfig
-from cotrain.core.models import build_hf_config
+from cotrain.core.llm import build_hf_config
 shard, size = sys.argv[1], sys.argv[3]
 vocab, steps, batch, seq, warmup = (int(a) for a in (sys.argv[2], *sys.argv[4:8]))
 data = np.memmap(shard, dtype=np.uint16, mode="r", offset=256)

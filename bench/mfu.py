@@ -6,7 +6,7 @@
 
 Each size runs in a child process of its own (an out-of-memory error or a hang in one leaves
 the others' figures; a child that runs out of memory halves its batch and tries again). A child
-builds the model with the engine's builder (`cotrain.core.models.build_model`, SDPA attention,
+builds the model with the engine's builder (`cotrain.core.llm.build_model`, SDPA attention,
 random init) and trains it with the engine's `Trainer`: `install_model` (torch.compile,
 activation checkpointing when asked, the optimizer from `build_optimizer`: fused AdamW on CUDA)
 and `train_step` (bf16 autocast, loss, backward, grad clip, optimizer step, the loss read back)
@@ -97,7 +97,7 @@ def measure(size: str, batch: int, args: argparse.Namespace) -> dict:
     import transformers
 
     from cotrain.config import CotrainConfig, DataConfig, ModelConfig, TrainConfig
-    from cotrain.core.models import build_model, describe, is_compiled
+    from cotrain.core.llm import build_model, describe, is_compiled
     from cotrain.core.train import StopRequest, Trainer
     from cotrain.paths import Layout
 

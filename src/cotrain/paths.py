@@ -1,4 +1,4 @@
-"""The storage layout of DESIGN.md §5: everything CoTrain writes lives under one root.
+"""The storage layout (docs/architecture.md, "Storage layout"): everything CoTrain writes lives under one root.
 
     COTRAIN_HOME/
       models/{checkpoints,final,temp}   datasets/{raw,processed,splits}

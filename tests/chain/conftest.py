@@ -14,8 +14,8 @@ from aptos_sdk import ed25519
 from sqlalchemy.orm import Session, sessionmaker
 
 from cotrain.chain.ledger import Ledger
-from cotrain.chain.models import CHAIN_TABLES
-from cotrain.server.db import Base, make_engine, make_session_factory
+from cotrain.chain.orm import CHAIN_TABLES
+from cotrain.db import Base, make_db_factory, make_engine
 from tests.conftest import missing_service
 
 PG_URL = os.environ.get("CHAIN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -34,7 +34,7 @@ def db_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessi
     if request.param == "sqlite":
         engine = make_engine(f"sqlite:///{tmp_path / 'chain.db'}")
         Base.metadata.create_all(engine, tables=CHAIN_TABLES)
-        yield make_session_factory(engine)
+        yield make_db_factory(engine)
         engine.dispose()
         return
     if not _pg_available():
@@ -46,7 +46,7 @@ def db_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessi
     engine = make_engine(url)
     try:
         Base.metadata.create_all(engine, tables=CHAIN_TABLES)
-        yield make_session_factory(engine)
+        yield make_db_factory(engine)
     finally:
         engine.dispose()
         with psycopg.connect(PG_URL, autocommit=True) as conn:

@@ -17,10 +17,10 @@ from cotrain.chain.ledger import Ledger
 from cotrain.chain.nonces import SqlNonceStore
 from cotrain.chain.service import binding_statement, set_reward_pool, settle_session, sign_binding
 from cotrain.chain.settings import ChainSettings
+from cotrain.db import Base
 from cotrain.paths import Layout
 from cotrain.server.app import include_extra_routers
-from cotrain.server.db import Base
-from cotrain.server.models import TrainingSession
+from cotrain.server.orm import TrainingSession
 from cotrain.server.platform import Platform
 from cotrain.server.settings import Settings
 from tests.conftest import free_port

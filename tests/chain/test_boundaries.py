@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 MODULES = ["api", "hooks", "payouts", "runtime", "service", "ledger", "signin", "contributions", "rewards",
-           "aptos_tx", "queries", "nonces", "tokens", "keys", "settings", "models"]
+           "aptos_tx", "queries", "nonces", "tokens", "keys", "settings", "orm"]
 
 
 def test_chain_never_imports_core():

@@ -16,7 +16,7 @@ from aptos_sdk.account import Account
 from sqlalchemy import select, text
 
 from cotrain.chain.ledger import Ledger
-from cotrain.chain.models import PayoutBatchRow, PayoutRow
+from cotrain.chain.orm import PayoutBatchRow, PayoutRow
 from cotrain.chain.runtime import open_database
 from cotrain.chain.service import set_reward_pool, settle_session
 

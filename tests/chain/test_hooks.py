@@ -8,7 +8,7 @@ from aptos_sdk import ed25519
 from sqlalchemy import select
 
 from cotrain.chain.hooks import limits_from_config, on_progress, on_session_completed, on_session_created
-from cotrain.chain.models import ContributionRow, PayoutRow
+from cotrain.chain.orm import ContributionRow, PayoutRow
 from cotrain.chain.runtime import platform_ledger
 from cotrain.chain.service import bind_peer
 

@@ -6,8 +6,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import MetaData
 
-from cotrain.chain.models import CHAIN_TABLES
-from cotrain.server.db import make_engine, run_migrations
+from cotrain.chain.orm import CHAIN_TABLES
+from cotrain.db import make_engine, run_migrations
 
 
 def test_migration_matches_models(tmp_path):

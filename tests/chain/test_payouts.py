@@ -12,7 +12,7 @@ from aptos_sdk.async_client import ClientConfig
 from sqlalchemy import select, text
 
 from cotrain.chain import aptos_tx
-from cotrain.chain.models import PayoutBatchRow, PayoutRow
+from cotrain.chain.orm import PayoutBatchRow, PayoutRow
 from cotrain.chain.payouts import AptosPayouts, PayoutError, record_due_locally
 from cotrain.chain.queries import reward_views
 from cotrain.chain.service import set_reward_pool, settle_session

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from cotrain.config import CotrainConfig, ModelConfig, TrainConfig, load_config
-from cotrain.core.models import (
+from cotrain.core.llm import (
     build_model,
     enable_activation_checkpointing,
     is_compiled,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cotrain.config import PRESETS, ModelConfig
-from cotrain.core.models import build_hf_config
+from cotrain.core.llm import build_hf_config
 
 
 @pytest.mark.parametrize(

@@ -19,8 +19,8 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
+from cotrain.db import make_engine, normalize_url, run_migrations, sqlite_url
 from cotrain.server.audit import AuditLog
-from cotrain.server.db import make_engine, normalize_url, run_migrations, sqlite_url
 from tests.chain.wallets import Wallet
 from tests.conftest import wait_until
 from tests.security.conftest import ADMIN_TOKEN, ServerProcess, api_token, wallet_sign_in

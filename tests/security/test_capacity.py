@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import select
 
 from cotrain.config.memory import GIB
-from cotrain.server.db import make_engine, make_session_factory, session_scope, sqlite_url
-from cotrain.server.models import Worker
+from cotrain.db import make_db_factory, make_engine, sqlite_url
+from cotrain.server.orm import Worker
 from cotrain.server.worker_memory import host_memory
 from tests.security.conftest import api_token, reference_session
 from tests.server.conftest import wait_until
@@ -31,7 +31,7 @@ def big_session(name: str, **changes: object) -> dict[str, object]:
 def workers_in(home) -> dict[str, int | None]:
     engine = make_engine(sqlite_url(home / "cotrain.db"))
     try:
-        with session_scope(make_session_factory(engine)) as db:
+        with make_db_factory(engine).begin() as db:
             return {w.id: w.memory_bytes for w in db.scalars(select(Worker))}
     finally:
         engine.dispose()

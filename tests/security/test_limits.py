@@ -23,9 +23,9 @@ from sqlalchemy import event
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
-from cotrain.server.db import make_engine, make_session_factory, session_scope
+from cotrain.db import make_db_factory, make_engine
 from cotrain.server.messages import messages_for_all
-from cotrain.server.models import Base, SessionMessage, TrainingSession
+from cotrain.server.orm import Base, SessionMessage, TrainingSession
 from cotrain.server.rate_limits import Limit, RateLimiter
 from tests.chain.wallets import Wallet
 from tests.conftest import free_port
@@ -257,9 +257,9 @@ def test_a_replay_of_every_session_reads_a_bounded_number_of_rows(tmp_path: Path
     replay of all of them with a budget of 100 rows loads 100 rows, not 2,000."""
     engine = make_engine(f"sqlite:///{tmp_path / 'replay.db'}")
     Base.metadata.create_all(engine)
-    factory = make_session_factory(engine)
+    factory = make_db_factory(engine)
     ids = [f"s{s:02d}" for s in range(50)]
-    with session_scope(factory) as db:
+    with factory.begin() as db:
         for sid in ids:
             db.add(TrainingSession(id=sid, name=sid, status="completed", public=True, message_seq=40, request={},
                                    config_path="", config_toml="", model_type="llama", model_size="debug",
@@ -277,7 +277,7 @@ def test_a_replay_of_every_session_reads_a_bounded_number_of_rows(tmp_path: Path
 
     event.listen(SessionMessage, "load", on_load)
     try:
-        with session_scope(factory) as db:
+        with factory.begin() as db:
             replay = messages_for_all(db, dict.fromkeys(ids, 0), 0.0, lambda row: True, limit=100)
     finally:
         event.remove(SessionMessage, "load", on_load)

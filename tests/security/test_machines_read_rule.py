@@ -8,8 +8,8 @@ import time
 
 import httpx
 
-from cotrain.server.db import make_engine, make_session_factory, session_scope
-from cotrain.server.models import TrainingSession
+from cotrain.db import make_db_factory, make_engine
+from cotrain.server.orm import TrainingSession
 from tests.security.conftest import ADMIN_TOKEN, api_token, reference_session, wallet_sign_in
 from tests.server.node_events import apply_events, node, progress, round_block
 
@@ -64,7 +64,7 @@ def test_a_private_sessions_machines_are_hidden_from_everyone_else(servers, cotr
 
     # a session that finished long ago drops out of /metrics (bounded labels), yet the API keeps its history
     engine = make_engine(url)
-    with session_scope(make_session_factory(engine)) as db:
+    with make_db_factory(engine).begin() as db:
         db.get_one(TrainingSession, public).finished_at = now - 3600
     engine.dispose()
     assert public not in scrape(server, ADMIN_TOKEN)

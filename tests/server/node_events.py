@@ -8,9 +8,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from cotrain.server.db import make_engine, make_session_factory, session_scope
-from cotrain.server.models import TrainingSession
+from cotrain.db import make_db_factory, make_engine
 from cotrain.server.monitor import apply_engine_event
+from cotrain.server.orm import TrainingSession
 
 GIB = 1024**3
 
@@ -61,7 +61,7 @@ def apply_events(database_url: str, session_id: str, events: list[dict[str, Any]
     final one). Returns the messages the monitor made."""
     engine = make_engine(database_url)
     try:
-        with session_scope(make_session_factory(engine)) as db:
+        with make_db_factory(engine).begin() as db:
             row = db.get_one(TrainingSession, session_id)
             messages: list[dict[str, Any]] = []
             for event in events:

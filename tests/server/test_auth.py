@@ -3,15 +3,15 @@ the chain's wallet tokens become owners of sessions)."""
 
 from __future__ import annotations
 
+from cotrain.db import make_db_factory, make_engine, run_migrations
 from cotrain.server import auth
-from cotrain.server.db import make_engine, make_session_factory, run_migrations, session_scope
 
 
 def test_api_tokens_and_resolved_principals(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'a.db'}")
     run_migrations(engine)
-    factory = make_session_factory(engine)
-    with session_scope(factory) as db:
+    factory = make_db_factory(engine)
+    with factory.begin() as db:
         row, token = auth.create_token(db, "alice")
         assert token not in row.token_hash and row.token_hash == auth.hash_token(token)
 
@@ -22,7 +22,7 @@ def test_api_tokens_and_resolved_principals(tmp_path):
 
     auth.register_token_resolver(wallet)
     try:
-        with session_scope(factory) as db:
+        with factory.begin() as db:
             alice = auth.authenticate(db, token)
             first = auth.authenticate(db, "w.0xabc")
             again = auth.authenticate(db, "w.0xabc")

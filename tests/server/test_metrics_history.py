@@ -8,17 +8,17 @@ import time
 
 from sqlalchemy import insert
 
-from cotrain.server.db import make_engine, make_session_factory, run_migrations, session_scope
+from cotrain.db import make_db_factory, make_engine, run_migrations
 from cotrain.server.metrics_service import metric_history
-from cotrain.server.models import MetricPoint, TrainingSession
+from cotrain.server.orm import MetricPoint, TrainingSession
 
 
 def test_a_long_run_comes_back_as_a_few_hundred_points_with_its_spike(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
     run_migrations(engine)
-    factory = make_session_factory(engine)
+    factory = make_db_factory(engine)
     steps = 200_000
-    with session_scope(factory) as db:
+    with factory.begin() as db:
         db.add(TrainingSession(id="long", name="long", description="", request={}, config_path="", config_toml="",
                                model_type="llama2", model_size="debug", strategy="ddp", latest_metrics={}))
     rows = [{"session_id": "long", "step": s, "time": float(s), "loss": 10 * math.exp(-s / 50_000),
@@ -27,7 +27,7 @@ def test_a_long_run_comes_back_as_a_few_hundred_points_with_its_spike(tmp_path):
     with engine.begin() as conn:
         conn.execute(insert(MetricPoint), rows)
 
-    with session_scope(factory) as db:
+    with factory.begin() as db:
         began = time.perf_counter()
         history = metric_history(db, "long", max_points=500)
         took = time.perf_counter() - began

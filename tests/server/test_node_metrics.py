@@ -12,10 +12,10 @@ import time
 import pytest
 from sqlalchemy import func, select
 
+from cotrain.db import make_db_factory, make_engine, run_migrations
 from cotrain.server import node_samples
-from cotrain.server.db import make_engine, make_session_factory, run_migrations, session_scope
 from cotrain.server.metrics_service import latest_nodes, node_history, round_history
-from cotrain.server.models import NodeSample, RoundPeerSample, RoundSample, TrainingSession
+from cotrain.server.orm import NodeSample, RoundPeerSample, RoundSample, TrainingSession
 from tests.server.node_events import GIB, apply_events, node, progress, round_block
 
 
@@ -24,8 +24,8 @@ def database(request, tmp_path):
     url = request.getfixturevalue("pg_url") if request.param == "postgresql" else f"sqlite:///{tmp_path / 'n.db'}"
     engine = make_engine(url)
     run_migrations(engine)
-    factory = make_session_factory(engine)
-    with session_scope(factory) as db:
+    factory = make_db_factory(engine)
+    with factory.begin() as db:
         for sid in ("ddp", "diloco"):
             db.add(TrainingSession(id=sid, name=sid, description="", request={}, config_path="", config_toml="",
                                    model_type="llama2", model_size="debug", strategy=sid, latest_metrics={}))
@@ -48,7 +48,7 @@ def test_each_node_of_a_ddp_run_is_kept_and_read_back_in_the_contracts_shape(dat
     assert "gpus" not in system["nodes"][1]  # absent, not empty, without a GPU
     assert "round" not in progress_messages[-1]["data"]  # a DDP run has no rounds
 
-    with session_scope(factory) as db:
+    with factory.begin() as db:
         nodes = latest_nodes(db, "ddp")
         history = node_history(db, "ddp", max_points=500)
         rounds = round_history(db, "ddp")
@@ -71,7 +71,7 @@ def test_each_node_of_a_ddp_run_is_kept_and_read_back_in_the_contracts_shape(dat
     assert cpu_series["points"][0]["net_recv_bytes_per_s"] == 2.5e6
     assert rounds["total_rounds"] == 0 and rounds["rounds"] == [] and rounds["latest"] is None
 
-    with session_scope(factory) as db:
+    with factory.begin() as db:
         downsampled = node_history(db, "ddp", max_points=10)
     assert downsampled["downsampled"]
     points = downsampled["nodes"][0]["points"]
@@ -94,7 +94,7 @@ def test_diloco_rounds_merge_the_peers_reports_and_name_the_slowest(database):
     messages = apply_events(url, "diloco", events)
     assert messages[-1]["data"]["round"]["round"] == 2 and messages[-1]["data"]["round"]["slowest_peer"] == peers[1]
 
-    with session_scope(factory) as db:
+    with factory.begin() as db:
         rounds = round_history(db, "diloco")
         nodes = latest_nodes(db, "diloco")
     assert [n["node"] for n in nodes] == peers
@@ -128,7 +128,7 @@ def test_what_an_engine_relays_is_cleaned_before_it_is_kept(database):
     assert names[2].startswith("node-") and len(names[2]) == 15 and "/" not in names[2]
     assert sent["round"]["slowest_peer"] == sent["round"]["peers"][0]["peer"] and len(sent["round"]["slowest_peer"]) == 15
 
-    with session_scope(factory) as db:
+    with factory.begin() as db:
         nodes = {n["node"]: n for n in latest_nodes(db, "ddp")}
     assert set(nodes) == set(names)
     assert nodes["node-0"]["cpu_percent"] is None and nodes["node-0"]["ram_used_bytes"] is None  # NaN, a string: dropped
@@ -149,7 +149,7 @@ def test_a_long_run_keeps_a_bounded_number_of_rows_per_node_and_its_whole_shape(
                        round_=round_block(s, [("peer-a", 1.0 + s)])) for s in steps]
     apply_events(url, "ddp", events)
 
-    with session_scope(factory) as db:
+    with factory.begin() as db:
         per_node = dict(db.execute(select(NodeSample.node, func.count()).where(NodeSample.session_id == "ddp")
                                    .group_by(NodeSample.node)).all())
         kept_steps = list(db.scalars(select(NodeSample.step).where(NodeSample.node == "node-0").order_by(NodeSample.step)))
@@ -171,7 +171,7 @@ def test_a_node_without_a_number_is_absent_not_zero(database):
     bare = {"node": "node-0", "time": time.time()}  # a first sample has no rates yet
     messages = apply_events(url, "ddp", [progress(2, [bare])])
     assert messages[-1]["data"]["system"]["nodes"] == [{"node": "node-0", "time": bare["time"]}]
-    with session_scope(factory) as db:
+    with factory.begin() as db:
         (only,) = latest_nodes(db, "ddp")
     assert only["net_sent_bytes_per_s"] is None and "gpus" not in only
     assert not math.isnan(only["time"])

@@ -9,17 +9,17 @@ from collections import Counter
 
 import pytest
 
-from cotrain.server.db import make_engine, make_session_factory, run_migrations, session_scope
-from cotrain.server.models import QUEUED, TrainingSession
+from cotrain.db import make_db_factory, make_engine, run_migrations
+from cotrain.server.orm import SessionStatus, TrainingSession
 from cotrain.server.queue import claim_next
 from cotrain.server.scheduler import ResourcePool
 
 
 def add_sessions(factory, count: int, priority=lambda i: 0) -> None:
-    with session_scope(factory) as db:
+    with factory.begin() as db:
         for i in range(count):
             db.add(TrainingSession(
-                id=f"s{i:03d}", name=f"s{i}", description="", status=QUEUED, priority=priority(i), request={},
+                id=f"s{i:03d}", name=f"s{i}", description="", status=SessionStatus.QUEUED, priority=priority(i), request={},
                 config_path="", config_toml="", model_type="llama2", model_size="debug", strategy="ddp",
                 queued_at=time.time() + i * 1e-3, latest_metrics={},
             ))
@@ -45,7 +45,7 @@ def claim_all_concurrently(factory, workers: int) -> Counter:
 def test_priority_then_age_on_sqlite(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'q.db'}")
     run_migrations(engine)
-    factory = make_session_factory(engine)
+    factory = make_db_factory(engine)
     add_sessions(factory, 4, priority=lambda i: 5 if i == 2 else 0)
     order = [claim_next(factory, "w", lambda r: True).id for _ in range(4)]
     assert order == ["s002", "s000", "s001", "s003"]
@@ -55,7 +55,7 @@ def test_priority_then_age_on_sqlite(tmp_path):
 def test_each_session_claimed_once_on_sqlite(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'q.db'}")
     run_migrations(engine)
-    factory = make_session_factory(engine)
+    factory = make_db_factory(engine)
     add_sessions(factory, 30)
     claimed = claim_all_concurrently(factory, 4)
     assert sorted(claimed) == [f"s{i:03d}" for i in range(30)] and set(claimed.values()) == {1}
@@ -68,7 +68,7 @@ def test_sessions_that_fit_no_worker_never_hide_the_rest(request, tmp_path, data
     url = request.getfixturevalue("pg_url") if database == "postgresql" else f"sqlite:///{tmp_path / 'q.db'}"
     engine = make_engine(url)
     run_migrations(engine)
-    factory = make_session_factory(engine)
+    factory = make_db_factory(engine)
     add_sessions(factory, 46, priority=lambda i: 0 if i == 45 else 10)
     seen: list[str] = []
 
@@ -80,8 +80,8 @@ def test_sessions_that_fit_no_worker_never_hide_the_rest(request, tmp_path, data
     assert claimed is not None and claimed.id == "s045" and claimed.worker_id == "w"
     assert seen == [f"s{i:03d}" for i in range(46)]  # each looked at once, in queue order
     assert claim_next(factory, "w", lambda r: r.id == "s045") is None  # taken; the others stay queued
-    with session_scope(factory) as db:
-        assert db.query(TrainingSession).filter(TrainingSession.status == QUEUED).count() == 45
+    with factory.begin() as db:
+        assert db.query(TrainingSession).filter(TrainingSession.status == SessionStatus.QUEUED).count() == 45
     engine.dispose()
 
 
@@ -89,7 +89,7 @@ def test_sessions_that_fit_no_worker_never_hide_the_rest(request, tmp_path, data
 def test_each_session_claimed_once_on_postgres_skip_locked(pg_url):
     engine = make_engine(pg_url)
     run_migrations(engine)
-    factory = make_session_factory(engine)
+    factory = make_db_factory(engine)
     add_sessions(factory, 60)
     claimed = claim_all_concurrently(factory, 6)
     engine.dispose()

@@ -10,8 +10,8 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from cotrain.chain.models import CHAIN_TABLES
-from cotrain.server.db import Base, make_engine, run_migrations
+from cotrain.chain.orm import CHAIN_TABLES
+from cotrain.db import Base, make_engine, run_migrations
 from tests.server.conftest import reference_session, wait_until
 
 NO_WORKER = "Waiting: no worker is running."

@@ -34,8 +34,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cotrain.chain.keys import load_ledger_key
 from cotrain.chain.ledger import Ledger
-from cotrain.chain.models import ChainUser
 from cotrain.chain.nonces import SqlNonceStore
+from cotrain.chain.orm import ChainUser
 from cotrain.chain.queries import contribution_views, reward_views
 from cotrain.chain.service import ChainError, bind_peer, check_binding_signature
 from cotrain.chain.settings import ChainConfigError, ChainSettings

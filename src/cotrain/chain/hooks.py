@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cotrain.chain.contributions import Limits, ProgressLike
-from cotrain.chain.models import ProgressSnapshot, RewardRow
+from cotrain.chain.orm import ProgressSnapshot, RewardRow
 from cotrain.chain.payouts import PayoutReport
 from cotrain.chain.runtime import platform_ledger, run_payouts
 from cotrain.chain.service import set_reward_pool, settle_session

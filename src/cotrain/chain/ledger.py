@@ -23,7 +23,7 @@ from aptos_sdk import ed25519
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from cotrain.chain.models import ContributionRow, LedgerEntryRow, PayoutRow, RewardPoolRow, RewardRow
+from cotrain.chain.orm import ContributionRow, LedgerEntryRow, PayoutRow, RewardPoolRow, RewardRow
 from cotrain.hashchain import GENESIS, canonical_json, link_hash, micros
 
 __all__ = ["GENESIS_PREV", "Ledger", "VerifyReport", "canonical_json", "entry_hash"]

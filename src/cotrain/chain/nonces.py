@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from sqlalchemy import delete, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from cotrain.chain.models import ChainNonce
+from cotrain.chain.orm import ChainNonce
 from cotrain.chain.signin import Challenge
 
 

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cotrain.chain import aptos_tx
 from cotrain.chain.ledger import Ledger
-from cotrain.chain.models import PayoutBatchRow, PayoutRow
+from cotrain.chain.orm import PayoutBatchRow, PayoutRow
 
 BATCH_SIZE = 100
 

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cotrain.chain.contributions import Contribution
-from cotrain.chain.models import ContributionRow, PayoutBatchRow, PayoutRow, RewardRow
+from cotrain.chain.orm import ContributionRow, PayoutBatchRow, PayoutRow, RewardRow
 from cotrain.chain.settings import ChainSettings
 
 

@@ -16,18 +16,18 @@ from cotrain.paths import cotrain_home
 
 def database_url() -> str:
     """The server's database: DATABASE_URL, else the SQLite file under COTRAIN_HOME (as the server uses)."""
-    from cotrain.server.db import sqlite_url
+    from cotrain.db import sqlite_url
 
     return os.environ.get("DATABASE_URL") or sqlite_url(cotrain_home() / "cotrain.db")
 
 
 def open_database(url: str | None = None, migrate: bool = True) -> sessionmaker[Session]:
-    from cotrain.server.db import make_engine, make_session_factory, run_migrations
+    from cotrain.db import make_db_factory, make_engine, run_migrations
 
     engine = make_engine(url or database_url())
     if migrate:
         run_migrations(engine)
-    return make_session_factory(engine)
+    return make_db_factory(engine)
 
 
 def platform_ledger(create_key: bool = True) -> Ledger:

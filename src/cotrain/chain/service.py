@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from cotrain.chain.contributions import Contribution, Limits, ProgressLike, tally, weights
 from cotrain.chain.ledger import Ledger
-from cotrain.chain.models import ContributionRow, PayoutRow, PeerBinding, RewardPoolRow, RewardRow
+from cotrain.chain.orm import ContributionRow, PayoutRow, PeerBinding, RewardPoolRow, RewardRow
 from cotrain.chain.rewards import split_pool
 from cotrain.chain.signin import derived_auth_keys
 

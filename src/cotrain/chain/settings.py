@@ -1,4 +1,4 @@
-"""Chain settings read from the environment (DESIGN.md: production = Aptos node via APTOS_NODE_URL)."""
+"""Chain settings read from the environment (production: an Aptos node at APTOS_NODE_URL)."""
 
 from __future__ import annotations
 

@@ -26,9 +26,9 @@ _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 def _audit_log() -> Any:
     """The server's audit log, refusing to create a database: a typo in COTRAIN_HOME must not look
     like an empty, intact log."""
+    from cotrain.db import make_engine, run_migrations, sqlite_url
     from cotrain.paths import cotrain_home
     from cotrain.server.audit import AuditLog
-    from cotrain.server.db import make_engine, run_migrations, sqlite_url
 
     url = os.environ.get("DATABASE_URL")  # the server's own rule (and `cotrain ledger`'s), without the chain
     if not url:

@@ -43,7 +43,7 @@ def ledger_verify() -> None:
     from sqlalchemy.exc import OperationalError
 
     from cotrain.chain.ledger import Ledger
-    from cotrain.chain.models import LedgerEntryRow
+    from cotrain.chain.orm import LedgerEntryRow
     from cotrain.chain.runtime import open_database, platform_ledger
     from cotrain.paths import cotrain_home
 

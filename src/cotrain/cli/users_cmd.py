@@ -23,8 +23,8 @@ def _factory() -> Any:
     import os
 
     from cotrain.chain.runtime import database_url
+    from cotrain.db import make_db_factory, make_engine, run_migrations
     from cotrain.paths import cotrain_home
-    from cotrain.server.db import make_engine, make_session_factory, run_migrations
 
     url = database_url()
     if not os.environ.get("DATABASE_URL"):
@@ -34,7 +34,7 @@ def _factory() -> Any:
                             "or DATABASE_URL to the server's.")
     engine = make_engine(url)
     run_migrations(engine)
-    return make_session_factory(engine)
+    return make_db_factory(engine)
 
 
 def _checked(fn: Any, *args: Any) -> Any:

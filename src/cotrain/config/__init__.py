@@ -1,4 +1,4 @@
-"""The config contract (DESIGN.md §1). Imports nothing of the server, the UI or the chain."""
+"""The config contract (docs/architecture.md, "Config"). Imports nothing of the server, the UI or the chain."""
 
 from cotrain.config.loader import ConfigError, load_config, parse_value, validate_config
 from cotrain.config.presets import MODEL_FAMILIES, PRESETS, ModelPreset, get_preset, sizes_of

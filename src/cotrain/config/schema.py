@@ -1,4 +1,4 @@
-"""The TOML config of DESIGN.md §1: the one contract between the UI, the server and the core.
+"""The TOML config (docs/architecture.md, "Config"): the one contract between the UI, the server and the core.
 
 Every section forbids unknown keys, so a typo is an error that names the key instead of a
 setting that silently does nothing. Cross-field rules live in `CotrainConfig`'s validator.

@@ -1,4 +1,4 @@
-"""The event stream of DESIGN.md §2, the only thing the core tells the outside world.
+"""The event stream (docs/architecture.md, "Event stream"), the only thing the core tells the outside world.
 
 `logs/training/<session>/events.jsonl`: one JSON object per line, append-only. Every event has
 `type`, `session_id`, `seq` (1, 2, ... across restarts of the same session), `time` (unix

@@ -36,8 +36,7 @@ from cotrain.core.corpus import DataSourceError
 from cotrain.core.data import prepare_dataset
 from cotrain.core.events import EventWriter
 from cotrain.core.export import export_final_model
-from cotrain.core.metrics import gpu_utilization, memory_bytes, peak_flops
-from cotrain.core.models import (
+from cotrain.core.llm import (
     ModelLoadError,
     build_model,
     compile_model,
@@ -45,6 +44,7 @@ from cotrain.core.models import (
     enable_activation_checkpointing,
     is_masked_lm,
 )
+from cotrain.core.metrics import gpu_utilization, memory_bytes, peak_flops
 from cotrain.core.optim import build_optimizer, lr_at, set_lr
 from cotrain.core.path_guard import check_config_paths
 from cotrain.core.strategies import make_strategy

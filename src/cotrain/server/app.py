@@ -23,7 +23,7 @@ from sqlalchemy.exc import DataError, DBAPIError
 
 from cotrain.server import log_redaction
 from cotrain.server.api import audit as audit_api  # issue 11: audit log
-from cotrain.server.api import hivemind, models, sessions, system, tokens
+from cotrain.server.api import hivemind, model_versions, sessions, system, tokens
 from cotrain.server.api import users as users_api  # issue 11: roles
 from cotrain.server.audit_middleware import AuditMiddleware  # issue 11: audit log
 from cotrain.server.body_limit import BodyLimitMiddleware  # issue 11: limits on input
@@ -69,7 +69,7 @@ def create_app(platform: Platform | None = None) -> FastAPI:
     app.add_middleware(AuditMiddleware)  # issue 11: added last (outermost), so it also sees the limits' 413/429
 
     api = APIRouter(prefix="/api/v1")
-    for module in (sessions, hivemind, models, tokens, system, users_api, audit_api):
+    for module in (sessions, hivemind, model_versions, tokens, system, users_api, audit_api):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(system.router, include_in_schema=False)  # /health and /metrics at the root too

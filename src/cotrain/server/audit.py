@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cotrain.hashchain import GENESIS, canonical_json, link_hash, micros
 from cotrain.paths import Layout
-from cotrain.server.models import AuditEntry
+from cotrain.server.orm import AuditEntry
 
 log = logging.getLogger("cotrain.audit")
 
-OK, REFUSED, FAILED = "ok", "refused", "failed"
+class Outcome(StrEnum):
+    OK = "ok"
+    REFUSED = "refused"
+    FAILED = "failed"
+
 SYSTEM = "system"  # actor and role of events no request caused (payouts)
 ANONYMOUS = "anonymous"
 KIND = "AuditEntry"
@@ -123,7 +128,7 @@ class AuditLog:
     # ---- appending -------------------------------------------------------------------------------
 
     def record(self, action: str, *, actor: str = ANONYMOUS, role: str = ANONYMOUS, target: str = "",
-               outcome: str = OK, client_ip: str = "", request_id: str = "", detail: dict[str, Any] | None = None,
+               outcome: str = Outcome.OK, client_ip: str = "", request_id: str = "", detail: dict[str, Any] | None = None,
                at: float | None = None) -> dict[str, Any]:
         """Append one entry (its own transaction) and its JSON line; returns the row's values."""
         values: dict[str, Any] = {
@@ -155,7 +160,7 @@ class AuditLog:
             return self.record(action, **fields)
         except Exception as exc:
             log.error("AUDIT WRITE FAILED: %s by %s on %r (%s) was not recorded: %s: %s", action,
-                      fields.get("actor", ANONYMOUS), fields.get("target", ""), fields.get("outcome", OK),
+                      fields.get("actor", ANONYMOUS), fields.get("target", ""), fields.get("outcome", Outcome.OK),
                       exc.__class__.__name__, exc)
             return None
 

@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from cotrain.server.audit import ANONYMOUS, FAILED, OK, REFUSED, AuditLog, audit_log_for
+from cotrain.server.audit import ANONYMOUS, AuditLog, Outcome, audit_log_for
 
 log = logging.getLogger("cotrain.audit")
 
@@ -134,8 +134,8 @@ def request_id_of(headers: list[tuple[bytes, bytes]]) -> str:
 
 def outcome_of(status: int) -> str:
     if status < 400:
-        return OK
-    return REFUSED if status in REFUSED_STATUS else FAILED
+        return Outcome.OK
+    return Outcome.REFUSED if status in REFUSED_STATUS else Outcome.FAILED
 
 
 def action_of(method: str, template: str | None, path: str) -> str:
@@ -358,7 +358,7 @@ def write_entry(audit: AuditLog, factory: Any, ex: Exchange) -> None:
     if ex.method in READS and ex.status == 404:
         if not _read_rule_refused(factory, ex):
             return  # a plain miss, not a refusal
-        outcome = REFUSED
+        outcome = Outcome.REFUSED
     detail: dict[str, Any] = {"method": ex.method, "httpStatus": ex.status}
     if ex.template is None or spec is None:
         detail["path"] = ex.path[:200]
@@ -368,9 +368,9 @@ def write_entry(audit: AuditLog, factory: Any, ex: Exchange) -> None:
         detail.update({k: request[k] for k in spec.request if isinstance(request, dict) and k in request})
         if spec.fields and isinstance(request, dict):
             detail["fields"] = sorted(str(k) for k in request)[:50]
-        if outcome == OK:
+        if outcome == Outcome.OK:
             detail.update({k: response[k] for k in spec.response if isinstance(response, dict) and k in response})
-    if outcome != OK:
+    if outcome != Outcome.OK:
         reason = _reason(response, ex.status)
         if reason:
             detail["reason"] = reason
@@ -395,7 +395,6 @@ def _actor(factory: Any, ex: Exchange, sign_in_response: Any) -> tuple[str, str,
     """(actor label, role, a note on the credentials) of the caller. A sign-in's actor is the wallet it
     signed in (its freshly issued token is resolved here, in memory, and never stored)."""
     from cotrain.server.auth import authenticate
-    from cotrain.server.db import session_scope
 
     token = ex.bearer or ex.cookie_token
     issued = sign_in_response.get("token") if isinstance(sign_in_response, dict) and ex.status < 400 else None
@@ -404,7 +403,7 @@ def _actor(factory: Any, ex: Exchange, sign_in_response: Any) -> tuple[str, str,
     if not token or factory is None:
         return ANONYMOUS, ANONYMOUS, None
     try:
-        with session_scope(factory) as db:
+        with factory.begin() as db:
             actor = authenticate(db, token)
     except Exception as exc:
         log.warning("audit: could not resolve the caller's token: %s", exc.__class__.__name__)
@@ -442,11 +441,10 @@ def _read_rule_refused(factory: Any, ex: Exchange) -> bool:
     if factory is None or (session_id is None and model_id is None):
         return False
     from cotrain.server.auth import authenticate
-    from cotrain.server.db import session_scope
-    from cotrain.server.models import ModelVersion, TrainingSession
+    from cotrain.server.orm import ModelVersion, TrainingSession
     from cotrain.server.permissions import can_read_session
 
-    with session_scope(factory) as db:
+    with factory.begin() as db:
         if session_id is None:
             version = db.get(ModelVersion, int(model_id)) if str(model_id).isdigit() else None
             session_id = version.session_id if version is not None else None

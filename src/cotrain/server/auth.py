@@ -15,7 +15,7 @@ from pathlib import Path
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from cotrain.server.models import ApiToken, RevokedToken
+from cotrain.server.orm import ApiToken, RevokedToken
 from cotrain.server.permissions import Role
 
 ADMIN_NAME = "admin"

@@ -18,8 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cotrain.config import validate_config
 from cotrain.config.memory import Need, fits, gib, gpus_fit, need_of
 from cotrain.server.config_generator import SessionConfigError
-from cotrain.server.db import session_scope
-from cotrain.server.models import TrainingSession, Worker
+from cotrain.server.orm import TrainingSession, Worker
 
 
 def gpus_per_node(row: TrainingSession) -> int:
@@ -105,7 +104,7 @@ def require_capacity(factory: sessionmaker[Session], need: Need, heartbeat_timeo
     """Refuse (422, naming the field) a session that no live worker can ever run, so it never sits
     in the queue, and never starts only to be OOM-killed. With no worker at all it is accepted: it
     waits for one, and says so."""
-    with session_scope(factory) as db:
+    with factory.begin() as db:
         workers = live_workers(db, heartbeat_timeout_s)
     largest = gpu_shortfall(need, workers)
     if largest is not None:

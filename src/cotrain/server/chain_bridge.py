@@ -18,9 +18,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cotrain.server.auth import ResolvedToken, TokenResolver
-from cotrain.server.db import session_scope
 from cotrain.server.errors import ServiceError
-from cotrain.server.models import COMPLETED, RUNNING, TrainingSession
+from cotrain.server.orm import SessionStatus, TrainingSession
 from cotrain.server.p2p_node import ServerDHT
 
 log = logging.getLogger(__name__)
@@ -132,8 +131,8 @@ class ChainBridge:
     def running_diloco(self, except_worker: str | None) -> list[str]:
         """Running DiLoCo sessions of other workers (`cotrain worker` on other machines): their peers
         publish to this server's DHT, so their records are kept here."""
-        with session_scope(self.factory) as db:
-            query = select(TrainingSession.id).where(TrainingSession.status == RUNNING,
+        with self.factory.begin() as db:
+            query = select(TrainingSession.id).where(TrainingSession.status == SessionStatus.RUNNING,
                                                      TrainingSession.strategy == "diloco")
             if except_worker:
                 query = query.where(TrainingSession.worker_id.is_distinct_from(except_worker))
@@ -142,13 +141,13 @@ class ChainBridge:
     def unsettled(self) -> list[tuple[str, str]]:
         """Completed DiLoCo sessions with a reward pool and no contributions yet (run by another worker,
         or the server stopped between completion and settlement): (id, config TOML)."""
-        from cotrain.chain.models import ContributionRow, RewardPoolRow
+        from cotrain.chain.orm import ContributionRow, RewardPoolRow
 
-        with session_scope(self.factory) as db:
+        with self.factory.begin() as db:
             counted = select(ContributionRow.session_id).distinct()
             query = (select(TrainingSession.id, TrainingSession.config_toml)
                      .join(RewardPoolRow, RewardPoolRow.session_id == TrainingSession.id)
-                     .where(TrainingSession.status == COMPLETED, TrainingSession.strategy == "diloco",
+                     .where(TrainingSession.status == SessionStatus.COMPLETED, TrainingSession.strategy == "diloco",
                             TrainingSession.finished_at > time.time() - SETTLE_WITHIN_S,
                             TrainingSession.id.not_in(counted)))
             return [(sid, toml) for sid, toml in db.execute(query).all()]

@@ -32,24 +32,12 @@ from cotrain.data_roots import ENV as DATA_ROOTS_ENV
 from cotrain.data_roots import join_roots
 from cotrain.server.capacity import gpus_per_node, need_of_row
 from cotrain.server.data_paths import run_roots
-from cotrain.server.db import session_scope
 from cotrain.server.fanout import LocalHub
 from cotrain.server.log_tail import TailKeeper, keep_tail
 from cotrain.server.messages import status_message
 from cotrain.server.model_service import register_model_version
-from cotrain.server.models import (
-    ACTIVE_STATES,
-    CANCELLED,
-    COMPLETED,
-    FAILED,
-    QUEUED,
-    RUNNING,
-    STARTING,
-    ApiToken,
-    TrainingSession,
-    Worker,
-)
 from cotrain.server.monitor import apply_engine_event
+from cotrain.server.orm import ACTIVE_STATES, ApiToken, SessionStatus, TrainingSession, Worker
 from cotrain.server.processes import AdoptedRun, ChildRun, describe_exit, end_process_group, meaningful_error
 from cotrain.server.queue import claim_next
 from cotrain.server.scheduler import Allocation, ResourcePool
@@ -64,7 +52,7 @@ log = logging.getLogger(__name__)
 ENGINE_MODULE = "cotrain.core.train"
 EXIT_BAD_CONFIG = 2
 SECRET_ENV = ("COTRAIN_ADMIN_TOKEN", "DATABASE_URL", "REDIS_URL", "COTRAIN_LEDGER_KEY", "COTRAIN_TREASURY_KEY")
-CHAIN_TICK_S = 1.0  # how often a running DiLoCo session's DHT progress records are kept
+CHAIN_TICK_S = 1.0  # how often running DiLoCo sessions' DHT progress records are kept (here and by the server)
 LOG_TAIL_S = 2.0  # how often a run's log tail is copied into the database (when it changed)
 WORKER_BEAT_S = 5.0  # how often the executor refreshes its `workers` row (and looks for stale sessions)
 
@@ -214,14 +202,14 @@ class Executor:
     def _prepare(self, session_id: str) -> tuple[Path, str, dict[str, Any], int, str | None]:
         from cotrain.server.chain_bridge import owner_wallet
 
-        with session_scope(self.factory) as db:
+        with self.factory.begin() as db:
             row = db.get_one(TrainingSession, session_id)
             owner = db.get(ApiToken, row.owner_id) if row.owner_id is not None else None
             wallet = owner_wallet(owner.name if owner else None)
             return self._local_config(row), row.strategy, row.request, row.attempts, wallet
 
     def _mark_started(self, session_id: str, pid: int, config_path: Path, allocation: Allocation) -> list[dict[str, Any]]:
-        with session_scope(self.factory) as db:
+        with self.factory.begin() as db:
             row = db.get_one(TrainingSession, session_id)
             row.pid = pid
             row.config_path = str(config_path)
@@ -229,8 +217,8 @@ class Executor:
             row.error = None
             row.heartbeat_at = time.time()
             row.started_at = row.started_at or time.time()
-            if row.status == STARTING:
-                row.status = RUNNING
+            if row.status == SessionStatus.STARTING:
+                row.status = SessionStatus.RUNNING
             return [status_message(db, row, pid=pid, gpus=list(allocation.gpu_ids), cpus=list(allocation.cpu_cores))]
 
     def _local_config(self, row: TrainingSession) -> Path:
@@ -266,7 +254,7 @@ class Executor:
     def _data_roots_env(self, session_id: str) -> dict[str, str]:
         """The run checks its paths against this worker's data roots (core/path_guard.py), plus
         exactly the path a maintainer or admin approved for this session (server/data_paths.py)."""
-        with session_scope(self.factory) as db:
+        with self.factory.begin() as db:
             approval = db.get_one(TrainingSession, session_id).data_path_approval
         return {ENFORCE_ENV: "1", DATA_ROOTS_ENV: join_roots(run_roots(self.settings, approval))}
 
@@ -327,7 +315,7 @@ class Executor:
             log.warning("keeping the log tail of session %s failed: %s", session_id, exc)
 
     def _store_tails(self, session_id: str, changed: dict[str, list[str]]) -> None:
-        with session_scope(self.factory) as db:
+        with self.factory.begin() as db:
             for stream, lines in changed.items():
                 keep_tail(db, session_id, stream, self.settings.worker_id, lines)
 
@@ -365,18 +353,18 @@ class Executor:
         task.add_done_callback(self._background.discard)
 
     def _completed_config(self, session_id: str) -> tuple[bool, str]:
-        with session_scope(self.factory) as db:
+        with self.factory.begin() as db:
             row = db.get_one(TrainingSession, session_id)
-            return row.status == COMPLETED, row.config_toml
+            return row.status == SessionStatus.COMPLETED, row.config_toml
 
     # ---- database steps (run in a thread) -------------------------------------------------
     def _engine_seq(self, session_id: str) -> tuple[int, str]:
-        with session_scope(self.factory) as db:
+        with self.factory.begin() as db:
             row = db.get_one(TrainingSession, session_id)
             return row.engine_seq, row.strategy
 
     def _apply(self, session_id: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        with session_scope(self.factory) as db:
+        with self.factory.begin() as db:
             row = db.get_one(TrainingSession, session_id)
             messages: list[dict[str, Any]] = []
             for event in events:
@@ -384,46 +372,46 @@ class Executor:
             return messages
 
     def _heartbeat(self, session_id: str) -> bool:
-        with session_scope(self.factory) as db:
+        with self.factory.begin() as db:
             row = db.get_one(TrainingSession, session_id)
             row.heartbeat_at = time.time()
             return row.cancel_requested
 
     def _finish(self, session_id: str, returncode: int, executor_error: str | None = None) -> list[dict[str, Any]]:
         stderr_path = self.settings.layout.session_logs(session_id) / "stderr.log"
-        with session_scope(self.factory) as db:
+        with self.factory.begin() as db:
             row = db.get_one(TrainingSession, session_id)
             row.pid = None
             row.heartbeat_at = None
             extra: dict[str, Any] = {"exitCode": returncode}
             if row.cancel_requested:
-                row.status, row.finished_at, row.error = CANCELLED, time.time(), None
+                row.status, row.finished_at, row.error = SessionStatus.CANCELLED, time.time(), None
                 if session_id in self._killed:
                     extra["detail"] = self._killed[session_id]
             elif returncode == 0:
                 version = register_model_version(db, self.settings.layout, row, self.settings.worker_id)
-                row.status, row.finished_at, row.error, row.progress = COMPLETED, time.time(), None, 100.0
+                row.status, row.finished_at, row.error, row.progress = SessionStatus.COMPLETED, time.time(), None, 100.0
                 if version is not None:
                     extra["modelVersion"] = {"id": version.id, "version": version.version, "name": f"v{version.version}"}
             else:
                 error = executor_error or row.error or meaningful_error(stderr_path) or describe_exit(returncode)
                 if returncode == EXIT_BAD_CONFIG or row.attempts > row.max_retries:
-                    row.status, row.finished_at, row.error = FAILED, time.time(), error
+                    row.status, row.finished_at, row.error = SessionStatus.FAILED, time.time(), error
                 else:
                     delay = self.settings.retry_backoff_s * 2 ** max(row.attempts - 1, 0)
-                    row.status, row.next_attempt_at = QUEUED, time.time() + delay
+                    row.status, row.next_attempt_at = SessionStatus.QUEUED, time.time() + delay
                     row.error = (
                         f"Attempt {row.attempts} failed: {error}. Retrying in {delay:.0f} s "
                         f"from the last checkpoint ({row.max_retries - row.attempts + 1} retries left)."
                     )
                     extra["retryAt"] = row.next_attempt_at
-            row.worker_id = None if row.status != QUEUED else row.worker_id
+            row.worker_id = None if row.status != SessionStatus.QUEUED else row.worker_id
             return [status_message(db, row, **extra)]
 
     def _beat_worker(self) -> None:
         """This executor's row in `workers`: what it can run (its GPUs and memory) and that it is alive."""
         try:
-            with session_scope(self.factory) as db:
+            with self.factory.begin() as db:
                 row = db.get(Worker, self.settings.worker_id)
                 if row is None:
                     row = Worker(id=self.settings.worker_id, started_at=time.time())
@@ -435,14 +423,14 @@ class Executor:
             log.warning("worker id %s is used by two processes; give each its own COTRAIN_WORKER_ID", self.settings.worker_id)
 
     def _forget_worker(self) -> None:
-        with session_scope(self.factory) as db:
+        with self.factory.begin() as db:
             db.execute(delete(Worker).where(Worker.id == self.settings.worker_id))
 
     def _requeue_stale(self) -> list[dict[str, Any]]:
         """Sessions held by a worker that stopped heartbeating go back to the queue."""
         limit = time.time() - self.settings.heartbeat_timeout_s
         messages = []
-        with session_scope(self.factory) as db:
+        with self.factory.begin() as db:
             rows = db.scalars(
                 select(TrainingSession)
                 .where(
@@ -458,9 +446,9 @@ class Executor:
 
     def _requeue(self, db: Session, row: TrainingSession, why: str) -> dict[str, Any]:
         if row.cancel_requested:
-            row.status, row.finished_at = CANCELLED, time.time()
+            row.status, row.finished_at = SessionStatus.CANCELLED, time.time()
         else:
-            row.status, row.next_attempt_at = QUEUED, 0.0
+            row.status, row.next_attempt_at = SessionStatus.QUEUED, 0.0
             row.attempts = max(row.attempts - 1, 0)  # not the run's fault: no retry spent
             row.error = f"{why}; the session was queued again and resumes from its last checkpoint."
         row.pid, row.worker_id, row.heartbeat_at = None, None, None
@@ -480,7 +468,7 @@ class Executor:
 
     def _reconcile_rows(self) -> tuple[list[tuple[str, int, str, tuple[int, ...]]], list[dict[str, Any]]]:
         adopt, messages = [], []
-        with session_scope(self.factory) as db:
+        with self.factory.begin() as db:
             rows = db.scalars(
                 select(TrainingSession).where(
                     TrainingSession.status.in_(ACTIVE_STATES), TrainingSession.worker_id == self.settings.worker_id

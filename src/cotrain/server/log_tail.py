@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from cotrain.server.models import SessionLogTail
+from cotrain.server.orm import SessionLogTail
 
 STREAMS = ("stderr", "stdout")
 KEPT_LINES = 200  # the rolling tail kept in the database, per stream

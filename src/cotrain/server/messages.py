@@ -1,6 +1,6 @@
 """WebSocket messages of a session: numbered, stored for replay, then published.
 
-Names: `training.progress` (the original design's payload, DESIGN.md §3), `training.status`,
+Names: `training.progress` (docs/architecture.md, "WebSocket messages"), `training.status`,
 `training.eval`, `training.checkpoint`, `training.error`, `training.peer`.
 """
 
@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from cotrain.server.auth import Actor
 from cotrain.server.internals import scrub_data
-from cotrain.server.models import SessionMessage, TrainingSession
+from cotrain.server.orm import SessionMessage, TrainingSession
 from cotrain.server.permissions import can_see_internals
 
 PRIVATE = "private"

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from cotrain.server.models import MetricPoint
+from cotrain.server.orm import MetricPoint
 
 SERIES = ("loss", "accuracy", "learning_rate", "tokens_per_second", "participants", "val_loss", "val_perplexity",
           "val_accuracy")
@@ -82,7 +82,7 @@ def latest_nodes(db: Session, session_id: str, limit: int | None = None) -> list
     [{index, name, util_percent, mem_used_bytes, mem_total_bytes, power_w, temp_c}] — only on a node
     with a GPU) plus `step` (the session's step of that sample) and `last_seen` (= `time`, unix s).
     `limit`: only the most recently seen nodes."""
-    from cotrain.server.models import NodeSample
+    from cotrain.server.orm import NodeSample
 
     newest = (select(func.max(NodeSample.id)).where(NodeSample.session_id == session_id)
               .group_by(NodeSample.node))
@@ -107,7 +107,7 @@ def node_history(db: Session, session_id: str, max_points: int = 500, nodes: lis
     samples, every node is downsampled the same way as `metric_history` (shared step buckets; each
     series gives its mean, plus `<name>_min` and `<name>_max`). `nodes`: only these; at most
     `max_nodes` nodes (the most recently seen) come back, in node order."""
-    from cotrain.server.models import NodeSample
+    from cotrain.server.orm import NodeSample
 
     where = [NodeSample.session_id == session_id]
     if nodes is not None:
@@ -166,7 +166,7 @@ def round_history(db: Session, session_id: str, max_points: int = 500) -> dict[s
     "wait_seconds", "bytes_sent", "bytes_received", "group_size", "slowest_peer", "peers":
     [{"peer", "train_seconds", "bytes_sent", "bytes_received"}]}. Past `max_points` rounds, rounds
     are bucketed (mean of each number, `<name>_max` too; no `peers` or `slowest_peer`)."""
-    from cotrain.server.models import RoundPeerSample, RoundSample
+    from cotrain.server.orm import RoundPeerSample, RoundSample
 
     where = RoundSample.session_id == session_id
     total, first, last_round = db.execute(

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from cotrain.paths import Layout
 from cotrain.server.auth import Actor
-from cotrain.server.models import ModelVersion, TrainingSession
+from cotrain.server.orm import ModelVersion, TrainingSession
 from cotrain.server.permissions import readable_sessions_clause
 
 COMPARED = ("val_loss", "val_perplexity", "val_accuracy", "num_parameters", "tokens_seen")

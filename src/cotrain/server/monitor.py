@@ -1,4 +1,4 @@
-"""Applies the engine's events (DESIGN.md §2) to the database and turns them into messages.
+"""Applies the engine's events (docs/architecture.md, "Event stream") to the database and turns them into messages.
 
 Idempotent: an event whose `seq` is not above the session's `engine_seq` was already applied,
 so re-reading a stream after a restart changes nothing.
@@ -11,8 +11,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from cotrain.server.messages import record_message
-from cotrain.server.models import CANCELLING, RUNNING, STARTING, MetricPoint, TrainingSession
 from cotrain.server.node_samples import clean_round, clean_system, record_event_blocks
+from cotrain.server.orm import MetricPoint, SessionStatus, TrainingSession
 
 
 def progress_payload(event: dict[str, Any], blocks: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -53,8 +53,8 @@ def apply_engine_event(db: Session, row: TrainingSession, event: dict[str, Any])
     if kind == "started":
         row.total_steps = event.get("total_steps") or row.total_steps
         row.step = event.get("step") or row.step
-        if row.status == STARTING:
-            row.status = RUNNING
+        if row.status == SessionStatus.STARTING:
+            row.status = SessionStatus.RUNNING
         out.append(
             record_message(
                 db, row.id, "training.status",
@@ -71,8 +71,8 @@ def apply_engine_event(db: Session, row: TrainingSession, event: dict[str, Any])
         row.loss = event.get("loss")
         row.participants = int(event.get("participants") or 1)
         row.latest_metrics = {**(row.latest_metrics or {}), **metrics}
-        if row.status == STARTING:
-            row.status = RUNNING
+        if row.status == SessionStatus.STARTING:
+            row.status = SessionStatus.RUNNING
         db.add(
             MetricPoint(
                 session_id=row.id, step=row.step, time=event.get("time") or 0.0, loss=row.loss,
@@ -106,7 +106,7 @@ def apply_engine_event(db: Session, row: TrainingSession, event: dict[str, Any])
     elif kind == "failed":
         if not event.get("interrupted"):
             row.error = event.get("error") or row.error
-        if row.status != CANCELLING or not event.get("interrupted"):
+        if row.status != SessionStatus.CANCELLING or not event.get("interrupted"):
             out.append(
                 record_message(
                     db, row.id, "training.error",

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from cotrain.server.models import ACTIVE_STATES, NodeSample, RoundPeerSample, RoundSample, TrainingSession
+from cotrain.server.orm import ACTIVE_STATES, NodeSample, RoundPeerSample, RoundSample, TrainingSession
 from cotrain.server.permissions import readable_sessions_clause
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from cotrain.server.models import NodeSample, RoundPeerSample, RoundSample
+from cotrain.server.orm import NodeSample, RoundPeerSample, RoundSample
 
 MAX_SAMPLES_PER_NODE = 1000  # rows kept per (session, node) before thinning
 MAX_NODES_PER_SESSION = 256  # nodes / peers stored per session; later newcomers are not stored

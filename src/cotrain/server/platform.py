@@ -8,10 +8,10 @@ import logging
 import os
 from typing import Any
 
+from cotrain.db import make_db_factory, make_engine, run_migrations
 from cotrain.server.auth import ensure_admin_token, register_token_resolver
 from cotrain.server.chain_bridge import ChainBridge
-from cotrain.server.db import make_engine, make_session_factory, run_migrations, session_scope
-from cotrain.server.executor import Executor
+from cotrain.server.executor import CHAIN_TICK_S, Executor
 from cotrain.server.fanout import make_hub
 from cotrain.server.metrics_service import metric_history
 from cotrain.server.p2p_node import ServerDHT
@@ -22,14 +22,13 @@ from cotrain.server.signed_urls import load_secret
 log = logging.getLogger(__name__)
 
 PAYOUT_INTERVAL_S = 60.0  # payouts due are sent (or recorded, local backend) at least this often
-CHAIN_TICK_S = 1.0  # how often other workers' running DiLoCo sessions' DHT records are kept
 
 
 class Platform:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or Settings.from_env()
         self.engine = make_engine(self.settings.database_url)
-        self.factory = make_session_factory(self.engine)
+        self.factory = make_db_factory(self.engine)
         self.hub = make_hub(self.settings.redis_url)
         self.url_secret = load_secret(self.settings.layout.root)  # signs the UI's download links
         self.dht = ServerDHT(self.settings.dht_host_maddrs, self.settings.dht_initial_peers)
@@ -77,7 +76,7 @@ class Platform:
         self.engine.dispose()
 
     def _admin_token(self) -> None:
-        with session_scope(self.factory) as db:
+        with self.factory.begin() as db:
             token = ensure_admin_token(db, self.settings.layout.root, self.settings.admin_token, announce=True)
         if token:  # the one time the plain token is shown
             print(
@@ -91,10 +90,10 @@ class Platform:
         from sqlalchemy import func, select
 
         from cotrain.server.examples import EXAMPLE_SESSION
-        from cotrain.server.models import TrainingSession
+        from cotrain.server.orm import TrainingSession
         from cotrain.server.schemas import SessionCreate
 
-        with session_scope(self.factory) as db:
+        with self.factory.begin() as db:
             if db.scalar(select(func.count()).select_from(TrainingSession)):
                 return
         row = self.sessions.create(SessionCreate.model_validate(EXAMPLE_SESSION), None)
@@ -114,7 +113,7 @@ class Platform:
             self.loop.call_soon_threadsafe(self.executor.wake)
 
     def metric_history(self, session_id: str, max_points: int = 500) -> dict[str, Any]:
-        with session_scope(self.factory) as db:
+        with self.factory.begin() as db:
             return metric_history(db, session_id, max_points)
 
 

@@ -17,19 +17,18 @@ from collections.abc import Callable
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from cotrain.server.db import session_scope
-from cotrain.server.models import QUEUED, STARTING, TrainingSession
+from cotrain.server.orm import SessionStatus, TrainingSession
 
 
 def claim_next(
     factory: sessionmaker[Session], worker_id: str, fits: Callable[[TrainingSession], bool], batch: int = 20
 ) -> TrainingSession | None:
     """Take the best queued session that `fits` this worker; None when there is none."""
-    with session_scope(factory) as db:
+    with factory.begin() as db:
         for page in itertools.count():
             candidates = db.scalars(
                 select(TrainingSession)
-                .where(TrainingSession.status == QUEUED, TrainingSession.next_attempt_at <= time.time())
+                .where(TrainingSession.status == SessionStatus.QUEUED, TrainingSession.next_attempt_at <= time.time())
                 .order_by(
                     TrainingSession.priority.desc(), TrainingSession.queued_at, TrainingSession.created_at,
                     TrainingSession.id,
@@ -50,9 +49,9 @@ def _take(db: Session, row: TrainingSession, worker_id: str) -> bool:
     """The compare-and-set: only one worker moves a row out of `queued`."""
     taken = db.execute(
         update(TrainingSession)
-        .where(TrainingSession.id == row.id, TrainingSession.status == QUEUED)
+        .where(TrainingSession.id == row.id, TrainingSession.status == SessionStatus.QUEUED)
         .values(
-            status=STARTING, worker_id=worker_id, attempts=TrainingSession.attempts + 1,
+            status=SessionStatus.STARTING, worker_id=worker_id, attempts=TrainingSession.attempts + 1,
             heartbeat_at=time.time(), pid=None, updated_at=time.time(),
         )
     ).rowcount
@@ -65,11 +64,11 @@ def _take(db: Session, row: TrainingSession, worker_id: str) -> bool:
 
 def queue_position(db: Session, row: TrainingSession) -> int | None:
     """1 for the next session to run; None when it is not queued."""
-    if row.status != QUEUED:
+    if row.status != SessionStatus.QUEUED:
         return None
     ahead = db.scalars(
         select(TrainingSession.id).where(
-            TrainingSession.status == QUEUED,
+            TrainingSession.status == SessionStatus.QUEUED,
             (TrainingSession.priority > row.priority)
             | ((TrainingSession.priority == row.priority) & (TrainingSession.queued_at < (row.queued_at or 0))),
         )

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from cotrain.server.auth import Actor
 from cotrain.server.errors import Conflict, Forbidden, ServiceError
-from cotrain.server.models import CANCELLING, QUEUED, RUNNING, STARTING, TrainingSession
+from cotrain.server.orm import SessionStatus, TrainingSession
 from cotrain.server.permissions import Action, allowed, who_may
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from cotrain.server.schemas import SessionCreate
     from cotrain.server.settings import QuotaSettings
 
-COUNTED_STATES = (QUEUED, STARTING, RUNNING, CANCELLING)  # what an owner's active-sessions quota counts
+COUNTED_STATES = (SessionStatus.QUEUED, SessionStatus.STARTING, SessionStatus.RUNNING, SessionStatus.CANCELLING)  # what an owner's active-sessions quota counts
 _PG_LOCK_ID = 0x636F7170  # advisory lock serialising quota counts on PostgreSQL
 MAX_FILES_MEASURED = 100_000  # a dataPath with more files is measured no further (its size is unknown)
 
@@ -325,7 +325,7 @@ def open_pools(db: Session, asset: str) -> int:
     """What the treasury still owes in `asset`: the payouts of settled sessions not yet paid, plus the
     whole pool of every session not settled yet (read from the sessions' own rows, which are written in
     the same transaction as this check; a deleted unsettled session can no longer pay, so it does not count)."""
-    from cotrain.chain.models import PayoutRow, RewardRow
+    from cotrain.chain.orm import PayoutRow, RewardRow
 
     unpaid = db.scalar(select(func.coalesce(func.sum(PayoutRow.amount), 0))
                        .where(PayoutRow.asset == asset, PayoutRow.status != "paid")) or 0

@@ -24,7 +24,6 @@ from cotrain.server.config_generator import (
     write_config,
 )
 from cotrain.server.data_paths import check_data_path
-from cotrain.server.db import session_scope
 from cotrain.server.engine_config import (  # issue 17: sessions from a full engine config
     engine_session,
     engine_words,
@@ -36,16 +35,7 @@ from cotrain.server.errors import Conflict, Forbidden, NotFound, ServiceError
 from cotrain.server.internals import scrub, worker_host
 from cotrain.server.log_tail import kept_tail, read_tail
 from cotrain.server.messages import messages_after, shown_to, status_message
-from cotrain.server.models import (
-    ACTIVE_STATES,
-    CANCELLED,
-    CANCELLING,
-    COMPLETED,
-    DRAFT,
-    FAILED,
-    QUEUED,
-    TrainingSession,
-)
+from cotrain.server.orm import ACTIVE_STATES, SessionStatus, TrainingSession
 from cotrain.server.permissions import (
     can_manage_session,
     can_read_session,
@@ -94,13 +84,13 @@ class SessionService:
             query = query.where(TrainingSession.owner_id == flt.owner_id)
         if flt.search:
             query = query.where(TrainingSession.name.ilike(f"%{flt.search}%"))
-        with session_scope(self.p.factory) as db:
+        with self.p.factory.begin() as db:
             total = db.scalar(select(func.count()).select_from(query.subquery())) or 0
             rows = db.scalars(query.order_by(TrainingSession.created_at.desc()).limit(limit).offset(offset)).all()
         return list(rows), total
 
     def get(self, session_id: str, actor: Actor | None = None) -> TrainingSession:
-        with session_scope(self.p.factory) as db:
+        with self.p.factory.begin() as db:
             row = db.get(TrainingSession, session_id)
             if row is None or not can_read_session(actor, row.owner_id, row.public):
                 raise NotFound(f"No session {session_id!r}. List sessions with GET /api/v1/sessions.")
@@ -109,14 +99,14 @@ class SessionService:
     def queue_position(self, session_id: str, actor: Actor | None = None) -> int | None:
         """1 for the next session to run; None when it is not queued."""
         row = self.get(session_id, actor)
-        with session_scope(self.p.factory) as db:
+        with self.p.factory.begin() as db:
             return queue_position(db, row)
 
     def waiting_reasons(self, rows: list[TrainingSession]) -> dict[str, str]:
         """Why each queued session among `rows` has not started (see waiting.py)."""
-        if not any(row.status == QUEUED for row in rows):
+        if not any(row.status == SessionStatus.QUEUED for row in rows):
             return {}
-        with session_scope(self.p.factory) as db:
+        with self.p.factory.begin() as db:
             return waiting_reasons(db, rows, self.p.settings.heartbeat_timeout_s)
 
     def config_toml(self, session_id: str, actor: Actor | None = None) -> str:
@@ -160,8 +150,8 @@ class SessionService:
         config = with_server_tracking(config, self.p.settings.tracking)  # issue 17: COTRAIN_TRACKING_* where the config sets none
         require_capacity(self.p.factory, need_of(config), self.p.settings.heartbeat_timeout_s)  # capacity.py: 422 when no live worker can ever run it
         approval = check_data_path(body, actor, self.p.settings)  # data roots: 422 for a member outside them
-        status = QUEUED if body.auto_start else DRAFT
-        with session_scope(self.p.factory) as db:
+        status = SessionStatus.QUEUED if body.auto_start else SessionStatus.DRAFT
+        with self.p.factory.begin() as db:
             self.policy.enforce(db, actor, Change.create(actor, body, config))  # session_policy.py: 403 past a quota
             path = write_config(config, self.p.settings.layout.generated_configs)
             row = TrainingSession(
@@ -171,7 +161,7 @@ class SessionService:
                 request=request or body.model_dump(mode="json", by_alias=True, exclude_none=True),
                 config_path=str(path), config_toml=path.read_text(), model_type=config.model.type,
                 model_size=config.model.size, strategy=config.distributed.strategy,
-                total_steps=config.train.max_steps, queued_at=time.time() if status == QUEUED else None,
+                total_steps=config.train.max_steps, queued_at=time.time() if status == SessionStatus.QUEUED else None,
                 max_retries=self.p.settings.max_retries if body.max_retries is None else body.max_retries,
                 latest_metrics={}, attempts=0, next_attempt_at=0.0, step=0, progress=0.0, participants=0,
                 engine_seq=0, message_seq=0, cancel_requested=False, data_path_approval=approval,
@@ -190,7 +180,7 @@ class SessionService:
         try:
             self.p.chain.session_created(session_id, amount, asset)
         except Exception:
-            with session_scope(self.p.factory) as db:
+            with self.p.factory.begin() as db:
                 row = db.get(TrainingSession, session_id)
                 if row is not None:
                     db.delete(row)
@@ -198,9 +188,9 @@ class SessionService:
             raise
 
     def update(self, session_id: str, changes: SessionUpdate, actor: Actor | None) -> TrainingSession:
-        with session_scope(self.p.factory) as db:
+        with self.p.factory.begin() as db:
             row = self._managed(db, session_id, actor)
-            if row.status not in (DRAFT, QUEUED):
+            if row.status not in (SessionStatus.DRAFT, SessionStatus.QUEUED):
                 raise Conflict(f"Session {session_id} is {row.status}; only draft or queued sessions can be edited. Cancel it first.")
             patch = changes.model_dump(by_alias=True, exclude_unset=True, mode="json")
             if is_engine_session(row.request):  # issue 17: its config is the submitted TOML, not these fields
@@ -250,7 +240,7 @@ class SessionService:
         return status_message(db, row, updated=True)
 
     def delete(self, session_id: str, actor: Actor | None) -> None:
-        with session_scope(self.p.factory) as db:
+        with self.p.factory.begin() as db:
             row = self._managed(db, session_id, actor)
             if row.status in ACTIVE_STATES:
                 raise Conflict(f"Session {session_id} is {row.status}. Cancel it, wait until it stops, then delete it.")
@@ -259,20 +249,20 @@ class SessionService:
 
     def start(self, session_id: str, actor: Actor | None) -> TrainingSession:
         """Queue a draft, or run a finished session again (it resumes from its checkpoints)."""
-        return self._requeue(session_id, actor, (DRAFT, COMPLETED, FAILED, CANCELLED), "started")
+        return self._requeue(session_id, actor, (SessionStatus.DRAFT, SessionStatus.COMPLETED, SessionStatus.FAILED, SessionStatus.CANCELLED), "started")
 
     def retry(self, session_id: str, actor: Actor | None) -> TrainingSession:
         """Queue a failed or cancelled session again with a fresh retry budget."""
-        return self._requeue(session_id, actor, (FAILED, CANCELLED), "retried")
+        return self._requeue(session_id, actor, (SessionStatus.FAILED, SessionStatus.CANCELLED), "retried")
 
     def _requeue(self, session_id: str, actor: Actor | None, allowed: tuple[str, ...], verb: str) -> TrainingSession:
-        with session_scope(self.p.factory) as db:
+        with self.p.factory.begin() as db:
             row = self._managed(db, session_id, actor)
             if row.status not in allowed:
                 raise Conflict(f"Session {session_id} is {row.status}; it can be {verb} only when {' or '.join(allowed)}.")
             require_capacity(self.p.factory, need_of_row(row), self.p.settings.heartbeat_timeout_s)  # capacity.py
             self.policy.enforce(db, actor, Change.start(row))  # session_policy.py: active-sessions quota
-            row.status, row.attempts, row.next_attempt_at, row.error = QUEUED, 0, 0.0, None
+            row.status, row.attempts, row.next_attempt_at, row.error = SessionStatus.QUEUED, 0, 0.0, None
             row.cancel_requested, row.finished_at, row.queued_at = False, None, time.time()
             message = status_message(db, row)
         self.p.publish([message])
@@ -282,12 +272,12 @@ class SessionService:
     def cancel(self, session_id: str, actor: Actor | None) -> TrainingSession:
         """Queued/draft: cancelled at once. Running: the worker sends SIGTERM (the engine saves a
         checkpoint), then SIGKILL after the grace period."""
-        with session_scope(self.p.factory) as db:
+        with self.p.factory.begin() as db:
             row = self._managed(db, session_id, actor)
-            if row.status in (DRAFT, QUEUED):
-                row.status, row.finished_at = CANCELLED, time.time()
+            if row.status in (SessionStatus.DRAFT, SessionStatus.QUEUED):
+                row.status, row.finished_at = SessionStatus.CANCELLED, time.time()
             elif row.status in ACTIVE_STATES:
-                row.status, row.cancel_requested = CANCELLING, True
+                row.status, row.cancel_requested = SessionStatus.CANCELLING, True
             else:
                 raise Conflict(f"Session {session_id} is already {row.status}; nothing to cancel.")
             message = status_message(db, row)
@@ -296,7 +286,7 @@ class SessionService:
         return row
 
     def set_priority(self, session_id: str, priority: int, actor: Actor | None) -> TrainingSession:
-        with session_scope(self.p.factory) as db:
+        with self.p.factory.begin() as db:
             row = self._managed(db, session_id, actor)
             self.policy.enforce(db, actor, Change.set_priority(row, priority))  # session_policy.py
             row.priority = priority
@@ -315,7 +305,7 @@ class SessionService:
     # ---- what a session produced -----------------------------------------------------------
     def messages(self, session_id: str, after: int = 0, limit: int = 1000, actor: Actor | None = None) -> list[dict[str, Any]]:
         row = self.get(session_id, actor)
-        with session_scope(self.p.factory) as db:
+        with self.p.factory.begin() as db:
             return shown_to(actor, row.owner_id, messages_after(db, session_id, after, limit))
 
     def log_tail(self, session_id: str, stream: str = "stderr", lines: int = 200, actor: Actor | None = None) -> list[str]:
@@ -335,7 +325,7 @@ class SessionService:
     def _log_view(self, session_id: str, stream: str, lines: int) -> dict[str, Any]:
         path = self.p.settings.layout.session_logs(session_id) / f"{stream}.log"
         local = read_tail(path, lines)
-        with session_scope(self.p.factory) as db:
+        with self.p.factory.begin() as db:
             kept = kept_tail(db, session_id, stream)
             remote = kept is not None and kept.worker_id != self.p.settings.worker_id
             kept_lines, kept_worker, kept_at = (kept.lines, kept.worker_id, kept.updated_at) if kept else ([], None, 0.0)
@@ -368,7 +358,7 @@ class SessionService:
         row = self.get(session_id, actor)
         peers = self.p.dht.session_peers(session_id) if self.p.dht else None
         if peers is None:
-            with session_scope(self.p.factory) as db:
+            with self.p.factory.begin() as db:
                 seen: dict[str, dict[str, Any]] = {}
                 for message in messages_after(db, session_id, 0, 100_000):
                     if message["event"] == "training.peer" and message["data"].get("peer_id"):

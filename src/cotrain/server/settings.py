@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from cotrain.data_roots import data_roots as data_roots_from_env
+from cotrain.db import sqlite_url
 from cotrain.paths import Layout
-from cotrain.server.db import sqlite_url
 
 
 def _env_bool(name: str, default: bool) -> bool:

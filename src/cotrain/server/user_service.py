@@ -21,9 +21,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cotrain.server.auth import principal_hash, principal_row
-from cotrain.server.db import session_scope
 from cotrain.server.errors import Conflict, NotFound, ServiceError
-from cotrain.server.models import ApiToken
+from cotrain.server.orm import ApiToken
 from cotrain.server.permissions import ASSIGNABLE_ROLES, Role
 
 WALLET_PREFIX = "wallet:"  # api_tokens.name of a signed-in wallet
@@ -112,7 +111,7 @@ def _last_logins(db: Session, rows: list[ApiToken]) -> dict[str, float]:
     if not addresses:
         return {}
     try:
-        from cotrain.chain.models import ChainUser
+        from cotrain.chain.orm import ChainUser
     except ImportError:  # the chain is optional: no sign-in times then
         return {}
     found = db.execute(select(ChainUser.address, ChainUser.last_login_at).where(ChainUser.address.in_(addresses)))
@@ -176,7 +175,7 @@ def set_role(factory: sessionmaker[Session], ref: UserRef | str, role: Role | st
     its previous role. Takes effect on the user's next request: roles are read per request."""
     ref = parse_ref(ref) if isinstance(ref, str) else ref
     role = parse_role(role)
-    with session_scope(factory) as db:
+    with factory.begin() as db:
         row = _find(db, ref, create=ref.kind == "wallet")
         before = Role(row.role)
         if role is not Role.ADMIN:
@@ -192,7 +191,7 @@ def revoke(factory: sessionmaker[Session], ref: UserRef | str, ban: bool | None 
     `ban=False` lifts a ban. An API token is revoked for good (`ban` cannot bring it back)."""
     ref = parse_ref(ref) if isinstance(ref, str) else ref
     now = time.time() if now is None else now
-    with session_scope(factory) as db:
+    with factory.begin() as db:
         row = _find(db, ref, create=ref.kind == "wallet" and ban is True)  # pre-banning a wallet is allowed
         if ref.kind == "token":
             if ban is False:

@@ -15,14 +15,14 @@ from collections.abc import Iterable
 from sqlalchemy.orm import Session
 
 from cotrain.server.capacity import gpus_per_node, live_workers, need_of_row, waiting_shortfall, worker_fits
-from cotrain.server.models import QUEUED, TrainingSession, Worker
+from cotrain.server.orm import SessionStatus, TrainingSession, Worker
 
 __all__ = ["gpus_per_node", "live_workers", "waiting_reason", "waiting_reasons"]
 
 
 def waiting_reasons(db: Session, rows: Iterable[TrainingSession], heartbeat_timeout_s: float) -> dict[str, str]:
     """`{session id: why it waits}` for the queued sessions among `rows`."""
-    queued = [row for row in rows if row.status == QUEUED]
+    queued = [row for row in rows if row.status == SessionStatus.QUEUED]
     if not queued:
         return {}
     workers = live_workers(db, heartbeat_timeout_s)

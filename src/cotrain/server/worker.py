@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 
-from cotrain.server.db import make_engine, make_session_factory, run_migrations
+from cotrain.db import make_db_factory, make_engine, run_migrations
 from cotrain.server.executor import Executor
 from cotrain.server.fanout import make_hub
 from cotrain.server.settings import Settings
@@ -30,7 +30,7 @@ async def run_worker(settings: Settings | None = None) -> None:
     await asyncio.to_thread(run_migrations, engine)
     hub = make_hub(settings.redis_url, listen=False)
     await hub.start()
-    executor = Executor(settings, make_session_factory(engine), hub)
+    executor = Executor(settings, make_db_factory(engine), hub)
     await executor.start()
     print(f"CoTrain worker {settings.worker_id} is waiting for sessions", flush=True)
     stop = asyncio.Event()

@@ -41,11 +41,10 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from cotrain.server.audit import audit_log_for
 from cotrain.server.auth import Actor, authenticate
-from cotrain.server.db import session_scope
 from cotrain.server.errors import NotFound
 from cotrain.server.fanout import ALL_SESSIONS, Subscriber
 from cotrain.server.messages import messages_after, messages_for_all, shown_to
-from cotrain.server.models import TrainingSession
+from cotrain.server.orm import TrainingSession
 from cotrain.server.permissions import Action, allowed, can_read_session, role_of
 from cotrain.server.rate_limits import Limit, client_ip, limiter_of
 
@@ -288,7 +287,7 @@ class AllAfter:
 
 
 def _authenticate(platform: Any, token: str) -> Actor | None:
-    with session_scope(platform.factory) as db:
+    with platform.factory.begin() as db:
         return authenticate(db, token)
 
 
@@ -297,7 +296,7 @@ class HiddenSession(NotFound):
 
 
 def _replay(platform: Any, session_id: str, after: int | None, sub: Subscriber) -> tuple[int, list[dict[str, Any]]]:
-    with session_scope(platform.factory) as db:
+    with platform.factory.begin() as db:
         row = db.get(TrainingSession, session_id)
         if row is None or not _readable(sub, row):
             error = NotFound if row is None else HiddenSession
@@ -313,7 +312,7 @@ def _replay_all(platform: Any, after: AllAfter, sub: Subscriber) -> list[dict[st
         owners[row.id] = row.owner_id
         return _readable(sub, row)
 
-    with session_scope(platform.factory) as db:
+    with platform.factory.begin() as db:
         replay = messages_for_all(db, after.sessions, after.since, readable, limit=MAX_REPLAY_MESSAGES)
     return [shown_to(sub.actor, owners.get(m["data"]["sessionId"]), [m])[0] for m in replay]
 

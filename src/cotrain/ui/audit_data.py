@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from cotrain.server.audit import ANONYMOUS, OK, AuditLog, audit_log_for
+from cotrain.server.audit import ANONYMOUS, AuditLog, Outcome, audit_log_for
 from cotrain.ui.context import platform
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ def verify() -> dict[str, Any]:
             "problems": report.problems, "head": report.head}
 
 
-def record(actor: Actor | None, action: str, target: str = "", outcome: str = OK, client_ip: str = "",
+def record(actor: Actor | None, action: str, target: str = "", outcome: str = Outcome.OK, client_ip: str = "",
            detail: dict[str, Any] | None = None) -> None:
     """Record an action taken in the UI (blocking: DB; never raises). Its request id starts with "ui-"."""
     _log().record_safely(action, actor=actor.label if actor else ANONYMOUS,
@@ -62,7 +62,6 @@ def client_ip() -> str:
 def audited(actor: Actor | None, action: str, target: str, ip: str, fn: Any, *args: Any) -> Any:
     """`fn(*args)` (a service call a page makes for `actor`), recorded as `action` whatever its outcome;
     the target defaults to the id of what it returns (blocking: run it with `run.io_bound`)."""
-    from cotrain.server.audit import FAILED, REFUSED
     from cotrain.server.permissions import PermissionDenied
 
     try:
@@ -70,8 +69,8 @@ def audited(actor: Actor | None, action: str, target: str, ip: str, fn: Any, *ar
     except Exception as exc:
         status = getattr(exc, "status_code", None)
         refused = isinstance(exc, PermissionDenied) or status in (401, 403, 404, 429)
-        record(actor, action, target, REFUSED if refused else FAILED, ip,
+        record(actor, action, target, Outcome.REFUSED if refused else Outcome.FAILED, ip,
                {"reason": str(exc)[:300], **({"httpStatus": status} if status else {})})
         raise
-    record(actor, action, target or str(getattr(result, "id", "") or ""), OK, ip)
+    record(actor, action, target or str(getattr(result, "id", "") or ""), Outcome.OK, ip)
     return result

@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from cotrain.server import signed_urls
-from cotrain.server.api.models import list_versions_out
-from cotrain.server.db import session_scope
+from cotrain.server.api.model_versions import list_versions_out
 from cotrain.server.model_service import compare_versions
 from cotrain.server.session_service import SessionFilter
 from cotrain.ui.context import platform
@@ -52,7 +51,7 @@ def signed_link(path: str, actor: Actor | None) -> str:
 def compare(ids: list[int]) -> dict[str, Any]:
     """The server's side-by-side comparison plus each compared session's loss history."""
     p = platform()
-    with session_scope(p.factory) as db:
+    with p.factory.begin() as db:
         result = compare_versions(db, ids)
     curves: dict[str, list[list[float]]] = {}
     for row in result["versions"]:

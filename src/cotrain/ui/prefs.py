@@ -60,7 +60,5 @@ def actor_for(value: str | None) -> Actor | None:
     if not value:
         return None
     from cotrain.server.auth import authenticate
-    from cotrain.server.db import session_scope
-
-    with session_scope(platform().factory) as db:
+    with platform().factory.begin() as db:
         return authenticate(db, value)

@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from cotrain.server.db import session_scope
-from cotrain.server.models import ApiToken
+from cotrain.server.orm import ApiToken
 from cotrain.server.session_service import SessionFilter
 from cotrain.ui import format as fmt
 from cotrain.ui.components.badges import status_label
@@ -17,14 +16,14 @@ from cotrain.ui.theme import STATUS_COLORS
 
 if TYPE_CHECKING:
     from cotrain.server.auth import Actor
-    from cotrain.server.models import TrainingSession
+    from cotrain.server.orm import TrainingSession
 
 STAT_STATES = ("running", "queued", "completed")
 LIST_LIMIT = 500
 
 
 def owner_names() -> dict[int, str]:
-    with session_scope(platform().factory) as db:
+    with platform().factory.begin() as db:
         return {row.id: row.name for row in db.scalars(select(ApiToken))}
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cotrain.server.api.models import list_versions_out
-from cotrain.server.db import session_scope
+from cotrain.server.api.model_versions import list_versions_out
 from cotrain.server.internals import scrub_data, worker_host
 from cotrain.server.metrics_service import latest_nodes, node_history, round_history
 from cotrain.server.permissions import can_see_internals
@@ -15,7 +14,7 @@ from cotrain.ui.machines_view import ROUND_LIMIT, SERIES_LIMIT
 
 if TYPE_CHECKING:
     from cotrain.server.auth import Actor
-    from cotrain.server.models import TrainingSession
+    from cotrain.server.orm import TrainingSession
 
 LOG_LINES = 60
 
@@ -60,7 +59,7 @@ def machine_history(row: TrainingSession, actor: Actor | None) -> dict[str, list
     """The Machines and Rounds sections' stored history (the page then follows the live messages):
     each node's newest sample first (with its GPUs), then its points over time; the DiLoCo rounds.
     Scrubbed like GET /sessions/{id}/nodes and /rounds for everyone but the owner and admins."""
-    with session_scope(platform().factory) as db:
+    with platform().factory.begin() as db:
         nodes = latest_nodes(db, row.id)
         for history in node_history(db, row.id, SERIES_LIMIT)["nodes"]:
             nodes += [{**point, "node": history["node"]} for point in history["points"]]

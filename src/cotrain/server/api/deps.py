@@ -15,8 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from cotrain.server import signed_urls
 from cotrain.server.auth import Actor, actor_of, authenticate
-from cotrain.server.db import session_scope
-from cotrain.server.models import ApiToken
+from cotrain.server.orm import ApiToken
 
 if TYPE_CHECKING:  # the platform pulls in the executor and the engine; routers of other packages
     from cotrain.server.platform import Platform  # (the chain's) import these dependencies without it
@@ -32,7 +31,7 @@ PlatformDep = Annotated[Any, Depends(get_platform)]  # a Platform
 
 
 def _authenticate(platform: Platform, token: str) -> Actor | None:
-    with session_scope(platform.factory) as db:
+    with platform.factory.begin() as db:
         return authenticate(db, token)
 
 
@@ -48,7 +47,7 @@ def _link_actor(platform: Platform, request: Request) -> Actor | None:
     if not signed_urls.verify(platform.url_secret, request.url.path, expires, actor_id, sig):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "This download link is invalid or has expired; "
                             "open the page again for a fresh link.")
-    with session_scope(platform.factory) as db:
+    with platform.factory.begin() as db:
         row = db.get(ApiToken, actor_id)
         issued = expires - signed_urls.DEFAULT_TTL_S  # links made before an admin's revoke die with it
         if row is None or row.revoked or (row.tokens_valid_after is not None and issued < row.tokens_valid_after):

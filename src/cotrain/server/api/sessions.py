@@ -13,11 +13,10 @@ from pydantic import ValidationError
 from cotrain.server.api.deps import OPTIONAL_AUTH, PlatformDep, SessionId
 from cotrain.server.auth import Actor
 from cotrain.server.chain_bridge import owner_wallet
-from cotrain.server.db import session_scope
 from cotrain.server.internals import scrub_data, worker_host
 from cotrain.server.join_command import join_command
 from cotrain.server.metrics_service import latest_nodes, node_history, round_history
-from cotrain.server.models import ALL_STATES, TrainingSession
+from cotrain.server.orm import ALL_STATES, TrainingSession
 from cotrain.server.permissions import Action, can_see_internals, permit
 from cotrain.server.rate_limits import Limit, rate_limit
 from cotrain.server.schemas import (
@@ -263,7 +262,7 @@ def join_info(session_id: SessionId, request: Request, platform: PlatformDep, ac
 
 @router.get("/{session_id}/model", summary="The session's final model versions", openapi_extra=OPTIONAL_AUTH)
 def session_model(session_id: SessionId, platform: PlatformDep, actor: Reader) -> list[dict[str, Any]]:
-    from cotrain.server.api.models import list_versions_out
+    from cotrain.server.api.model_versions import list_versions_out
 
     platform.sessions.get(session_id, actor)
     return list_versions_out(platform, session_id, actor=actor)
@@ -288,7 +287,7 @@ def session_nodes(
     `history`: each node's series (`node`, `totalPoints`, `points`), downsampled past `maxPoints`
     samples (metrics_service.node_history). Node, GPU and point fields keep the engine contract's names."""
     row = platform.sessions.get(session_id, actor)
-    with session_scope(platform.factory) as db:
+    with platform.factory.begin() as db:
         nodes = latest_nodes(db, row.id)
         history = node_history(db, row.id, max_points)
     data = {"sessionId": row.id, "nodes": nodes, "downsampled": history["downsampled"],
@@ -307,7 +306,7 @@ def session_rounds(
     peers, its slowest peer, and per-peer totals (metrics_service.round_history); empty for a
     session that is not DiLoCo."""
     row = platform.sessions.get(session_id, actor)
-    with session_scope(platform.factory) as db:
+    with platform.factory.begin() as db:
         rounds = round_history(db, row.id, max_points)
     data = {"sessionId": row.id, "totalRounds": rounds["total_rounds"], "downsampled": rounds["downsampled"],
             "rounds": rounds["rounds"], "latest": rounds["latest"], "slowestPeer": rounds["slowest_peer"],

@@ -10,9 +10,8 @@ from sqlalchemy import func, select, text
 
 from cotrain.server.api.deps import PlatformDep
 from cotrain.server.auth import Actor
-from cotrain.server.db import session_scope
-from cotrain.server.models import ALL_STATES, TrainingSession
 from cotrain.server.node_metrics import session_metric_lines
+from cotrain.server.orm import ALL_STATES, TrainingSession
 from cotrain.server.permissions import Action, permit
 from cotrain.server.schemas import Envelope
 
@@ -22,7 +21,7 @@ router = APIRouter(tags=["system"])
 @router.get("/health", response_model=Envelope[dict[str, Any]], summary="Liveness and the state of each component",
             dependencies=[Depends(permit(Action.STATUS_READ))])
 def health(platform: PlatformDep) -> Envelope[dict[str, Any]]:
-    with session_scope(platform.factory) as db:
+    with platform.factory.begin() as db:
         db.execute(text("SELECT 1"))
     return Envelope(
         data={
@@ -39,7 +38,7 @@ def health(platform: PlatformDep) -> Envelope[dict[str, Any]]:
 def prometheus_text(platform: Any, http_metrics: Any = None, actor: Actor | None = None) -> str:
     """The server's metrics; the per-session, per-node and per-round series (node_metrics.py, issue
     19) cover the sessions `actor` may read (anonymous scrapes: public sessions only)."""
-    with session_scope(platform.factory) as db:
+    with platform.factory.begin() as db:
         counts = dict(db.execute(select(TrainingSession.status, func.count()).group_by(TrainingSession.status)).all())
         session_lines = session_metric_lines(db, actor)
     hub = platform.hub

@@ -10,8 +10,7 @@ from sqlalchemy import func, select
 
 from cotrain.server.api.deps import DbId, PlatformDep
 from cotrain.server.auth import Actor, create_token
-from cotrain.server.db import session_scope
-from cotrain.server.models import ApiToken
+from cotrain.server.orm import ApiToken
 from cotrain.server.permissions import ASSIGNABLE_ROLES, Action, Role, permit
 from cotrain.server.schemas import ERROR_RESPONSES
 
@@ -59,7 +58,7 @@ def me(actor: Annotated[Actor, Depends(permit(Action.SELF_READ))]) -> Me:
 @router.post("/tokens", response_model=TokenCreated, status_code=status.HTTP_201_CREATED, summary="Create a token (admin)")
 def new_token(body: TokenCreate, platform: PlatformDep,
               actor: Annotated[Actor, Depends(permit(Action.TOKENS_WRITE))]) -> TokenCreated:
-    with session_scope(platform.factory) as db:
+    with platform.factory.begin() as db:
         row, token = create_token(db, body.name, body.role)
         return TokenCreated(id=row.id, name=row.name, role=Role(row.role), is_admin=row.role == Role.ADMIN,
                             token=token)
@@ -68,7 +67,7 @@ def new_token(body: TokenCreate, platform: PlatformDep,
 @router.delete("/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Revoke a token (admin)")
 def revoke_token(token_id: DbId, platform: PlatformDep,
                  actor: Annotated[Actor, Depends(permit(Action.TOKENS_WRITE))]) -> None:
-    with session_scope(platform.factory) as db:
+    with platform.factory.begin() as db:
         row = db.get(ApiToken, token_id)
         if row is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"No token {token_id}.")

@@ -6,7 +6,7 @@ from typing import Any
 
 from nicegui import run, ui
 
-from cotrain.server.models import ALL_STATES
+from cotrain.server.orm import ALL_STATES
 from cotrain.ui import format as fmt
 from cotrain.ui import live, session_rows
 from cotrain.ui.components.badges import stat_tile, status_label

@@ -4,6 +4,7 @@ the same way; the API turns them into ISO datetimes."""
 from __future__ import annotations
 
 import time
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -20,15 +21,25 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from cotrain.server.db import Base
+from cotrain.db import Base
+
 
 # Session lifecycle. `draft` waits for `start`; `queued` waits for a worker; `starting`/`running`
 # belong to one worker; `cancelling` asks that worker to stop the run.
-DRAFT, QUEUED, STARTING, RUNNING, CANCELLING = "draft", "queued", "starting", "running", "cancelling"
-COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
-ACTIVE_STATES = (STARTING, RUNNING, CANCELLING)
-FINAL_STATES = (COMPLETED, FAILED, CANCELLED)
-ALL_STATES = (DRAFT, QUEUED, STARTING, RUNNING, CANCELLING, COMPLETED, FAILED, CANCELLED)
+class SessionStatus(StrEnum):
+    DRAFT = "draft"
+    QUEUED = "queued"
+    STARTING = "starting"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_STATES = (SessionStatus.STARTING, SessionStatus.RUNNING, SessionStatus.CANCELLING)
+FINAL_STATES = (SessionStatus.COMPLETED, SessionStatus.FAILED, SessionStatus.CANCELLED)
+ALL_STATES = tuple(SessionStatus)
 
 
 def now() -> float:
@@ -43,7 +54,7 @@ class TrainingSession(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id", ondelete="SET NULL"), nullable=True)
     public: Mapped[bool] = mapped_column(Boolean, default=True)
-    status: Mapped[str] = mapped_column(String(16), default=QUEUED, index=True)
+    status: Mapped[str] = mapped_column(String(16), default=SessionStatus.QUEUED, index=True)
     priority: Mapped[int] = mapped_column(Integer, default=0)
     request: Mapped[dict[str, Any]] = mapped_column(JSON)  # the create body, camelCase, as sent
     config_path: Mapped[str] = mapped_column(Text)

@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session
 
 from cotrain.server.api.deps import ID_PATTERN, OPTIONAL_AUTH, DbId, PlatformDep
 from cotrain.server.auth import Actor
-from cotrain.server.db import session_scope
 from cotrain.server.model_service import (
     compare_versions,
     list_versions,
@@ -22,7 +21,7 @@ from cotrain.server.model_service import (
     version_out,
     zip_version,
 )
-from cotrain.server.models import ModelVersion, TrainingSession
+from cotrain.server.orm import ModelVersion, TrainingSession
 from cotrain.server.permissions import Action, can_read_session, can_see_internals, permit
 from cotrain.server.schemas import ERROR_RESPONSES, ModelVersionOut, iso
 
@@ -34,7 +33,7 @@ Reader = Annotated[Actor | None, Depends(permit(Action.SESSION_READ))]
 def list_versions_out(platform: Any, session_id: str | None, limit: int = 100, offset: int = 0,
                       actor: Actor | None = None) -> list[dict[str, Any]]:
     """The versions `actor` may read (of one session, or of every readable session)."""
-    with session_scope(platform.factory) as db:
+    with platform.factory.begin() as db:
         return [_shown(db, version_out(v), actor) for v in list_versions(db, session_id, limit, offset, actor)]
 
 
@@ -85,7 +84,7 @@ def compare_models(
     platform: PlatformDep, actor: Reader,
     ids: list[Annotated[int, Field(ge=1, le=2**31 - 1)]] = Query(..., min_length=2, max_length=50, description="Model version ids (repeat: ?ids=1&ids=2).")
 ) -> dict[str, Any]:
-    with session_scope(platform.factory) as db:
+    with platform.factory.begin() as db:
         for model_id in ids:
             _readable_version(db, model_id, actor)
         try:
@@ -96,7 +95,7 @@ def compare_models(
 
 @router.get("/{model_id}", response_model=ModelVersionOut, openapi_extra=OPTIONAL_AUTH)
 def get_model(model_id: DbId, platform: PlatformDep, actor: Reader) -> ModelVersionOut:
-    with session_scope(platform.factory) as db:
+    with platform.factory.begin() as db:
         return _out(_shown(db, version_out(_readable_version(db, model_id, actor)), actor))
 
 
@@ -106,7 +105,7 @@ def get_model(model_id: DbId, platform: PlatformDep, actor: Reader) -> ModelVers
                        409: {"description": "The files are on the disk of the worker that trained it, not this server's"}})
 def download_model(model_id: DbId, platform: PlatformDep, actor: Reader, background: BackgroundTasks) -> FileResponse:
     """With a bearer token, or through a signed link from the web UI (`?expires=&actor=&sig=`)."""
-    with session_scope(platform.factory) as db:
+    with platform.factory.begin() as db:
         version = _readable_version(db, model_id, actor)
         owner = db.get(TrainingSession, version.session_id).owner_id  # type: ignore[union-attr]
         show_path = can_see_internals(actor, owner)

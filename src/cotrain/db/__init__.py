@@ -1,14 +1,16 @@
-"""The database: SQLAlchemy 2 declarative `Base`, engine construction, sessions, migrations.
+"""The database every package shares: SQLAlchemy 2 declarative `Base`, engines, migrations.
 
-SQLite under COTRAIN_HOME by default, PostgreSQL when `DATABASE_URL` is set. Other packages
-(the chain) declare their tables on the same `Base` and add Alembic revisions named
-`*_chain_*.py` to `cotrain/server/migrations/versions/`; `run_migrations` upgrades to every head.
+It sits below the server and the chain, which both declare their tables on this `Base`
+(`cotrain/server/orm.py`, `cotrain/chain/orm.py`); their Alembic revisions live side by side in
+`migrations/versions/` (the chain's are named `c*_chain_*.py`) and `run_migrations` upgrades to
+every head. SQLite under COTRAIN_HOME by default, PostgreSQL when `DATABASE_URL` is set.
+
+A unit of work is `factory.begin()` (SQLAlchemy's own: commit on success, roll back on error,
+always close); the word "session" is kept for training sessions, so database sessions are `db`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -57,22 +59,9 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)  # servers share PostgreSQL's 100
 
 
-def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+def make_db_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
-
-@contextmanager
-def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A unit of work: commit on success, roll back on error, always close."""
-    session = factory()
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 def run_migrations(engine: Engine) -> None:
@@ -85,7 +74,3 @@ def run_migrations(engine: Engine) -> None:
     with engine.begin() as connection:
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "heads")
-
-
-def is_sqlite(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite"

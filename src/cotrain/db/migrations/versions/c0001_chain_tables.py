@@ -1,5 +1,5 @@
 """The chain's tables: wallet users, sign-in nonces, the signed ledger, peer bindings, contributions,
-reward pools, rewards, payout batches and payouts (cotrain/chain/models.py).
+reward pools, rewards, payout batches and payouts (cotrain/chain/orm.py).
 
 Revision ID: c0001_chain_tables
 Revises: 0001_server_initial

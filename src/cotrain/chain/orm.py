@@ -10,7 +10,7 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from cotrain.server.db import Base
+from cotrain.db import Base
 
 ADDRESS = 66  # 0x + 64 hex digits
 
