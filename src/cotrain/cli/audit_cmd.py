@@ -5,7 +5,6 @@ file under COTRAIN_HOME), for an operator on the server machine."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import time
@@ -26,19 +25,14 @@ _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 def _audit_log() -> Any:
     """The server's audit log, refusing to create a database: a typo in COTRAIN_HOME must not look
     like an empty, intact log."""
-    from cotrain.db import make_engine, run_migrations, sqlite_url
+    from cotrain.db import NoDatabase, default_database_url, open_database
     from cotrain.paths import cotrain_home
     from cotrain.server.audit import AuditLog
 
-    url = os.environ.get("DATABASE_URL")  # the server's own rule (and `cotrain ledger`'s), without the chain
-    if not url:
-        path = cotrain_home() / "cotrain.db"
-        if not path.exists():
-            raise UserError(f"No database at {path}: start the server once (`cotrain up`), or set COTRAIN_HOME "
-                            "or DATABASE_URL to the server's.")
-        url = sqlite_url(path)
-    engine = make_engine(url)
-    run_migrations(engine)
+    try:
+        engine, _ = open_database(default_database_url(cotrain_home()), must_exist=True)
+    except NoDatabase as exc:
+        raise UserError(str(exc)) from None
     return AuditLog(engine)
 
 

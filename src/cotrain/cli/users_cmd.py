@@ -20,21 +20,13 @@ ROLES = "member, maintainer or admin"
 def _factory() -> Any:
     """The server's database, refusing to create one: a typo in COTRAIN_HOME must not look like an
     empty platform whose roles were set."""
-    import os
-
-    from cotrain.chain.runtime import database_url
-    from cotrain.db import make_db_factory, make_engine, run_migrations
+    from cotrain.db import NoDatabase, default_database_url, open_database
     from cotrain.paths import cotrain_home
 
-    url = database_url()
-    if not os.environ.get("DATABASE_URL"):
-        path = cotrain_home() / "cotrain.db"
-        if not path.exists():
-            raise UserError(f"No database at {path}: start the server once (`cotrain up`), or set COTRAIN_HOME "
-                            "or DATABASE_URL to the server's.")
-    engine = make_engine(url)
-    run_migrations(engine)
-    return make_db_factory(engine)
+    try:
+        return open_database(default_database_url(cotrain_home()), must_exist=True)[1]
+    except NoDatabase as exc:
+        raise UserError(str(exc)) from None
 
 
 def _checked(fn: Any, *args: Any) -> Any:

@@ -11,6 +11,7 @@ always close); the word "session" is kept for training sessions, so database ses
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -74,3 +75,28 @@ def run_migrations(engine: Engine) -> None:
     with engine.begin() as connection:
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "heads")
+
+
+class NoDatabase(RuntimeError):
+    """Raised by `open_database(..., must_exist=True)` when the embedded SQLite file is missing."""
+
+
+def default_database_url(home: Path) -> str:
+    """DATABASE_URL, else the embedded SQLite file under COTRAIN_HOME (`home`)."""
+    return os.environ.get("DATABASE_URL") or sqlite_url(home / "cotrain.db")
+
+
+def open_database(url: str, migrate: bool = True, must_exist: bool = False) -> tuple[Engine, sessionmaker[Session]]:
+    """The one way every process (server, worker, CLI, chain) opens the database: an engine, its
+    migrations applied, and the factory of units of work. `must_exist` refuses to create an empty
+    SQLite file, so a typo in COTRAIN_HOME does not look like an empty platform."""
+    engine_url = make_url(normalize_url(url))
+    if must_exist and engine_url.get_backend_name() == "sqlite":
+        path = Path(engine_url.database or "")
+        if not path.exists():
+            raise NoDatabase(f"No database at {path}: start the server once (`cotrain up`), or set COTRAIN_HOME "
+                             "or DATABASE_URL to the server's.")
+    engine = make_engine(url)
+    if migrate:
+        run_migrations(engine)
+    return engine, make_db_factory(engine)
