@@ -78,7 +78,7 @@ class NonceStore(Protocol):
 
 
 class MemoryNonceStore:
-    """A NonceStore for one process (the CLI and tests); the server uses the DB-backed one in store.py."""
+    """A NonceStore for one process (the CLI and tests); the server uses the DB-backed one (chain/nonces.py)."""
 
     def __init__(self) -> None:
         self._issued: dict[str, Challenge] = {}
@@ -315,44 +315,67 @@ async def verify_sign_in(
 ) -> VerifiedSignIn:
     """Check a wallet's sign-in response against what this server issued; raises SignInError saying
     why it is refused. `origin` is COTRAIN_PUBLIC_ORIGIN (None: loopback origins only) and
-    `chain_id` the configured chain; neither ever comes from the request."""
+    `chain_id` the configured chain; neither ever comes from the request. The nonce is spent last,
+    only when everything else holds."""
     now = now or datetime.now(UTC)
     claimed = normalize_address(request.address)
     public_key = _parse_public_key(request.public_key)
     signature = _parse_signature(request.signature)
+    fields = _parse_message(request.full_message)
 
-    if request.full_message.startswith(AIP62_PREFIX):
-        fields = _parse_aip62(request.full_message)
-    elif request.full_message.split("\n", 1)[0].endswith(SIWA_HEADER_SUFFIX):
-        fields = _parse_siwa(request.full_message)
-    else:
+    _check_window(fields.window, now)
+    _check_application(fields.application, origin)
+    _check_signed_address(fields.address, claimed)
+    _check_chain(fields.chain, chain_id)
+    _check_issued(store.get(fields.nonce), fields, claimed)
+    if not public_key.verify(fields.signed_bytes, signature):
         raise SignInError(
-            "bad_message",
-            "fullMessage must be the exact text the wallet signed, starting with the line 'APTOS' "
-            "(signMessage) or a 'Sign in with Aptos' message.",
-            400,
+            "bad_signature",
+            "The signature does not match the message and public key; sign the message again with your wallet.",
         )
+    await _check_key_owns_address(public_key, AccountAddress.from_str_relaxed(claimed), auth_key_lookup)
+    _consume_nonce(store, fields.nonce, now)
+    return VerifiedSignIn(address=claimed, public_key=str(public_key), format=fields.format)
 
-    not_before, expiration = fields.window
+
+def _parse_message(full_message: str) -> _Fields:
+    """The signed text's fields, in whichever of the two formats the wallet used."""
+    if full_message.startswith(AIP62_PREFIX):
+        return _parse_aip62(full_message)
+    if full_message.split("\n", 1)[0].endswith(SIWA_HEADER_SUFFIX):
+        return _parse_siwa(full_message)
+    raise SignInError(
+        "bad_message",
+        "fullMessage must be the exact text the wallet signed, starting with the line 'APTOS' "
+        "(signMessage) or a 'Sign in with Aptos' message.",
+        400,
+    )
+
+
+def _check_window(window: tuple[datetime | None, datetime | None], now: datetime) -> None:
+    """AIP-116's optional Not Before and Expiration Time must hold now."""
+    not_before, expiration = window
     if expiration is not None and now >= expiration:
         raise SignInError("expired_nonce", "The sign-in message has expired (its Expiration Time passed); "
                           "sign in again.")
     if not_before is not None and now < not_before:
         raise SignInError("not_yet_valid", "The sign-in message is not valid yet (Not Before is in the future); "
                           "check your computer's clock and sign in again.")
-    _check_application(fields.application, origin)
-    if normalize_address(fields.address) != claimed:
+
+
+def _check_signed_address(signed: str, claimed: str) -> None:
+    if normalize_address(signed) != claimed:
         raise SignInError(
             "wrong_address",
-            f"The message was signed for address {fields.address}, but the request is for {claimed}; "
+            f"The message was signed for address {signed}, but the request is for {claimed}; "
             "sign with the account you are signing in as.",
         )
-    _check_chain(fields.chain, chain_id)
-    challenge = store.get(fields.nonce)
+
+
+def _check_issued(challenge: Challenge | None, fields: _Fields, claimed: str) -> None:
+    """The nonce was issued by this server, for this address, with exactly the message that was signed."""
     if challenge is None:
-        raise SignInError(
-            "unknown_nonce", "The nonce in the message was not issued by this server; ask for a new nonce."
-        )
+        raise _unknown_nonce()
     if challenge.address != claimed:
         raise SignInError(
             "wrong_address", "This nonce was issued for another address; ask for a nonce for your address."
@@ -363,14 +386,15 @@ async def verify_sign_in(
             "The signed message is not the one this server issued with this nonce; sign exactly the `message` "
             "returned by /auth/nonce, with nothing added.",
         )
-    if not public_key.verify(fields.signed_bytes, signature):
-        raise SignInError(
-            "bad_signature",
-            "The signature does not match the message and public key; sign the message again with your wallet.",
-        )
-    await _check_key_owns_address(public_key, AccountAddress.from_str_relaxed(claimed), auth_key_lookup)
 
-    outcome = store.consume(fields.nonce, now)
+
+def _unknown_nonce() -> SignInError:
+    return SignInError("unknown_nonce", "The nonce in the message was not issued by this server; ask for a new nonce.")
+
+
+def _consume_nonce(store: NonceStore, nonce: str, now: datetime) -> None:
+    """Spend the nonce; of two sign-ins racing with the same one, only the first passes."""
+    outcome = store.consume(nonce, now)
     if outcome == "used":
         raise SignInError(
             "replay", "This signed message was already used to sign in (replay); ask for a new nonce and sign again."
@@ -380,10 +404,7 @@ async def verify_sign_in(
             "expired_nonce", "The sign-in nonce expired (nonces last 5 minutes); ask for a new nonce and sign again."
         )
     if outcome != "ok":
-        raise SignInError(
-            "unknown_nonce", "The nonce in the message was not issued by this server; ask for a new nonce."
-        )
-    return VerifiedSignIn(address=claimed, public_key=str(public_key), format=fields.format)
+        raise _unknown_nonce()
 
 
 def _check_application(application: str, origin: str | None) -> None:
