@@ -38,80 +38,82 @@ class Section(BaseModel):
 
 class SessionConfig(Section):
     id: str | None = Field(
-        None,
+        default=None,
         pattern=SESSION_ID_PATTERN,
         description="Names the run's event stream, checkpoints and final model; default: the config file's stem.",
     )
-    name: str | None = Field(None, description="A human title shown in the UI.")
-    description: str | None = Field(None, description="Free text shown in the UI.")
+    name: str | None = Field(default=None, description="A human title shown in the UI.")
+    description: str | None = Field(default=None, description="Free text shown in the UI.")
 
 
 class ModelConfig(Section):
     type: Literal["llama2", "llama3", "bert"] = Field(
-        "llama2", description="Model family: llama2 / llama3 (causal LM) or bert (masked LM)."
+        default="llama2", description="Model family: llama2 / llama3 (causal LM) or bert (masked LM)."
     )
     size: str = Field(
-        "debug",
-        description="Size preset: debug, tiny, small, base, or a published shape (7B, 13B, 70B; llama3 8B, 70B; bert base, large). `cotrain models presets` shows them.",
+        default="debug",
+        description="Size preset: debug, tiny, small, base, or a published shape (7B, 13B, 70B; llama3 8B, 70B; "
+        "bert base, large). `cotrain models presets` shows them.",
     )
     precision: Precision = Field(
-        "fp32", description="Autocast dtype; weights stay fp32. fp16 adds a grad scaler."
+        default="fp32", description="Autocast dtype; weights stay fp32. fp16 adds a grad scaler."
     )
     path: str | None = Field(
-        None, description="A local Hugging Face model directory to start from instead of random init."
+        default=None, description="A local Hugging Face model directory to start from instead of random init."
     )
-    dropout: float | None = Field(None, ge=0.0, lt=1.0, description="Override the family's dropout.")
+    dropout: float | None = Field(default=None, ge=0.0, lt=1.0, description="Override the family's dropout.")
 
 
 class TrainConfig(Section):
     batch_size: PositiveInt = Field(
-        32, description="Samples per optimizer step, over all processes (DiLoCo: per peer)."
+        default=32, description="Samples per optimizer step, over all processes (DiLoCo: per peer)."
     )
     micro_batch_size: PositiveInt | None = Field(
-        None,
+        default=None,
         description="Samples per forward pass per process; default: batch_size / processes (no accumulation).",
     )
-    learning_rate: PositiveFloat = Field(3e-4, description="Peak learning rate (after warmup).")
+    learning_rate: PositiveFloat = Field(default=3e-4, description="Peak learning rate (after warmup).")
     min_lr_ratio: float = Field(
-        0.1, ge=0.0, le=1.0, description="Final learning rate as a fraction of the peak."
+        default=0.1, ge=0.0, le=1.0, description="Final learning rate as a fraction of the peak."
     )
     epochs: PositiveInt | None = Field(
-        1, description="Passes over the training split (unless max_steps is set)."
+        default=1, description="Passes over the training split (unless max_steps is set)."
     )
     max_steps: PositiveInt | None = Field(
-        None, description="Stop after this many optimizer steps (wins over epochs)."
+        default=None, description="Stop after this many optimizer steps (wins over epochs)."
     )
-    optimizer: Optimizer = Field("adamw", description="Inner optimizer.")
-    schedule: Schedule = Field("cosine", description="Learning-rate decay after warmup.")
-    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
-    weight_decay: float = Field(0.1, ge=0.0, description="On matrices only (not biases or norms).")
-    betas: tuple[float, float] = Field((0.9, 0.95), description="Adam / AdamW betas.")
-    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
-    grad_clip: float = Field(1.0, ge=0.0, description="Max global grad norm; 0 disables clipping.")
-    seed: int = Field(1337, description="Seeds init, data order and masking.")
-    deterministic: bool = Field(False, description="Bit-identical results on CPU (slower kernels on GPU).")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when visible, else CPU.")
+    optimizer: Optimizer = Field(default="adamw", description="Inner optimizer.")
+    schedule: Schedule = Field(default="cosine", description="Learning-rate decay after warmup.")
+    warmup_steps: int = Field(default=0, ge=0, description="Linear warmup steps.")
+    weight_decay: float = Field(default=0.1, ge=0.0, description="On matrices only (not biases or norms).")
+    betas: tuple[float, float] = Field(default=(0.9, 0.95), description="Adam / AdamW betas.")
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0, description="SGD momentum.")
+    grad_clip: float = Field(default=1.0, ge=0.0, description="Max global grad norm; 0 disables clipping.")
+    seed: int = Field(default=1337, description="Seeds init, data order and masking.")
+    deterministic: bool = Field(default=False, description="Bit-identical results on CPU (slower kernels on GPU).")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: CUDA when visible, else CPU.")
     compile: bool = Field(
-        False,
-        description="torch.compile the model (faster steps on GPU after a compile of a minute or so; CPU needs a C compiler).",
+        default=False,
+        description="torch.compile the model (faster steps on GPU after a compile of a minute or so; "
+        "CPU needs a C compiler).",
     )
     activation_checkpointing: bool = Field(
-        False,
+        default=False,
         description="Recompute each layer's activations in the backward pass: less memory for ~1/3 more compute.",
     )
-    log_interval: PositiveInt = Field(10, description="Steps between progress events.")
+    log_interval: PositiveInt = Field(default=10, description="Steps between progress events.")
     eval_interval: PositiveInt = Field(
-        200, description="Steps between evaluations on the val split (and one at the end)."
+        default=200, description="Steps between evaluations on the val split (and one at the end)."
     )
-    eval_batches: PositiveInt = Field(8, description="Micro batches per evaluation.")
+    eval_batches: PositiveInt = Field(default=8, description="Micro batches per evaluation.")
 
 
 class DilocoConfig(Section):
-    inner_steps: PositiveInt = Field(100, description="H: local optimizer steps between outer steps.")
-    outer_lr: PositiveFloat = Field(0.7, description="Outer SGD learning rate.")
-    outer_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="Outer SGD momentum.")
-    nesterov: bool = Field(True, description="Nesterov momentum in the outer step.")
-    compression: Compression = Field("none", description="Compression of the averaged pseudo-gradient.")
+    inner_steps: PositiveInt = Field(default=100, description="H: local optimizer steps between outer steps.")
+    outer_lr: PositiveFloat = Field(default=0.7, description="Outer SGD learning rate.")
+    outer_momentum: float = Field(default=0.9, ge=0.0, lt=1.0, description="Outer SGD momentum.")
+    nesterov: bool = Field(default=True, description="Nesterov momentum in the outer step.")
+    compression: Compression = Field(default="none", description="Compression of the averaged pseudo-gradient.")
     initial_peers: list[str] = Field(
         default_factory=list, description="Multiaddrs of peers already in the DHT."
     )
@@ -121,30 +123,30 @@ class DilocoConfig(Section):
     announce_maddrs: list[str] = Field(
         default_factory=list, description="Public addresses to announce (behind NAT)."
     )
-    min_peers: PositiveInt = Field(1, description="Peers needed before an outer step averages.")
-    matchmaking_time: PositiveFloat = Field(5.0, description="Seconds to gather peers for a round.")
+    min_peers: PositiveInt = Field(default=1, description="Peers needed before an outer step averages.")
+    matchmaking_time: PositiveFloat = Field(default=5.0, description="Seconds to gather peers for a round.")
     averaging_timeout: PositiveFloat = Field(
-        120.0, description="Seconds before a round is abandoned and retried."
+        default=120.0, description="Seconds before a round is abandoned and retried."
     )
     progress_interval: PositiveFloat = Field(
-        3.0, description="Seconds between signed progress records in the DHT."
+        default=3.0, description="Seconds between signed progress records in the DHT."
     )
     wallet: str | None = Field(
-        None, pattern=r"^0x[0-9a-fA-F]{1,64}$",
+        default=None, pattern=r"^0x[0-9a-fA-F]{1,64}$",
         description="Aptos address (0x...) credited for this peer's contribution.",
     )
 
 
 class DistributedConfig(Section):
-    nodes: PositiveInt = Field(1, description="Machines (DiLoCo: peers).")
+    nodes: PositiveInt = Field(default=1, description="Machines (DiLoCo: peers).")
     gpus_per_node: PositiveInt = Field(
-        1, description="Processes per machine (DiLoCo: per peer; they run the inner steps as DDP)."
+        default=1, description="Processes per machine (DiLoCo: per peer; they run the inner steps as DDP)."
     )
     strategy: Strategy = Field(
-        "ddp", description="ddp / fsdp under torchrun, or diloco over the hivemind DHT."
+        default="ddp", description="ddp / fsdp under torchrun, or diloco over the hivemind DHT."
     )
     backend: Literal["auto", "gloo", "nccl"] = Field(
-        "auto", description="torch.distributed backend; auto: nccl on GPU, gloo on CPU."
+        default="auto", description="torch.distributed backend; auto: nccl on GPU, gloo on CPU."
     )
     diloco: DilocoConfig = Field(default_factory=DilocoConfig)
 
@@ -159,43 +161,44 @@ class DistributedConfig(Section):
 
 
 class DataConfig(Section):
-    seq_length: PositiveInt = Field(256, description="Tokens per sample.")
+    seq_length: PositiveInt = Field(default=256, description="Tokens per sample.")
     data_path: str | None = Field(
-        None, description="A .txt/.jsonl/.parquet file, a folder of them, or a folder of prepared shards."
+        default=None, description="A .txt/.jsonl/.parquet file, a folder of them, or a folder of prepared shards."
     )
     dataset: str | None = Field(
-        None,
+        default=None,
         description='Instead of data_path: "stdlib" (the Python standard library sources), "hf:NAME[:CONFIG]" '
         '(a dataset in the local Hugging Face cache, never downloaded) or "hf:/path" (a save_to_disk folder).',
     )
     split: str = Field(
-        "train", min_length=1, pattern=r"^[^\x00]*$",
-        description='The split of an hf: dataset to read, e.g. "train" or "train[:10%]" (val_fraction is held out of it).',
+        default="train", min_length=1, pattern=r"^[^\x00]*$",
+        description='The split of an hf: dataset to read, e.g. "train" or "train[:10%]" '
+        "(val_fraction is held out of it).",
     )
     text_column: str = Field(
-        "text", min_length=1, pattern=r"^[^\x00]*$",
+        default="text", min_length=1, pattern=r"^[^\x00]*$",
         description="The column (hf: datasets, .parquet) or field (.jsonl) holding the text.",
     )
-    max_bytes: PositiveInt | None = Field(None, description="Use at most this many bytes of raw text.")
+    max_bytes: PositiveInt | None = Field(default=None, description="Use at most this many bytes of raw text.")
     tokenizer: str = Field(
-        "train", description='"train" (BPE trained on the corpus) or a local tokenizer.json / HF directory.'
+        default="train", description='"train" (BPE trained on the corpus) or a local tokenizer.json / HF directory.'
     )
-    vocab_size: int = Field(4096, ge=256, le=262144, description="Vocabulary of a trained tokenizer.")
+    vocab_size: int = Field(default=4096, ge=256, le=262144, description="Vocabulary of a trained tokenizer.")
     val_fraction: float = Field(
-        0.05, ge=0.0, lt=1.0, description="Fraction of documents held out for evaluation."
+        default=0.05, ge=0.0, lt=1.0, description="Fraction of documents held out for evaluation."
     )
-    num_proc: PositiveInt | None = Field(None, description="Tokenizer processes; default: the CPU count.")
-    mlm_probability: float = Field(0.15, gt=0.0, lt=1.0, description="Masked-token fraction for bert.")
+    num_proc: PositiveInt | None = Field(default=None, description="Tokenizer processes; default: the CPU count.")
+    mlm_probability: float = Field(default=0.15, gt=0.0, lt=1.0, description="Masked-token fraction for bert.")
 
 
 class CheckpointConfig(Section):
-    interval: PositiveInt = Field(1000, description="Steps between checkpoints (and one at the end).")
+    interval: PositiveInt = Field(default=1000, description="Steps between checkpoints (and one at the end).")
     output_path: str | None = Field(
-        None,
+        default=None,
         description="Root of checkpoints (a folder per session inside); default COTRAIN_HOME/models/checkpoints.",
     )
-    keep: PositiveInt = Field(3, description="Newest checkpoints kept.")
-    resume: Resume | str = Field("latest", description='"latest", "none", or a checkpoint directory.')
+    keep: PositiveInt = Field(default=3, description="Newest checkpoints kept.")
+    resume: Resume | str = Field(default="latest", description='"latest", "none", or a checkpoint directory.')
 
 
 # ---- experiment trackers (issue 17): core/tracking.py, core/trackers.py ----
@@ -207,27 +210,37 @@ class TrackingConfig(Section):
 
     backends: list[TrackerName] = Field(
         default_factory=list,
-        description='Trackers that receive every progress and eval metric, the config and the final model path: any of "tensorboard", "mlflow", "wandb" (also "a,b"). One that fails to start warns once; training goes on.',
+        description="Trackers that receive every progress and eval metric, the config and the final model path: "
+        'any of "tensorboard", "mlflow", "wandb" (also "a,b"). One that fails to start warns once; training goes on.',
     )
     run_name: str | None = Field(
-        None, pattern=SESSION_ID_PATTERN,  # also a folder name: no "/" or ".."
+        default=None, pattern=SESSION_ID_PATTERN,  # also a folder name: no "/" or ".."
         description="The run's name in every tracker (letters, digits, . _ -); default: session.id.",
     )
     tensorboard_dir: str | None = Field(
-        None, description="TensorBoard root; the run writes to <tensorboard_dir>/<run_name>. Default COTRAIN_HOME/logs/tensorboard."
+        default=None,
+        description="TensorBoard root; the run writes to <tensorboard_dir>/<run_name>. "
+        "Default COTRAIN_HOME/logs/tensorboard.",
     )
     mlflow_uri: str | None = Field(
-        None,
+        default=None,
         description="MLflow tracking URI (http://host:5000, sqlite:///file.db); default: MLFLOW_TRACKING_URI, else sqlite:///COTRAIN_HOME/logs/mlflow.db.",
     )
-    mlflow_experiment: str = Field("cotrain", min_length=1, description="MLflow experiment (created when missing).")
-    wandb_project: str = Field("cotrain", min_length=1, description="W&B project.")
-    wandb_entity: str | None = Field(None, description="W&B entity (user or team); default: the account's default.")
+    mlflow_experiment: str = Field(
+        default="cotrain", min_length=1, description="MLflow experiment (created when missing)."
+    )
+    wandb_project: str = Field(default="cotrain", min_length=1, description="W&B project.")
+    wandb_entity: str | None = Field(
+        default=None, description="W&B entity (user or team); default: the account's default."
+    )
     wandb_mode: Literal["offline", "online"] = Field(
-        "offline", description="offline writes the run to wandb_dir only (`wandb sync` uploads it later); online needs WANDB_API_KEY."
+        default="offline",
+        description="offline writes the run to wandb_dir only (`wandb sync` uploads it later); "
+        "online needs WANDB_API_KEY.",
     )
     wandb_dir: str | None = Field(
-        None, description="Folder W&B writes its wandb/ run folders in; default: WANDB_DIR, else COTRAIN_HOME/logs."
+        default=None,
+        description="Folder W&B writes its wandb/ run folders in; default: WANDB_DIR, else COTRAIN_HOME/logs.",
     )
 
     @field_validator("backends", mode="before")
@@ -250,72 +263,13 @@ class CotrainConfig(Section):
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> CotrainConfig:
-        problems: list[tuple[str, object, str]] = []
-        model, train, dist, data = self.model, self.train, self.distributed, self.data
-
-        if model.path is None and model.size not in PRESETS[model.type]:
-            problems.append(
-                ("model.size", model.size, f"one of {_quoted(sizes_of(model.type))} for {model.type}")
-            )
-
-        if train.epochs is None and train.max_steps is None:
-            problems.append(("train.epochs", None, "a positive number of epochs, or set train.max_steps"))
-
-        per_step_processes = dist.data_parallel_size
-        micro = train.micro_batch_size
-        if micro is None:
-            if train.batch_size % per_step_processes:
-                problems.append(
-                    (
-                        "train.batch_size",
-                        train.batch_size,
-                        f"a multiple of the {per_step_processes} processes that share each step "
-                        f"({dist.strategy}: {_processes_phrase(dist)})",
-                    ),
-                )
-        elif train.batch_size % (micro * per_step_processes):
-            problems.append(
-                (
-                    "train.batch_size",
-                    train.batch_size,
-                    f"a multiple of micro_batch_size × processes = {micro} × {per_step_processes}",
-                ),
-            )
-
-        if train.warmup_steps and train.max_steps and train.warmup_steps > train.max_steps:
-            problems.append(
-                ("train.warmup_steps", train.warmup_steps, f"at most train.max_steps ({train.max_steps})")
-            )
-
-        if dist.strategy == "diloco" and self.checkpoint.interval % dist.diloco.inner_steps:
-            problems.append(
-                (
-                    "checkpoint.interval",
-                    self.checkpoint.interval,
-                    f"a multiple of distributed.diloco.inner_steps ({dist.diloco.inner_steps}) so checkpoints "
-                    "fall on outer steps",
-                ),
-            )
-        if dist.strategy == "fsdp" and model.precision == "fp16":
-            problems.append(
-                ("model.precision", "fp16", "bf16 or fp32 with fsdp (fp16 needs a sharded grad scaler)")
-            )
-
-        if data.data_path is not None and data.dataset is not None:
-            problems.append(
-                ("data.dataset", data.dataset, "unset when data.data_path is set (choose one source)")
-            )
-        if data.dataset is not None and data.dataset != "stdlib":
-            if not is_hf(data.dataset):
-                problems.append(
-                    ("data.dataset", data.dataset, f'"stdlib", {FORMS}, or point data.data_path at local files')
-                )
-            else:
-                try:
-                    parse_hf(data.dataset)
-                except ValueError as exc:
-                    problems.append(("data.dataset", data.dataset, str(exc)))
-
+        """Rules that span sections; every broken one is reported at once, in this order."""
+        problems = [
+            *_model_rules(self.model),
+            *_step_rules(self.train, self.distributed),
+            *_strategy_rules(self),
+            *_data_source_rules(self.data),
+        ]
         if problems:
             raise CrossFieldError(problems)
         return self
@@ -325,14 +279,84 @@ class CotrainConfig(Section):
         return self.model.type == "bert"
 
 
-class CrossFieldError(ValueError):
-    """Several (key path, bad value, what is allowed) problems found after the fields parsed."""
+# (key path, bad value, what is allowed)
+Problem = tuple[str, object, str]
 
-    def __init__(self, problems: list[tuple[str, object, str]]):
+
+class CrossFieldError(ValueError):
+    """Several problems found after the fields parsed."""
+
+    def __init__(self, problems: list[Problem]):
         self.problems = problems
         super().__init__(
             "; ".join(f"{path} = {value!r}: must be {allowed}" for path, value, allowed in problems)
         )
+
+
+def _model_rules(model: ModelConfig) -> list[Problem]:
+    """A size preset must exist for the family (a local model path brings its own shape)."""
+    if model.path is None and model.size not in PRESETS[model.type]:
+        return [("model.size", model.size, f"one of {_quoted(sizes_of(model.type))} for {model.type}")]
+    return []
+
+
+def _step_rules(train: TrainConfig, dist: DistributedConfig) -> list[Problem]:
+    """How long to train, and a batch that splits evenly over the processes sharing each step."""
+    problems: list[Problem] = []
+    if train.epochs is None and train.max_steps is None:
+        problems.append(("train.epochs", None, "a positive number of epochs, or set train.max_steps"))
+    per_step_processes = dist.data_parallel_size
+    micro = train.micro_batch_size
+    if micro is None:
+        if train.batch_size % per_step_processes:
+            problems.append((
+                "train.batch_size",
+                train.batch_size,
+                f"a multiple of the {per_step_processes} processes that share each step "
+                f"({dist.strategy}: {_processes_phrase(dist)})",
+            ))
+    elif train.batch_size % (micro * per_step_processes):
+        problems.append((
+            "train.batch_size",
+            train.batch_size,
+            f"a multiple of micro_batch_size × processes = {micro} × {per_step_processes}",
+        ))
+    if train.warmup_steps and train.max_steps and train.warmup_steps > train.max_steps:
+        problems.append(("train.warmup_steps", train.warmup_steps, f"at most train.max_steps ({train.max_steps})"))
+    return problems
+
+
+def _strategy_rules(config: CotrainConfig) -> list[Problem]:
+    """What DiLoCo and FSDP ask of the other sections."""
+    problems: list[Problem] = []
+    dist = config.distributed
+    if dist.strategy == "diloco" and config.checkpoint.interval % dist.diloco.inner_steps:
+        problems.append((
+            "checkpoint.interval",
+            config.checkpoint.interval,
+            f"a multiple of distributed.diloco.inner_steps ({dist.diloco.inner_steps}) so checkpoints "
+            "fall on outer steps",
+        ))
+    if dist.strategy == "fsdp" and config.model.precision == "fp16":
+        problems.append(("model.precision", "fp16", "bf16 or fp32 with fsdp (fp16 needs a sharded grad scaler)"))
+    return problems
+
+
+def _data_source_rules(data: DataConfig) -> list[Problem]:
+    """One data source at most, and a dataset name in a known form."""
+    problems: list[Problem] = []
+    if data.data_path is not None and data.dataset is not None:
+        problems.append(("data.dataset", data.dataset, "unset when data.data_path is set (choose one source)"))
+    if data.dataset is not None and data.dataset != "stdlib":
+        if not is_hf(data.dataset):
+            allowed = f'"stdlib", {FORMS}, or point data.data_path at local files'
+            problems.append(("data.dataset", data.dataset, allowed))
+        else:
+            try:
+                parse_hf(data.dataset)
+            except ValueError as exc:
+                problems.append(("data.dataset", data.dataset, str(exc)))
+    return problems
 
 
 def _quoted(values: tuple[str, ...]) -> str:

@@ -53,6 +53,7 @@ ENGINE_MODULE = "cotrain.core.train"
 EXIT_BAD_CONFIG = 2
 SECRET_ENV = ("COTRAIN_ADMIN_TOKEN", "DATABASE_URL", "REDIS_URL", "COTRAIN_LEDGER_KEY", "COTRAIN_TREASURY_KEY")
 CHAIN_TICK_S = 1.0  # how often running DiLoCo sessions' DHT progress records are kept (here and by the server)
+HEARTBEAT_S = 1.0  # how often a running session's heartbeat is written (and its cancel flag read)
 LOG_TAIL_S = 2.0  # how often a run's log tail is copied into the database (when it changed)
 WORKER_BEAT_S = 5.0  # how often the executor refreshes its `workers` row (and looks for stale sessions)
 
@@ -170,7 +171,8 @@ class Executor:
         session_dir.mkdir(parents=True, exist_ok=True)
         env = self._child_env(allocation, strategy, request, wallet)
         env.update(await asyncio.to_thread(self._data_roots_env, session_id))
-        banner = f"\n=== attempt {attempt} by {self.settings.worker_id} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} ===\n"
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        banner = f"\n=== attempt {attempt} by {self.settings.worker_id} at {at} ===\n"
         with (session_dir / "stdout.log").open("ab") as out, (session_dir / "stderr.log").open("ab") as err:
             out.write(banner.encode())
             err.write(banner.encode())
@@ -208,7 +210,9 @@ class Executor:
             wallet = owner_wallet(owner.name if owner else None)
             return self._local_config(row), row.strategy, row.request, row.attempts, wallet
 
-    def _mark_started(self, session_id: str, pid: int, config_path: Path, allocation: Allocation) -> list[dict[str, Any]]:
+    def _mark_started(
+        self, session_id: str, pid: int, config_path: Path, allocation: Allocation
+    ) -> list[dict[str, Any]]:
         with self.factory.begin() as db:
             row = db.get_one(TrainingSession, session_id)
             row.pid = pid
@@ -259,51 +263,56 @@ class Executor:
         return {ENFORCE_ENV: "1", DATA_ROOTS_ENV: join_roots(run_roots(self.settings, approval))}
 
     async def _follow(self, session_id: str, run: ChildRun | AdoptedRun) -> int:
-        """Apply the run's events as they come; heartbeat; honour cancel. Returns the exit code."""
+        """Apply the run's events as they come; heartbeat; keep its log tail and (DiLoCo with a chain)
+        its peers' progress; honour cancel. Returns the exit code."""
         after, strategy = await asyncio.to_thread(self._engine_seq, session_id)
-        follower = EventFollower(self.settings.layout.session_logs(session_id), after_seq=after)
-        tails = TailKeeper(self.settings.layout.session_logs(session_id))
-        last_beat = last_capture = last_tail = 0.0
-        term_sent: float | None = None
-        killed = False
+        logs = self.settings.layout.session_logs(session_id)
+        follower = EventFollower(logs, after_seq=after)
+        tails = TailKeeper(logs)
+        heartbeat, tail, capture = _Every(HEARTBEAT_S), _Every(LOG_TAIL_S), _Every(CHAIN_TICK_S)
+        captures_progress = strategy == "diloco" and self.chain is not None
+        cancel = _Cancel(run, self.settings.cancel_grace_s)
         while True:
-            events = follower.poll()
-            if events:
-                await self._publish(await asyncio.to_thread(self._apply, session_id, events))
+            await self._apply_new_events(session_id, follower)
             returncode = run.returncode
             if returncode is not None:
-                # ranks left behind by a launcher that died (torchrun killed, a rank hung) share its group
-                strays = end_process_group(run.pid)
-                if strays:
-                    log.warning("session %s: killed %d leftover process(es) of its run: %s", session_id, len(strays), strays)
-                events = follower.poll()  # whatever it wrote just before exiting
-                if events:
-                    await self._publish(await asyncio.to_thread(self._apply, session_id, events))
-                await self._keep_tails(session_id, tails)
+                await self._wrap_up(session_id, run, follower, tails)
                 return returncode
             now = time.monotonic()
-            if now - last_beat >= 1.0:
-                last_beat = now
-                cancel = await asyncio.to_thread(self._heartbeat, session_id)
-                if cancel and term_sent is None:
-                    log.info("cancelling session %s: SIGTERM to pid %s", session_id, run.pid)
-                    run.signal(signal.SIGTERM)
-                    term_sent = now
-            if now - last_tail >= LOG_TAIL_S:
-                last_tail = now
+            if heartbeat.due(now) and await asyncio.to_thread(self._heartbeat, session_id) and cancel.terminate(now):
+                log.info("cancelling session %s: SIGTERM to pid %s", session_id, run.pid)
+            if tail.due(now):
                 await self._keep_tails(session_id, tails)
-            if strategy == "diloco" and self.chain is not None and now - last_capture >= CHAIN_TICK_S:
-                last_capture = now
+            if captures_progress and capture.due(now):
                 await self._capture_progress(session_id)
-            if term_sent is not None and not killed and now - term_sent > self.settings.cancel_grace_s:
-                killed = True
-                note = self._kill_note()
-                log.warning("session %s ignored SIGTERM for %s: SIGKILL to process group %s", session_id,
-                            _seconds(self.settings.cancel_grace_s), run.pid)
-                self._killed[session_id] = note
-                await asyncio.to_thread(_append_line, self.settings.layout.session_logs(session_id) / "stderr.log", note)
-                run.signal(signal.SIGKILL)
+            if cancel.overdue(now):
+                await self._kill(session_id, run)
             await run.wait(self.settings.poll_interval_s)
+
+    async def _apply_new_events(self, session_id: str, follower: EventFollower) -> None:
+        events = follower.poll()
+        if events:
+            await self._publish(await asyncio.to_thread(self._apply, session_id, events))
+
+    async def _wrap_up(
+        self, session_id: str, run: ChildRun | AdoptedRun, follower: EventFollower, tails: TailKeeper
+    ) -> None:
+        """The run exited: end what it left behind, apply its last events, keep its last log lines."""
+        # ranks left behind by a launcher that died (torchrun killed, a rank hung) share its group
+        strays = end_process_group(run.pid)
+        if strays:
+            log.warning("session %s: killed %d leftover process(es) of its run: %s", session_id, len(strays), strays)
+        await self._apply_new_events(session_id, follower)  # whatever it wrote just before exiting
+        await self._keep_tails(session_id, tails)
+
+    async def _kill(self, session_id: str, run: ChildRun | AdoptedRun) -> None:
+        """The run ignored SIGTERM for the grace period: say so in its log, then SIGKILL its group."""
+        note = self._kill_note()
+        log.warning("session %s ignored SIGTERM for %s: SIGKILL to process group %s", session_id,
+                    _seconds(self.settings.cancel_grace_s), run.pid)
+        self._killed[session_id] = note
+        await asyncio.to_thread(_append_line, self.settings.layout.session_logs(session_id) / "stderr.log", note)
+        run.signal(signal.SIGKILL)
 
     async def _keep_tails(self, session_id: str, tails: TailKeeper) -> None:
         """The run's newest log lines into the database, for API replicas without this machine's disk."""
@@ -392,7 +401,9 @@ class Executor:
                 version = register_model_version(db, self.settings.layout, row, self.settings.worker_id)
                 row.status, row.finished_at, row.error, row.progress = SessionStatus.COMPLETED, time.time(), None, 100.0
                 if version is not None:
-                    extra["modelVersion"] = {"id": version.id, "version": version.version, "name": f"v{version.version}"}
+                    extra["modelVersion"] = {
+                        "id": version.id, "version": version.version, "name": f"v{version.version}"
+                    }
             else:
                 error = executor_error or row.error or meaningful_error(stderr_path) or describe_exit(returncode)
                 if returncode == EXIT_BAD_CONFIG or row.attempts > row.max_retries:
@@ -420,7 +431,9 @@ class Executor:
                 row.memory_bytes = self.memory_bytes
                 row.runs, row.heartbeat_at = len(self.runs), time.time()
         except IntegrityError:  # another process with this worker id added the row first: the next beat updates it
-            log.warning("worker id %s is used by two processes; give each its own COTRAIN_WORKER_ID", self.settings.worker_id)
+            log.warning(
+                "worker id %s is used by two processes; give each its own COTRAIN_WORKER_ID", self.settings.worker_id
+            )
 
     def _forget_worker(self) -> None:
         with self.factory.begin() as db:
@@ -489,6 +502,45 @@ class Executor:
                 await self.hub.publish(message)
             except Exception as exc:  # the DB has it; clients replay with `after`
                 print(f"cotrain: could not publish a message ({exc})", file=sys.stderr)
+
+
+class _Every:
+    """A period in the follow loop: `due(now)` is true at most once per `period_s` (and at the first call)."""
+
+    def __init__(self, period_s: float):
+        self.period_s = period_s
+        self._last = 0.0
+
+    def due(self, now: float) -> bool:
+        if now - self._last < self.period_s:
+            return False
+        self._last = now
+        return True
+
+
+class _Cancel:
+    """A cancel's two steps: SIGTERM once, then SIGKILL once `grace_s` has passed without an exit."""
+
+    def __init__(self, run: ChildRun | AdoptedRun, grace_s: float):
+        self.run = run
+        self.grace_s = grace_s
+        self._term_sent: float | None = None
+        self._killed = False
+
+    def terminate(self, now: float) -> bool:
+        """SIGTERM to the run, the first time only; true when it was sent now."""
+        if self._term_sent is not None:
+            return False
+        self.run.signal(signal.SIGTERM)
+        self._term_sent = now
+        return True
+
+    def overdue(self, now: float) -> bool:
+        """True once, when the run outlived the grace period after SIGTERM (the caller kills it)."""
+        if self._term_sent is None or self._killed or now - self._term_sent <= self.grace_s:
+            return False
+        self._killed = True
+        return True
 
 
 def _seconds(value: float) -> str:
