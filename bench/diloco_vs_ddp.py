@@ -108,7 +108,8 @@ def make_home(root: Path, name: str, datasets: Path) -> Path:
 
 
 def read_events(home: Path, session: str) -> list[dict]:
-    return [json.loads(line) for line in (home / "logs" / "training" / session / "events.jsonl").read_text().splitlines()]
+    events = home / "logs" / "training" / session / "events.jsonl"
+    return [json.loads(line) for line in events.read_text().splitlines()]
 
 
 def last_events(home: Path, session: str) -> tuple[dict, dict]:
@@ -242,8 +243,8 @@ def prepare(setup: Setup) -> None:
 
 def print_table(rows: list[dict]) -> None:
     ddp = next(r for r in rows if r["strategy"] == "ddp")
-    header = f"{'strategy':8} {'outer lr/m':>10} {'H':>4} {'compr':>5} {'workers':>7} {'tokens':>9} {'val loss':>9} {'vs ddp':>7} " \
-             f"{'MB sent/worker':>15} {'less bytes':>10} {'retried':>7} {'seconds':>8}"
+    header = f"{'strategy':8} {'outer lr/m':>10} {'H':>4} {'compr':>5} {'workers':>7} {'tokens':>9} " \
+             f"{'val loss':>9} {'vs ddp':>7} {'MB sent/worker':>15} {'less bytes':>10} {'retried':>7} {'seconds':>8}"
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -273,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-bytes", type=int, default=4_000_000,
                         help="corpus bytes (enough that no run repeats samples: peers draw their own orders)")
     parser.add_argument("--outer", default=None,
-                        help="outer Nesterov SGD settings lr:momentum,... (default 0.7:0.7 quick, 0.7:0.7,0.7:0.9 full; "
+                        help="outer Nesterov SGD settings lr:momentum,... "
+                        "(default 0.7:0.7 quick, 0.7:0.7,0.7:0.9 full; "
                         "0.7:0.9 is the papers' default for long runs, 0.7:0.7 did best on runs this short, "
                         "1.0:0.0 is plain averaging of the peers' params)")
     parser.add_argument("--grid", default=None, help="runs as H:compression,... (default: the quick or full grid)")

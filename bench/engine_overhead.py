@@ -137,7 +137,8 @@ shard, size = sys.argv[1], sys.argv[3]
 vocab, steps, batch, seq, warmup = (int(a) for a in (sys.argv[2], *sys.argv[4:8]))
 data = np.memmap(shard, dtype=np.uint16, mode="r", offset=256)
 torch.manual_seed(0)
-model = LlamaForCausalLM(build_hf_config(ModelConfig(type="llama2", size=size), vocab, seq, {"eos": 0, "bos": 0, "pad": 1}))
+special_ids = {"eos": 0, "bos": 0, "pad": 1}
+model = LlamaForCausalLM(build_hf_config(ModelConfig(type="llama2", size=size), vocab, seq, special_ids))
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, foreach=True)
 timed, tokens = 0.0, 0
 for step in range(steps):
@@ -160,7 +161,8 @@ print(json.dumps({"tokens_per_s": tokens / timed}))
 
 def baseline_tokens_per_s(shard: Path, vocab: int, size: str, steps: int, batch: int, seq: int) -> float:
     out = subprocess.run(
-        [sys.executable, "-c", BASELINE, str(shard), str(vocab), size, str(steps), str(batch), str(seq), str(WARMUP_STEPS)],
+        [sys.executable, "-c", BASELINE, str(shard), str(vocab), size, str(steps), str(batch), str(seq),
+         str(WARMUP_STEPS)],
         check=True, capture_output=True, text=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])["tokens_per_s"]

@@ -157,7 +157,8 @@ def measure(size: str, batch: int, args: argparse.Namespace) -> dict:
     step_times.sort()
     return {
         "size": size,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.uname().machine}, {torch.get_num_threads()} threads)",
+        "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"cpu ({os.uname().machine}, {torch.get_num_threads()} threads)"),
         "parameters": info.num_parameters,
         "matmul_parameters": info.num_parameters - info.num_embedding_parameters,
         "layers": preset.num_layers,
@@ -171,7 +172,8 @@ def measure(size: str, batch: int, args: argparse.Namespace) -> dict:
         "precision": args.precision,
         "compile": is_compiled(trainer.model),
         "activation_checkpointing": args.activation_checkpointing,
-        "optimizer": type(trainer.optimizer).__name__ + (" fused" if trainer.optimizer.defaults.get("fused") else " foreach"),
+        "optimizer": (type(trainer.optimizer).__name__
+                      + (" fused" if trainer.optimizer.defaults.get("fused") else " foreach")),
         "attention": attention,
         "warmup_steps": args.warmup,
         "timed_steps": args.steps,

@@ -86,7 +86,8 @@ def session_body(steps: int, auto_start: bool = True) -> dict:
     return {
         "name": "bench", "autoStart": auto_start,
         "modelConfig": {"type": "llama2", "size": "debug", "precision": "fp32"},
-        "trainingConfig": {"batchSize": 8, "learningRate": 0.003, "maxSteps": steps, "logInterval": 1, "evalInterval": 10_000},
+        "trainingConfig": {"batchSize": 8, "learningRate": 0.003, "maxSteps": steps, "logInterval": 1,
+                           "evalInterval": 10_000},
         "distributedConfig": {"nodes": 1, "gpusPerNode": 1, "strategy": "ddp"},
         "dataConfig": {"dataset": "stdlib", "seqLength": 64, "maxBytes": 300000, "vocabSize": 512},
         "checkpointConfig": {"interval": 10_000},
@@ -149,8 +150,8 @@ async def api_load(base: str, clients: int, seconds: float, session_id: str, int
         await asyncio.gather(*(client(i) for i in range(clients)))
         elapsed = time.monotonic() - began
     return {"clients": clients, "requests": len(latencies), "requests_per_s": round(len(latencies) / elapsed, 1),
-            "p50_ms": round(percentile(latencies, 50), 2), "p99_ms": round(percentile(latencies, 99), 2), "errors": errors,
-            "interval_s": interval}
+            "p50_ms": round(percentile(latencies, 50), 2), "p99_ms": round(percentile(latencies, 99), 2),
+            "errors": errors, "interval_s": interval}
 
 
 async def paced_sweep(base: str, clients: int, seconds: float, session_id: str) -> dict:
@@ -183,7 +184,8 @@ async def many_subscribers(base: str, ws_url: str, count: int) -> dict:
                 ack = json.loads(await asyncio.wait_for(ws.recv(), 60))
                 assert ack["event"] == "subscribed", ack
                 return ws
-            results = await asyncio.gather(*(open_one() for _ in range(min(100, count - batch_start))), return_exceptions=True)
+            results = await asyncio.gather(*(open_one() for _ in range(min(100, count - batch_start))),
+                                           return_exceptions=True)
             for r in results:
                 if isinstance(r, Exception):
                     continue
@@ -223,7 +225,8 @@ async def main_async(args: argparse.Namespace) -> dict:
         api["paced"] = await paced_sweep(base, args.clients, args.api_seconds / 2, latency["session"])
         subs = await many_subscribers(base, ws_url, args.subscribers)
         print(f"WebSocket subscribers: {subs['connected']}/{subs['requested']} connected, "
-              f"{subs['received']} received the message (all: {subs['all_received']}), last after {subs['last_delivery_ms']} ms")
+              f"{subs['received']} received the message (all: {subs['all_received']}), "
+              f"last after {subs['last_delivery_ms']} ms")
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
@@ -243,7 +246,8 @@ async def main_async(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="Fewer steps and a shorter API load (a few minutes on 2 cores).")
+    parser.add_argument("--quick", action="store_true",
+                        help="Fewer steps and a shorter API load (a few minutes on 2 cores).")
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=None, help="Engine steps (one progress event each).")

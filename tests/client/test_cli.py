@@ -41,8 +41,10 @@ def fresh_shell(folder: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def cli(*args: Any, env: dict[str, str], cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([COTRAIN, *map(str, args)], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def cli(*args: Any, env: dict[str, str], cwd: Path | None = None,
+        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([COTRAIN, *map(str, args)], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def one_line_error(done: subprocess.CompletedProcess[str], *words: str, code: int = 2) -> str:
@@ -79,7 +81,8 @@ def cli_end_to_end(proxy: DroppingProxy, workdir: Path, token: str = ADMIN_TOKEN
     env = fresh_shell(workdir)
     login = cli("login", "--server", proxy.url, "--token", token, env=env)
     assert login.returncode == 0, login.stderr
-    created = cli("sessions", "create", TEMPLATE, *(f"--set={s}" for s in [*TINY_SET, *(sets or [])]), "--json", env=env)
+    overrides = (f"--set={s}" for s in [*TINY_SET, *(sets or [])])
+    created = cli("sessions", "create", TEMPLATE, *overrides, "--json", env=env)
     assert created.returncode == 0, created.stderr
     session_id = json.loads(created.stdout)["id"]
 

@@ -43,7 +43,8 @@ def test_cli_validate_names_every_problem_at_once(tmp_path: Path):
     assert len(lines) == 4, result.stderr
     assert any(line.startswith('- model.type = "gpt"') and "'llama2', 'llama3' or 'bert'" in line for line in lines)
     assert any(line.startswith('- model.precision = "fp8"') and "'bf16'" in line for line in lines)
-    assert any(line.startswith("- train.lerning_rate = 0.1") and 'did you mean "learning_rate"' in line for line in lines)
+    assert any(line.startswith("- train.lerning_rate = 0.1") and 'did you mean "learning_rate"' in line
+               for line in lines)
     assert any(line.startswith("- train.batch_size = -3") and "greater than 0" in line for line in lines)
     assert "Traceback" not in result.stderr
 

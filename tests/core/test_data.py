@@ -63,7 +63,8 @@ def test_local_tokenizer_is_used(cotrain_home: Path, tmp_path: Path):
     write_mixed_corpus(raw)
     layout = Layout.from_env().ensure()
     trained = prepare_dataset(DataConfig(data_path=str(raw), vocab_size=300), layout)
-    reuse = prepare_dataset(DataConfig(data_path=str(raw), tokenizer=str(trained.tokenizer_dir / "tokenizer.json")), layout)
+    tokenizer = str(trained.tokenizer_dir / "tokenizer.json")
+    reuse = prepare_dataset(DataConfig(data_path=str(raw), tokenizer=tokenizer), layout)
     assert reuse.key != trained.key and reuse.vocab_size == trained.vocab_size
     assert (open_shard(reuse.shards("train")[0])[:50] == open_shard(trained.shards("train")[0])[:50]).all()
 
@@ -92,7 +93,8 @@ def test_cli_prepare_stdlib_twice(cotrain_home: Path):
 
 
 def test_batches_are_a_function_of_the_step_and_shard_exactly(cotrain_home: Path):
-    prepared = prepare_dataset(DataConfig(dataset="stdlib", max_bytes=200000, vocab_size=400), Layout.from_env().ensure())
+    prepared = prepare_dataset(DataConfig(dataset="stdlib", max_bytes=200000, vocab_size=400),
+                               Layout.from_env().ensure())
     samples = TokenSamples(prepared.shards("train"), seq_length=32, causal=True)
     whole = BatchSchedule(len(samples), batch_size=8, seed=3)
     again = BatchSchedule(len(samples), batch_size=8, seed=3)

@@ -26,7 +26,8 @@ def test_linear_and_constant():
     assert {lr_at(s, constant, 100) for s in range(100)} == {0.5}
 
 
-@pytest.mark.parametrize("name,cls", [("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam), ("sgd", torch.optim.SGD)])
+@pytest.mark.parametrize("name,cls",
+                         [("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam), ("sgd", torch.optim.SGD)])
 def test_optimizers_decay_matrices_only(name: str, cls: type):
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
     optimizer = build_optimizer(model, TrainConfig(optimizer=name, weight_decay=0.1))

@@ -138,11 +138,13 @@ def test_one_run_reaches_tensorboard_mlflow_and_wandb(mlflow_server: str, cotrai
     assert run.info.run_name == "tracked" and run.info.status == "FINISHED"
     assert mlflow_history(mlflow_server, run.info.run_id, "loss") == pytest.approx(losses)
     assert mlflow_history(mlflow_server, run.info.run_id, "val_loss") == pytest.approx(val_losses)
-    assert {"learning_rate", "tokens_per_second", "accuracy", "val_perplexity", "val_accuracy"} <= run.data.metrics.keys()
+    logged = run.data.metrics.keys()
+    assert {"learning_rate", "tokens_per_second", "accuracy", "val_perplexity", "val_accuracy"} <= logged
     params = run.data.params
     assert len(params) == config_keys
     assert params["train.learning_rate"] == "0.003" and params["data.seq_length"] == "64"
-    assert params["model.type"] == "llama2" and json.loads(params["tracking.backends"]) == ["tensorboard", "mlflow", "wandb"]
+    assert params["model.type"] == "llama2"
+    assert json.loads(params["tracking.backends"]) == ["tensorboard", "mlflow", "wandb"]
     assert run.data.tags["final_model_path"] == final_path
 
     # W&B, offline: WANDB_DIR/wandb/offline-run-*/run-<id>.wandb, its records read back
@@ -257,7 +259,8 @@ def test_a_tracker_that_fails_mid_run_warns_once_and_is_dropped(mlflow_server: s
     events = events_of(cotrain_home, "lost")
     assert events[-1]["type"] == "completed"
     run = mlflow_run(mlflow_server, "lost")
-    assert mlflow_history(mlflow_server, run.info.run_id, "loss") == pytest.approx({5: series(events, "progress", "loss")[5]})
+    last_logged = {5: series(events, "progress", "loss")[5]}
+    assert mlflow_history(mlflow_server, run.info.run_id, "loss") == pytest.approx(last_logged)
     assert run.info.status == "RUNNING"  # nothing reached it after the cut
     board = tensorboard_run(cotrain_home / "logs" / "tensorboard" / "lost")
     assert sorted(tb_scalars(board, "loss")) == [5, 10, 15, 20, 25, 30]
@@ -286,7 +289,8 @@ def test_a_resumed_run_continues_its_mlflow_run_and_tensorboard_curve(mlflow_ser
 def test_tracking_config_defaults_and_forms():
     config = load_config(data={})
     assert config.tracking.backends == [] and config.tracking.wandb_mode == "offline"
-    assert load_config(data={"tracking": {"backends": "tensorboard, mlflow"}}).tracking.backends == ["tensorboard", "mlflow"]
+    from_text = load_config(data={"tracking": {"backends": "tensorboard, mlflow"}})
+    assert from_text.tracking.backends == ["tensorboard", "mlflow"]
     assert load_config(environ={"COTRAIN_TRACKING_BACKENDS": "wandb"}).tracking.backends == ["wandb"]
     with pytest.raises(ConfigError) as refused:
         load_config(data={"tracking": {"backends": ["neptune"]}})

@@ -89,7 +89,8 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(cotrain_home: Path, tm
     proc = subprocess.Popen(train_cmd(crashed), env=engine_env(cotrain_home), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        wait_until(lambda: any(e["type"] == "checkpoint" for e in events_of(cotrain_home, "crash")), 120, "a checkpoint")
+        wait_until(lambda: any(e["type"] == "checkpoint" for e in events_of(cotrain_home, "crash")), 120,
+                   "a checkpoint")
         proc.kill()  # SIGKILL: no chance to clean up
         proc.wait(timeout=30)
     finally:

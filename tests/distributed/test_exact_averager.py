@@ -139,8 +139,8 @@ def test_many_back_to_back_rounds_all_succeed_on_both_peers():
     first = start_dht()
     second = start_dht(initial_peers=visible_maddrs(first))
     averagers = [
-        ExactAverager([torch.randn(164_672)], dht, start=True, prefix="many_test", target_group_size=2, min_group_size=2,
-                      min_matchmaking_time=2.0, request_timeout=1.0)
+        ExactAverager([torch.randn(164_672)], dht, start=True, prefix="many_test", target_group_size=2,
+                      min_group_size=2, min_matchmaking_time=2.0, request_timeout=1.0)
         for dht in (first, second)
     ]
     try:

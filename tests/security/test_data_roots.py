@@ -223,7 +223,8 @@ def with_data_path(config: Path, data_path: str) -> Path:
 def test_the_engine_refuses_a_hand_edited_config_when_a_worker_runs_it(cotrain_home: Path, tmp_path: Path):
     config = with_data_path(tiny_config(tmp_path / "etc.toml", "etc", max_steps=2), "/etc")
     text = config.read_text().replace('precision = "fp32"', 'precision = "fp32"\npath = "/etc"')
-    config.write_text(text.replace("interval = 10", f'interval = 10\noutput_path = "{tmp_path / "out"}"\nresume = "/etc"'))
+    outside = f'interval = 10\noutput_path = "{tmp_path / "out"}"\nresume = "/etc"'
+    config.write_text(text.replace("interval = 10", outside))
     done = run_engine(config, cotrain_home, **{ENFORCE_ENV: "1"})
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
@@ -285,7 +286,8 @@ def test_data_roots_setting_parses_commas_and_colons(tmp_path: Path):
     home = tmp_path / "home"
     assert data_roots({}, home) == [resolve(home / "datasets" / "raw")]
     assert data_roots({"COTRAIN_DATA_ROOTS": ""}, home) == [resolve(home / "datasets" / "raw")]
-    assert data_roots({"COTRAIN_DATA_ROOTS": f"{tmp_path}/x,{tmp_path}/x/../y"}, home) == [tmp_path / "x", tmp_path / "y"]
+    roots = data_roots({"COTRAIN_DATA_ROOTS": f"{tmp_path}/x,{tmp_path}/x/../y"}, home)
+    assert roots == [tmp_path / "x", tmp_path / "y"]
     # COTRAIN_DATA_ROOTS is a setting of the machine, not the config key `data.roots`
     assert load_config(tiny_config(tmp_path / "c.toml"), environ={"COTRAIN_DATA_ROOTS": "/x"}).data.dataset == "stdlib"
 

@@ -37,7 +37,8 @@ MiB = 1 << 20
 def module_server(tmp_path_factory: pytest.TempPathFactory, name: str, **overrides: str) -> ServerProcess:
     home = tmp_path_factory.mktemp(name)
     env = dict(os.environ)
-    for key in ("DATABASE_URL", "REDIS_URL", *(k for k in os.environ if k.startswith(("COTRAIN_RATE_", "COTRAIN_WS_")))):
+    limits = (k for k in os.environ if k.startswith(("COTRAIN_RATE_", "COTRAIN_WS_")))
+    for key in ("DATABASE_URL", "REDIS_URL", *limits):
         env.pop(key, None)
     env.update(COTRAIN_HOME=str(home), COTRAIN_ADMIN_TOKEN=ADMIN_TOKEN, COTRAIN_START_DHT="0",
                COTRAIN_EMBEDDED_WORKER="0", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1",
@@ -171,7 +172,8 @@ def test_a_scan_of_random_paths_and_methods_adds_at_most_one_series(server: Serv
     for name in ("cotrain_http_requests_total", "cotrain_http_route_requests_total"):
         assert len(after_paths[name] - before[name]) <= 1, after_paths[name] - before[name]
         assert len(after_methods[name] - after_paths[name]) <= 1, after_methods[name] - after_paths[name]
-    route_labels = {re.search(r'route="([^"]*)"', s).group(1) for s in after_methods["cotrain_http_route_requests_total"]}
+    route_labels = {re.search(r'route="([^"]*)"', s).group(1)
+                    for s in after_methods["cotrain_http_route_requests_total"]}
     assert "UNMATCHED" in route_labels and "/api/v1/sessions/{session_id}" in route_labels
     assert all(len(label) < 80 for label in route_labels)
     assert any('method="OTHER"' in s for s in after_methods["cotrain_http_requests_total"])

@@ -100,14 +100,15 @@ def test_world_size_model_size_and_token_budget(server):
                      "maxSteps 1000000000000 × batchSize 8 × seqLength 64")
     assert "512,000,000,000,000" in detail
     forever = draft(trainingConfig={"batchSize": 8, "epochs": 10**6}, dataConfig={"dataset": "stdlib"})
-    refused(stranger.post("/sessions", json=forever), "token budget", "epochs 1000000", "stdlib corpus", "Lower trainingConfig.epochs")
+    refused(stranger.post("/sessions", json=forever), "token budget", "epochs 1000000", "stdlib corpus",
+            "Lower trainingConfig.epochs")
     # within every quota: accepted, as before
     ok = stranger.post("/sessions", json=draft(distributedConfig={"nodes": 2, "gpusPerNode": 4, "strategy": "ddp"}))
     assert ok.status_code == 201, ok.text
     # an edit cannot raise past a quota either
     sid = ok.json()["id"]
-    refused(stranger.patch(f"/sessions/{sid}", json={"distributedConfig": {"nodes": 4}, "trainingConfig": {"batchSize": 32}}),
-            "COTRAIN_QUOTA_WORLD_SIZE", "16 processes")
+    wider = {"distributedConfig": {"nodes": 4}, "trainingConfig": {"batchSize": 32}}
+    refused(stranger.patch(f"/sessions/{sid}", json=wider), "COTRAIN_QUOTA_WORLD_SIZE", "16 processes")
     refused(stranger.patch(f"/sessions/{sid}", json={"modelConfig": {"size": "7B"}}), "COTRAIN_QUOTA_MODEL_SIZES")
     refused(stranger.patch(f"/sessions/{sid}", json={"trainingConfig": {"maxSteps": 10**11}}), "COTRAIN_QUOTA_TOKENS")
     assert stranger.patch(f"/sessions/{sid}", json={"name": "renamed"}).status_code == 200
@@ -147,8 +148,8 @@ def test_active_sessions_quota_counts_queued_not_drafts(server):
     stranger = member(server)
     queued = [stranger.post("/sessions", json=reference_session()) for _ in range(2)]
     assert [q.json()["status"] for q in queued] == ["queued", "queued"]
-    refused(stranger.post("/sessions", json=reference_session()), "You already have 2 sessions", "COTRAIN_QUOTA_ACTIVE_SESSIONS",
-            "autoStart: false", "maintainers and admins")
+    refused(stranger.post("/sessions", json=reference_session()), "You already have 2 sessions",
+            "COTRAIN_QUOTA_ACTIVE_SESSIONS", "autoStart: false", "maintainers and admins")
     waiting = stranger.post("/sessions", json=draft())  # drafts do not count
     assert waiting.status_code == 201, waiting.text
     refused(stranger.post(f"/sessions/{waiting.json()['id']}/start"), "COTRAIN_QUOTA_ACTIVE_SESSIONS")
@@ -230,6 +231,6 @@ def test_a_data_path_is_measured_or_must_be_bounded(server):
     refused(stranger.post("/sessions", json=draft(trainingConfig=unbounded,
                                                   dataConfig={"dataPath": "datasets/raw/elsewhere"})),
             "is not on this server", "trainingConfig.maxSteps or dataConfig.maxBytes")
-    bounded = stranger.post("/sessions", json=draft(trainingConfig=unbounded,
-                                                    dataConfig={"dataPath": "datasets/raw/elsewhere", "maxBytes": 10**6}))
+    elsewhere_bounded = {"dataPath": "datasets/raw/elsewhere", "maxBytes": 10**6}
+    bounded = stranger.post("/sessions", json=draft(trainingConfig=unbounded, dataConfig=elsewhere_bounded))
     assert bounded.status_code == 201, bounded.text

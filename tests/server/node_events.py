@@ -44,7 +44,8 @@ def progress(step: int, nodes: list[dict[str, Any]], *, session_id: str = "s", s
     at = time.time() if at is None else at
     event: dict[str, Any] = {
         "type": "progress", "session_id": session_id, "seq": seq, "time": at, "step": step, "total_steps": 100,
-        "progress": float(step), "loss": 5.0 - step / 100, "participants": len(nodes), "epoch": 0, "tokens_seen": step * 512,
+        "progress": float(step), "loss": 5.0 - step / 100, "participants": len(nodes), "epoch": 0,
+        "tokens_seen": step * 512,
         "metrics": {"accuracy": 0.1, "learning_rate": 0.001, "batch_size": 8, "tokens_per_second": 2000.0,
                     "samples_per_second": 4.0},
         "system": {"nodes": nodes},

@@ -118,7 +118,8 @@ def test_health_metrics_hivemind_envelopes_and_openapi(server):
     assert api.get("/health").json()["status"] == "success"
     assert root.get("/health").json()["data"]["database"] == "sqlite"
     metrics = root.get("/metrics")
-    assert 'cotrain_sessions{status="queued"}' in metrics.text and metrics.headers["content-type"].startswith("text/plain")
+    assert 'cotrain_sessions{status="queued"}' in metrics.text
+    assert metrics.headers["content-type"].startswith("text/plain")
     assert 'cotrain_http_requests_total{method="GET",code="2xx"}' in metrics.text
     assert "cotrain_http_request_duration_seconds_count" in metrics.text
     status = api.get("/hivemind/status").json()

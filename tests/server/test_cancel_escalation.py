@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow
 
 
 def messages(api, sid, event):
-    return [m["data"] for m in api.get(f"/sessions/{sid}/events", params={"limit": 10000}).json() if m["event"] == event]
+    stream = api.get(f"/sessions/{sid}/events", params={"limit": 10000}).json()
+    return [m["data"] for m in stream if m["event"] == event]
 
 
 def final(api, sid):
@@ -33,7 +34,8 @@ def test_engine_that_ignores_sigterm_is_killed_and_can_be_retried(servers, cotra
     wait_until(lambda: messages(api, sid, "training.checkpoint"), 180, "the first checkpoint")
     [pid] = engine_pids(cotrain_home)
     os.kill(pid, signal.SIGSTOP)  # hung: SIGTERM stays pending, no checkpoint on the way out
-    stopped = wait_until(lambda: [s for p, s in group_processes(pid) if p == pid and s == "T"], 30, "the engine to stop")
+    stopped = wait_until(lambda: [s for p, s in group_processes(pid) if p == pid and s == "T"], 30,
+                         "the engine to stop")
     assert stopped
 
     assert api.post(f"/sessions/{sid}/cancel").json()["status"] == "cancelling"

@@ -33,7 +33,8 @@ def test_diloco_session_bootstraps_from_the_server_dht(servers, cotrain_home):
 
     session = wait_until(finished, 300, "the DiLoCo session to finish", interval=0.5)
     assert session["status"] == "completed", (session["error"], api.get(f"/sessions/{sid}/logs").json()["lines"][-30:])
-    events = [json.loads(line) for line in (cotrain_home / "logs" / "training" / sid / "events.jsonl").read_text().splitlines()]
+    events_file = cotrain_home / "logs" / "training" / sid / "events.jsonl"
+    events = [json.loads(line) for line in events_file.read_text().splitlines()]
     started = next(e for e in events if e["type"] == "started")
     assert started["config"]["distributed"]["diloco"]["initial_peers"] == addresses
     assert seen_peers and seen_peers[-1][0]["session_id"] == sid

@@ -45,7 +45,8 @@ def run_reference_session(server, ws_server=None) -> str:
             lambda: (s := api.get(f"/sessions/{sid}").json())["status"] in ("completed", "failed") and s, 240,
             "the session to finish",
         )
-        assert status["status"] == "completed", (status["error"], api.get(f"/sessions/{sid}/logs").json()["lines"][-20:])
+        last_logs = api.get(f"/sessions/{sid}/logs").json()["lines"][-20:]
+        assert status["status"] == "completed", (status["error"], last_logs)
 
         progress = wait_until(lambda: ws.of("training.progress"), 10, "training.progress messages")
         for message in progress:
@@ -56,12 +57,13 @@ def run_reference_session(server, ws_server=None) -> str:
         assert len(progress) >= 15  # 40 steps, one event every 2
 
         # every message this session produced reached the client, in order, exactly once
-        wait_until(lambda: ws.of("training.status") and ws.of("training.status")[-1]["data"]["status"] == "completed", 10,
-                   "the completed status message")
+        wait_until(lambda: ws.of("training.status") and ws.of("training.status")[-1]["data"]["status"] == "completed",
+                   10, "the completed status message")
         seqs = [m["data"]["seq"] for m in ws.messages if m["data"].get("sessionId") == sid and "seq" in m["data"]
                 and m["event"] != "subscribed"]
         assert seqs == list(range(1, len(seqs) + 1))
-        assert {m["event"] for m in ws.messages} >= {"training.status", "training.progress", "training.checkpoint", "training.eval"}
+        assert {m["event"] for m in ws.messages} >= {"training.status", "training.progress", "training.checkpoint",
+                                                     "training.eval"}
 
         models = api.get("/models", params={"session": sid}).json()
         assert [m["name"] for m in models] == ["v1"]
@@ -140,8 +142,10 @@ def test_a_two_process_ddp_session_runs_under_torchrun(servers, cotrain_home):
         lambda: (s := api.get(f"/sessions/{sid}").json())["status"] in ("completed", "failed") and s, 240,
         "the DDP session to finish",
     )
-    assert status["status"] == "completed", (status["error"], api.get(f"/sessions/{sid}/logs").json()["lines"][-20:])
-    events = [json.loads(line) for line in (cotrain_home / "logs" / "training" / sid / "events.jsonl").read_text().splitlines()]
+    last_logs = api.get(f"/sessions/{sid}/logs").json()["lines"][-20:]
+    assert status["status"] == "completed", (status["error"], last_logs)
+    events_file = cotrain_home / "logs" / "training" / sid / "events.jsonl"
+    events = [json.loads(line) for line in events_file.read_text().splitlines()]
     started = next(e for e in events if e["type"] == "started")
     assert started["world_size"] == 2
     assert {e["participants"] for e in events if e["type"] == "progress"} == {2}

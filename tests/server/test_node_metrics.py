@@ -54,7 +54,8 @@ def test_each_node_of_a_ddp_run_is_kept_and_read_back_in_the_contracts_shape(dat
         rounds = round_history(db, "ddp")
     assert [n["node"] for n in nodes] == ["node-0", "node-1"]
     gpu_node, cpu_node = nodes
-    assert gpu_node["step"] == 40 and gpu_node["cpu_percent"] == 90.0 and gpu_node["last_seen"] == pytest.approx(t0 + 40)
+    assert gpu_node["step"] == 40 and gpu_node["cpu_percent"] == 90.0
+    assert gpu_node["last_seen"] == pytest.approx(t0 + 40)
     assert gpu_node["ram_used_bytes"] == 12 * GIB and gpu_node["net_sent_bytes_per_s"] == 1.5e6
     assert gpu_node["disk_write_bytes_per_s"] == 4.0e6 and gpu_node["tokens_per_second"] == 1000.0
     assert [g["index"] for g in gpu_node["gpus"]] == [0, 1] and gpu_node["gpus"][1]["util_percent"] == 81.0
@@ -126,12 +127,14 @@ def test_what_an_engine_relays_is_cleaned_before_it_is_kept(database):
     names = [n["node"] for n in sent["system"]["nodes"]]
     assert names[:2] == ["node-0", "node-1"] and len(names) == 3
     assert names[2].startswith("node-") and len(names[2]) == 15 and "/" not in names[2]
-    assert sent["round"]["slowest_peer"] == sent["round"]["peers"][0]["peer"] and len(sent["round"]["slowest_peer"]) == 15
+    assert sent["round"]["slowest_peer"] == sent["round"]["peers"][0]["peer"]
+    assert len(sent["round"]["slowest_peer"]) == 15
 
     with factory.begin() as db:
         nodes = {n["node"]: n for n in latest_nodes(db, "ddp")}
     assert set(nodes) == set(names)
-    assert nodes["node-0"]["cpu_percent"] is None and nodes["node-0"]["ram_used_bytes"] is None  # NaN, a string: dropped
+    # NaN, a string: dropped
+    assert nodes["node-0"]["cpu_percent"] is None and nodes["node-0"]["ram_used_bytes"] is None
     assert set(nodes["node-0"]["gpus"][0]) == {"index", "name", "util_percent", "mem_used_bytes", "mem_total_bytes",
                                                "power_w", "temp_c"}
     assert "gpus" not in nodes["node-1"]
@@ -152,7 +155,8 @@ def test_a_long_run_keeps_a_bounded_number_of_rows_per_node_and_its_whole_shape(
     with factory.begin() as db:
         per_node = dict(db.execute(select(NodeSample.node, func.count()).where(NodeSample.session_id == "ddp")
                                    .group_by(NodeSample.node)).all())
-        kept_steps = list(db.scalars(select(NodeSample.step).where(NodeSample.node == "node-0").order_by(NodeSample.step)))
+        kept_steps = list(db.scalars(select(NodeSample.step).where(NodeSample.node == "node-0")
+                                     .order_by(NodeSample.step)))
         round_rows = db.scalar(select(func.count()).select_from(RoundSample))
         peer_rows = db.scalar(select(func.count()).select_from(RoundPeerSample))
         history = node_history(db, "ddp", max_points=500)

@@ -19,7 +19,8 @@ def add_sessions(factory, count: int, priority=lambda i: 0) -> None:
     with factory.begin() as db:
         for i in range(count):
             db.add(TrainingSession(
-                id=f"s{i:03d}", name=f"s{i}", description="", status=SessionStatus.QUEUED, priority=priority(i), request={},
+                id=f"s{i:03d}", name=f"s{i}", description="", status=SessionStatus.QUEUED, priority=priority(i),
+                request={},
                 config_path="", config_toml="", model_type="llama2", model_size="debug", strategy="ddp",
                 queued_at=time.time() + i * 1e-3, latest_metrics={},
             ))

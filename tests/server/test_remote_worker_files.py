@@ -22,7 +22,8 @@ def test_log_tail_and_model_of_a_run_on_another_machine(servers, pg_url, cotrain
 
     sid = api.post("/sessions", json=reference_session()).json()["id"]
     worker_log = worker_home / "logs" / "training" / sid / "stderr.log"
-    live = wait_until(lambda: (t := api.get(f"/sessions/{sid}/logs").json())["lines"] and t, 120, "the tail while it runs")
+    live = wait_until(lambda: (t := api.get(f"/sessions/{sid}/logs").json())["lines"] and t, 120,
+                      "the tail while it runs")
     assert live["source"] == "database" and live["workerId"] == "gpu-box-1"
 
     session = wait_until(lambda: (s := api.get(f"/sessions/{sid}").json())["status"] in ("completed", "failed") and s,

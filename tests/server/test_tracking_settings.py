@@ -17,7 +17,8 @@ from cotrain.server.config_generator import with_server_tracking
 from tests.conftest import free_port
 from tests.server.conftest import reference_session, wait_until
 
-SERVER_TRACKING = {"backends": ["tensorboard", "mlflow"], "mlflow_uri": "http://127.0.0.1:5000", "mlflow_experiment": "team"}
+SERVER_TRACKING = {"backends": ["tensorboard", "mlflow"], "mlflow_uri": "http://127.0.0.1:5000",
+                   "mlflow_experiment": "team"}
 
 
 def test_the_session_config_wins_key_by_key_over_the_server():

@@ -49,7 +49,8 @@ def test_a_session_too_big_for_every_worker_says_so_and_waits(servers, pg_url):
     # a machine with two GPUs (as far as the worker knows: this one trains on CPU either way)
     worker = servers("worker", **shared, COTRAIN_WORKER_ID="gpu-box-1", COTRAIN_GPUS="0,1")
     too_big = "Waiting: needs 4 GPUs per node; the largest worker (gpu-box-1) has 2. Lower gpusPerNode to 2 or fewer"
-    wait_until(lambda: session(api, big["id"])["waitingReason"].startswith(too_big), 30, "the reason to name the worker")
+    wait_until(lambda: session(api, big["id"])["waitingReason"].startswith(too_big), 30,
+               "the reason to name the worker")
     listed = {s["id"]: s for s in api.get("/sessions").json()["items"]}
     assert listed[big["id"]]["waitingReason"].startswith(too_big)
 

@@ -174,7 +174,8 @@ def test_rounds_merge_each_peers_block_and_name_the_slowest() -> None:
     assert rounds.summary().startswith("Round 2: 8.5 s (training 7.0 s, averaging 1.0 s, waiting 0.5 s) · group of 2")
     assert [r["peer"] for r in rounds.peer_rows()] == [b] and rounds.peer_rows()[0]["slowest"]
     rounds.add(round_block(2, a, 3.0))
-    assert [(r["peer"], r["slowest"], r["train"]) for r in rounds.peer_rows()] == [(b, True, "7.0 s"), (a, False, "3.0 s")]
+    peer_rows = [(r["peer"], r["slowest"], r["train"]) for r in rounds.peer_rows()]
+    assert peer_rows == [(b, True, "7.0 s"), (a, False, "3.0 s")]
     assert rounds.bars()["train"][1] == 5.0 and rounds.bars()["wait"][1] == 2.0
     assert not rounds.add_message({"progress": 5.0}) and not rounds.add({"train_seconds": 1.0})
     alone = Rounds()

@@ -237,7 +237,8 @@ def test_diloco_round_breakdown_and_slowest_peer(page: Any, server: Server) -> N
         assert slowest == "Slowest peer in round 8: 12D3KooW…p5GaKt (trained 58.0 s)", slowest
         summary = page.get_by_test_id("rounds-summary").text_content()
         # round 8: A trained 50 s, B 58 s: training is their mean, waiting the mean wait for B
-        assert summary.startswith("Round 8: 64.0 s (training 54.0 s, averaging 6.0 s, waiting 4.0 s) · group of 2"), summary
+        expected = "Round 8: 64.0 s (training 54.0 s, averaging 6.0 s, waiting 4.0 s) · group of 2"
+        assert summary.startswith(expected), summary
         peers = page.get_by_test_id("round-peers-table").locator("tbody tr")
         assert peers.count() == 2
         assert peers.nth(0).get_attribute("data-peer") == PEER_B and "slowest" in peers.nth(0).text_content()

@@ -42,7 +42,8 @@ def _fill(page: Any, testid: str, value: str) -> None:
 
 
 def _preview_has(page: Any, text: str) -> None:
-    page.wait_for_function("t => document.querySelector('[data-testid=toml-preview]').textContent.includes(t)", arg=text)
+    page.wait_for_function("t => document.querySelector('[data-testid=toml-preview]').textContent.includes(t)",
+                           arg=text)
 
 
 def test_create_session_in_the_form_and_watch_it_train_live(page: Any, server: Server) -> None:
@@ -114,7 +115,8 @@ ROW_WATCH = """name => {
   window.__noReload = true;
   const table = document.querySelector('[data-testid=sessions-table]');
   new MutationObserver(() => {
-    for (const tr of table.querySelectorAll('tbody tr')) if (tr.textContent.includes(name)) window.__rows.add(tr.textContent);
+    for (const tr of table.querySelectorAll('tbody tr'))
+      if (tr.textContent.includes(name)) window.__rows.add(tr.textContent);
   }).observe(table, {subtree: true, childList: true, characterData: true, attributes: true});
 }"""
 
@@ -143,7 +145,8 @@ def test_sessions_list_follows_a_run_then_compare_two_models(page: Any, server: 
     page.get_by_test_id("compare").click()
     page.get_by_test_id("comparison-table").wait_for()
     assert page.get_by_test_id("comparison-table").get_by_text("best").count() >= 1
-    page.wait_for_function("() => Number(document.querySelector('[data-testid=compare-chart]').getAttribute('data-points')) > 10")
+    page.wait_for_function(
+        "() => Number(document.querySelector('[data-testid=compare-chart]').getAttribute('data-points')) > 10")
     page.get_by_test_id("comparison-table").scroll_into_view_if_needed()
     screenshot(page, "models-compare")
 
