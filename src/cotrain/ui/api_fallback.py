@@ -20,8 +20,8 @@ def add_api_fallback(app: FastAPI, prefix: str = "/api") -> None:
             if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
         ]
         if allowed:
-            return JSONResponse({"detail": f"Method {request.method} is not allowed on {request.url.path}; use {', '.join(allowed)}."},
-                                status_code=405, headers={"Allow": ", ".join(allowed)})
+            detail = f"Method {request.method} is not allowed on {request.url.path}; use {', '.join(allowed)}."
+            return JSONResponse({"detail": detail}, status_code=405, headers={"Allow": ", ".join(allowed)})
         return JSONResponse({"detail": f"No API endpoint at {request.url.path}. The endpoints are listed at /docs."},
                             status_code=404)
 

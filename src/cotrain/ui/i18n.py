@@ -199,7 +199,8 @@ EN: dict[str, str] = {
     "rewards.title": "Rewards",
     "rewards.subtitle": "Connect an Aptos wallet to see your contributions and rewards.",
     "rewards.connect": "Connect wallet",
-    "rewards.connect_hint": "Sign in with your Aptos wallet: the sessions you contributed compute to, and the rewards paid for them, appear here.",
+    "rewards.connect_hint": "Sign in with your Aptos wallet: the sessions you contributed compute to, "
+                            "and the rewards paid for them, appear here.",
     "rewards.no_wallet": "No Aptos wallet was found in this browser. Install one (e.g. Petra) and reload the page.",
     "rewards.connected": "Connected: {address}",
     "rewards.contributions": "My contributions",
@@ -443,7 +444,8 @@ EN.update({
     "users.revoke": "Revoke",
     "users.unban": "Lift ban",
     "users.revoke_title": "Revoke {user}?",
-    "users.revoke_wallet_hint": "Every token this wallet holds stops working now. It can sign in again unless you also ban it.",
+    "users.revoke_wallet_hint": "Every token this wallet holds stops working now. "
+                                "It can sign in again unless you also ban it.",
     "users.revoke_token_hint": "This API token stops working for good; create a new one if it is still needed.",
     "users.ban": "Also ban: refuse its sign-ins until the ban is lifted",
     "users.role_set": "{user} is now {role}.",
@@ -502,7 +504,8 @@ ZH.update({
 EN.update({
     "nav.audit": "Audit",
     "audit.title": "Audit log",
-    "audit.subtitle": "Every state-changing request and security event, hash-chained: an edited or deleted entry breaks the chain.",
+    "audit.subtitle": "Every state-changing request and security event, hash-chained: "
+                      "an edited or deleted entry breaks the chain.",
     "audit.verify": "Verify chain",
     "audit.intact": "{entries} entries, chain intact",
     "audit.broken": "Chain broken: the first bad entry is {id}",

@@ -52,7 +52,8 @@ async def frame(active: str) -> Page:
                 ui.label("CoTrain").classes("text-lg font-semibold tracking-tight")
             with ui.row().classes("ct-nav gap-1 no-wrap"):
                 for key, target, icon in nav_items(actor):
-                    button = ui.button(t(f"nav.{key}"), icon=icon, on_click=lambda target=target: ui.navigate.to(target))
+                    button = ui.button(t(f"nav.{key}"), icon=icon,
+                                       on_click=lambda target=target: ui.navigate.to(target))
                     button.props(f'flat dense no-caps color=white padding="4px 12px" data-testid="nav-{key}"')
                     if key == active:
                         button.classes("ct-active")
@@ -101,7 +102,8 @@ def _theme_button() -> None:
         button.props(f"icon={'light_mode' if not shown_dark else 'dark_mode'}")
 
     button = ui.button(icon="light_mode" if prefs.dark() else "dark_mode", on_click=toggle)
-    button.props(f'flat round dense color=white aria-label="{t("theme.dark")} / {t("theme.light")}" data-testid="theme"')
+    label = f"{t('theme.dark')} / {t('theme.light')}"
+    button.props(f'flat round dense color=white aria-label="{label}" data-testid="theme"')
     button.tooltip(t("theme.switch"))
 
 

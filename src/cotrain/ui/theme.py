@@ -12,7 +12,8 @@ FAVICON = (
 )
 
 LOGO = (  # the favicon's mark, white on the header's colour
-    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32" width="26" height="26"><rect width="32" height="32" rx="7" fill="#fff"/>'
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32" width="26" height="26">'
+    '<rect width="32" height="32" rx="7" fill="#fff"/>'
     '<circle cx="11" cy="11" r="4" fill="#4f46e5"/><circle cx="21" cy="21" r="4" fill="#4f46e5"/>'
     '<circle cx="21" cy="11" r="2.5" fill="#a5b4fc"/><circle cx="11" cy="21" r="2.5" fill="#a5b4fc"/></svg>'
 )

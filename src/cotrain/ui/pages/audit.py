@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from nicegui import run, ui
+from nicegui import ui
 
 from cotrain.server.permissions import Action, allowed
 from cotrain.ui import audit_data
 from cotrain.ui import format as fmt
+from cotrain.ui.blocking import run_blocking
 from cotrain.ui.components.tables import localized
 from cotrain.ui.i18n import t
 from cotrain.ui.layout import empty_state, frame, page_title
@@ -28,7 +29,8 @@ ACTOR_SLOT = r"""
 DETAIL_SLOT = r"""
 <q-td :props="props" style="max-width: 320px; white-space: normal">
   <div class="text-[12px] ct-muted" :title="props.row.detail_full"
-       style="word-break: break-word; display: -webkit-box; -webkit-line-clamp: 2; -webkit-box-orient: vertical; overflow: hidden">
+       style="word-break: break-word; display: -webkit-box; -webkit-line-clamp: 2;
+              -webkit-box-orient: vertical; overflow: hidden">
     {{ props.row.detail_text }}</div>
 </q-td>"""
 
@@ -108,7 +110,7 @@ async def audit_page() -> None:
             empty = ui.column().classes("w-full")
 
     async def refresh(*_: Any) -> None:
-        data = await run.io_bound(audit_data.load, (actor.value or "").strip(), (action.value or "").strip(),
+        data = await run_blocking(audit_data.load, (actor.value or "").strip(), (action.value or "").strip(),
                                   (target.value or "").strip(), outcome.value or None, since.value or None)
         table.rows = [to_row(e) for e in data["rows"]]
         table.update()
@@ -123,7 +125,7 @@ async def audit_page() -> None:
 
     async def check() -> None:
         button.props("loading")
-        report = await run.io_bound(audit_data.verify)
+        report = await run_blocking(audit_data.verify)
         button.props(remove="loading")
         _show_verdict(result, report)
 

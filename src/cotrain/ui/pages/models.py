@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from nicegui import run, ui
+from nicegui import ui
 
 from cotrain.ui import format as fmt
 from cotrain.ui import model_data
+from cotrain.ui.blocking import run_blocking
 from cotrain.ui.components.charts import LineChart
 from cotrain.ui.components.tables import localized
 from cotrain.ui.i18n import t
@@ -28,9 +29,8 @@ def _columns() -> list[dict[str, Any]]:
     return [
         {"name": "session", "label": t("models.col.session"), "field": "session", "align": "left", "sortable": True},
         {"name": "version", "label": t("models.col.version"), "field": "version", "align": "left"},
-        {"name": "val_loss", "label": t("models.col.val_loss"), "field": "val_loss", "align": "right", "sortable": True, ":format": NUM},
-        {"name": "val_perplexity", "label": t("models.col.val_perplexity"), "field": "val_perplexity", "align": "right", "sortable": True, ":format": NUM},
-        {"name": "val_accuracy", "label": t("models.col.val_accuracy"), "field": "val_accuracy", "align": "right", "sortable": True, ":format": NUM},
+        *({"name": name, "label": t(f"models.col.{name}"), "field": name, "align": "right", "sortable": True,
+           ":format": NUM} for name in ("val_loss", "val_perplexity", "val_accuracy")),
         {"name": "params", "label": t("models.col.params"), "field": "params", "align": "right", ":format": BIG},
         {"name": "tokens", "label": t("models.col.tokens"), "field": "tokens", "align": "right", ":format": BIG},
         {"name": "created", "label": t("models.col.created"), "field": "created", "align": "right"},
@@ -40,7 +40,8 @@ def _columns() -> list[dict[str, Any]]:
 
 SESSION_SLOT = r"""
 <q-td :props="props">
-  <a :href="'/sessions/' + props.row.session_id" class="text-primary no-underline font-medium" @click.stop>{{ props.value }}</a>
+  <a :href="'/sessions/' + props.row.session_id" class="text-primary no-underline font-medium"
+     @click.stop>{{ props.value }}</a>
 </q-td>"""
 DOWNLOAD_SLOT = """
 <q-td :props="props">
@@ -52,7 +53,7 @@ DOWNLOAD_SLOT = """
 @ui.page("/models")
 async def models_page() -> None:
     page = await frame("models")
-    rows = await run.io_bound(model_data.versions, page.actor)
+    rows = await run_blocking(model_data.versions, page.actor)
     for row in rows:
         row["created"] = fmt.age(row["created_at"])
     with page.body:
@@ -80,7 +81,7 @@ async def models_page() -> None:
         if len(ids) < 2:
             ui.notify(t("models.select_two"), type="warning")
             return
-        data = await run.io_bound(model_data.compare, ids)
+        data = await run_blocking(model_data.compare, ids)
         names = {r["id"]: f"{r['session']} {r['version']}" for r in rows}
         result.clear()
         with result:
@@ -107,7 +108,8 @@ def _comparison_table(data: dict[str, Any], names: dict[int, str]) -> None:
                     with ui.row().classes("py-2 border-t border-gray-500/20 justify-end items-center gap-2 no-wrap"):
                         if best.get(key) == v["id"] and len(versions) > 1:
                             ui.badge(t("models.best"), color="positive").props("rounded outline")
-                        ui.label(show(v.get(key))).classes("font-medium" + (" text-positive" if best.get(key) == v["id"] else ""))
+                        best_class = " text-positive" if best.get(key) == v["id"] else ""
+                        ui.label(show(v.get(key))).classes("font-medium" + best_class)
 
 
 def _curves(data: dict[str, Any], session_names: dict[str, str]) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import Request
-from nicegui import run, ui
+from nicegui import ui
 
 from cotrain.ui import network_data
+from cotrain.ui.blocking import run_blocking
 from cotrain.ui.components.badges import copyable, stat_tile, status_badge
 from cotrain.ui.i18n import t
 from cotrain.ui.layout import frame, page_title, sign_in_dialog
@@ -27,7 +28,8 @@ async def network_page(request: Request) -> None:
     with page.body:
         header = page_title(t("network.title"), t("network.subtitle"))
         with header:
-            start = ui.button(t("network.start"), icon="power_settings_new").props('unelevated no-caps data-testid="dht-start"')
+            start = ui.button(t("network.start"), icon="power_settings_new").props(
+                'unelevated no-caps data-testid="dht-start"')
         view = ui.column().classes("w-full gap-5")
 
     def render(state: dict[str, Any], sessions: list[dict[str, str]]) -> None:
@@ -77,9 +79,10 @@ async def network_page(request: Request) -> None:
                 ui.label(t("network.peers")).classes("ct-section-title")
                 if state["peers"]:
                     columns = [
-                        {"name": "peer_id", "label": t("detail.peer_id"), "field": "peer_id", "align": "left", "classes": "ct-mono"},
-                        {"name": "addrs", "label": t("network.addrs"), "field": "addrs", "align": "left", "classes": "ct-mono",
-                         ":format": "v => v.join('  ')"},
+                        {"name": "peer_id", "label": t("detail.peer_id"), "field": "peer_id", "align": "left",
+                         "classes": "ct-mono"},
+                        {"name": "addrs", "label": t("network.addrs"), "field": "addrs", "align": "left",
+                         "classes": "ct-mono", ":format": "v => v.join('  ')"},
                     ]
                     ui.table(columns=columns, rows=state["peers"], row_key="peer_id").props(
                         'flat dense data-testid="dht-peers"').classes("w-full")
@@ -90,15 +93,15 @@ async def network_page(request: Request) -> None:
             sign_in_dialog()
             return
         start.props("loading")
-        state, sessions = await run.io_bound(load, True)
+        state, sessions = await run_blocking(load, True)
         start.props(remove="loading")
         render(state, sessions)
         if state["status"] == "running":
             ui.notify(t("network.started"), type="positive")
 
     async def refresh() -> None:
-        render(*await run.io_bound(load))
+        render(*await run_blocking(load))
 
     start.on_click(on_start)
-    render(*await run.io_bound(load))
+    render(*await run_blocking(load))
     ui.timer(10.0, refresh)

@@ -10,6 +10,7 @@ from nicegui import run, ui
 
 from cotrain.ui import format as fmt
 from cotrain.ui import rewards_data
+from cotrain.ui.blocking import run_blocking
 from cotrain.ui.i18n import t
 from cotrain.ui.layout import empty_state, frame, page_title
 
@@ -17,7 +18,8 @@ SIGN_IN = """
 try { return {ok: true, ...(await window.cotrainWalletSignIn('/api/v1'))}; }
 catch (e) { return {ok: false, error: String(e && e.message || e)}; }
 """
-PAYOUT_COLORS = {"paid": "positive", "due": "amber-8", "pending": "light-blue-7", "failed": "negative", "none": "grey-6"}
+PAYOUT_COLORS = {"paid": "positive", "due": "amber-8", "pending": "light-blue-7", "failed": "negative",
+                 "none": "grey-6"}
 OCTAS_PER_APT = 100_000_000
 
 
@@ -63,11 +65,12 @@ async def rewards_page(request: Request) -> None:
         return
 
     button.set_visibility(False)
-    data = await run.io_bound(rewards_data.mine, address)
+    data = await run_blocking(rewards_data.mine, address)
     with status:
         with ui.card().classes("ct-card w-full px-5 py-3").props("flat"), ui.row().classes("items-center gap-2"):
             ui.icon("verified", size="20px").classes("text-positive")
-            ui.label(t("rewards.connected", address=address)).classes("ct-mono text-sm").props('data-testid="wallet-address"')
+            ui.label(t("rewards.connected", address=address)).classes("ct-mono text-sm").props(
+                'data-testid="wallet-address"')
         _contributions(data["contributions"])
         _rewards(data["rewards"])
 
@@ -79,7 +82,8 @@ def _unavailable(message: str) -> None:
 
 SESSION_SLOT = r"""
 <q-td :props="props">
-  <a :href="'/sessions/' + props.row.session_id" class="text-primary no-underline font-medium">{{ props.row.session }}</a>
+  <a :href="'/sessions/' + props.row.session_id"
+     class="text-primary no-underline font-medium">{{ props.row.session }}</a>
   <div class="ct-mono text-[11px] ct-muted">{{ props.row.session_id }}</div>
 </q-td>"""
 BADGE_SLOT = r"""

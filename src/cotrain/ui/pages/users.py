@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from nicegui import run, ui
+from nicegui import ui
 
 from cotrain.server.permissions import Action, allowed
 from cotrain.ui import audit_data, prefs, users_data
+from cotrain.ui.blocking import run_blocking
 from cotrain.ui.components.tables import localized
 from cotrain.ui.i18n import t
 from cotrain.ui.layout import empty_state, frame, page_title, sign_in_dialog
@@ -18,7 +19,8 @@ from cotrain.ui.layout import empty_state, frame, page_title, sign_in_dialog
 USER_SLOT = r"""
 <q-td :props="props">
   <div class="row items-center no-wrap q-gutter-x-sm">
-    <span class="font-medium" :class="props.row.kind === 'wallet' ? 'ct-mono text-[13px]' : ''" :title="props.row.ref">{{ props.row.label }}</span>
+    <span class="font-medium" :class="props.row.kind === 'wallet' ? 'ct-mono text-[13px]' : ''"
+          :title="props.row.ref">{{ props.row.label }}</span>
     <q-badge v-if="props.row.me" rounded outline color="primary" :label="%(you)s" />
   </div>
   <div v-if="props.row.detail" class="ct-mono text-[11px] ct-muted">{{ props.row.detail }}</div>
@@ -93,7 +95,7 @@ async def users_page() -> None:
             empty = ui.column().classes("w-full")
 
     async def refresh() -> None:
-        views, total = await run.io_bound(users_data.load, role_filter.value or None, kind_filter.value or None)
+        views, total = await run_blocking(users_data.load, role_filter.value or None, kind_filter.value or None)
         table.rows = users_data.rows_of(views, page.actor.token_id if page.actor else None)
         table.update()
         table.set_visibility(bool(views))
@@ -112,11 +114,11 @@ async def users_page() -> None:
         await refresh()  # also puts a refused role selector back
 
     async def on_role(e: Any) -> None:
-        outcome = await run.io_bound(users_data.set_role, token, e.args["ref"], e.args["role"], client_ip)
+        outcome = await run_blocking(users_data.set_role, token, e.args["ref"], e.args["role"], client_ip)
         await done(outcome, "role")
 
     async def on_unban(e: Any) -> None:
-        await done(await run.io_bound(users_data.revoke, token, e.args["ref"], False, client_ip), "revoke", False)
+        await done(await run_blocking(users_data.revoke, token, e.args["ref"], False, client_ip), "revoke", False)
 
     def on_revoke(e: Any) -> None:
         row = e.args
@@ -129,7 +131,8 @@ async def users_page() -> None:
             async def confirm() -> None:
                 dialog.close()
                 wanted = True if ban is not None and ban.value else None
-                await done(await run.io_bound(users_data.revoke, token, row["ref"], wanted, client_ip), "revoke", wanted)
+                outcome = await run_blocking(users_data.revoke, token, row["ref"], wanted, client_ip)
+                await done(outcome, "revoke", wanted)
 
             with ui.row().classes("w-full justify-end gap-2"):
                 ui.button(t("common.cancel"), on_click=dialog.close).props("flat no-caps")
