@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from cotrain.server.message_data import ProgressData
 from cotrain.ui import i18n
 from cotrain.ui.machines_view import Machines, Rounds, gpu_memory, gpu_util, rate, seen, used_of
 
@@ -30,14 +31,15 @@ def gpu(index: int, util: float, used: int = 10 * GiB) -> dict[str, Any]:
             "mem_total_bytes": 140 * GiB, "power_w": 310.0, "temp_c": 54.0}
 
 
-def progress(*nodes: dict[str, Any], round_block: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A `training.progress` message's data with the seed's fields and the additive blocks."""
+def progress(*nodes: dict[str, Any], round_block: dict[str, Any] | None = None) -> ProgressData:
+    """A `training.progress` message's data (wire form, parsed as the page parses it) with the seed's
+    fields and the additive blocks."""
     data: dict[str, Any] = {"sessionId": "abc", "progress": 10.0, "loss": 2.5, "participants": len(nodes),
                             "metrics": {"tokensPerSecond": 3000.0}, "step": 10, "seq": 7,
                             "system": {"nodes": list(nodes)}}
     if round_block is not None:
         data["round"] = round_block
-    return data
+    return ProgressData.model_validate(data)
 
 
 def test_rates_read_as_bytes_per_second() -> None:
@@ -93,8 +95,8 @@ def test_live_messages_merge_into_one_row_per_node() -> None:
     assert machines.add_many([node("node-0", 100.0), node("node-0", 110.0)])  # stored history
     message = progress(node("node-0", 120.0, ram_used_bytes=4 * GiB, net_recv_bytes_per_s=3 * 2**20),
                        node("node-10", 120.0), node("node-2", 121.0))
-    assert machines.add_message(message)
-    assert not machines.add_message(copy.deepcopy(message)), "a replayed message changed the rows"
+    assert machines.add_progress(message)
+    assert not machines.add_progress(copy.deepcopy(message)), "a replayed message changed the rows"
     rows = machines.rows(now=125.0)
     assert [r["node"] for r in rows] == ["node-0", "node-2", "node-10"]  # in node order, not text order
     first = rows[0]
@@ -109,7 +111,7 @@ def test_live_messages_merge_into_one_row_per_node() -> None:
     assert machines.rows(now=125.0)[0]["ram"] == "4.0 / 16.0 GiB"
     # a node silent for over a minute is marked stale; a message without a system block changes nothing
     assert machines.rows(now=200.0)[0]["stale"] is True
-    assert not machines.add_message({"progress": 50.0, "step": 20})
+    assert not machines.add_progress(ProgressData(progress=50.0, step=20))
     # in and out of each node, paired for the network chart
     assert list(machines.chart("net_recv_bytes_per_s", "net_sent_bytes_per_s")) == [
         "node-0 in", "node-0 out", "node-2 in", "node-2 out", "node-10 in", "node-10 out"]
@@ -123,13 +125,14 @@ def test_charts_draw_the_most_recently_seen_nodes_and_the_table_lists_all() -> N
     assert len(machines.rows(now=120.0)) == 20
 
 
-def test_camel_case_keys_and_a_missing_rate_are_read_too() -> None:
+def test_a_missing_rate_reads_as_a_dash_and_only_the_contracts_keys_are_read() -> None:
     machines = Machines()
-    machines.add({"node": "12D3KooWAbCdEfGhIjKlMnOpQrStUv", "ramUsedBytes": GiB, "ramTotalBytes": 2 * GiB,
-                  "netSentBytesPerS": 10.0, "time": 50.0})
+    machines.add({"node": "12D3KooWAbCdEfGhIjKlMnOpQrStUv", "ram_used_bytes": GiB, "ram_total_bytes": 2 * GiB,
+                  "net_sent_bytes_per_s": 10.0, "diskReadBytesPerS": 99.0, "time": 50.0})
     row = machines.rows(now=51.0)[0]
     assert row["node_short"] == "12D3KooW…QrStUv"
     assert (row["ram"], row["net_out"], row["net_in"], row["tps"]) == ("1.0 / 2.0 GiB", "10 B/s", "—", "—")
+    assert row["disk_read"] == "—", "a key in another spelling than the contract's was read"
     assert not machines.add({"ram_used_bytes": 1}), "a sample naming no node was taken"
 
 
@@ -143,7 +146,7 @@ def test_stored_history_then_live_messages() -> None:
     machines.add_many([latest, *points])
     assert machines.rows(now=121.0)[0]["gpu_util"] == "90%"  # the newest sample, devices and all
     assert [p[1] for p in machines.chart("gpu_util_percent")["node-0"]] == [50.0, 70.0, 90.0]
-    assert machines.add_message(progress(node("node-0", 130.0, gpus=[gpu(0, 10.0)])))
+    assert machines.add_progress(progress(node("node-0", 130.0, gpus=[gpu(0, 10.0)])))
     assert machines.rows(now=131.0)[0]["gpu_util"] == "10%"
     assert len(machines.chart("ram_used_bytes")["node-0"]) == 4
 
@@ -159,10 +162,10 @@ def round_block(number: int, peer: str, train: float, *, slowest: str | None = N
 def test_rounds_merge_each_peers_block_and_name_the_slowest() -> None:
     rounds = Rounds()
     a, b = "12D3KooWPeerAaaaaaaaaaaaaaaaaaaaaaaaa1", "12D3KooWPeerBbbbbbbbbbbbbbbbbbbbbbbbb2"
-    assert rounds.add_message(progress(round_block=round_block(1, a, 4.0)))
+    assert rounds.add_progress(progress(round_block=round_block(1, a, 4.0)))
     assert rounds.slowest_text() == "Slowest peer: not known yet (only one peer has reported)."
-    assert rounds.add_message(progress(round_block=round_block(1, b, 6.0, wait=0.0)))
-    assert not rounds.add_message(progress(round_block=round_block(1, b, 6.0, wait=0.0))), "a replay was counted"
+    assert rounds.add_progress(progress(round_block=round_block(1, b, 6.0, wait=0.0)))
+    assert not rounds.add_progress(progress(round_block=round_block(1, b, 6.0, wait=0.0))), "a replay was counted"
     assert rounds.add(round_block(2, b, 7.0, slowest=b))
     # round 1: two peers known, so training is their mean and waiting the mean wait for the slowest;
     # round 2: one report so far, taken as it is
@@ -177,7 +180,7 @@ def test_rounds_merge_each_peers_block_and_name_the_slowest() -> None:
     peer_rows = [(r["peer"], r["slowest"], r["train"]) for r in rounds.peer_rows()]
     assert peer_rows == [(b, True, "7.0 s"), (a, False, "3.0 s")]
     assert rounds.bars()["train"][1] == 5.0 and rounds.bars()["wait"][1] == 2.0
-    assert not rounds.add_message({"progress": 5.0}) and not rounds.add({"train_seconds": 1.0})
+    assert not rounds.add_progress(ProgressData(progress=5.0)) and not rounds.add({"train_seconds": 1.0})
     alone = Rounds()
     alone.add({**round_block(1, a, 2.0), "group_size": 1})
     assert alone.slowest_text() == "A group of one: no peer to wait for."

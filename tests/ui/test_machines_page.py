@@ -58,13 +58,10 @@ def publish(session_id: str, seq: int, event: dict[str, Any]) -> None:
     """One engine `progress` event as the server turns it into a `training.progress` message,
     published through the platform's Redis fan-out (the class the server itself publishes with)."""
     from cotrain.server.fanout import RedisHub
-    from cotrain.server.monitor import progress_payload
+    from cotrain.server.monitor import progress_data
     from tests.server.conftest import REDIS_URL
 
-    payload = progress_payload(event)
-    for block in ("system", "round"):  # carried as they are until the server's payload has them
-        if block in event and block not in payload:
-            payload[block] = event[block]
+    payload = progress_data(event).to_wire()
     message = {"event": "training.progress", "data": {"sessionId": session_id, **payload, "seq": seq}, "owner": None}
 
     async def send() -> None:

@@ -29,10 +29,24 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-EVENT_TYPES = ("started", "progress", "eval", "checkpoint", "peer", "completed", "failed")
+
+class EventType(StrEnum):
+    """An event's `type` (the list above)."""
+
+    STARTED = "started"
+    PROGRESS = "progress"
+    EVAL = "eval"
+    CHECKPOINT = "checkpoint"
+    PEER = "peer"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+EVENT_TYPES = tuple(t.value for t in EventType)
 EVENTS_FILE = "events.jsonl"
 STATUS_FILE = "status.json"
 

@@ -1,7 +1,9 @@
 """WebSocket messages of a session: numbered, stored for replay, then published.
 
 Names: `training.progress` (docs/architecture.md, "WebSocket messages"), `training.status`,
-`training.eval`, `training.checkpoint`, `training.error`, `training.peer`.
+`training.eval`, `training.checkpoint`, `training.error`, `training.peer`; their data is one model
+each (server/message_data.py), stored and published in its wire form, `{"event": NAME, "data":
+{"sessionId": ID, ...camelCase fields, "seq": N}}`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from cotrain.server.auth import Actor
 from cotrain.server.internals import scrub_data
+from cotrain.server.message_data import MessageData, StatusData
 from cotrain.server.orm import SessionMessage, TrainingSession
 from cotrain.server.permissions import can_see_internals
 
@@ -22,19 +25,19 @@ PRIVATE = "private"
 OWNER = "owner"  # routing only: who sees the message unredacted (internals.py, permissions.can_see_internals)
 
 
-def record_message(db: Session, session_id: str, event: str, data: dict[str, Any]) -> dict[str, Any]:
-    """Give the message the session's next sequence number and store it (in `db`'s transaction;
-    publish only after it commits). The increment is one UPDATE ... RETURNING, so concurrent
-    writers (executor, API) never share a number."""
+def record_message(db: Session, session_id: str, data: MessageData) -> dict[str, Any]:
+    """Give the message the session's next sequence number and store it in its wire form (in `db`'s
+    transaction; publish only after it commits). The increment is one UPDATE ... RETURNING, so
+    concurrent writers (executor, API) never share a number."""
     seq, public, owner_id = db.execute(
         update(TrainingSession)
         .where(TrainingSession.id == session_id)
         .values(message_seq=TrainingSession.message_seq + 1)
         .returning(TrainingSession.message_seq, TrainingSession.public, TrainingSession.owner_id)
     ).one()
-    payload = {"sessionId": session_id, **data, "seq": seq}
-    db.add(SessionMessage(session_id=session_id, seq=seq, event=event, time=time.time(), data=payload))
-    message: dict[str, Any] = {"event": event, "data": payload, OWNER: owner_id}
+    payload = {"sessionId": session_id, **data.to_wire(), "seq": seq}
+    db.add(SessionMessage(session_id=session_id, seq=seq, event=data.EVENT, time=time.time(), data=payload))
+    message: dict[str, Any] = {"event": data.EVENT, "data": payload, OWNER: owner_id}
     if not public:  # routing only (never sent): the fan-out gives it to the owner and admins alone
         message[PRIVATE] = {"owner": owner_id}
     return message
@@ -96,5 +99,5 @@ def messages_for_all(
 
 
 def status_message(db: Session, row: TrainingSession, **extra: Any) -> dict[str, Any]:
-    data = {"status": row.status, "attempt": row.attempts, "error": row.error, **extra}
-    return record_message(db, row.id, "training.status", data)
+    """Record `training.status` with the row's status; `extra`: more StatusData fields (`pid`, ...)."""
+    return record_message(db, row.id, StatusData(status=row.status, attempt=row.attempts, error=row.error, **extra))

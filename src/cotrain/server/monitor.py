@@ -1,116 +1,139 @@
 """Applies the engine's events (docs/architecture.md, "Event stream") to the database and turns them into messages.
 
+One step per event type (`APPLY`): each updates the session's row (and its metric history) and
+returns the data of the message to publish, a model of server/message_data.py, or None.
 Idempotent: an event whose `seq` is not above the session's `engine_seq` was already applied,
 so re-reading a stream after a restart changes nothing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from cotrain.core.events import EventType
+from cotrain.server.message_data import (
+    CheckpointData,
+    ErrorData,
+    EvalData,
+    MessageData,
+    PeerData,
+    ProgressData,
+    ProgressMetrics,
+    StatusData,
+)
 from cotrain.server.messages import record_message
 from cotrain.server.node_samples import clean_round, clean_system, record_event_blocks
 from cotrain.server.orm import MetricPoint, SessionStatus, TrainingSession
 
-
-def progress_payload(event: dict[str, Any], blocks: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The original design's `training.progress` data, from an engine `progress` event; plus
-    (issue 19, additive) the cleaned `system` and DiLoCo `round` blocks when the event has them
-    (`blocks`: what node_samples.record_event_blocks kept; cleaned here when not given)."""
-    metrics = event.get("metrics") or {}
-    if blocks is None:
-        blocks = {k: v for k, v in (("system", clean_system(event.get("system"))),
-                                    ("round", clean_round(event.get("round")))) if v is not None}
-    return {
-        "progress": round(float(event.get("progress") or 0.0), 2),
-        "loss": event.get("loss"),
-        "participants": event.get("participants", 1),
-        "metrics": {
-            "accuracy": metrics.get("accuracy"),
-            "learningRate": metrics.get("learning_rate"),
-            "batchSize": metrics.get("batch_size"),
-            "tokensPerSecond": metrics.get("tokens_per_second"),
-            "samplesPerSecond": metrics.get("samples_per_second"),
-        },
-        "step": event.get("step"),
-        "totalSteps": event.get("total_steps"),
-        "engineSeq": event.get("seq"),
-        "time": event.get("time"),
-        **blocks,
-    }
+Event = dict[str, Any]  # one line of events.jsonl
+EVAL_FIELDS = ("val_loss", "val_perplexity", "val_accuracy")
+COMMON_FIELDS = ("type", "session_id", "seq", "time")  # every event has them (core/events.py)
 
 
-def apply_engine_event(db: Session, row: TrainingSession, event: dict[str, Any]) -> list[dict[str, Any]]:
+def apply_engine_event(db: Session, row: TrainingSession, event: Event) -> list[dict[str, Any]]:
     """Update `row` (and metric history) from one engine event; return the messages to publish."""
     seq = int(event.get("seq") or 0)
     if seq <= row.engine_seq:
         return []
     row.engine_seq = seq
-    kind = event.get("type")
-    out: list[dict[str, Any]] = []
-    if kind == "started":
-        row.total_steps = event.get("total_steps") or row.total_steps
-        row.step = event.get("step") or row.step
-        if row.status == SessionStatus.STARTING:
-            row.status = SessionStatus.RUNNING
-        out.append(
-            record_message(
-                db, row.id, "training.status",
-                {"status": row.status, "attempt": row.attempts, "error": None,
-                 "resumedFrom": event.get("resumed_from"), "step": row.step, "totalSteps": row.total_steps,
-                 "numParameters": event.get("num_parameters"), "device": event.get("device")},
-            )
-        )
-    elif kind == "progress":
-        metrics = event.get("metrics") or {}
-        row.step = event.get("step") or row.step
-        row.total_steps = event.get("total_steps") or row.total_steps
-        row.progress = float(event.get("progress") or row.progress)
-        row.loss = event.get("loss")
-        row.participants = int(event.get("participants") or 1)
-        row.latest_metrics = {**(row.latest_metrics or {}), **metrics}
-        if row.status == SessionStatus.STARTING:
-            row.status = SessionStatus.RUNNING
-        db.add(
-            MetricPoint(
-                session_id=row.id, step=row.step, time=event.get("time") or 0.0, loss=row.loss,
-                accuracy=metrics.get("accuracy"), learning_rate=metrics.get("learning_rate"),
-                tokens_per_second=metrics.get("tokens_per_second"), participants=row.participants,
-            )
-        )
-        blocks = record_event_blocks(db, row.id, event, row.step)  # issue 19: per node, per round
-        out.append(record_message(db, row.id, "training.progress", progress_payload(event, blocks)))
-    elif kind == "eval":
-        fields = {k: event.get(k) for k in ("val_loss", "val_perplexity", "val_accuracy")}
-        row.latest_metrics = {**(row.latest_metrics or {}), **fields}
-        db.add(MetricPoint(session_id=row.id, step=event.get("step") or row.step, time=event.get("time") or 0.0, **fields))
-        out.append(
-            record_message(
-                db, row.id, "training.eval",
-                {"step": event.get("step"), "valLoss": fields["val_loss"],
-                 "valPerplexity": fields["val_perplexity"], "valAccuracy": fields["val_accuracy"]},
-            )
-        )
-    elif kind == "checkpoint":
-        out.append(record_message(db, row.id, "training.checkpoint", {"step": event.get("step"), "path": event.get("path")}))
-    elif kind == "peer":
-        peer = {k: v for k, v in event.items() if k not in ("type", "session_id", "seq", "time")}
-        out.append(record_message(db, row.id, "training.peer", peer))
-    elif kind == "completed":
-        row.latest_metrics = {
-            **(row.latest_metrics or {}),
-            **{k: event.get(k) for k in ("val_loss", "val_perplexity", "val_accuracy", "tokens_seen") if k in event},
-        }
-    elif kind == "failed":
-        if not event.get("interrupted"):
-            row.error = event.get("error") or row.error
-        if row.status != SessionStatus.CANCELLING or not event.get("interrupted"):
-            out.append(
-                record_message(
-                    db, row.id, "training.error",
-                    {"error": event.get("error"), "step": event.get("step"), "interrupted": bool(event.get("interrupted"))},
-                )
-            )
-    return out
+    apply = APPLY.get(str(event.get("type")))
+    data = apply(db, row, event) if apply is not None else None
+    return [] if data is None else [record_message(db, row.id, data)]
+
+
+def progress_data(event: Event, blocks: dict[str, Any] | None = None) -> ProgressData:
+    """The `training.progress` data of an engine `progress` event; `blocks`: its `system` and `round`
+    blocks as node_samples.record_event_blocks kept them (cleaned here when not given)."""
+    metrics = event.get("metrics") or {}
+    if blocks is None:
+        blocks = {k: v for k, v in (("system", clean_system(event.get("system"))),
+                                    ("round", clean_round(event.get("round")))) if v is not None}
+    return ProgressData(
+        progress=round(float(event.get("progress") or 0.0), 2),
+        loss=event.get("loss"),
+        participants=event.get("participants", 1),
+        metrics=ProgressMetrics(**{name: metrics.get(name) for name in ProgressMetrics.model_fields}),
+        step=event.get("step"),
+        total_steps=event.get("total_steps"),
+        engine_seq=event.get("seq"),
+        time=event.get("time"),
+        **blocks,
+    )
+
+
+def _mark_running(row: TrainingSession) -> None:
+    if row.status == SessionStatus.STARTING:
+        row.status = SessionStatus.RUNNING
+
+
+def _started(db: Session, row: TrainingSession, event: Event) -> StatusData:
+    row.total_steps = event.get("total_steps") or row.total_steps
+    row.step = event.get("step") or row.step
+    _mark_running(row)
+    return StatusData(
+        status=row.status, attempt=row.attempts, error=None, resumed_from=event.get("resumed_from"), step=row.step,
+        total_steps=row.total_steps, num_parameters=event.get("num_parameters"), device=event.get("device"),
+    )
+
+
+def _progress(db: Session, row: TrainingSession, event: Event) -> ProgressData:
+    """The row's latest numbers, one metric point, and (issue 19) the per-node and per-round rows."""
+    metrics = event.get("metrics") or {}
+    row.step = event.get("step") or row.step
+    row.total_steps = event.get("total_steps") or row.total_steps
+    row.progress = float(event.get("progress") or row.progress)
+    row.loss = event.get("loss")
+    row.participants = int(event.get("participants") or 1)
+    row.latest_metrics = {**(row.latest_metrics or {}), **metrics}
+    _mark_running(row)
+    db.add(MetricPoint(
+        session_id=row.id, step=row.step, time=event.get("time") or 0.0, loss=row.loss,
+        accuracy=metrics.get("accuracy"), learning_rate=metrics.get("learning_rate"),
+        tokens_per_second=metrics.get("tokens_per_second"), participants=row.participants,
+    ))
+    return progress_data(event, record_event_blocks(db, row.id, event, row.step))
+
+
+def _eval(db: Session, row: TrainingSession, event: Event) -> EvalData:
+    fields = {k: event.get(k) for k in EVAL_FIELDS}
+    row.latest_metrics = {**(row.latest_metrics or {}), **fields}
+    db.add(MetricPoint(session_id=row.id, step=event.get("step") or row.step, time=event.get("time") or 0.0, **fields))
+    return EvalData(step=event.get("step"), **fields)
+
+
+def _checkpoint(db: Session, row: TrainingSession, event: Event) -> CheckpointData:
+    return CheckpointData(step=event.get("step"), path=event.get("path"))
+
+
+def _peer(db: Session, row: TrainingSession, event: Event) -> PeerData:
+    return PeerData(**{k: v for k, v in event.items() if k not in COMMON_FIELDS})
+
+
+def _completed(db: Session, row: TrainingSession, event: Event) -> None:
+    """The final numbers join the latest metrics; the executor reports the end when the process exits."""
+    final = {k: event[k] for k in (*EVAL_FIELDS, "tokens_seen") if k in event}
+    row.latest_metrics = {**(row.latest_metrics or {}), **final}
+
+
+def _failed(db: Session, row: TrainingSession, event: Event) -> ErrorData | None:
+    """An interruption is not an error; one the user asked for (cancelling) is not reported at all."""
+    interrupted = bool(event.get("interrupted"))
+    if not interrupted:
+        row.error = event.get("error") or row.error
+    if interrupted and row.status == SessionStatus.CANCELLING:
+        return None
+    return ErrorData(error=event.get("error"), step=event.get("step"), interrupted=interrupted)
+
+
+APPLY: dict[str, Callable[[Session, TrainingSession, Event], MessageData | None]] = {
+    EventType.STARTED: _started,
+    EventType.PROGRESS: _progress,
+    EventType.EVAL: _eval,
+    EventType.CHECKPOINT: _checkpoint,
+    EventType.PEER: _peer,
+    EventType.COMPLETED: _completed,
+    EventType.FAILED: _failed,
+}

@@ -10,12 +10,14 @@ nothing), so the page can feed them history and live messages in any overlap.
 from __future__ import annotations
 
 import bisect
+import copy
 import math
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from cotrain.server.message_data import ProgressData
 from cotrain.ui import format as fmt
 from cotrain.ui.i18n import t
 
@@ -26,16 +28,6 @@ CHART_NODES = 16  # nodes the charts draw (the most recently seen); the table li
 # (name, NODE key) of the charts over time, per node
 CHART_FIELDS = ("ram_used_bytes", "net_sent_bytes_per_s", "net_recv_bytes_per_s", "disk_read_bytes_per_s",
                 "disk_write_bytes_per_s", "gpu_util_percent")
-_CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
-
-
-def snake_keys(value: Any) -> Any:
-    """A block with camelCase keys (as a JSON API might send it) in the contract's snake_case."""
-    if isinstance(value, dict):
-        return {_CAMEL.sub("_", str(k)).lower(): snake_keys(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [snake_keys(v) for v in value]
-    return value
 
 
 def _number(value: Any) -> float | None:
@@ -149,7 +141,7 @@ def normalize_node(raw: Any) -> dict[str, Any] | None:
     """One NODE of a `system` block in the contract's keys, or None when it names no node."""
     if not isinstance(raw, dict):
         return None
-    node = snake_keys(raw)
+    node = copy.deepcopy(raw)
     if not node.get("node"):
         return None
     node["node"] = str(node["node"])
@@ -158,9 +150,8 @@ def normalize_node(raw: Any) -> dict[str, Any] | None:
     return node
 
 
-def system_nodes(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """The nodes of a `training.progress` message's data (none when it carries no `system`)."""
-    system = data.get("system")
+def system_nodes(system: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The nodes of a progress message's `system` block (none without one)."""
     if not isinstance(system, dict):
         return []
     nodes = system.get("nodes")
@@ -213,9 +204,9 @@ class Machines:
             changed = self.add(raw) or changed
         return changed
 
-    def add_message(self, data: dict[str, Any]) -> bool:
+    def add_progress(self, progress: ProgressData) -> bool:
         """Merge a `training.progress` message's `system` block; True when a row changed."""
-        return self.add_many(system_nodes(data))
+        return self.add_many(system_nodes(progress.system))
 
     def any_gpu(self) -> bool:
         return any(has_gpu(n) for n in self.latest.values())
@@ -254,8 +245,8 @@ class Machines:
         for node in sorted(recent, key=_natural):
             for name in names:
                 label = short_id(node) if len(names) == 1 else f"{short_id(node)} {t('machines.series.' + name)}"
-                points = [[when * 1000.0, values[name]] for when, values in self.series[node]
-                          if values.get(name) is not None]
+                points = [[when * 1000.0, value] for when, values in self.series[node]
+                          if (value := values.get(name)) is not None]
                 if points:
                     out[label] = points
         return out
@@ -265,7 +256,7 @@ class Machines:
 def normalize_round(raw: Any) -> dict[str, Any] | None:
     if not isinstance(raw, dict):
         return None
-    block = snake_keys(raw)
+    block = copy.deepcopy(raw)
     number = _number(block.get("round"))
     if number is None:
         return None
@@ -383,8 +374,9 @@ class Rounds:
             changed = self.add(raw) or changed
         return changed
 
-    def add_message(self, data: dict[str, Any]) -> bool:
-        return self.add(data.get("round")) if data.get("round") is not None else False
+    def add_progress(self, progress: ProgressData) -> bool:
+        """Merge a `training.progress` message's DiLoCo `round` block; True when a round changed."""
+        return self.add(progress.round) if progress.round is not None else False
 
     def ordered(self) -> list[RoundStats]:
         return [self.by_round[n] for n in sorted(self.by_round)]
@@ -437,6 +429,7 @@ class Rounds:
             rows.append({
                 "peer": name, "peer_short": short_id(name), "slowest": name == slowest,
                 "train": t("common.none") if train is None else f"{train:.1f} s", "train_s": train or 0.0,
-                "sent": fmt.size(_number(peer.get("bytes_sent"))), "received": fmt.size(_number(peer.get("bytes_received"))),
+                "sent": fmt.size(_number(peer.get("bytes_sent"))),
+                "received": fmt.size(_number(peer.get("bytes_received"))),
             })
         return sorted(rows, key=lambda r: (not r["slowest"], -r["train_s"]))

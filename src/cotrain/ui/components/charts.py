@@ -10,8 +10,9 @@ from nicegui import ui
 from cotrain.ui.i18n import t
 from cotrain.ui.theme import SERIES
 
-AXIS = {"axisLabel": {"color": "#8a8f9c", "fontSize": 11}, "axisLine": {"lineStyle": {"color": "#8a8f9c55"}},
-        "splitLine": {"lineStyle": {"color": "#8a8f9c22"}}}
+AXIS: dict[str, Any] = {"axisLabel": {"color": "#8a8f9c", "fontSize": 11},
+                        "axisLine": {"lineStyle": {"color": "#8a8f9c55"}},
+                        "splitLine": {"lineStyle": {"color": "#8a8f9c22"}}}
 
 
 class LineChart:
@@ -31,9 +32,11 @@ class LineChart:
             y_axis["axisLabel"] = {**AXIS["axisLabel"], ":formatter": "v => v.toExponential(1)"}
         options: dict[str, Any] = {
             "animation": False,
-            "grid": {"left": 8, "right": 16, "top": 28 if len(series) > 1 else 12, "bottom": 22, "containLabel": True},
+            "grid": {"left": 8, "right": 16, "top": 28 if len(series) > 1 else 12, "bottom": 22,
+                     "containLabel": True},
             "tooltip": {"trigger": "axis", "confine": True},
-            "legend": {"show": len(series) > 1, "top": 0, "right": 8, "textStyle": {"color": "#8a8f9c"}, "itemHeight": 8},
+            "legend": {"show": len(series) > 1, "top": 0, "right": 8, "textStyle": {"color": "#8a8f9c"},
+                       "itemHeight": 8},
             "xAxis": {"type": "value", "name": x_name, "nameLocation": "middle", "nameGap": 24, "scale": True,
                       "minInterval": 1, "nameTextStyle": {"color": "#8a8f9c", "fontSize": 11}, **AXIS},
             "yAxis": y_axis,
@@ -47,7 +50,8 @@ class LineChart:
         }
         with ui.card().classes("ct-card w-full p-4 gap-2").props("flat"):
             ui.label(title).classes("ct-section-title")
-            self.chart = ui.echart(options).classes("w-full").style(f"height: {height}").props(f'data-testid="{testid}"')
+            self.chart = ui.echart(options).classes("w-full").style(f"height: {height}").props(
+                f'data-testid="{testid}"')
         self.chart.props('data-points="0"')
 
     def set_empty_text(self, text: str) -> None:

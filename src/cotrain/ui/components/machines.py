@@ -128,7 +128,8 @@ class RoundsSection:
                                         ("wait", t("rounds.wait"))],
                     empty_text=t("rounds.empty"), testid="rounds-chart", x_name=t("rounds.axis"),
                     subtitle=t("rounds.subtitle"))
-            with ui.column().classes("flex-1 min-w-0"), ui.card().classes("ct-card w-full h-full p-5 gap-3").props("flat"):
+            with (ui.column().classes("flex-1 min-w-0"),
+                  ui.card().classes("ct-card w-full h-full p-5 gap-3").props("flat")):
                 with ui.row().classes("items-center gap-2 no-wrap"):
                     self.slowest_icon = ui.icon("hourglass_bottom", color="negative").classes("text-xl")
                     self.slowest = ui.label("").classes("text-sm font-semibold").props('data-testid="slowest-peer"')

@@ -11,6 +11,15 @@ from nicegui import run, ui
 from cotrain.server.chain_bridge import owner_wallet
 from cotrain.server.errors import NotFound, ServiceError
 from cotrain.server.join_command import join_command
+from cotrain.server.message_data import (
+    CheckpointData,
+    ErrorData,
+    EvalData,
+    PeerData,
+    ProgressData,
+    StatusData,
+    parse_message,
+)
 from cotrain.ui import audit_data, live, model_data, session_view
 from cotrain.ui import format as fmt
 from cotrain.ui.components.badges import copyable, set_status, status_badge
@@ -50,6 +59,8 @@ async def session_detail_page(session_id: str, request: Request) -> None:
             empty_state("search_off", t("detail.not_found", id=session_id), "")
             ui.button(t("detail.back"), icon="arrow_back", on_click=lambda: ui.navigate.to("/")).props("flat no-caps")
         return
+    if view is None:  # the page was closed, or the server is stopping
+        return
     Detail(page, view, str(request.base_url)).build(relay)
 
 
@@ -75,9 +86,11 @@ class Detail:
             with ui.row().classes("w-full items-start justify-between no-wrap"):
                 with ui.column().classes("gap-1 min-w-0"):
                     with ui.row().classes("items-center gap-3 no-wrap"):
-                        ui.label(row.name).classes("text-2xl font-semibold tracking-tight truncate").props('data-testid="session-name"')
+                        ui.label(row.name).classes("text-2xl font-semibold tracking-tight truncate").props(
+                            'data-testid="session-name"')
                         self.badge = status_badge(row.status)
-                    meta = f"{row.id} · {row.model_type} {row.model_size} · {row.strategy.upper()} · {fmt.clock(row.created_at)}"
+                    meta = (f"{row.id} · {row.model_type} {row.model_size} · {row.strategy.upper()} · "
+                            f"{fmt.clock(row.created_at)}")
                     ui.label(meta).classes("ct-mono text-[12px] ct-muted")
                     if row.description:
                         ui.label(row.description).classes("text-sm ct-muted")
@@ -116,7 +129,8 @@ class Detail:
             }
             ui.button(t("detail.download_config"), icon="download", on_click=self.download_config).props(
                 'outline no-caps data-testid="download-config"')
-            self.model_button = ui.button(t("detail.download_model"), icon="download", on_click=self.download_model).props(
+            self.model_button = ui.button(t("detail.download_model"), icon="download",
+                                          on_click=self.download_model).props(
                 'outline no-caps data-testid="download-model"')
 
     def _progress_card(self) -> None:
@@ -125,15 +139,19 @@ class Detail:
             with ui.row().classes("w-full items-end justify-between"):
                 with ui.column().classes("gap-0"):
                     ui.label(t("detail.progress")).classes("ct-stat-label")
-                    self.percent = ui.label(f"{row.progress:.0f}%").classes("text-3xl font-semibold").props('data-testid="progress-percent"')
-                self.step_label = ui.label(self._step_text(row.step, row.total_steps, self.view.queue_position)).classes("text-sm ct-muted").props('data-testid="progress-step"')
+                    self.percent = ui.label(f"{row.progress:.0f}%").classes("text-3xl font-semibold").props(
+                        'data-testid="progress-percent"')
+                step_text = self._step_text(row.step, row.total_steps, self.view.queue_position)
+                self.step_label = ui.label(step_text).classes("text-sm ct-muted").props('data-testid="progress-step"')
             self.bar = ui.linear_progress(value=(row.progress or 0) / 100, show_value=False, size="12px").props(
-                f'rounded animation-speed=300 color={STATUS_COLORS.get(row.status, "primary")} data-testid="progress-bar"')
+                f'rounded animation-speed=300 color={STATUS_COLORS.get(row.status, "primary")} '
+                'data-testid="progress-bar"')
             with ui.row().classes("w-full gap-8"):
                 self.eta = _inline_stat(t("detail.eta"), self._eta_text(), "eta")
                 self.loss = _inline_stat(t("detail.loss"), fmt.metric(row.loss), "loss")
                 self.peers_count = _inline_stat(t("detail.participants"), str(row.participants), "participants")
-                self.tps = _inline_stat(t("detail.throughput"), fmt.count((row.latest_metrics or {}).get("tokens_per_second")), "tps")
+                tps = (row.latest_metrics or {}).get("tokens_per_second")
+                self.tps = _inline_stat(t("detail.throughput"), fmt.count(tps), "tps")
 
     def _charts(self) -> None:
         waiting = t("detail.chart.empty")
@@ -143,9 +161,11 @@ class Detail:
                                             empty_text=waiting, testid="loss-chart", height="260px")
             self.acc_chart = LineChart(t("detail.chart.accuracy"), [t("detail.chart.train"), t("detail.chart.val")],
                                        empty_text=waiting, testid="accuracy-chart", height="260px")
-            self.lr_chart = LineChart(t("detail.chart.lr"), ["lr"], empty_text=waiting, testid="lr-chart", y_format="exp",
+            self.lr_chart = LineChart(t("detail.chart.lr"), ["lr"], empty_text=waiting, testid="lr-chart",
+                                      y_format="exp",
                                       colors=["#10b981"])
-            self.tps_chart = LineChart(t("detail.chart.throughput"), ["tokens/s"], empty_text=waiting, testid="tps-chart",
+            self.tps_chart = LineChart(t("detail.chart.throughput"), ["tokens/s"], empty_text=waiting,
+                                       testid="tps-chart",
                                        colors=["#06b6d4"])
             self.part_chart = LineChart(t("detail.chart.participants"), ["peers"], empty_text=waiting,
                                         testid="participants-chart", colors=["#a855f7"], integer_y=True)
@@ -202,7 +222,8 @@ class Detail:
                 {"name": "time", "label": t("detail.ckpt_time"), "field": "time", "align": "right"},
             ]
             self.ckpt_table = ui.table(columns=columns, rows=[], row_key="step").props(
-                'flat dense hide-pagination :rows-per-page-options="[0]" data-testid="checkpoints-table"').classes("w-full")
+                'flat dense hide-pagination :rows-per-page-options="[0]" data-testid="checkpoints-table"'
+            ).classes("w-full")
             self.ckpt_empty = ui.label(t("detail.checkpoints_empty")).classes("text-sm ct-muted")
         self._set_checkpoints(self.view.checkpoints)
 
@@ -242,42 +263,46 @@ class Detail:
 
     # ---- live updates ------------------------------------------------------------------------------
     def on_message(self, message: dict[str, Any]) -> None:
-        event, data = message.get("event"), message.get("data", {})
-        if event == "training.progress":
-            step = data.get("step")
-            progress = float(data.get("progress") or 0.0)
-            metrics = data.get("metrics") or {}
-            self.percent.set_text(f"{progress:.0f}%")
-            self.bar.set_value(progress / 100)
-            self.step_label.set_text(self._step_text(step or 0, data.get("totalSteps")))
-            self.loss.set_text(fmt.metric(data.get("loss")))
-            self.peers_count.set_text(str(data.get("participants") or 0))
-            self.tps.set_text(fmt.count(metrics.get("tokensPerSecond")))
-            if step is not None and data.get("time"):
-                self.samples.append((int(step), float(data["time"])))
-                self.row.total_steps = data.get("totalSteps") or self.row.total_steps
-                self.eta.set_text(self._eta_text())
-            self.loss_chart.add(0, step, data.get("loss"))
-            self.acc_chart.add(0, step, metrics.get("accuracy"))
-            self.lr_chart.add(0, step, metrics.get("learningRate"))
-            self.tps_chart.add(0, step, metrics.get("tokensPerSecond"))
-            self.part_chart.add(0, step, data.get("participants"))
-            if self.machines.add_message(data):
-                self.machines_section.dirty = True
-            if self.rounds_section is not None and self.rounds.add_message(data):
-                self.rounds_section.dirty = True
-        elif event == "training.eval":
-            self.loss_chart.add(1, data.get("step"), data.get("valLoss"))
-            self.acc_chart.add(1, data.get("step"), data.get("valAccuracy"))
-        elif event == "training.status":
-            self._apply_status(data.get("status", self.row.status))
-            if data.get("error"):
-                self._show_error(data["error"])
+        if message.get("event") == live.GAP:
             self.reload_wanted = True
-        elif event in ("training.checkpoint", "training.peer", live.GAP):
+            return
+        data = parse_message(message)
+        if isinstance(data, ProgressData):
+            self._on_progress(data)
+        elif isinstance(data, EvalData):
+            self.loss_chart.add(1, data.step, data.val_loss)
+            self.acc_chart.add(1, data.step, data.val_accuracy)
+        elif isinstance(data, StatusData):
+            self._apply_status(data.status)
+            if data.error:
+                self._show_error(data.error)
             self.reload_wanted = True
-        elif event == "training.error" and data.get("error") and not data.get("interrupted"):
-            self._show_error(data["error"])
+        elif isinstance(data, CheckpointData | PeerData):
+            self.reload_wanted = True
+        elif isinstance(data, ErrorData) and data.error and not data.interrupted:
+            self._show_error(data.error)
+
+    def _on_progress(self, data: ProgressData) -> None:
+        step, progress, metrics = data.step, data.progress, data.metrics
+        self.percent.set_text(f"{progress:.0f}%")
+        self.bar.set_value(progress / 100)
+        self.step_label.set_text(self._step_text(step or 0, data.total_steps))
+        self.loss.set_text(fmt.metric(data.loss))
+        self.peers_count.set_text(str(data.participants or 0))
+        self.tps.set_text(fmt.count(metrics.tokens_per_second))
+        if step is not None and data.time:
+            self.samples.append((step, data.time))
+            self.row.total_steps = data.total_steps or self.row.total_steps
+            self.eta.set_text(self._eta_text())
+        self.loss_chart.add(0, step, data.loss)
+        self.acc_chart.add(0, step, metrics.accuracy)
+        self.lr_chart.add(0, step, metrics.learning_rate)
+        self.tps_chart.add(0, step, metrics.tokens_per_second)
+        self.part_chart.add(0, step, data.participants)
+        if self.machines.add_progress(data):
+            self.machines_section.dirty = True
+        if self.rounds_section is not None and self.rounds.add_progress(data):
+            self.rounds_section.dirty = True
 
     async def flush(self) -> None:
         """Redraw changed charts; reload what a status, checkpoint or peer message changed."""
@@ -292,12 +317,16 @@ class Detail:
 
     async def refresh_logs(self) -> None:
         if self.row.status in ("starting", "running", "cancelling"):
-            self._set_logs(await run.io_bound(session_view.logs, self.row.id, self.page.actor))
+            lines = await run.io_bound(session_view.logs, self.row.id, self.page.actor)
+            if lines is not None:
+                self._set_logs(lines)
 
     async def reload(self) -> None:
         try:
             view = await run.io_bound(session_view.load, self.row.id, self.page.actor)
         except NotFound:
+            return
+        if view is None:
             return
         self.view, self.row = view, view.row
         self._apply_status(view.row.status)
@@ -316,7 +345,8 @@ class Detail:
             self.eta.set_text(t("common.none"))
             history = view.history
             self.loss_chart.set(1, [[p["step"], p["val_loss"]] for p in history if p.get("val_loss") is not None])
-            self.acc_chart.set(1, [[p["step"], p["val_accuracy"]] for p in history if p.get("val_accuracy") is not None])
+            self.acc_chart.set(1, [[p["step"], p["val_accuracy"]] for p in history
+                                   if p.get("val_accuracy") is not None])
 
     def _apply_status(self, status: str) -> None:
         self.row.status = status
@@ -356,7 +386,8 @@ class Detail:
         except ServiceError as exc:
             ui.notify(str(exc), type="negative", multi_line=True)
             return
-        self._apply_status(row.status)
+        if row is not None:
+            self._apply_status(row.status)
 
     def download_config(self) -> None:
         ui.download.from_url(model_data.signed_link(f"/api/v1/sessions/{self.row.id}/config", self.page.actor))
