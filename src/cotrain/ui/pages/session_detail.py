@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from fastapi import Request
-from nicegui import run, ui
+from nicegui import ui
 
 from cotrain.server.chain_bridge import owner_wallet
 from cotrain.server.errors import NotFound, ServiceError
@@ -22,6 +22,7 @@ from cotrain.server.message_data import (
 )
 from cotrain.ui import audit_data, live, model_data, session_view
 from cotrain.ui import format as fmt
+from cotrain.ui.blocking import run_blocking
 from cotrain.ui.components.badges import copyable, set_status, status_badge
 from cotrain.ui.components.charts import LineChart
 from cotrain.ui.components.machines import MachinesSection, RoundsSection
@@ -53,13 +54,11 @@ async def session_detail_page(session_id: str, request: Request) -> None:
     relay = live.Relay()  # holds messages until the page is built
     live.follow([session_id], relay, page.actor)
     try:
-        view = await run.io_bound(session_view.load, session_id, page.actor)
+        view = await run_blocking(session_view.load, session_id, page.actor)
     except NotFound:
         with page.body:
             empty_state("search_off", t("detail.not_found", id=session_id), "")
             ui.button(t("detail.back"), icon="arrow_back", on_click=lambda: ui.navigate.to("/")).props("flat no-caps")
-        return
-    if view is None:  # the page was closed, or the server is stopping
         return
     Detail(page, view, str(request.base_url)).build(relay)
 
@@ -317,16 +316,12 @@ class Detail:
 
     async def refresh_logs(self) -> None:
         if self.row.status in ("starting", "running", "cancelling"):
-            lines = await run.io_bound(session_view.logs, self.row.id, self.page.actor)
-            if lines is not None:
-                self._set_logs(lines)
+            self._set_logs(await run_blocking(session_view.logs, self.row.id, self.page.actor))
 
     async def reload(self) -> None:
         try:
-            view = await run.io_bound(session_view.load, self.row.id, self.page.actor)
+            view = await run_blocking(session_view.load, self.row.id, self.page.actor)
         except NotFound:
-            return
-        if view is None:
             return
         self.view, self.row = view, view.row
         self._apply_status(view.row.status)
@@ -381,13 +376,12 @@ class Detail:
             return
         method = getattr(platform().sessions, action)
         try:
-            row = await run.io_bound(audit_data.audited, self.page.actor, f"session.{action}", self.row.id,
+            row = await run_blocking(audit_data.audited, self.page.actor, f"session.{action}", self.row.id,
                                      audit_data.client_ip(), method, self.row.id, self.page.actor)  # issue 11: audit
         except ServiceError as exc:
             ui.notify(str(exc), type="negative", multi_line=True)
             return
-        if row is not None:
-            self._apply_status(row.status)
+        self._apply_status(row.status)
 
     def download_config(self) -> None:
         ui.download.from_url(model_data.signed_link(f"/api/v1/sessions/{self.row.id}/config", self.page.actor))
