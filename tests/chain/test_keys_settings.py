@@ -41,15 +41,24 @@ def test_env_keys_and_treasury(tmp_path, monkeypatch):
     assert "not-a-key" not in str(err.value)  # secrets are never echoed
 
 
-def test_settings_errors_name_the_variable():
-    assert ChainSettings.from_env({}).payout_backend == "local"
+def chain_settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> ChainSettings:
+    """ChainSettings read from an environment where, of the chain's variables, only `env` is set."""
+    for name in ChainSettings.variables():
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return ChainSettings()
+
+
+def test_settings_errors_name_the_variable(monkeypatch):
+    assert chain_settings(monkeypatch).payout_backend == "local"
     with pytest.raises(ChainConfigError, match="APTOS_NODE_URL"):
-        ChainSettings.from_env({"COTRAIN_PAYOUT_BACKEND": "aptos"})
+        chain_settings(monkeypatch, COTRAIN_PAYOUT_BACKEND="aptos")
     with pytest.raises(ChainConfigError, match="COTRAIN_PAYOUT_BACKEND"):
-        ChainSettings.from_env({"COTRAIN_PAYOUT_BACKEND": "paypal"})
+        chain_settings(monkeypatch, COTRAIN_PAYOUT_BACKEND="paypal")
     with pytest.raises(ChainConfigError, match="APTOS_CHAIN_ID"):
-        ChainSettings.from_env({"APTOS_CHAIN_ID": "x"})
-    s = ChainSettings.from_env({"APTOS_NETWORK": "mainnet"})
+        chain_settings(monkeypatch, APTOS_CHAIN_ID="x")
+    s = chain_settings(monkeypatch, APTOS_NETWORK="mainnet")
     assert s.chain_id == 1 and s.explorer_txn_url("0xab") == "https://explorer.aptoslabs.com/txn/0xab?network=mainnet"
 
 

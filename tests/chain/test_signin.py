@@ -301,11 +301,12 @@ def test_aip116_follows_the_same_rules():
     assert run(verify_sign_in(ok, store, ORIGIN, CHAIN)).format == "aip116"
 
 
-def test_public_origin_setting_is_checked_and_normalised():
-    from cotrain.chain.settings import ChainConfigError, ChainSettings
+def test_public_origin_setting_is_checked_and_normalised(monkeypatch):
+    from cotrain.chain.settings import ChainConfigError
+    from tests.chain.test_keys_settings import chain_settings
 
     def origin(value: str) -> str | None:
-        return ChainSettings.from_env({"COTRAIN_PUBLIC_ORIGIN": value}).origin
+        return chain_settings(monkeypatch, COTRAIN_PUBLIC_ORIGIN=value).origin
 
     assert origin("") is None
     assert origin("https://CoTrain.Example/") == "https://cotrain.example"
@@ -316,5 +317,5 @@ def test_public_origin_setting_is_checked_and_normalised():
         with pytest.raises(ChainConfigError) as err:
             origin(bad)
         assert "COTRAIN_PUBLIC_ORIGIN" in str(err.value) and "e.g. https://cotrain.example" in str(err.value)
-    settings = ChainSettings.from_env({})
+    settings = chain_settings(monkeypatch)
     assert "loopback origins only" in settings.sign_in_notice()

@@ -1,10 +1,16 @@
-"""Chain settings read from the environment (production: an Aptos node at APTOS_NODE_URL)."""
+"""Chain settings, read from the environment with pydantic-settings (`ChainSettings()`;
+production: an Aptos node at APTOS_NODE_URL). Each field's description documents its variable;
+the README's table is generated from them (`cotrain.server.env_reference`)."""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Self
 from urllib.parse import urlsplit
+
+from pydantic import SecretStr, field_validator, model_validator
+
+from cotrain.config.env_settings import CommaList, EnvSettings, env_field
 
 # Chain ids of the public networks (devnet's changes on every reset: set APTOS_CHAIN_ID for it).
 NETWORK_CHAIN_IDS = {"mainnet": 1, "testnet": 2, "local": 4}
@@ -15,50 +21,99 @@ class ChainConfigError(ValueError):
     """A chain setting is missing or wrong; the message says which variable to set and how."""
 
 
-@dataclass(frozen=True)
-class ChainSettings:
-    network: str = "testnet"
-    chain_id: int | None = 2
-    node_url: str | None = None
-    payout_backend: str = "local"
-    origin: str | None = None
-    nonce_ttl_s: int = 300
-    token_ttl_s: int = 12 * 3600
+class ChainSettings(EnvSettings, frozen=True):
+    """The chain's variables. The key variables are read where the keys are loaded
+    (`chain/keys.py`, `chain/runtime.py`, `chain/treasury.py`); they are declared here so that one
+    place documents every variable."""
 
+    error: ClassVar[type[ValueError]] = ChainConfigError
+
+    node_url: str | None = env_field(
+        "APTOS_NODE_URL", None,
+        "fullnode REST URL; required for `aptos` payouts, enables on-chain key checks at sign-in", shown="unset")
+    network: str = env_field("APTOS_NETWORK", "testnet", "`mainnet`, `testnet`, `devnet` or `local`")
+    chain_id: int | None = env_field(
+        "APTOS_CHAIN_ID", None, "overrides the network's chain id (1 to 255)", shown="the network's")
+    payout_backend: str = env_field(
+        "COTRAIN_PAYOUT_BACKEND", "local",
+        "`local` (payouts are recorded as due, nothing is sent) or `aptos` (sent with `aptos-sdk`)")
+    origin: str | None = env_field(
+        "COTRAIN_PUBLIC_ORIGIN", None, "the origin wallets see (set it behind a reverse proxy)",
+        shown="loopback origins only")
+    treasury_key_file: Path | None = env_field(
+        "COTRAIN_TREASURY_KEY_FILE", None,
+        "file (mode 600) holding the paying account's Ed25519 key (`aptos` payouts); never stored in the DB",
+        shown="unset")
+    treasury_key: SecretStr | None = env_field(
+        "COTRAIN_TREASURY_KEY", None, "the paying account's Ed25519 key itself, instead of the file",
+        shown="unset")
+    treasury_address: str | None = env_field(
+        "COTRAIN_TREASURY_ADDRESS", None,
+        "the treasury's `0x...` address, for a server that checks reward pools but does not hold the key",
+        shown="the key's address")
+    ledger_key: SecretStr | None = env_field(
+        "COTRAIN_LEDGER_KEY", None,
+        "the ledger signing key; else `COTRAIN_HOME/keys/ledger.key`, created on first use (mode 600): back it up",
+        shown="the key file")
+    ledger_trusted_keys: CommaList = env_field(
+        "COTRAIN_LEDGER_TRUSTED_KEYS", list,
+        "earlier ledger public keys (comma separated) after a key rotation", shown="none")
+    nonce_ttl_s: ClassVar[int] = 300
+    token_ttl_s: ClassVar[int] = 12 * 3600
+
+    @field_validator("network", "payout_backend", mode="before")
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> ChainSettings:
-        env = dict(os.environ if env is None else env)
-        network = env.get("APTOS_NETWORK", "testnet").strip().lower() or "testnet"
-        raw_chain_id = env.get("APTOS_CHAIN_ID", "").strip()
-        if raw_chain_id:
-            if not raw_chain_id.isdigit() or not 0 < int(raw_chain_id) < 256:
-                raise ChainConfigError(
-                    f"APTOS_CHAIN_ID={raw_chain_id!r} is not a chain id; set it to a number from 1 to 255 "
-                    "(1 mainnet, 2 testnet, 4 local) or unset it."
-                )
-            chain_id: int | None = int(raw_chain_id)
-        else:
-            chain_id = NETWORK_CHAIN_IDS.get(network)
-        backend = env.get("COTRAIN_PAYOUT_BACKEND", "local").strip().lower() or "local"
+    def _lower(cls, value: Any, info: Any) -> Any:
+        if isinstance(value, str):
+            return value.strip().lower() or cls.model_fields[info.field_name].default
+        return value
+
+    @field_validator("chain_id", mode="before")
+    @classmethod
+    def _chain_id(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        raw = value.strip()
+        if not raw:
+            return None
+        if not raw.isdigit() or not 0 < int(raw) < 256:
+            raise ChainConfigError(
+                f"APTOS_CHAIN_ID={raw!r} is not a chain id; set it to a number from 1 to 255 "
+                "(1 mainnet, 2 testnet, 4 local) or unset it."
+            )
+        return int(raw)
+
+    @field_validator("payout_backend")
+    @classmethod
+    def _known_backend(cls, backend: str) -> str:
         if backend not in PAYOUT_BACKENDS:
             raise ChainConfigError(
                 f"COTRAIN_PAYOUT_BACKEND={backend!r} is unknown; use 'local' (record payouts as due) "
                 "or 'aptos' (send them with APTOS_NODE_URL and a treasury key)."
             )
-        node_url = (env.get("APTOS_NODE_URL") or "").strip().rstrip("/") or None
-        if backend == "aptos" and not node_url:
+        return backend
+
+    @field_validator("node_url", mode="before")
+    @classmethod
+    def _node_url(cls, value: Any) -> Any:
+        return (value.strip().rstrip("/") or None) if isinstance(value, str) else value
+
+    @field_validator("origin", mode="before")
+    @classmethod
+    def _origin(cls, value: Any) -> Any:
+        return public_origin(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _network_and_backend(self) -> Self:
+        """The chain id defaults to the network's; paying on chain needs a node."""
+        if self.chain_id is None:
+            object.__setattr__(self, "chain_id", NETWORK_CHAIN_IDS.get(self.network))
+        if self.payout_backend == "aptos" and not self.node_url:
             raise ChainConfigError(
                 "COTRAIN_PAYOUT_BACKEND=aptos needs APTOS_NODE_URL, e.g. "
                 "https://fullnode.testnet.aptoslabs.com/v1."
             )
-        origin = public_origin(env.get("COTRAIN_PUBLIC_ORIGIN") or "")
-        return cls(
-            network=network,
-            chain_id=chain_id,
-            node_url=node_url,
-            payout_backend=backend,
-            origin=origin,
-        )
+        return self
 
     def accepts_application(self, application: str) -> bool:
         """Whether a wallet's signed `application` is this server: exactly COTRAIN_PUBLIC_ORIGIN, or,

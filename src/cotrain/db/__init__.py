@@ -11,12 +11,14 @@ always close); the word "session" is kept for training sessions, so database ses
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+from cotrain.config.env_settings import EnvSettings, env_field
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQLITE_POOL_SIZE = 40  # anyio's default thread limit, which runs the sync endpoints
@@ -48,7 +50,7 @@ def make_engine(url: str) -> Engine:
                                pool_size=SQLITE_POOL_SIZE, max_overflow=10)
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
@@ -81,12 +83,25 @@ class NoDatabase(RuntimeError):
     """Raised by `open_database(..., must_exist=True)` when the embedded SQLite file is missing."""
 
 
+class DatabaseSettings(EnvSettings):
+    """The database every process of one platform shares."""
+
+    database_url: str = env_field(
+        "DATABASE_URL", "", "the platform's database, e.g. `postgresql://user@host/db`; unset: the SQLite file "
+        "`COTRAIN_HOME/cotrain.db`", shown="SQLite in `COTRAIN_HOME`")
+
+    def url_under(self, home: Path) -> str:
+        """DATABASE_URL, else the embedded SQLite file under COTRAIN_HOME (`home`)."""
+        return self.database_url or sqlite_url(home / "cotrain.db")
+
+
 def default_database_url(home: Path) -> str:
     """DATABASE_URL, else the embedded SQLite file under COTRAIN_HOME (`home`)."""
-    return os.environ.get("DATABASE_URL") or sqlite_url(home / "cotrain.db")
+    return DatabaseSettings().url_under(home)
 
 
-def open_database(url: str, migrate: bool = True, must_exist: bool = False) -> tuple[Engine, sessionmaker[Session]]:
+def open_database(url: str, migrate: bool = True,
+                  must_exist: bool = False) -> tuple[Engine, sessionmaker[Session]]:
     """The one way every process (server, worker, CLI, chain) opens the database: an engine, its
     migrations applied, and the factory of units of work. `must_exist` refuses to create an empty
     SQLite file, so a typo in COTRAIN_HOME does not look like an empty platform."""

@@ -1,5 +1,7 @@
-"""Server settings, read once from the environment. Every default is the embedded one:
-SQLite under COTRAIN_HOME, in-process fan-out, a loopback DHT, an executor in the server."""
+"""Server settings, read once from the environment with pydantic-settings (`Settings()`). Every
+default is the embedded one: SQLite under COTRAIN_HOME, in-process fan-out, a loopback DHT, an
+executor in the server. Each field's description is its variable's documentation: the README's
+tables are generated from them (`python -m cotrain.server.env_reference README.md`)."""
 
 from __future__ import annotations
 
@@ -8,30 +10,26 @@ import shutil
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Self
 
-from cotrain.data_roots import data_roots as data_roots_from_env
-from cotrain.db import sqlite_url
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic_settings import NoDecode
+
+from cotrain.config.env_settings import CommaList, EnvSettings, OnUnlessOff, comma_list, env_field
+from cotrain.data_roots import default_root, parse_roots, resolve, unique
+from cotrain.db import DatabaseSettings
 from cotrain.paths import Layout
 
-
-def _env_bool(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    return value.strip().lower() not in ("0", "false", "no", "off")
-
-
-def _env_list(name: str) -> list[str]:
-    return [part.strip() for part in os.environ.get(name, "").split(",") if part.strip()]
+LOOPBACK_MADDRS = ["/ip4/127.0.0.1/tcp/0"]
+MODEL_SIZES = ("debug", "tiny", "small", "base", "large")
 
 
 def detect_gpus() -> list[int]:
-    """GPU indices this machine offers: `COTRAIN_GPUS=0,1` if set, else what `nvidia-smi -L` lists."""
+    """GPU indices this machine offers when COTRAIN_GPUS gives none: what `nvidia-smi -L` lists. An
+    empty COTRAIN_GPUS (set, but to nothing) means none, for a CPU worker on a machine with GPUs."""
     if "COTRAIN_GPUS" in os.environ:
-        return [int(i) for i in _env_list("COTRAIN_GPUS")]
+        return []  # set and empty (a non-empty value is read by the settings source)
     if shutil.which("nvidia-smi") is None:
         return []
     try:
@@ -41,58 +39,97 @@ def detect_gpus() -> list[int]:
     return [i for i, line in enumerate(line for line in out.splitlines() if line.startswith("GPU "))]
 
 
-# ---- limits on input (issue 11) ----
+def _layout(value: Any) -> Any:
+    """COTRAIN_HOME as a Layout (`~` expanded, resolved)."""
+    return Layout(Path(value).expanduser().resolve()) if isinstance(value, str | Path) else value
+
+
+def _split_roots(value: Any) -> Any:
+    return parse_roots(value) if isinstance(value, str) else value
+
+
+def _gpu_indices(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return [int(i) for i in comma_list(value)]
+    except ValueError:
+        raise ValueError(f"COTRAIN_GPUS={value!r} is not a list of GPU indices; set it to e.g. 0,1 (empty: no "
+                         "GPUs) or unset it.") from None
+
+
+# ---- limits on input (issue 11): server/body_limit.py, server/rate_limits.py, ws.py ----
+class LimitSettings(EnvSettings):
+    """The limits on input (also read on their own by `cotrain up` for uvicorn's WebSocket frame
+    cap, and by an app built without a Platform)."""
+
+    max_body_bytes: int = env_field(
+        "COTRAIN_MAX_BODY_BYTES", 1_048_576, "request body size (413); also caps WebSocket frames in `cotrain up`")
+    rate_sign_in: str = env_field(
+        "COTRAIN_RATE_SIGN_IN", "30/minute", "`POST /auth/nonce` and `POST /auth/verify`, each, per address")
+    rate_session_create: str = env_field(
+        "COTRAIN_RATE_SESSION_CREATE", "30/hour", "`POST /sessions`, per address and per account")
+    rate_ws_subscribe: str = env_field(
+        "COTRAIN_RATE_WS_SUBSCRIBE", "120/minute", "WebSocket `subscribe` actions, per address and per account")
+    rate_limit_namespace: str = env_field(
+        "COTRAIN_RATE_LIMIT_NAMESPACE", "cotrain",
+        "Redis key prefix (two platforms on one Redis need different ones)")
+    trusted_proxies: CommaList = env_field(
+        "COTRAIN_TRUSTED_PROXIES", list,
+        "proxies whose `X-Forwarded-For` is believed (IPs or CIDRs, comma-separated)", shown="none")
+    ws_max_message_bytes: int = env_field(
+        "COTRAIN_WS_MAX_MESSAGE_BYTES", 65_536, "one WebSocket client message (`error`, then close 1009)")
+    ws_max_subscriptions: int = env_field(
+        "COTRAIN_WS_MAX_SUBSCRIPTIONS", 100, "sessions one WebSocket connection follows (`\"*\"` counts as one)")
+
+
 def limits_from_env() -> dict[str, Any]:
-    """The limits-on-input fields of Settings from the environment (also read on their own by
-    `cotrain up` for uvicorn's WebSocket frame cap, and by an app built without a Platform)."""
-    return dict(
-        max_body_bytes=int(os.environ.get("COTRAIN_MAX_BODY_BYTES") or 1_048_576),
-        rate_sign_in=os.environ.get("COTRAIN_RATE_SIGN_IN") or "30/minute",
-        rate_session_create=os.environ.get("COTRAIN_RATE_SESSION_CREATE") or "30/hour",
-        rate_ws_subscribe=os.environ.get("COTRAIN_RATE_WS_SUBSCRIBE") or "120/minute",
-        rate_limit_namespace=os.environ.get("COTRAIN_RATE_LIMIT_NAMESPACE") or "cotrain",
-        trusted_proxies=_env_list("COTRAIN_TRUSTED_PROXIES"),
-        ws_max_message_bytes=int(os.environ.get("COTRAIN_WS_MAX_MESSAGE_BYTES") or 65_536),
-        ws_max_subscriptions=int(os.environ.get("COTRAIN_WS_MAX_SUBSCRIPTIONS") or 100),
-    )
+    """The limits-on-input fields of Settings, by field name."""
+    return LimitSettings().model_dump()
 
 
 # ---- member quotas and reward pools (issue 11): server/session_policy.py ----
-@dataclass(frozen=True)
-class QuotaSettings:
+class QuotaSettings(EnvSettings, frozen=True):
     """What a member may ask of the platform; maintainers and admins may go past these (not past
     the schema's hard limits). Sizes are preset names of config/presets.py, for every family."""
 
-    active_sessions: int = 2  # COTRAIN_QUOTA_ACTIVE_SESSIONS: queued, starting, running or cancelling, per owner
-    world_size: int = 8  # COTRAIN_QUOTA_WORLD_SIZE: nodes x gpusPerNode
-    model_sizes: tuple[str, ...] = ("debug", "tiny", "small", "base", "large")  # COTRAIN_QUOTA_MODEL_SIZES ("*": all)
-    tokens: int = 2_000_000_000  # COTRAIN_QUOTA_TOKENS: steps x batch x sequence (x DiLoCo peers)
-    reward_pool_max: int = 1_000_000_000  # COTRAIN_REWARD_POOL_MAX: a maintainer's pool (10 APT in octas)
+    active_sessions: int = env_field(
+        "COTRAIN_QUOTA_ACTIVE_SESSIONS", 2,
+        "a member's queued, starting, running or cancelling sessions (drafts do not count)")
+    world_size: int = env_field("COTRAIN_QUOTA_WORLD_SIZE", 8, "`nodes × gpusPerNode`")
+    model_sizes: Annotated[tuple[str, ...], NoDecode] = env_field(
+        "COTRAIN_QUOTA_MODEL_SIZES", MODEL_SIZES,
+        "the size presets a member may train (all under 1B parameters; `*`: every preset)",
+        shown="`" + ",".join(MODEL_SIZES) + "`")
+    tokens: int = env_field(
+        "COTRAIN_QUOTA_TOKENS", 2_000_000_000,
+        "tokens trained: `maxSteps × batchSize × seqLength` (× peers for DiLoCo); without maxSteps, "
+        "`epochs ×` the corpus's bytes")
+    reward_pool_max: int = env_field(
+        "COTRAIN_REWARD_POOL_MAX", 1_000_000_000, "the largest reward pool a maintainer may open",
+        shown="`1000000000` (10 APT in octas)")
 
+    @field_validator("model_sizes", mode="before")
     @classmethod
-    def from_env(cls) -> QuotaSettings:
-        sizes = tuple(_env_list("COTRAIN_QUOTA_MODEL_SIZES")) or cls.model_sizes
-        return cls(
-            active_sessions=_env_count("COTRAIN_QUOTA_ACTIVE_SESSIONS", cls.active_sessions),
-            world_size=_env_count("COTRAIN_QUOTA_WORLD_SIZE", cls.world_size),
-            model_sizes=sizes,
-            tokens=_env_count("COTRAIN_QUOTA_TOKENS", cls.tokens),
-            reward_pool_max=_env_count("COTRAIN_REWARD_POOL_MAX", cls.reward_pool_max),
-        )
+    def _sizes(cls, value: Any) -> Any:
+        return tuple(comma_list(value)) or MODEL_SIZES if isinstance(value, str) else value
 
-
-def _env_count(name: str, default: int) -> int:
-    """A whole number >= 0 from the environment ("2e9" and "2_000_000_000" too)."""
-    raw = (os.environ.get(name) or "").strip().replace("_", "")
-    if not raw:
-        return default
-    try:
-        value = float(raw) if "e" in raw.lower() else int(raw)
-    except ValueError:
-        value = -1
-    if value < 0 or value != int(value):
-        raise ValueError(f"{name}={os.environ[name]!r} is not a whole number >= 0; set it to e.g. {default} or unset it.")
-    return int(value)
+    @field_validator("active_sessions", "world_size", "tokens", "reward_pool_max", mode="before")
+    @classmethod
+    def _count(cls, value: Any, info: ValidationInfo) -> Any:
+        """A whole number >= 0 ("2e9" and "2_000_000_000" too)."""
+        if not isinstance(value, str):
+            return value
+        raw = value.strip().replace("_", "")
+        try:
+            number = float(raw) if "e" in raw.lower() else int(raw)
+        except ValueError:
+            number = -1
+        if number < 0 or number != int(number):
+            field = cls.model_fields[str(info.field_name)]
+            raise ValueError(f"{field.validation_alias}={value!r} is not a whole number >= 0; set it to e.g. "
+                             f"{field.default} or unset it.")
+        return int(number)
 
 
 # ---- experiment trackers (issue 17): server/config_generator.py `with_server_tracking` ----
@@ -104,13 +141,14 @@ def tracking_from_env() -> dict[str, Any]:
     session's own): BACKENDS, TENSORBOARD_DIR, MLFLOW_URI, MLFLOW_EXPERIMENT, WANDB_PROJECT,
     WANDB_ENTITY, WANDB_MODE, WANDB_DIR, written as in a config ("tensorboard,mlflow" for the list).
     They are the tracking of every session whose own config does not set that key; the executor
-    keeps them from the engine, which follows the session's config alone."""
+    keeps them from the engine, which follows the session's config alone. Read by prefix, not by a
+    settings class, as the keys and their documentation are the schema's (`TrackingConfig`)."""
     from pydantic import ValidationError
 
     from cotrain.config.loader import describe_validation_error, parse_value
     from cotrain.config.schema import TrackingConfig
 
-    keys = [key for key in TrackingConfig.model_fields if key != "run_name"]
+    keys = server_tracking_keys()
     raw: dict[str, Any] = {}
     for name, value in os.environ.items():
         if not name.startswith(TRACKING_ENV_PREFIX) or not value.strip():
@@ -129,69 +167,73 @@ def tracking_from_env() -> dict[str, Any]:
     return tracking.model_dump(include=set(raw))
 
 
-@dataclass
-class Settings:
-    layout: Layout
-    database_url: str
-    redis_url: str | None = None
-    max_retries: int = 2
-    retry_backoff_s: float = 2.0
-    cancel_grace_s: float = 30.0
-    poll_interval_s: float = 0.05
-    heartbeat_timeout_s: float = 60.0
-    embedded_worker: bool = True
-    start_dht: bool = True
-    dht_host_maddrs: list[str] = field(default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"])
-    dht_initial_peers: list[str] = field(default_factory=list)
-    gpus: list[int] = field(default_factory=list)
-    cpu_slots: int = 1
-    worker_id: str = ""
-    admin_token: str | None = None
-    example_session: bool = False
-    python: str = sys.executable
-    quotas: QuotaSettings = field(default_factory=QuotaSettings)  # member quotas (session_policy.py)
-    # ---- limits on input (issue 11): server/body_limit.py, server/rate_limits.py, ws.py ----
-    max_body_bytes: int = 1_048_576  # COTRAIN_MAX_BODY_BYTES: larger request bodies get 413
-    rate_sign_in: str = "30/minute"  # COTRAIN_RATE_SIGN_IN, nonce and verify each (";" joins several)
-    rate_session_create: str = "30/hour"  # COTRAIN_RATE_SESSION_CREATE
-    rate_ws_subscribe: str = "120/minute"  # COTRAIN_RATE_WS_SUBSCRIBE
-    rate_limit_namespace: str = "cotrain"  # COTRAIN_RATE_LIMIT_NAMESPACE: Redis key prefix
-    trusted_proxies: list[str] = field(default_factory=list)  # COTRAIN_TRUSTED_PROXIES: X-Forwarded-For
-    ws_max_message_bytes: int = 65_536  # COTRAIN_WS_MAX_MESSAGE_BYTES
-    ws_max_subscriptions: int = 100  # COTRAIN_WS_MAX_SUBSCRIPTIONS: sessions one connection follows
+def server_tracking_keys() -> list[str]:
+    """The [tracking] keys a server sets for every session: all but run_name (a session's own)."""
+    from cotrain.config.schema import TrackingConfig
+
+    return [key for key in TrackingConfig.model_fields if key != "run_name"]
+
+
+class Settings(DatabaseSettings, LimitSettings):
+    """Everything a server or worker process reads from its environment (its limits on input and
+    database URL are declared by the classes it extends)."""
+
+    layout: Annotated[Layout, NoDecode, BeforeValidator(_layout)] = env_field(
+        "COTRAIN_HOME", Layout.from_env, "where everything is stored", shown="`~/.cotrain`")
+    redis_url: str | None = env_field(
+        "REDIS_URL", None, "e.g. `redis://host:6379/0`, for several server replicas",
+        shown="unset (in-process fan-out)")
+    admin_token: str | None = env_field(
+        "COTRAIN_ADMIN_TOKEN", None,
+        "the admin API token (else one is generated on first start, printed once and kept in "
+        "`COTRAIN_HOME/admin-token`)", shown="generated")
+    max_retries: int = env_field("COTRAIN_MAX_RETRIES", 2, "automatic retries of a failed run")
+    retry_backoff_s: float = env_field(
+        "COTRAIN_RETRY_BACKOFF", 2.0, "seconds to wait before a retry", shown="`2` s, doubling")
+    cancel_grace_s: float = env_field(
+        "COTRAIN_CANCEL_GRACE", 30.0, "seconds from SIGTERM to SIGKILL on cancel", shown="`30` s")
+    heartbeat_timeout_s: float = env_field(
+        "COTRAIN_HEARTBEAT_TIMEOUT", 60.0, "a worker silent this many seconds loses its sessions to another",
+        shown="`60` s")
+    gpus: Annotated[list[int], NoDecode, BeforeValidator(_gpu_indices)] = env_field(
+        "COTRAIN_GPUS", detect_gpus, "GPU indices this machine may use (`0,1`; empty: none)",
+        shown="from `nvidia-smi`")
+    cpu_slots: int = env_field("COTRAIN_CPU_SLOTS", 1, "concurrent CPU-only runs")
+    start_dht: OnUnlessOff = env_field("COTRAIN_START_DHT", True, "start the DHT node on boot", shown="`1`")
+    dht_host_maddrs: CommaList = env_field(
+        "COTRAIN_DHT_HOST_MADDRS", lambda: list(LOOPBACK_MADDRS),
+        "where the DHT node listens (e.g. `/ip4/0.0.0.0/tcp/31337`)", shown="loopback")
+    dht_initial_peers: CommaList = env_field(
+        "COTRAIN_DHT_INITIAL_PEERS", list, "peers of an existing DHT to join", shown="unset")
+    embedded_worker: OnUnlessOff = env_field(
+        "COTRAIN_EMBEDDED_WORKER", True, "`0`: this server runs no trainings (API replicas)", shown="`1`")
+    worker_id: str = env_field(
+        "COTRAIN_WORKER_ID", "", "unique name of a `cotrain worker`", shown="host name and `COTRAIN_HOME`")
+    example_session: OnUnlessOff = env_field(
+        "COTRAIN_EXAMPLE_SESSION", False, "`1`: an empty platform gets the example session (`cotrain up --example`)",
+        shown="`0`")
     # ---- data roots (issue 11): server/data_paths.py, core/path_guard.py ----
-    # COTRAIN_DATA_ROOTS (commas or colons; default COTRAIN_HOME/datasets/raw), resolved: where a
-    # member's dataPath may point, and what this worker's runs may read
-    data_roots: list[Path] = field(default_factory=list)
+    data_roots: Annotated[list[Path], NoDecode, BeforeValidator(_split_roots)] = env_field(
+        "COTRAIN_DATA_ROOTS", list,
+        "this machine's data roots (commas or colons): where a member's dataPath may point, and what this "
+        "worker's runs may read", shown="`COTRAIN_HOME/datasets/raw`")
+    quotas: QuotaSettings = Field(default_factory=QuotaSettings)  # member quotas (session_policy.py)
     # ---- experiment trackers (issue 17): COTRAIN_TRACKING_* (tracking_from_env), applied by
     # config_generator.with_server_tracking to each session's config where it sets no value itself
-    tracking: dict[str, Any] = field(default_factory=dict)
+    tracking: dict[str, Any] = Field(default_factory=tracking_from_env)
+    poll_interval_s: float = 0.05
+    python: str = sys.executable
 
-    @classmethod
-    def from_env(cls) -> Settings:
-        layout = Layout.from_env().ensure()
-        return cls(
-            layout=layout,
-            database_url=os.environ.get("DATABASE_URL") or sqlite_url(layout.root / "cotrain.db"),
-            redis_url=os.environ.get("REDIS_URL") or None,
-            max_retries=int(os.environ.get("COTRAIN_MAX_RETRIES", 2)),
-            retry_backoff_s=float(os.environ.get("COTRAIN_RETRY_BACKOFF", 2.0)),
-            cancel_grace_s=float(os.environ.get("COTRAIN_CANCEL_GRACE", 30.0)),
-            heartbeat_timeout_s=float(os.environ.get("COTRAIN_HEARTBEAT_TIMEOUT", 60.0)),
-            embedded_worker=_env_bool("COTRAIN_EMBEDDED_WORKER", True),
-            start_dht=_env_bool("COTRAIN_START_DHT", True),
-            dht_host_maddrs=_env_list("COTRAIN_DHT_HOST_MADDRS") or ["/ip4/127.0.0.1/tcp/0"],
-            dht_initial_peers=_env_list("COTRAIN_DHT_INITIAL_PEERS"),
-            gpus=detect_gpus(),
-            cpu_slots=int(os.environ.get("COTRAIN_CPU_SLOTS", 1)),
-            worker_id=os.environ.get("COTRAIN_WORKER_ID") or f"{socket.gethostname()}:{layout.root}",
-            admin_token=os.environ.get("COTRAIN_ADMIN_TOKEN") or None,
-            example_session=_env_bool("COTRAIN_EXAMPLE_SESSION", False),
-            quotas=QuotaSettings.from_env(),
-            **limits_from_env(),
-            data_roots=data_roots_from_env(home=layout.root),  # data roots (issue 11)
-            tracking=tracking_from_env(),  # experiment trackers (issue 17)
-        )
+    @model_validator(mode="after")
+    def _derived(self) -> Self:
+        """What other settings decide: the layout's folders exist, the database and data roots
+        default to ones under COTRAIN_HOME, the worker is named after this host and home."""
+        self.layout.ensure()
+        self.database_url = self.url_under(self.layout.root)
+        self.worker_id = self.worker_id or f"{socket.gethostname()}:{self.layout.root}"
+        self.dht_host_maddrs = self.dht_host_maddrs or list(LOOPBACK_MADDRS)
+        self.data_roots = unique(resolve(root) for root in self.data_roots or [default_root(self.layout.root)])
+        return self
 
     @property
     def uses_embedded_database(self) -> bool:
