@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 from urllib.parse import urlsplit
 
-from pydantic import SecretStr, field_validator, model_validator
+from pydantic import SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from cotrain.config.env_settings import CommaList, EnvSettings, env_field
 
@@ -21,11 +22,12 @@ class ChainConfigError(ValueError):
     """A chain setting is missing or wrong; the message says which variable to set and how."""
 
 
-class ChainSettings(EnvSettings, frozen=True):
+class ChainSettings(EnvSettings):
     """The chain's variables. The key variables are read where the keys are loaded
     (`chain/keys.py`, `chain/runtime.py`, `chain/treasury.py`); they are declared here so that one
     place documents every variable."""
 
+    model_config = SettingsConfigDict(frozen=True)
     error: ClassVar[type[ValueError]] = ChainConfigError
 
     node_url: str | None = env_field(
@@ -63,9 +65,9 @@ class ChainSettings(EnvSettings, frozen=True):
 
     @field_validator("network", "payout_backend", mode="before")
     @classmethod
-    def _lower(cls, value: Any, info: Any) -> Any:
+    def _lower(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str):
-            return value.strip().lower() or cls.model_fields[info.field_name].default
+            return value.strip().lower() or cls.model_fields[str(info.field_name)].default
         return value
 
     @field_validator("chain_id", mode="before")

@@ -15,6 +15,7 @@ from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import BeforeValidator, Field, ValidationError
 from pydantic.fields import FieldInfo
+from pydantic.json_schema import JsonDict
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 FALSE_WORDS = ("0", "false", "no", "off")  # any other value of an on/off variable means on
@@ -28,7 +29,7 @@ class EnvSettingsError(ValueError):
 def env_field(name: str, default: Any = None, doc: str = "", *, shown: str | None = None, **kwargs: Any) -> Any:
     """A field read from the variable `name`, documented by `doc`. `shown` is the default as the
     README states it, where the value itself is not helpful (computed, or a secret)."""
-    extra = {"shown_default": shown} if shown is not None else None
+    extra: JsonDict | None = {"shown_default": shown} if shown is not None else None
     if callable(default):
         return Field(default_factory=default, validation_alias=name, description=doc, json_schema_extra=extra,
                      **kwargs)

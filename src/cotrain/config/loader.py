@@ -140,7 +140,12 @@ def apply_set_overrides(raw: dict[str, Any], overrides: Iterable[str], source: s
 def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
     """`COTRAIN_TRAIN_LEARNING_RATE=3e-4` sets train.learning_rate; nested sections too
     (`COTRAIN_DISTRIBUTED_DILOCO_INNER_STEPS`). Other COTRAIN_* variables (COTRAIN_HOME, ...) are
-    left alone."""
+    left alone: they are settings of the machine (`cotrain.config.env_settings`).
+
+    These are not a pydantic-settings class on purpose: `_` both separates the section from the
+    key and joins the words of a name (`train` + `learning_rate`), so a fixed nested delimiter
+    cannot split them; the schema's sections decide (`env_key_to_path`). The variables and their
+    meaning are the config reference's keys, so they need no documentation of their own."""
     raw = deep_merge({}, raw)
     for name, value in sorted(environ.items()):
         dotted = env_key_to_path(name)
@@ -150,36 +155,35 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict
 
 
 # COTRAIN_* variables that look like `<section>_<key>` but are settings of the machine, not config
-# keys (COTRAIN_DATA_ROOTS: the data roots of cotrain.data_roots, not data.roots)
+# keys (COTRAIN_DATA_ROOTS: the data roots of cotrain.data_roots, not data.roots); a test checks
+# that no other documented setting looks like a config key
 NOT_CONFIG_KEYS = frozenset({"COTRAIN_DATA_ROOTS"})
 
 
 def env_key_to_path(name: str) -> str | None:
+    """The dotted config key `COTRAIN_<SECTION>_<KEY>` sets, or None for another variable."""
     if not name.startswith("COTRAIN_") or name in NOT_CONFIG_KEYS:
         return None
     rest = name[len("COTRAIN_") :].lower()
-    section_model: type[BaseModel] = CotrainConfig
+    section: type[BaseModel] = CotrainConfig
     path: list[str] = []
-    while True:
-        match = next(
-            (
-                field
-                for field, info in section_model.model_fields.items()
-                if rest.startswith(field + "_")
-                and isinstance(info.annotation, type)
-                and issubclass(info.annotation, BaseModel)
-            ),
-            None,
-        )
-        if match is None:
-            break
-        path.append(match)
-        section_model = section_model.model_fields[match].annotation  # type: ignore[assignment]
-        rest = rest[len(match) + 1 :]
-        if rest in section_model.model_fields:
+    while (found := _subsection_prefixing(section, rest)) is not None:
+        field, section = found
+        path.append(field)
+        rest = rest[len(field) + 1 :]
+        if rest in section.model_fields:
             return ".".join([*path, rest])
     if path and rest:
         return ".".join([*path, rest])  # unknown key: validation names it
+    return None
+
+
+def _subsection_prefixing(section: type[BaseModel], rest: str) -> tuple[str, type[BaseModel]] | None:
+    """The first subsection of `section` whose name and an underscore begin `rest`."""
+    for field, info in section.model_fields.items():
+        annotation = info.annotation
+        if rest.startswith(field + "_") and isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return field, annotation
     return None
 
 

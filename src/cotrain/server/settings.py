@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Self
 
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
-from pydantic_settings import NoDecode
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from cotrain.config.env_settings import CommaList, EnvSettings, OnUnlessOff, comma_list, env_field
 from cotrain.data_roots import default_root, parse_roots, resolve, unique
@@ -89,9 +89,11 @@ def limits_from_env() -> dict[str, Any]:
 
 
 # ---- member quotas and reward pools (issue 11): server/session_policy.py ----
-class QuotaSettings(EnvSettings, frozen=True):
+class QuotaSettings(EnvSettings):
     """What a member may ask of the platform; maintainers and admins may go past these (not past
     the schema's hard limits). Sizes are preset names of config/presets.py, for every family."""
+
+    model_config = SettingsConfigDict(frozen=True)
 
     active_sessions: int = env_field(
         "COTRAIN_QUOTA_ACTIVE_SESSIONS", 2,
