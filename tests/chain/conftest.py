@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -56,3 +57,21 @@ def db_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessi
 @pytest.fixture
 def ledger() -> Ledger:
     return Ledger(ed25519.PrivateKey.random())
+
+
+class AuditEvents:
+    """A `PayoutAudit` that keeps what it was given: (action, session id, ok, detail)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, bool, dict[str, Any]]] = []
+
+    def __call__(self, action: str, session_id: str, ok: bool, detail: dict[str, Any]) -> None:
+        self.events.append((action, session_id, ok, detail))
+
+    def actions(self) -> list[tuple[str, str, bool]]:
+        return [(action, session_id, ok) for action, session_id, ok, _ in self.events]
+
+
+@pytest.fixture
+def audit() -> AuditEvents:
+    return AuditEvents()

@@ -12,14 +12,14 @@ import uvicorn
 from aptos_sdk import ed25519
 from fastapi import FastAPI
 
-from cotrain.chain.api import ChainContext
+from cotrain.chain.bindings import binding_statement, sign_binding
 from cotrain.chain.ledger import Ledger
-from cotrain.chain.nonces import SqlNonceStore
-from cotrain.chain.service import binding_statement, set_reward_pool, settle_session, sign_binding
+from cotrain.chain.service import ChainService
 from cotrain.chain.settings import ChainSettings
+from cotrain.chain.settlement import set_reward_pool, settle_session
 from cotrain.db import Base
 from cotrain.paths import Layout
-from cotrain.server.app import include_extra_routers
+from cotrain.server.api import rewards, wallet
 from cotrain.server.orm import TrainingSession
 from cotrain.server.platform import Platform
 from cotrain.server.settings import Settings
@@ -32,7 +32,7 @@ from .wallets import Wallet
 @dataclass
 class Served:
     client: httpx.Client
-    ctx: ChainContext
+    chain: ChainService
     origin: str
     app: FastAPI
 
@@ -41,16 +41,18 @@ class Served:
 def api(db_factory, tmp_path):
     key = ed25519.PrivateKey.random()
     app = FastAPI()
-    assert include_extra_routers(app) == ["cotrain.chain.api:router"]  # as the server includes it
-    settings = ChainSettings(network="testnet", chain_id=2)
-    app.state.chain = ChainContext(db_factory, key, Ledger(key), settings, SqlNonceStore(db_factory), None)
+    for module in (wallet, rewards):  # as the server includes them
+        app.include_router(module.router, prefix="/api/v1")
     # The routes check tokens and permissions through the server's platform (its api_tokens and
-    # revoked_tokens tables): a real one, not started, on the same database.
+    # revoked_tokens tables): a real one, not started, on the same database, with a chain service of
+    # the test's own settings and key.
     engine = db_factory.kw["bind"]
     Base.metadata.create_all(engine)
     app.state.platform = Platform(Settings(layout=Layout(tmp_path / "home").ensure(), embedded_worker=False,
                                            database_url=engine.url.render_as_string(hide_password=False),
                                            start_dht=False))
+    app.state.platform.chain = ChainService(db_factory, lambda _session_id: None, lambda *_: None,
+                                            settings=ChainSettings(network="testnet", chain_id=2), ledger=Ledger(key))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -58,7 +60,7 @@ def api(db_factory, tmp_path):
     while not server.started:
         time.sleep(0.02)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1") as client:
-        yield Served(client, app.state.chain, f"http://127.0.0.1:{port}", app)
+        yield Served(client, app.state.platform.chain, f"http://127.0.0.1:{port}", app)
     server.should_exit = True
     thread.join(5)
     app.state.platform.engine.dispose()
@@ -80,12 +82,12 @@ def sign_in(client, origin, wallet, chain_id=2):
 
 
 def test_sign_in_then_my_contributions_and_rewards(api):
-    client, ctx, origin = api.client, api.ctx, api.origin
+    client, chain, origin = api.client, api.chain, api.origin
     wallet, other = Wallet.create(), Wallet.create()
-    with ctx.factory.begin() as db:
+    with chain.factory.begin() as db:
         db.add(public_session("s1"))  # a session's rewards follow its read rule: it must exist and be public
-        set_reward_pool(db, ctx.ledger, "s1", 1000, "APT")
-        settle_session(db, ctx.ledger, "s1", [Rec("p1", wallet.address, 100), Rec("p2", other.address, 300),
+        set_reward_pool(db, chain.ledger, "s1", 1000, "APT")
+        settle_session(db, chain.ledger, "s1", [Rec("p1", wallet.address, 100), Rec("p2", other.address, 300),
                                               Rec("p3", other.address, 10, device="cpu", tokens_per_second=10**7)],
                        require_binding=False)
     assert client.get("/me/contributions").status_code == 401

@@ -11,7 +11,7 @@ import pytest
 from fastapi.responses import FileResponse, HTMLResponse
 
 import cotrain.chain
-from cotrain.chain.service import set_reward_pool, settle_session
+from cotrain.chain.settlement import set_reward_pool, settle_session
 from tests.conftest import missing_service
 
 from .browser_wallet import inject_wallet
@@ -44,11 +44,11 @@ document.getElementById("connect").onclick = async () => {
 def test_wallet_sign_in_in_browser_then_replay_refused(api, db_factory):  # noqa: F811
     if CHROMIUM is None:
         missing_service("chromium is not installed: `apt-get install -y chromium` (see the Makefile's browser target)")
-    ctx, origin = api.ctx, api.origin
+    chain, origin = api.chain, api.origin
     wallet = Wallet.create()
-    with ctx.factory.begin() as db:
-        set_reward_pool(db, ctx.ledger, "s1", 1000, "APT")
-        settle_session(db, ctx.ledger, "s1", [Rec("gpu-peer", wallet.address, 4242)], require_binding=False)
+    with chain.factory.begin() as db:
+        set_reward_pool(db, chain.ledger, "s1", 1000, "APT")
+        settle_session(db, chain.ledger, "s1", [Rec("gpu-peer", wallet.address, 4242)], require_binding=False)
     # The test page: added to the running app, as the UI will serve its own.
     app = api.app
     app.add_api_route("/", lambda: HTMLResponse(PAGE), include_in_schema=False)

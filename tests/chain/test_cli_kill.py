@@ -17,8 +17,8 @@ from sqlalchemy import select, text
 
 from cotrain.chain.ledger import Ledger
 from cotrain.chain.orm import PayoutBatchRow, PayoutRow
-from cotrain.chain.runtime import open_database
-from cotrain.chain.service import set_reward_pool, settle_session
+from cotrain.chain.settlement import set_reward_pool, settle_session
+from cotrain.db import open_database
 
 from .fake_aptos import FakeAptosServer
 from .test_ledger import Rec
@@ -39,7 +39,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 def prepared(env: dict[str, str], wallets: list[str]):
-    factory = open_database(env["DATABASE_URL"])
+    _, factory = open_database(env["DATABASE_URL"])
     ledger = Ledger(ed25519.PrivateKey.from_str(env["COTRAIN_LEDGER_KEY"], strict=False))
     with factory.begin() as db:
         set_reward_pool(db, ledger, "dilo", 900_000, "APT")

@@ -1,6 +1,6 @@
 """Three volunteer peers with three wallets publish signed progress records on a real hivemind DHT
 (loopback); the server side reads them with cotrain.p2p.records.fetch_progress every tick, keeps them
-(on_progress) and settles at completion. The split follows the contributions, `cotrain ledger verify`
+(ChainService.keep) and settles at completion. The split follows the contributions, `cotrain ledger verify`
 passes, and fails once one DB row is edited by hand."""
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import pytest
 from aptos_sdk import ed25519
 from sqlalchemy import text
 
-from cotrain.chain.hooks import on_progress, on_session_completed, on_session_created
-from cotrain.chain.runtime import open_database
-from cotrain.chain.service import bind_peer, check_binding_signature, sign_binding
+from cotrain.chain.bindings import bind_peer, check_binding_signature, sign_binding
+from cotrain.chain.orm import BindingProof
+from cotrain.chain.service import ChainService
+from cotrain.db import open_database
 
 from .wallets import Wallet
 
@@ -35,8 +36,9 @@ def test_three_wallets_on_a_real_dht(tmp_path, monkeypatch):
            "COTRAIN_LEDGER_KEY": ed25519.PrivateKey.random().hex()}
     for k in ("COTRAIN_HOME", "DATABASE_URL", "COTRAIN_LEDGER_KEY"):
         monkeypatch.setenv(k, env[k])
-    factory = open_database()
-    on_session_created(factory, SESSION, 600_000_000, "APT")
+    _, factory = open_database(env["DATABASE_URL"])
+    chain = ChainService(factory, lambda _session_id: None, lambda *_: None)
+    chain.session_created(SESSION, 600_000_000, "APT")
 
     server = dht_mod.start_dht()
     peers, wallets = [], [Wallet.create() for _ in range(3)]
@@ -50,7 +52,7 @@ def test_three_wallets_on_a_real_dht(tmp_path, monkeypatch):
             for i, w in enumerate(wallets):
                 body = sign_binding(w.account.private_key, SESSION, f"peer{i}")
                 check_binding_signature(SESSION, body["peerId"], body["address"], body["publicKey"], body["signature"])
-                bind_peer(db, SESSION, body["peerId"], body["address"], "signature")
+                bind_peer(db, SESSION, body["peerId"], body["address"], BindingProof.SIGNATURE)
         for rnd in range(3):  # three outer rounds; peer i processes 640·(i+1) tokens per round
             time.sleep(0.5)  # rounds take time: tokens reported faster than a CPU can go are refused
             deadline = time.time() + 60  # generous: a loaded CI machine slows the DHT down
@@ -66,8 +68,8 @@ def test_three_wallets_on_a_real_dht(tmp_path, monkeypatch):
                     break
                 time.sleep(1.0)
             assert len(seen) == 3 and {r.outer_step for r in seen} == {rnd}, "the DHT did not show this round"
-            on_progress(factory, seen)
-        rewards = on_session_completed(factory, SESSION, CONFIG)
+            chain.keep(seen)
+        rewards = chain.settle(SESSION, CONFIG)
     finally:
         for dht, _ in peers:
             dht.shutdown()

@@ -15,9 +15,10 @@ from cotrain.chain import aptos_tx
 from cotrain.chain.orm import PayoutBatchRow, PayoutRow
 from cotrain.chain.payouts import AptosPayouts, PayoutError, record_due_locally
 from cotrain.chain.queries import reward_views
-from cotrain.chain.service import set_reward_pool, settle_session
+from cotrain.chain.settlement import set_reward_pool, settle_session
 from cotrain.chain.settings import ChainSettings
 
+from .conftest import AuditEvents
 from .fake_aptos import GAS_USED, FakeAptosServer
 from .test_ledger import Rec
 
@@ -42,30 +43,33 @@ def settle(db_factory, ledger, wallets, session="s1"):
                                              for i, w in enumerate(wallets)], require_binding=False)
 
 
-def payer(db_factory, ledger, node, treasury, **kw):
+def payer(db_factory, ledger, node, treasury, audit: AuditEvents | None = None, **kw):
     config = ClientConfig(http2=False, **kw)
-    return AptosPayouts(db_factory, ledger, node.url, treasury, chain_id=4, config=config, wait_s=5, poll_s=0.05)
+    return AptosPayouts(db_factory, ledger, node.url, treasury, audit or AuditEvents(), chain_id=4, config=config,
+                        wait_s=5, poll_s=0.05)
 
 
 def expected(wallets):
     return {w: POOL * (i + 1) // 6 + (1 if i == 0 else 0) for i, w in enumerate(wallets)}
 
 
-def test_local_backend_records_payouts_as_due(db_factory, ledger, wallets):
+def test_local_backend_records_payouts_as_due(db_factory, ledger, wallets, audit):
     settle(db_factory, ledger, wallets)
-    assert record_due_locally(db_factory, ledger).recorded_due == 3
-    assert record_due_locally(db_factory, ledger).recorded_due == 0
+    assert record_due_locally(db_factory, ledger, audit).recorded_due == 3
+    assert record_due_locally(db_factory, ledger, audit).recorded_due == 0
+    assert audit.actions() == [("payout.recorded_due", "s1", True)]
     with db_factory() as db:
         assert {r.status for r in db.scalars(select(PayoutRow))} == {"due"}
         assert ledger.verify(db).ok
 
 
-def test_aptos_batch_transfer_pays_each_once(db_factory, ledger, wallets, node):
+def test_aptos_batch_transfer_pays_each_once(db_factory, ledger, wallets, node, audit):
     treasury = Account.generate()
     node.node.fund(str(treasury.address()), 10 * POOL)
     settle(db_factory, ledger, wallets)
-    report = asyncio.run(payer(db_factory, ledger, node, treasury).run())
+    report = asyncio.run(payer(db_factory, ledger, node, treasury, audit).run())
     assert len(report.committed) == 1 and not report.pending, report.messages
+    assert audit.actions() == [("payout.pending", "s1", True), ("payout.committed", "s1", True)]
     paid = {w: node.node.balance(w) for w in wallets}
     assert paid == expected(wallets) and sum(paid.values()) == POOL
     # The recorded transaction deserialises and verifies with aptos-sdk and holds the right transfers.

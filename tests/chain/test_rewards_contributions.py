@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from cotrain.chain.contributions import Limits, tally, weights
 from cotrain.chain.rewards import split_pool
+from cotrain.p2p.progress import PeerProgress
 
 A, B, C = ("0x" + c * 64 for c in "abc")
 
@@ -30,18 +29,12 @@ def test_zero_weights_and_empty_pool():
     assert split_pool(100, {}) == {}
 
 
-@dataclass
-class Rec:
-    peer_id: str
-    tokens: int
-    samples: int
-    outer_step: int
-    tokens_per_second: float
-    wallet: str | None
-    device: str = "NVIDIA H100 80GB HBM3"
-    updated: float = 0.0
-    session_id: str = "s1"
-    step: int = 0
+def Rec(peer_id: str, tokens: int, samples: int, outer_step: int, tokens_per_second: float,
+        wallet: str | None, device: str = "NVIDIA H100 80GB HBM3", updated: float = 0.0, session_id: str = "s1",
+        step: int = 0) -> PeerProgress:
+    return PeerProgress(peer_id=peer_id, session_id=session_id, step=step, outer_step=outer_step,
+                        tokens_per_second=tokens_per_second, samples=samples, tokens=tokens, wallet=wallet,
+                        device=device, updated=updated)
 
 
 def test_honest_peers_are_verified_and_weighted_by_tokens():

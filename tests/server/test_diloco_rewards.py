@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cotrain.chain.service import sign_binding
+from cotrain.chain.bindings import sign_binding
 from tests.chain.wallets import Wallet
 from tests.conftest import engine_env
 from tests.server.conftest import reference_session, wait_until

@@ -246,7 +246,7 @@ def test_rewards_after_wallet_sign_in(page: Any, server: Server) -> None:
     from sqlalchemy.orm import sessionmaker
 
     from cotrain.chain.ledger import Ledger
-    from cotrain.chain.service import set_reward_pool, settle_session
+    from cotrain.chain.settlement import set_reward_pool, settle_session
     from tests.chain.browser_wallet import inject_wallet
     from tests.chain.test_ledger import Rec
     from tests.chain.wallets import Wallet

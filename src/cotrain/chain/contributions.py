@@ -1,7 +1,7 @@
 """DHT progress records → per-peer contribution totals, with plausibility checks.
 
 The distributed part publishes, per peer, cumulative counters (`samples`, `tokens`), the current
-`outer_step`, the reported `tokens_per_second` and `device` (cotrain.p2p.records.PeerProgress). The server
+`outer_step`, the reported `tokens_per_second` and `device` (cotrain.p2p.progress.PeerProgress). The server
 collects snapshots of these records while a session runs; this module turns them into one total per peer
 and flags what cannot be true — a peer that claims more tokens/s than its hardware allows, more tokens
 than its outer rounds (or its samples, or the observed time) can explain — excluding it with a reason the
@@ -13,9 +13,11 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from aptos_sdk.account_address import AccountAddress
+
+from cotrain.chain.orm import ContributionStatus
+from cotrain.p2p.progress import PeerProgress
 
 # Training throughput ceilings (tokens/s) per device family, for the smallest models; generous on
 # purpose — they catch impossible claims, not slow peers. Matched as a substring of the device name.
@@ -32,19 +34,6 @@ DEVICE_TOKENS_PER_SECOND = {
     "cpu": 30_000,
 }
 UNKNOWN_DEVICE_TOKENS_PER_SECOND = 400_000
-
-
-class ProgressLike(Protocol):
-    peer_id: str
-    session_id: str
-    step: int
-    outer_step: int
-    tokens_per_second: float
-    samples: int
-    tokens: int
-    wallet: str | None
-    device: str
-    updated: float
 
 
 @dataclass(frozen=True)
@@ -76,12 +65,12 @@ class Contribution:
     compute_seconds: float
     tokens_per_second: float
     device: str
-    status: str  # "verified" or "excluded"
+    status: ContributionStatus
     reason: str  # why excluded; "" when verified
 
     @property
     def verified(self) -> bool:
-        return self.status == "verified"
+        return self.status == ContributionStatus.VERIFIED
 
 
 def _address(wallet: str | None) -> str | None:
@@ -94,14 +83,14 @@ def _address(wallet: str | None) -> str | None:
 
 
 def tally(
-    records: Iterable[ProgressLike],
+    records: Iterable[PeerProgress],
     limits: Limits | None = None,
     bound_wallets: Mapping[str, str] | None = None,
 ) -> list[Contribution]:
     """One Contribution per peer, sorted by peer id. `bound_wallets` (peer id → address), when given, are
     the proven bindings; a peer whose record names another wallet, or none, is excluded."""
     limits = limits or Limits()
-    by_peer: dict[str, list[ProgressLike]] = defaultdict(list)
+    by_peer: dict[str, list[PeerProgress]] = defaultdict(list)
     for record in records:
         by_peer[record.peer_id].append(record)
     return [_one_peer(peer, sorted(snaps, key=lambda r: r.updated), limits, bound_wallets)
@@ -109,7 +98,7 @@ def tally(
 
 
 def _one_peer(
-    peer: str, snaps: list[ProgressLike], limits: Limits, bound: Mapping[str, str] | None
+    peer: str, snaps: list[PeerProgress], limits: Limits, bound: Mapping[str, str] | None
 ) -> Contribution:
     first, last = snaps[0], snaps[-1]
     tokens = max(r.tokens for r in snaps)
@@ -156,7 +145,7 @@ def _one_peer(
         compute_seconds=round(compute, 3),
         tokens_per_second=float(reported_tps),
         device=last.device,
-        status="excluded" if reasons else "verified",
+        status=ContributionStatus.EXCLUDED if reasons else ContributionStatus.VERIFIED,
         reason="; ".join(reasons),
     )
 

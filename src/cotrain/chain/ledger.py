@@ -15,15 +15,24 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from aptos_sdk import ed25519
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from cotrain.chain.orm import ContributionRow, LedgerEntryRow, PayoutRow, RewardPoolRow, RewardRow
+from cotrain.chain.orm import (
+    BatchStatus,
+    ContributionRow,
+    LedgerEntryRow,
+    LedgerKind,
+    PayoutRow,
+    PayoutStatus,
+    RewardPoolRow,
+    RewardRow,
+)
 from cotrain.hashchain import GENESIS, canonical_json, link_hash, micros
 
 __all__ = ["GENESIS_PREV", "Ledger", "VerifyReport", "canonical_json", "entry_hash"]
@@ -41,11 +50,11 @@ class Ledger:
     verify accepts (default: the signing key's own)."""
 
     def __init__(self, key: ed25519.PrivateKey, trusted: Iterable[ed25519.PublicKey] | None = None):
-        self._key = key
+        self.key = key  # the platform key: signs entries and wallet tokens; never leaves the process
         self.public_key = key.public_key()
         self.trusted = {str(k) for k in (trusted or [self.public_key])}
 
-    def append(self, db: Session, kind: str, session_id: str, body: dict[str, Any]) -> LedgerEntryRow:
+    def append(self, db: Session, kind: LedgerKind, session_id: str, body: dict[str, Any]) -> LedgerEntryRow:
         """Add an entry in the caller's transaction (it becomes visible when the caller commits)."""
         if db.get_bind().dialect.name == "postgresql":
             db.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_LOCK_ID})
@@ -64,7 +73,7 @@ class Ledger:
             prev_hash=prev,
             entry_hash=digest,
             signer=str(self.public_key),
-            signature=str(self._key.sign(bytes.fromhex(digest))),
+            signature=str(self.key.sign(bytes.fromhex(digest))),
         )
         db.add(row)
         db.flush()
@@ -120,18 +129,19 @@ def _signature_ok(signer: str, digest: str, signature: str) -> bool:
 
 
 # Which columns of a row must equal which keys of its ledger entry's body.
-_COPIES: list[tuple[type, str, tuple[str, ...]]] = [
-    (ContributionRow, "contribution", ("session_id", "peer_id", "address", "samples", "tokens", "outer_rounds",
+_COPIES: list[tuple[type[ContributionRow | RewardPoolRow | RewardRow], LedgerKind, tuple[str, ...]]] = [
+    (ContributionRow, LedgerKind.CONTRIBUTION, ("session_id", "peer_id", "address", "samples", "tokens", "outer_rounds",
                                        "compute_seconds", "tokens_per_second", "device", "status", "reason")),
-    (RewardPoolRow, "reward_pool", ("session_id", "amount", "asset")),
-    (RewardRow, "reward", ("session_id", "address", "amount", "asset")),
+    (RewardPoolRow, LedgerKind.REWARD_POOL, ("session_id", "amount", "asset")),
+    (RewardRow, LedgerKind.REWARD, ("session_id", "address", "amount", "asset")),
 ]
 
 
 def _check_copies(db: Session, bodies: dict[int, tuple[str, dict[str, Any]]]) -> list[str]:
     problems: list[str] = []
     for model, kind, columns in _COPIES:
-        for row in db.scalars(select(model)):
+        rows = cast(Sequence[ContributionRow | RewardPoolRow | RewardRow], db.scalars(select(model)).all())
+        for row in rows:
             entry_kind, body = bodies.get(row.ledger_seq, ("", {}))
             label = f"{model.__tablename__} row for session {row.session_id}"
             if entry_kind != kind:
@@ -149,17 +159,17 @@ def _check_payouts(db: Session, bodies: dict[int, tuple[str, dict[str, Any]]]) -
     transaction (skipped), nobody paid by one set back to due (paid twice)."""
     paid_in_ledger: dict[tuple[str, str], tuple[int, str]] = {}
     for kind, body in bodies.values():
-        if kind == "payout" and body.get("status") == "committed":
+        if kind == LedgerKind.PAYOUT and body.get("status") == BatchStatus.COMMITTED:
             for address, amount in body.get("recipients", []):
                 paid_in_ledger[(str(body.get("session_id", "")), address)] = (amount, str(body.get("tx_hash")))
     problems = []
     for row in db.scalars(select(PayoutRow)):
         label = f"chain_payouts row of {row.address} for session {row.session_id}"
         recorded = paid_in_ledger.pop((row.session_id, row.address), None)
-        if row.status == "paid" and recorded != (row.amount, row.tx_hash):
+        if row.status == PayoutStatus.PAID and recorded != (row.amount, row.tx_hash):
             problems.append(f"{label} is marked paid ({row.amount}, {row.tx_hash}) but the ledger has no such "
                             "committed payout")
-        elif row.status != "paid" and recorded is not None:
+        elif row.status != PayoutStatus.PAID and recorded is not None:
             problems.append(f"{label} is '{row.status}' but the ledger records it paid in {recorded[1]}")
     for session_id, address in paid_in_ledger:
         problems.append(f"the ledger records a payout to {address} for session {session_id} that has no payout row")

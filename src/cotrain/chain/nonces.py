@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any, cast
 
-from sqlalchemy import delete, update
+from sqlalchemy import CursorResult, delete, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from cotrain.chain.orm import ChainNonce
@@ -39,13 +40,11 @@ class SqlNonceStore:
     def consume(self, nonce: str, now: datetime) -> str:
         with self._factory.begin() as db:
             # One conditional UPDATE: of two concurrent uses, only one changes the row.
-            done = db.execute(
-                update(ChainNonce)
-                .where(ChainNonce.nonce == nonce, ChainNonce.used_at.is_(None),
-                       ChainNonce.expires_at > now.timestamp())
-                .values(used_at=now.timestamp())
-            ).rowcount
-            if done == 1:
+            use = (update(ChainNonce)
+                   .where(ChainNonce.nonce == nonce, ChainNonce.used_at.is_(None),
+                          ChainNonce.expires_at > now.timestamp())
+                   .values(used_at=now.timestamp()))
+            if cast(CursorResult[Any], db.execute(use)).rowcount == 1:
                 return "ok"
             row = db.get(ChainNonce, nonce)
             if row is None:

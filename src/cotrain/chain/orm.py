@@ -1,4 +1,5 @@
-"""The chain's tables, declared on the server's `Base` (migration: server/migrations/versions/*_chain_*.py).
+"""The chain's tables, declared on `cotrain.db.Base` (migrations: db/migrations/versions/*_chain_*.py), and
+the status values their rows hold (StrEnums, stored as their strings).
 
 Times are epoch seconds (float), like the server's tables. Amounts are integers in the asset's smallest
 unit (octas for APT). Rows that carry a `ledger_seq` are copies of a signed ledger entry; `cotrain ledger
@@ -7,12 +8,53 @@ verify` checks both the chain of entries and that every such row still equals it
 
 from __future__ import annotations
 
+from dataclasses import fields
+from enum import StrEnum
+
 from sqlalchemy import BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from cotrain.db import Base
+from cotrain.p2p.progress import PeerProgress
 
 ADDRESS = 66  # 0x + 64 hex digits
+
+
+class ContributionStatus(StrEnum):
+    VERIFIED = "verified"
+    EXCLUDED = "excluded"  # its `reason` says why
+
+
+class PayoutStatus(StrEnum):
+    """What one address is owed for one session (`chain_payouts.status`)."""
+
+    NONE = "none"  # read views only: a reward of 0 has no payout row
+    DUE = "due"
+    PENDING = "pending"  # in a submitted transaction that the chain has not settled yet
+    PAID = "paid"
+    FAILED = "failed"
+
+
+class BatchStatus(StrEnum):
+    """One payout transaction (`chain_payout_batches.status`)."""
+
+    DUE = "due"  # local backend: recorded as due, nothing sent
+    PENDING = "pending"
+    COMMITTED = "committed"
+    FAILED = "failed"  # executed and failed on chain: its payouts are due again
+    SUPERSEDED = "superseded"  # another transaction used its sequence number: its payouts are due again
+
+
+class BindingProof(StrEnum):
+    SIGNATURE = "signature"  # the wallet signed the binding statement
+    OWNER = "owner"  # the signed-in wallet bound a peer to itself
+
+
+class LedgerKind(StrEnum):
+    REWARD_POOL = "reward_pool"
+    CONTRIBUTION = "contribution"
+    REWARD = "reward"
+    PAYOUT = "payout"
 
 
 class ChainUser(Base):
@@ -62,13 +104,14 @@ class PeerBinding(Base):
     session_id: Mapped[str] = mapped_column(String(64), index=True)
     peer_id: Mapped[str] = mapped_column(String(200))
     address: Mapped[str] = mapped_column(String(ADDRESS), index=True)
-    proof: Mapped[str] = mapped_column(String(16))  # "signature" or "owner"
+    proof: Mapped[str] = mapped_column(String(16))  # a BindingProof
     created_at: Mapped[float] = mapped_column(Float)
 
 
 class ProgressSnapshot(Base):
-    """The last DHT progress record seen per peer and outer step (records expire from the DHT within
-    seconds, so the server keeps them while the session runs)."""
+    """The last DHT progress record (`PeerProgress`) seen per peer and outer step: records expire from the
+    DHT within seconds, so the server keeps their counters while the session runs. Its columns are
+    `KEPT_FIELDS`, the subset of PeerProgress's fields that contributions are tallied from."""
 
     __tablename__ = "chain_progress"
     __table_args__ = (UniqueConstraint("session_id", "peer_id", "outer_step"),)
@@ -84,6 +127,21 @@ class ProgressSnapshot(Base):
     device: Mapped[str] = mapped_column(String(200))
     updated: Mapped[float] = mapped_column(Float)
 
+    @classmethod
+    def of(cls, record: PeerProgress) -> ProgressSnapshot:
+        return cls(**{name: getattr(record, name) for name in KEPT_FIELDS})
+
+    def keep(self, record: PeerProgress) -> None:
+        """Take the newer counters of the same peer and outer step."""
+        for name in KEPT_FIELDS:
+            setattr(self, name, getattr(record, name))
+
+    def as_progress(self) -> PeerProgress:
+        return PeerProgress(**{name: getattr(self, name) for name in KEPT_FIELDS})
+
+
+KEPT_FIELDS = tuple(f.name for f in fields(PeerProgress) if f.name in ProgressSnapshot.__table__.columns)
+
 
 class ContributionRow(Base):
     __tablename__ = "chain_contributions"
@@ -98,7 +156,7 @@ class ContributionRow(Base):
     compute_seconds: Mapped[float] = mapped_column(Float)
     tokens_per_second: Mapped[float] = mapped_column(Float)
     device: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(16))  # "verified" or "excluded"
+    status: Mapped[str] = mapped_column(String(16))  # a ContributionStatus
     reason: Mapped[str] = mapped_column(Text)
     ledger_seq: Mapped[int] = mapped_column(ForeignKey("chain_ledger.seq"))
 
@@ -125,7 +183,7 @@ class RewardRow(Base):
 
 
 class PayoutBatchRow(Base):
-    """One payout transaction. For the aptos backend it is written (status "pending", with its sequence
+    """One payout transaction. For the aptos backend it is written (status pending, with its sequence
     number and the signed bytes) before it is submitted, so a crash never loses or repeats it."""
 
     __tablename__ = "chain_payout_batches"
@@ -134,7 +192,7 @@ class PayoutBatchRow(Base):
     session_id: Mapped[str] = mapped_column(String(64), index=True)
     backend: Mapped[str] = mapped_column(String(16))
     asset: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(16))  # due | pending | committed | failed
+    status: Mapped[str] = mapped_column(String(16))  # a BatchStatus
     sender: Mapped[str | None] = mapped_column(String(ADDRESS), nullable=True)
     sequence_number: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     signed_txn: Mapped[str | None] = mapped_column(Text, nullable=True)  # hex BCS SignedTransaction
@@ -156,7 +214,7 @@ class PayoutRow(Base):
     amount: Mapped[int] = mapped_column(BigInteger)
     asset: Mapped[str] = mapped_column(String(200))
     batch_id: Mapped[int | None] = mapped_column(ForeignKey("chain_payout_batches.id"), nullable=True)
-    status: Mapped[str] = mapped_column(String(16))  # due | pending | paid | failed
+    status: Mapped[str] = mapped_column(String(16))  # a PayoutStatus
     tx_hash: Mapped[str | None] = mapped_column(String(ADDRESS), nullable=True)
 
 

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cotrain.chain.contributions import Contribution
-from cotrain.chain.orm import ContributionRow, PayoutBatchRow, PayoutRow, RewardRow
+from cotrain.chain.orm import ContributionRow, ContributionStatus, PayoutBatchRow, PayoutRow, PayoutStatus, RewardRow
 from cotrain.chain.settings import ChainSettings
 
 
@@ -18,14 +18,15 @@ class RewardView:
     address: str
     amount: int
     asset: str
-    payout_status: str  # none | due | pending | paid | failed
+    payout_status: PayoutStatus
     tx_hash: str | None
     explorer_url: str | None
 
 
 def _contribution(row: ContributionRow) -> Contribution:
     return Contribution(row.session_id, row.peer_id, row.address, row.samples, row.tokens, row.outer_rounds,
-                            row.compute_seconds, row.tokens_per_second, row.device, row.status, row.reason)
+                        row.compute_seconds, row.tokens_per_second, row.device, ContributionStatus(row.status),
+                        row.reason)
 
 
 def contribution_views(db: Session, *, session_id: str | None = None, address: str | None = None
@@ -52,8 +53,8 @@ def reward_views(db: Session, settings: ChainSettings, *, session_id: str | None
     for reward, payout, batch_hash in db.execute(query).all():
         # paid: the committed transaction; pending: the submitted one (its link shows it in flight)
         tx = payout.tx_hash if payout is not None and payout.tx_hash else (
-            batch_hash if payout is not None and payout.status == "pending" else None)
+            batch_hash if payout is not None and payout.status == PayoutStatus.PENDING else None)
         views.append(RewardView(reward.session_id, reward.address, reward.amount, reward.asset,
-                                payout.status if payout is not None else "none", tx,
+                                PayoutStatus(payout.status) if payout is not None else PayoutStatus.NONE, tx,
                                 settings.explorer_txn_url(tx) if tx else None))
     return views

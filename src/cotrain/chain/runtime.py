@@ -1,7 +1,9 @@
-"""Wiring for the CLI and the server: the database, the platform ledger, and the configured payout backend."""
+"""Chain-level wiring for the server and the CLI: the platform ledger, and the configured payout backend.
+(The database is opened with `cotrain.db.open_database`, like every other process.)"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from aptos_sdk import ed25519
@@ -9,25 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cotrain.chain.keys import KeyConfigError, load_ledger_key, load_treasury_account
 from cotrain.chain.ledger import Ledger
-from cotrain.chain.payouts import AptosPayouts, PayoutReport, record_due_locally
+from cotrain.chain.payouts import AptosPayouts, PayoutAudit, PayoutReport, record_due_locally
 from cotrain.chain.settings import ChainSettings
-from cotrain.paths import cotrain_home
-
-
-def database_url() -> str:
-    """The server's database: DATABASE_URL, else the SQLite file under COTRAIN_HOME (as the server uses)."""
-    from cotrain.db import sqlite_url
-
-    return os.environ.get("DATABASE_URL") or sqlite_url(cotrain_home() / "cotrain.db")
-
-
-def open_database(url: str | None = None, migrate: bool = True) -> sessionmaker[Session]:
-    from cotrain.db import make_db_factory, make_engine, run_migrations
-
-    engine = make_engine(url or database_url())
-    if migrate:
-        run_migrations(engine)
-    return make_db_factory(engine)
 
 
 def platform_ledger(create_key: bool = True) -> Ledger:
@@ -43,10 +28,13 @@ def platform_ledger(create_key: bool = True) -> Ledger:
     return Ledger(key, trusted)
 
 
-async def run_payouts(factory: sessionmaker[Session], ledger: Ledger, settings: ChainSettings) -> PayoutReport:
-    """Pay (aptos) or record as due (local) every payout due, per COTRAIN_PAYOUT_BACKEND."""
+async def run_payouts(factory: sessionmaker[Session], ledger: Ledger, settings: ChainSettings,
+                      audit: PayoutAudit) -> PayoutReport:
+    """Pay (aptos) or record as due (local) every payout due, per COTRAIN_PAYOUT_BACKEND. The database steps
+    run in threads, so the caller's event loop is never blocked."""
     if settings.payout_backend == "local":
-        return record_due_locally(factory, ledger)
+        return await asyncio.to_thread(record_due_locally, factory, ledger, audit)
     assert settings.node_url is not None
-    payer = AptosPayouts(factory, ledger, settings.node_url, load_treasury_account(), chain_id=settings.chain_id)
+    treasury = await asyncio.to_thread(load_treasury_account)
+    payer = AptosPayouts(factory, ledger, settings.node_url, treasury, audit, chain_id=settings.chain_id)
     return await payer.run()

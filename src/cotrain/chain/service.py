@@ -1,151 +1,197 @@
-"""The hooks the server calls, each in the caller's DB transaction, each writing ledger entries:
+"""The chain's one service, as the server holds it (`platform.chain`): reward pools, the peers' progress
+kept while a DiLoCo session runs, settlement when it completes, payouts, and the platform key's wallet
+tokens.
 
-* `set_reward_pool` when a session is created with a reward pool;
-* `bind_peer` when a peer proves its wallet (`cotrain join --wallet`) or the signed-in owner starts it;
-* `settle_session` when a session completes: contributions from the DHT progress records, then the
-  pro-rata rewards and the payouts due. Calling it again for the same session changes nothing.
-Payouts are then sent (or, with the local backend, recorded as due) by `payouts.run_payouts`.
+The sync/async boundary is explicit. Every method that touches the database or the DHT is a plain
+(blocking) method: the server calls it from a thread (`asyncio.to_thread`, or FastAPI's thread pool).
+Two methods are async: `pay_due` (the aptos backend talks to the node with aptos-sdk's async client; its
+database steps run in threads) and `run`, the server's loop, which calls the blocking steps with
+`asyncio.to_thread`.
+
+The chain does not import the server. What it needs from there comes in as arguments: a reader of the
+DHT's live progress records, the audit log's writer, and (for `run`) the `SessionBook` that knows the
+server's training sessions.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable
-from dataclasses import asdict
+import asyncio
+import logging
+import threading
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
 
-from aptos_sdk import ed25519
-from aptos_sdk.account_address import AccountAddress
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from cotrain.chain.contributions import Contribution, Limits, ProgressLike, tally, weights
 from cotrain.chain.ledger import Ledger
-from cotrain.chain.orm import ContributionRow, PayoutRow, PeerBinding, RewardPoolRow, RewardRow
-from cotrain.chain.rewards import split_pool
-from cotrain.chain.signin import derived_auth_keys
+from cotrain.chain.nonces import SqlNonceStore
+from cotrain.chain.orm import RewardRow
+from cotrain.chain.payouts import PayoutAudit
+from cotrain.chain.runtime import platform_ledger, run_payouts
+from cotrain.chain.settings import ChainSettings
+from cotrain.chain.settlement import (
+    keep_progress,
+    kept_progress,
+    limits_from_config,
+    retry_on_conflict,
+    set_reward_pool,
+    settle_session,
+)
+from cotrain.chain.signin import AuthKeyLookup, node_auth_key_lookup
+from cotrain.chain.tokens import PREFIX, TokenClaims, issue_token, read_claims
+from cotrain.p2p.progress import PeerProgress
+
+log = logging.getLogger(__name__)
+
+# A session's live progress records on the DHT, or None when they cannot be read now. Blocking.
+RecordReader = Callable[[str], list[PeerProgress] | None]
 
 
-class ChainError(Exception):
-    """A chain operation cannot be done as asked; the message says why and what to do."""
+class SessionBook(Protocol):
+    """The server's training sessions, as far as rewards need them (their table is the server's). Blocking."""
+
+    def running_diloco(self) -> list[str]:
+        """Running DiLoCo sessions whose peers' records this loop keeps (not the embedded executor's own)."""
+        ...
+
+    def unsettled(self) -> list[tuple[str, str]]:
+        """(id, config TOML) of completed DiLoCo sessions with a reward pool and no contributions yet."""
+        ...
 
 
-def set_reward_pool(db: Session, ledger: Ledger, session_id: str, amount: int, asset: str = "APT") -> RewardPoolRow:
-    if amount < 0:
-        raise ChainError("A reward pool must be zero or more (in the asset's smallest unit, octas for APT).")
-    existing = db.get(RewardPoolRow, session_id)
-    if existing is not None:
-        if (existing.amount, existing.asset) != (amount, asset):
-            raise ChainError(f"Session {session_id} already has a reward pool of {existing.amount} {existing.asset}; "
-                             "a pool cannot be changed once set.")
-        return existing
-    entry = ledger.append(db, "reward_pool", session_id, {"session_id": session_id, "amount": amount, "asset": asset})
-    row = RewardPoolRow(session_id=session_id, amount=amount, asset=asset, ledger_seq=entry.seq)
-    db.add(row)
-    db.flush()
-    return row
+class ChainService:
+    def __init__(self, factory: sessionmaker[Session], read_records: RecordReader, audit: PayoutAudit, *,
+                 settings: ChainSettings | None = None, ledger: Ledger | None = None):
+        """`settings` and `ledger` default to the environment's (ChainSettings.from_env, the platform key),
+        read on first use: a wrong variable shows as an error where it is needed, not at start-up."""
+        self.factory = factory
+        self.read_records = read_records
+        self.audit = audit
+        self.nonces = SqlNonceStore(factory)
+        self._settings = settings
+        self._ledger = ledger
+        self._loading = threading.Lock()
+        self._paying = asyncio.Lock()  # one payout runner at a time
 
+    # ---- configuration, read once (blocking: environment, key file) --------------------------
+    @property
+    def settings(self) -> ChainSettings:
+        """Raises ChainConfigError while a chain variable is wrong."""
+        with self._loading:
+            if self._settings is None:
+                self._settings = ChainSettings.from_env()
+            return self._settings
 
-def binding_statement(session_id: str, peer_id: str, address: str) -> bytes:
-    """What a wallet signs to bind a peer to itself (`cotrain join --wallet`)."""
-    return f"CoTrain peer binding\nsession: {session_id}\npeer: {peer_id}\nwallet: {address}".encode()
+    @property
+    def ledger(self) -> Ledger:
+        """The platform ledger (its key signs ledger entries and wallet tokens). Raises KeyConfigError while
+        the key cannot be loaded; it is created on first use when there is none."""
+        with self._loading:
+            if self._ledger is None:
+                self._ledger = platform_ledger()
+            return self._ledger
 
+    @property
+    def auth_key_lookup(self) -> AuthKeyLookup | None:
+        """Reads an account's current authentication key from the Aptos node (rotated keys), when one is set."""
+        node_url = self.settings.node_url
+        return node_auth_key_lookup(node_url) if node_url else None
 
-def sign_binding(wallet_key: ed25519.PrivateKey, session_id: str, peer_id: str) -> dict[str, str]:
-    """For `cotrain join --wallet`: the body of POST /api/v1/rewards/bindings, signed with the wallet's key
-    (the key stays on the volunteer's machine; only the signature is sent)."""
-    public_key = wallet_key.public_key()
-    address = str(AccountAddress.from_key(public_key))
-    signature = wallet_key.sign(binding_statement(session_id, peer_id, address))
-    return {"sessionId": session_id, "peerId": peer_id, "address": address, "publicKey": str(public_key),
-            "signature": str(signature)}
+    # ---- wallet tokens -------------------------------------------------------------------
+    def issue_token(self, address: str) -> tuple[str, float]:
+        """A wallet token for `address` and its expiry (epoch seconds)."""
+        return issue_token(self.ledger.key, address, self.settings.token_ttl_s)
 
+    def token_claims(self, token: str) -> TokenClaims | None:
+        """The claims of a wallet token signed with the platform key and not expired, else None. Sign-out and
+        revocation are the server's to check (`cotrain.server.auth.authenticate`)."""
+        if not token.startswith(PREFIX + "."):
+            return None
+        return read_claims(self.ledger.public_key, token)
 
-def check_binding_signature(session_id: str, peer_id: str, address: str, public_key: str, signature: str) -> None:
-    """Raises ChainError unless `signature` is the wallet's signature of the binding statement."""
-    try:
-        key = ed25519.PublicKey.from_str(public_key)
-        ok = key.verify(binding_statement(session_id, peer_id, address), ed25519.Signature.from_str(signature))
-        owns = AccountAddress.from_str_relaxed(address).address in derived_auth_keys(key)
-    except Exception:
-        ok = owns = False
-    if not (ok and owns):
-        raise ChainError(f"The binding of peer {peer_id} to wallet {address} is not signed by that wallet's key; "
-                         "sign it again with `cotrain join --wallet` using the wallet's key.")
+    # ---- a session's life (blocking: DB, DHT) ----------------------------------------------
+    def require(self) -> None:
+        """Raise KeyConfigError unless reward pools can be kept (they are written to the signed ledger)."""
+        _ = self.ledger
 
+    def session_created(self, session_id: str, amount: int, asset: str) -> None:
+        """Record the reward pool of a session being created."""
 
-def bind_peer(db: Session, session_id: str, peer_id: str, address: str, proof: str) -> PeerBinding:
-    """Record a proven binding ("signature": checked with check_binding_signature; "owner": the signed-in
-    user who started the peer)."""
-    addr = str(AccountAddress.from_str_relaxed(address))
-    row = db.scalars(select(PeerBinding).where(PeerBinding.session_id == session_id,
-                                               PeerBinding.peer_id == peer_id)).first()
-    if row is not None:
-        if row.address != addr:
-            raise ChainError(f"Peer {peer_id} is already bound to {row.address} in session {session_id}.")
-        return row
-    row = PeerBinding(session_id=session_id, peer_id=peer_id, address=addr, proof=proof, created_at=time.time())
-    db.add(row)
-    db.flush()
-    return row
+        def create() -> None:
+            with self.factory.begin() as db:
+                set_reward_pool(db, self.ledger, session_id, amount, asset)
 
+        retry_on_conflict(create)
 
-def bound_wallets(db: Session, session_id: str) -> dict[str, str]:
-    return {b.peer_id: b.address for b in db.scalars(select(PeerBinding).where(PeerBinding.session_id == session_id))}
+    def keep(self, records: Iterable[PeerProgress]) -> None:
+        batch = list(records)
 
+        def keep() -> None:
+            with self.factory.begin() as db:
+                keep_progress(db, batch)
 
-def record_contributions(
-    db: Session,
-    ledger: Ledger,
-    session_id: str,
-    records: Iterable[ProgressLike],
-    limits: Limits | None = None,
-    require_binding: bool = True,
-) -> list[ContributionRow]:
-    existing = list(db.scalars(select(ContributionRow).where(ContributionRow.session_id == session_id)
-                               .order_by(ContributionRow.peer_id)))
-    if existing:
-        return existing
-    mine = [r for r in records if r.session_id == session_id]
-    bindings = bound_wallets(db, session_id) if require_binding else None
-    rows = []
-    for c in tally(mine, limits, bindings):
-        entry = ledger.append(db, "contribution", session_id, asdict(c))
-        row = ContributionRow(**asdict(c), ledger_seq=entry.seq)
-        db.add(row)
-        rows.append(row)
-    db.flush()
-    return rows
+        retry_on_conflict(keep)
 
+    def capture_progress(self, session_id: str) -> int:
+        """One monitor tick of a running DiLoCo session: keep its peers' live records. Returns how many."""
+        records = self.read_records(session_id) or []
+        if records:
+            self.keep(records)
+        return len(records)
 
-def distribute_rewards(db: Session, ledger: Ledger, session_id: str) -> list[RewardRow]:
-    existing = list(db.scalars(select(RewardRow).where(RewardRow.session_id == session_id)))
-    if existing:
-        return existing
-    pool = db.get(RewardPoolRow, session_id)
-    if pool is None:
-        return []
-    contributions = [Contribution(**{k: getattr(r, k) for k in Contribution.__dataclass_fields__})
-                     for r in db.scalars(select(ContributionRow).where(ContributionRow.session_id == session_id))]
-    rows = []
-    for address, amount in sorted(split_pool(pool.amount, weights(contributions)).items()):
-        body = {"session_id": session_id, "address": address, "amount": amount, "asset": pool.asset}
-        entry = ledger.append(db, "reward", session_id, body)
-        rows.append(RewardRow(**body, ledger_seq=entry.seq))
-        if amount > 0:
-            db.add(PayoutRow(session_id=session_id, address=address, amount=amount, asset=pool.asset, status="due"))
-    db.add_all(rows)
-    db.flush()
-    return rows
+    def settle(self, session_id: str, config: Mapping[str, Any] | None = None,
+               last_records: Iterable[PeerProgress] = ()) -> list[RewardRow]:
+        """Contributions from the kept progress records (plus `last_records`, e.g. a final DHT read), then the
+        pro-rata rewards and the payouts due. Idempotent."""
+        last = list(last_records)
 
+        def settle() -> list[RewardRow]:
+            with self.factory.begin() as db:
+                keep_progress(db, last)
+                return settle_session(db, self.ledger, session_id, kept_progress(db, session_id),
+                                      limits_from_config(config))
 
-def settle_session(
-    db: Session,
-    ledger: Ledger,
-    session_id: str,
-    records: Iterable[ProgressLike],
-    limits: Limits | None = None,
-    require_binding: bool = True,
-) -> list[RewardRow]:
-    """The completion hook: contributions, then rewards and payouts due. Idempotent."""
-    record_contributions(db, ledger, session_id, records, limits, require_binding)
-    return distribute_rewards(db, ledger, session_id)
+        return retry_on_conflict(settle)
+
+    def session_completed(self, session_id: str, config_toml: str) -> int:
+        """Contributions, rewards and payouts due of a completed session. Returns the number of rewards."""
+        last = self.read_records(session_id) or []
+        return len(self.settle(session_id, tomllib.loads(config_toml), last))
+
+    def keep_and_settle(self, sessions: SessionBook) -> int:
+        """One tick of `run`: keep the records of the sessions it watches, settle what completed unsettled.
+        Returns the number of rewards settled."""
+        for session_id in sessions.running_diloco():
+            self.capture_progress(session_id)
+        return sum(self.session_completed(session_id, config_toml)
+                   for session_id, config_toml in sessions.unsettled())
+
+    # ---- async: payouts and the server's loop ------------------------------------------------
+    async def pay_due(self) -> None:
+        """Send (aptos) or record as due (local) every payout due. Failures are logged and retried on the
+        next call; nobody is paid twice."""
+        async with self._paying:
+            try:
+                settings, ledger = await asyncio.to_thread(lambda: (self.settings, self.ledger))
+                report = await run_payouts(self.factory, ledger, settings, self.audit)
+            except Exception as exc:
+                log.error("payouts were not made: %s; they are retried on the next run", exc)
+                return
+        for message in report.messages:
+            log.info("payouts: %s", message)
+
+    async def run(self, sessions: SessionBook, tick_s: float, payout_interval_s: float) -> None:
+        """Every `tick_s`: `keep_and_settle`; pay what is due after a settlement and every
+        `payout_interval_s`. Errors are logged and tried again on the next tick."""
+        loop = asyncio.get_running_loop()
+        last_payout = loop.time() - payout_interval_s
+        while True:
+            try:
+                rewarded = await asyncio.to_thread(self.keep_and_settle, sessions)
+                if rewarded or loop.time() - last_payout >= payout_interval_s:
+                    last_payout = loop.time()
+                    await self.pay_due()
+            except Exception as exc:
+                log.warning("keeping contributions or paying rewards failed: %s; trying again", exc)
+            await asyncio.sleep(tick_s)

@@ -5,30 +5,45 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
 from cotrain.cli.errors import UserError, friendly_errors
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+T = TypeVar("T")
 
 ledger_app = typer.Typer(help="The tamper-evident contribution ledger.", no_args_is_help=True)
 rewards_app = typer.Typer(help="Rewards for contributors, and their payouts.", invoke_without_command=True)
 
 
 def _chain_errors() -> tuple[type[Exception], ...]:
+    from cotrain.chain.errors import ChainError
     from cotrain.chain.keys import KeyConfigError
     from cotrain.chain.payouts import PayoutError
-    from cotrain.chain.service import ChainError
     from cotrain.chain.settings import ChainConfigError
 
     return KeyConfigError, PayoutError, ChainError, ChainConfigError
 
 
-def _run(fn, *args):  # type: ignore[no-untyped-def]
+def _run(fn: Callable[[], T]) -> T:
     try:
-        return fn(*args)
+        return fn()
     except _chain_errors() as exc:
         raise UserError(str(exc)) from None
+
+
+def _open_database() -> sessionmaker[Session]:
+    """The server's database (DATABASE_URL, else the SQLite file under COTRAIN_HOME), migrated."""
+    from cotrain.db import default_database_url, open_database
+    from cotrain.paths import cotrain_home
+
+    return open_database(default_database_url(cotrain_home()))[1]
 
 
 @ledger_app.command("verify")
@@ -44,7 +59,7 @@ def ledger_verify() -> None:
 
     from cotrain.chain.ledger import Ledger
     from cotrain.chain.orm import LedgerEntryRow
-    from cotrain.chain.runtime import open_database, platform_ledger
+    from cotrain.chain.runtime import platform_ledger
     from cotrain.paths import cotrain_home
 
     def verify() -> None:
@@ -53,7 +68,7 @@ def ledger_verify() -> None:
             print(f"ledger OK: empty (no database at {path} yet, so nothing was recorded)")
             return
         try:
-            factory = open_database()
+            factory = _open_database()
             with factory() as db:
                 entries = db.scalar(select(func.count()).select_from(LedgerEntryRow)) or 0
                 # no entry to check a signature of: the key is not needed (rows that point into an
@@ -86,12 +101,11 @@ def rewards_list(
     if ctx.invoked_subcommand is not None:
         return
     from cotrain.chain.queries import reward_views
-    from cotrain.chain.runtime import open_database
     from cotrain.chain.settings import ChainSettings
 
     def show() -> None:
         settings = ChainSettings.from_env()
-        with open_database()() as db:
+        with _open_database()() as db:
             views = reward_views(db, settings, session_id=session, address=address)
         if not views:
             print("no rewards yet")
@@ -111,11 +125,11 @@ def rewards_set_pool(
     asset: str = typer.Option("APT", help="APT, or a fungible asset's metadata address."),
 ) -> None:
     """Set a session's reward pool (once)."""
-    from cotrain.chain.runtime import open_database, platform_ledger
-    from cotrain.chain.service import set_reward_pool
+    from cotrain.chain.runtime import platform_ledger
+    from cotrain.chain.settlement import set_reward_pool
 
     def set_pool() -> None:
-        factory = open_database()
+        factory = _open_database()
         with factory.begin() as db:
             set_reward_pool(db, platform_ledger(), session, amount, asset)
         print(f"reward pool of session {session}: {amount} {asset}")
@@ -128,12 +142,14 @@ def rewards_set_pool(
 def rewards_pay() -> None:
     """Send the payouts due (COTRAIN_PAYOUT_BACKEND=aptos) or record them as due (local). Safe to re-run:
     nobody is paid twice, nobody is skipped."""
-    from cotrain.chain.runtime import open_database, platform_ledger, run_payouts
+    from cotrain.chain.runtime import platform_ledger, run_payouts
     from cotrain.chain.settings import ChainSettings
+    from cotrain.server.chain_bridge import payout_audit  # payout events go to the server's audit log
 
     def pay() -> None:
         settings = ChainSettings.from_env()
-        report = asyncio.run(run_payouts(open_database(), platform_ledger(), settings))
+        factory = _open_database()
+        report = asyncio.run(run_payouts(factory, platform_ledger(), settings, payout_audit(factory)))
         if settings.payout_backend == "local":
             print(f"{report.recorded_due} payout(s) recorded as due (local backend: nothing sent)")
         for tx in report.committed:
@@ -161,8 +177,8 @@ def rewards_bind(
     binding statement with the wallet's key and sends it to the server."""
     import httpx
 
+    from cotrain.chain.bindings import sign_binding
     from cotrain.chain.keys import load_wallet_key
-    from cotrain.chain.service import sign_binding
 
     def bind() -> None:
         body = sign_binding(load_wallet_key(key_file), session, peer)

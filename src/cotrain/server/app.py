@@ -1,13 +1,12 @@
 """The FastAPI application: `create_app()` (uvicorn factory: `cotrain.server.app:create_app`).
 
-Routers of other packages are included under /api/v1 when importable (`EXTRA_ROUTERS`); the UI
+The routers of server/api/ are included under /api/v1 (wallet sign-in and rewards too); the UI
 mounts itself on the returned app (NiceGUI's `ui.run_with(app)`) and reaches the services
 through `app.state.platform`.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
 import logging
 import math
@@ -23,7 +22,7 @@ from sqlalchemy.exc import DataError, DBAPIError
 
 from cotrain.server import log_redaction
 from cotrain.server.api import audit as audit_api  # issue 11: audit log
-from cotrain.server.api import hivemind, model_versions, sessions, system, tokens
+from cotrain.server.api import hivemind, model_versions, rewards, sessions, system, tokens, wallet
 from cotrain.server.api import users as users_api  # issue 11: roles
 from cotrain.server.audit_middleware import AuditMiddleware  # issue 11: audit log
 from cotrain.server.body_limit import BodyLimitMiddleware  # issue 11: limits on input
@@ -36,9 +35,6 @@ from cotrain.server.rate_limits import RateLimiter  # issue 11: limits on input
 from cotrain.server.ws import router as ws_router
 
 log = logging.getLogger(__name__)
-
-# "module:attribute" of routers other packages provide; included under /api/v1 when importable
-EXTRA_ROUTERS = ("cotrain.chain.api:router",)
 
 DESCRIPTION = """CoTrain platform server: training sessions from creation to final model.
 
@@ -69,12 +65,11 @@ def create_app(platform: Platform | None = None) -> FastAPI:
     app.add_middleware(AuditMiddleware)  # issue 11: added last (outermost), so it also sees the limits' 413/429
 
     api = APIRouter(prefix="/api/v1")
-    for module in (sessions, hivemind, model_versions, tokens, system, users_api, audit_api):
+    for module in (sessions, hivemind, model_versions, tokens, system, users_api, audit_api, wallet, rewards):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(system.router, include_in_schema=False)  # /health and /metrics at the root too
     app.include_router(ws_router)
-    include_extra_routers(app)
 
     @app.exception_handler(PermissionDenied)
     async def _permission_denied(_request: Request, exc: PermissionDenied) -> JSONResponse:
@@ -117,22 +112,3 @@ def _finite(value: Any) -> Any:
         return {k: _finite(v) for k, v in value.items()}
     return value
 
-
-def include_extra_routers(app: FastAPI, specs: tuple[str, ...] = EXTRA_ROUTERS) -> list[str]:
-    """Include each importable `module:router` under /api/v1; returns the ones included."""
-    included = []
-    for spec in specs:
-        module_name, _, attr = spec.partition(":")
-        try:
-            router = getattr(importlib.import_module(module_name), attr)
-        except ModuleNotFoundError as exc:
-            if exc.name and module_name.startswith(exc.name):
-                continue  # that package is not installed (yet)
-            log.error("router %s could not be imported: %s", spec, exc)
-            continue
-        except Exception as exc:
-            log.error("router %s could not be imported: %s", spec, exc)
-            continue
-        app.include_router(router, prefix="/api/v1")
-        included.append(spec)
-    return included

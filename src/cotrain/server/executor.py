@@ -45,7 +45,7 @@ from cotrain.server.settings import Settings
 from cotrain.server.worker_memory import detect_worker_memory
 
 if TYPE_CHECKING:
-    from cotrain.server.chain_bridge import ChainBridge
+    from cotrain.chain.service import ChainService
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,13 @@ class Executor:
         factory: sessionmaker[Session],
         hub: LocalHub,
         bootstrap_peers: Callable[[], list[str]] = list,
-        chain: ChainBridge | None = None,
+        chain: ChainService | None = None,
     ):
         self.settings = settings
         self.factory = factory
         self.hub = hub
         self.bootstrap_peers = bootstrap_peers
-        self.chain = chain  # None: no rewards (a remote `cotrain worker`, or no chain package)
+        self.chain = chain  # None: no rewards (a remote `cotrain worker`)
         self.pool = ResourcePool(settings.gpus, settings.cpu_slots)
         self.memory_bytes: int | None = None  # per GPU, or host RAM; measured at start (worker_memory.py)
         self._ram_in_use: dict[str, int] = {}  # CPU worker: session -> the host RAM its run was counted for

@@ -1,5 +1,5 @@
 """The server's hivemind DHT node: the bootstrap peer of DiLoCo sessions, and the source of the
-peers and per-peer progress the API shows (records of `cotrain.p2p.records` when installed).
+peers and per-peer progress the API shows (the `PeerProgress` records of `cotrain.p2p.records`).
 
 hivemind runs the DHT in a child process; coroutines sent to it with `run_coroutine` must be
 module-level functions (they are pickled)."""
@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict
 from typing import Any
+
+from cotrain.p2p.progress import PeerProgress
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +69,8 @@ class ServerDHT:
         with self._lock:
             if not self.running:
                 try:
-                    # the distributed issue's helper: a node with the signature validator the
-                    # peers' progress records need
+                    # a node with the signature validator the peers' progress records need
+                    # (imports hivemind: only when the node starts)
                     from cotrain.p2p.dht import start_dht
 
                     self.dht = start_dht(initial_peers=self.initial_peers, host_maddrs=self.host_maddrs)
@@ -112,15 +114,13 @@ class ServerDHT:
         peer_id = self.dht.run_coroutine(_Connect(address))
         return {"peer_id": peer_id, "address": address}
 
-    def progress_records(self, session_id: str) -> list[Any] | None:
-        """The live signed progress records of a session (`cotrain.p2p.records.PeerProgress`), or
-        None when the records module is missing, the node is not running or the read failed."""
+    def progress_records(self, session_id: str) -> list[PeerProgress] | None:
+        """The live signed progress records of a session, or None when the node is not running or the
+        read failed."""
         if not self.running:
             return None
-        try:
-            from cotrain.p2p.records import fetch_progress  # the distributed issue's module
-        except ImportError:
-            return None
+        from cotrain.p2p.records import fetch_progress  # imports hivemind: only once the node runs
+
         try:
             return list(fetch_progress(self.dht, session_id))
         except Exception as exc:
@@ -133,4 +133,4 @@ class ServerDHT:
         records = self.progress_records(session_id)
         if records is None:
             return None
-        return [asdict(r) if is_dataclass(r) else dict(r) for r in records]
+        return [asdict(r) for r in records]

@@ -10,7 +10,7 @@ from typing import Any
 
 from cotrain.db import make_db_factory, make_engine, run_migrations
 from cotrain.server.auth import ensure_admin_token, register_token_resolver
-from cotrain.server.chain_bridge import ChainBridge
+from cotrain.server.chain_bridge import RewardSessions, build_chain, wallet_token_resolver
 from cotrain.server.executor import CHAIN_TICK_S, Executor
 from cotrain.server.fanout import make_hub
 from cotrain.server.metrics_service import metric_history
@@ -32,7 +32,7 @@ class Platform:
         self.hub = make_hub(self.settings.redis_url)
         self.url_secret = load_secret(self.settings.layout.root)  # signs the UI's download links
         self.dht = ServerDHT(self.settings.dht_host_maddrs, self.settings.dht_initial_peers)
-        self.chain = ChainBridge(self.factory, self.dht)
+        self.chain = build_chain(self.factory, self.dht)
         self.executor: Executor | None = None
         if self.settings.embedded_worker:
             self.executor = Executor(self.settings, self.factory, self.hub, self.dht.bootstrap_addresses, self.chain)
@@ -45,23 +45,20 @@ class Platform:
         self.loop = asyncio.get_running_loop()
         await asyncio.to_thread(run_migrations, self.engine)
         await asyncio.to_thread(self._admin_token)
-        resolver = await asyncio.to_thread(self.chain.token_resolver)
+        resolver = await asyncio.to_thread(wallet_token_resolver, self.chain)  # None (logged): no ledger key
         if resolver is not None:
             register_token_resolver(resolver)  # a signed-in wallet can own and start sessions
             print(_sign_in_notice(), flush=True)  # issue 11: which origins wallets may sign in for
-        elif self.chain.error:
-            log.warning("no wallet sign-in or rewards on this server: %s", self.chain.error)
         await self.hub.start()
         if self.settings.start_dht:
             await asyncio.to_thread(self.dht.start)
         if self.executor:
             await self.executor.start()
-        if self.chain.available:
-            # the embedded executor keeps its own sessions' records every tick; this loop does the others'
-            # (remote `cotrain worker`s), settles what is left unsettled, and pays what is due
-            own_worker = self.settings.worker_id if self.executor else None
-            self._payouts = asyncio.create_task(self.chain.run(own_worker, CHAIN_TICK_S, PAYOUT_INTERVAL_S),
-                                                name="cotrain-rewards")
+        # the embedded executor keeps its own sessions' records every tick; this loop does the others'
+        # (remote `cotrain worker`s), settles what is left unsettled, and pays what is due
+        watched = RewardSessions(self.factory, except_worker=self.settings.worker_id if self.executor else None)
+        self._payouts = asyncio.create_task(self.chain.run(watched, CHAIN_TICK_S, PAYOUT_INTERVAL_S),
+                                            name="cotrain-rewards")
         self.started = True
         if self.settings.example_session:
             await asyncio.to_thread(self._create_example)

@@ -295,12 +295,10 @@ class SessionPolicy:
         """(balance, treasury address) when pools are paid on chain, else None (nothing to check)."""
         if change.reward_pool is None:
             return None
-        try:
-            from cotrain.chain.keys import KeyConfigError
-            from cotrain.chain.settings import ChainConfigError, ChainSettings
-            from cotrain.chain.treasury import TreasuryUnreadable, balance, treasury_address
-        except ImportError:
-            return None  # no chain: ChainBridge.require refuses the pool (503)
+        from cotrain.chain.keys import KeyConfigError
+        from cotrain.chain.settings import ChainConfigError, ChainSettings
+        from cotrain.chain.treasury import TreasuryUnreadable, balance, treasury_address
+
         try:
             settings = ChainSettings.from_env()
             if settings.payout_backend != "aptos" or settings.node_url is None:

@@ -110,10 +110,8 @@ def _last_logins(db: Session, rows: list[ApiToken]) -> dict[str, float]:
     addresses = [r.name[len(WALLET_PREFIX):] for r in rows if _is_wallet(r)]
     if not addresses:
         return {}
-    try:
-        from cotrain.chain.orm import ChainUser
-    except ImportError:  # the chain is optional: no sign-in times then
-        return {}
+    from cotrain.chain.orm import ChainUser
+
     found = db.execute(select(ChainUser.address, ChainUser.last_login_at).where(ChainUser.address.in_(addresses)))
     return {address: at for address, at in found}
 

@@ -39,7 +39,7 @@ def open_diloco_sessions(actor: Actor | None, base_url: str) -> list[dict[str, s
     wallet = owner_wallet(actor.name if actor else None)
     out = []
     for state in OPEN_STATES:
-        rows, _ = service.list(actor, SessionFilter(status=state, strategy="diloco"), limit=20)
+        rows, _ = service.find(actor, SessionFilter(status=state, strategy="diloco"), limit=20)
         out += [{"id": r.id, "name": r.name, "status": r.status, "command": join_command(base_url, r.id, wallet)}
                 for r in rows]
     return out

@@ -1,5 +1,5 @@
-"""The signed-in wallet's contributions and rewards, through the chain package's own context and
-read-only views (the same the `/api/v1/me/*` endpoints use). Blocking: DB."""
+"""The signed-in wallet's contributions and rewards, through the platform's chain service and its read-only
+views (the same the `/api/v1/me/*` endpoints use). Blocking: DB."""
 
 from __future__ import annotations
 
@@ -7,39 +7,35 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from cotrain.ui.context import platform, server_app
+import cotrain.chain
+from cotrain.chain.keys import KeyConfigError
+from cotrain.chain.queries import contribution_views, reward_views
+from cotrain.chain.service import ChainService
+from cotrain.chain.settings import ChainConfigError
+from cotrain.server.errors import NotFound
+from cotrain.server.wallet_auth import COOKIE, signed_in
+from cotrain.ui.context import platform
 
-WALLET_COOKIE = "cotrain_wallet"
+WALLET_COOKIE = COOKIE
+SIGNIN_SCRIPT = Path(cotrain.chain.__file__).parent / "wallet_signin.js"
 
 
 class RewardsUnavailable(Exception):
-    """The chain package is missing or not configured on this server."""
+    """The chain is not configured correctly on this server (a chain variable, or the ledger key)."""
 
 
-def _chain() -> Any:
+def _chain() -> ChainService:
+    chain: ChainService = platform().chain
     try:
-        from cotrain.chain.api import ChainContext
-    except ImportError as exc:
+        _ = chain.settings, chain.ledger
+    except (ChainConfigError, KeyConfigError) as exc:
         raise RewardsUnavailable(str(exc)) from None
-    state = server_app().state
-    ctx = getattr(state, "chain", None)
-    if ctx is None:
-        try:
-            ctx = ChainContext.create(platform().factory)
-        except Exception as exc:  # e.g. no ledger key and none may be created
-            raise RewardsUnavailable(str(exc)) from None
-        state.chain = ctx
-    return ctx
+    return chain
 
 
 def signin_script() -> str | None:
-    """The chain package's browser sign-in script (defines `window.cotrainWalletSignIn`)."""
-    try:
-        import cotrain.chain
-    except ImportError:
-        return None
-    path = Path(cotrain.chain.__file__).parent / "wallet_signin.js"
-    return path.read_text() if path.exists() else None
+    """The browser sign-in script (defines `window.cotrainWalletSignIn`)."""
+    return SIGNIN_SCRIPT.read_text() if SIGNIN_SCRIPT.exists() else None
 
 
 def wallet_of(token: str | None) -> str | None:
@@ -47,18 +43,16 @@ def wallet_of(token: str | None) -> str | None:
     expired, signed out or revoked (the server's `authenticate`, as on the API)."""
     if not token:
         return None
-    signed = _chain().signed_in(token)
+    signed = signed_in(_chain(), token)
     return signed.address if signed is not None else None
 
 
 def mine(address: str) -> dict[str, list[dict[str, Any]]]:
-    from cotrain.chain.queries import contribution_views, reward_views
-
-    ctx = _chain()
-    with ctx.factory() as db:
+    chain = _chain()
+    with chain.factory() as db:
         data = {
             "contributions": [asdict(v) for v in contribution_views(db, address=address)],
-            "rewards": [asdict(v) for v in reward_views(db, ctx.settings, address=address)],
+            "rewards": [asdict(v) for v in reward_views(db, chain.settings, address=address)],
         }
     names = session_names({row["session_id"] for rows in data.values() for row in rows})
     for rows in data.values():
@@ -68,8 +62,6 @@ def mine(address: str) -> dict[str, list[dict[str, Any]]]:
 
 
 def session_names(ids: set[str]) -> dict[str, str]:
-    from cotrain.server.errors import NotFound
-
     names = {}
     for session_id in ids:
         try:

@@ -1,0 +1,6 @@
+"""The chain's own error for an operation that cannot be done as asked (settings, keys, sign-in and payouts
+have theirs: ChainConfigError, KeyConfigError, SignInError, PayoutError)."""
+
+
+class ChainError(Exception):
+    """A chain operation cannot be done as asked; the message says why and what to do."""

@@ -1,0 +1,131 @@
+"""Contributions, rewards and peer bindings (the chain's read views and bindings):
+
+  GET  /me/contributions                 the signed-in wallet's contributions (excluded ones with the reason)
+  GET  /me/rewards                       the signed-in wallet's rewards and their payout status
+  GET  /rewards/sessions/{session_id}    a session's contributors, rewards, payout status, explorer links
+  POST /rewards/bindings                 bind a session's peer to a wallet (signed by the wallet, or by the
+                                         signed-in wallet itself)
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from cotrain.chain.bindings import AlreadyBound, bind_peer, check_binding_signature
+from cotrain.chain.contributions import Contribution
+from cotrain.chain.errors import ChainError
+from cotrain.chain.orm import BindingProof, ContributionStatus, PayoutStatus, PeerBinding
+from cotrain.chain.queries import RewardView, contribution_views, reward_views
+from cotrain.chain.signin import SignInError, normalize_address
+from cotrain.server.api.deps import SessionId
+from cotrain.server.auth import Actor
+from cotrain.server.permissions import Action, permit
+from cotrain.server.schemas import OutModel
+from cotrain.server.wallet_auth import ChainDep, WalletDep, bearer, sign_in_failed, signed_in_wallet
+
+router = APIRouter(tags=["wallet & rewards"])
+
+
+class ContributionOut(OutModel):
+    session_id: str
+    peer_id: str
+    address: str | None
+    samples: int
+    tokens: int
+    outer_rounds: int
+    compute_seconds: float
+    tokens_per_second: float
+    device: str
+    status: ContributionStatus = Field(description="verified, or excluded (see reason)")
+    reason: str
+
+
+class RewardOut(OutModel):
+    session_id: str
+    address: str
+    amount: int = Field(description="In the asset's smallest unit (octas for APT).")
+    asset: str
+    payout_status: PayoutStatus = Field(description="none | due | pending | paid | failed")
+    tx_hash: str | None
+    explorer_url: str | None
+
+
+class SessionRewards(OutModel):
+    session_id: str
+    contributors: list[ContributionOut]
+    rewards: list[RewardOut]
+
+
+class BindingRequest(BaseModel):
+    """camelCase; unknown fields are ignored."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+    session_id: str = Field(..., max_length=64)
+    peer_id: str = Field(..., max_length=200)
+    address: str = Field(..., max_length=70)
+    public_key: str | None = Field(None, max_length=140)
+    signature: str | None = Field(None, max_length=200, description="The wallet's signature of the binding "
+                                  "statement; leave out to bind to the signed-in wallet.")
+
+
+class BindingOut(OutModel):
+    session_id: str
+    peer_id: str
+    address: str
+    proof: BindingProof
+
+
+@router.get("/me/contributions", response_model=list[ContributionOut], summary="My contributions")
+def my_contributions(address: WalletDep, chain: ChainDep) -> list[Contribution]:
+    with chain.factory() as db:
+        return contribution_views(db, address=address)
+
+
+@router.get("/me/rewards", response_model=list[RewardOut], summary="My rewards and their payouts")
+def my_rewards(address: WalletDep, chain: ChainDep) -> list[RewardView]:
+    with chain.factory() as db:
+        return reward_views(db, chain.settings, address=address)
+
+
+@router.get("/rewards/sessions/{session_id}", response_model=SessionRewards,
+            summary="A session's contributors, rewards and payout status", openapi_extra={"security": [{}]})
+def session_rewards(session_id: SessionId, request: Request, chain: ChainDep,
+                    actor: Annotated[Actor | None, Depends(permit(Action.SESSION_READ))]) -> SessionRewards:
+    """Follows the session's read rule: a private session's rewards answer 404 to everyone else."""
+    request.app.state.platform.sessions.get(session_id, actor)
+    with chain.factory() as db:
+        return SessionRewards.model_validate({
+            "session_id": session_id,
+            "contributors": contribution_views(db, session_id=session_id),
+            "rewards": reward_views(db, chain.settings, session_id=session_id),
+        })
+
+
+@router.post("/rewards/bindings", response_model=BindingOut, status_code=status.HTTP_201_CREATED,
+             summary="Bind a session's peer to a wallet", dependencies=[Depends(permit(Action.PEER_BIND))])
+def bind(body: BindingRequest, request: Request, chain: ChainDep,
+         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> PeerBinding:
+    try:
+        address = normalize_address(body.address)
+        if body.signature is not None:
+            check_binding_signature(body.session_id, body.peer_id, address, body.public_key or "", body.signature)
+            proof = BindingProof.SIGNATURE
+        else:
+            if signed_in_wallet(request, chain, credentials, Action.PEER_BIND).address != address:
+                raise HTTPException(status.HTTP_403_FORBIDDEN, "You can bind peers only to the wallet you are signed "
+                                    "in with; sign the binding with the other wallet instead.")
+            proof = BindingProof.OWNER
+        with chain.factory.begin() as db:
+            return bind_peer(db, body.session_id, body.peer_id, address, proof)
+    except SignInError as exc:
+        raise sign_in_failed(exc) from None
+    except AlreadyBound as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    except ChainError as exc:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc)) from None
