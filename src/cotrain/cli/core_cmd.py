@@ -33,7 +33,9 @@ def train(file: Path = typer.Argument(..., help="A CoTrain TOML config."), set_:
 def prepare(
     file: Path | None = typer.Argument(None, help="A config whose [data] section says what to prepare."),
     data_path: str | None = typer.Option(None, help="Raw .txt/.jsonl/.parquet file or folder."),
-    dataset: str | None = typer.Option(None, help='"stdlib", or a Hugging Face dataset on this machine: "hf:NAME[:CONFIG]", "hf:/path".'),
+    dataset: str | None = typer.Option(
+        None, help='"stdlib", or a Hugging Face dataset on this machine: "hf:NAME[:CONFIG]", "hf:/path".'
+    ),
     tokenizer: str | None = typer.Option(None, help='"train" or a local tokenizer.json / directory.'),
     vocab_size: int | None = typer.Option(None, help="Vocabulary of a trained tokenizer."),
     max_bytes: int | None = typer.Option(None, help="Use at most this many bytes of raw text."),
@@ -45,7 +47,10 @@ def prepare(
     from cotrain.core.data import prepare_dataset
     from cotrain.paths import Layout
 
-    flags = {"data_path": data_path, "dataset": dataset, "tokenizer": tokenizer, "vocab_size": vocab_size, "max_bytes": max_bytes}
+    flags = {
+        "data_path": data_path, "dataset": dataset, "tokenizer": tokenizer, "vocab_size": vocab_size,
+        "max_bytes": max_bytes,
+    }
     extra = {"data": {k: v for k, v in flags.items() if v is not None}}
     if file is None and not data_path and not dataset:
         extra["data"]["dataset"] = "stdlib"

@@ -132,7 +132,7 @@ def login(
         token = typer.prompt("API token", hide_input=True)
     with Client(server, token) as client:
         who = client.me()
-    path = save_login(server, token, **({"address": address} if address else {}))
+    path = save_login(server, token, None, **({"address": address} if address else {}))
     if as_json:
         emit({"server": server.rstrip("/"), "name": who["name"], "role": who["role"], "saved": str(path)})
         return
@@ -192,7 +192,8 @@ def sessions_show(session_id: SessionId, server: Server = None, token: Token = N
     lines = [
         f"{session.id}  {session.name}",
         f"  status     {session.status}" + (f" (attempt {session.attempts})" if session.attempts else ""),
-        f"  progress   {session.progress:.1f}%  step {session.step}/{session.total_steps or '?'}  loss {_num(session.loss)}",
+        f"  progress   {session.progress:.1f}%  step {session.step}/{session.total_steps or '?'}"
+        f"  loss {_num(session.loss)}",
         f"  model      {session.model_type} {session.model_size}, {session.strategy}",
         f"  public     {'yes' if session.public else 'no'}, priority {session.priority}",
     ]
@@ -273,7 +274,9 @@ def sessions_config(session_id: SessionId, server: Server = None, token: Token =
 @client_errors
 def sessions_logs(
     session_id: SessionId,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until the session ends.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines until the session ends.")
+    ] = False,
     lines: Annotated[int, typer.Option("--lines", "-n", help="How many of the last lines.")] = 200,
     stdout: Annotated[bool, typer.Option("--stdout", help="The run's stdout instead of its stderr.")] = False,
     server: Server = None, token: Token = None,
@@ -292,7 +295,9 @@ def sessions_watch(
     session_id: SessionId,
     after: Annotated[int, typer.Option(help="Start after this message seq (0: from the beginning).")] = 0,
     server: Server = None, token: Token = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON message per line instead of the progress bar.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON message per line instead of the progress bar.")
+    ] = False,
 ) -> None:
     """Follow a session live (WebSocket; reconnects and resumes without losing a message). Exits 0 when
     it completes, 1 when it fails, 3 when it is cancelled."""
@@ -321,8 +326,9 @@ def _watch_bar(client: Client, session_id: str, after: int) -> str | None:
     final = None
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console) as bar:
-        task = bar.add_task(f"{session_id} {session.status}", total=100.0, completed=session.progress,
+        task = bar.add_task(f"{session_id} {session.status}", total=100.0,
                             detail=f"step {session.step}/{session.total_steps or '?'}")
+        bar.update(task, completed=session.progress)  # a percentage: add_task takes only whole numbers
         for message in client.watch(session_id, after):
             data = message.data
             if message.event == "training.progress":
@@ -396,7 +402,9 @@ def models_compare(
 @client_errors
 def models_download(
     model_id: Annotated[int | None, typer.Argument(help="The model version id (`cotrain models list`).")] = None,
-    session: Annotated[str | None, typer.Option("--session", help="The latest version of this session instead.")] = None,
+    session: Annotated[
+        str | None, typer.Option("--session", help="The latest version of this session instead.")
+    ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="The folder the zip lands in.")] = Path("."),
     server: Server = None, token: Token = None, as_json: AsJson = False,
 ) -> None:

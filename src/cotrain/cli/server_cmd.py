@@ -11,7 +11,9 @@ def up(
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
     api_only: bool = typer.Option(False, "--api-only", help="Serve the API and WebSocket without the web UI."),
-    example: bool = typer.Option(False, "--example", help="Create an example session if there is none yet (a tiny run)."),
+    example: bool = typer.Option(
+        False, "--example", help="Create an example session if there is none yet (a tiny run)."
+    ),
 ) -> None:
     """Start the server: web UI, REST API, WebSocket, database (SQLite under COTRAIN_HOME unless
     DATABASE_URL is set), queue, executor and the DHT node."""
@@ -23,11 +25,10 @@ def up(
     from cotrain.server.worker_memory import exit_on_bad_override
 
     exit_on_bad_override()  # the embedded worker's COTRAIN_WORKER_MEMORY, checked before the server starts
-    from cotrain.server.settings import QuotaSettings, tracking_from_env
+    from cotrain.server.settings import Settings
 
-    try:  # issue 11, member quotas: a bad COTRAIN_QUOTA_* is one sentence, not a traceback from the app factory
-        QuotaSettings.from_env()
-        tracking_from_env()  # issue 17, experiment trackers: a bad COTRAIN_TRACKING_* likewise
+    try:  # a bad variable (COTRAIN_QUOTA_*, ...) is one sentence, not a traceback from the app factory
+        Settings()
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

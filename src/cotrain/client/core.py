@@ -306,7 +306,8 @@ def get_model(model_id: int) -> Call[ModelVersionOut]:
 
 
 def compare_models(ids: Iterable[int]) -> Call[dict[str, Any]]:
-    """Two or more versions side by side (val loss, perplexity, accuracy, parameters, tokens seen) and the best of each."""
+    """Two or more versions side by side (val loss, perplexity, accuracy, parameters, tokens seen) and the
+    best of each."""
     return Call("GET", "/models/compare", _json, params={"ids": [int(i) for i in ids]})
 
 

@@ -27,7 +27,6 @@ _PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
 _NAME = rf"{_PART}(?:/{_PART})?"
 _CONFIG = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _PATH = r"(?:/|\./|\.\./|~)[^\x00]*"
-HF_PATTERN = rf"^hf:(?:{_PATH}|{_NAME}(?::{_CONFIG})?)$"
 # what `data.dataset` / the API's `dataConfig.dataset` may hold (the builder names are refused later)
 DATASET_PATTERN = rf"^(?:stdlib|hf:(?:{_PATH}|{_NAME}(?::{_CONFIG})?))$"
 _NAMED = re.compile(rf"^hf:(?P<name>{_NAME})(?::(?P<config>{_CONFIG}))?$")

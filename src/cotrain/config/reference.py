@@ -32,7 +32,7 @@ def _type_name(annotation: object) -> str:
 
 def _default(field: FieldInfo) -> str:
     if field.default_factory is not None:
-        value = field.default_factory()
+        value = field.get_default(call_default_factory=True)
         return "" if isinstance(value, BaseModel) else f"`{value}`"
     if field.default is None:
         return "—"

@@ -75,7 +75,7 @@ def _dedupe_shared(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tens
     unique: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     for name, tensor in state.items():
-        ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        ident = (tensor.untyped_storage().data_ptr(), int(tensor.storage_offset()), tuple(tensor.shape))
         if ident in seen:
             aliases[name] = seen[ident]
             continue
@@ -103,8 +103,9 @@ def save_checkpoint(
     save_file(weights, str(tmp / "model.safetensors"), metadata={"aliases": json.dumps(aliases)})
     torch.save(optimizer_state, tmp / "optimizer.pt")
     if strategy_state:
-        save_file({k: v.detach().contiguous().cpu() for k, v in strategy_state.items()}, str(tmp / "strategy.safetensors"))
-    rng = {"cpu": torch.get_rng_state()}
+        tensors = {k: v.detach().contiguous().cpu() for k, v in strategy_state.items()}
+        save_file(tensors, str(tmp / "strategy.safetensors"))
+    rng: dict[str, torch.Tensor | list[torch.Tensor]] = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save(rng, tmp / "rng.pt")

@@ -12,6 +12,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -22,7 +23,7 @@ class ConsoleReporter:
     def __init__(self, interactive: bool | None = None):
         self.interactive = sys.stdout.isatty() if interactive is None else interactive
         self._progress: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
         self._console = Console(stderr=False)
 
     def __call__(self, event: dict[str, Any]) -> None:
@@ -32,7 +33,7 @@ class ConsoleReporter:
         kind = event["type"]
         if kind == "started":
             self._start(event)
-        elif kind == "progress" and self._progress is not None:
+        elif kind == "progress" and self._progress is not None and self._task is not None:
             m = event["metrics"]
             self._progress.update(
                 self._task,

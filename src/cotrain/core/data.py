@@ -17,9 +17,10 @@ import json
 import os
 import shutil
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +30,9 @@ from cotrain.core.corpus import DataSourceError, RawSource, file_source, stdlib_
 from cotrain.core.events import write_json_atomic
 from cotrain.core.hf_datasets import HFSource
 from cotrain.paths import Layout
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 FORMAT_VERSION = 1
 MAGIC = b"COTRAINTOK\0\1"
@@ -58,7 +62,9 @@ def read_shard_header(path: Path) -> dict[str, Any]:
     if magic != MAGIC:
         raise DataSourceError(f"{path} is not a CoTrain token shard; run `cotrain data prepare` on raw text")
     if version != FORMAT_VERSION:
-        raise DataSourceError(f"{path} has shard format {version}, this CoTrain reads {FORMAT_VERSION}; prepare it again")
+        raise DataSourceError(
+            f"{path} has shard format {version}, this CoTrain reads {FORMAT_VERSION}; prepare it again"
+        )
     return {"itemsize": itemsize, "tokens": tokens, "vocab_size": vocab, "key": key.rstrip(b"\0").decode()}
 
 
@@ -214,7 +220,9 @@ def _load_documents(source: RawSource | HFSource, cache_dir: Path, column: str =
     return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
-def _build(source: RawSource | HFSource, data: DataConfig, tokenizer_spec: str, key: str, out: Path, seed: int) -> dict[str, Any]:
+def _build(
+    source: RawSource | HFSource, data: DataConfig, tokenizer_spec: str, key: str, out: Path, seed: int
+) -> dict[str, Any]:
     from cotrain.core.tokenizer import eos_id, load_tokenizer, train_bpe
 
     docs = _load_documents(source, out / ".cache", data.text_column)
@@ -226,6 +234,7 @@ def _build(source: RawSource | HFSource, data: DataConfig, tokenizer_spec: str, 
     train_ids = [i for i in range(len(docs)) if not is_val[i]]
     val_ids = [i for i in range(len(docs)) if is_val[i]]
 
+    tokenizer: PreTrainedTokenizerBase
     if tokenizer_spec == "train":
         train_docs = docs.select(train_ids)
         batches = (train_docs[i : i + 1000]["text"] for i in range(0, len(train_docs), 1000))
@@ -313,14 +322,19 @@ def _pack(tokenized, ids: list[int], split: str, out: Path, key: str, vocab: int
         shards.append(name)
         buffer, buffered = [], 0
 
-    subset = tokenized.select(ids) if ids else []
-    for start in range(0, len(subset), 1000):
-        for row in subset[start : start + 1000]["ids"]:
-            arr = np.asarray(row, dtype=np.int64)
-            buffer.append(arr)
-            buffered += len(arr)
-            total += len(arr)
-            if buffered >= SHARD_TOKENS:
-                flush()
+    def rows() -> Iterator[Any]:
+        if not ids:  # an empty split (val_fraction = 0): nothing to select
+            return
+        subset = tokenized.select(ids)
+        for start in range(0, len(subset), 1000):
+            yield from subset[start : start + 1000]["ids"]
+
+    for row in rows():
+        arr = np.asarray(row, dtype=np.int64)
+        buffer.append(arr)
+        buffered += len(arr)
+        total += len(arr)
+        if buffered >= SHARD_TOKENS:
+            flush()
     flush()
     return {"shards": shards, "documents": len(ids), "tokens": total}

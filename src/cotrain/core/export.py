@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from cotrain.core.events import write_json_atomic
 
@@ -17,6 +16,8 @@ def export_final_model(
     model: nn.Module, tokenizer: PreTrainedTokenizerBase, out_dir: Path, metrics: dict[str, Any]
 ) -> Path:
     """Write model + tokenizer + metrics.json to a temp folder, then swap it into `out_dir`."""
+    if not isinstance(model, PreTrainedModel):  # the strategies hand back the model build_model made
+        raise TypeError(f"only a transformers model can be exported, not a {type(model).__name__}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".tmp-{out_dir.name}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -30,7 +31,3 @@ def export_final_model(
     tmp.rename(out_dir)
     shutil.rmtree(old, ignore_errors=True)
     return out_dir
-
-
-def read_model_metrics(model_dir: Path) -> dict[str, Any]:
-    return json.loads((model_dir / "metrics.json").read_text())

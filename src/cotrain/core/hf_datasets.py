@@ -121,7 +121,8 @@ def check_column(spec: HFDataset, dataset: datasets.Dataset, column: str) -> Non
     hint = f"its text columns are {_listed(texts)}" if texts else "it has no text column"
     if column not in names:
         raise DataSourceError(f'data.text_column = "{column}": the dataset {spec.shown} has no such column; its '
-                              f"columns are {_listed(names)} ({hint}): set data.text_column to the one holding the text.")
+                              f"columns are {_listed(names)} ({hint}): set data.text_column to the one holding "
+                              "the text.")
     if column not in texts:
         raise DataSourceError(f'data.text_column = "{column}": that column of {spec.shown} holds '
                               f"{dataset.features[column]}, not text; {hint}: set data.text_column to one of them.")

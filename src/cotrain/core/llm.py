@@ -17,7 +17,7 @@ from transformers import (
     BertForMaskedLM,
     LlamaConfig,
     LlamaForCausalLM,
-    PretrainedConfig,
+    PreTrainedModel,
 )
 
 from cotrain.config import ModelConfig, get_preset
@@ -43,14 +43,15 @@ class ModelInfo:
 
 def build_hf_config(
     model: ModelConfig, vocab_size: int, seq_length: int, special: dict[str, int], preset: ModelPreset | None = None
-) -> PretrainedConfig:
+) -> BertConfig | LlamaConfig:
     """The `transformers` config of `model`'s size preset (or of `preset`, a shape of the caller's)."""
     preset = preset or get_preset(model.type, model.size)
     vocab = preset.vocab(vocab_size)
     if vocab < vocab_size:
         raise ModelLoadError(
             f"the tokenizer has {vocab_size} tokens but {model.type} {model.size} has a vocabulary of {vocab}; "
-            "lower data.vocab_size or use a small preset (debug, tiny, small), which size their vocabulary to the tokenizer"
+            "lower data.vocab_size or use a small preset (debug, tiny, small), which size their vocabulary to "
+            "the tokenizer"
         )
     if model.type == "bert":
         dropout = 0.1 if model.dropout is None else model.dropout
@@ -65,7 +66,9 @@ def build_hf_config(
             attention_probs_dropout_prob=dropout,
             pad_token_id=special.get("pad", 0),
         )
-    return LlamaConfig(
+    # rope_theta and attn_implementation reach LlamaConfig through **kwargs in transformers 5 (its typed
+    # signature lists neither) and are named parameters in 4.x: this spelling works in both
+    return LlamaConfig(  # type: ignore[call-arg]
         vocab_size=vocab,
         hidden_size=preset.hidden_size,
         intermediate_size=preset.intermediate_size,
@@ -87,18 +90,19 @@ def build_hf_config(
 def build_model(
     model: ModelConfig, *, vocab_size: int, seq_length: int, special: dict[str, int], seed: int,
     preset: ModelPreset | None = None,
-) -> nn.Module:
+) -> PreTrainedModel:
     """Random init at the preset's size (seeded), or `from_pretrained` of `model.path`.
     `preset` replaces the size preset of `model.size` (the benchmarks' shapes)."""
     if model.path:
         return load_pretrained(model)
     hf_config = build_hf_config(model, vocab_size, seq_length, special, preset)
     torch.manual_seed(seed)
-    cls = BertForMaskedLM if model.type == "bert" else LlamaForCausalLM
-    return cls(hf_config)
+    if isinstance(hf_config, BertConfig):
+        return BertForMaskedLM(hf_config)
+    return LlamaForCausalLM(hf_config)
 
 
-def load_pretrained(model: ModelConfig) -> nn.Module:
+def load_pretrained(model: ModelConfig) -> PreTrainedModel:
     path = Path(model.path or "").expanduser()
     if not (path / "config.json").exists():
         raise ModelLoadError(f"model.path {str(path)!r} is not a Hugging Face model directory (no config.json)")
@@ -110,17 +114,18 @@ def load_pretrained(model: ModelConfig) -> nn.Module:
         raise ModelLoadError(f"cannot load the model in {path}: {exc}") from None
 
 
-def describe(module: nn.Module, seq_length: int) -> ModelInfo:
+def describe(module: PreTrainedModel, seq_length: int) -> ModelInfo:
     """Parameter counts and training FLOPs per token: 6·N (matmul weights, forward+backward) plus
     the attention scores, 12·layers·hidden·seq (the PaLM appendix B estimate)."""
     cfg = module.config
-    params = sum(p.numel() for p in module.parameters())
-    embedding = module.get_input_embeddings().weight.numel()
+    params = _numel(module)
+    token_embedding = _numel(module.get_input_embeddings())
+    embedding = token_embedding
     if getattr(cfg, "model_type", "") == "bert":
-        embedding += module.bert.embeddings.position_embeddings.weight.numel()
-        embedding += module.bert.embeddings.token_type_embeddings.weight.numel()
+        embedding += _numel(module.get_submodule("bert.embeddings.position_embeddings"))
+        embedding += _numel(module.get_submodule("bert.embeddings.token_type_embeddings"))
         # The MLM decoder shares the input embedding but does a matmul with it: count it back.
-        matmul_params = params - embedding + module.get_input_embeddings().weight.numel()
+        matmul_params = params - embedding + token_embedding
     else:
         matmul_params = params - embedding
     layers, hidden = cfg.num_hidden_layers, cfg.hidden_size
@@ -128,7 +133,11 @@ def describe(module: nn.Module, seq_length: int) -> ModelInfo:
     return ModelInfo(params, embedding, layers, hidden, flops)
 
 
-def enable_activation_checkpointing(module: nn.Module) -> None:
+def _numel(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def enable_activation_checkpointing(module: PreTrainedModel) -> None:
     """Keep only each transformer layer's input in the forward pass and recompute the rest in the
     backward pass. Non-reentrant checkpointing: it needs no input that requires grad, and
     torch.compile traces it."""
@@ -154,7 +163,3 @@ def compile_model(module: nn.Module) -> nn.Module:
 
 def is_compiled(module: nn.Module) -> bool:
     return getattr(module, "_compiled_call_impl", None) is not None
-
-
-def is_masked_lm(module: nn.Module) -> bool:
-    return getattr(module.config, "model_type", "") == "bert"

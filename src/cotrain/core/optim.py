@@ -7,6 +7,7 @@ checkpoint stores the step and the schedule's settings, and `lr_at` gives the sa
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -32,7 +33,7 @@ def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.AdamW(groups, lr=lr, betas=train.betas, **kernel)
 
 
-def adam_kernel(params: list[torch.Tensor]) -> dict[str, bool]:
+def adam_kernel(params: Sequence[torch.Tensor]) -> dict[str, bool]:
     """`fused=True` (one CUDA kernel for every parameter's update) when all parameters are on
     CUDA; the multi-tensor `foreach` implementation otherwise (CPU, where results then stay the
     same as before fused kernels existed, and parameters split over devices)."""

@@ -3,7 +3,6 @@ the corpus with `tokenizers` and saved beside the prepared data. Nothing is fetc
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,10 +30,10 @@ def train_bpe(texts: Iterator[list[str]], vocab_size: int) -> PreTrainedTokenize
         show_progress=True,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    return wrap(tok)
+    return _wrap(tok)
 
 
-def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
+def _wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=PAD, mask_token=MASK, unk_token=None
     )
@@ -44,7 +43,7 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """A tokenizer from a `tokenizer.json` file or a local Hugging Face directory."""
     path = Path(path).expanduser()
     if path.is_file():
-        return wrap(Tokenizer.from_file(str(path)))
+        return _wrap(Tokenizer.from_file(str(path)))
     if path.is_dir():
         try:
             tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
@@ -59,13 +58,6 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
         f"data.tokenizer {str(path)!r} is neither a tokenizer.json file nor a local tokenizer directory; "
         'use "train" to train one on the corpus'
     )
-
-
-def tokenizer_fingerprint(tok: PreTrainedTokenizerBase) -> str:
-    """A hash of the tokenizer's full definition (vocab, merges, normalisation)."""
-    backend = getattr(tok, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else repr(sorted(tok.get_vocab().items()))
-    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def eos_id(tok: PreTrainedTokenizerBase) -> int:

@@ -23,7 +23,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,6 @@ from cotrain.core.llm import (
     compile_model,
     describe,
     enable_activation_checkpointing,
-    is_masked_lm,
 )
 from cotrain.core.metrics import gpu_utilization, memory_bytes, peak_flops
 from cotrain.core.optim import build_optimizer, lr_at, set_lr
@@ -54,6 +53,9 @@ from cotrain.core.tracking import Tracking
 from cotrain.p2p.errors import PeerNetworkError
 from cotrain.parent_death import signal_when_parent_dies
 from cotrain.paths import Layout
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 USER_ERRORS = (ConfigError, DataSourceError, ModelLoadError, PeerNetworkError)
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -147,7 +149,8 @@ class Trainer:
         if self.tokenizer.pad_token_id is not None:
             special["pad"] = int(self.tokenizer.pad_token_id)
         model = build_model(
-            cfg.model, vocab_size=self.data.vocab_size, seq_length=cfg.data.seq_length, special=special, seed=cfg.train.seed
+            cfg.model, vocab_size=self.data.vocab_size, seq_length=cfg.data.seq_length, special=special,
+            seed=cfg.train.seed,
         )
         self.masked_lm = cfg.uses_masked_lm
         self.mask_id = mask_id(self.tokenizer) if self.masked_lm else -1
@@ -174,7 +177,7 @@ class Trainer:
         self.peak_flops = peak_flops(self.device, cfg.model.precision) if strategy.is_main else 0.0
         self.system = SystemSampler.for_this_process()  # primed now: its first rates cover training, not setup
 
-    def install_model(self, model: torch.nn.Module) -> None:
+    def install_model(self, model: PreTrainedModel) -> None:
         """Put `model` (weights loaded) to train: the speed options, the device, the strategy's
         wrapper, then the optimizer. torch.compile comes last so it traces the wrapped model
         (DDP's bucketed all-reduce, FSDP's hooks) and compiles in place: parameter names,
@@ -182,14 +185,16 @@ class Trainer:
         cfg = self.config
         if cfg.train.activation_checkpointing:
             enable_activation_checkpointing(model)
-        self.model = self.strategy.wrap_model(model.to(self.device))
+        # seen as an nn.Module: mypy cannot bind PreTrainedModel.to (a functools.wraps wrapper); same call
+        module: torch.nn.Module = model
+        self.model = self.strategy.wrap_model(module.to(self.device))
         if cfg.train.compile:
             compile_model(self.model)
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.model.precision == "fp16")
         self.autocast_dtype = AUTOCAST_DTYPES.get(cfg.model.precision)
         # a causal LM would otherwise fill a KV cache in every training forward, for nothing
-        self.forward_kwargs = {} if is_masked_lm(model) else {"use_cache": False}
+        self.forward_kwargs = {} if cfg.uses_masked_lm else {"use_cache": False}
         # compiled, the fp32 cast and log-softmax fuse into one pass over the logits (batch × seq ×
         # vocab: the largest tensor of a small model) instead of writing fp32 copies of them
         self.cross_entropy = torch.compile(token_cross_entropy) if cfg.train.compile else token_cross_entropy
@@ -233,7 +238,8 @@ class Trainer:
     def _inputs_and_targets(self, tokens: torch.Tensor, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.masked_lm:
             return tokens[:, :-1], tokens[:, 1:]
-        gen = torch.Generator().manual_seed(hash((self.config.train.seed, step, micro, self.strategy.rank)) & 0x7FFFFFFF)
+        seed = hash((self.config.train.seed, step, micro, self.strategy.rank)) & 0x7FFFFFFF
+        gen = torch.Generator().manual_seed(seed)
         return mask_tokens(
             tokens, mask_id=self.mask_id, vocab_size=len(self.tokenizer), probability=self.config.data.mlm_probability,
             generator=gen, special_ids=(eos_id(self.tokenizer),),
@@ -358,7 +364,8 @@ class Trainer:
         comm_sent, comm_received = self.strategy.comm_bytes()
         extra: dict[str, Any] = {}
         if result.outer is not None:
-            extra = {"outer_step": result.outer.outer_step, "params_hash": result.outer.params_hash, **result.outer.extra}
+            outer = result.outer
+            extra = {"outer_step": outer.outer_step, "params_hash": outer.params_hash, **outer.extra}
         nodes = self.strategy.system_nodes()
         if nodes:
             extra["system"] = {"nodes": nodes}

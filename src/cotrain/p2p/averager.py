@@ -27,7 +27,7 @@ import ctypes
 import logging
 import multiprocessing as mp
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 import torch
@@ -70,7 +70,7 @@ class _ClosesAfterParts:
         stream = await self.stub.rpc_aggregate_part(requests)
         return self._first_parts(stream)
 
-    async def _first_parts(self, stream: AsyncIterator[averaging_pb2.AveragingData]):
+    async def _first_parts(self, stream: AsyncGenerator[averaging_pb2.AveragingData, None]):
         received = 0
         try:
             async for message in stream:
@@ -107,7 +107,9 @@ class ExactAllReduceRunner(AllReduceRunner):
         peer_index = self.ordered_peer_ids.index(peer_id)
         sender_index = self.sender_peer_ids.index(peer_id)
         for part_index, part in enumerate(self.parts_for_local_averaging):
-            averaged = await self.tensor_part_reducer.accumulate_part(sender_index, part_index, part, weight=self.weight)
+            averaged = await self.tensor_part_reducer.accumulate_part(
+                sender_index, part_index, part, weight=self.weight
+            )
             if not self._averaged_over_whole_group(part_index):
                 self.tensor_part_container.register_failed_reducer(peer_index)
                 return

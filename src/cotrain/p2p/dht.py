@@ -30,8 +30,9 @@ def start_dht(
 ) -> DHT:
     """A running DHT node, joined to `initial_peers` (a new network if empty).
 
-    `identity_path` keeps the peer id across restarts. `private_key` signs this node's records (default: the process-wide key); `signer(dht)`
-    returns the validator holding it. Raises a RuntimeError that says what to check when the peers cannot be reached.
+    `identity_path` keeps the peer id across restarts. `private_key` signs this node's records (default: the
+    process-wide key); `signer(dht)` returns the validator holding it. Raises a RuntimeError that says what to
+    check when the peers cannot be reached.
     """
     kwargs: dict = dict(host_maddrs=list(host_maddrs), client_mode=client_mode, startup_timeout=startup_timeout)
     if announce_maddrs:
@@ -55,8 +56,8 @@ def start_dht(
             "(/ip4/HOST/tcp/PORT/p2p/PEER_ID) of a running peer and that the port is reachable, and that no "
             "other running peer uses the same identity file; `cotrain doctor` checks this machine."
         ) from exc
-    dht._cotrain_has_validator = True  # type: ignore[attr-defined]
-    dht._cotrain_signer = validator  # type: ignore[attr-defined]
+    dht._cotrain_has_validator = True
+    dht._cotrain_signer = validator
     return dht
 
 
@@ -70,7 +71,7 @@ def ensure_signature_validator(dht: DHT) -> None:
     verify and strip signed records. Idempotent: hivemind merges duplicate validators."""
     if not getattr(dht, "_cotrain_has_validator", False):
         dht.add_validators([RSASignatureValidator()])
-        dht._cotrain_has_validator = True  # type: ignore[attr-defined]
+        dht._cotrain_has_validator = True
 
 
 def signer(dht: DHT) -> RSASignatureValidator:

@@ -8,8 +8,8 @@ A volunteer trusts the server with what to train, never with where on the volunt
 read or write: `volunteer_config` keeps only the keys of `VOLUNTEER_KEYS` (an allow-list: the
 model, the training settings, the data by name, the DiLoCo settings) and drops everything else,
 paths first (`model.path`, `data.data_path`, a `data.dataset = "hf:/path"` folder, a tokenizer
-path, `checkpoint.output_path`, `checkpoint.resume`), but also the server's wallet and listen addresses, and any key this version
-does not know; `cotrain join` names what it dropped in a warning line.
+path, `checkpoint.output_path`, `checkpoint.resume`), but also the server's wallet and listen addresses, and
+any key this version does not know; `cotrain join` names what it dropped in a warning line.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ gradients are all-reduced during backward, rank 0 writes events and checkpoints.
 from __future__ import annotations
 
 import contextlib
+from typing import cast
 
 import torch
 from torch import nn
@@ -21,7 +22,8 @@ class DdpStrategy(ProcessGroupStrategy):
         return DistributedDataParallel(model, device_ids=device_ids)
 
     def accumulation_context(self, model: nn.Module, is_last_micro_batch: bool) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext() if is_last_micro_batch else model.no_sync()
+        # `model` is what wrap_model made: a DistributedDataParallel
+        return contextlib.nullcontext() if is_last_micro_batch else cast(DistributedDataParallel, model).no_sync()
 
     def after_optimizer_step(self, step: int, model: nn.Module):
         self._count_allreduce(model)

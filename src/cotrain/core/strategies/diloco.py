@@ -479,7 +479,8 @@ class DilocoStrategy(Strategy):
         from cotrain.p2p.records import publish_progress
 
         try:
-            publish_progress(self.dht, signer(self.dht), replace(self._snapshot(), active=False), ttl=self.publisher.ttl)
+            final = replace(self._snapshot(), active=False)
+            publish_progress(self.dht, signer(self.dht), final, ttl=self.publisher.ttl)
         except Exception as exc:
             log.warning("could not publish the leaving record: %s", exc)
 

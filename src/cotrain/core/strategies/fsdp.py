@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -68,7 +68,8 @@ class FsdpStrategy(ProcessGroupStrategy):
 
     def model_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Collective: every process must call it; the full state dict is on rank 0 only."""
-        return get_model_state_dict(model, options=GATHER_TO_RANK0)
+        # full, not sharded: plain tensors (typed as any state dict value)
+        return cast(dict[str, torch.Tensor], get_model_state_dict(model, options=GATHER_TO_RANK0))
 
     def optimizer_state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """Collective: the full optimizer state on rank 0 only, in `torch.optim`'s own format
@@ -125,5 +126,7 @@ def _named(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optim
     order = [names_by_param[id(p)] for group in optimizer.param_groups for p in group["params"]]
     return {
         "state": {order[int(i)]: value for i, value in state["state"].items()},
-        "param_groups": [{**group, "params": [order[int(i)] for i in group["params"]]} for group in state["param_groups"]],
+        "param_groups": [
+            {**group, "params": [order[int(i)] for i in group["params"]]} for group in state["param_groups"]
+        ],
     }
