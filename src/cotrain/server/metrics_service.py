@@ -1,21 +1,27 @@
 """Metric history for charts, downsampled in the database: the step range is cut into at most
 `max_points` equal buckets and each bucket gives its mean, min and max (so spikes survive and a
-million-step run still answers with a few hundred points)."""
+million-step run still answers with a few hundred points).
+
+`MetricsService` is what the API and the UI call (it owns its units of work); the functions take
+an open `db` for callers that already hold one."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session, sessionmaker
 
-from cotrain.server.orm import MetricPoint
+from cotrain.server.auth import Actor
+from cotrain.server.node_metrics import session_metric_lines
+from cotrain.server.orm import MetricPoint, TrainingSession
 
 SERIES = ("loss", "accuracy", "learning_rate", "tokens_per_second", "participants", "val_loss", "val_perplexity",
           "val_accuracy")
 
 
-def metric_history(db: Session, session_id: str, max_points: int = 500, metrics: tuple[str, ...] = SERIES) -> dict[str, Any]:
+def metric_history(db: Session, session_id: str, max_points: int = 500,
+                   metrics: tuple[str, ...] = SERIES) -> dict[str, Any]:
     where = MetricPoint.session_id == session_id
     total, first, last = db.execute(
         select(func.count(MetricPoint.id), func.min(MetricPoint.step), func.max(MetricPoint.step)).where(where)
@@ -28,12 +34,12 @@ def metric_history(db: Session, session_id: str, max_points: int = 500, metrics:
         return {"session_id": session_id, "total_points": total, "downsampled": False, "points": points}
     width = max(1, -(-(last - first + 1) // max_points))  # ceil division
     bucket = ((MetricPoint.step - first) // width).label("bucket")  # SQLAlchemy 2: `//` is integer division everywhere
-    columns = [bucket, func.max(MetricPoint.step).label("step"), func.max(MetricPoint.time).label("time")]
+    columns: list[Any] = [bucket, func.max(MetricPoint.step).label("step"), func.max(MetricPoint.time).label("time")]
     for m in metrics:
         col = getattr(MetricPoint, m)
         columns += [func.avg(col).label(m), func.min(col).label(f"{m}_min"), func.max(col).label(f"{m}_max")]
-    rows = db.execute(select(*columns).where(where).group_by(bucket).order_by(bucket)).mappings()
-    points = [{k: v for k, v in row.items() if k != "bucket"} for row in rows]
+    buckets = db.execute(select(*columns).where(where).group_by(bucket).order_by(bucket)).mappings()
+    points = [{k: v for k, v in row.items() if k != "bucket"} for row in buckets]
     return {"session_id": session_id, "total_points": total, "downsampled": True, "points": points}
 
 
@@ -194,8 +200,8 @@ def round_history(db: Session, session_id: str, max_points: int = 500) -> dict[s
     else:
         width = max(1, -(-(last_round - first + 1) // max_points))
         bucket = ((RoundSample.round - first) // width).label("bucket")
-        columns = [bucket, func.max(RoundSample.round).label("round"), func.max(RoundSample.time).label("time"),
-                   func.max(RoundSample.step).label("step")]
+        columns: list[Any] = [bucket, func.max(RoundSample.round).label("round"),
+                              func.max(RoundSample.time).label("time"), func.max(RoundSample.step).label("step")]
         for m in ROUND_SERIES:
             col = getattr(RoundSample, m)
             columns += [func.avg(col).label(m), func.max(col).label(f"{m}_max")]
@@ -211,8 +217,47 @@ def round_history(db: Session, session_id: str, max_points: int = 500) -> dict[s
         .where(RoundPeerSample.session_id == session_id).group_by(RoundPeerSample.peer)
     ).all()
     peers = [{"peer": peer, "rounds": n, "train_seconds_mean": _plain(mean),
-              "bytes_sent": None if sent is None else int(sent), "bytes_received": None if received is None else int(received),
+              "bytes_sent": None if sent is None else int(sent),
+              "bytes_received": None if received is None else int(received),
               "slowest_rounds": slowest_counts.get(peer, 0)} for peer, n, mean, sent, received in summary]
     peers.sort(key=lambda p: (-(p["slowest_rounds"]), -(p["train_seconds_mean"] or 0.0), p["peer"]))
     return {"session_id": session_id, "total_rounds": total, "downsampled": downsampled, "rounds": rounds,
             "latest": latest, "slowest_peer": latest["slowest_peer"], "peers": peers}
+
+
+class MetricsService:
+    """The stored series of sessions, each read in its own unit of work. The read rule is the
+    caller's: look the session up through `SessionService.get` first."""
+
+    def __init__(self, factory: sessionmaker[Session]):
+        self.factory = factory
+
+    def history(self, session_id: str, max_points: int = 500) -> dict[str, Any]:
+        """The training series (`metric_history`)."""
+        with self.factory.begin() as db:
+            return metric_history(db, session_id, max_points)
+
+    def nodes(self, session_id: str, max_points: int = 500) -> dict[str, Any]:
+        """`latest`: each node's newest sample (`latest_nodes`); `history`: their series (`node_history`)."""
+        with self.factory.begin() as db:
+            return {"latest": latest_nodes(db, session_id), "history": node_history(db, session_id, max_points)}
+
+    def rounds(self, session_id: str, max_points: int = 500) -> dict[str, Any]:
+        """A DiLoCo session's rounds (`round_history`)."""
+        with self.factory.begin() as db:
+            return round_history(db, session_id, max_points)
+
+    def sessions_by_status(self) -> dict[str, int]:
+        with self.factory.begin() as db:
+            rows = db.execute(select(TrainingSession.status, func.count()).group_by(TrainingSession.status))
+            return {status: count for status, count in rows.tuples()}
+
+    def prometheus_session_lines(self, actor: Actor | None) -> list[str]:
+        """The per-session, per-node and per-round series of the sessions `actor` may read (node_metrics.py)."""
+        with self.factory.begin() as db:
+            return session_metric_lines(db, actor)
+
+    def database_answers(self) -> None:
+        """Raises when the database does not answer (the health check)."""
+        with self.factory.begin() as db:
+            db.execute(text("SELECT 1"))

@@ -1,5 +1,8 @@
-"""Everything a running server holds, in one object the API, the WebSocket and the UI share:
-settings, database, fan-out hub, DHT node, executor and the services."""
+"""The composition root: everything a running server holds, built once and shared by the API, the
+WebSocket and the UI. It opens the database, the fan-out hub, the DHT node, the chain and the
+executor, then builds each service with exactly what it uses (units of work, settings, a publish
+callable, a wake-the-executor callable, ...); no service holds the platform itself. `cotrain
+worker` (worker.py) opens the database the same way, through `cotrain.db.open_database`."""
 
 from __future__ import annotations
 
@@ -8,16 +11,21 @@ import logging
 import os
 from typing import Any
 
-from cotrain.db import make_db_factory, make_engine, run_migrations
-from cotrain.server.auth import ensure_admin_token, register_token_resolver
+from cotrain.db import open_database, run_migrations
+from cotrain.server.audit import audit_log_for
+from cotrain.server.auth import register_token_resolver
 from cotrain.server.chain_bridge import RewardSessions, build_chain, wallet_token_resolver
 from cotrain.server.executor import CHAIN_TICK_S, Executor
 from cotrain.server.fanout import make_hub
-from cotrain.server.metrics_service import metric_history
+from cotrain.server.metrics_service import MetricsService
+from cotrain.server.model_service import ModelService
 from cotrain.server.p2p_node import ServerDHT
+from cotrain.server.replay_service import ReplayService
 from cotrain.server.session_service import SessionService
 from cotrain.server.settings import Settings
 from cotrain.server.signed_urls import load_secret
+from cotrain.server.token_service import TokenService
+from cotrain.server.user_service import UserService
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +35,8 @@ PAYOUT_INTERVAL_S = 60.0  # payouts due are sent (or recorded, local backend) at
 class Platform:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or Settings.from_env()
-        self.engine = make_engine(self.settings.database_url)
-        self.factory = make_db_factory(self.engine)
+        # migrations run in `start`, off the event loop
+        self.engine, self.factory = open_database(self.settings.database_url, migrate=False)
         self.hub = make_hub(self.settings.redis_url)
         self.url_secret = load_secret(self.settings.layout.root)  # signs the UI's download links
         self.dht = ServerDHT(self.settings.dht_host_maddrs, self.settings.dht_initial_peers)
@@ -36,10 +44,22 @@ class Platform:
         self.executor: Executor | None = None
         if self.settings.embedded_worker:
             self.executor = Executor(self.settings, self.factory, self.hub, self.dht.bootstrap_addresses, self.chain)
-        self.sessions = SessionService(self)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.started = False
         self._payouts: asyncio.Task[None] | None = None
+        self._build_services()
+
+    def _build_services(self) -> None:
+        """Each service gets what it uses, and only that."""
+        self.audit = audit_log_for(self.engine, self.settings.layout.system_logs / "audit.log")
+        self.tokens = TokenService(self.factory)
+        self.users = UserService(self.factory)
+        self.metrics = MetricsService(self.factory)
+        self.replay = ReplayService(self.factory)
+        self.models = ModelService(self.factory, self.settings.layout, self.settings.worker_id)
+        self.sessions = SessionService(self.factory, self.settings, publish=self.publish,
+                                       wake_executor=self.wake_executor, rewards=self.chain,
+                                       dht_peers=self.dht.session_peers)
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -73,28 +93,20 @@ class Platform:
         self.engine.dispose()
 
     def _admin_token(self) -> None:
-        with self.factory.begin() as db:
-            token = ensure_admin_token(db, self.settings.layout.root, self.settings.admin_token, announce=True)
+        home = self.settings.layout.root
+        token = self.tokens.ensure_admin(home, self.settings.admin_token)
         if token:  # the one time the plain token is shown
             print(
-                f"CoTrain admin token (shown once; also in {self.settings.layout.root / 'admin-token'}):\n  {token}\n"
+                f"CoTrain admin token (shown once; also in {home / 'admin-token'}):\n  {token}\n"
                 f"Sign in to the web UI: {os.environ.get('COTRAIN_UI_URL', '')}/?token={token}",
                 flush=True,
             )
 
     def _create_example(self) -> None:
         """Create the example session when the database has no session yet."""
-        from sqlalchemy import func, select
-
-        from cotrain.server.examples import EXAMPLE_SESSION
-        from cotrain.server.orm import TrainingSession
-        from cotrain.server.schemas import SessionCreate
-
-        with self.factory.begin() as db:
-            if db.scalar(select(func.count()).select_from(TrainingSession)):
-                return
-        row = self.sessions.create(SessionCreate.model_validate(EXAMPLE_SESSION), None)
-        print(f"Created the example session {row.id} ({row.name}); it is {row.status}.", flush=True)
+        row = self.sessions.create_example()
+        if row is not None:
+            print(f"Created the example session {row.id} ({row.name}); it is {row.status}.", flush=True)
 
     # ---- for services called from any thread ----------------------------------------------
     def publish(self, messages: list[dict[str, Any]]) -> None:
@@ -106,12 +118,9 @@ class Platform:
             future.add_done_callback(_log_failure)
 
     def wake_executor(self) -> None:
+        """Have the embedded executor look at the queue now (from any thread)."""
         if self.loop is not None and self.executor is not None:
             self.loop.call_soon_threadsafe(self.executor.wake)
-
-    def metric_history(self, session_id: str, max_points: int = 500) -> dict[str, Any]:
-        with self.factory.begin() as db:
-            return metric_history(db, session_id, max_points)
 
 
 def _sign_in_notice() -> str:

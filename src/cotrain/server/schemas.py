@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from cotrain.config.hf_spec import DATASET_PATTERN
@@ -28,7 +28,8 @@ class CamelModel(BaseModel):
 
 class ModelConfigIn(CamelModel):
     type: Literal["llama2", "llama3", "bert"] = "llama2"
-    size: str = Field("debug", max_length=16, description='A size preset: "debug", "tiny", "small", "base", or "7B", "13B", "70B", ...')
+    size: str = Field("debug", max_length=16,
+                      description='A size preset: "debug", "tiny", "small", "base", or "7B", "13B", "70B", ...')
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
 
 
@@ -37,7 +38,8 @@ class TrainingConfigIn(CamelModel):
     learning_rate: float = Field(3e-4, gt=0, le=100)
     epochs: int | None = Field(1, gt=0, le=10**6)
     optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
-    max_steps: int | None = Field(None, gt=0, le=BIG, description="Stop after this many steps (wins over epochs).")
+    max_steps: int | None = Field(None, gt=0, le=BIG,
+                                  description="Stop after this many steps (wins over epochs).")
     warmup_steps: int | None = Field(None, ge=0, le=BIG)
     log_interval: int | None = Field(None, gt=0, le=BIG)
     eval_interval: int | None = Field(None, gt=0, le=BIG)
@@ -48,7 +50,8 @@ class DistributedConfigIn(CamelModel):
     gpus_per_node: int = Field(1, gt=0, le=1024)
     strategy: Literal["ddp", "fsdp", "diloco"] = "ddp"
     inner_steps: int | None = Field(None, gt=0, le=BIG, description="DiLoCo: local steps between averaging rounds.")
-    initial_peers: list[Annotated[str, Field(pattern=NO_NUL)]] | None = Field(None, max_length=100, description="DiLoCo: DHT peers to join (default: this server's DHT).")
+    initial_peers: list[Annotated[str, Field(pattern=NO_NUL)]] | None = Field(
+        None, max_length=100, description="DiLoCo: DHT peers to join (default: this server's DHT).")
     compression: Literal["none", "fp16", "int8"] | None = Field(
         None, description="DiLoCo: compression of the averaged pseudo-gradient (default none)."
     )
@@ -64,7 +67,8 @@ class DataConfigIn(CamelModel):
                               description='The split of an hf: dataset (default "train"; "train[:10%]" slices).')
     text_column: str | None = Field(None, min_length=1, max_length=256, pattern=NO_NUL,
                                     description='The column holding the text (default "text").')
-    data_path: str | None = Field(None, min_length=1, pattern=NO_NUL, description="Local files on the worker (instead of dataset).")
+    data_path: str | None = Field(None, min_length=1, pattern=NO_NUL,
+                                  description="Local files on the worker (instead of dataset).")
     seq_length: int | None = Field(None, gt=0, le=10**7)
     max_bytes: int | None = Field(None, gt=0, le=10**15)
     vocab_size: int | None = Field(None, ge=256, le=262144)
@@ -78,7 +82,8 @@ class CheckpointConfigIn(CamelModel):
 class RewardPoolIn(CamelModel):
     """What the contributors of a session share when it completes, pro rata to their verified work."""
 
-    amount: int = Field(..., gt=0, le=2**63 - 1, description="In the asset's smallest unit (octas for APT: 1 APT = 10^8).")
+    amount: int = Field(..., gt=0, le=2**63 - 1,
+                        description="In the asset's smallest unit (octas for APT: 1 APT = 10^8).")
     asset: str = Field(
         "APT", pattern=r"^(APT|0x[0-9a-fA-F]{1,64})$",
         description='"APT", or the metadata object address (0x...) of a fungible asset.',
@@ -90,9 +95,9 @@ class SessionCreate(CamelModel):
 
     name: str = Field(..., min_length=1, max_length=200, pattern=NO_NUL)
     description: str = Field("", pattern=NO_NUL)
-    model_config_: ModelConfigIn = Field(default_factory=ModelConfigIn, alias="modelConfig")
-    training_config: TrainingConfigIn = Field(default_factory=TrainingConfigIn)
-    distributed_config: DistributedConfigIn = Field(default_factory=DistributedConfigIn)
+    model_config_: ModelConfigIn = Field(default_factory=lambda: ModelConfigIn.model_validate({}), alias="modelConfig")
+    training_config: TrainingConfigIn = Field(default_factory=lambda: TrainingConfigIn.model_validate({}))
+    distributed_config: DistributedConfigIn = Field(default_factory=lambda: DistributedConfigIn.model_validate({}))
     data_config: DataConfigIn | None = None
     checkpoint_config: CheckpointConfigIn | None = None
     priority: int = Field(0, ge=-100, le=100, description="Higher runs first.")
@@ -148,6 +153,9 @@ class PriorityChange(CamelModel):
 
 
 class OutModel(BaseModel):
+    """A response body. `from_attributes`: a route returns the row (or the service's view) and
+    `response_model` reads the fields it names; the JSON is camelCase."""
+
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, from_attributes=True)
 
 
@@ -155,7 +163,19 @@ def iso(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
 
+def _from_unix(value: Any) -> Any:
+    """The tables keep time as unix seconds; the API shows ISO 8601 in UTC (a datetime is kept)."""
+    return iso(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+UnixTime = Annotated[datetime, BeforeValidator(_from_unix)]
+OrEmpty = Annotated[dict[str, Any], BeforeValidator(lambda value: value or {})]  # NULL JSON columns read as {}
+
+
 class SessionOut(OutModel):
+    """A session as its reader may see it: `SessionService.shown` fills in the reader's fields
+    (error, workerId, request, waitingReason) on top of the row's own."""
+
     id: str
     name: str
     description: str
@@ -171,21 +191,39 @@ class SessionOut(OutModel):
     progress: float
     loss: float | None
     participants: int
-    metrics: dict[str, Any]
+    metrics: OrEmpty = Field(validation_alias=AliasChoices("metrics", "latest_metrics"))
     attempts: int
     max_retries: int
     error: str | None
     worker_id: str | None
     waiting_reason: str | None = Field(
         None, description="Why a queued session has not started yet, as a sentence that says what to do "
-        "(no worker running, no worker with enough GPUs per node or memory, a retry backoff, all fitting workers busy). "
-        "null unless the session is queued.",
+        "(no worker running, no worker with enough GPUs per node or memory, a retry backoff, all fitting "
+        "workers busy). null unless the session is queued.",
     )
-    created_at: datetime | None
-    queued_at: datetime | None
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UnixTime | None
+    queued_at: UnixTime | None
+    started_at: UnixTime | None
+    finished_at: UnixTime | None
     request: dict[str, Any]
+
+
+class SessionStatusOut(OutModel):
+    """GET /sessions/{id}/status: where a run is (`SessionService.status` adds the reader's fields)."""
+
+    session_id: str = Field(validation_alias=AliasChoices("sessionId", "session_id", "id"))
+    status: str
+    progress: float
+    step: int
+    total_steps: int | None
+    loss: float | None
+    participants: int
+    metrics: OrEmpty = Field(validation_alias=AliasChoices("metrics", "latest_metrics"))
+    attempts: int
+    error: str | None
+    seq: int = Field(validation_alias=AliasChoices("seq", "message_seq"))
+    queue_position: int | None = Field(None, description="1 for the next session to run; null unless queued.")
+    waiting_reason: str | None = None
 
 
 class Page(OutModel, Generic[T]):
@@ -201,6 +239,12 @@ class MessageOut(OutModel):
     time: float
     data: dict[str, Any]
 
+    @classmethod
+    def of(cls, message: dict[str, Any]) -> MessageOut:
+        """A stored message as the WebSocket sends it (`{"event", "data"}`), with its seq and time lifted out."""
+        data = message["data"]
+        return cls(seq=data["seq"], event=message["event"], time=data.get("time") or 0.0, data=data)
+
 
 class MetricSeries(OutModel):
     session_id: str
@@ -213,7 +257,7 @@ class CheckpointOut(OutModel):
     step: int
     path: str | None = Field(None, description="Where it is on the server's disk (owner and admins only).")
     size_bytes: int
-    created_at: datetime
+    created_at: UnixTime
 
 
 class ModelVersionOut(OutModel):
@@ -222,8 +266,8 @@ class ModelVersionOut(OutModel):
     version: int
     name: str
     path: str | None = Field(None, description="Where the files are on the server's disk (owner and admins only).")
-    metrics: dict[str, Any]
-    created_at: datetime
+    metrics: OrEmpty
+    created_at: UnixTime
 
 
 class Envelope(BaseModel, Generic[T]):

@@ -47,7 +47,9 @@ class UserRef:
     token_id: int | None = None
 
     def __str__(self) -> str:
-        return self.address if self.kind == "wallet" else f"{TOKEN_PREFIX}{self.token_id}"
+        if self.kind == "wallet" and self.address is not None:
+            return self.address
+        return f"{TOKEN_PREFIX}{self.token_id}"
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ def _find(db: Session, ref: UserRef, create: bool = False) -> ApiToken:
             raise NotFound(f"No API token {ref.token_id}; the tokens are listed by GET /api/v1/users?kind=token "
                            "and `cotrain users list --kind token`.")
         return row
-    principal = WALLET_PREFIX + ref.address
+    principal = f"{WALLET_PREFIX}{ref.address}"
     if create:
         return principal_row(db, principal)
     row = db.scalar(select(ApiToken).where(ApiToken.token_hash == principal_hash(principal)))
@@ -210,3 +212,24 @@ def is_banned(db: Session, address: str) -> bool:
     """Whether an admin banned this (normalized) wallet address; sign-in refuses it."""
     row = db.scalar(select(ApiToken).where(ApiToken.token_hash == principal_hash(WALLET_PREFIX + address)))
     return row is not None and row.revoked
+
+
+class UserService:
+    """The functions above bound to the server's units of work: what the API and the UI call
+    (`cotrain users` calls the functions with the factory it opened)."""
+
+    def __init__(self, factory: sessionmaker[Session]):
+        self.factory = factory
+
+    def list(self, role: Role | None = None, kind: Kind | None = None, limit: int = 50,
+             offset: int = 0) -> tuple[list[UserView], int]:
+        return list_users(self.factory, role, kind, limit, offset)
+
+    def get(self, ref: UserRef | str) -> UserView:
+        return get_user(self.factory, ref)
+
+    def set_role(self, ref: UserRef | str, role: Role | str) -> tuple[UserView, Role]:
+        return set_role(self.factory, ref, role)
+
+    def revoke(self, ref: UserRef | str, ban: bool | None = None) -> UserView:
+        return revoke(self.factory, ref, ban)

@@ -1,6 +1,7 @@
 """`cotrain worker`: an executor without the HTTP server, for a fleet of GPU machines sharing
 one PostgreSQL queue (claims use FOR UPDATE SKIP LOCKED). Its messages reach browsers through
-Redis when REDIS_URL is set; they are always stored, so clients replay them either way."""
+Redis when REDIS_URL is set; they are always stored, so clients replay them either way. It opens
+the database like every process (`cotrain.db.open_database`) and builds only the executor."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import logging
 import signal
 import sys
 
-from cotrain.db import make_db_factory, make_engine, run_migrations
+from cotrain.db import open_database
 from cotrain.server.executor import Executor
 from cotrain.server.fanout import make_hub
 from cotrain.server.settings import Settings
@@ -26,11 +27,10 @@ async def run_worker(settings: Settings | None = None) -> None:
             "server's PostgreSQL to share its queue.",
             file=sys.stderr,
         )
-    engine = make_engine(settings.database_url)
-    await asyncio.to_thread(run_migrations, engine)
+    engine, factory = await asyncio.to_thread(open_database, settings.database_url)  # and its migrations
     hub = make_hub(settings.redis_url, listen=False)
     await hub.start()
-    executor = Executor(settings, make_db_factory(engine), hub)
+    executor = Executor(settings, factory, hub)
     await executor.start()
     print(f"CoTrain worker {settings.worker_id} is waiting for sessions", flush=True)
     stop = asyncio.Event()

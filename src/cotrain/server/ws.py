@@ -39,14 +39,11 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from cotrain.server.audit import audit_log_for
-from cotrain.server.auth import Actor, authenticate
 from cotrain.server.errors import NotFound
 from cotrain.server.fanout import ALL_SESSIONS, Subscriber
-from cotrain.server.messages import messages_after, messages_for_all, shown_to
-from cotrain.server.orm import TrainingSession
-from cotrain.server.permissions import Action, allowed, can_read_session, role_of
+from cotrain.server.permissions import Action, allowed, role_of
 from cotrain.server.rate_limits import Limit, client_ip, limiter_of
+from cotrain.server.replay_service import HiddenSession
 
 router = APIRouter()
 
@@ -60,6 +57,8 @@ WS_ACTIONS: dict[str, Action] = {
 }
 MAX_REPLAY_SESSIONS = 1000
 MAX_REPLAY_MESSAGES = 10_000  # rows one replay reads and sends, at most (issue 11)
+USAGE = 'Send JSON like {"action": "subscribe", "sessionId": "..."}.'
+UNKNOWN_ACTION = 'Unknown action: use "subscribe" or "unsubscribe" with a sessionId, or "ping".'
 
 
 class MessageTooBig(Exception):
@@ -80,7 +79,7 @@ async def websocket(ws: WebSocket, token: str | None = None) -> None:
     platform = ws.app.state.platform
     bearer = ws.headers.get("authorization", "")
     token = token or (bearer[7:] if bearer.lower().startswith("bearer ") else None)
-    actor = await asyncio.to_thread(_authenticate, platform, token) if token else None
+    actor = await asyncio.to_thread(platform.tokens.authenticate, token) if token else None
     await ws.accept()
     if token and actor is None:
         await ws.close(code=1008, reason="Unknown or revoked token; connect without one for public sessions.")
@@ -95,36 +94,9 @@ async def websocket(ws: WebSocket, token: str | None = None) -> None:
                 if not isinstance(request, dict):
                     raise ValueError
             except (ValueError, json.JSONDecodeError):
-                sub.queue.put_nowait(_control("error", message='Send JSON like {"action": "subscribe", "sessionId": "..."}.'))
+                sub.queue.put_nowait(_control("error", message=USAGE))
                 continue
-            action, session_id = request.get("action"), request.get("sessionId")
-            needed = WS_ACTIONS.get(action) if isinstance(action, str) else None
-            if needed is not None and not allowed(sub.actor, needed):
-                sub.queue.put_nowait(_control("error", message=f"Your role may not {action} here."))
-                continue
-            if action == "subscribe" and isinstance(session_id, str):
-                try:
-                    after = _parse_after(session_id, request.get("after"))
-                except ValueError as exc:
-                    sub.queue.put_nowait(_control("error", message=str(exc)))
-                    continue
-                refused = await _subscribe_refused(ws, platform, sub, session_id)  # issue 11: limits
-                if refused is not None:
-                    sub.queue.put_nowait(_control("error", sessionId=session_id, **refused))
-                    await _audit_refused(ws, platform, sub, session_id, refused["message"])
-                    continue
-                # the control item goes first, so live messages queued from now on follow the replay
-                sub.queue.put_nowait(_control("subscribe", sessionId=session_id, after=after))
-                sub.sessions.add(session_id)
-            elif action == "unsubscribe" and isinstance(session_id, str):
-                sub.sessions.discard(session_id)
-                sub.queue.put_nowait(_control("unsubscribed", sessionId=session_id))
-            elif action == "ping":
-                sub.queue.put_nowait(_control("pong"))
-            else:
-                sub.queue.put_nowait(
-                    _control("error", message='Unknown action: use "subscribe" or "unsubscribe" with a sessionId, or "ping".')
-                )
+            await _handle_request(ws, platform, sub, request)
     except WebSocketDisconnect:
         pass
     except MessageTooBig as exc:  # issue 11: the sender says why, then closes with 1009
@@ -136,6 +108,41 @@ async def websocket(ws: WebSocket, token: str | None = None) -> None:
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await sender
+
+
+async def _handle_request(ws: WebSocket, platform: Any, sub: Subscriber, request: dict[str, Any]) -> None:
+    """One client action: the permission it needs, then subscribe, unsubscribe or ping. Answers go
+    through the sender's queue, in order."""
+    action, session_id = request.get("action"), request.get("sessionId")
+    needed = WS_ACTIONS.get(action) if isinstance(action, str) else None
+    if needed is not None and not allowed(sub.actor, needed):
+        sub.queue.put_nowait(_control("error", message=f"Your role may not {action} here."))
+    elif action == "subscribe" and isinstance(session_id, str):
+        await _subscribe(ws, platform, sub, session_id, request.get("after"))
+    elif action == "unsubscribe" and isinstance(session_id, str):
+        sub.sessions.discard(session_id)
+        sub.queue.put_nowait(_control("unsubscribed", sessionId=session_id))
+    elif action == "ping":
+        sub.queue.put_nowait(_control("pong"))
+    else:
+        sub.queue.put_nowait(_control("error", message=UNKNOWN_ACTION))
+
+
+async def _subscribe(ws: WebSocket, platform: Any, sub: Subscriber, session_id: str, raw_after: Any) -> None:
+    """Check `after` and the limits, then queue the subscription (its replay comes from the sender)."""
+    try:
+        after = _parse_after(session_id, raw_after)
+    except ValueError as exc:
+        sub.queue.put_nowait(_control("error", message=str(exc)))
+        return
+    refused = await _subscribe_refused(ws, platform, sub, session_id)  # issue 11: limits
+    if refused is not None:
+        sub.queue.put_nowait(_control("error", sessionId=session_id, **refused))
+        await _audit_refused(ws, platform, sub, session_id, refused["message"])
+        return
+    # the control item goes first, so live messages queued from now on follow the replay
+    sub.queue.put_nowait(_control("subscribe", sessionId=session_id, after=after))
+    sub.sessions.add(session_id)
 
 
 async def _send_loop(ws: WebSocket, sub: Subscriber, platform: Any) -> None:
@@ -160,7 +167,8 @@ async def _send_loop(ws: WebSocket, sub: Subscriber, platform: Any) -> None:
         await ws.send_text(text)
 
 
-async def _handle_control(ws: WebSocket, sub: Subscriber, platform: Any, item: dict[str, Any], last_sent: dict[str, int]) -> None:
+async def _handle_control(ws: WebSocket, sub: Subscriber, platform: Any, item: dict[str, Any],
+                          last_sent: dict[str, int]) -> None:
     kind = item["kind"]
     if kind == "subscribe":
         session_id, after = item["sessionId"], item["after"]
@@ -168,7 +176,8 @@ async def _handle_control(ws: WebSocket, sub: Subscriber, platform: Any, item: d
             await _subscribe_all(ws, sub, platform, after, last_sent)
             return
         try:
-            latest, replay = await asyncio.to_thread(_replay, platform, session_id, after, sub)
+            latest, replay = await asyncio.to_thread(platform.replay.session, session_id, after, sub.actor,
+                                                     MAX_REPLAY_MESSAGES)
         except HiddenSession as exc:  # exists, but the read rule says no: the same answer, and an audit row
             sub.sessions.discard(session_id)
             await ws.send_text(_message("error", sessionId=session_id, message=str(exc)))
@@ -203,7 +212,8 @@ async def _subscribe_all(
     if after is not None:
         for session_id, seq in after.sessions.items():
             last_sent[session_id] = max(last_sent.get(session_id, 0), seq)
-        replay = await asyncio.to_thread(_replay_all, platform, after, sub)
+        replay = await asyncio.to_thread(platform.replay.every_session, after.sessions, after.since, sub.actor,
+                                         MAX_REPLAY_MESSAGES)
     await ws.send_text(_message("subscribed", sessionId=ALL_SESSIONS, after=after.as_json() if after else None,
                                 seq=None, time=began, truncated=len(replay) >= MAX_REPLAY_MESSAGES))
     for message in replay:
@@ -227,7 +237,8 @@ async def _receive_text(ws: WebSocket, max_bytes: int) -> str:
     return text if text is not None else (data or b"").decode("utf-8", errors="replace")
 
 
-async def _subscribe_refused(ws: WebSocket, platform: Any, sub: Subscriber, session_id: str) -> dict[str, Any] | None:
+async def _subscribe_refused(ws: WebSocket, platform: Any, sub: Subscriber,
+                             session_id: str) -> dict[str, Any] | None:
     """Why this subscribe is refused (`message`, maybe `retryAfter`), or None: the per-connection
     bound on followed sessions, then the subscribe rate limit (per address and per actor)."""
     most = platform.settings.ws_max_subscriptions
@@ -243,9 +254,8 @@ async def _subscribe_refused(ws: WebSocket, platform: Any, sub: Subscriber, sess
 async def _audit_refused(ws: WebSocket, platform: Any, sub: Subscriber, session_id: str, reason: str) -> None:
     """A refused subscribe is a security event like a refused request (the audit middleware sees
     only HTTP): one audit row, written off the event loop, never failing the connection."""
-    audit = audit_log_for(platform.engine)
     await asyncio.to_thread(
-        audit.record_safely, "live.subscribe", actor=sub.actor.label if sub.actor else "anonymous",
+        platform.audit.record_safely, "live.subscribe", actor=sub.actor.label if sub.actor else "anonymous",
         role=role_of(sub.actor).value, target=session_id, outcome="refused", client_ip=client_ip(ws),
         detail={"reason": reason})
 
@@ -270,7 +280,8 @@ def _parse_after(session_id: str, after: Any) -> int | AllAfter | None:
     for key, seq in sessions.items():
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
             raise ValueError(f"{usage}; the seq of session {key!r} must be a non-negative integer, not {seq!r}.")
-    if since is not None and (isinstance(since, bool) or not isinstance(since, int | float) or not 0 <= since < 1e11):
+    bad_since = isinstance(since, bool) or not isinstance(since, int | float) or not 0 <= since < 1e11
+    if since is not None and bad_since:
         raise ValueError(f"{usage}; since must be a unix time in seconds, not {since!r}.")
     return AllAfter(dict(sessions), float(since) if since is not None else None)
 
@@ -284,38 +295,3 @@ class AllAfter:
 
     def as_json(self) -> dict[str, Any]:
         return {"sessions": self.sessions, "since": self.since}
-
-
-def _authenticate(platform: Any, token: str) -> Actor | None:
-    with platform.factory.begin() as db:
-        return authenticate(db, token)
-
-
-class HiddenSession(NotFound):
-    """A session that exists but that the subscriber may not read (told apart only for the audit log)."""
-
-
-def _replay(platform: Any, session_id: str, after: int | None, sub: Subscriber) -> tuple[int, list[dict[str, Any]]]:
-    with platform.factory.begin() as db:
-        row = db.get(TrainingSession, session_id)
-        if row is None or not _readable(sub, row):
-            error = NotFound if row is None else HiddenSession
-            raise error(f"No session {session_id!r} to subscribe to. List sessions with GET /api/v1/sessions.")
-        replay = messages_after(db, session_id, after, MAX_REPLAY_MESSAGES) if after is not None else []
-        return row.message_seq, shown_to(sub.actor, row.owner_id, replay)
-
-
-def _replay_all(platform: Any, after: AllAfter, sub: Subscriber) -> list[dict[str, Any]]:
-    owners: dict[str, int | None] = {}
-
-    def readable(row: TrainingSession) -> bool:
-        owners[row.id] = row.owner_id
-        return _readable(sub, row)
-
-    with platform.factory.begin() as db:
-        replay = messages_for_all(db, after.sessions, after.since, readable, limit=MAX_REPLAY_MESSAGES)
-    return [shown_to(sub.actor, owners.get(m["data"]["sessionId"]), [m])[0] for m in replay]
-
-
-def _readable(sub: Subscriber, row: TrainingSession) -> bool:
-    return can_read_session(sub.actor, row.owner_id, row.public)

@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from cotrain.server.audit import ANONYMOUS, AuditLog, Outcome, audit_log_for
+from cotrain.server.audit import ANONYMOUS, AuditLog, Outcome
 from cotrain.ui.context import platform
 
 if TYPE_CHECKING:
@@ -18,7 +18,7 @@ SINCE_S = {"1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
 
 
 def _log() -> AuditLog:
-    return audit_log_for(platform().engine, platform().settings.layout.system_logs / "audit.log")
+    return platform().audit
 
 
 def load(actor: str | None, action: str | None, target: str | None, outcome: str | None,

@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from cotrain.server import signed_urls
-from cotrain.server.api.model_versions import list_versions_out
-from cotrain.server.model_service import compare_versions
 from cotrain.server.session_service import SessionFilter
 from cotrain.ui.context import platform
 
@@ -19,10 +17,10 @@ VERSION_LIMIT = 1000
 def versions(actor: Actor | None) -> list[dict[str, Any]]:
     """Every version of the sessions this person may see, newest first, with the session's name."""
     p = platform()
-    sessions, _ = p.sessions.list(actor, SessionFilter(), limit=VERSION_LIMIT)
+    sessions, _ = p.sessions.find(actor, SessionFilter(), limit=VERSION_LIMIT)
     names = {s.id: s.name for s in sessions}
     rows = []
-    for v in list_versions_out(p, None, limit=VERSION_LIMIT, actor=actor):
+    for v in p.models.versions(None, actor, limit=VERSION_LIMIT):
         if v["session_id"] not in names:
             continue
         metrics = v["metrics"] or {}
@@ -48,15 +46,15 @@ def signed_link(path: str, actor: Actor | None) -> str:
     return signed_urls.sign(platform().url_secret, path, actor.token_id) if actor is not None else path
 
 
-def compare(ids: list[int]) -> dict[str, Any]:
-    """The server's side-by-side comparison plus each compared session's loss history."""
+def compare(ids: list[int], actor: Actor | None) -> dict[str, Any]:
+    """The server's side-by-side comparison (of versions `actor` may read) plus each compared
+    session's loss history."""
     p = platform()
-    with p.factory.begin() as db:
-        result = compare_versions(db, ids)
+    result = p.models.compare(ids, actor)
     curves: dict[str, list[list[float]]] = {}
     for row in result["versions"]:
         if row["sessionId"] not in curves:
-            points = p.metric_history(row["sessionId"], 300)["points"]
+            points = p.metrics.history(row["sessionId"], 300)["points"]
             curves[row["sessionId"]] = [[pt["step"], pt["loss"]] for pt in points if pt.get("loss") is not None]
     result["curves"] = curves
     return result

@@ -57,8 +57,4 @@ def set_token(value: str | None) -> None:
 
 def actor_for(value: str | None) -> Actor | None:
     """The API token's owner, or None when it is missing, unknown or revoked (blocking: DB)."""
-    if not value:
-        return None
-    from cotrain.server.auth import authenticate
-    with platform().factory.begin() as db:
-        return authenticate(db, value)
+    return platform().tokens.authenticate(value) if value else None

@@ -63,8 +63,8 @@ def check(values: dict[FieldKey, Any], known: set[FieldKey]) -> Checked:
         config = build_config(PREVIEW_ID, body)
     except SessionConfigError as exc:
         out = Checked(body=body)
-        for error in exc.errors:
-            _place(out, tuple(str(p) for p in error["loc"] if p != "body"), error["msg"], known)
+        for problem in exc.errors:
+            _place(out, tuple(str(p) for p in problem["loc"] if p != "body"), problem["msg"], known)
         return out
     return Checked(body=body, config=config)
 

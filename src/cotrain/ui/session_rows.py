@@ -5,9 +5,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
-
-from cotrain.server.orm import ApiToken
 from cotrain.server.session_service import SessionFilter
 from cotrain.ui import format as fmt
 from cotrain.ui.components.badges import status_label
@@ -20,11 +17,6 @@ if TYPE_CHECKING:
 
 STAT_STATES = ("running", "queued", "completed")
 LIST_LIMIT = 500
-
-
-def owner_names() -> dict[int, str]:
-    with platform().factory.begin() as db:
-        return {row.id: row.name for row in db.scalars(select(ApiToken))}
 
 
 def to_row(row: TrainingSession, owners: dict[int, str], now: float) -> dict[str, Any]:
@@ -49,13 +41,12 @@ def load(actor: Actor | None, search: str | None, status: str | None, strategy: 
     """Sessions matching the filters, owner names, and the totals per state for the stat tiles
     (blocking: DB; turn them into rows with `to_row` on the page, where the language is known)."""
     service = platform().sessions
-    rows, total = service.list(actor, SessionFilter(status=status or None, strategy=strategy or None, search=search or None), limit=LIST_LIMIT)
-    owners = owner_names()
-    _, everything = service.list(actor, SessionFilter(), limit=1)
-    stats = {"total": everything}
+    wanted = SessionFilter(status=status or None, strategy=strategy or None, search=search or None)
+    rows, total = service.find(actor, wanted, limit=LIST_LIMIT)
+    stats = {"total": service.count(actor, SessionFilter())}
     for state in STAT_STATES:
-        stats[state] = service.list(actor, SessionFilter(status=state), limit=1)[1]
-    return {"sessions": rows, "owners": owners, "total": total, "stats": stats}
+        stats[state] = service.count(actor, SessionFilter(status=state))
+    return {"sessions": rows, "owners": platform().tokens.names(), "total": total, "stats": stats}
 
 
 def rows_of(data: dict[str, Any]) -> list[dict[str, Any]]:

@@ -5,10 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cotrain.server.api.model_versions import list_versions_out
-from cotrain.server.internals import scrub_data, worker_host
-from cotrain.server.metrics_service import latest_nodes, node_history, round_history
-from cotrain.server.permissions import can_see_internals
 from cotrain.ui.context import platform
 from cotrain.ui.machines_view import ROUND_LIMIT, SERIES_LIMIT
 
@@ -43,11 +39,11 @@ def load(session_id: str, actor: Actor | None) -> SessionView:
     p = platform()
     service = p.sessions
     row = service.get(session_id, actor)
-    history = p.metric_history(session_id, 500)["points"]
+    history = p.metrics.history(session_id, 500)["points"]
     return SessionView(
         row=row, history=history,
         peers=service.participants(session_id, actor)["peers"], checkpoints=service.checkpoints(session_id, actor),
-        logs=logs(session_id, actor), versions=list_versions_out(p, session_id, actor=actor),
+        logs=logs(session_id, actor), versions=p.models.versions(session_id, actor),
         queue_position=service.queue_position(session_id, actor) if row.status == "queued" else None,
         waiting_reason=service.waiting_reasons([row]).get(row.id),
         error=service.error_text(row, actor), config_toml=service.config_toml(session_id, actor),
@@ -59,16 +55,16 @@ def machine_history(row: TrainingSession, actor: Actor | None) -> dict[str, list
     """The Machines and Rounds sections' stored history (the page then follows the live messages):
     each node's newest sample first (with its GPUs), then its points over time; the DiLoCo rounds.
     Scrubbed like GET /sessions/{id}/nodes and /rounds for everyone but the owner and admins."""
-    with platform().factory.begin() as db:
-        nodes = latest_nodes(db, row.id)
-        for history in node_history(db, row.id, SERIES_LIMIT)["nodes"]:
-            nodes += [{**point, "node": history["node"]} for point in history["points"]]
-        rounds: list[dict[str, Any]] = []
-        if row.strategy == "diloco":
-            stored = round_history(db, row.id, ROUND_LIMIT)
-            rounds = stored["rounds"] + ([stored["latest"]] if stored["latest"] else [])
-    data = {"nodes": nodes, "rounds": rounds}
-    return data if can_see_internals(actor, row.owner_id) else scrub_data(data, worker_host(row.worker_id))
+    p = platform()
+    stored_nodes = p.metrics.nodes(row.id, SERIES_LIMIT)
+    nodes = list(stored_nodes["latest"])
+    for history in stored_nodes["history"]["nodes"]:
+        nodes += [{**point, "node": history["node"]} for point in history["points"]]
+    rounds: list[dict[str, Any]] = []
+    if row.strategy == "diloco":
+        stored = p.metrics.rounds(row.id, ROUND_LIMIT)
+        rounds = stored["rounds"] + ([stored["latest"]] if stored["latest"] else [])
+    return p.sessions.shown_data(row, actor, {"nodes": nodes, "rounds": rounds})
 
 
 def logs(session_id: str, actor: Actor | None) -> list[str]:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 LIMIT = 500  # the newest users shown; filters narrow the rest
 STATUS_COLORS = {"active": "positive", "banned": "negative", "revoked": "grey-6"}
+KINDS: dict[str, user_service.Kind] = {"wallet": "wallet", "token": "token"}  # the page's filter values
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def row_of(view: user_service.UserView, me: int | None) -> dict[str, Any]:
 
 
 def load(role: str | None, kind: str | None) -> tuple[list[user_service.UserView], int]:
-    return user_service.list_users(platform().factory, Role(role) if role else None, kind, LIMIT, 0)
+    return platform().users.list(Role(role) if role else None, KINDS.get(kind or ""), LIMIT, 0)
 
 
 def rows_of(views: list[user_service.UserView], me: int | None) -> list[dict[str, Any]]:
@@ -95,7 +96,7 @@ def _change(token: str | None, action: str, ref: str, client_ip: str, detail: di
 
 def set_role(token: str | None, ref: str, role: str, client_ip: str = "") -> Outcome:
     def change() -> tuple[user_service.UserView, dict[str, Any]]:
-        view, before = user_service.set_role(platform().factory, ref, role)
+        view, before = platform().users.set_role(ref, role)
         return view, {"previousRole": before.value}
 
     return _change(token, "user.role_set", ref, client_ip, {"role": role}, change)
@@ -103,7 +104,7 @@ def set_role(token: str | None, ref: str, role: str, client_ip: str = "") -> Out
 
 def revoke(token: str | None, ref: str, ban: bool | None, client_ip: str = "") -> Outcome:
     def change() -> tuple[user_service.UserView, dict[str, Any]]:
-        view = user_service.revoke(platform().factory, ref, ban)
+        view = platform().users.revoke(ref, ban)
         return view, {"revoked": view.revoked}
 
     return _change(token, "user.revoke", ref, client_ip, {"ban": ban}, change)

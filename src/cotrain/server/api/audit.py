@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
 from pydantic import Field
 
 from cotrain.server.api.deps import PlatformDep
-from cotrain.server.audit import AuditLog, audit_log_for
 from cotrain.server.auth import Actor
 from cotrain.server.permissions import Action, permit
-from cotrain.server.platform import Platform
-from cotrain.server.schemas import ERROR_RESPONSES, OutModel, Page, iso
+from cotrain.server.schemas import ERROR_RESPONSES, OrEmpty, OutModel, Page, UnixTime
 
 router = APIRouter(prefix="/audit", tags=["audit"], responses=ERROR_RESPONSES)
 
@@ -24,7 +22,7 @@ NO_NUL = r"^[^\x00]*$"
 
 class AuditEntryOut(OutModel):
     id: int
-    time: datetime
+    time: UnixTime
     actor: str = Field(description='"token:ID", "wallet:0x...", "anonymous" or "system".')
     role: str
     action: str = Field(description='What was done: "session.create", "auth.sign_in", ... (or "METHOD /route").')
@@ -32,7 +30,7 @@ class AuditEntryOut(OutModel):
     outcome: Literal["ok", "refused", "failed"] | str
     client_ip: str
     request_id: str = Field(description="The request's X-Request-ID.")
-    detail: dict[str, Any]
+    detail: OrEmpty
     prev_hash: str
     entry_hash: str
 
@@ -43,16 +41,6 @@ class AuditVerifyOut(OutModel):
     first_bad: int | None = Field(description="The id of the first entry that was changed, deleted or reordered.")
     problems: list[str]
     head: str = Field(description="The hash of the newest entry (anchor it elsewhere to detect a rewritten tail).")
-
-
-def audit_of(platform: Platform) -> AuditLog:
-    return audit_log_for(platform.engine, platform.settings.layout.system_logs / "audit.log")
-
-
-def entry_out(row: Any) -> AuditEntryOut:
-    return AuditEntryOut(id=row.id, time=iso(row.time), actor=row.actor, role=row.role, action=row.action,
-                         target=row.target, outcome=row.outcome, client_ip=row.client_ip, request_id=row.request_id,
-                         detail=row.detail or {}, prev_hash=row.prev_hash, entry_hash=row.entry_hash)
 
 
 def _seconds(when: datetime | None) -> float | None:
@@ -79,13 +67,12 @@ async def list_audit(
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> Page[AuditEntryOut]:
     rows, total = await run_in_threadpool(
-        audit_of(platform).query, actor=actor_, action=action, target=target, outcome=outcome,
+        platform.audit.query, actor=actor_, action=action, target=target, outcome=outcome,
         since=_seconds(since), limit=limit, offset=offset)
-    return Page[AuditEntryOut](items=[entry_out(r) for r in rows], total=total, limit=limit, offset=offset)
+    items = [AuditEntryOut.model_validate(r) for r in rows]
+    return Page[AuditEntryOut](items=items, total=total, limit=limit, offset=offset)
 
 
 @router.get("/verify", response_model=AuditVerifyOut, summary="Check the audit log's hash chain (admin)")
 async def verify_audit(platform: PlatformDep, actor: Auditor) -> AuditVerifyOut:
-    report = await run_in_threadpool(audit_of(platform).verify)
-    return AuditVerifyOut(ok=report.ok, entries=report.entries, first_bad=report.first_bad, problems=report.problems,
-                          head=report.head)
+    return AuditVerifyOut.model_validate(await run_in_threadpool(platform.audit.verify))

@@ -14,8 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from cotrain.server import signed_urls
-from cotrain.server.auth import Actor, actor_of, authenticate
-from cotrain.server.orm import ApiToken
+from cotrain.server.auth import Actor
 
 if TYPE_CHECKING:  # the platform pulls in the executor and the engine; routers of other packages
     from cotrain.server.platform import Platform  # (the chain's) import these dependencies without it
@@ -30,11 +29,6 @@ async def get_platform(request: Request) -> Platform:
 PlatformDep = Annotated[Any, Depends(get_platform)]  # a Platform
 
 
-def _authenticate(platform: Platform, token: str) -> Actor | None:
-    with platform.factory.begin() as db:
-        return authenticate(db, token)
-
-
 def _link_actor(platform: Platform, request: Request) -> Actor | None:
     """The actor of a signed download link (signed_urls) on a GET, or None when there is none."""
     query = request.query_params
@@ -47,13 +41,12 @@ def _link_actor(platform: Platform, request: Request) -> Actor | None:
     if not signed_urls.verify(platform.url_secret, request.url.path, expires, actor_id, sig):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "This download link is invalid or has expired; "
                             "open the page again for a fresh link.")
-    with platform.factory.begin() as db:
-        row = db.get(ApiToken, actor_id)
-        issued = expires - signed_urls.DEFAULT_TTL_S  # links made before an admin's revoke die with it
-        if row is None or row.revoked or (row.tokens_valid_after is not None and issued < row.tokens_valid_after):
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "The user this link was made for is no longer "
-                                "signed in; open the page again.")
-        return actor_of(row)
+    issued = expires - signed_urls.DEFAULT_TTL_S  # links made before an admin's revoke die with it
+    actor = platform.tokens.link_actor(actor_id, issued)
+    if actor is None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "The user this link was made for is no longer "
+                            "signed in; open the page again.")
+    return actor
 
 
 async def optional_actor(
@@ -64,12 +57,12 @@ async def optional_actor(
         if "sig" in request.query_params:
             return await run_in_threadpool(_link_actor, platform, request)
         return None
-    actor = await run_in_threadpool(_authenticate, platform, credentials.credentials)
+    actor = await run_in_threadpool(platform.tokens.authenticate, credentials.credentials)
     if actor is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
-            "This API token is not valid (unknown or revoked). Use the admin token from COTRAIN_HOME/admin-token "
-            "or ask an admin for a new one.",
+            "This API token is not valid (unknown or revoked). Use the admin token from "
+            "COTRAIN_HOME/admin-token or ask an admin for a new one.",
             headers={"WWW-Authenticate": "Bearer"},
         )
     return actor

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from cotrain.server.api.deps import OPTIONAL_AUTH, PlatformDep, SessionId
 from cotrain.server.auth import Actor
@@ -38,7 +38,8 @@ class Peer(BaseModel):
 class ConnectRequest(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    address: str = Field(..., min_length=8, max_length=500, pattern=r"^/[^\s\x00]*/p2p/[^/\s\x00]+$", description="A full multiaddr with /p2p/<peer id>, e.g. /ip4/1.2.3.4/tcp/31337/p2p/Qm...")
+    address: str = Field(..., min_length=8, max_length=500, pattern=r"^/[^\s\x00]*/p2p/[^/\s\x00]+$",
+                         description="A full multiaddr with /p2p/<peer id>, e.g. /ip4/1.2.3.4/tcp/31337/p2p/Qm...")
 
 
 class Connected(BaseModel):
@@ -53,7 +54,9 @@ class TaskSubmitted(BaseModel):
 
 
 class TaskStatus(BaseModel):
-    task_id: str
+    model_config = ConfigDict(from_attributes=True)
+
+    task_id: str = Field(validation_alias=AliasChoices("task_id", "id"))  # a session's id
     status: str
     progress: float
     step: int
@@ -85,7 +88,8 @@ def connect_peer(body: ConnectRequest, platform: PlatformDep, actor: Operator) -
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             [{"loc": ["body", "address"], "type": "value_error",
-              "msg": "address must end with /p2p/<peer id>; copy a peer's full address from its `cotrain join` output."}],
+              "msg": "address must end with /p2p/<peer id>; copy a peer's full address from its `cotrain join` "
+                     "output."}],
         )
     try:
         return Envelope(data=Connected(**platform.dht.connect(body.address)))
@@ -93,7 +97,8 @@ def connect_peer(body: ConnectRequest, platform: PlatformDep, actor: Operator) -
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     except Exception as exc:
         raise HTTPException(
-            status.HTTP_502_BAD_GATEWAY, f"Could not reach {body.address}: {exc}. Check the address and that the peer is up."
+            status.HTTP_502_BAD_GATEWAY,
+            f"Could not reach {body.address}: {exc}. Check the address and that the peer is up.",
         ) from None
 
 
@@ -107,10 +112,7 @@ def submit_task(body: SessionCreate, platform: PlatformDep, actor: Creator) -> E
 @router.get("/training/{task_id}", response_model=Envelope[TaskStatus], openapi_extra=OPTIONAL_AUTH)
 def task_status(task_id: SessionId, platform: PlatformDep, actor: Reader) -> Envelope[TaskStatus]:
     row = platform.sessions.get(task_id, actor)
-    return Envelope(
-        data=TaskStatus(task_id=row.id, status=row.status, progress=row.progress, step=row.step,
-                        total_steps=row.total_steps, loss=row.loss, participants=row.participants,
-                        error=platform.sessions.error_text(row, actor))
-    )
+    shown = TaskStatus.model_validate(row).model_copy(update={"error": platform.sessions.error_text(row, actor)})
+    return Envelope(data=shown)
 
 

@@ -6,12 +6,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
-from sqlalchemy import func, select, text
 
 from cotrain.server.api.deps import PlatformDep
 from cotrain.server.auth import Actor
-from cotrain.server.node_metrics import session_metric_lines
-from cotrain.server.orm import ALL_STATES, TrainingSession
+from cotrain.server.orm import ALL_STATES
 from cotrain.server.permissions import Action, permit
 from cotrain.server.schemas import Envelope
 
@@ -21,8 +19,7 @@ router = APIRouter(tags=["system"])
 @router.get("/health", response_model=Envelope[dict[str, Any]], summary="Liveness and the state of each component",
             dependencies=[Depends(permit(Action.STATUS_READ))])
 def health(platform: PlatformDep) -> Envelope[dict[str, Any]]:
-    with platform.factory.begin() as db:
-        db.execute(text("SELECT 1"))
+    platform.metrics.database_answers()
     return Envelope(
         data={
             "server": "ok",
@@ -38,9 +35,8 @@ def health(platform: PlatformDep) -> Envelope[dict[str, Any]]:
 def prometheus_text(platform: Any, http_metrics: Any = None, actor: Actor | None = None) -> str:
     """The server's metrics; the per-session, per-node and per-round series (node_metrics.py, issue
     19) cover the sessions `actor` may read (anonymous scrapes: public sessions only)."""
-    with platform.factory.begin() as db:
-        counts = dict(db.execute(select(TrainingSession.status, func.count()).group_by(TrainingSession.status)).all())
-        session_lines = session_metric_lines(db, actor)
+    counts = platform.metrics.sessions_by_status()
+    session_lines = platform.metrics.prometheus_session_lines(actor)
     hub = platform.hub
     lines = [
         "# HELP cotrain_sessions Training sessions by status.",

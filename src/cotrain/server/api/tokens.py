@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, status
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import func, select
+from fastapi import APIRouter, Depends, status
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from cotrain.server.api.deps import DbId, PlatformDep
-from cotrain.server.auth import Actor, create_token
-from cotrain.server.orm import ApiToken
+from cotrain.server.auth import Actor
 from cotrain.server.permissions import ASSIGNABLE_ROLES, Action, Role, permit
 from cotrain.server.schemas import ERROR_RESPONSES
 
@@ -35,49 +33,38 @@ class TokenCreate(BaseModel):
         return self
 
 
-class TokenCreated(BaseModel):
-    id: int
-    name: str
-    role: Role
-    is_admin: bool
-    token: str = Field(description="Shown once; only its hash is stored.")
-
-
 class Me(BaseModel):
-    id: int
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int = Field(validation_alias=AliasChoices("id", "token_id"))
     name: str
     role: Role
-    is_admin: bool
+
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented way to put a property in the JSON
+    @property
+    def is_admin(self) -> bool:
+        return self.role == Role.ADMIN
+
+
+class TokenCreated(Me):
+    token: str = Field(description="Shown once; only its hash is stored.")
 
 
 @router.get("/me", response_model=Me, summary="Who this token belongs to")
 def me(actor: Annotated[Actor, Depends(permit(Action.SELF_READ))]) -> Me:
-    return Me(id=actor.token_id, name=actor.name, role=actor.role, is_admin=actor.is_admin)
+    return Me.model_validate(actor)
 
 
-@router.post("/tokens", response_model=TokenCreated, status_code=status.HTTP_201_CREATED, summary="Create a token (admin)")
+@router.post("/tokens", response_model=TokenCreated, status_code=status.HTTP_201_CREATED,
+             summary="Create a token (admin)")
 def new_token(body: TokenCreate, platform: PlatformDep,
               actor: Annotated[Actor, Depends(permit(Action.TOKENS_WRITE))]) -> TokenCreated:
-    with platform.factory.begin() as db:
-        row, token = create_token(db, body.name, body.role)
-        return TokenCreated(id=row.id, name=row.name, role=Role(row.role), is_admin=row.role == Role.ADMIN,
-                            token=token)
+    row, token = platform.tokens.create(body.name, body.role)
+    return TokenCreated(id=row.id, name=row.name, role=Role(row.role), token=token)
 
 
 @router.delete("/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Revoke a token (admin)")
 def revoke_token(token_id: DbId, platform: PlatformDep,
                  actor: Annotated[Actor, Depends(permit(Action.TOKENS_WRITE))]) -> None:
-    with platform.factory.begin() as db:
-        row = db.get(ApiToken, token_id)
-        if row is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"No token {token_id}.")
-        if row.role == Role.ADMIN and not row.revoked:
-            admins = db.scalar(
-                select(func.count()).select_from(ApiToken).where(ApiToken.role == Role.ADMIN.value,
-                                                                 ApiToken.revoked.is_(False))
-            )
-            if admins <= 1:
-                raise HTTPException(
-                    status.HTTP_409_CONFLICT, "This is the last admin token; create another admin token before revoking it."
-                )
-        row.revoked = True
+    """409 for the last active admin token."""
+    platform.tokens.revoke(token_id)

@@ -14,18 +14,17 @@ The rules are in `cotrain.server.user_service`, shared with `cotrain users` and 
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import asdict
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, Path, Query
 from fastapi.concurrency import run_in_threadpool
 from pydantic import Field
 
-from cotrain.server import user_service
 from cotrain.server.api.deps import PlatformDep
 from cotrain.server.auth import Actor
 from cotrain.server.permissions import Action, Role, permit
-from cotrain.server.schemas import ERROR_RESPONSES, CamelModel, OutModel, Page, iso
+from cotrain.server.schemas import ERROR_RESPONSES, CamelModel, OutModel, Page, UnixTime
 
 router = APIRouter(prefix="/users", tags=["users"], responses=ERROR_RESPONSES)
 
@@ -40,10 +39,10 @@ class UserOut(OutModel):
     name: str = Field(description="The wallet's address, or the API token's name.")
     address: str | None
     role: Role
-    created_at: datetime | None
+    created_at: UnixTime | None
     revoked: bool = Field(description="A banned wallet, or a revoked API token.")
-    tokens_valid_after: datetime | None = Field(description="A wallet's tokens issued before this are refused.")
-    last_login_at: datetime | None = Field(description="A wallet's last sign-in; null for API tokens.")
+    tokens_valid_after: UnixTime | None = Field(description="A wallet's tokens issued before this are refused.")
+    last_login_at: UnixTime | None = Field(description="A wallet's last sign-in; null for API tokens.")
 
 
 class RoleIn(CamelModel):
@@ -59,12 +58,6 @@ class RoleChanged(UserOut):
     previous_role: Role
 
 
-def user_out(view: user_service.UserView) -> UserOut:
-    return UserOut(ref=view.ref, kind=view.kind, id=view.id, name=view.name, address=view.address, role=view.role,
-                   created_at=iso(view.created_at), revoked=view.revoked,
-                   tokens_valid_after=iso(view.tokens_valid_after), last_login_at=iso(view.last_login_at))
-
-
 @router.get("", response_model=Page[UserOut], summary="Users and their roles (admin)")
 async def list_users(
     platform: PlatformDep,
@@ -74,22 +67,21 @@ async def list_users(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> Page[UserOut]:
-    views, total = await run_in_threadpool(user_service.list_users, platform.factory,
-                                           Role(role) if role else None, kind, limit, offset)
-    return Page[UserOut](items=[user_out(v) for v in views], total=total, limit=limit, offset=offset)
+    views, total = await run_in_threadpool(platform.users.list, Role(role) if role else None, kind, limit, offset)
+    return Page[UserOut](items=[UserOut.model_validate(v) for v in views], total=total, limit=limit, offset=offset)
 
 
 @router.get("/{address}", response_model=UserOut, summary="One user (admin)")
 async def get_user(address: UserRefPath, platform: PlatformDep,
                    actor: Annotated[Actor, Depends(permit(Action.USERS_READ))]) -> UserOut:
-    return user_out(await run_in_threadpool(user_service.get_user, platform.factory, address))
+    return UserOut.model_validate(await run_in_threadpool(platform.users.get, address))
 
 
 @router.put("/{address}/role", response_model=RoleChanged, summary="Set a user's role (admin)")
 async def set_role(address: UserRefPath, body: RoleIn, platform: PlatformDep,
                    actor: Annotated[Actor, Depends(permit(Action.USERS_WRITE))]) -> RoleChanged:
-    view, before = await run_in_threadpool(user_service.set_role, platform.factory, address, body.role)
-    return RoleChanged(**user_out(view).model_dump(), previous_role=before)
+    view, before = await run_in_threadpool(platform.users.set_role, address, body.role)
+    return RoleChanged.model_validate({**asdict(view), "previous_role": before})
 
 
 @router.post("/{address}/revoke", response_model=UserOut, summary="End a user's tokens; ban or un-ban (admin)")
@@ -97,4 +89,4 @@ async def revoke(address: UserRefPath, platform: PlatformDep,
                  actor: Annotated[Actor, Depends(permit(Action.USERS_WRITE))],
                  body: Annotated[RevokeIn | None, Body()] = None) -> UserOut:
     ban = body.ban if body is not None else None
-    return user_out(await run_in_threadpool(user_service.revoke, platform.factory, address, ban))
+    return UserOut.model_validate(await run_in_threadpool(platform.users.revoke, address, ban))

@@ -81,7 +81,7 @@ async def models_page() -> None:
         if len(ids) < 2:
             ui.notify(t("models.select_two"), type="warning")
             return
-        data = await run_blocking(model_data.compare, ids)
+        data = await run_blocking(model_data.compare, ids, page.actor)
         names = {r["id"]: f"{r['session']} {r['version']}" for r in rows}
         result.clear()
         with result:

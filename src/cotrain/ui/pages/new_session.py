@@ -3,9 +3,9 @@ the server's own messages, with a model estimate and the generated TOML."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
-from nicegui import run, ui
+from nicegui import ui
 
 from cotrain.config.presets import MODEL_FAMILIES, sizes_of
 from cotrain.server.config_generator import SessionConfigError
@@ -13,12 +13,14 @@ from cotrain.server.errors import ServiceError
 from cotrain.server.schemas import DistributedConfigIn
 from cotrain.ui import audit_data, session_form
 from cotrain.ui import format as fmt
+from cotrain.ui.blocking import run_blocking
 from cotrain.ui.context import platform
 from cotrain.ui.i18n import t
 from cotrain.ui.layout import frame, page_title, sign_in_dialog
 from cotrain.ui.session_form import FieldKey
 
 Field = ui.input | ui.number | ui.select
+AnyField = TypeVar("AnyField", ui.input, ui.number, ui.select)
 
 
 def _card(title: str, icon: str) -> ui.column:
@@ -40,7 +42,7 @@ async def new_session_page() -> None:
     page = await frame("sessions")
     fields: dict[FieldKey, Field] = {}
 
-    def add(key: FieldKey, element: Field, testid: str) -> Field:
+    def add(key: FieldKey, element: AnyField, testid: str) -> AnyField:
         element.props(f'outlined dense data-testid="{testid}"').classes("flex-1 min-w-[160px]")
         element.without_auto_validation()  # the messages come from the server's validation, below
         fields[key] = element
@@ -62,43 +64,122 @@ async def new_session_page() -> None:
             with ui.column().classes("flex-1 gap-5 min-w-0"):
                 with _card(t("new.basics"), "badge"):
                     add(("name",), ui.input(t("new.name"), value=_suggest_name()), "f-name").classes("w-full")
-                    add(("description",), ui.textarea(t("new.description")).props("autogrow"), "f-description").classes("w-full")
+                    add(("description",), ui.textarea(t("new.description")).props("autogrow"), "f-description").classes(
+                        "w-full"
+                    )
                 with _card(t("new.model"), "memory"), ui.row().classes("w-full gap-3"):
-                    model_type = add(("modelConfig", "type"), ui.select(list(MODEL_FAMILIES), value="llama2", label=t("new.model_type")), "f-model-type")
-                    model_size = add(("modelConfig", "size"), ui.select(list(sizes_of("llama2")), value="debug", label=t("new.model_size")), "f-model-size")
-                    add(("modelConfig", "precision"), ui.select(["fp32", "bf16", "fp16"], value="fp32", label=t("new.precision")), "f-precision")
+                    model_type = add(
+                        ("modelConfig", "type"),
+                        ui.select(list(MODEL_FAMILIES), value="llama2", label=t("new.model_type")),
+                        "f-model-type",
+                    )
+                    model_size = add(
+                        ("modelConfig", "size"),
+                        ui.select(list(sizes_of("llama2")), value="debug", label=t("new.model_size")),
+                        "f-model-size",
+                    )
+                    add(
+                        ("modelConfig", "precision"),
+                        ui.select(["fp32", "bf16", "fp16"], value="fp32", label=t("new.precision")),
+                        "f-precision",
+                    )
                 with _card(t("new.training"), "tune"):
                     with ui.row().classes("w-full gap-3"):
-                        add(("trainingConfig", "batchSize"), ui.number(t("new.batch_size"), value=32, step=1), "f-batch-size")
-                        add(("trainingConfig", "learningRate"), ui.number(t("new.learning_rate"), value=3e-4, step=1e-4, format="%.2e"), "f-learning-rate")
-                        add(("trainingConfig", "optimizer"), ui.select(["adamw", "adam", "sgd"], value="adamw", label=t("new.optimizer")), "f-optimizer")
+                        add(
+                            ("trainingConfig", "batchSize"),
+                            ui.number(t("new.batch_size"), value=32, step=1),
+                            "f-batch-size",
+                        )
+                        add(
+                            ("trainingConfig", "learningRate"),
+                            ui.number(t("new.learning_rate"), value=3e-4, step=1e-4, format="%.2e"),
+                            "f-learning-rate",
+                        )
+                        add(
+                            ("trainingConfig", "optimizer"),
+                            ui.select(["adamw", "adam", "sgd"], value="adamw", label=t("new.optimizer")),
+                            "f-optimizer",
+                        )
                     with ui.row().classes("w-full gap-3"):
                         add(("trainingConfig", "epochs"), ui.number(t("new.epochs"), value=1, step=1), "f-epochs")
-                        add(("trainingConfig", "maxSteps"), ui.number(t("new.max_steps"), step=1).props(f'hint="{t("new.max_steps_hint")}"'), "f-max-steps")
-                        add(("trainingConfig", "warmupSteps"), ui.number(t("new.warmup_steps"), step=1).props(f'placeholder="{hint}"'), "f-warmup")
+                        add(
+                            ("trainingConfig", "maxSteps"),
+                            ui.number(t("new.max_steps"), step=1).props(f'hint="{t("new.max_steps_hint")}"'),
+                            "f-max-steps",
+                        )
+                        add(
+                            ("trainingConfig", "warmupSteps"),
+                            ui.number(t("new.warmup_steps"), step=1).props(f'placeholder="{hint}"'),
+                            "f-warmup",
+                        )
                 with _card(t("new.distributed"), "lan"), ui.row().classes("w-full gap-3"):
                     add(("distributedConfig", "nodes"), ui.number(t("new.nodes"), value=1, step=1), "f-nodes")
-                    add(("distributedConfig", "gpusPerNode"), ui.number(t("new.gpus_per_node"), value=1, step=1), "f-gpus")
-                    strategy = add(("distributedConfig", "strategy"), ui.select({"ddp": "DDP", "fsdp": "FSDP", "diloco": "DiLoCo"}, value="ddp", label=t("new.strategy")), "f-strategy")
-                    inner = add(("distributedConfig", "innerSteps"), ui.number(t("new.inner_steps"), step=1).props(f'placeholder="{hint}"'), "f-inner-steps")
+                    add(
+                        ("distributedConfig", "gpusPerNode"),
+                        ui.number(t("new.gpus_per_node"), value=1, step=1),
+                        "f-gpus",
+                    )
+                    strategy = add(
+                        ("distributedConfig", "strategy"),
+                        ui.select(
+                            {"ddp": "DDP", "fsdp": "FSDP", "diloco": "DiLoCo"}, value="ddp", label=t("new.strategy")
+                        ),
+                        "f-strategy",
+                    )
+                    inner = add(
+                        ("distributedConfig", "innerSteps"),
+                        ui.number(t("new.inner_steps"), step=1).props(f'placeholder="{hint}"'),
+                        "f-inner-steps",
+                    )
                     inner.bind_visibility_from(strategy, "value", backward=lambda v: v == "diloco")
                     if "compression" in DistributedConfigIn.model_fields:  # once the server's schema takes it
-                        compression = add(("distributedConfig", "compression"), ui.select(
-                            ["none", "fp16", "int8"], value=None, label=t("new.compression")), "f-compression")
+                        compression = add(
+                            ("distributedConfig", "compression"),
+                            ui.select(["none", "fp16", "int8"], value=None, label=t("new.compression")),
+                            "f-compression",
+                        )
                         compression.bind_visibility_from(strategy, "value", backward=lambda v: v == "diloco")
-                with ui.expansion(t("new.advanced"), icon="settings").classes("ct-card w-full").props(
-                    'dense header-class="px-5 py-3 ct-section-title" data-testid="advanced"'
+                with (
+                    ui.expansion(t("new.advanced"), icon="settings")
+                    .classes("ct-card w-full")
+                    .props('dense header-class="px-5 py-3 ct-section-title" data-testid="advanced"')
                 ):
                     with ui.column().classes("w-full gap-3 px-5 pb-5"):
                         with ui.row().classes("w-full gap-3"):
-                            add(("dataConfig", "dataset"), ui.input(t("new.dataset"), placeholder="stdlib"), "f-dataset")
-                            add(("dataConfig", "seqLength"), ui.number(t("new.seq_length"), step=1).props(f'placeholder="{hint}"'), "f-seq-length")
-                            add(("dataConfig", "maxBytes"), ui.number(t("new.max_bytes"), step=1000).props(f'placeholder="{hint}"'), "f-max-bytes")
+                            add(
+                                ("dataConfig", "dataset"), ui.input(t("new.dataset"), placeholder="stdlib"), "f-dataset"
+                            )
+                            add(
+                                ("dataConfig", "seqLength"),
+                                ui.number(t("new.seq_length"), step=1).props(f'placeholder="{hint}"'),
+                                "f-seq-length",
+                            )
+                            add(
+                                ("dataConfig", "maxBytes"),
+                                ui.number(t("new.max_bytes"), step=1000).props(f'placeholder="{hint}"'),
+                                "f-max-bytes",
+                            )
                         with ui.row().classes("w-full gap-3"):
-                            add(("dataConfig", "vocabSize"), ui.number(t("new.vocab_size"), step=256).props(f'placeholder="{hint}"'), "f-vocab-size")
-                            add(("trainingConfig", "logInterval"), ui.number(t("new.log_interval"), step=1).props(f'placeholder="{hint}"'), "f-log-interval")
-                            add(("trainingConfig", "evalInterval"), ui.number(t("new.eval_interval"), step=1).props(f'placeholder="{hint}"'), "f-eval-interval")
-                            add(("checkpointConfig", "interval"), ui.number(t("new.checkpoint_interval"), step=1).props(f'placeholder="{hint}"'), "f-checkpoint-interval")
+                            add(
+                                ("dataConfig", "vocabSize"),
+                                ui.number(t("new.vocab_size"), step=256).props(f'placeholder="{hint}"'),
+                                "f-vocab-size",
+                            )
+                            add(
+                                ("trainingConfig", "logInterval"),
+                                ui.number(t("new.log_interval"), step=1).props(f'placeholder="{hint}"'),
+                                "f-log-interval",
+                            )
+                            add(
+                                ("trainingConfig", "evalInterval"),
+                                ui.number(t("new.eval_interval"), step=1).props(f'placeholder="{hint}"'),
+                                "f-eval-interval",
+                            )
+                            add(
+                                ("checkpointConfig", "interval"),
+                                ui.number(t("new.checkpoint_interval"), step=1).props(f'placeholder="{hint}"'),
+                                "f-checkpoint-interval",
+                            )
             with ui.column().classes("w-[380px] gap-5 shrink-0 sticky top-[72px]"):
                 with ui.card().classes("ct-card w-full p-5 gap-3").props("flat"):
                     with ui.row().classes("items-center gap-2"):
@@ -113,10 +194,18 @@ async def new_session_page() -> None:
                     with ui.row().classes("items-center gap-2"):
                         ui.icon("description", size="20px").classes("text-primary")
                         ui.label(t("new.preview")).classes("ct-section-title")
-                    preview = ui.label("").classes("ct-code w-full max-h-[300px] text-[11.5px]").props('data-testid="toml-preview"')
+                    preview = (
+                        ui.label("")
+                        .classes("ct-code w-full max-h-[300px] text-[11.5px]")
+                        .props('data-testid="toml-preview"')
+                    )
                 problems = ui.column().classes("w-full gap-1").props('data-testid="form-problems"')
                 with ui.row().classes("w-full gap-2 no-wrap"):
-                    create = ui.button(t("new.create"), icon="rocket_launch").props('unelevated no-caps data-testid="create"').classes("flex-1")
+                    create = (
+                        ui.button(t("new.create"), icon="rocket_launch")
+                        .props('unelevated no-caps data-testid="create"')
+                        .classes("flex-1")
+                    )
                     draft = ui.button(t("new.create_draft")).props('outline no-caps data-testid="create-draft"')
                 if page.actor is None:
                     with ui.row().classes("w-full items-start gap-2 no-wrap -mt-2"):
@@ -159,8 +248,16 @@ async def new_session_page() -> None:
             return
         body = checked.body.model_copy(update={"auto_start": auto_start})
         try:
-            row = await run.io_bound(audit_data.audited, page.actor, "session.create", "", audit_data.client_ip(),
-                                     platform().sessions.create, body, page.actor)  # issue 11: audit log
+            row = await run_blocking(
+                audit_data.audited,
+                page.actor,
+                "session.create",
+                "",
+                audit_data.client_ip(),
+                platform().sessions.create,
+                body,
+                page.actor,
+            )  # issue 11: audit log
         except SessionConfigError as exc:
             problems.clear()
             with problems:
