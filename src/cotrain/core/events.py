@@ -47,6 +47,9 @@ class EventType(StrEnum):
 
 
 EVENT_TYPES = tuple(t.value for t in EventType)
+LATEST = {  # status.json keeps the latest event of these types under these keys
+    EventType.PROGRESS: "latest_progress", EventType.EVAL: "latest_eval", EventType.CHECKPOINT: "latest_checkpoint",
+}
 EVENTS_FILE = "events.jsonl"
 STATUS_FILE = "status.json"
 
@@ -84,23 +87,20 @@ class EventWriter:
         return event
 
     def _update_status(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
         state = {
-            "started": "running",
-            "completed": "completed",
-            "failed": "interrupted" if event.get("interrupted") else "failed",
-        }.get(event["type"])
+            EventType.STARTED: "running",
+            EventType.COMPLETED: "completed",
+            EventType.FAILED: "interrupted" if event.get("interrupted") else "failed",
+        }.get(kind)
         if state:
             self.status["state"] = state
-        if event["type"] == "started":
+        if kind == EventType.STARTED:
             self.status.pop("error", None)
             self.status["pid"] = os.getpid()
-        if event["type"] == "progress":
-            self.status["latest_progress"] = event
-        elif event["type"] == "eval":
-            self.status["latest_eval"] = event
-        elif event["type"] == "checkpoint":
-            self.status["latest_checkpoint"] = event
-        elif event["type"] == "failed":
+        if kind in LATEST:
+            self.status[LATEST[kind]] = event
+        elif kind == EventType.FAILED:
             self.status["error"] = event.get("error")
         for key in ("step", "total_steps", "progress"):
             if key in event:

@@ -29,7 +29,7 @@ from cotrain.server.node_samples import clean_round, clean_system, record_event_
 from cotrain.server.orm import MetricPoint, SessionStatus, TrainingSession
 
 Event = dict[str, Any]  # one line of events.jsonl
-EVAL_FIELDS = ("val_loss", "val_perplexity", "val_accuracy")
+EVAL_FIELDS = tuple(name for name in EvalData.model_fields if name != "step")  # val_loss, val_perplexity, ...
 COMMON_FIELDS = ("type", "session_id", "seq", "time")  # every event has them (core/events.py)
 
 
