@@ -24,6 +24,8 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from cotrain.chain.errors import RewardsUnavailable
+from cotrain.chain.keys import KeyConfigError
 from cotrain.chain.ledger import Ledger
 from cotrain.chain.nonces import SqlNonceStore
 from cotrain.chain.orm import RewardRow
@@ -112,8 +114,13 @@ class ChainService:
 
     # ---- a session's life (blocking: DB, DHT) ----------------------------------------------
     def require(self) -> None:
-        """Raise KeyConfigError unless reward pools can be kept (they are written to the signed ledger)."""
-        _ = self.ledger
+        """Raise RewardsUnavailable unless reward pools can be kept: they are written to the ledger, signed
+        with the platform key."""
+        try:
+            _ = self.ledger
+        except KeyConfigError as exc:
+            raise RewardsUnavailable(f"This server cannot hold reward pools or sign wallet tokens: {exc} Create "
+                                     "the session without rewardPool, or fix the key and restart the server.") from None
 
     def session_created(self, session_id: str, amount: int, asset: str) -> None:
         """Record the reward pool of a session being created."""

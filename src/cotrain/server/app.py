@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, DBAPIError
 
+from cotrain.chain.errors import RewardsUnavailable
 from cotrain.server import log_redaction
 from cotrain.server.api import audit as audit_api  # issue 11: audit log
 from cotrain.server.api import hivemind, model_versions, rewards, sessions, system, tokens, wallet
@@ -54,7 +55,8 @@ def create_app(platform: Platform | None = None) -> FastAPI:
         finally:
             await platform.stop()
 
-    app = FastAPI(title="CoTrain", version=importlib.metadata.version("cotrain"), description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="CoTrain", version=importlib.metadata.version("cotrain"), description=DESCRIPTION,
+                  lifespan=lifespan)
     app.state.platform = platform
     app.state.http_metrics = HttpMetrics()
     # issue 11, limits on input: bodies over the limit get 413 before parsing (inside the metrics
@@ -76,6 +78,10 @@ def create_app(platform: Platform | None = None) -> FastAPI:
         if exc.anonymous:
             return JSONResponse({"detail": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
         return JSONResponse({"detail": str(exc)}, status_code=403)
+
+    @app.exception_handler(RewardsUnavailable)
+    async def _rewards_unavailable(_request: Request, exc: RewardsUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
 
     @app.exception_handler(ServiceError)
     async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from cotrain.chain.errors import RewardsUnavailable
 from cotrain.chain.orm import ContributionRow, RewardPoolRow
 from cotrain.chain.payouts import PayoutAudit
 from cotrain.chain.service import ChainService
@@ -66,9 +67,8 @@ def wallet_token_resolver(chain: ChainService) -> TokenResolver | None:
     when the platform key cannot be loaded. Blocking: reads (or creates) the key file."""
     try:
         chain.require()
-    except Exception as exc:  # a bad COTRAIN_LEDGER_KEY: wallet sign-in and rewards cannot work
-        log.error("no wallet sign-in or rewards on this server: the platform's ledger key cannot be loaded (%s)",
-                  exc)
+    except RewardsUnavailable as exc:  # a bad COTRAIN_LEDGER_KEY: wallet sign-in and rewards cannot work
+        log.error("%s", exc)
         return None
     return partial(resolve_wallet_token, chain)
 

@@ -18,6 +18,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from cotrain.chain.errors import RewardsUnavailable
 from cotrain.chain.orm import ChainUser
 from cotrain.chain.service import ChainService
 from cotrain.chain.settings import ChainConfigError
@@ -40,11 +41,13 @@ class SignedIn:
 
 
 def get_chain(request: Request) -> ChainService:
-    """The platform's chain service; 503 while a chain variable (APTOS_*, COTRAIN_PUBLIC_ORIGIN, ...) is wrong."""
+    """The platform's chain service; 503 while a chain variable (APTOS_*, COTRAIN_PUBLIC_ORIGIN, ...) is wrong
+    or the ledger key cannot be loaded."""
     chain: ChainService = request.app.state.platform.chain
     try:
         _ = chain.settings
-    except ChainConfigError as exc:
+        chain.require()
+    except (ChainConfigError, RewardsUnavailable) as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "Wallet sign-in and rewards are not configured "
                             f"correctly on this server: {exc}") from None
     return chain
