@@ -14,8 +14,8 @@ from cotrain.chain.bindings import bind_peer
 from cotrain.chain.orm import BindingProof, ContributionRow, PayoutRow, PayoutStatus
 from cotrain.chain.runtime import platform_ledger
 from cotrain.chain.service import ChainService
-from cotrain.chain.settlement import limits_from_config
 from cotrain.chain.settings import ChainSettings
+from cotrain.chain.settlement import limits_from_config
 from cotrain.p2p.progress import PeerProgress
 
 from .wallets import Wallet

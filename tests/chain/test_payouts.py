@@ -15,8 +15,8 @@ from cotrain.chain import aptos_tx
 from cotrain.chain.orm import PayoutBatchRow, PayoutRow
 from cotrain.chain.payouts import AptosPayouts, PayoutError, record_due_locally
 from cotrain.chain.queries import reward_views
-from cotrain.chain.settlement import set_reward_pool, settle_session
 from cotrain.chain.settings import ChainSettings
+from cotrain.chain.settlement import set_reward_pool, settle_session
 
 from .conftest import AuditEvents
 from .fake_aptos import GAS_USED, FakeAptosServer

@@ -22,6 +22,7 @@ Signature checks, key parsing and address derivation use aptos-sdk.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 from collections.abc import Awaitable, Callable
@@ -327,14 +328,14 @@ async def verify_sign_in(
     _check_application(fields.application, origin)
     _check_signed_address(fields.address, claimed)
     _check_chain(fields.chain, chain_id)
-    _check_issued(store.get(fields.nonce), fields, claimed)
+    _check_issued(await asyncio.to_thread(store.get, fields.nonce), fields, claimed)  # the store may be a DB
     if not public_key.verify(fields.signed_bytes, signature):
         raise SignInError(
             "bad_signature",
             "The signature does not match the message and public key; sign the message again with your wallet.",
         )
     await _check_key_owns_address(public_key, AccountAddress.from_str_relaxed(claimed), auth_key_lookup)
-    _consume_nonce(store, fields.nonce, now)
+    await asyncio.to_thread(_consume_nonce, store, fields.nonce, now)
     return VerifiedSignIn(address=claimed, public_key=str(public_key), format=fields.format)
 
 
