@@ -323,10 +323,10 @@ def open_pools(db: Session, asset: str) -> int:
     """What the treasury still owes in `asset`: the payouts of settled sessions not yet paid, plus the
     whole pool of every session not settled yet (read from the sessions' own rows, which are written in
     the same transaction as this check; a deleted unsettled session can no longer pay, so it does not count)."""
-    from cotrain.chain.orm import PayoutRow, RewardRow
+    from cotrain.chain.orm import PayoutRow, PayoutStatus, RewardRow
 
     unpaid = db.scalar(select(func.coalesce(func.sum(PayoutRow.amount), 0))
-                       .where(PayoutRow.asset == asset, PayoutRow.status != "paid")) or 0
+                       .where(PayoutRow.asset == asset, PayoutRow.status != PayoutStatus.PAID)) or 0
     pool = TrainingSession.request["rewardPool"]
     rows = db.execute(select(pool["amount"].as_string(), pool["asset"].as_string())
                       .where(pool["amount"].as_string().is_not(None),

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import Request
 from nicegui import run, ui
 
+from cotrain.chain.orm import ContributionStatus, PayoutStatus
 from cotrain.ui import format as fmt
 from cotrain.ui import rewards_data
 from cotrain.ui.blocking import run_blocking
@@ -18,8 +19,8 @@ SIGN_IN = """
 try { return {ok: true, ...(await window.cotrainWalletSignIn('/api/v1'))}; }
 catch (e) { return {ok: false, error: String(e && e.message || e)}; }
 """
-PAYOUT_COLORS = {"paid": "positive", "due": "amber-8", "pending": "light-blue-7", "failed": "negative",
-                 "none": "grey-6"}
+PAYOUT_COLORS = {PayoutStatus.PAID: "positive", PayoutStatus.DUE: "amber-8", PayoutStatus.PENDING: "light-blue-7",
+                 PayoutStatus.FAILED: "negative", PayoutStatus.NONE: "grey-6"}
 OCTAS_PER_APT = 100_000_000
 
 
@@ -117,7 +118,7 @@ def _contributions(rows: list[dict[str, Any]]) -> None:
         for row in rows:
             row["key"] = f"{row['session_id']}/{row['peer_id']}"
             row["tokens_shown"] = fmt.count(row["tokens"])
-            row["color"] = "positive" if row["status"] == "verified" else "grey-6"
+            row["color"] = "positive" if row["status"] == ContributionStatus.VERIFIED else "grey-6"
         table = ui.table(columns=columns, rows=rows, row_key="key").props('flat dense data-testid="contributions"')
         table.classes("w-full")
         table.add_slot("body-cell-session", SESSION_SLOT)
