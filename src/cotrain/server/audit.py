@@ -21,14 +21,14 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, func, insert, select, text
+from sqlalchemy import Engine, Table, func, insert, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -48,7 +48,7 @@ ANONYMOUS = "anonymous"
 KIND = "AuditEntry"
 LOG_NAME = "audit.log"
 _PG_LOCK_ID = 0x61756474  # "audt": the advisory lock of appends on PostgreSQL (the ledger's is another)
-_TABLE = AuditEntry.__table__
+_TABLE = cast(Table, AuditEntry.__table__)  # a declarative class's table (typed as any FromClause)
 _LIMITS = {"actor": 100, "role": 16, "action": 60, "target": 200, "outcome": 16, "client_ip": 64, "request_id": 64}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # keys whose values are never written to the log, at any depth of `detail`
@@ -58,9 +58,16 @@ _process_locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.RLock()
 
 
+def _reader(row: dict[str, Any] | AuditEntry) -> Callable[[str], Any]:
+    """A column's value by name, from a row's values or from the ORM entry."""
+    if isinstance(row, dict):
+        return row.get
+    return lambda name: getattr(row, name)
+
+
 def entry_digest(row: dict[str, Any] | AuditEntry, prev_hash: str) -> str:
     """The hash of one audit entry (a row or its column values) chained to `prev_hash`."""
-    get = row.get if isinstance(row, dict) else lambda name: getattr(row, name)
+    get = _reader(row)
     return link_hash(KIND, (
         int(get("id")), micros(float(get("time"))), get("actor"), get("role"), get("action"), get("target"),
         get("outcome"), get("client_ip"), get("request_id"), canonical_json(get("detail") or {}),
@@ -128,8 +135,8 @@ class AuditLog:
     # ---- appending -------------------------------------------------------------------------------
 
     def record(self, action: str, *, actor: str = ANONYMOUS, role: str = ANONYMOUS, target: str = "",
-               outcome: str = Outcome.OK, client_ip: str = "", request_id: str = "", detail: dict[str, Any] | None = None,
-               at: float | None = None) -> dict[str, Any]:
+               outcome: str = Outcome.OK, client_ip: str = "", request_id: str = "",
+               detail: dict[str, Any] | None = None, at: float | None = None) -> dict[str, Any]:
         """Append one entry (its own transaction) and its JSON line; returns the row's values."""
         values: dict[str, Any] = {
             "time": round(at if at is not None else time.time(), 6),
@@ -247,7 +254,7 @@ class AuditLog:
             prev, expected = row["entry_hash"], row["id"] + 1
         report.head = prev
         if check_copy and self.log_path is not None and self.log_path.exists():
-            self._compare_copy(report, last_id=expected - 1)
+            self._compare_copy(report, self.log_path, last_id=expected - 1)
         return report
 
     def _rows(self) -> Iterator[dict[str, Any]]:
@@ -256,24 +263,24 @@ class AuditLog:
             for row in result.mappings():
                 yield dict(row)
 
-    def _compare_copy(self, report: VerifyReport, last_id: int) -> None:
-        """Every line of audit.log must still be in the database, unchanged."""
+    def _compare_copy(self, report: VerifyReport, log_path: Path, last_id: int) -> None:
+        """Every line of audit.log (`log_path`) must still be in the database, unchanged."""
         past_end: list[int] = []
-        for chunk in _copy_chunks(self.log_path):  # type: ignore[arg-type]
+        for chunk in _copy_chunks(log_path):
             with self.engine.connect() as conn:
                 stored = dict(conn.execute(select(_TABLE.c.id, _TABLE.c.entry_hash)
                                            .where(_TABLE.c.id.in_(list(chunk)))).all())
             for entry_id, digest in sorted(chunk.items()):
                 if entry_id in stored:
                     if stored[entry_id] != digest:
-                        report.bad(entry_id, f"entry {entry_id} differs from its copy in {self.log_path.name}: "
+                        report.bad(entry_id, f"entry {entry_id} differs from its copy in {log_path.name}: "
                                              "it was rewritten in the database")
                 elif entry_id > last_id:
                     past_end.append(entry_id)
                 # an id below the end that the database lacks was already reported as missing
         if past_end:
             span = f"{past_end[0]}" if len(past_end) == 1 else f"{past_end[0]}..{past_end[-1]}"
-            report.bad(past_end[0], f"entr{'y' if len(past_end) == 1 else 'ies'} {span} of {self.log_path.name} "
+            report.bad(past_end[0], f"entr{'y' if len(past_end) == 1 else 'ies'} {span} of {log_path.name} "
                                     f"{'is' if len(past_end) == 1 else 'are'} missing from the database (the newest "
                                     "entries were deleted)")
 
@@ -296,7 +303,7 @@ def _copy_chunks(path: Path, size: int = 5000) -> Iterator[dict[int, str]]:
 
 def as_dict(row: AuditEntry | dict[str, Any]) -> dict[str, Any]:
     """An entry as the API and `cotrain audit --json` show it."""
-    get = row.get if isinstance(row, dict) else lambda name: getattr(row, name)
+    get = _reader(row)
     return {
         "id": get("id"), "time": datetime.fromtimestamp(get("time"), UTC).isoformat(), "actor": get("actor"),
         "role": get("role"), "action": get("action"), "target": get("target"), "outcome": get("outcome"),

@@ -237,14 +237,14 @@ class AuditMiddleware:
             log.error("AUDIT WRITE FAILED for %s %s (%s): %s", ex.method, ex.path, ex.request_id, exc)
 
     def _audit_of(self, scope: Scope) -> AuditLog | None:
-        app = scope.get("app")
-        platform = getattr(getattr(app, "state", None), "platform", None)
-        if platform is None:
+        state = getattr(scope.get("app"), "state", None)
+        platform = getattr(state, "platform", None)
+        if state is None or platform is None:
             return None
-        audit = getattr(app.state, "audit", None)
+        audit = getattr(state, "audit", None)
         if audit is None:
             audit = audit_log_for(platform.engine, platform.settings.layout.system_logs / "audit.log")
-            app.state.audit = audit
+            state.audit = audit
         return audit
 
 
@@ -446,7 +446,7 @@ def _read_rule_refused(factory: Any, ex: Exchange) -> bool:
 
     with factory.begin() as db:
         if session_id is None:
-            version = db.get(ModelVersion, int(model_id)) if str(model_id).isdigit() else None
+            version = db.get(ModelVersion, int(model_id)) if model_id is not None and model_id.isdigit() else None
             session_id = version.session_id if version is not None else None
         row = db.get(TrainingSession, session_id) if session_id else None
         if row is None:

@@ -3,11 +3,11 @@ may name, decided when it is created or edited.
 
 The only paths a create or edit body can carry are `dataConfig.dataPath` and the save_to_disk folder
 of `dataConfig.dataset = "hf:/path"` (cotrain.config.hf_spec; `hf:NAME` names a dataset of the
-worker's own Hugging Face cache, not a path): the request schema forbids unknown keys, so `model.path`, `data.tokenizer`, `checkpoint.output_path` and
-`checkpoint.resume` cannot be set through the API at all (a 422 naming the field). A `dataPath` is
-(or that folder) is resolved the way the engine will open it (relative to COTRAIN_HOME, where the executor starts
-runs; `~`, `..` and symlinks followed) and must lie inside one of the server's
-`COTRAIN_DATA_ROOTS`; otherwise a member gets a 422 naming the roots. Maintainers and admins
+worker's own Hugging Face cache, not a path): the request schema forbids unknown keys, so `model.path`,
+`data.tokenizer`, `checkpoint.output_path` and `checkpoint.resume` cannot be set through the API at all
+(a 422 naming the field). A `dataPath` (or that folder) is resolved the way the engine will open it
+(relative to COTRAIN_HOME, where the executor starts runs; `~`, `..` and symlinks followed) and must lie
+inside one of the server's `COTRAIN_DATA_ROOTS`; otherwise a member gets a 422 naming the roots. Maintainers and admins
 (`Action.DATA_ANY_PATH`) may use any path: their approval is stored on the session
 (`data_path_approval`) and the executor adds exactly the approved path to the run's roots, since
 the engine checks again against its own machine's roots (cotrain.core.path_guard).

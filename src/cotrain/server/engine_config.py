@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from cotrain.config import ConfigError, CotrainConfig, validate_config
 from cotrain.data_roots import resolve, show_roots, within
@@ -194,14 +195,14 @@ def equivalent_request(config: CotrainConfig, body: SessionFromConfig) -> Sessio
     except ValidationError as exc:
         raise SessionConfigError([_limit_error(e) for e in exc.errors(include_url=False)]) from None
     if config.data.dataset is not None:
-        data = request.data_config or DataConfigIn()
+        data = request.data_config or DataConfigIn.model_validate({})
         request.data_config = data.model_copy(update={"dataset": config.data.dataset})
     return request
 
 
-def _limit_error(error: dict[str, Any]) -> dict[str, Any]:
+def _limit_error(error: ErrorDetails) -> dict[str, Any]:
     loc = tuple(str(p) for p in error["loc"])
-    key = FIELD_MAP.get(loc[:2]) if len(loc) >= 2 else None
+    key = FIELD_MAP.get((loc[0], loc[1])) if len(loc) >= 2 else None
     shown = key or (f"session.{loc[0]}" if loc and loc[0] in ("name", "description") else ".".join(loc))
     return {"loc": ["body", FIELD, *shown.split(".")], "type": error["type"],
             "msg": f"{shown}: {error['msg']}. Change {shown} and send the config again."}
@@ -213,7 +214,7 @@ def in_engine_terms(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for error in errors:
         loc = [str(p) for p in error.get("loc", [])]
-        key = FIELD_MAP.get(tuple(loc[1:3])) if len(loc) >= 3 else None
+        key = FIELD_MAP.get((loc[1], loc[2])) if len(loc) >= 3 else None
         if key is None:
             out.append(error)
             continue
@@ -233,7 +234,7 @@ def engine_words(text: str) -> str:
 
 def is_engine_session(request: dict[str, Any] | None) -> bool:
     """Whether a stored session was created from an engine config."""
-    return bool(request) and FIELD in request  # type: ignore[operator]
+    return request is not None and FIELD in request
 
 
 def stored_request(request: SessionCreate, text: str) -> dict[str, Any]:

@@ -76,7 +76,8 @@ class HttpMetrics:
         lines = [
             "# HELP cotrain_http_requests_total HTTP requests answered, by method and status class.",
             "# TYPE cotrain_http_requests_total counter",
-            *(f'cotrain_http_requests_total{{method="{m}",code="{c}"}} {n}' for (m, c), n in sorted(self.requests.items())),
+            *(f'cotrain_http_requests_total{{method="{m}",code="{c}"}} {n}'
+              for (m, c), n in sorted(self.requests.items())),
             "# HELP cotrain_http_route_requests_total HTTP requests answered, by route template "
             f"({UNMATCHED}: no route), method and status class.",
             "# TYPE cotrain_http_route_requests_total counter",
@@ -84,7 +85,8 @@ class HttpMetrics:
               for (r, m, c), n in sorted(self.by_route.items())),
             "# HELP cotrain_http_request_duration_seconds Time to answer HTTP requests.",
             "# TYPE cotrain_http_request_duration_seconds histogram",
-            *(f'cotrain_http_request_duration_seconds_bucket{{le="{b}"}} {n}' for b, n in zip(BUCKETS_S, self.bucket_counts, strict=True)),
+            *(f'cotrain_http_request_duration_seconds_bucket{{le="{b}"}} {n}'
+              for b, n in zip(BUCKETS_S, self.bucket_counts, strict=True)),
             f'cotrain_http_request_duration_seconds_bucket{{le="+Inf"}} {self.count}',
             f"cotrain_http_request_duration_seconds_sum {self.total_s:.6f}",
             f"cotrain_http_request_duration_seconds_count {self.count}",

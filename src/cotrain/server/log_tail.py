@@ -34,7 +34,8 @@ def keep_tail(db: Session, session_id: str, stream: str, worker_id: str, lines: 
     kept = [line[:MAX_LINE] for line in lines[-KEPT_LINES:]]
     row = db.get(SessionLogTail, (session_id, stream))
     if row is None:
-        db.add(SessionLogTail(session_id=session_id, stream=stream, worker_id=worker_id, lines=kept, updated_at=time.time()))
+        db.add(SessionLogTail(session_id=session_id, stream=stream, worker_id=worker_id, lines=kept,
+                              updated_at=time.time()))
     else:
         row.worker_id, row.lines, row.updated_at = worker_id, kept, time.time()
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from cotrain.server.orm import SessionStatus, TrainingSession
@@ -47,14 +48,14 @@ def claim_next(
 
 def _take(db: Session, row: TrainingSession, worker_id: str) -> bool:
     """The compare-and-set: only one worker moves a row out of `queued`."""
-    taken = db.execute(
+    taken = cast(CursorResult[Any], db.execute(  # an UPDATE's result: it has the rowcount
         update(TrainingSession)
         .where(TrainingSession.id == row.id, TrainingSession.status == SessionStatus.QUEUED)
         .values(
             status=SessionStatus.STARTING, worker_id=worker_id, attempts=TrainingSession.attempts + 1,
             heartbeat_at=time.time(), pid=None, updated_at=time.time(),
         )
-    ).rowcount
+    )).rowcount
     if taken != 1:
         return False
     db.flush()

@@ -196,19 +196,27 @@ async def enforce(request: Request, limit: Limit, actor: Actor | None) -> None:
                             headers={"Retry-After": str(refusal.retry_after)})
 
 
+def _per_address(limit: Limit) -> Callable[..., Any]:
+    async def check(request: Request) -> None:
+        await enforce(request, limit, None)
+
+    return check
+
+
+def _per_address_and_actor(limit: Limit) -> Callable[..., Any]:
+    from cotrain.server.api.deps import optional_actor
+
+    async def check(request: Request, actor: Actor | None = Depends(optional_actor)) -> None:  # noqa: B008
+        await enforce(request, limit, actor)
+
+    return check
+
+
 def rate_limit(limit: Limit) -> Callable[..., Any]:
     """Route dependency: `dependencies=[Depends(rate_limit(Limit.SESSION_CREATE))]`. Sign-in is
     counted per address only (no one is signed in yet, and the chain's routes run without the
     platform's token lookup); the others per address and per actor."""
-    if limit is Limit.SIGN_IN:
-        async def check(request: Request) -> None:
-            await enforce(request, limit, None)
-    else:
-        from cotrain.server.api.deps import optional_actor
-
-        async def check(request: Request, actor: Actor | None = Depends(optional_actor)) -> None:  # noqa: B008
-            await enforce(request, limit, actor)
-
-    check.limit = limit  # type: ignore[attr-defined]
+    check = _per_address(limit) if limit is Limit.SIGN_IN else _per_address_and_actor(limit)
+    check.limit = limit  # type: ignore[attr-defined]  # a mark naming the limit a route is under
     check.__name__ = f"rate_limit_{limit.value}"
     return check

@@ -43,7 +43,8 @@ if TYPE_CHECKING:
     from cotrain.server.schemas import SessionCreate
     from cotrain.server.settings import QuotaSettings
 
-COUNTED_STATES = (SessionStatus.QUEUED, SessionStatus.STARTING, SessionStatus.RUNNING, SessionStatus.CANCELLING)  # what an owner's active-sessions quota counts
+# what an owner's active-sessions quota counts
+COUNTED_STATES = (SessionStatus.QUEUED, SessionStatus.STARTING, SessionStatus.RUNNING, SessionStatus.CANCELLING)
 _PG_LOCK_ID = 0x636F7170  # advisory lock serialising quota counts on PostgreSQL
 MAX_FILES_MEASURED = 100_000  # a dataPath with more files is measured no further (its size is unknown)
 
@@ -279,7 +280,8 @@ class SessionPolicy:
             return
         owner = TrainingSession.owner_id == change.owner_id if change.owner_id is not None \
             else TrainingSession.owner_id.is_(None)
-        query = select(func.count()).select_from(TrainingSession).where(owner, TrainingSession.status.in_(COUNTED_STATES))
+        query = select(func.count()).select_from(TrainingSession).where(
+            owner, TrainingSession.status.in_(COUNTED_STATES))
         if change.session_id is not None:
             query = query.where(TrainingSession.id != change.session_id)
         active = db.scalar(query) or 0

@@ -43,4 +43,5 @@ def waiting_reason(row: TrainingSession, workers: list[Worker], now: float | Non
     if row.next_attempt_at > now:
         return f"Waiting {row.next_attempt_at - now:.0f} s before retrying (see error)."
     fitting = sum(1 for w in workers if worker_fits(need, w))
-    return f"Waiting for a free slot on {'the' if fitting == 1 else 'one of the'} {fitting} worker{'s' if fitting != 1 else ''} that can run it."
+    which, plural = ("the", "") if fitting == 1 else ("one of the", "s")
+    return f"Waiting for a free slot on {which} {fitting} worker{plural} that can run it."
