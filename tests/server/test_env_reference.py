@@ -3,6 +3,7 @@ tables are generated from them, and no machine setting is mistaken for a config 
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 from cotrain.chain.settings import ChainSettings
@@ -14,6 +15,9 @@ from cotrain.server.settings import TRACKING_ENV_PREFIX, LimitSettings, QuotaSet
 from tests.conftest import REPO
 
 SETTINGS_CLASSES = (Settings, DatabaseSettings, LimitSettings, QuotaSettings, ChainSettings, EngineSettings)
+# the command-line client's own variables (README, "From the terminal and from Python"), not a server's
+CLIENT_VARIABLES = {"COTRAIN_SERVER", "COTRAIN_TOKEN"}
+VARIABLE_LITERAL = re.compile(r"[\"'](COTRAIN_[A-Z0-9_]*[A-Z0-9]|DATABASE_URL|REDIS_URL|APTOS_[A-Z0-9_]+)[\"']")
 
 
 def test_readme_variable_tables_match_the_code():
@@ -39,3 +43,12 @@ def test_machine_settings_are_not_read_as_config_overrides():
     clashes = {name: env_key_to_path(name) for name in documented_variables()
                if not name.startswith(TRACKING_ENV_PREFIX) and env_key_to_path(name) is not None}
     assert clashes == {}
+
+
+def test_every_variable_the_code_reads_is_documented():
+    """A new `os.environ.get("COTRAIN_X")` anywhere in src/ needs a documented field first."""
+    used = {match.group(1): path.relative_to(REPO) for path in (REPO / "src" / "cotrain").rglob("*.py")
+            for match in VARIABLE_LITERAL.finditer(path.read_text())}
+    undocumented = {name: str(path) for name, path in used.items()
+                    if name not in set(documented_variables()) | CLIENT_VARIABLES and env_key_to_path(name) is None}
+    assert undocumented == {}, "declare these in a settings class (cotrain/*/settings.py) with a description"

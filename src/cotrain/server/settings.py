@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Self
 
-from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from cotrain.config.env_settings import CommaList, EnvSettings, OnUnlessOff, comma_list, env_field
@@ -214,6 +214,21 @@ class Settings(DatabaseSettings, LimitSettings):
     example_session: OnUnlessOff = env_field(
         "COTRAIN_EXAMPLE_SESSION", False, "`1`: an empty platform gets the example session (`cotrain up --example`)",
         shown="`0`")
+    # read where they are used (server/worker_memory.py, server/signed_urls.py, ui/mount.py,
+    # server/platform.py); declared here so that one place documents every variable
+    worker_memory: str | None = env_field(
+        "COTRAIN_WORKER_MEMORY", None, "memory a worker offers one training process (e.g. `20GiB`), instead of "
+        "what it measures (each GPU's memory, else host RAM)", shown="measured")
+    url_secret: SecretStr | None = env_field(
+        "COTRAIN_URL_SECRET", None, "the key that signs the web UI's download links (replicas need the same one)",
+        shown="`COTRAIN_HOME/url-secret`, created once")
+    ui_secret: SecretStr | None = env_field(
+        "COTRAIN_UI_SECRET", None, "the key of the web UI's browser storage",
+        shown="`COTRAIN_HOME/ui-secret`, created once")
+    ui_url: str | None = env_field(
+        "COTRAIN_UI_URL", None,
+        "the web UI's address in the sign-in link the first start prints (`cotrain up` sets it)",
+        shown="set by `cotrain up`")
     # ---- data roots (issue 11): server/data_paths.py, core/path_guard.py ----
     data_roots: Annotated[list[Path], NoDecode, BeforeValidator(_split_roots)] = env_field(
         "COTRAIN_DATA_ROOTS", list,
