@@ -27,8 +27,9 @@ class EnvSettingsError(ValueError):
 
 
 def env_field(name: str, default: Any = None, doc: str = "", *, shown: str | None = None, **kwargs: Any) -> Any:
-    """A field read from the variable `name`, documented by `doc`. `shown` is the default as the
-    README states it, where the value itself is not helpful (computed, or a secret)."""
+    """A field read from the variable `name`, documented by `doc`. A callable `default` is a factory
+    (`list`). `shown` is the default as the README states it, where the value itself is not helpful
+    (computed, or a secret)."""
     extra: JsonDict | None = {"shown_default": shown} if shown is not None else None
     if callable(default):
         return Field(default_factory=default, validation_alias=name, description=doc, json_schema_extra=extra,
@@ -113,7 +114,9 @@ def _field_of(settings: type[BaseSettings], name_or_alias: str) -> FieldInfo | N
 
 
 class EngineSettings(EnvSettings):
-    """Variables the engine process (`cotrain train`, a run the executor starts) reads on its machine."""
+    """Variables the engine process (`cotrain train`, a run the executor starts) reads on its machine.
+    `core/path_guard.py` and `core/metrics.py` read them where they are used; they are declared here
+    so that one place documents every variable."""
 
     enforce_data_roots: Flag = env_field(
         "COTRAIN_ENFORCE_DATA_ROOTS", False,
