@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from cotrain.chain import tokens
 from cotrain.chain.errors import RewardsUnavailable
 from cotrain.chain.keys import KeyConfigError
 from cotrain.chain.ledger import Ledger
@@ -41,7 +42,6 @@ from cotrain.chain.settlement import (
     settle_session,
 )
 from cotrain.chain.signin import AuthKeyLookup, node_auth_key_lookup
-from cotrain.chain.tokens import PREFIX, TokenClaims, issue_token, read_claims
 from cotrain.p2p.progress import PeerProgress
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,8 @@ class SessionBook(Protocol):
 
 
 class ChainService:
+    """Reward pools, kept progress, settlement, payouts and wallet tokens on one database."""
+
     def __init__(self, factory: sessionmaker[Session], read_records: RecordReader, audit: PayoutAudit, *,
                  settings: ChainSettings | None = None, ledger: Ledger | None = None):
         """`settings` and `ledger` default to the environment's (ChainSettings.from_env, the platform key),
@@ -103,14 +105,14 @@ class ChainService:
     # ---- wallet tokens -------------------------------------------------------------------
     def issue_token(self, address: str) -> tuple[str, float]:
         """A wallet token for `address` and its expiry (epoch seconds)."""
-        return issue_token(self.ledger.key, address, self.settings.token_ttl_s)
+        return tokens.issue_token(self.ledger.key, address, self.settings.token_ttl_s)
 
-    def token_claims(self, token: str) -> TokenClaims | None:
+    def token_claims(self, token: str) -> tokens.TokenClaims | None:
         """The claims of a wallet token signed with the platform key and not expired, else None. Sign-out and
         revocation are the server's to check (`cotrain.server.auth.authenticate`)."""
-        if not token.startswith(PREFIX + "."):
+        if not token.startswith(tokens.PREFIX + "."):
             return None
-        return read_claims(self.ledger.public_key, token)
+        return tokens.read_claims(self.ledger.public_key, token)
 
     # ---- a session's life (blocking: DB, DHT) ----------------------------------------------
     def require(self) -> None:
@@ -118,7 +120,7 @@ class ChainService:
         with the platform key."""
         try:
             _ = self.ledger
-        except KeyConfigError as exc:
+        except (KeyConfigError, OSError) as exc:  # OSError: a key file that cannot be read or created
             raise RewardsUnavailable(f"This server cannot hold reward pools or sign wallet tokens: {exc} Create "
                                      "the session without rewardPool, or fix the key and restart the server.") from None
 
