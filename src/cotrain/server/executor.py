@@ -392,7 +392,7 @@ class Executor:
             row = db.get_one(TrainingSession, session_id)
             row.pid = None
             row.heartbeat_at = None
-            extra: dict[str, Any] = {"exitCode": returncode}
+            extra: dict[str, Any] = {"exit_code": returncode}  # StatusData fields
             if row.cancel_requested:
                 row.status, row.finished_at, row.error = SessionStatus.CANCELLED, time.time(), None
                 if session_id in self._killed:
@@ -401,7 +401,7 @@ class Executor:
                 version = register_model_version(db, self.settings.layout, row, self.settings.worker_id)
                 row.status, row.finished_at, row.error, row.progress = SessionStatus.COMPLETED, time.time(), None, 100.0
                 if version is not None:
-                    extra["modelVersion"] = {
+                    extra["model_version"] = {
                         "id": version.id, "version": version.version, "name": f"v{version.version}"
                     }
             else:
@@ -415,7 +415,7 @@ class Executor:
                         f"Attempt {row.attempts} failed: {error}. Retrying in {delay:.0f} s "
                         f"from the last checkpoint ({row.max_retries - row.attempts + 1} retries left)."
                     )
-                    extra["retryAt"] = row.next_attempt_at
+                    extra["retry_at"] = row.next_attempt_at
             row.worker_id = None if row.status != SessionStatus.QUEUED else row.worker_id
             return [status_message(db, row, **extra)]
 
