@@ -1,6 +1,8 @@
 """Training sessions as plain Python calls (the REST API and the UI both use these):
-create/list/get/update/delete, start/cancel/retry/priority, and what a session has produced
-(metric history, messages, log tail, checkpoints, participants)."""
+create/find/get/update/delete, start/cancel/retry/priority, a session as its reader may see it
+(`shown`, `status`), and what a session has produced (messages, log tail, checkpoints,
+participants). Its metric series are `metrics_service.MetricsService`'s, its model versions
+`model_service.ModelService`'s."""
 
 from __future__ import annotations
 
