@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from nicegui import run, ui
+from nicegui import ui
 
+from cotrain.server.message_data import ProgressData, StatusData, parse_message
 from cotrain.server.orm import ALL_STATES
 from cotrain.ui import format as fmt
 from cotrain.ui import live, session_rows
+from cotrain.ui.blocking import run_blocking
 from cotrain.ui.components.badges import stat_tile, status_label
 from cotrain.ui.components.tables import localized
 from cotrain.ui.i18n import t
@@ -27,16 +29,18 @@ STATUS_SLOT = r"""
 PROGRESS_SLOT = r"""
 <q-td :props="props" style="min-width: 150px">
   <div class="row items-center no-wrap q-gutter-x-sm">
-    <q-linear-progress rounded size="8px" animation-speed="300" :value="props.row.progress / 100" :color="props.row.status_color"
-                       class="col" data-testid="row-progress" />
-    <span class="text-[12px] ct-muted" style="width: 38px; text-align: right">{{ Math.round(props.row.progress) }}%</span>
+    <q-linear-progress rounded size="8px" animation-speed="300" :value="props.row.progress / 100"
+                       :color="props.row.status_color" class="col" data-testid="row-progress" />
+    <span class="text-[12px] ct-muted" style="width: 38px; text-align: right">
+      {{ Math.round(props.row.progress) }}%</span>
   </div>
 </q-td>"""
 
 
 def _columns() -> list[dict[str, Any]]:
     def col(name: str, field: str | None = None, align: str = "left", sortable: bool = True) -> dict[str, Any]:
-        return {"name": name, "label": t(f"sessions.col.{name}"), "field": field or name, "align": align, "sortable": sortable}
+        return {"name": name, "label": t(f"sessions.col.{name}"), "field": field or name, "align": align,
+                "sortable": sortable}
 
     return [
         col("name"), col("status"), col("model"), col("progress"), col("loss", align="right"),
@@ -67,7 +71,7 @@ async def sessions_page() -> None:
                 ).classes("w-72")
                 with search.add_slot("prepend"):
                     ui.icon("search")
-                options = {"": t("sessions.all"), **{s: status_label(s) for s in ALL_STATES}}
+                options: dict[str, str] = {"": t("sessions.all"), **{s: status_label(s) for s in ALL_STATES}}
                 status = ui.select(options, value="", label=t("sessions.status_filter")).props(
                     'outlined dense options-dense data-testid="status-filter"'
                 ).classes("w-44")
@@ -86,7 +90,7 @@ async def sessions_page() -> None:
     by_id: dict[str, dict[str, Any]] = {}
 
     async def refresh() -> None:
-        data = await run.io_bound(session_rows.load, page.actor, state["search"], state["status"], state["strategy"])
+        data = await run_blocking(session_rows.load, page.actor, state["search"], state["status"], state["strategy"])
         rows = session_rows.rows_of(data)
         by_id.clear()
         by_id.update({row["id"]: row for row in rows})
@@ -103,9 +107,9 @@ async def sessions_page() -> None:
                     empty_state("filter_alt_off", t("sessions.no_match"), "")
                 else:
                     with empty_state("rocket_launch", t("sessions.empty"), t("sessions.empty_hint")):
-                        ui.button(t("sessions.new"), icon="add", on_click=lambda: ui.navigate.to("/sessions/new")).props(
-                            "unelevated no-caps"
-                        ).classes("mt-2")
+                        ui.button(
+                            t("sessions.new"), icon="add", on_click=lambda: ui.navigate.to("/sessions/new")
+                        ).props("unelevated no-caps").classes("mt-2")
 
     async def on_search(e: Any) -> None:
         state["search"] = (e.value or "").strip()
@@ -124,20 +128,20 @@ async def sessions_page() -> None:
     status.on_value_change(on_status)
 
     async def on_message(message: dict[str, Any]) -> None:
-        data = message.get("data", {})
-        row = by_id.get(data.get("sessionId", ""))
-        if message["event"] == live.GAP or (message["event"] == "training.status" and row is None):
+        row = by_id.get(message.get("data", {}).get("sessionId", ""))
+        data = None if message["event"] == live.GAP else parse_message(message)
+        if message["event"] == live.GAP or (isinstance(data, StatusData) and row is None):
             state["dirty"] = "reload"
             return
         if row is None:
             return
-        if message["event"] == "training.progress":
-            row["progress"] = round(float(data.get("progress") or 0.0), 1)
-            row["loss"] = fmt.metric(data.get("loss"))
-            row["participants"] = data.get("participants") or row["participants"]
+        if isinstance(data, ProgressData):
+            row["progress"] = round(data.progress, 1)
+            row["loss"] = fmt.metric(data.loss)
+            row["participants"] = data.participants or row["participants"]
             state["dirty"] = state["dirty"] or True
-        elif message["event"] == "training.status":
-            row["status"] = data.get("status", row["status"])
+        elif isinstance(data, StatusData):
+            row["status"] = data.status
             row["status_label"] = status_label(row["status"])
             row["status_color"] = STATUS_COLORS.get(row["status"], "grey-6")
             state["dirty"] = "reload"  # counts per state changed
