@@ -18,6 +18,7 @@ from cotrain.chain.bindings import bind_peer, check_binding_signature, sign_bind
 from cotrain.chain.orm import BindingProof
 from cotrain.chain.service import ChainService
 from cotrain.db import open_database
+from cotrain.p2p.progress import PeerProgress
 
 from .wallets import Wallet
 
@@ -59,7 +60,7 @@ def test_three_wallets_on_a_real_dht(tmp_path, monkeypatch):
             while True:  # peers publish every few seconds; the server's monitor ticks in between
                 for i, ((dht, validator), w) in enumerate(zip(peers, wallets, strict=True)):
                     tokens = 640 * (i + 1) * (rnd + 1)
-                    records.publish_progress(dht, validator, records.PeerProgress(
+                    records.publish_progress(dht, validator, PeerProgress(
                         peer_id=f"peer{i}", session_id=SESSION, step=10 * (rnd + 1), outer_step=rnd,
                         tokens_per_second=800.0, samples=tokens // 64, tokens=tokens, wallet=w.address,
                         device="cpu"), ttl=30)

@@ -10,13 +10,8 @@ from hivemind.utils import get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey
 
 from cotrain.p2p.dht import signer, start_dht, visible_maddrs
-from cotrain.p2p.records import (
-    PeerProgress,
-    ProgressPublisher,
-    fetch_progress,
-    progress_key,
-    publish_progress,
-)
+from cotrain.p2p.progress import PeerProgress
+from cotrain.p2p.records import ProgressPublisher, fetch_progress, progress_key, publish_progress
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.slow
 
 def test_dht_endpoints_and_participants_from_peer_records(servers):
     from cotrain.p2p.dht import signer, start_dht
-    from cotrain.p2p.records import PeerProgress, publish_progress
+    from cotrain.p2p.progress import PeerProgress
+    from cotrain.p2p.records import publish_progress
 
     server = servers(COTRAIN_EMBEDDED_WORKER="0", COTRAIN_START_DHT="0")
     api = server.client()

@@ -24,5 +24,6 @@ Modules, one job each:
 
 The HTTP routes are the server's (server/api/wallet.py, server/api/rewards.py); the server hands the
 service what it needs from there (a DHT reader, the audit writer, its sessions: server/chain_bridge.py).
-This package never imports `cotrain.server` or `cotrain.core`.
+This package never imports `cotrain.server`, `cotrain.core`, `cotrain.ui` or `cotrain.cli`; below it are only
+`cotrain.db`, `cotrain.config`, `cotrain.p2p`, `cotrain.paths` and `cotrain.hashchain` (tests/test_layering.py).
 """

@@ -157,7 +157,8 @@ def doctor(
 
     try:
         from cotrain.p2p.dht import signer, start_dht, visible_maddrs
-        from cotrain.p2p.records import PeerProgress, fetch_progress, publish_progress
+        from cotrain.p2p.progress import PeerProgress
+        from cotrain.p2p.records import fetch_progress, publish_progress
     except Exception as exc:  # hivemind missing or broken
         report("hivemind", False, f"{exc}; reinstall with `pip install hivemind==1.1.12`")
         raise typer.Exit(1) from None

@@ -25,8 +25,7 @@ from hivemind.utils import get_dht_time
 from cotrain.p2p.dht import ensure_signature_validator, signer
 from cotrain.p2p.progress import PeerProgress
 
-__all__ = ["DEFAULT_TTL", "PeerProgress", "ProgressPublisher", "fetch_progress", "progress_key",
-           "publish_progress"]
+__all__ = ["DEFAULT_TTL", "ProgressPublisher", "fetch_progress", "progress_key", "publish_progress"]
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from cotrain.server.audit import ANONYMOUS, AuditLog, Outcome, audit_log_for
+from cotrain.server.audit import ANONYMOUS, AuditLog, Outcome
 
 log = logging.getLogger("cotrain.audit")
 
@@ -237,15 +237,9 @@ class AuditMiddleware:
             log.error("AUDIT WRITE FAILED for %s %s (%s): %s", ex.method, ex.path, ex.request_id, exc)
 
     def _audit_of(self, scope: Scope) -> AuditLog | None:
-        state = getattr(scope.get("app"), "state", None)
-        platform = getattr(state, "platform", None)
-        if state is None or platform is None:
-            return None
-        audit = getattr(state, "audit", None)
-        if audit is None:
-            audit = audit_log_for(platform.engine, platform.settings.layout.system_logs / "audit.log")
-            state.audit = audit
-        return audit
+        """The platform's audit log (built once, in server/platform.py); None before the app has a platform."""
+        platform = getattr(getattr(scope.get("app"), "state", None), "platform", None)
+        return None if platform is None else platform.audit
 
 
 def _exchange(scope: Scope, headers: list[tuple[bytes, bytes]], request_id: str) -> Exchange:

@@ -19,6 +19,7 @@ from cotrain.server.orm import ApiToken, RevokedToken
 from cotrain.server.permissions import Role
 
 ADMIN_NAME = "admin"
+WALLET_PRINCIPAL = "wallet:"  # api_tokens.name of a signed-in wallet: "wallet:0x..."
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Actor:
     @property
     def label(self) -> str:
         """How the audit log names this actor: "wallet:0x..." or "token:ID"."""
-        return self.name if self.name.startswith("wallet:") else f"token:{self.token_id}"
+        return self.name if self.name.startswith(WALLET_PRINCIPAL) else f"token:{self.token_id}"
 
 
 def actor_of(row: ApiToken) -> Actor:

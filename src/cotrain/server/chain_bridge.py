@@ -19,14 +19,13 @@ from cotrain.chain.orm import ContributionRow, RewardPoolRow
 from cotrain.chain.payouts import PayoutAudit
 from cotrain.chain.service import ChainService
 from cotrain.server.audit import SYSTEM, Outcome, audit_log_for
-from cotrain.server.auth import ResolvedToken, TokenResolver
+from cotrain.server.auth import WALLET_PRINCIPAL, ResolvedToken, TokenResolver
 from cotrain.server.orm import SessionStatus, TrainingSession
 from cotrain.server.p2p_node import ServerDHT
 
 log = logging.getLogger(__name__)
 
 SETTLE_WITHIN_S = 7 * 24 * 3600  # completed sessions are settled by the server's loop up to a week later
-WALLET_PRINCIPAL = "wallet:"  # api_tokens.name of a signed-in wallet: "wallet:0x..."
 
 
 def owner_wallet(principal_name: str | None) -> str | None:

@@ -1,5 +1,6 @@
 """The server's hivemind DHT node: the bootstrap peer of DiLoCo sessions, and the source of the
-peers and per-peer progress the API shows (the `PeerProgress` records of `cotrain.p2p.records`).
+peers and per-peer progress the API shows (`cotrain.p2p.progress.PeerProgress` records, read from the
+DHT with `cotrain.p2p.records.fetch_progress`).
 
 hivemind runs the DHT in a child process; coroutines sent to it with `run_coroutine` must be
 module-level functions (they are pickled)."""

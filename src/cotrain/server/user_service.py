@@ -20,12 +20,11 @@ from typing import Literal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from cotrain.server.auth import principal_hash, principal_row
+from cotrain.server.auth import WALLET_PRINCIPAL, principal_hash, principal_row
 from cotrain.server.errors import Conflict, NotFound, ServiceError
 from cotrain.server.orm import ApiToken
 from cotrain.server.permissions import ASSIGNABLE_ROLES, Role
 
-WALLET_PREFIX = "wallet:"  # api_tokens.name of a signed-in wallet
 TOKEN_PREFIX = "token:"  # how a user reference names an API token
 Kind = Literal["wallet", "token"]
 
@@ -96,12 +95,12 @@ def parse_role(value: str | Role) -> Role:
 
 
 def _is_wallet(row: ApiToken) -> bool:
-    return row.token_hash.startswith("p:") and row.name.startswith(WALLET_PREFIX)
+    return row.token_hash.startswith("p:") and row.name.startswith(WALLET_PRINCIPAL)
 
 
 def _view(row: ApiToken, last_login: dict[str, float]) -> UserView:
     if _is_wallet(row):
-        address = row.name[len(WALLET_PREFIX):]
+        address = row.name[len(WALLET_PRINCIPAL):]
         return UserView(address, "wallet", row.id, address, address, Role(row.role), row.created_at, row.revoked,
                         row.tokens_valid_after, last_login.get(address))
     return UserView(f"{TOKEN_PREFIX}{row.id}", "token", row.id, row.name, None, Role(row.role), row.created_at,
@@ -109,7 +108,7 @@ def _view(row: ApiToken, last_login: dict[str, float]) -> UserView:
 
 
 def _last_logins(db: Session, rows: list[ApiToken]) -> dict[str, float]:
-    addresses = [r.name[len(WALLET_PREFIX):] for r in rows if _is_wallet(r)]
+    addresses = [r.name[len(WALLET_PRINCIPAL):] for r in rows if _is_wallet(r)]
     if not addresses:
         return {}
     from cotrain.chain.orm import ChainUser
@@ -125,7 +124,7 @@ def list_users(factory: sessionmaker[Session], role: Role | None = None, kind: K
     if role is not None:
         query = query.where(ApiToken.role == role.value)
     if kind == "wallet":
-        query = query.where(ApiToken.token_hash.startswith("p:"), ApiToken.name.startswith(WALLET_PREFIX))
+        query = query.where(ApiToken.token_hash.startswith("p:"), ApiToken.name.startswith(WALLET_PRINCIPAL))
     elif kind == "token":
         query = query.where(~ApiToken.token_hash.startswith("p:"))
     with factory() as db:
@@ -143,7 +142,7 @@ def _find(db: Session, ref: UserRef, create: bool = False) -> ApiToken:
             raise NotFound(f"No API token {ref.token_id}; the tokens are listed by GET /api/v1/users?kind=token "
                            "and `cotrain users list --kind token`.")
         return row
-    principal = f"{WALLET_PREFIX}{ref.address}"
+    principal = f"{WALLET_PRINCIPAL}{ref.address}"
     if create:
         return principal_row(db, principal)
     row = db.scalar(select(ApiToken).where(ApiToken.token_hash == principal_hash(principal)))
@@ -210,7 +209,7 @@ def revoke(factory: sessionmaker[Session], ref: UserRef | str, ban: bool | None 
 
 def is_banned(db: Session, address: str) -> bool:
     """Whether an admin banned this (normalized) wallet address; sign-in refuses it."""
-    row = db.scalar(select(ApiToken).where(ApiToken.token_hash == principal_hash(WALLET_PREFIX + address)))
+    row = db.scalar(select(ApiToken).where(ApiToken.token_hash == principal_hash(WALLET_PRINCIPAL + address)))
     return row is not None and row.revoked
 
 

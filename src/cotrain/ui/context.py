@@ -14,7 +14,7 @@ _app: FastAPI | None = None
 
 
 def set_app(app: FastAPI) -> None:
-    """The server's app (its `state` holds the platform and, once used, the chain context)."""
+    """The server's app (its `state` holds the platform, whose services the pages call)."""
     global _platform, _app
     _app, _platform = app, app.state.platform
 

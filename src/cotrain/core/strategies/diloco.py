@@ -460,7 +460,7 @@ class DilocoStrategy(Strategy):
             return []
 
     def _snapshot(self):
-        from cotrain.p2p.records import PeerProgress
+        from cotrain.p2p.progress import PeerProgress
 
         samples = self.step * self.config.train.batch_size
         return PeerProgress(

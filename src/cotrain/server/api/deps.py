@@ -7,7 +7,7 @@ that one goes to the pool explicitly.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.concurrency import run_in_threadpool
@@ -15,9 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from cotrain.server import signed_urls
 from cotrain.server.auth import Actor
-
-if TYPE_CHECKING:  # the platform pulls in the executor and the engine; routers of other packages
-    from cotrain.server.platform import Platform  # (the chain's) import these dependencies without it
+from cotrain.server.platform import Platform
 
 bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer ct_...`")
 
@@ -26,7 +24,7 @@ async def get_platform(request: Request) -> Platform:
     return request.app.state.platform
 
 
-PlatformDep = Annotated[Any, Depends(get_platform)]  # a Platform
+PlatformDep = Annotated[Platform, Depends(get_platform)]
 
 
 def _link_actor(platform: Platform, request: Request) -> Actor | None:

@@ -9,17 +9,18 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, with_config
 from pydantic.alias_generators import to_camel
 
 from cotrain.chain.bindings import AlreadyBound, bind_peer, check_binding_signature
 from cotrain.chain.contributions import Contribution
 from cotrain.chain.errors import ChainError
-from cotrain.chain.orm import BindingProof, ContributionStatus, PayoutStatus, PeerBinding
+from cotrain.chain.orm import BindingProof, PayoutStatus, PeerBinding
 from cotrain.chain.queries import RewardView, contribution_views, reward_views
 from cotrain.chain.signin import SignInError, normalize_address
 from cotrain.server.api.deps import SessionId
@@ -31,18 +32,15 @@ from cotrain.server.wallet_auth import ChainDep, WalletDep, bearer, sign_in_fail
 router = APIRouter(tags=["wallet & rewards"])
 
 
-class ContributionOut(OutModel):
-    session_id: str
-    peer_id: str
-    address: str | None
-    samples: int
-    tokens: int
-    outer_rounds: int
-    compute_seconds: float
-    tokens_per_second: float
-    device: str
-    status: ContributionStatus = Field(description="verified, or excluded (see reason)")
-    reason: str
+@with_config(OutModel.model_config)
+@dataclass(frozen=True)
+class ContributionOut(Contribution):
+    """The chain's `Contribution` (its one field list) as the API shows it: camelCase JSON. `status` is
+    verified, or excluded (see `reason`)."""
+
+    @classmethod
+    def of(cls, contribution: Contribution) -> ContributionOut:
+        return cls(**asdict(contribution))
 
 
 class RewardOut(OutModel):
@@ -82,9 +80,9 @@ class BindingOut(OutModel):
 
 
 @router.get("/me/contributions", response_model=list[ContributionOut], summary="My contributions")
-def my_contributions(address: WalletDep, chain: ChainDep) -> list[Contribution]:
+def my_contributions(address: WalletDep, chain: ChainDep) -> list[ContributionOut]:
     with chain.factory() as db:
-        return contribution_views(db, address=address)
+        return [ContributionOut.of(c) for c in contribution_views(db, address=address)]
 
 
 @router.get("/me/rewards", response_model=list[RewardOut], summary="My rewards and their payouts")
@@ -102,7 +100,7 @@ def session_rewards(session_id: SessionId, request: Request, chain: ChainDep,
     with chain.factory() as db:
         return SessionRewards.model_validate({
             "session_id": session_id,
-            "contributors": contribution_views(db, session_id=session_id),
+            "contributors": [ContributionOut.of(c) for c in contribution_views(db, session_id=session_id)],
             "rewards": reward_views(db, chain.settings, session_id=session_id),
         })
 
