@@ -72,3 +72,18 @@ def test_rotated_ledger_key_still_verifies_old_entries(tmp_path, monkeypatch):
     monkeypatch.setenv("COTRAIN_LEDGER_TRUSTED_KEYS", "zz")
     with pytest.raises(KeyConfigError, match="COTRAIN_LEDGER_TRUSTED_KEYS"):
         platform_ledger()
+
+
+def test_keys_load_whatever_the_other_chain_variables_say(tmp_path, monkeypatch):
+    """The key variables are their own settings class: a wrong payout setting does not stop the
+    ledger key (the ledger and wallet sign-in need no node)."""
+    from cotrain.chain.treasury import treasury_address
+
+    key = ed25519.PrivateKey.random()
+    monkeypatch.setenv("COTRAIN_LEDGER_KEY", key.hex())
+    monkeypatch.setenv("COTRAIN_PAYOUT_BACKEND", "paypal")
+    assert load_ledger_key() == key
+    monkeypatch.setenv("COTRAIN_TREASURY_KEY", key.hex())
+    assert treasury_address() == str(load_treasury_account().address())
+    monkeypatch.setenv("COTRAIN_TREASURY_ADDRESS", " 0x1 ")
+    assert treasury_address() == "0x1"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from cotrain.chain.settings import ChainSettings
+from cotrain.chain.settings import ChainKeySettings, ChainSettings
 from cotrain.config.env_settings import EngineSettings
 from cotrain.config.loader import env_key_to_path
 from cotrain.db import DatabaseSettings
@@ -14,7 +14,8 @@ from cotrain.server.env_reference import TABLES, begin_marker, documented_variab
 from cotrain.server.settings import TRACKING_ENV_PREFIX, LimitSettings, QuotaSettings, Settings
 from tests.conftest import REPO
 
-SETTINGS_CLASSES = (Settings, DatabaseSettings, LimitSettings, QuotaSettings, ChainSettings, EngineSettings)
+SETTINGS_CLASSES = (Settings, DatabaseSettings, LimitSettings, QuotaSettings, ChainSettings, ChainKeySettings,
+                    EngineSettings)
 # the command-line client's own variables (README, "From the terminal and from Python"), not a server's
 CLIENT_VARIABLES = {"COTRAIN_SERVER", "COTRAIN_TOKEN"}
 VARIABLE_LITERAL = re.compile(r"[\"'](COTRAIN_[A-Z0-9_]*[A-Z0-9]|DATABASE_URL|REDIS_URL|APTOS_[A-Z0-9_]+)[\"']")

@@ -43,7 +43,7 @@ def test_values_are_read_as_the_operator_writes_them(environment, tmp_path):
                         "COTRAIN_TRUSTED_PROXIES": "127.0.0.1", "COTRAIN_CANCEL_GRACE": "2.5",
                         "COTRAIN_DATA_ROOTS": f"{tmp_path}/a:{tmp_path}/b", "COTRAIN_QUOTA_TOKENS": "2e9",
                         "COTRAIN_QUOTA_WORLD_SIZE": "1_000", "COTRAIN_QUOTA_MODEL_SIZES": "tiny, small",
-                        "COTRAIN_MAX_RETRIES": ""}.items():  # empty: the default
+                        "COTRAIN_WORKER_MEMORY": "20GiB", "COTRAIN_MAX_RETRIES": ""}.items():  # empty: the default
         environment.setenv(name, value)
     settings = Settings()
     assert settings.database_url == "postgresql://db/cotrain" and not settings.uses_embedded_database
@@ -53,6 +53,32 @@ def test_values_are_read_as_the_operator_writes_them(environment, tmp_path):
     assert settings.data_roots == [(tmp_path / "a").resolve(), (tmp_path / "b").resolve()]
     assert (settings.quotas.tokens, settings.quotas.world_size) == (2_000_000_000, 1000)
     assert settings.quotas.model_sizes == ("tiny", "small") and settings.max_retries == 2
+    assert settings.worker_memory == 20 * 1024**3
+
+
+def test_secrets_come_from_the_settings_else_from_a_file_made_once(environment, tmp_path):
+    from cotrain.server.signed_urls import load_secret
+
+    home = Settings().layout.root
+    assert Settings().url_secret is None and Settings().worker_memory is None
+    made = load_secret(home, Settings().url_secret)
+    assert made == load_secret(home) and (home / "url-secret").stat().st_mode & 0o777 == 0o600
+    environment.setenv("COTRAIN_URL_SECRET", "from-the-operator")
+    assert load_secret(home, Settings().url_secret) == b"from-the-operator"
+    assert "from-the-operator" not in repr(Settings())  # a secret is never shown
+
+
+def test_the_engine_reads_its_flags_from_the_environment_it_is_given(monkeypatch):
+    from cotrain.config.env_settings import EngineSettings
+
+    monkeypatch.setenv("COTRAIN_ENFORCE_DATA_ROOTS", "1")
+    monkeypatch.setenv("COTRAIN_PEAK_FLOPS", "312e12")
+    assert EngineSettings().enforce_data_roots and EngineSettings().peak_flops == 312e12
+    given = EngineSettings.from_mapping({"COTRAIN_ALLOW_ANY_DATA_PATH": "yes"})  # none of this process's
+    assert (given.enforce_data_roots, given.allow_any_data_path, given.peak_flops) == (False, True, None)
+    monkeypatch.setenv("COTRAIN_PEAK_FLOPS", "fast")
+    with pytest.raises(EnvSettingsError, match=r"^COTRAIN_PEAK_FLOPS='fast' is not a number; fix it or unset it\.$"):
+        EngineSettings()
 
 
 @pytest.mark.parametrize(("name", "value", "sentence"), [
@@ -61,6 +87,7 @@ def test_values_are_read_as_the_operator_writes_them(environment, tmp_path):
     ("COTRAIN_GPUS", "first", "COTRAIN_GPUS='first' is not a list of GPU indices"),
     ("COTRAIN_QUOTA_TOKENS", "-5", "COTRAIN_QUOTA_TOKENS='-5' is not a whole number >= 0; set it to e.g. 2000000000"),
     ("COTRAIN_MAX_BODY_BYTES", "1MB", "COTRAIN_MAX_BODY_BYTES='1MB' is not a whole number"),
+    ("COTRAIN_WORKER_MEMORY", "lots", "COTRAIN_WORKER_MEMORY: 'lots' is not a memory size; write it like 20GiB"),
 ])
 def test_a_bad_value_is_one_sentence_naming_the_variable(environment, name, value, sentence):
     environment.setenv(name, value)

@@ -15,6 +15,7 @@ from pathlib import Path
 from aptos_sdk import ed25519
 from aptos_sdk.account import Account
 
+from cotrain.chain.settings import ChainConfigError, ChainKeySettings
 from cotrain.paths import cotrain_home
 
 
@@ -46,15 +47,23 @@ def load_wallet_key(path: Path) -> ed25519.PrivateKey:
     return _read_key_file(path, "wallet")
 
 
+def key_settings() -> ChainKeySettings:
+    """The key variables of this process's environment; a bad one is a KeyConfigError."""
+    try:
+        return ChainKeySettings.from_env()
+    except ChainConfigError as exc:
+        raise KeyConfigError(str(exc)) from None
+
+
 def ledger_key_path() -> Path:
     return cotrain_home() / "keys" / "ledger.key"
 
 
 def load_ledger_key(create: bool = True) -> ed25519.PrivateKey:
     """The ledger signing key: env COTRAIN_LEDGER_KEY, else the key file (created once, mode 0600)."""
-    env = os.environ.get("COTRAIN_LEDGER_KEY")
-    if env:
-        return _parse(env, "COTRAIN_LEDGER_KEY")
+    env = key_settings().ledger_key
+    if env is not None:
+        return _parse(env.get_secret_value(), "COTRAIN_LEDGER_KEY")
     path = ledger_key_path()
     if path.exists():
         return _read_key_file(path, "ledger")
@@ -72,12 +81,12 @@ def load_ledger_key(create: bool = True) -> ed25519.PrivateKey:
 
 def load_treasury_account() -> Account:
     """The account that pays rewards (aptos backend). Its address is derived from the key."""
-    env = os.environ.get("COTRAIN_TREASURY_KEY")
-    if env:
-        key = _parse(env, "COTRAIN_TREASURY_KEY")
+    settings = key_settings()
+    if settings.treasury_key is not None:
+        key = _parse(settings.treasury_key.get_secret_value(), "COTRAIN_TREASURY_KEY")
     else:
-        file = os.environ.get("COTRAIN_TREASURY_KEY_FILE")
-        if not file:
+        file = settings.treasury_key_file
+        if file is None:
             raise KeyConfigError(
                 "The aptos payout backend needs the treasury key: set COTRAIN_TREASURY_KEY_FILE to a "
                 "file (mode 600) holding the treasury account's Ed25519 private key, or COTRAIN_TREASURY_KEY."

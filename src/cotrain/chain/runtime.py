@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
 
 from aptos_sdk import ed25519
 from sqlalchemy.orm import Session, sessionmaker
 
-from cotrain.chain.keys import KeyConfigError, load_ledger_key, load_treasury_account
+from cotrain.chain.keys import KeyConfigError, key_settings, load_ledger_key, load_treasury_account
 from cotrain.chain.ledger import Ledger
 from cotrain.chain.payouts import AptosPayouts, PayoutAudit, PayoutReport, record_due_locally
 from cotrain.chain.settings import ChainSettings
@@ -19,7 +18,7 @@ def platform_ledger(create_key: bool = True) -> Ledger:
     """The ledger signed with the platform key. After a key rotation, list the old public keys (hex, comma
     separated) in COTRAIN_LEDGER_TRUSTED_KEYS so older entries still verify."""
     key = load_ledger_key(create=create_key)
-    old = [k.strip() for k in os.environ.get("COTRAIN_LEDGER_TRUSTED_KEYS", "").split(",") if k.strip()]
+    old = key_settings().ledger_trusted_keys
     try:
         trusted = [key.public_key(), *(ed25519.PublicKey.from_str(k) for k in old)]
     except Exception:

@@ -22,10 +22,36 @@ class ChainConfigError(ValueError):
     """A chain setting is missing or wrong; the message says which variable to set and how."""
 
 
+class ChainKeySettings(EnvSettings):
+    """The platform's keys and the treasury's address, read where the keys are loaded (`chain/keys.py`,
+    `chain/runtime.py`, `chain/treasury.py`), apart from `ChainSettings`: a key loads whatever the
+    other chain variables say. The keys are secret: a training run never inherits them."""
+
+    model_config = SettingsConfigDict(frozen=True)
+    error: ClassVar[type[ValueError]] = ChainConfigError
+
+    treasury_key_file: Path | None = env_field(
+        "COTRAIN_TREASURY_KEY_FILE", None,
+        "file (mode 600) holding the paying account's Ed25519 key (`aptos` payouts); never stored in the DB",
+        shown="unset", secret=True)
+    treasury_key: SecretStr | None = env_field(
+        "COTRAIN_TREASURY_KEY", None, "the paying account's Ed25519 key itself, instead of the file",
+        shown="unset", secret=True)
+    treasury_address: str | None = env_field(
+        "COTRAIN_TREASURY_ADDRESS", None,
+        "the treasury's `0x...` address, for a server that checks reward pools but does not hold the key",
+        shown="the key's address")
+    ledger_key: SecretStr | None = env_field(
+        "COTRAIN_LEDGER_KEY", None,
+        "the ledger signing key; else `COTRAIN_HOME/keys/ledger.key`, created on first use (mode 600): back it up",
+        shown="the key file", secret=True)
+    ledger_trusted_keys: CommaList = env_field(
+        "COTRAIN_LEDGER_TRUSTED_KEYS", list,
+        "earlier ledger public keys (comma separated) after a key rotation", shown="none")
+
+
 class ChainSettings(EnvSettings):
-    """The chain's variables. The key variables are read where the keys are loaded
-    (`chain/keys.py`, `chain/runtime.py`, `chain/treasury.py`); they are declared here so that one
-    place documents every variable."""
+    """The chain's variables but its keys' (`ChainKeySettings`)."""
 
     model_config = SettingsConfigDict(frozen=True)
     error: ClassVar[type[ValueError]] = ChainConfigError
@@ -42,24 +68,6 @@ class ChainSettings(EnvSettings):
     origin: str | None = env_field(
         "COTRAIN_PUBLIC_ORIGIN", None, "the origin wallets see (set it behind a reverse proxy)",
         shown="loopback origins only")
-    treasury_key_file: Path | None = env_field(
-        "COTRAIN_TREASURY_KEY_FILE", None,
-        "file (mode 600) holding the paying account's Ed25519 key (`aptos` payouts); never stored in the DB",
-        shown="unset")
-    treasury_key: SecretStr | None = env_field(
-        "COTRAIN_TREASURY_KEY", None, "the paying account's Ed25519 key itself, instead of the file",
-        shown="unset")
-    treasury_address: str | None = env_field(
-        "COTRAIN_TREASURY_ADDRESS", None,
-        "the treasury's `0x...` address, for a server that checks reward pools but does not hold the key",
-        shown="the key's address")
-    ledger_key: SecretStr | None = env_field(
-        "COTRAIN_LEDGER_KEY", None,
-        "the ledger signing key; else `COTRAIN_HOME/keys/ledger.key`, created on first use (mode 600): back it up",
-        shown="the key file")
-    ledger_trusted_keys: CommaList = env_field(
-        "COTRAIN_LEDGER_TRUSTED_KEYS", list,
-        "earlier ledger public keys (comma separated) after a key rotation", shown="none")
     nonce_ttl_s: ClassVar[int] = 300
     token_ttl_s: ClassVar[int] = 12 * 3600
 

@@ -9,8 +9,6 @@ address): `0x1::primary_fungible_store::balance<0x1::fungible_asset::Metadata>(o
 
 from __future__ import annotations
 
-import os
-
 import httpx
 from aptos_sdk.account_address import AccountAddress
 
@@ -26,15 +24,15 @@ class TreasuryUnreadable(Exception):
 def treasury_address() -> str:
     """COTRAIN_TREASURY_ADDRESS when set (a server that checks pools but does not hold the key),
     else the address of the treasury key (COTRAIN_TREASURY_KEY / COTRAIN_TREASURY_KEY_FILE)."""
-    configured = (os.environ.get("COTRAIN_TREASURY_ADDRESS") or "").strip()
+    from cotrain.chain.keys import key_settings, load_treasury_account
+
+    configured = (key_settings().treasury_address or "").strip()
     if configured:
         try:
             return str(AccountAddress.from_str_relaxed(configured))
         except Exception:
             raise TreasuryUnreadable(f"COTRAIN_TREASURY_ADDRESS={configured!r} is not an Aptos address; set it to "
                                      "the treasury account's 0x... address or unset it.") from None
-    from cotrain.chain.keys import load_treasury_account
-
     return str(load_treasury_account().address())
 
 

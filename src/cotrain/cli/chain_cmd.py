@@ -51,7 +51,6 @@ def _open_database() -> sessionmaker[Session]:
 def ledger_verify() -> None:
     """Check every ledger entry (hash chain, platform signatures) and the rows copied from them.
     Exits 1 when anything was changed. An empty ledger (a fresh COTRAIN_HOME) is valid."""
-    import os
 
     from aptos_sdk import ed25519
     from sqlalchemy import func, select
@@ -60,11 +59,12 @@ def ledger_verify() -> None:
     from cotrain.chain.ledger import Ledger
     from cotrain.chain.orm import LedgerEntryRow
     from cotrain.chain.runtime import platform_ledger
+    from cotrain.db import DatabaseSettings
     from cotrain.paths import cotrain_home
 
     def verify() -> None:
         path = cotrain_home() / "cotrain.db"
-        if not os.environ.get("DATABASE_URL") and not path.exists():
+        if not DatabaseSettings.from_env().database_url and not path.exists():
             print(f"ledger OK: empty (no database at {path} yet, so nothing was recorded)")
             return
         try:

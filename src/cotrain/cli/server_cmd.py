@@ -22,12 +22,9 @@ def up(
 
     import uvicorn
 
-    from cotrain.server.worker_memory import exit_on_bad_override
-
-    exit_on_bad_override()  # the embedded worker's COTRAIN_WORKER_MEMORY, checked before the server starts
     from cotrain.server.settings import Settings
 
-    try:  # a bad variable (COTRAIN_QUOTA_*, ...) is one sentence, not a traceback from the app factory
+    try:  # a bad variable (COTRAIN_QUOTA_*, COTRAIN_WORKER_MEMORY, ...) is one sentence, not a traceback
         Settings()
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -11,6 +11,7 @@ This module also holds the variables the engine process reads itself (`EngineSet
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import BeforeValidator, Field, ValidationError
@@ -26,15 +27,19 @@ class EnvSettingsError(ValueError):
     """A variable holds a value that cannot be used; the message is one sentence per problem."""
 
 
-def env_field(name: str, default: Any = None, doc: str = "", *, shown: str | None = None, **kwargs: Any) -> Any:
+def env_field(name: str, default: Any = None, doc: str = "", *, shown: str | None = None, secret: bool = False,
+              **kwargs: Any) -> Any:
     """A field read from the variable `name`, documented by `doc`. A callable `default` is a factory
     (`list`). `shown` is the default as the README states it, where the value itself is not helpful
-    (computed, or a secret)."""
-    extra: JsonDict | None = {"shown_default": shown} if shown is not None else None
+    (computed, or a secret). `secret`: the variable is a key, a token or a credential, which a
+    training run never inherits (`EnvSettings.secret_variables`)."""
+    extra: JsonDict = {"shown_default": shown} if shown is not None else {}
+    if secret:
+        extra["secret"] = True
     if callable(default):
-        return Field(default_factory=default, validation_alias=name, description=doc, json_schema_extra=extra,
+        return Field(default_factory=default, validation_alias=name, description=doc, json_schema_extra=extra or None,
                      **kwargs)
-    return Field(default, validation_alias=name, description=doc, json_schema_extra=extra, **kwargs)
+    return Field(default, validation_alias=name, description=doc, json_schema_extra=extra or None, **kwargs)
 
 
 def on_unless_false_word(value: Any) -> Any:
@@ -75,6 +80,23 @@ class EnvSettings(BaseSettings):
     def from_env(cls) -> Self:
         """The settings this process's environment sets (the same as calling the class)."""
         return cls()
+
+    @classmethod
+    def from_mapping(cls, environ: Mapping[str, str]) -> Self:
+        """The settings `environ` sets (a run's environment, a test's), none from this process's: every
+        field is given, from `environ` or its default, so no variable of this process is read."""
+        values = {}
+        for name, field in cls.model_fields.items():
+            value = environ.get(field.validation_alias) if isinstance(field.validation_alias, str) else None
+            values[name] = value if value else field.get_default(call_default_factory=True)
+        return cls(**values)
+
+    @classmethod
+    def secret_variables(cls) -> set[str]:
+        """The variables of this class and its bases declared `secret` (keys, tokens, credentials)."""
+        return {field.validation_alias for field in cls.model_fields.values()
+                if isinstance(field.validation_alias, str) and isinstance(field.json_schema_extra, dict)
+                and field.json_schema_extra.get("secret") is True}
 
     @classmethod
     def variables(cls) -> dict[str, FieldInfo]:

@@ -8,6 +8,8 @@ from functools import cache
 
 import torch
 
+from cotrain.config.env_settings import EngineSettings
+
 # Dense peak FLOP/s per GPU from the vendors' data sheets: (16-bit tensor core, fp32/tf32).
 GPU_PEAKS: dict[str, tuple[float, float]] = {
     "H200": (989e12, 494e12),
@@ -26,9 +28,9 @@ GPU_PEAKS: dict[str, tuple[float, float]] = {
 def peak_flops(device: torch.device, precision: str) -> float:
     """The device's peak: `COTRAIN_PEAK_FLOPS` if set, the data-sheet figure for known GPUs, and
     for CPUs (and unknown GPUs) a short measured matmul rate, the best this machine reaches."""
-    override = os.environ.get("COTRAIN_PEAK_FLOPS")
+    override = EngineSettings.from_env().peak_flops
     if override:
-        return float(override)
+        return override
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for key, (half, full) in GPU_PEAKS.items():

@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from cotrain.config import ConfigError, CotrainConfig
+from cotrain.config.env_settings import EngineSettings
 from cotrain.config.hf_spec import hf_path
 from cotrain.data_roots import ENV, data_roots, escaping_links, resolve, show_roots, unique, within
 
@@ -51,13 +52,11 @@ class DataRootError(ConfigError):
         Exception.__init__(self, " ".join(problems))
 
 
-def _flag(environ: Mapping[str, str], name: str) -> bool:
-    return environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def enforced(environ: Mapping[str, str] | None = None) -> bool:
-    environ = os.environ if environ is None else environ
-    return _flag(environ, ENFORCE_ENV) and not _flag(environ, ALLOW_ANY_ENV)
+    """Whether the run's paths are checked: the executor enforced the roots and the operator did not
+    allow any path (EngineSettings, read from `environ`, default this process's)."""
+    engine = EngineSettings.from_env() if environ is None else EngineSettings.from_mapping(environ)
+    return engine.enforce_data_roots and not engine.allow_any_data_path
 
 
 def check_config_paths(config: CotrainConfig, environ: Mapping[str, str] | None = None,

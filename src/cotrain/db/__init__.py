@@ -88,7 +88,7 @@ class DatabaseSettings(EnvSettings):
 
     database_url: str = env_field(
         "DATABASE_URL", "", "the platform's database, e.g. `postgresql://user@host/db`; unset: the SQLite file "
-        "`COTRAIN_HOME/cotrain.db`", shown="SQLite in `COTRAIN_HOME`")
+        "`COTRAIN_HOME/cotrain.db`", shown="SQLite in `COTRAIN_HOME`", secret=True)  # it may hold a password
 
     def url_under(self, home: Path) -> str:
         """DATABASE_URL, else the embedded SQLite file under COTRAIN_HOME (`home`)."""

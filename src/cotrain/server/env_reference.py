@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic.fields import FieldInfo
 
-from cotrain.chain.settings import ChainSettings
+from cotrain.chain.settings import ChainKeySettings, ChainSettings
 from cotrain.config.env_settings import EngineSettings
 from cotrain.config.schema import TrackingConfig
 from cotrain.db import DatabaseSettings
@@ -40,6 +40,10 @@ def data_root_variables() -> Variables:
     return {DATA_ROOTS: Settings.variables()[DATA_ROOTS], **{name: engine[name] for name in MACHINE_FLAGS}}
 
 
+def chain_variables() -> Variables:
+    return {**ChainSettings.variables(), **ChainKeySettings.variables()}
+
+
 def tracking_variables() -> Variables:
     return {TRACKING_ENV_PREFIX + key.upper(): TrackingConfig.model_fields[key] for key in server_tracking_keys()}
 
@@ -51,7 +55,7 @@ TABLES: dict[str, Callable[[], Variables]] = {
     "data-roots": data_root_variables,
     "quotas": QuotaSettings.variables,
     "limits": LimitSettings.variables,
-    "chain": ChainSettings.variables,
+    "chain": chain_variables,
 }
 
 

@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from cotrain.chain.settings import ChainKeySettings
 from cotrain.config.memory import fits as fits_machine
 from cotrain.core.events import EventFollower
 from cotrain.core.path_guard import ENFORCE_ENV
@@ -41,7 +42,7 @@ from cotrain.server.orm import ACTIVE_STATES, ApiToken, SessionStatus, TrainingS
 from cotrain.server.processes import AdoptedRun, ChildRun, describe_exit, end_process_group, meaningful_error
 from cotrain.server.queue import claim_next
 from cotrain.server.scheduler import Allocation, ResourcePool
-from cotrain.server.settings import Settings
+from cotrain.server.settings import TRACKING_ENV_PREFIX, Settings
 from cotrain.server.worker_memory import detect_worker_memory
 
 if TYPE_CHECKING:
@@ -51,11 +52,20 @@ log = logging.getLogger(__name__)
 
 ENGINE_MODULE = "cotrain.core.train"
 EXIT_BAD_CONFIG = 2
-SECRET_ENV = ("COTRAIN_ADMIN_TOKEN", "DATABASE_URL", "REDIS_URL", "COTRAIN_LEDGER_KEY", "COTRAIN_TREASURY_KEY")
+# the server's keys, tokens and credentials: a training run (user-controlled config and code) never inherits them
+SECRET_ENV = frozenset(Settings.secret_variables() | ChainKeySettings.secret_variables())
 CHAIN_TICK_S = 1.0  # how often running DiLoCo sessions' DHT progress records are kept (here and by the server)
 HEARTBEAT_S = 1.0  # how often a running session's heartbeat is written (and its cancel flag read)
 LOG_TAIL_S = 2.0  # how often a run's log tail is copied into the database (when it changed)
 WORKER_BEAT_S = 5.0  # how often the executor refreshes its `workers` row (and looks for stale sessions)
+
+
+def inherited_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """What a training run inherits of this process's environment: all but the secret variables
+    (SECRET_ENV) and COTRAIN_TRACKING_*, the server's tracking defaults, already in the session's config
+    (config_generator.with_server_tracking): as engine overrides they would beat the session's own."""
+    return {name: value for name, value in environ.items()
+            if name not in SECRET_ENV and not name.startswith(TRACKING_ENV_PREFIX)}
 
 
 class Executor:
@@ -85,7 +95,7 @@ class Executor:
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         self._wake = asyncio.Event()
-        self.memory_bytes = await asyncio.to_thread(detect_worker_memory, self.pool.gpus)
+        self.memory_bytes = await asyncio.to_thread(detect_worker_memory, self.pool.gpus, self.settings.worker_memory)
         await asyncio.to_thread(self._beat_worker)
         await self.reconcile()
         self._loop_task = asyncio.create_task(self._loop(), name="cotrain-executor")
@@ -236,9 +246,7 @@ class Executor:
     def _child_env(
         self, allocation: Allocation, strategy: str, request: dict[str, Any], wallet: str | None = None
     ) -> dict[str, str]:
-        # COTRAIN_TRACKING_* are the server's tracking defaults, already in the session's config
-        # (config_generator.with_server_tracking); as engine overrides they would beat the session's own
-        env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV and not k.startswith("COTRAIN_TRACKING_")}
+        env = inherited_env(os.environ)
         env["COTRAIN_HOME"] = str(self.settings.layout.root)
         env["PYTHONUNBUFFERED"] = "1"
         if self.pool.gpus:

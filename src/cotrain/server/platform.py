@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from typing import Any
 
 from cotrain.db import open_database, run_migrations
@@ -38,7 +37,7 @@ class Platform:
         # migrations run in `start`, off the event loop
         self.engine, self.factory = open_database(self.settings.database_url, migrate=False)
         self.hub = make_hub(self.settings.redis_url)
-        self.url_secret = load_secret(self.settings.layout.root)  # signs the UI's download links
+        self.url_secret = load_secret(self.settings.layout.root, self.settings.url_secret)  # signs download links
         self.dht = ServerDHT(self.settings.dht_host_maddrs, self.settings.dht_initial_peers)
         self.chain = build_chain(self.factory, self.dht)
         self.executor: Executor | None = None
@@ -98,7 +97,7 @@ class Platform:
         if token:  # the one time the plain token is shown
             print(
                 f"CoTrain admin token (shown once; also in {home / 'admin-token'}):\n  {token}\n"
-                f"Sign in to the web UI: {os.environ.get('COTRAIN_UI_URL', '')}/?token={token}",
+                f"Sign in to the web UI: {self.settings.ui_url or ''}/?token={token}",
                 flush=True,
             )
 

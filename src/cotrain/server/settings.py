@@ -17,6 +17,7 @@ from pydantic import BeforeValidator, Field, SecretStr, ValidationInfo, field_va
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from cotrain.config.env_settings import CommaList, EnvSettings, OnUnlessOff, comma_list, env_field
+from cotrain.config.memory import parse_size
 from cotrain.data_roots import default_root, parse_roots, resolve, unique
 from cotrain.db import DatabaseSettings
 from cotrain.paths import Layout
@@ -42,6 +43,16 @@ def detect_gpus() -> list[int]:
 def _layout(value: Any) -> Any:
     """COTRAIN_HOME as a Layout (`~` expanded, resolved)."""
     return Layout(Path(value).expanduser().resolve()) if isinstance(value, str | Path) else value
+
+
+def _memory_size(value: Any) -> Any:
+    """COTRAIN_WORKER_MEMORY in bytes ("20GiB"); blank: measured."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return parse_size(value.strip()) if value.strip() else None
+    except ValueError as exc:
+        raise ValueError(f"COTRAIN_WORKER_MEMORY: {exc}") from None
 
 
 def _split_roots(value: Any) -> Any:
@@ -184,11 +195,11 @@ class Settings(DatabaseSettings, LimitSettings):
         "COTRAIN_HOME", Layout.from_env, "where everything is stored", shown="`~/.cotrain`")
     redis_url: str | None = env_field(
         "REDIS_URL", None, "e.g. `redis://host:6379/0`, for several server replicas",
-        shown="unset (in-process fan-out)")
+        shown="unset (in-process fan-out)", secret=True)
     admin_token: str | None = env_field(
         "COTRAIN_ADMIN_TOKEN", None,
         "the admin API token (else one is generated on first start, printed once and kept in "
-        "`COTRAIN_HOME/admin-token`)", shown="generated")
+        "`COTRAIN_HOME/admin-token`)", shown="generated", secret=True)
     max_retries: int = env_field("COTRAIN_MAX_RETRIES", 2, "automatic retries of a failed run")
     retry_backoff_s: float = env_field(
         "COTRAIN_RETRY_BACKOFF", 2.0, "seconds to wait before a retry", shown="`2` s, doubling")
@@ -214,17 +225,17 @@ class Settings(DatabaseSettings, LimitSettings):
     example_session: OnUnlessOff = env_field(
         "COTRAIN_EXAMPLE_SESSION", False, "`1`: an empty platform gets the example session (`cotrain up --example`)",
         shown="`0`")
-    # read where they are used (server/worker_memory.py, server/signed_urls.py, ui/mount.py,
-    # server/platform.py); declared here so that one place documents every variable
-    worker_memory: str | None = env_field(
+    # passed to where they are used (server/worker_memory.py, server/signed_urls.py, ui/mount.py,
+    # server/platform.py)
+    worker_memory: Annotated[int | None, BeforeValidator(_memory_size)] = env_field(
         "COTRAIN_WORKER_MEMORY", None, "memory a worker offers one training process (e.g. `20GiB`), instead of "
         "what it measures (each GPU's memory, else host RAM)", shown="measured")
     url_secret: SecretStr | None = env_field(
         "COTRAIN_URL_SECRET", None, "the key that signs the web UI's download links (replicas need the same one)",
-        shown="`COTRAIN_HOME/url-secret`, created once")
+        shown="`COTRAIN_HOME/url-secret`, created once", secret=True)
     ui_secret: SecretStr | None = env_field(
         "COTRAIN_UI_SECRET", None, "the key of the web UI's browser storage",
-        shown="`COTRAIN_HOME/ui-secret`, created once")
+        shown="`COTRAIN_HOME/ui-secret`, created once", secret=True)
     ui_url: str | None = env_field(
         "COTRAIN_UI_URL", None,
         "the web UI's address in the sign-in link the first start prints (`cotrain up` sets it)",

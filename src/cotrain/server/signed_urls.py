@@ -14,14 +14,17 @@ import time
 from pathlib import Path
 from urllib.parse import urlencode
 
+from pydantic import SecretStr
+
 DEFAULT_TTL_S = 300
 SECRET_FILE = "url-secret"
 
 
-def load_secret(home: Path) -> bytes:
-    """The URL-signing secret: COTRAIN_URL_SECRET, else the home's url-secret file (created once)."""
-    if os.environ.get("COTRAIN_URL_SECRET"):
-        return os.environ["COTRAIN_URL_SECRET"].encode()
+def load_secret(home: Path, configured: SecretStr | None = None) -> bytes:
+    """The URL-signing secret: `configured` (COTRAIN_URL_SECRET, `Settings.url_secret`), else the
+    home's url-secret file (created once)."""
+    if configured is not None:
+        return configured.get_secret_value().encode()
     path = home / SECRET_FILE
     try:
         return path.read_bytes().strip()

@@ -14,13 +14,21 @@ from cotrain.db import open_database
 from cotrain.server.executor import Executor
 from cotrain.server.fanout import make_hub
 from cotrain.server.settings import Settings
-from cotrain.server.worker_memory import exit_on_bad_override
+
+
+def settings_or_exit() -> Settings:
+    """This process's settings; a bad variable (COTRAIN_WORKER_MEMORY, COTRAIN_GPUS, ...) stops the
+    worker with its sentence and exit status 2, as `cotrain up` does, instead of a traceback."""
+    try:
+        return Settings.from_env()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 async def run_worker(settings: Settings | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    exit_on_bad_override()
-    settings = settings or Settings.from_env()
+    settings = settings or settings_or_exit()
     if settings.uses_embedded_database:
         print(
             "warning: DATABASE_URL is not set, so this worker uses the local SQLite file; point it at the "

@@ -1,7 +1,8 @@
 """The memory a worker offers one training process, reported in its `workers` row so the server
 can refuse (or hold back) sessions that would be OOM-killed there: each GPU's memory on a GPU
 worker, host RAM (within the container's limit) on a CPU worker. `COTRAIN_WORKER_MEMORY`
-("20GiB") overrides what is measured, e.g. to keep room for other programs on the machine."""
+("20GiB", read by `Settings`) overrides what is measured, e.g. to keep room for other programs on the
+machine."""
 
 from __future__ import annotations
 
@@ -12,29 +13,16 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from cotrain.config.memory import parse_size
-
 log = logging.getLogger(__name__)
 
 ENV = "COTRAIN_WORKER_MEMORY"
 NO_LIMIT = 1 << 60  # cgroup v1 writes a huge number for "unlimited"
 
 
-def memory_override() -> int | None:
-    """COTRAIN_WORKER_MEMORY in bytes; ValueError with a sentence when it is not a size."""
-    text = os.environ.get(ENV, "").strip()
-    if not text:
-        return None
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise ValueError(f"{ENV}: {exc}") from None
-
-
-def detect_worker_memory(gpus: list[int]) -> int | None:
+def detect_worker_memory(gpus: list[int], override: int | None = None) -> int | None:
     """Bytes per GPU (the smallest of this worker's GPUs) or of host RAM; None when the GPUs'
-    memory cannot be read (then memory is not checked for this worker)."""
-    override = memory_override()
+    memory cannot be read (then memory is not checked for this worker). `override` is
+    COTRAIN_WORKER_MEMORY (`Settings.worker_memory`), which wins over what is measured."""
     if override is not None:
         return override
     if gpus:
@@ -100,12 +88,3 @@ def _cgroup_limit() -> int | None:
         if text.isdigit() and 0 < int(text) < NO_LIMIT:
             return int(text)
     return None
-
-
-def exit_on_bad_override() -> None:
-    """`cotrain up` / `cotrain worker` stop at once, with the sentence, on a COTRAIN_WORKER_MEMORY
-    that is not a size (instead of a traceback from the executor's start)."""
-    try:
-        memory_override()
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from None

@@ -7,6 +7,7 @@ import secrets
 from pathlib import Path
 
 from fastapi import FastAPI
+from pydantic import SecretStr
 
 from cotrain.ui import sealed
 from cotrain.ui.context import set_app
@@ -15,11 +16,11 @@ from cotrain.ui.theme import FAVICON
 _mounted = False
 
 
-def _storage_secret(home: Path) -> str:
-    """`COTRAIN_UI_SECRET`, else a random secret kept in COTRAIN_HOME/ui-secret (mode 600), so
-    browser preferences survive a restart."""
-    if os.environ.get("COTRAIN_UI_SECRET"):
-        return os.environ["COTRAIN_UI_SECRET"]
+def _storage_secret(home: Path, configured: SecretStr | None) -> str:
+    """`configured` (COTRAIN_UI_SECRET, `Settings.ui_secret`), else a random secret kept in
+    COTRAIN_HOME/ui-secret (mode 600), so browser preferences survive a restart."""
+    if configured is not None:
+        return configured.get_secret_value()
     path = home / "ui-secret"
     if path.exists():
         return path.read_text().strip()
@@ -46,7 +47,7 @@ def mount(app: FastAPI) -> None:
     storage.mkdir(mode=0o700, parents=True, exist_ok=True)
     storage.chmod(0o700)  # it holds the (sealed) API tokens people signed in with
     Storage.path = storage
-    secret = _storage_secret(home)
+    secret = _storage_secret(home, platform.settings.ui_secret)
     sealed.set_secret(secret)  # tokens in the storage files are sealed with a key derived from it
 
     from cotrain.ui.api_fallback import add_api_fallback
