@@ -5,13 +5,17 @@ owner, maintainers and admins gets 404 everywhere, and other people never see it
 from __future__ import annotations
 
 import json
+import os
 import time
+from pathlib import Path
+from typing import Any
 
 import httpx
 from websockets.sync.client import connect as ws_connect
 
 from cotrain.server import signed_urls
-from tests.security.conftest import ADMIN_TOKEN, TINY, api_token, reference_session, wallet_sign_in
+from cotrain.server.internals import HIDDEN_KEYS
+from tests.security.conftest import ADMIN_TOKEN, TINY, WSCollector, api_token, reference_session, wallet_sign_in
 from tests.server.conftest import wait_until
 
 SESSION_ROUTES = ("", "/config", "/status", "/metrics", "/events", "/logs", "/checkpoints", "/participants",
@@ -120,3 +124,61 @@ def test_other_people_never_see_paths_hosts_or_tracebacks(servers, cotrain_home)
                 assert str(cotrain_home) not in text and "Traceback" not in text, text[:500]
             assert client.get(f"/sessions/{session_id}").json()["workerId"] is None
             assert "<path>" in client.get(f"/sessions/{session_id}").json()["error"]
+
+
+def _keys(value: Any) -> set[str]:
+    """Every key of a JSON value, at any depth."""
+    if isinstance(value, dict):
+        return set(value).union(*(_keys(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(_keys(v) for v in value))
+    return set()
+
+
+def test_each_hidden_key_reaches_the_owner_and_no_one_else(servers, cotrain_home):
+    """internals.HIDDEN_KEYS are the keys that really carry a path or a process where `scrub_data` applies
+    (a session's request and its messages): a public session that reads a data folder and writes
+    checkpoints shows each of them to its owner (`dataPath` in its request, `pid` in a status message,
+    `path` in a checkpoint message) and none to anyone else, over REST, the WebSocket's live fan-out
+    and its replay."""
+    server = servers()
+    corpus = cotrain_home / "datasets" / "raw" / "corpus"  # a folder of documents: Python's own sources
+    corpus.mkdir(parents=True, exist_ok=True)
+    for source in sorted(Path(os.__file__).parent.glob("*.py"))[:40]:
+        (corpus / f"{source.stem}.txt").write_text(source.read_text(errors="replace"))
+    data = {k: v for k, v in TINY["dataConfig"].items() if k != "dataset"}
+    body = reference_session(name="hidden keys", public=True, dataConfig={**data, "dataPath": str(corpus)})
+    live = WSCollector(server.ws_url)  # anonymous, subscribed before the session exists: the live fan-out
+    try:
+        live.send({"action": "subscribe", "sessionId": "*"})
+        wait_until(lambda: live.of("subscribed"), 30, "the live subscription")
+        with server.client() as owner:
+            created = owner.post("/sessions", json=body)
+            assert created.status_code == 201, created.text
+            session_id = created.json()["id"]
+            _completed(owner, session_id)
+            owner_seen = [owner.get(f"/sessions/{session_id}").json()["request"],
+                          owner.get(f"/sessions/{session_id}/events").json()]
+        assert HIDDEN_KEYS == {"dataPath", "pid", "path"}  # a key added there needs its place in this run
+        assert HIDDEN_KEYS <= _keys(owner_seen), HIDDEN_KEYS - _keys(owner_seen)  # each one really occurs
+        wait_until(lambda: any(m["data"].get("status") == "completed" for m in live.of("training.status")), 60,
+                   "the live completed status")
+        live_seen = [m for m in live.messages if m["event"].startswith("training.")]
+    finally:
+        live.close()
+    stranger, _ = wallet_sign_in(server)
+    for token in (None, stranger):
+        with server.client(token) as client:
+            seen: list[Any] = [client.get(f"/sessions/{session_id}").json()["request"],
+                               client.get(f"/sessions/{session_id}/events").json()]
+        with ws_connect(server.ws_url + (f"?token={token}" if token else ""), open_timeout=10) as ws:
+            ws.send(json.dumps({"action": "subscribe", "sessionId": session_id, "after": 0}))
+            while (reply := json.loads(ws.recv(timeout=10)))["event"] != "subscribed":
+                seen.append(reply)
+            ws.send(json.dumps({"action": "ping"}))
+            while (reply := json.loads(ws.recv(timeout=10)))["event"] != "pong":
+                seen.append(reply)
+        assert len(seen) > 2, seen  # the replay came
+        for view in (seen, live_seen):
+            assert not HIDDEN_KEYS & _keys(view), HIDDEN_KEYS & _keys(view)
+            assert str(cotrain_home) not in json.dumps(view)

@@ -16,9 +16,14 @@ from typing import Any
 PATH = re.compile(r"(?<![\w./~-])(?:~|\.{1,2})?/(?:[\w.@+=,-]+/?)+")
 TRACEBACK_START = "Traceback (most recent call last):"
 FRAME_LINE = re.compile(r'^\s+(File ".*", line \d+|\S.*)$')
-# keys whose values say where or on which machine something is: dropped for other people
-HIDDEN_KEYS = frozenset({"path", "config_path", "worker_id", "workerId", "pid", "gpu_ids", "host", "hostname",
-                         "output_path", "outputPath", "data_path", "dataPath", "resume", "log_path"})
+# Keys whose values say where or on which machine something is: dropped for other people. Each is the one
+# spelling that reaches `scrub_data` (the message wire form is camelCase, server/message_data.py; the
+# `system`/`round` blocks and peer records carry no such key; tests/security/test_read_rule.py sees each):
+#   "pid"       a training.status message: the engine process started (StatusData.pid)
+#   "path"      a training.checkpoint message: where the checkpoint is (CheckpointData.path)
+#   "dataPath"  a session's stored request: its dataConfig.dataPath (schemas.DataConfigIn.data_path)
+# The session's own worker id, log source and checkpoint paths are left out by the service that shows them.
+HIDDEN_KEYS = frozenset({"pid", "path", "dataPath"})
 
 
 @cache
