@@ -23,7 +23,7 @@ from cotrain.chain.errors import ChainError
 from cotrain.chain.orm import BindingProof, PayoutStatus, PeerBinding
 from cotrain.chain.queries import RewardView, contribution_views, reward_views
 from cotrain.chain.signin import SignInError, normalize_address
-from cotrain.server.api.deps import SessionId
+from cotrain.server.api.deps import PlatformDep, SessionId
 from cotrain.server.auth import Actor
 from cotrain.server.permissions import Action, permit
 from cotrain.server.schemas import OutModel
@@ -93,10 +93,10 @@ def my_rewards(address: WalletDep, chain: ChainDep) -> list[RewardView]:
 
 @router.get("/rewards/sessions/{session_id}", response_model=SessionRewards,
             summary="A session's contributors, rewards and payout status", openapi_extra={"security": [{}]})
-def session_rewards(session_id: SessionId, request: Request, chain: ChainDep,
+def session_rewards(session_id: SessionId, platform: PlatformDep, chain: ChainDep,
                     actor: Annotated[Actor | None, Depends(permit(Action.SESSION_READ))]) -> SessionRewards:
     """Follows the session's read rule: a private session's rewards answer 404 to everyone else."""
-    request.app.state.platform.sessions.get(session_id, actor)
+    platform.sessions.get(session_id, actor)
     with chain.factory() as db:
         return SessionRewards.model_validate({
             "session_id": session_id,
