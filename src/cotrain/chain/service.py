@@ -42,6 +42,7 @@ from cotrain.chain.settlement import (
     settle_session,
 )
 from cotrain.chain.signin import AuthKeyLookup, node_auth_key_lookup
+from cotrain.db.retry import OUTAGE, is_outage, retry_db
 from cotrain.p2p.progress import PeerProgress
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class ChainService:
         self._ledger = ledger
         self._loading = threading.Lock()
         self._paying = asyncio.Lock()  # one payout runner at a time
+        self._payouts_missed = False  # the last run met a database outage: `run` tries again on its next tick
 
     # ---- configuration, read once (blocking: environment, key file) --------------------------
     @property
@@ -181,24 +183,30 @@ class ChainService:
         """Send (aptos) or record as due (local) every payout due. Failures are logged and retried on the
         next call; nobody is paid twice."""
         async with self._paying:
+            self._payouts_missed = False
             try:
                 settings, ledger = await asyncio.to_thread(lambda: (self.settings, self.ledger))
                 report = await run_payouts(self.factory, ledger, settings, self.audit)
             except Exception as exc:
-                log.error("payouts were not made: %s; they are retried on the next run", exc)
+                if is_outage(exc):  # logged once per outage; `run` pays them on its first tick after it
+                    OUTAGE.failed("payouts", exc)
+                    self._payouts_missed = True
+                else:
+                    log.error("payouts were not made: %s; they are retried on the next run", exc)
                 return
         for message in report.messages:
             log.info("payouts: %s", message)
 
     async def run(self, sessions: SessionBook, tick_s: float, payout_interval_s: float) -> None:
         """Every `tick_s`: `keep_and_settle`; pay what is due after a settlement and every
-        `payout_interval_s`. Errors are logged and tried again on the next tick."""
+        `payout_interval_s`. Errors are logged and tried again on the next tick; while the database is
+        away, the tick waits for it (cotrain.db.retry), then settles and pays what came due meanwhile."""
         loop = asyncio.get_running_loop()
         last_payout = loop.time() - payout_interval_s
         while True:
             try:
-                rewarded = await asyncio.to_thread(self.keep_and_settle, sessions)
-                if rewarded or loop.time() - last_payout >= payout_interval_s:
+                rewarded = await retry_db("settling rewards", self.keep_and_settle, sessions)
+                if rewarded or self._payouts_missed or loop.time() - last_payout >= payout_interval_s:
                     last_payout = loop.time()
                     await self.pay_due()
             except Exception as exc:

@@ -31,6 +31,7 @@ from cotrain.core.events import EventFollower
 from cotrain.core.path_guard import ENFORCE_ENV
 from cotrain.data_roots import ENV as DATA_ROOTS_ENV
 from cotrain.data_roots import join_roots
+from cotrain.db.retry import OUTAGE, Backoff, is_outage, retry_db
 from cotrain.server.capacity import gpus_per_node, need_of_row
 from cotrain.server.data_paths import run_roots
 from cotrain.server.fanout import LocalHub
@@ -38,7 +39,7 @@ from cotrain.server.log_tail import TailKeeper, keep_tail
 from cotrain.server.messages import status_message
 from cotrain.server.model_service import register_model_version
 from cotrain.server.monitor import apply_engine_event
-from cotrain.server.orm import ACTIVE_STATES, ApiToken, SessionStatus, TrainingSession, Worker
+from cotrain.server.orm import ACTIVE_STATES, FINAL_STATES, ApiToken, SessionStatus, TrainingSession, Worker
 from cotrain.server.processes import AdoptedRun, ChildRun, describe_exit, end_process_group, meaningful_error
 from cotrain.server.queue import claim_next
 from cotrain.server.scheduler import Allocation, ResourcePool
@@ -117,16 +118,25 @@ class Executor:
             self._wake.set()
 
     async def _loop(self) -> None:
+        """Claim and look for stale sessions every second; while the database is away, back off (db/retry.py)."""
         assert self._wake is not None
+        backoff = Backoff()
         while True:
+            wait_s = 1.0
             try:
                 await self._tick()
+                OUTAGE.answered()
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("executor tick failed; trying again in a second")
+            except Exception as exc:
+                if not is_outage(exc):
+                    log.exception("executor tick failed; trying again in a second")
+                else:
+                    OUTAGE.failed("the executor's queue", exc)
+                    wait_s = backoff.next_delay()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 1.0)
+                await asyncio.wait_for(self._wake.wait(), wait_s)
             self._wake.clear()
 
     async def _tick(self) -> None:
@@ -161,13 +171,14 @@ class Executor:
         try:
             run = adopted or await self._spawn(session_id, allocation)
             returncode = await self._follow(session_id, run)
-            await self._publish(await asyncio.to_thread(self._finish, session_id, returncode))
+            await self._publish(await retry_db("finishing a run", self._finish, session_id, returncode))
             await self._settle(session_id)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.exception("run of session %s failed inside the executor", session_id)
-            await self._publish(await asyncio.to_thread(self._finish, session_id, -1, f"Executor error: {exc}"))
+            error = f"Executor error: {exc}"
+            await self._publish(await retry_db("finishing a run", self._finish, session_id, -1, error))
         finally:
             self._killed.pop(session_id, None)
             self._ram_in_use.pop(session_id, None)
@@ -176,11 +187,11 @@ class Executor:
             self.wake()
 
     async def _spawn(self, session_id: str, allocation: Allocation) -> ChildRun:
-        config_path, strategy, request, attempt, wallet = await asyncio.to_thread(self._prepare, session_id)
+        config_path, strategy, request, attempt, wallet = await retry_db("starting a run", self._prepare, session_id)
         session_dir = self.settings.layout.session_logs(session_id)
         session_dir.mkdir(parents=True, exist_ok=True)
         env = self._child_env(allocation, strategy, request, wallet)
-        env.update(await asyncio.to_thread(self._data_roots_env, session_id))
+        env.update(await retry_db("starting a run", self._data_roots_env, session_id))
         at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         banner = f"\n=== attempt {attempt} by {self.settings.worker_id} at {at} ===\n"
         with (session_dir / "stdout.log").open("ab") as out, (session_dir / "stderr.log").open("ab") as err:
@@ -198,7 +209,8 @@ class Executor:
             # them inherit this
             with contextlib.suppress(OSError, AttributeError):
                 os.sched_setaffinity(proc.pid, allocation.cpu_cores)
-        await self._publish(await asyncio.to_thread(self._mark_started, session_id, proc.pid, config_path, allocation))
+        await self._publish(
+            await retry_db("starting a run", self._mark_started, session_id, proc.pid, config_path, allocation))
         return ChildRun(proc)
 
     def _engine_command(self, config_path: Path) -> list[str]:
@@ -273,7 +285,7 @@ class Executor:
     async def _follow(self, session_id: str, run: ChildRun | AdoptedRun) -> int:
         """Apply the run's events as they come; heartbeat; keep its log tail and (DiLoCo with a chain)
         its peers' progress; honour cancel. Returns the exit code."""
-        after, strategy = await asyncio.to_thread(self._engine_seq, session_id)
+        after, strategy = await retry_db("following a run", self._engine_seq, session_id)
         logs = self.settings.layout.session_logs(session_id)
         follower = EventFollower(logs, after_seq=after)
         tails = TailKeeper(logs)
@@ -287,7 +299,8 @@ class Executor:
                 await self._wrap_up(session_id, run, follower, tails)
                 return returncode
             now = time.monotonic()
-            if heartbeat.due(now) and await asyncio.to_thread(self._heartbeat, session_id) and cancel.terminate(now):
+            if heartbeat.due(now) and await retry_db("following a run", self._heartbeat, session_id) \
+                    and cancel.terminate(now):
                 log.info("cancelling session %s: SIGTERM to pid %s", session_id, run.pid)
             if tail.due(now):
                 await self._keep_tails(session_id, tails)
@@ -298,9 +311,11 @@ class Executor:
             await run.wait(self.settings.poll_interval_s)
 
     async def _apply_new_events(self, session_id: str, follower: EventFollower) -> None:
+        """Events read from disk are applied before the follower reads on: while the database is away
+        this waits (the run goes on writing to disk), then applies them all by seq, none lost or twice."""
         events = follower.poll()
         if events:
-            await self._publish(await asyncio.to_thread(self._apply, session_id, events))
+            await self._publish(await retry_db("following a run", self._apply, session_id, events))
 
     async def _wrap_up(
         self, session_id: str, run: ChildRun | AdoptedRun, follower: EventFollower, tails: TailKeeper
@@ -327,8 +342,9 @@ class Executor:
         try:
             changed = await asyncio.to_thread(tails.changed)
             if changed:
-                await asyncio.to_thread(self._store_tails, session_id, changed)
-        except Exception as exc:  # the log on disk is still whole; the next tick tries again
+                await retry_db("keeping a run's log tail", self._store_tails, session_id, changed)
+        except Exception as exc:  # the log on disk is still whole; the next tick stores it again
+            tails.forget()
             log.warning("keeping the log tail of session %s failed: %s", session_id, exc)
 
     def _store_tails(self, session_id: str, changed: dict[str, list[str]]) -> None:
@@ -348,7 +364,10 @@ class Executor:
         try:
             await asyncio.to_thread(self.chain.capture_progress, session_id)
         except Exception as exc:  # rewards must never stop training; the next tick tries again
-            log.warning("keeping the peers' progress of session %s failed: %s", session_id, exc)
+            if is_outage(exc):
+                OUTAGE.failed("keeping peers' progress", exc)
+            else:
+                log.warning("keeping the peers' progress of session %s failed: %s", session_id, exc)
 
     async def _settle(self, session_id: str) -> None:
         """A completed session: contributions and rewards (from the kept records and a last DHT read),
@@ -356,10 +375,10 @@ class Executor:
         if self.chain is None:
             return
         try:
-            completed, config_toml = await asyncio.to_thread(self._completed_config, session_id)
+            completed, config_toml = await retry_db("settling rewards", self._completed_config, session_id)
             if not completed:
                 return
-            rewarded = await asyncio.to_thread(self.chain.session_completed, session_id, config_toml)
+            rewarded = await retry_db("settling rewards", self.chain.session_completed, session_id, config_toml)
         except Exception:
             log.exception("settling the rewards of session %s failed; its records are kept", session_id)
             return
@@ -398,6 +417,8 @@ class Executor:
         stderr_path = self.settings.layout.session_logs(session_id) / "stderr.log"
         with self.factory.begin() as db:
             row = db.get_one(TrainingSession, session_id)
+            if row.status in FINAL_STATES:  # a retry after a commit whose answer the outage cut off
+                return []
             row.pid = None
             row.heartbeat_at = None
             extra: dict[str, Any] = {"exit_code": returncode}  # StatusData fields

@@ -66,3 +66,7 @@ class TailKeeper:
                     self._seen[stream] = signature
                     out[stream] = lines
         return out
+
+    def forget(self) -> None:
+        """The last store failed (the database was away): the next `changed` returns every stream again."""
+        self._seen.clear()
