@@ -7,12 +7,15 @@
         rng.pt                   torch CPU / CUDA generator states
         trainer_state.json       step, epoch, tokens seen, schedule, grad scaler, ... (written last)
 
-A checkpoint is written into a hidden temp folder and renamed into place, so a crash leaves
-either the whole checkpoint or none. Loading never unpickles arbitrary objects.
+A checkpoint is written into a hidden temp folder beside the others, fsynced and renamed into place,
+so a crash or a full disk leaves either the whole checkpoint or none, and never costs an earlier one
+(issue 18: a full disk is DiskFullError, one sentence naming the folder and its free bytes).
+Loading never unpickles arbitrary objects.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -24,6 +27,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from cotrain.disk_space import DiskFullError, free_bytes, is_disk_full, size_text, surely_too_small
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 TRAINER_STATE = "trainer_state.json"
@@ -94,40 +99,96 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     keep: int,
 ) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
+    """Write the checkpoint of `step` beside the others and swap it into place. A write that fails
+    (a full disk above all) removes its partial folder and leaves every earlier checkpoint as it was;
+    a full disk raises DiskFullError, whose text is the one sentence the user reads."""
     final = root / step_dir_name(step)
     tmp = root / f".tmp-{step_dir_name(step)}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     weights, aliases = _dedupe_shared(model_state)
-    save_file(weights, str(tmp / "model.safetensors"), metadata={"aliases": json.dumps(aliases)})
-    torch.save(optimizer_state, tmp / "optimizer.pt")
-    if strategy_state:
-        tensors = {k: v.detach().contiguous().cpu() for k, v in strategy_state.items()}
-        save_file(tensors, str(tmp / "strategy.safetensors"))
-    rng: dict[str, torch.Tensor | list[torch.Tensor]] = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(rng, tmp / "rng.pt")
-    (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2))
-    _fsync_dir_files(tmp)
-    if final.exists():  # the same step saved again (e.g. a resumed run finishing): replace it
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    strategy = {k: v.detach().contiguous().cpu() for k, v in strategy_state.items()}
+    needed = _tensor_bytes(weights) + _tensor_bytes(optimizer_state) + _tensor_bytes(strategy)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if surely_too_small(root, needed):  # will not fit: do not even start (and fill the disk for others)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(root))
+        tmp.mkdir()
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"aliases": json.dumps(aliases)})
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+        if strategy:
+            save_file(strategy, str(tmp / "strategy.safetensors"))
+        rng: dict[str, torch.Tensor | list[torch.Tensor]] = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save(rng, tmp / "rng.pt")
+        (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2))
+        _fsync_dir_files(tmp)
+    except Exception as exc:
+        full = is_disk_full(exc, root)  # judged before the partial folder is removed
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise _disk_full(root, step, needed) from exc
+        raise
+    _swap_into_place(tmp, final)
     prune(root, keep)
     return final
+
+
+def _disk_full(root: Path, step: int, needed: int) -> DiskFullError:
+    free = free_bytes(root)
+    last = latest_checkpoint(root)
+    kept = (
+        f"the last good checkpoint ({last.path.name}) is kept, so free space and retry to resume from it"
+        if last else "there is no earlier checkpoint, so free space and retry to start again"
+    )
+    return DiskFullError(
+        f"The disk is full: the checkpoint of step {step} needs about {size_text(needed)} but {root} has "
+        f"{size_text(free)} free; {kept}.", root, free,
+    )
+
+
+def _tensor_bytes(value: Any) -> int:
+    """The bytes of every tensor in `value` (nested dicts and lists): about what its files take."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    """Rename the written folder to its name. The same step saved again (a resumed run finishing)
+    moves the old one aside first and deletes it only once the new one is in place."""
+    aside = final.with_name(f".old-{final.name}-{os.getpid()}")
+    if final.exists():
+        final.rename(aside)
+    os.rename(tmp, final)
+    _fsync_dir(final.parent)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _fsync_dir_files(folder: Path) -> None:
     for path in folder.iterdir():
         with path.open("rb") as fh:
             os.fsync(fh.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the folder's entries (the files in it, a rename into it) durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def prune(root: Path, keep: int) -> None:
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old.path, ignore_errors=True)
-    for stale in root.glob(".tmp-step-*"):
+    for stale in (*root.glob(".tmp-step-*"), *root.glob(".old-step-*")):
         if f"-{os.getpid()}" not in stale.name:
             shutil.rmtree(stale, ignore_errors=True)  # left by a crashed run
 

@@ -50,6 +50,7 @@ from cotrain.core.strategies import make_strategy
 from cotrain.core.system_metrics import SystemSampler
 from cotrain.core.tokenizer import eos_id, mask_id
 from cotrain.core.tracking import Tracking
+from cotrain.disk_space import DiskFullError
 from cotrain.p2p.errors import PeerNetworkError
 from cotrain.parent_death import signal_when_parent_dies
 from cotrain.paths import Layout
@@ -511,6 +512,12 @@ def run(config: CotrainConfig, *, interactive: bool | None = None, keep_alive: l
             trainer.emit("failed", step=getattr(trainer, "start_step", 0), error=message)
         print(f"error: {message}", file=sys.stderr)
         return 2
+    except DiskFullError as exc:  # one sentence, no traceback; exit 1: a retry after space is freed resumes
+        if trainer is not None:
+            with contextlib.suppress(OSError):  # the event stream may share the full disk; stderr still says it
+                trainer.emit("failed", step=getattr(trainer, "start_step", 0) + len(trainer.history), error=str(exc))
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:
         if trainer is not None:
             trainer.emit(
