@@ -143,7 +143,7 @@ def _disk_full(root: Path, step: int, needed: int) -> DiskFullError:
     )
     return DiskFullError(
         f"The disk is full: the checkpoint of step {step} needs about {size_text(needed)} but {root} has "
-        f"{size_text(free)} free; {kept}.", root, free,
+        f"{size_text(free)} free; {kept}", root, free,
     )
 
 

@@ -33,7 +33,7 @@ def export_final_model(
             free = free_bytes(out_dir.parent)
             raise DiskFullError(
                 f"The disk is full: the final model could not be written to {out_dir} ({size_text(free)} free); "
-                "the run's last checkpoint is kept, so free space and retry to export it.", out_dir.parent, free,
+                "the run's last checkpoint is kept, so free space and retry to export it", out_dir.parent, free,
             ) from exc
         raise
     old = out_dir.with_name(f".old-{out_dir.name}")
