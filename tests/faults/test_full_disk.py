@@ -17,7 +17,7 @@ import pytest
 from safetensors.torch import load_file
 
 from cotrain.core import checkpoint as ckpt
-from tests.server.conftest import ADMIN_TOKEN, WSCollector, reference_session, wait_until
+from tests.server.conftest import ADMIN_TOKEN, ServerProcess, WSCollector, reference_session, wait_until
 from tests.small_disk import fill, small_disk
 
 pytestmark = pytest.mark.slow
@@ -93,3 +93,45 @@ def test_a_full_checkpoint_disk_fails_the_run_in_one_sentence_and_the_retry_resu
         assert received_seqs(ws, sid) == seqs  # every message once, in order
         ws.close()
         server.stop()
+
+
+def draft(api):
+    return api.post("/sessions", json=reference_session(autoStart=False))
+
+
+def test_a_full_disk_under_cotrain_home_gets_clear_errors_and_the_server_recovers(server_env, cotrain_home, tmp_path):
+    datasets = (cotrain_home / "datasets").readlink()
+    with small_disk(cotrain_home, 32) as home:  # the database (SQLite), logs/system, the run logs
+        (home / "datasets").symlink_to(datasets, target_is_directory=True)
+        server = ServerProcess(home, {**server_env, "COTRAIN_EMBEDDED_WORKER": "0"})
+        server.log_path = tmp_path / "server.log"  # its stdout, as journald or docker would keep it: elsewhere
+        try:
+            server.start()
+            full_disk_round_trip(server, home)
+        finally:
+            server.stop()
+
+
+def full_disk_round_trip(server: ServerProcess, home: Path) -> None:
+    api = server.client()
+    assert draft(api).status_code == 201
+    ballast = fill(home)
+
+    refused = draft(api)
+    assert refused.status_code == 507, refused.text + server.log_path.read_text()[-2500:]
+    detail = refused.json()["detail"]
+    assert detail.startswith("The disk is full") and str(home) in detail and "Traceback" not in detail, detail
+    token = api.post("/auth/tokens", json={"name": "on a full disk"})  # a write to the database alone
+    assert token.status_code == 507, token.text
+    assert token.json()["detail"].startswith(f"The disk is full: the database {home / 'cotrain.db'} cannot grow")
+    listed = api.get("/sessions")  # what is stored can still be read
+    assert listed.status_code == 200 and listed.json()["total"] == 1
+    assert server.proc is not None and server.proc.poll() is None  # the process lives on
+
+    ballast.unlink()
+    freed = time.monotonic()
+    created = wait_until(lambda: (r := draft(api)).status_code == 201 and r, 30, "writes to work again")
+    print(f"\nfull disk under COTRAIN_HOME: space returned -> writes accepted in {time.monotonic() - freed:.2f} s",
+          flush=True)
+    assert created.json()["id"] and api.get("/sessions").json()["total"] == 2
+    assert api.post("/auth/tokens", json={"name": "after the disk was freed"}).status_code == 201

@@ -28,6 +28,7 @@ from cotrain.server.api import users as users_api  # issue 11: roles
 from cotrain.server.audit_middleware import AuditMiddleware  # issue 11: audit log
 from cotrain.server.body_limit import BodyLimitMiddleware  # issue 11: limits on input
 from cotrain.server.config_generator import SessionConfigError
+from cotrain.server.disk_full import database_disk_full, file_disk_full  # issue 18: full disks
 from cotrain.server.errors import ServiceError
 from cotrain.server.http_metrics import HttpMetrics, HttpMetricsMiddleware
 from cotrain.server.permissions import PermissionDenied
@@ -94,12 +95,21 @@ def create_app(platform: Platform | None = None) -> FastAPI:
 
     @app.exception_handler(DBAPIError)
     async def _database_error(_request: Request, exc: DBAPIError) -> JSONResponse:
+        if full := database_disk_full(exc, platform.settings.database_url):  # issue 18: 507, not 503
+            return full
         if isinstance(exc, DataError):  # a value the database cannot store (validation should catch these first)
             return JSONResponse(
                 {"detail": "A value in the request is out of range or contains characters that cannot be stored; "
                            "check its numbers and text."}, status_code=422)
         log.error("database error: %s", exc.__class__.__name__)
         return JSONResponse({"detail": "The database did not answer; try again in a moment."}, status_code=503)
+
+    @app.exception_handler(OSError)
+    async def _os_error(_request: Request, exc: OSError) -> JSONResponse:
+        # issue 18: a full disk is 507 with a sentence, not a 500
+        if full := file_disk_full(exc, platform.settings.layout.root):
+            return full
+        raise exc
 
     @app.exception_handler(SessionConfigError)
     async def _config_error(_request: Request, exc: SessionConfigError) -> JSONResponse:
