@@ -20,15 +20,22 @@ log = logging.getLogger(__name__)
 INSUFFICIENT_STORAGE = 507
 
 
-def file_disk_full(exc: OSError, home: Path) -> JSONResponse | None:
-    """The 507 for a file the server could not write for lack of space (named when the error names it,
-    else COTRAIN_HOME, where the server writes its files); None for any other OSError."""
+def disk_full_sentence(exc: BaseException, home: Path) -> str | None:
+    """What a write that ran out of space says to the user (the file when the error names it, else
+    COTRAIN_HOME, where the server writes its files); None when `exc` is not a full disk."""
     if not says_disk_full(exc):
         return None
-    path = Path(str(exc.filename)) if exc.filename else home
-    what = str(path) if exc.filename else f"a file under {path}"
-    return _refused(f"The disk is full: {what} could not be written ({size_text(free_bytes(path))} free there); "
-                    "free space on that disk and try again")
+    filename = getattr(exc, "filename", None)
+    path = Path(str(filename)) if filename else home
+    what = str(path) if filename else f"a file under {path}"
+    return (f"The disk is full: {what} could not be written ({size_text(free_bytes(path))} free there); "
+            "free space on that disk and try again")
+
+
+def file_disk_full(exc: OSError, home: Path) -> JSONResponse | None:
+    """The 507 for a file the server could not write for lack of space; None for any other OSError."""
+    sentence = disk_full_sentence(exc, home)
+    return None if sentence is None else _refused(sentence)
 
 
 def database_disk_full(exc: Exception, database_url: str) -> JSONResponse | None:

@@ -34,6 +34,7 @@ from cotrain.data_roots import join_roots
 from cotrain.db.retry import OUTAGE, Backoff, is_outage, retry_db
 from cotrain.server.capacity import gpus_per_node, need_of_row
 from cotrain.server.data_paths import run_roots
+from cotrain.server.disk_full import disk_full_sentence  # issue 18: full disks
 from cotrain.server.fanout import LocalHub
 from cotrain.server.log_tail import TailKeeper, keep_tail
 from cotrain.server.messages import status_message
@@ -177,7 +178,7 @@ class Executor:
             raise
         except Exception as exc:
             log.exception("run of session %s failed inside the executor", session_id)
-            error = f"Executor error: {exc}"
+            error = disk_full_sentence(exc, self.settings.layout.root) or f"Executor error: {exc}"  # issue 18
             await self._publish(await retry_db("finishing a run", self._finish, session_id, -1, error))
         finally:
             self._killed.pop(session_id, None)
