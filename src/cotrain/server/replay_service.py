@@ -1,17 +1,20 @@
 """What a WebSocket subscriber missed, read from the stored messages (messages.py) under the read
 rule: one session's messages after a seq, or every readable session's after a seq each (plus,
-with `since`, those stored since then by sessions the subscriber had not heard of)."""
+with `since`, those stored since then by sessions the subscriber had not heard of). `missed` is
+what a connected subscriber lost while the fan-out was down (fanout.BACKFILL)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cotrain.server.auth import Actor
 from cotrain.server.errors import NotFound
+from cotrain.server.fanout import ALL_SESSIONS
 from cotrain.server.messages import messages_after, messages_for_all, shown_to
-from cotrain.server.orm import TrainingSession
+from cotrain.server.orm import SessionMessage, TrainingSession
 from cotrain.server.permissions import can_read_session
 
 
@@ -48,3 +51,33 @@ class ReplayService:
         with self.factory.begin() as db:
             replay = messages_for_all(db, after, since, readable, limit=limit)
         return [shown_to(actor, owners.get(m["data"]["sessionId"]), [m])[0] for m in replay]
+
+    def missed(self, sessions: set[str], last: dict[str, int], since: float, actor: Actor | None,
+               limit: int) -> list[dict[str, Any]]:
+        """What a subscriber of `sessions` ("*": all) may have lost: each session's messages after its
+        seq in `last`, and those stored since `since` by followed sessions not in `last`; sessions
+        that are gone or hidden from `actor` are skipped."""
+        if ALL_SESSIONS in sessions:
+            return self.every_session(last, since, actor, limit)
+        found: list[dict[str, Any]] = []
+        with self.factory.begin() as db:
+            for session_id in sorted(sessions):
+                row = db.get(TrainingSession, session_id)
+                if row is None or not can_read_session(actor, row.owner_id, row.public) or len(found) >= limit:
+                    continue
+                if session_id in last:
+                    replay = messages_after(db, session_id, last[session_id], limit - len(found))
+                else:
+                    replay = _stored_since(db, session_id, since, limit - len(found))
+                found.extend(shown_to(actor, row.owner_id, replay))
+        return found
+
+
+def _stored_since(db: Session, session_id: str, since: float, limit: int) -> list[dict[str, Any]]:
+    rows = db.scalars(
+        select(SessionMessage)
+        .where(SessionMessage.session_id == session_id, SessionMessage.time >= since)
+        .order_by(SessionMessage.seq)
+        .limit(limit)
+    )
+    return [{"event": row.event, "data": row.data} for row in rows]

@@ -24,6 +24,11 @@ sessions (`"*"` counts as one); subscribes are rate limited per address and per 
 (seconds). A replay sends at most MAX_REPLAY_MESSAGES messages; when there were more, the
 `subscribed` acknowledgement says `"truncated": true` (the rest: GET /api/v1/sessions/{id}/events).
 
+Fan-out outages (issue 18): a connection that stays open while the fan-out (Redis) is down still
+gets every message, in order, once: when the fan-out is back the sender reads what it missed from
+the database (fanout.BACKFILL), and a gap in a session's seqs is filled from the database before
+the live message that showed it (catch_up.py). The client needs to do nothing.
+
 Only the sender task writes to the socket; the receive loop hands it control items through the
 same queue, which also orders a replay before any live message that follows the subscription.
 """
@@ -39,8 +44,9 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from cotrain.server.catch_up import Delivered
 from cotrain.server.errors import NotFound
-from cotrain.server.fanout import ALL_SESSIONS, Subscriber
+from cotrain.server.fanout import ALL_SESSIONS, BACKFILL, Subscriber
 from cotrain.server.permissions import Action, allowed, role_of
 from cotrain.server.rate_limits import Limit, client_ip, limiter_of
 from cotrain.server.replay_service import HiddenSession
@@ -146,7 +152,7 @@ async def _subscribe(ws: WebSocket, platform: Any, sub: Subscriber, session_id: 
 
 
 async def _send_loop(ws: WebSocket, sub: Subscriber, platform: Any) -> None:
-    last_sent: dict[str, int] = {}
+    sent = Delivered()
     while True:
         message, text = await sub.queue.get()
         if sub.overflowed:
@@ -157,23 +163,31 @@ async def _send_loop(ws: WebSocket, sub: Subscriber, platform: Any) -> None:
             await ws.close(code=message["code"], reason="Message too big.")
             return
         if message["event"] == CONTROL:
-            await _handle_control(ws, sub, platform, message, last_sent)
+            await _handle_control(ws, sub, platform, message, sent)
             continue
-        data = message["data"]
-        session_id, seq = data.get("sessionId", ""), data.get("seq", 0)
-        if seq <= last_sent.get(session_id, 0):
-            continue  # already sent (replay and live overlap)
-        last_sent[session_id] = seq
-        await ws.send_text(text)
+        if message["event"] == BACKFILL:  # the fan-out is back: what it lost meanwhile, from the database
+            await _send_stored(ws, sent, await sent.backfill(message, sub.sessions, platform.replay, sub.actor,
+                                                            MAX_REPLAY_MESSAGES))
+            continue
+        await _send_stored(ws, sent, await sent.before(message, platform.replay, sub.actor))
+        if sent.take(message):  # else already sent (replay and live overlap)
+            await ws.send_text(text)
+
+
+async def _send_stored(ws: WebSocket, sent: Delivered, messages: list[dict[str, Any]]) -> None:
+    """Messages read from the database, those not sent yet."""
+    for message in messages:
+        if sent.take(message):
+            await ws.send_text(json.dumps(message, separators=(",", ":")))
 
 
 async def _handle_control(ws: WebSocket, sub: Subscriber, platform: Any, item: dict[str, Any],
-                          last_sent: dict[str, int]) -> None:
+                          sent: Delivered) -> None:
     kind = item["kind"]
     if kind == "subscribe":
         session_id, after = item["sessionId"], item["after"]
         if session_id == ALL_SESSIONS:
-            await _subscribe_all(ws, sub, platform, after, last_sent)
+            await _subscribe_all(ws, sub, platform, after, sent)
             return
         try:
             latest, replay = await asyncio.to_thread(platform.replay.session, session_id, after, sub.actor,
@@ -190,12 +204,9 @@ async def _handle_control(ws: WebSocket, sub: Subscriber, platform: Any, item: d
         await ws.send_text(_message("subscribed", sessionId=session_id, after=after, seq=latest,
                                     truncated=len(replay) >= MAX_REPLAY_MESSAGES))
         if after is not None:
-            last_sent[session_id] = max(last_sent.get(session_id, 0), after)
-        for message in replay:
-            seq = message["data"]["seq"]
-            if seq > last_sent.get(session_id, 0):
-                last_sent[session_id] = seq
-                await ws.send_text(json.dumps(message, separators=(",", ":")))
+            sent.last[session_id] = max(sent.last.get(session_id, 0), after)
+        sent.floor[session_id] = latest  # owed from here on, even if the fan-out loses the next ones
+        await _send_stored(ws, sent, replay)
     elif kind == "unsubscribed":
         await ws.send_text(_message("unsubscribed", sessionId=item["sessionId"]))
     elif kind == "pong":
@@ -205,22 +216,19 @@ async def _handle_control(ws: WebSocket, sub: Subscriber, platform: Any, item: d
 
 
 async def _subscribe_all(
-    ws: WebSocket, sub: Subscriber, platform: Any, after: AllAfter | None, last_sent: dict[str, int]
+    ws: WebSocket, sub: Subscriber, platform: Any, after: AllAfter | None, sent: Delivered
 ) -> None:
     began = time.time()  # before the replay is read: whatever is stored later comes live (or replays next time)
+    sent.began = began  # a backfill owes sessions not heard from what was stored since then
     replay: list[dict[str, Any]] = []
     if after is not None:
         for session_id, seq in after.sessions.items():
-            last_sent[session_id] = max(last_sent.get(session_id, 0), seq)
+            sent.last[session_id] = max(sent.last.get(session_id, 0), seq)
         replay = await asyncio.to_thread(platform.replay.every_session, after.sessions, after.since, sub.actor,
                                          MAX_REPLAY_MESSAGES)
     await ws.send_text(_message("subscribed", sessionId=ALL_SESSIONS, after=after.as_json() if after else None,
                                 seq=None, time=began, truncated=len(replay) >= MAX_REPLAY_MESSAGES))
-    for message in replay:
-        session_id, seq = message["data"]["sessionId"], message["data"]["seq"]
-        if seq > last_sent.get(session_id, 0):
-            last_sent[session_id] = seq
-            await ws.send_text(json.dumps(message, separators=(",", ":")))
+    await _send_stored(ws, sent, replay)
 
 
 async def _receive_text(ws: WebSocket, max_bytes: int) -> str:

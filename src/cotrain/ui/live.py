@@ -1,5 +1,7 @@
 """Live updates for a page: a subscription to the server's fan-out hub (the same messages the
-WebSocket `/ws` sends), pumped into the page over NiceGUI's own connection."""
+WebSocket `/ws` sends), pumped into the page over NiceGUI's own connection. Like a WebSocket connection it gets each
+message once and in order, even across a fan-out outage: gaps and what the fan-out lost while it
+was down are read from the database (catch_up.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from nicegui import background_tasks, ui
 
-from cotrain.server.fanout import Subscriber
+from cotrain.server.catch_up import Delivered
+from cotrain.server.fanout import BACKFILL, Subscriber
 from cotrain.ui.context import platform
 
 if TYPE_CHECKING:
@@ -20,6 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GAP = "__gap__"  # handed to the handler when messages were dropped: reload from the database
+MAX_BACKFILL_MESSAGES = 10_000  # more than that after an outage: the handler gets GAP and reloads
 
 Handler = Callable[[dict[str, Any]], Awaitable[None] | None]
 
@@ -28,8 +32,9 @@ def follow(session_ids: Iterable[str], handler: Handler, actor: Actor | None) ->
     """Call `handler(message)` for every message of these sessions ("*": all) that `actor` (the
     signed-in user) may read, until the page's client is gone. Subscribe before reading the
     current state, so nothing falls in between."""
-    hub = platform().hub
+    hub, replay = platform().hub, platform().replay
     sub = Subscriber(sessions=set(session_ids), actor=actor)
+    sent = Delivered(began=sub.began)
     hub.add(sub)
 
     async def pump() -> None:
@@ -37,15 +42,20 @@ def follow(session_ids: Iterable[str], handler: Handler, actor: Actor | None) ->
             message, _text = await sub.queue.get()
             if sub.overflowed:
                 sub.overflowed = False
-                message = {"event": GAP, "data": {}}
-            try:
-                result = handler(message)
-                if inspect.isawaitable(result):
-                    await result
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("a live update of the web UI failed")
+                await _hand(handler, {"event": GAP, "data": {}})
+            elif message["event"] == BACKFILL:
+                missed = await sent.backfill(message, sub.sessions, replay, actor, MAX_BACKFILL_MESSAGES)
+                if len(missed) >= MAX_BACKFILL_MESSAGES:
+                    await _hand(handler, {"event": GAP, "data": {}})
+                for stored in missed:
+                    if sent.take(stored):
+                        await _hand(handler, stored)
+            else:
+                for stored in await sent.before(message, replay, actor):
+                    if sent.take(stored):
+                        await _hand(handler, stored)
+                if sent.take(message):
+                    await _hand(handler, message)
 
     task = background_tasks.create(pump(), name="cotrain-ui-live")
 
@@ -55,6 +65,18 @@ def follow(session_ids: Iterable[str], handler: Handler, actor: Actor | None) ->
 
     ui.context.client.on_delete(stop)
     return sub
+
+
+async def _hand(handler: Handler, message: dict[str, Any]) -> None:
+    """One message to the page; a failing update is logged, never the end of the pump."""
+    try:
+        result = handler(message)
+        if inspect.isawaitable(result):
+            await result
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("a live update of the web UI failed")
 
 
 class Relay:

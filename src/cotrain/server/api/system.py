@@ -1,14 +1,21 @@
-"""Health and Prometheus metrics."""
+"""Health and Prometheus metrics.
+
+`/health/live`: 200 while the process serves requests (a liveness probe: restart when it fails).
+`/health/ready`: 200 when every component works, else 503 naming the failed ones (a readiness
+probe: send no traffic meanwhile). `/health`: each component's state (health.py), 503 when one
+has failed; the top-level fields (`database`, `fanout`, `dht`, `executor`, `runs`) are kept.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from cotrain.server.api.deps import PlatformDep
 from cotrain.server.auth import Actor
+from cotrain.server.health import component_states, failed_sentence
 from cotrain.server.orm import ALL_STATES
 from cotrain.server.permissions import Action, permit
 from cotrain.server.schemas import Envelope
@@ -16,20 +23,48 @@ from cotrain.server.schemas import Envelope
 router = APIRouter(tags=["system"])
 
 
-@router.get("/health", response_model=Envelope[dict[str, Any]], summary="Liveness and the state of each component",
+NOT_READY: dict[int | str, dict[str, Any]] = {503: {"description": "A component failed; `detail` names it"}}
+
+
+@router.get("/health", response_model=Envelope[dict[str, Any]], summary="The state of each component",
+            dependencies=[Depends(permit(Action.STATUS_READ))], responses=NOT_READY)
+def health(platform: PlatformDep) -> Any:
+    states = component_states(platform)
+    failed = failed_sentence(states)
+    data = {
+        "server": "ok" if failed is None else "degraded",
+        "database": platform.engine.dialect.name,
+        "fanout": platform.hub.state.kind,
+        "dht": "running" if platform.dht.running else "stopped",
+        "executor": "embedded" if platform.executor else "none (workers)",
+        "runs": len(platform.executor.runs) if platform.executor else 0,
+        "components": {name: state.as_json() for name, state in states.items()},
+        "fanoutBackfills": platform.hub.state.backfills,
+    }
+    if failed is not None:
+        return JSONResponse({"status": "unavailable", "detail": failed, "data": data}, status_code=503)
+    return Envelope(data=data)
+
+
+@router.get("/health/live", response_model=Envelope[dict[str, Any]], summary="Liveness: the process serves requests",
             dependencies=[Depends(permit(Action.STATUS_READ))])
-def health(platform: PlatformDep) -> Envelope[dict[str, Any]]:
-    platform.metrics.database_answers()
-    return Envelope(
-        data={
-            "server": "ok",
-            "database": platform.engine.dialect.name,
-            "fanout": "redis" if platform.settings.redis_url else "in-process",
-            "dht": "running" if platform.dht.running else "stopped",
-            "executor": "embedded" if platform.executor else "none (workers)",
-            "runs": len(platform.executor.runs) if platform.executor else 0,
-        }
-    )
+async def health_live() -> Envelope[dict[str, Any]]:
+    """Touches nothing but the event loop: a database or Redis outage is not a reason to restart."""
+    return Envelope(data={"server": "ok"})
+
+
+@router.get("/health/ready", response_model=Envelope[dict[str, Any]], responses=NOT_READY,
+            summary="Readiness: every component works (503 names the failed ones)",
+            dependencies=[Depends(permit(Action.STATUS_READ))])
+def health_ready(platform: PlatformDep) -> Any:
+    states = component_states(platform)
+    failed = failed_sentence(states)
+    components = {name: state.as_json() for name, state in states.items()}
+    if failed is not None:
+        names = [name for name, state in states.items() if not state.ok]
+        return JSONResponse({"status": "unavailable", "detail": failed, "failed": names,
+                             "data": {"components": components}}, status_code=503)
+    return Envelope(data={"components": components})
 
 
 def prometheus_text(platform: Any, http_metrics: Any = None, actor: Actor | None = None) -> str:
