@@ -95,6 +95,11 @@ class Executor:
         self._killed: dict[str, str] = {}  # session -> why its run was SIGKILLed (for its final status)
 
     # ---- lifecycle -------------------------------------------------------------------------
+    @property
+    def looping(self) -> bool:
+        """True while the claim-and-follow loop runs (health.py: the readiness probe)."""
+        return self._loop_task is not None and not self._loop_task.done()
+
     async def start(self) -> None:
         self._wake = asyncio.Event()
         self.memory_bytes = await asyncio.to_thread(detect_worker_memory, self.pool.gpus, self.settings.worker_memory)
