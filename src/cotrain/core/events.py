@@ -25,6 +25,7 @@ This module imports nothing heavy (no torch), so the server can read streams che
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -32,6 +33,8 @@ from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from cotrain.disk_space import DiskFullError, free_bytes, says_disk_full, size_text
 
 
 class EventType(StrEnum):
@@ -57,10 +60,14 @@ STATUS_FILE = "status.json"
 def write_json_atomic(path: Path, data: Any) -> None:
     """Replace `path` with `data` as JSON: write a temp file beside it, fsync, rename."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w") as fh:
-        json.dump(data, fh, separators=(",", ":"))
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with tmp.open("w") as fh:
+            json.dump(data, fh, separators=(",", ":"))
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:  # a full disk above all: leave no half-written temp file behind
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 
@@ -76,14 +83,26 @@ class EventWriter:
         self.seq = last_seq(self.events_path)
         self.status: dict[str, Any] = read_status(self.dir) or {"session_id": session_id}
         self._fh = self.events_path.open("a", buffering=1)  # line-buffered: each event is visible at once
+        if _ends_torn(self.events_path):  # a line cut short (a crash, a full disk): end it, so the next is whole
+            self._fh.write("\n")
 
     def emit(self, type_: str, **fields: Any) -> dict[str, Any]:
         if type_ not in EVENT_TYPES:
             raise ValueError(f"unknown event type {type_!r}; one of {EVENT_TYPES}")
         self.seq += 1
         event = {"type": type_, "session_id": self.session_id, "seq": self.seq, "time": time.time(), **fields}
-        self._fh.write(json.dumps(event, separators=(",", ":"), default=_jsonable) + "\n")
-        self._update_status(event)
+        try:
+            self._fh.write(json.dumps(event, separators=(",", ":"), default=_jsonable) + "\n")
+            self._update_status(event)
+        except OSError as exc:
+            if says_disk_full(exc):  # one sentence for the user, not a traceback (issue 18)
+                free = free_bytes(self.dir)
+                raise DiskFullError(
+                    f"The disk is full: the event stream {self.events_path} could not be written "
+                    f"({size_text(free)} free there); free space and retry to resume from the last checkpoint",
+                    self.dir, free,
+                ) from exc
+            raise
         return event
 
     def _update_status(self, event: dict[str, Any]) -> None:
@@ -110,7 +129,8 @@ class EventWriter:
 
     def close(self) -> None:
         if not self._fh.closed:
-            self._fh.close()
+            with contextlib.suppress(OSError):  # an event a full disk refused is already reported; closing still ends
+                self._fh.close()
 
     def __enter__(self) -> EventWriter:
         return self
@@ -125,6 +145,15 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _ends_torn(events_path: Path) -> bool:
+    """The file's last line has no newline (its writer was cut off mid-line)."""
+    with events_path.open("rb") as fh:
+        if fh.seek(0, os.SEEK_END) == 0:
+            return False
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) != b"\n"
 
 
 def last_seq(events_path: Path) -> int:
