@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 FIRST_DELAY_S = 0.25
-MAX_DELAY_S = 2.0
+MAX_DELAY_S = 1.0  # a loop notices the database's return within a second
 OUTAGE_ERRORS = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
 
 

@@ -43,8 +43,10 @@ from cotrain.server.monitor import apply_engine_event
 from cotrain.server.orm import ACTIVE_STATES, FINAL_STATES, ApiToken, SessionStatus, TrainingSession, Worker
 from cotrain.server.processes import AdoptedRun, ChildRun, describe_exit, end_process_group, meaningful_error
 from cotrain.server.queue import claim_next
+from cotrain.server.run_lease import LostOwnership, RunLease, guard_lease
 from cotrain.server.scheduler import Allocation, ResourcePool
 from cotrain.server.settings import TRACKING_ENV_PREFIX, Settings
+from cotrain.server.stall import StallTimer, stall_reason
 from cotrain.server.worker_memory import detect_worker_memory
 
 if TYPE_CHECKING:
@@ -93,6 +95,9 @@ class Executor:
         self._loop_task: asyncio.Task[None] | None = None
         self._last_stale_check = 0.0
         self._killed: dict[str, str] = {}  # session -> why its run was SIGKILLed (for its final status)
+        self._leases: dict[str, RunLease] = {}  # session -> this worker's ownership of its run (run_lease.py)
+        self._stalls: dict[str, str] = {}  # session -> why its hung run was stopped (stall.py)
+        self._fences: dict[str, str] = {}  # session -> why this worker stopped a run it could not renew
 
     # ---- lifecycle -------------------------------------------------------------------------
     @property
@@ -130,8 +135,7 @@ class Executor:
         while True:
             wait_s = 1.0
             try:
-                await self._tick()
-                OUTAGE.answered()
+                await self._tick()  # may not have needed the database: the outage's end is for retry_db to tell
                 backoff.reset()
             except asyncio.CancelledError:
                 raise
@@ -154,6 +158,7 @@ class Executor:
             row = await asyncio.to_thread(claim_next, self.factory, self.settings.worker_id, self._fits)
             if row is None:
                 return
+            self._leases[row.id] = RunLease(row.id, self.settings.worker_id, row.attempts)
             allocation = self.pool.allocate(row.id, gpus_per_node(row))
             assert allocation is not None  # _fits said so, and only this loop allocates
             if not self.pool.gpus:
@@ -174,18 +179,27 @@ class Executor:
 
     # ---- one run ---------------------------------------------------------------------------
     async def _run(self, session_id: str, allocation: Allocation, adopted: AdoptedRun | None = None) -> None:
+        run: ChildRun | AdoptedRun | None = adopted
+        guard: asyncio.Task[None] | None = None
         try:
             run = adopted or await self._spawn(session_id, allocation)
+            guard = self._guard(session_id, run)
             returncode = await self._follow(session_id, run)
-            await self._publish(await retry_db("finishing a run", self._finish, session_id, returncode))
+            await self._publish(await self._end(session_id, returncode))
             await self._settle(session_id)
         except asyncio.CancelledError:
             raise
+        except LostOwnership as lost:
+            await self._drop(session_id, run, lost)
         except Exception as exc:
             log.exception("run of session %s failed inside the executor", session_id)
             error = disk_full_sentence(exc, self.settings.layout.root) or f"Executor error: {exc}"  # issue 18
             await self._publish(await retry_db("finishing a run", self._finish, session_id, -1, error))
         finally:
+            if guard is not None:
+                guard.cancel()
+            for reasons in (self._leases, self._stalls, self._fences):
+                reasons.pop(session_id, None)
             self._killed.pop(session_id, None)
             self._ram_in_use.pop(session_id, None)
             self.pool.release(session_id)
@@ -242,7 +256,7 @@ class Executor:
         self, session_id: str, pid: int, config_path: Path, allocation: Allocation
     ) -> list[dict[str, Any]]:
         with self.factory.begin() as db:
-            row = db.get_one(TrainingSession, session_id)
+            row = self._hold(db, session_id)
             row.pid = pid
             row.config_path = str(config_path)
             row.gpu_ids = allocation.cuda_visible_devices or None
@@ -298,6 +312,7 @@ class Executor:
         heartbeat, tail, capture = _Every(HEARTBEAT_S), _Every(LOG_TAIL_S), _Every(CHAIN_TICK_S)
         captures_progress = strategy == "diloco" and self.chain is not None
         cancel = _Cancel(run, self.settings.cancel_grace_s)
+        stall = StallTimer(self.settings.stall_timeout_s, follower.after_seq, time.monotonic())
         while True:
             await self._apply_new_events(session_id, follower)
             returncode = run.returncode
@@ -305,6 +320,8 @@ class Executor:
                 await self._wrap_up(session_id, run, follower, tails)
                 return returncode
             now = time.monotonic()
+            if stall.stalled(follower.after_seq, now) and cancel.terminate(now):
+                await self._stop_hung(session_id, run, stall.silent_s(now))
             if heartbeat.due(now) and await retry_db("following a run", self._heartbeat, session_id) \
                     and cancel.terminate(now):
                 log.info("cancelling session %s: SIGTERM to pid %s", session_id, run.pid)
@@ -355,6 +372,7 @@ class Executor:
 
     def _store_tails(self, session_id: str, changed: dict[str, list[str]]) -> None:
         with self.factory.begin() as db:
+            self._hold(db, session_id)
             for stream, lines in changed.items():
                 keep_tail(db, session_id, stream, self.settings.worker_id, lines)
 
@@ -363,6 +381,60 @@ class Executor:
             f"cotrain: the run did not stop within {_seconds(self.settings.cancel_grace_s)} of SIGTERM, so it was "
             "killed with SIGKILL (no checkpoint was saved on the way out; a retry resumes from the last one)."
         )
+
+    # ---- hung runs and fencing (stall.py, run_lease.py) --------------------------------------
+    def _hold(self, db: Session, session_id: str) -> TrainingSession:
+        """The session's row for a write of its run: only while this worker still owns the run."""
+        lease = self._leases.get(session_id)
+        return lease.hold(db) if lease is not None else db.get_one(TrainingSession, session_id)
+
+    async def _stop_hung(self, session_id: str, run: ChildRun | AdoptedRun, silent_s: float) -> None:
+        """The run is alive but silent (SIGTERM was just sent): say why in its log, and let a stopped
+        process (SIGSTOP, a debugger) see the SIGTERM; SIGKILL follows after the cancel grace."""
+        reason = stall_reason(silent_s, self.settings.layout.session_logs(session_id))
+        self._stalls[session_id] = reason
+        log.warning("session %s: %s", session_id, reason)
+        await asyncio.to_thread(_append_line, self.settings.layout.session_logs(session_id) / "stderr.log",
+                                f"cotrain: {reason}; a retry resumes from the last checkpoint.")
+        run.signal(signal.SIGCONT)
+
+    def _guard(self, session_id: str, run: ChildRun | AdoptedRun) -> asyncio.Task[None] | None:
+        """Stops the run when this worker cannot renew its lease (cut off from the database)."""
+        lease = self._leases.get(session_id)
+        if lease is None:
+            return None
+
+        def fenced(reason: str) -> None:
+            self._fences[session_id] = reason
+            log.warning("session %s: %s", session_id, reason)
+            _append_line(self.settings.layout.session_logs(session_id) / "stderr.log", f"cotrain: {reason}.")
+
+        timeout_s = self.settings.heartbeat_timeout_s
+        return asyncio.create_task(guard_lease(lease, run, timeout_s, fenced), name=f"lease-{session_id}")
+
+    async def _end(self, session_id: str, returncode: int) -> list[dict[str, Any]]:
+        """The run's end in its row: a run this worker stopped for lack of the database goes back to the
+        queue (no retry spent); any other as `_finish` decides, a hung run's reason as its error."""
+        if session_id in self._fences:
+            return await retry_db("finishing a run", self._release, session_id, self._fences[session_id])
+        return await retry_db("finishing a run", self._finish, session_id, returncode, self._stalls.get(session_id))
+
+    def _release(self, session_id: str, why: str) -> list[dict[str, Any]]:
+        with self.factory.begin() as db:
+            return [self._requeue(db, self._hold(db, session_id), why[:1].upper() + why[1:])]
+
+    async def _drop(self, session_id: str, run: ChildRun | AdoptedRun | None, lost: LostOwnership) -> None:
+        """Another worker owns the run now: kill this worker's copy (a fenced run must write nothing
+        more, not even a checkpoint on the way out) and leave the row to its owner."""
+        log.warning("session %s: %s; killing this worker's copy of the run", session_id, lost)
+        await asyncio.to_thread(_append_line, self.settings.layout.session_logs(session_id) / "stderr.log",
+                                f"cotrain: {lost}, so its copy of the run was killed.")
+        if run is None:
+            return
+        run.signal(signal.SIGKILL)
+        while run.returncode is None:
+            await run.wait(self.settings.poll_interval_s)
+        end_process_group(run.pid)
 
     # ---- the chain's hooks (contributions, rewards, payouts) ---------------------------------
     async def _capture_progress(self, session_id: str) -> None:
@@ -407,22 +479,27 @@ class Executor:
 
     def _apply(self, session_id: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         with self.factory.begin() as db:
-            row = db.get_one(TrainingSession, session_id)
+            row = self._hold(db, session_id)
             messages: list[dict[str, Any]] = []
             for event in events:
                 messages.extend(apply_engine_event(db, row, event))
             return messages
 
     def _heartbeat(self, session_id: str) -> bool:
+        """Renews this worker's lease on the run (run_lease.py); true when a cancel was asked for."""
+        asked_at = time.monotonic()
         with self.factory.begin() as db:
-            row = db.get_one(TrainingSession, session_id)
+            row = self._hold(db, session_id)
             row.heartbeat_at = time.time()
-            return row.cancel_requested
+            cancel_requested = row.cancel_requested
+        if session_id in self._leases:
+            self._leases[session_id].renewed(asked_at)
+        return cancel_requested
 
     def _finish(self, session_id: str, returncode: int, executor_error: str | None = None) -> list[dict[str, Any]]:
         stderr_path = self.settings.layout.session_logs(session_id) / "stderr.log"
         with self.factory.begin() as db:
-            row = db.get_one(TrainingSession, session_id)
+            row = self._hold(db, session_id)
             if row.status in FINAL_STATES:  # a retry after a commit whose answer the outage cut off
                 return []
             row.pid = None
@@ -524,6 +601,7 @@ class Executor:
             ).all()
             for row in rows:
                 if row.pid:
+                    self._leases[row.id] = RunLease(row.id, self.settings.worker_id, row.attempts)
                     gpus = tuple(int(i) for i in (row.gpu_ids or "").split(",") if i)
                     adopt.append((row.id, row.pid, row.config_path, gpus))
                     row.heartbeat_at = time.time()
