@@ -33,7 +33,7 @@ CHANNEL = "cotrain:messages"
 # messages of sessions the subscriber has not heard from count from `since`
 BACKFILL = "__backfill__"
 LOSS_MARGIN_S = 30.0  # a message published this long before the loss was noticed may be lost too
-RECONNECT_BACKOFF_S = (0.25, 0.5, 1.0, 2.0)  # then every 2 s: Redis's return is noticed within 2 s
+RECONNECT_BACKOFF_S = (0.25, 0.5, 1.0)  # then every 1 s: Redis's return is noticed within a second
 
 
 @dataclass(eq=False)
