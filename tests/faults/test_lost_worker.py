@@ -154,6 +154,26 @@ def test_a_killed_worker_loses_its_session_to_another(servers, shared, cotrain_h
     assert_ran_once(api, sid, cotrain_home)
 
 
+def test_a_worker_killed_alone_ends_the_engine_it_left_when_it_returns(servers, shared, cotrain_home):
+    """Only the worker process dies: its engine (own process group) lives on. Frozen here, so that it
+    cannot write next to box B's run while the test watches; box A, restarted after the takeover,
+    must kill it (server/run_ledger.py) instead of leaving it on the machine."""
+    api, box_a, sid = start_on_box_a(servers, shared, shared["DATABASE_URL"])
+    [orphan] = engine_pids(cotrain_home)
+    servers("worker", **{**shared, "COTRAIN_WORKER_ID": "box-b"})
+    box_a.stop(signal.SIGKILL)
+    os.kill(orphan, signal.SIGSTOP)
+    wait_until(lambda: resumed_on_b(api, sid), 120, "box-b to resume the session")
+    assert engine_alive(orphan)
+
+    back = servers("worker", **{**shared, "COTRAIN_WORKER_ID": "box-a"})
+    wait_until(lambda: not engine_alive(orphan), 30, "box-a, back, to end the engine it left")
+    assert f"pid {orphan}" in back.log_path.read_text()
+    session = finished(api, sid)
+    assert session["status"] == "completed", session["error"]
+    assert_ran_once(api, sid, cotrain_home)
+
+
 def test_a_worker_cut_off_from_the_database_is_fenced_when_it_returns(servers, shared, own_postgres, cotrain_home):
     proxy = CuttableProxy(own_postgres.port)
     try:
