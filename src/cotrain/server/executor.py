@@ -44,6 +44,7 @@ from cotrain.server.orm import ACTIVE_STATES, FINAL_STATES, ApiToken, SessionSta
 from cotrain.server.processes import AdoptedRun, ChildRun, describe_exit, end_process_group, meaningful_error
 from cotrain.server.queue import claim_next
 from cotrain.server.run_lease import LostOwnership, RunLease, guard_lease
+from cotrain.server.run_ledger import LedgerEntry, RunLedger
 from cotrain.server.scheduler import Allocation, ResourcePool
 from cotrain.server.settings import TRACKING_ENV_PREFIX, Settings
 from cotrain.server.stall import StallTimer, stall_reason
@@ -98,6 +99,7 @@ class Executor:
         self._leases: dict[str, RunLease] = {}  # session -> this worker's ownership of its run (run_lease.py)
         self._stalls: dict[str, str] = {}  # session -> why its hung run was stopped (stall.py)
         self._fences: dict[str, str] = {}  # session -> why this worker stopped a run it could not renew
+        self.ledger = RunLedger(settings.layout.root, settings.worker_id)  # the engines it started (run_ledger.py)
 
     # ---- lifecycle -------------------------------------------------------------------------
     @property
@@ -267,9 +269,12 @@ class Executor:
                 row.status = SessionStatus.RUNNING
             return [status_message(db, row, pid=pid, gpus=list(allocation.gpu_ids), cpus=list(allocation.cpu_cores))]
 
+    def _config_path(self, session_id: str) -> Path:
+        return self.settings.layout.generated_configs / f"{session_id}.toml"
+
     def _local_config(self, row: TrainingSession) -> Path:
         """This machine's copy of the session's TOML (a remote worker writes it from the DB)."""
-        path = self.settings.layout.generated_configs / f"{row.id}.toml"
+        path = self._config_path(row.id)
         if not path.exists() or path.read_text() != row.config_toml:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(row.config_toml)
@@ -403,6 +408,8 @@ class Executor:
         lease = self._leases.get(session_id)
         if lease is None:
             return None
+        config_path = run.config_path if isinstance(run, AdoptedRun) else self._config_path(session_id)
+        self.ledger.record(LedgerEntry(session_id, run.pid, str(config_path), lease.attempt))
 
         def fenced(reason: str) -> None:
             self._fences[session_id] = reason
@@ -416,8 +423,12 @@ class Executor:
         """The run's end in its row: a run this worker stopped for lack of the database goes back to the
         queue (no retry spent); any other as `_finish` decides, a hung run's reason as its error."""
         if session_id in self._fences:
-            return await retry_db("finishing a run", self._release, session_id, self._fences[session_id])
-        return await retry_db("finishing a run", self._finish, session_id, returncode, self._stalls.get(session_id))
+            ended = await retry_db("finishing a run", self._release, session_id, self._fences[session_id])
+        else:
+            stalled = self._stalls.get(session_id)
+            ended = await retry_db("finishing a run", self._finish, session_id, returncode, stalled)
+        self.ledger.forget(session_id)
+        return ended
 
     def _release(self, session_id: str, why: str) -> list[dict[str, Any]]:
         with self.factory.begin() as db:
@@ -435,6 +446,16 @@ class Executor:
         while run.returncode is None:
             await run.wait(self.settings.poll_interval_s)
         end_process_group(run.pid)
+        self.ledger.forget(session_id)
+
+    async def _end_orphans(self, adopted: set[str]) -> None:
+        """Engines this worker started before it was killed whose sessions moved to other workers."""
+        for entry in await asyncio.to_thread(self.ledger.end_orphans, adopted):
+            note = (f"cotrain: worker {self.settings.worker_id} came back after its session moved to another "
+                    f"worker; it killed the engine it had left running (pid {entry.pid}, attempt {entry.attempt}).")
+            log.warning("session %s: %s", entry.session_id, note)
+            await asyncio.to_thread(_append_line, self.settings.layout.session_logs(entry.session_id) / "stderr.log",
+                                    note)
 
     # ---- the chain's hooks (contributions, rewards, payouts) ---------------------------------
     async def _capture_progress(self, session_id: str) -> None:
@@ -590,6 +611,7 @@ class Executor:
             run = AdoptedRun(pid, config_path, self.settings.layout.session_logs(session_id))
             log.info("re-attaching to session %s (pid %s)", session_id, pid)
             self.runs[session_id] = asyncio.create_task(self._run(session_id, allocation, run))
+        await self._end_orphans({session_id for session_id, *_ in adopt})
 
     def _reconcile_rows(self) -> tuple[list[tuple[str, int, str, tuple[int, ...]]], list[dict[str, Any]]]:
         adopt, messages = [], []
