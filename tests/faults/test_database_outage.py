@@ -29,6 +29,7 @@ from tests.server.conftest import ADMIN_TOKEN, reference_session, wait_until
 pytestmark = pytest.mark.slow
 
 OUTAGE_S = 10.0
+WORKER_ID = "outage-test-worker"
 # engine event type -> the message it becomes (server/monitor.py)
 STORED_AS = {"progress": "training.progress", "eval": "training.eval", "checkpoint": "training.checkpoint"}
 
@@ -142,7 +143,7 @@ def assert_caught_up_exactly(api: httpx.Client, home: Path, sid: str, subscriber
 def server(own_postgres: OwnPostgres, servers: Any) -> Any:
     # in-process fan-out (no REDIS_URL): this test is about the database alone. PostgreSQL is set up
     # first, so it is stopped last, after the server
-    return servers(DATABASE_URL=own_postgres.url, COTRAIN_HEARTBEAT_TIMEOUT="120")
+    return servers(DATABASE_URL=own_postgres.url, COTRAIN_HEARTBEAT_TIMEOUT="120", COTRAIN_WORKER_ID=WORKER_ID)
 
 
 def test_run_outlives_a_database_outage_and_the_server_catches_up(server, own_postgres, cotrain_home):
@@ -196,3 +197,23 @@ def test_run_that_ends_during_the_outage_is_completed_when_the_database_returns(
         assert_caught_up_exactly(api, cotrain_home, sid, subscriber)
     finally:
         subscriber.close()
+
+
+def test_a_claim_cut_off_by_the_outage_is_queued_again(server, own_postgres):
+    """The outage can cut off the answer to a claim whose commit went through: claim_next raised, so no run
+    started, yet the row says this worker holds it. That row is what this test writes; the executor must
+    put it back in the queue and run it, not leave it `starting` until a restart."""
+    import psycopg
+
+    api = server.client()
+    body = reference_session(autoStart=False)
+    body["trainingConfig"].update(maxSteps=10)
+    sid = api.post("/sessions", json=body).json()["id"]
+    with psycopg.connect(own_postgres.url, autocommit=True) as db:
+        db.execute("UPDATE training_sessions SET status = 'starting', worker_id = %s, attempts = attempts + 1, "
+                   "heartbeat_at = %s WHERE id = %s", (WORKER_ID, time.time(), sid))
+    session = wait_until(lambda: (s := answer(api, f"/sessions/{sid}")) and s["status"] == "completed" and s, 180,
+                         "the session whose claim was cut off to run")
+    assert session["attempts"] == 1  # no retry spent on the lost claim
+    statuses = [m["data"] for m in answer(api, f"/sessions/{sid}/events") if m["event"] == "training.status"]
+    assert any("cut off this worker's claim" in (s.get("error") or "") for s in statuses)

@@ -156,6 +156,7 @@ class Executor:
             self._last_stale_check = time.monotonic()
             await asyncio.to_thread(self._beat_worker)
             await self._publish(await asyncio.to_thread(self._requeue_stale))
+            await self._publish(await asyncio.to_thread(self._requeue_lost_claims, set(self.runs)))
         while self.pool.fits(1):  # room for one more run (a GPU, or a CPU slot), else nothing to claim
             row = await asyncio.to_thread(claim_next, self.factory, self.settings.worker_id, self._fits)
             if row is None:
@@ -589,6 +590,21 @@ class Executor:
             for row in rows:
                 messages.append(self._requeue(db, row, f"Worker {row.worker_id} stopped responding"))
         return messages
+
+    def _requeue_lost_claims(self, running: set[str]) -> list[dict[str, Any]]:
+        """Sessions this worker holds but does not run: a claim whose commit went through while a database
+        outage cut off its answer (claim_next raised, so no run was started). Back to the queue."""
+        with self.factory.begin() as db:
+            rows = db.scalars(
+                select(TrainingSession)
+                .where(
+                    TrainingSession.status.in_(ACTIVE_STATES),
+                    TrainingSession.worker_id == self.settings.worker_id,
+                    TrainingSession.id.not_in(running),
+                )
+                .with_for_update(skip_locked=True)
+            ).all()
+            return [self._requeue(db, row, "A database outage cut off this worker's claim") for row in rows]
 
     def _requeue(self, db: Session, row: TrainingSession, why: str) -> dict[str, Any]:
         if row.cancel_requested:
