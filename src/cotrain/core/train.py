@@ -513,10 +513,12 @@ def run(config: CotrainConfig, *, interactive: bool | None = None, keep_alive: l
         print(f"error: {message}", file=sys.stderr)
         return 2
     except DiskFullError as exc:  # one sentence, no traceback; exit 1: a retry after space is freed resumes
+        # the event stream and the run's log may be on the full disk too: each says it where it still can
         if trainer is not None:
-            with contextlib.suppress(OSError):  # the event stream may share the full disk; stderr still says it
+            with contextlib.suppress(OSError):
                 trainer.emit("failed", step=getattr(trainer, "start_step", 0) + len(trainer.history), error=str(exc))
-        print(f"error: {exc}", file=sys.stderr)
+        with contextlib.suppress(OSError):
+            print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
     except Exception as exc:
         if trainer is not None:
