@@ -73,3 +73,21 @@ def test_a_silent_live_run_is_killed_and_retried_from_its_checkpoint(servers, co
     assert stored == written
     assert len(api.get("/models", params={"session": sid}).json()) == 1
     assert not engine_pids(cotrain_home)
+
+
+def test_the_stall_limit_follows_the_runs_own_pace():
+    """The default: 1800 s, or 20 × the slowest interval between events; three times that before the
+    first event; a set COTRAIN_STALL_TIMEOUT as given; 0: never."""
+    from cotrain.server.stall import StallTimer
+
+    timer = StallTimer(None, seq=0, now=0.0)
+    assert timer.limit_s() == 3 * 1800  # model build and data preparation come first
+    assert not timer.stalled(0, 5000.0) and timer.stalled(0, 5401.0)
+    timer = StallTimer(None, seq=0, now=0.0)
+    for seq, at in enumerate((100.0, 110.0, 230.0, 240.0), start=1):  # slowest interval: 120 s
+        assert not timer.stalled(seq, at)
+    assert timer.limit_s() == 20 * 120
+    assert not timer.stalled(4, 240.0 + 2400) and timer.stalled(4, 240.0 + 2401)
+    fixed = StallTimer(6.0, seq=3, now=0.0)
+    assert not fixed.stalled(4, 1.0) and fixed.limit_s() == 6.0 and fixed.stalled(4, 7.5)
+    assert StallTimer(0.0, seq=0, now=0.0).limit_s() is None

@@ -219,3 +219,31 @@ def engine_alive(pid: int) -> bool:
     except OSError:
         return False
     return state not in ("Z", "X")
+
+
+def test_a_lease_writes_only_while_its_worker_owns_the_attempt(tmp_path):
+    """The ownership token is (worker_id, attempts): a re-queue or another worker's claim ends it."""
+    from cotrain.db import open_database
+    from cotrain.server.orm import SessionStatus, TrainingSession
+    from cotrain.server.queue import claim_next
+    from cotrain.server.run_lease import LostOwnership, RunLease
+
+    engine, factory = open_database(f"sqlite:///{tmp_path / 'lease.db'}")
+    with factory.begin() as db:
+        db.add(TrainingSession(id="s1", name="s1", status=SessionStatus.QUEUED, request={}, config_path="",
+                               config_toml="", model_type="llama2", model_size="debug", strategy="ddp",
+                               queued_at=time.time(), latest_metrics={}))
+    row = claim_next(factory, "box-a", lambda r: True)
+    assert row is not None
+    lease = RunLease("s1", "box-a", row.attempts)
+    with factory.begin() as db:
+        lease.hold(db).heartbeat_at = time.time()
+    with factory.begin() as db:  # box B re-queues it (box A went silent) and claims it
+        taken = db.get_one(TrainingSession, "s1")
+        taken.status, taken.worker_id, taken.attempts = SessionStatus.QUEUED, None, taken.attempts - 1
+    assert claim_next(factory, "box-b", lambda r: True) is not None
+    with factory.begin() as db, pytest.raises(LostOwnership, match="box-a no longer owns attempt 1"):
+        lease.hold(db)
+    with factory.begin() as db:
+        assert RunLease("s1", "box-b", 1).hold(db).worker_id == "box-b"
+    engine.dispose()

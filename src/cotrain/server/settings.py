@@ -212,7 +212,7 @@ class Settings(DatabaseSettings, LimitSettings):
         "COTRAIN_STALL_TIMEOUT", None,
         "a live run that writes no event for this many seconds is killed and retried from its checkpoint "
         "(until its first event: three times as long; `0`: never)",
-        shown="the larger of `300` s and 20 × the slowest interval between its events")
+        shown="the larger of `1800` s and 20 × the slowest interval between its events")
     gpus: Annotated[list[int], NoDecode, BeforeValidator(_gpu_indices)] = env_field(
         "COTRAIN_GPUS", detect_gpus, "GPU indices this machine may use (`0,1`; empty: none)",
         shown="from `nvidia-smi`")

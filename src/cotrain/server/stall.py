@@ -4,17 +4,20 @@ The limit, per attempt: COTRAIN_STALL_TIMEOUT seconds when it is set (`0`: never
 of FLOOR_S and SLOWEST_FACTOR times the slowest interval between two of the run's events seen so
 far, so a model whose steps (or checkpoints, or evals) are slow gets as much room as it has shown
 it needs. Until the attempt's first event (model build, data preparation, compilation) the limit is
-STARTUP_FACTOR times that. The executor stops a stalled run as it cancels one (SIGTERM, then SIGKILL
-after the grace) and the retry resumes from the last checkpoint.
+STARTUP_FACTOR times that. The floor is high on purpose: an evaluation or a checkpoint save of a
+large model writes no event for minutes, and the first one may come before any slow interval was
+seen; a hang found half an hour late costs little on a run of days, a healthy run killed costs more.
+The executor stops a stalled run as it cancels one (SIGTERM, then SIGKILL after the grace) and the
+retry resumes from the last checkpoint.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from cotrain.core.events import read_status
+from cotrain.core.events import EventType, read_events
 
-FLOOR_S = 300.0
+FLOOR_S = 1800.0
 SLOWEST_FACTOR = 20.0
 STARTUP_FACTOR = 3.0
 
@@ -51,7 +54,11 @@ class StallTimer:
 
 def stall_reason(silent_s: float, session_dir: Path) -> str:
     """The sentence for the run's log and status: how long it was silent and where a retry resumes."""
-    checkpoint = (read_status(session_dir) or {}).get("latest_checkpoint") or {}
-    step = checkpoint.get("step")
+    # the event stream, not status.json: a run stopped between writing an event and its status.json has
+    # the event only
+    step = None
+    for event in read_events(session_dir):
+        if event.get("type") == EventType.CHECKPOINT:
+            step = event.get("step")
     resume = f"its last checkpoint is step {step}" if step is not None else "it had saved no checkpoint yet"
     return f"no event for {silent_s:.0f} s, so the hung run was killed ({resume})"
