@@ -24,14 +24,14 @@ def trained_linear() -> tuple[nn.Linear, torch.optim.Optimizer]:
     return model, optimizer
 
 
-def save(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> Path:
+def save(root: Path, step: int, model: nn.Linear, optimizer: torch.optim.Optimizer) -> Path:
     return ckpt.save_checkpoint(
         root, step, model_state=model.state_dict(), optimizer_state=optimizer.state_dict(), strategy_state={},
         trainer_state={"step": step}, keep=3,
     )
 
 
-def assert_intact(path: Path, model: nn.Module) -> None:
+def assert_intact(path: Path, model: nn.Linear) -> None:
     loaded = nn.Linear(512, 512)
     ckpt.load_model_weights(path, loaded)
     assert torch.equal(loaded.weight, model.weight) and torch.equal(loaded.bias, model.bias)

@@ -46,4 +46,5 @@ def test_an_event_that_does_not_fit_is_one_sentence_and_the_next_attempt_continu
         again.close()
         stored = list(read_events(session_dir))
         assert [e["seq"] for e in stored] == [1, 2, 3, 4, 5] and stored[-1]["type"] == "started"
-        assert read_status(session_dir)["state"] == "running"
+        status = read_status(session_dir)
+        assert status is not None and status["state"] == "running"
