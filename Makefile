@@ -22,8 +22,15 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/cotrain up --example
 
+# The fault-injection tests (tests/faults) mostly wait on outages they cause, so they run alongside the
+# rest of the suite (their output follows it); either failing fails `make test`.
+FAULTS_LOG := .pytest-faults.log
 test: $(STAMP) browser
-	$(PY) -m pytest
+	@$(PY) -m pytest tests/faults -p no:cacheprovider > $(FAULTS_LOG) 2>&1 & faults=$$!; \
+	$(PY) -m pytest --ignore=tests/faults; main=$$?; \
+	wait $$faults; faults_status=$$?; \
+	echo "---- tests/faults (ran alongside the suite above) ----"; cat $(FAULTS_LOG); \
+	test $$main -eq 0 && test $$faults_status -eq 0
 
 # Browser tests drive Debian's chromium with Playwright (`playwright install` cannot download
 # here); the Simplified Chinese pages need a CJK font.
