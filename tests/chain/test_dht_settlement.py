@@ -14,7 +14,7 @@ import pytest
 from aptos_sdk import ed25519
 from sqlalchemy import text
 
-from cotrain.chain.bindings import bind_peer, check_binding_signature, sign_binding
+from cotrain.chain.bindings import bind_peer
 from cotrain.chain.orm import BindingProof
 from cotrain.chain.service import ChainService
 from cotrain.db import open_database
@@ -48,12 +48,10 @@ def test_three_wallets_on_a_real_dht(tmp_path, monkeypatch):
             key = RSAPrivateKey()
             peers.append((dht_mod.start_dht(initial_peers=dht_mod.visible_maddrs(server), private_key=key),
                           RSASignatureValidator(key)))
-        # Each volunteer binds its peer to its wallet with a signature (cotrain join --wallet).
+        # Each volunteer's peer is bound to its wallet (the two signatures are checked in test_bindings.py).
         with factory.begin() as db:
             for i, w in enumerate(wallets):
-                body = sign_binding(w.account.private_key, SESSION, f"peer{i}")
-                check_binding_signature(SESSION, body["peerId"], body["address"], body["publicKey"], body["signature"])
-                bind_peer(db, SESSION, body["peerId"], body["address"], BindingProof.SIGNATURE)
+                bind_peer(db, SESSION, f"peer{i}", w.address, BindingProof.PEER_AND_WALLET)
         for rnd in range(3):  # three outer rounds; peer i processes 640·(i+1) tokens per round
             time.sleep(0.5)  # rounds take time: tokens reported faster than a CPU can go are refused
             deadline = time.time() + 60  # generous: a loaded CI machine slows the DHT down
