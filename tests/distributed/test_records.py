@@ -9,7 +9,7 @@ from hivemind.dht.crypto import RSASignatureValidator
 from hivemind.utils import get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey
 
-from cotrain.p2p.dht import signer, start_dht, visible_maddrs
+from cotrain.p2p.dht import peer_id_of_owner, signer, start_dht, visible_maddrs
 from cotrain.p2p.progress import PeerProgress
 from cotrain.p2p.records import ProgressPublisher, fetch_progress, progress_key, publish_progress
 
@@ -31,13 +31,29 @@ def _progress(peer_id: str, step: int = 5) -> PeerProgress:
 
 
 def test_records_are_shared_and_signed(two_nodes):
+    """A record is credited to the key that signed it: the peer id of that key, which is the node's own."""
     first, second = two_nodes
     assert publish_progress(first, signer(first), _progress("A"), ttl=30)
     assert publish_progress(second, signer(second), _progress("B", step=7), ttl=30)
-    seen = fetch_progress(first, "s1")
-    assert [r.peer_id for r in seen] == ["A", "B"]
-    assert seen[1].step == 7 and seen[0].wallet == "0xabc" and seen[0].updated > 0
+    seen = {r.peer_id: r for r in fetch_progress(first, "s1")}
+    assert set(seen) == {str(first.peer_id), str(second.peer_id)}
+    assert str(first.peer_id) == peer_id_of_owner(signer(first).local_public_key)
+    mine, theirs = seen[str(first.peer_id)], seen[str(second.peer_id)]
+    assert theirs.step == 7 and mine.step == 5 and mine.wallet == "0xabc" and mine.updated > 0
     assert fetch_progress(second, "other-session") == []
+
+
+def test_a_restarted_peer_keeps_its_key_and_peer_id(tmp_path, two_nodes):
+    first, _ = two_nodes
+    identity = tmp_path / "peer" / "p2p-identity.key"
+    peer = start_dht(initial_peers=visible_maddrs(first), identity_path=identity)
+    before = str(peer.peer_id)
+    peer.shutdown()
+    again = start_dht(initial_peers=visible_maddrs(first), identity_path=identity)
+    try:
+        assert str(again.peer_id) == before == peer_id_of_owner(signer(again).local_public_key)
+    finally:
+        again.shutdown()
 
 
 def test_a_peer_cannot_write_another_peers_record(two_nodes):
@@ -50,7 +66,7 @@ def test_a_peer_cannot_write_another_peers_record(two_nodes):
         subkey=signer(first).local_public_key,
     )
     assert not stored
-    assert [r.step for r in fetch_progress(second, "s1")] == [5]
+    assert [(r.peer_id, r.step) for r in fetch_progress(second, "s1")] == [(str(first.peer_id), 5)]
 
 
 def test_records_expire_when_a_peer_stops_publishing(two_nodes):
@@ -59,7 +75,7 @@ def test_records_expire_when_a_peer_stops_publishing(two_nodes):
     deadline = time.monotonic() + 10
     while not fetch_progress(first, "s1") and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert [r.peer_id for r in fetch_progress(first, "s1")] == ["B"]
+    assert [r.peer_id for r in fetch_progress(first, "s1")] == [str(second.peer_id)]
     publisher.stop()
     deadline = time.monotonic() + 10
     while fetch_progress(first, "s1") and time.monotonic() < deadline:
@@ -75,7 +91,7 @@ def test_a_plain_dht_can_read_records(two_nodes):
     publish_progress(first, signer(first), _progress("A"), ttl=30)
     plain = DHT(initial_peers=visible_maddrs(first), start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
     try:
-        assert [r.peer_id for r in fetch_progress(plain, "s1")] == ["A"]
+        assert [r.peer_id for r in fetch_progress(plain, "s1")] == [str(first.peer_id)]
     finally:
         plain.shutdown()
 

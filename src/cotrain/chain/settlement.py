@@ -33,7 +33,7 @@ from cotrain.chain.orm import (
     RewardRow,
 )
 from cotrain.chain.rewards import split_pool
-from cotrain.p2p.progress import PeerProgress
+from cotrain.p2p.progress import PeerProgress, skipped_once
 
 T = TypeVar("T")
 
@@ -80,9 +80,22 @@ def limits_from_config(config: Mapping[str, Any] | None) -> Limits:
     return Limits(tokens_per_outer_round=per_round, seq_length=int(seq) if seq else None)
 
 
-def keep_progress(db: Session, records: Iterable[PeerProgress]) -> None:
-    """Keep the newest record per peer and outer step."""
+def in_range(records: Iterable[PeerProgress]) -> list[PeerProgress]:
+    """The records whose numbers can be true; each other one is skipped alone (logged once with why), so
+    one bad record never stops the settlement of its session's other peers, or of other sessions."""
+    kept = []
     for record in records:
+        why = record.out_of_range()
+        if why is None:
+            kept.append(record)
+        else:
+            skipped_once(record.session_id, record.peer_id, why)
+    return kept
+
+
+def keep_progress(db: Session, records: Iterable[PeerProgress]) -> None:
+    """Keep the newest record per peer and outer step (records out of range are skipped)."""
+    for record in in_range(records):
         row = db.scalars(select(ProgressSnapshot).where(
             ProgressSnapshot.session_id == record.session_id, ProgressSnapshot.peer_id == record.peer_id,
             ProgressSnapshot.outer_step == record.outer_step)).first()
@@ -110,7 +123,7 @@ def record_contributions(
                                .order_by(ContributionRow.peer_id)))
     if existing:
         return existing
-    mine = [r for r in records if r.session_id == session_id]
+    mine = in_range(r for r in records if r.session_id == session_id)
     bindings = bound_wallets(db, session_id) if require_binding else None
     rows = []
     for c in tally(mine, limits, bindings):

@@ -4,14 +4,18 @@ One type for this datum everywhere: the peer publishes it (`cotrain.p2p.records`
 reads it back from the DHT, the chain keeps its counters (`cotrain.chain.orm.ProgressSnapshot`,
 whose columns are a subset of these fields) and tallies contributions from it. This module has no
 hivemind import, so the chain and the server can use the type cheaply; a value read from the
-network goes through `PeerProgress.from_value`, which keeps only known fields within bounds.
+network goes through `PeerProgress.parse` (or `from_value`), which keeps only known fields within bounds:
+every number non-negative, finite and below a cap no honest peer comes near.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,29 +40,91 @@ class PeerProgress:
 
     @classmethod
     def from_value(cls, value: Any) -> PeerProgress | None:
-        """Parse a stored value; None for anything malformed (never trust the network)."""
-        if not isinstance(value, dict):
-            return None
+        """Parse a stored value; None for anything malformed or out of range (never trust the network)."""
         try:
+            return cls.parse(value)
+        except BadRecord:
+            return None
+
+    @classmethod
+    def parse(cls, value: Any) -> PeerProgress:
+        """Parse a stored value, every number range-checked (`RECORD_NUMBERS`); raises BadRecord saying why."""
+        if not isinstance(value, dict):
+            raise BadRecord("it is not a mapping")
+        try:
+            numbers: dict[str, Any] = {name: _field(name, value.get(name, 0) if name in DEFAULTED else value[name])
+                       for name in RECORD_NUMBERS}
             return cls(
-                peer_id=str(value["peer_id"]),
-                session_id=str(value["session_id"]),
-                step=int(value["step"]),
-                outer_step=int(value["outer_step"]),
-                tokens_per_second=float(value["tokens_per_second"]),
-                samples=int(value["samples"]),
-                tokens=int(value["tokens"]),
-                wallet=None if value.get("wallet") is None else str(value["wallet"]),
-                device=str(value.get("device", "cpu")),
-                updated=float(value.get("updated", 0.0)),
-                ready_round=int(value.get("ready_round", 0)),
-                params_hash=None if value.get("params_hash") is None else str(value["params_hash"]),
+                peer_id=_text(value["peer_id"]),
+                session_id=_text(value["session_id"]),
+                **numbers,
+                wallet=None if value.get("wallet") is None else _text(value["wallet"]),
+                device=_text(value.get("device", "cpu")),
+                params_hash=None if value.get("params_hash") is None else _text(value["params_hash"]),
                 active=bool(value.get("active", True)),
                 system=bounded_node(value.get("system")),
                 round=bounded_round(value.get("round")),
             )
-        except (KeyError, TypeError, ValueError):
-            return None
+        except KeyError as exc:
+            raise BadRecord(f"it has no {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise BadRecord(str(exc)) from None
+
+    def out_of_range(self) -> str | None:
+        """Why this record's numbers cannot be true (the same checks as `parse`), or None: for records
+        built in-process, or read back from the database, before they are kept or tallied."""
+        for name in RECORD_NUMBERS:
+            try:
+                _field(name, getattr(self, name))
+            except ValueError as exc:
+                return str(exc)
+        return None
+
+
+class BadRecord(ValueError):
+    """A progress record that is malformed or out of range: it is skipped alone."""
+
+
+_reported: set[tuple[str, str, str]] = set()
+MAX_REPORTED = 10_000  # a flood of junk records must not grow the log-once memory without bound
+
+
+def skipped_once(session_id: str, writer: str, why: str) -> None:
+    """Log a skipped record once per (session, writer, kind of fault): readers poll every few seconds."""
+    seen = (session_id, writer, why.split(":")[0])
+    if seen in _reported:
+        return
+    if len(_reported) >= MAX_REPORTED:
+        _reported.clear()
+    _reported.add(seen)
+    log.warning("skipped a progress record of session %s written by %s: %s", session_id, writer, why)
+
+
+# --- the record's own numbers: non-negative, finite, below caps no honest peer comes near ----------
+MAX_TEXT = 200  # the database's column width for ids, wallets and device names
+MAX_INT32 = (1 << 31) - 1  # steps and rounds are 32-bit columns
+MAX_TOKENS = 10**12  # per peer and session: weeks of the fastest GPU on the tiny-to-medium models trained here
+MAX_TOKENS_PER_SECOND = 1e8  # 50× the fastest device ceiling of cotrain.chain.contributions
+MAX_TIME = 1e11  # DHT time (unix seconds); readers also refuse records from the future
+RECORD_NUMBERS: dict[str, tuple[type, float]] = {
+    "step": (int, MAX_INT32), "outer_step": (int, MAX_INT32), "ready_round": (int, MAX_INT32),
+    "tokens_per_second": (float, MAX_TOKENS_PER_SECOND), "samples": (int, MAX_TOKENS), "tokens": (int, MAX_TOKENS),
+    "updated": (float, MAX_TIME),
+}
+DEFAULTED = frozenset({"ready_round", "updated"})  # older peers may leave them out
+
+
+def _field(name: str, value: Any) -> int | float:
+    try:
+        return _number(value, *RECORD_NUMBERS[name])
+    except ValueError as exc:
+        raise ValueError(f"its {name}: {exc}") from None
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > MAX_TEXT:
+        raise ValueError(f"{str(value)[:40]!r} is not a string of at most {MAX_TEXT} characters")
+    return value
 
 
 # --- the machine and round blocks a peer publishes: kept only within bounds, field by field ---------
@@ -83,8 +149,12 @@ ROUND_NUMBERS: Bounds = {
 
 
 def _number(value: Any, kind: type, upper: float) -> int | float:
+    """`value` as `kind` when it is a number in [0, upper] (NaN and infinities are not; a float for an
+    integer field must be whole)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= upper:
-        raise ValueError(f"{value!r} is not a number in [0, {upper}]")
+        raise ValueError(f"{value!r} is not a number in [0, {upper:g}]")
+    if kind is int and value != int(value):
+        raise ValueError(f"{value!r} is not a whole number")
     return kind(value)
 
 

@@ -6,6 +6,11 @@ writable only by the key's owner, so a record cannot be forged or overwritten by
 Records expire `ttl` seconds after they were written: a peer that stops publishing (killed,
 disconnected) disappears from `fetch_progress` within `ttl`.
 
+A record speaks for the key that signed it, nothing else: `fetch_progress` credits each entry to the
+peer id of the public key in its subkey (`cotrain.p2p.dht.peer_id_of_owner`) and drops an entry with no
+owner key (an unsigned subkey: any node can write one), one whose body names another peer, and one with
+a number out of range or a time in the future. Each dropped entry is skipped alone, logged once with why.
+
 The record itself, `PeerProgress`, lives in `cotrain.p2p.progress` (no hivemind import there). The
 server lists participants with `fetch_progress(dht, session_id)`; contribution accounting uses
 `samples`/`tokens` of the last record it saw per peer.
@@ -16,20 +21,22 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from typing import Any
 
 from hivemind import DHT
 from hivemind.dht.crypto import RSASignatureValidator
 from hivemind.utils import get_dht_time
 
-from cotrain.p2p.dht import ensure_signature_validator, signer
-from cotrain.p2p.progress import PeerProgress
+from cotrain.p2p.dht import ensure_signature_validator, peer_id_of_owner, signer
+from cotrain.p2p.progress import BadRecord, PeerProgress, skipped_once
 
 __all__ = ["DEFAULT_TTL", "ProgressPublisher", "fetch_progress", "progress_key", "publish_progress"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL = 9.0
+MAX_CLOCK_SKEW = 30.0  # seconds a record's `updated` may be ahead of the reader's DHT time
 
 
 def progress_key(session_id: str) -> str:
@@ -38,9 +45,10 @@ def progress_key(session_id: str) -> str:
 
 def publish_progress(dht: DHT, validator: RSASignatureValidator, progress: PeerProgress,
                      ttl: float = DEFAULT_TTL) -> bool:
-    """Store `progress` signed with `validator`'s key; expires `ttl` seconds from now."""
+    """Store `progress` signed with `validator`'s key, under the peer id of that key (whatever
+    `progress.peer_id` said: a record can only speak for its signer); expires `ttl` seconds from now."""
     now = get_dht_time()
-    value = asdict(progress) | {"updated": now}
+    value = asdict(progress) | {"peer_id": peer_id_of_owner(validator.local_public_key), "updated": now}
     return bool(
         dht.store(
             progress_key(progress.session_id),
@@ -52,23 +60,42 @@ def publish_progress(dht: DHT, validator: RSASignatureValidator, progress: PeerP
 
 
 def fetch_progress(dht: DHT, session_id: str) -> list[PeerProgress]:
-    """The live (unexpired, validly signed) progress records of a session, sorted by peer id."""
+    """The live (unexpired, signed, in range) progress records of a session, one per signing key, sorted by
+    peer id."""
     ensure_signature_validator(dht)
     found = dht.get(progress_key(session_id), latest=True)
     if found is None or not isinstance(found.value, dict):
         return []
     now = get_dht_time()
-    records: dict[str, PeerProgress] = {}
-    for entry in found.value.values():
+    records = []
+    for subkey, entry in found.value.items():
         if getattr(entry, "expiration_time", 0) < now:
             continue
-        record = PeerProgress.from_value(getattr(entry, "value", None))
-        if record is None or record.session_id != session_id:
-            continue
-        previous = records.get(record.peer_id)
-        if previous is None or record.updated > previous.updated:
-            records[record.peer_id] = record
-    return sorted(records.values(), key=lambda r: r.peer_id)
+        try:
+            records.append(_credited(session_id, subkey, getattr(entry, "value", None), now))
+        except BadRecord as exc:
+            _skipped(session_id, subkey, str(exc))
+    return sorted(records, key=lambda r: r.peer_id)
+
+
+def _credited(session_id: str, subkey: Any, value: Any, now: float) -> PeerProgress:
+    """The record of one subkey, credited to the key that signed it; BadRecord when it speaks for nobody,
+    for someone else, or says what cannot be true."""
+    signer_id = peer_id_of_owner(subkey)
+    if signer_id is None:
+        raise BadRecord("it carries no owner key (an unsigned subkey any node can write)")
+    record = PeerProgress.parse(value)
+    if record.peer_id != signer_id:
+        raise BadRecord(f"it names peer {record.peer_id[:60]!r} but is signed by {signer_id}")
+    if record.session_id != session_id:
+        raise BadRecord(f"it names session {record.session_id[:60]!r}")
+    if record.updated > now + MAX_CLOCK_SKEW:
+        raise BadRecord(f"its time is {record.updated - now:.0f} s in the future")
+    return replace(record, peer_id=signer_id)
+
+
+def _skipped(session_id: str, subkey: Any, why: str) -> None:
+    skipped_once(session_id, peer_id_of_owner(subkey) or repr(subkey)[:60], why)
 
 
 class ProgressPublisher:
