@@ -12,7 +12,6 @@ import uvicorn
 from aptos_sdk import ed25519
 from fastapi import FastAPI
 
-from cotrain.chain.bindings import binding_statement, sign_binding
 from cotrain.chain.ledger import Ledger
 from cotrain.chain.service import ChainService
 from cotrain.chain.settings import ChainSettings
@@ -122,23 +121,6 @@ def test_wrong_origin_and_forged_token_are_401_with_reasons(api):
     assert forged.status_code == 401 and "sign in" in forged.json()["detail"]
     bad = client.post("/auth/nonce", json={"address": "not-an-address"})
     assert bad.status_code == 400 and "address" in bad.json()["detail"]["message"]
-
-
-def test_peer_binding_signed_by_wallet(api):
-    client = api.client
-    wallet = Wallet.create()
-    sig = str(wallet.account.sign(binding_statement("s9", "peerA", wallet.address)))
-    body = {"sessionId": "s9", "peerId": "peerA", "address": wallet.address, "publicKey": wallet.public_key,
-            "signature": sig}
-    assert client.post("/rewards/bindings", json=body).json()["proof"] == "signature"
-    stranger = Wallet.create()
-    wrong = {**body, "peerId": "peerB",
-             "signature": str(stranger.account.sign(binding_statement("s9", "peerB", wallet.address))),
-             "publicKey": stranger.public_key}
-    assert client.post("/rewards/bindings", json=wrong).status_code == 401
-    # What `cotrain join --wallet` sends, made by sign_binding with the volunteer's key:
-    assert client.post("/rewards/bindings", json=sign_binding(wallet.account.private_key, "s9", "peerC")
-                       ).json()["proof"] == "signature"
 
 
 def test_application_is_never_taken_from_the_host_header(api):

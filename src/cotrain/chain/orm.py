@@ -46,8 +46,8 @@ class BatchStatus(StrEnum):
 
 
 class BindingProof(StrEnum):
-    SIGNATURE = "signature"  # the wallet signed the binding statement
-    OWNER = "owner"  # the signed-in wallet bound a peer to itself
+    PEER_AND_WALLET = "peer_and_wallet"  # the peer's key signed (session, wallet), the wallet (session, peer)
+    SIGNATURE = "signature"  # the wallet alone signed: written before c0003 (which deletes such rows) only
 
 
 class LedgerKind(StrEnum):
@@ -106,6 +106,11 @@ class PeerBinding(Base):
     address: Mapped[str] = mapped_column(String(ADDRESS), index=True)
     proof: Mapped[str] = mapped_column(String(16))  # a BindingProof
     created_at: Mapped[float] = mapped_column(Float)
+    # both halves of a PEER_AND_WALLET proof, kept so that anyone can check the binding again later
+    peer_public_key: Mapped[str | None] = mapped_column(Text, nullable=True)  # OpenSSH RSA text
+    peer_signature: Mapped[str | None] = mapped_column(Text, nullable=True)
+    wallet_public_key: Mapped[str | None] = mapped_column(String(140), nullable=True)
+    wallet_signature: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
 class ProgressSnapshot(Base):

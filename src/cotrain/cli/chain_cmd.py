@@ -168,29 +168,22 @@ def rewards_pay() -> None:
 @friendly_errors
 def rewards_bind(
     session: str = typer.Option(..., "--session", "-s", help="The session the peer trains."),
-    peer: str = typer.Option(..., "--peer", help="The peer id `cotrain join` printed (`diloco peer <id> ...`)."),
+    peer_key_file: Path | None = typer.Option(
+        None, "--peer-key-file", help="The peer's identity file (default: checkpoints/SESSION/p2p-identity.key "
+        "under this machine's CoTrain home, where `cotrain join` keeps it); the peer id derives from it."),
     key_file: Path = typer.Option(..., "--wallet-key-file", help="File (mode 600) with the wallet's Ed25519 "
                                   "private key; only a signature leaves this machine."),
     server: str = typer.Option(..., "--server", help="The CoTrain server, e.g. http://127.0.0.1:8000."),
 ) -> None:
-    """Prove that a peer of a session works for your wallet, so its contribution is rewarded: signs the
-    binding statement with the wallet's key and sends it to the server."""
-    import httpx
-
-    from cotrain.chain.bindings import sign_binding
-    from cotrain.chain.keys import load_wallet_key
+    """Prove that a peer of a session works for your wallet, so its contribution is rewarded: the peer's key
+    signs (session, wallet), the wallet's key signs (session, peer id), and both signatures go to the server."""
+    from cotrain.cli.binding_client import post_binding, sign_from_files
+    from cotrain.p2p.identity import identity_path
 
     def bind() -> None:
-        body = sign_binding(load_wallet_key(key_file), session, peer)
-        try:
-            answer = httpx.post(server.rstrip("/") + "/api/v1/rewards/bindings", json=body, timeout=30)
-        except httpx.HTTPError as exc:
-            raise UserError(f"The server at {server} did not answer ({exc}); check --server.") from None
-        if answer.status_code != 201:
-            detail = answer.json().get("detail") if answer.headers.get("content-type", "").startswith(
-                "application/json") else answer.text
-            raise UserError(f"The server refused the binding ({answer.status_code}): {detail}")
-        print(f"peer {peer} of session {session} is bound to wallet {body['address']}")
+        binding = sign_from_files(session, peer_key_file or identity_path(None, session), key_file)
+        post_binding(server, binding)
+        print(f"peer {binding.peer_id} of session {session} is bound to wallet {binding.address}")
 
     _run(bind)
 

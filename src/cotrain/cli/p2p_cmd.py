@@ -28,6 +28,10 @@ def join(
     token: str | None = typer.Option(
         None, "--token", envvar="COTRAIN_TOKEN", help="API token for a private session (with --server)."),
     wallet: str | None = typer.Option(None, "--wallet", help="Aptos address (0x...) credited for your work."),
+    wallet_key_file: Path | None = typer.Option(
+        None, "--wallet-key-file", help="With --server: the wallet's Ed25519 key file (mode 600). Before training, "
+        "this peer's key and the wallet's sign the binding of this peer to the wallet and send it to the server, "
+        "so the work is paid there; only the signatures leave this machine."),
     gpus: int = typer.Option(
         1, "--gpus", min=1, help="GPUs (processes) of this machine that train together as one peer (DDP inside it)."),
     config: Path | None = typer.Option(
@@ -66,6 +70,7 @@ def join(
         raise UserError("give --server with the URL of the server running the session, or --initial-peers with the "
                         "address of a peer of the session (shown in its log)")
     diloco: dict = {"initial_peers": peers}
+    wallet = _wallet_of_key(wallet_key_file, wallet, server) if wallet_key_file else wallet
     if wallet:
         diloco["wallet"] = wallet
     if host:
@@ -76,6 +81,8 @@ def join(
     if config is None and not base:
         data["data"] = {"dataset": "stdlib"}  # the built-in defaults, as a session started the same way uses
     cfg = load_config(config, overrides=set_, data=deep_merge(base, data))
+    if wallet_key_file and server:
+        _bind(server, cfg, wallet_key_file)
     from cotrain.core.launch import maybe_launch_torchrun
 
     # several processes for one peer: torchrun starts them, and its workers read a config file
@@ -85,6 +92,43 @@ def join(
 
         code = run(cfg)
     raise typer.Exit(code)
+
+
+def _wallet_of_key(key_file: Path, wallet: str | None, server: str | None) -> str:
+    """The address of the wallet in `key_file`, checked against --wallet; the binding needs --server."""
+    from aptos_sdk.account_address import AccountAddress
+
+    from cotrain.cli.binding_client import load_wallet
+
+    if not server:
+        raise UserError("--wallet-key-file binds this peer to the wallet on the server running the session: give "
+                        "--server with its URL too")
+    address = str(AccountAddress.from_key(load_wallet(key_file).public_key()))
+    if wallet and _normalized(wallet) != address:
+        raise UserError(f"--wallet {wallet} is not the wallet of --wallet-key-file {key_file} ({address}); give one "
+                        "of them, or the two of the same wallet")
+    return address
+
+
+def _normalized(address: str) -> str | None:
+    from aptos_sdk.account_address import AccountAddress
+
+    try:
+        return str(AccountAddress.from_str_relaxed(address.strip()))
+    except Exception:  # not an address: it matches no key
+        return None
+
+
+def _bind(server: str, cfg, wallet_key_file: Path) -> None:
+    """Bind the peer this run will be (its identity file, made now if new) to the wallet, on the server."""
+    from cotrain.cli.binding_client import post_binding, sign_from_files
+    from cotrain.p2p.identity import identity_path, load_or_create_identity
+
+    path = identity_path(cfg.checkpoint.output_path, cfg.session.id)
+    load_or_create_identity(path)
+    binding = sign_from_files(cfg.session.id, path, wallet_key_file)
+    post_binding(server, binding)
+    typer.echo(f"peer {binding.peer_id} of session {cfg.session.id} is bound to wallet {binding.address}", err=True)
 
 
 def _write_for_workers(cfg) -> Path:

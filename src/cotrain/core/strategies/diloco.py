@@ -123,10 +123,9 @@ class DilocoStrategy(Strategy):
     def _identity_path(self) -> Path:
         """The peer's libp2p key, beside its checkpoints: a restarted peer keeps its peer id (so its
         contribution record and its sample order continue)."""
-        from cotrain.paths import Layout
+        from cotrain.p2p.identity import identity_path
 
-        root = Path(self.config.checkpoint.output_path or Layout.from_env().checkpoints)
-        return root / self.session_id / "p2p-identity.key"
+        return identity_path(self.config.checkpoint.output_path, self.session_id)
 
     def shutdown(self) -> None:
         publisher = getattr(self, "publisher", None)

@@ -3,8 +3,8 @@
   GET  /me/contributions                 the signed-in wallet's contributions (excluded ones with the reason)
   GET  /me/rewards                       the signed-in wallet's rewards and their payout status
   GET  /rewards/sessions/{session_id}    a session's contributors, rewards, payout status, explorer links
-  POST /rewards/bindings                 bind a session's peer to a wallet (signed by the wallet, or by the
-                                         signed-in wallet itself)
+  POST /rewards/bindings                 bind a session's peer to a wallet (signed by the peer's key and by
+                                         the wallet's)
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
-from fastapi.security import HTTPAuthorizationCredentials
+from fastapi import APIRouter, Depends, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field, with_config
 from pydantic.alias_generators import to_camel
 
-from cotrain.chain.bindings import AlreadyBound, bind_peer, check_binding_signature
+from cotrain.chain.bindings import AlreadyBound, SignedBinding, record_binding
 from cotrain.chain.contributions import Contribution
 from cotrain.chain.errors import ChainError
 from cotrain.chain.orm import BindingProof, PayoutStatus, PeerBinding
@@ -27,7 +26,7 @@ from cotrain.server.api.deps import PlatformDep, SessionId
 from cotrain.server.auth import Actor
 from cotrain.server.permissions import Action, permit
 from cotrain.server.schemas import OutModel
-from cotrain.server.wallet_auth import ChainDep, WalletDep, bearer, sign_in_failed, signed_in_wallet
+from cotrain.server.wallet_auth import ChainDep, WalletDep, sign_in_failed
 
 router = APIRouter(tags=["wallet & rewards"])
 
@@ -60,16 +59,21 @@ class SessionRewards(OutModel):
 
 
 class BindingRequest(BaseModel):
-    """camelCase; unknown fields are ignored."""
+    """camelCase; unknown fields are ignored. Both halves are optional here so that a missing one is refused
+    with a sentence that says what to do, not a schema error."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
 
     session_id: str = Field(..., max_length=64)
     peer_id: str = Field(..., max_length=200)
     address: str = Field(..., max_length=70)
-    public_key: str | None = Field(None, max_length=140)
-    signature: str | None = Field(None, max_length=200, description="The wallet's signature of the binding "
-                                  "statement; leave out to bind to the signed-in wallet.")
+    peer_public_key: str | None = Field(None, max_length=2000, description="The peer's RSA public key (OpenSSH "
+                                        "text); its peer id must derive from it.")
+    peer_signature: str | None = Field(None, max_length=1400, description="The peer key's signature of "
+                                       "(session, wallet).")
+    wallet_public_key: str | None = Field(None, max_length=140)
+    wallet_signature: str | None = Field(None, max_length=200, description="The wallet's signature of "
+                                         "(session, peer id).")
 
 
 class BindingOut(OutModel):
@@ -107,20 +111,12 @@ def session_rewards(session_id: SessionId, platform: PlatformDep, chain: ChainDe
 
 @router.post("/rewards/bindings", response_model=BindingOut, status_code=status.HTTP_201_CREATED,
              summary="Bind a session's peer to a wallet", dependencies=[Depends(permit(Action.PEER_BIND))])
-def bind(body: BindingRequest, request: Request, chain: ChainDep,
-         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> PeerBinding:
+def bind(body: BindingRequest, chain: ChainDep) -> PeerBinding:
+    """The two signatures are the whole proof: no sign-in, and a signed-in owner cannot bind anyone's peer."""
     try:
-        address = normalize_address(body.address)
-        if body.signature is not None:
-            check_binding_signature(body.session_id, body.peer_id, address, body.public_key or "", body.signature)
-            proof = BindingProof.SIGNATURE
-        else:
-            if signed_in_wallet(request, chain, credentials, Action.PEER_BIND).address != address:
-                raise HTTPException(status.HTTP_403_FORBIDDEN, "You can bind peers only to the wallet you are signed "
-                                    "in with; sign the binding with the other wallet instead.")
-            proof = BindingProof.OWNER
+        binding = SignedBinding(**(body.model_dump() | {"address": normalize_address(body.address)}))
         with chain.factory.begin() as db:
-            return bind_peer(db, body.session_id, body.peer_id, address, proof)
+            return record_binding(db, binding)
     except SignInError as exc:
         raise sign_in_failed(exc) from None
     except AlreadyBound as exc:
