@@ -2,9 +2,11 @@
 pools), and creates a DiLoCo session with a reward pool; the server's
 engine (working for the owner's wallet) and two volunteers (`cotrain join --wallet`, each with its own
 wallet) train it together through the server's DHT; every peer's wallet binding is proven through
-POST /rewards/bindings (the owner as the signed-in wallet, the volunteers with their wallet's
-signature). When it completes the pool is split pro rata to the recorded contributions, the payouts are
-due, `cotrain ledger verify` passes, and fails once one contribution row is edited by hand."""
+POST /rewards/bindings with two signatures, the peer's key's and the wallet's (one volunteer through
+`cotrain join --wallet-key-file`, the other and the owner through `cotrain rewards bind`); the owner's old
+signed-in binding and a volunteer's binding of the owner's peer are refused. When it completes the pool
+is split pro rata to the recorded contributions, the payouts are due, `cotrain ledger verify` passes, and
+fails once one contribution row is edited by hand."""
 
 from __future__ import annotations
 
@@ -12,9 +14,11 @@ import json
 import sqlite3
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hivemind.utils.crypto import RSAPrivateKey
 
 from cotrain.chain.bindings import sign_binding
 from tests.chain.wallets import Wallet
@@ -50,17 +54,35 @@ def own_peer_of(public, sid: str, owner: Wallet) -> str | None:
     return next((p["peer_id"] for p in peers if p.get("wallet") == owner.address), None)
 
 
-class Volunteer:
-    """Runs the join command the server gives (`cotrain join --server ...`) with `--wallet`,
-    in a folder and COTRAIN_HOME of its own (the datasets folder is shared)."""
+def key_file(path: Path, wallet: Wallet) -> Path:
+    path.write_text(str(wallet.account.private_key))
+    path.chmod(0o600)
+    return path
 
-    def __init__(self, name: str, root: Path, datasets: Path, command: str, wallet: Wallet, *sets: str):
+
+def rewards_bind(sid: str, server_url: str, peer_key_file: Path, wallet_key_file: Path) -> str:
+    """`cotrain rewards bind`: what it printed (the peer id and the wallet)."""
+    bind = subprocess.run([str(Path(sys.executable).with_name("cotrain")), "rewards", "bind", "--session", sid,
+                           "--peer-key-file", str(peer_key_file), "--wallet-key-file", str(wallet_key_file),
+                           "--server", server_url], capture_output=True, text=True, timeout=60)
+    assert bind.returncode == 0, bind.stdout + bind.stderr
+    return bind.stdout
+
+
+class Volunteer:
+    """Runs the join command the server gives (`cotrain join --server ...`) with `--wallet` (or, `bind_on_join`,
+    `--wallet-key-file`), in a folder and COTRAIN_HOME of its own (the datasets folder is shared)."""
+
+    def __init__(self, name: str, root: Path, datasets: Path, command: str, wallet: Wallet, bind_on_join: bool,
+                 *sets: str):
         self.wallet = wallet
-        home = root / name
+        self.home = home = root / name
         home.mkdir()
         (home / "datasets").symlink_to(datasets, target_is_directory=True)
         self.log_path = root / f"{name}.log"
-        command += f" --wallet {wallet.address}" + "".join(f" --set {item}" for item in sets)
+        self.key_file = key_file(root / f"{name}-wallet.key", wallet)
+        command += f" --wallet-key-file {self.key_file}" if bind_on_join else f" --wallet {wallet.address}"
+        command += "".join(f" --set {item}" for item in sets)
         env = engine_env(home, TOKENIZERS_PARALLELISM="false", **FAST_DILOCO)
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"  # `cotrain` of this venv
         with self.log_path.open("wb") as log:
@@ -123,28 +145,29 @@ def test_three_wallets_share_the_pool_of_a_diloco_session(servers, cotrain_home,
     assert api.get(f"/sessions/{sid}/join").json()["command"].endswith(f"--wallet {owner.address}")
     assert api.post(f"/sessions/{sid}/start").status_code == 200  # the owner wallet may start its session
     # the second volunteer's machine takes half the batch: half the tokens, half the reward of the others
-    volunteers = [Volunteer(f"volunteer{i}", tmp_path, shared_datasets, join["command"], Wallet.create(), *sets)
-                  for i, sets in enumerate([(), ("train.batch_size=2",)])]
+    volunteers = [Volunteer(f"volunteer{i}", tmp_path, shared_datasets, join["command"], Wallet.create(), i == 0,
+                            *sets) for i, sets in enumerate([(), ("train.batch_size=2",)])]
     try:
-        # each volunteer proves its wallet for the peer id `cotrain join` printed: `cotrain rewards bind`
-        # signs with the wallet's key file and sends the signature (POST /rewards/bindings)
-        for i, v in enumerate(volunteers):
-            peer_id = wait_until(v.peer_id, 60, "the volunteer's peer id")
-            key_file = tmp_path / f"wallet{i}.key"
-            key_file.write_text(str(v.wallet.account.private_key))
-            key_file.chmod(0o600)
-            bind = subprocess.run([str(Path(sys.executable).with_name("cotrain")), "rewards", "bind", "--session", sid,
-                                   "--peer", peer_id, "--wallet-key-file", str(key_file), "--server", server.url],
-                                  capture_output=True, text=True, timeout=60)
-            assert bind.returncode == 0 and v.wallet.address in bind.stdout, bind.stdout + bind.stderr
-        forged = sign_binding(volunteers[0].wallet.account.private_key, sid, own_peer_of(public, sid, owner) or "x")
-        forged["address"] = owner.address  # a volunteer cannot bind a peer to someone else's wallet
-        assert public.post("/rewards/bindings", json=forged).status_code == 401
+        # each volunteer proves its peer works for its wallet with both keys: volunteer0's `cotrain join
+        # --wallet-key-file` did before training; volunteer1 runs `cotrain rewards bind` with its peer's identity file
+        peer_ids = [wait_until(v.peer_id, 60, "the volunteer's peer id") for v in volunteers]
+        assert f"peer {peer_ids[0]} of session {sid} is bound to wallet {volunteers[0].wallet.address}" in \
+            volunteers[0].log_path.read_text()
+        identity = volunteers[1].home / "models" / "checkpoints" / sid / "p2p-identity.key"
+        assert f"peer {peer_ids[1]} of session {sid} is bound to wallet {volunteers[1].wallet.address}" in \
+            rewards_bind(sid, server.url, identity, volunteers[1].key_file)
 
-        # the owner binds the server's peer (its records name the owner's wallet) as the signed-in wallet
         own = wait_until(lambda: own_peer_of(public, sid, owner), 60, "the server's peer to publish its record")
-        bound = api.post("/rewards/bindings", json={"sessionId": sid, "peerId": own, "address": owner.address})
-        assert bound.status_code == 201 and bound.json()["proof"] == "owner", bound.text
+        # a volunteer cannot bind the owner's peer to its own wallet (it does not hold that peer's key)
+        forged = replace(sign_binding(RSAPrivateKey(), volunteers[0].wallet.account.private_key, sid), peer_id=own)
+        assert public.post("/rewards/bindings", json=forged.body()).status_code == 401
+        # nor can the owner bind a peer by being signed in: the old owner-only binding is refused
+        old_way = api.post("/rewards/bindings", json={"sessionId": sid, "peerId": own, "address": owner.address})
+        assert old_way.status_code == 401 and "no signature by the peer's key" in old_way.text, old_way.text
+        # the owner binds the server's peer with its identity file (on the server's machine) and the owner's key
+        server_identity = cotrain_home / "models" / "checkpoints" / sid / "p2p-identity.key"
+        assert f"peer {own} of session {sid} is bound to wallet {owner.address}" in \
+            rewards_bind(sid, server.url, server_identity, key_file(tmp_path / "owner-wallet.key", owner))
 
         def finished():
             session = public.get(f"/sessions/{sid}").json()
