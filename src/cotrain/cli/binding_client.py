@@ -33,8 +33,9 @@ def sign_from_files(session_id: str, identity_file: Path, wallet_key_file: Path)
     try:
         peer_key = load_identity(identity_file)
     except (OSError, ValueError) as exc:
-        raise UserError(f"Could not read the peer's identity file {identity_file} ({exc}); give the p2p-identity.key "
-                        "beside the peer's checkpoints (checkpoints/SESSION/p2p-identity.key).") from None
+        why = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise UserError(f"Could not read the peer's identity file {identity_file} ({why}); give the p2p-identity.key "
+                        "beside the peer's checkpoints (models/checkpoints/SESSION/ under its CoTrain home).") from None
     return sign_binding(peer_key, load_wallet(wallet_key_file), session_id)
 
 

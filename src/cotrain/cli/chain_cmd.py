@@ -169,7 +169,7 @@ def rewards_pay() -> None:
 def rewards_bind(
     session: str = typer.Option(..., "--session", "-s", help="The session the peer trains."),
     peer_key_file: Path | None = typer.Option(
-        None, "--peer-key-file", help="The peer's identity file (default: checkpoints/SESSION/p2p-identity.key "
+        None, "--peer-key-file", help="The peer's identity file (default: models/checkpoints/SESSION/p2p-identity.key "
         "under this machine's CoTrain home, where `cotrain join` keeps it); the peer id derives from it."),
     key_file: Path = typer.Option(..., "--wallet-key-file", help="File (mode 600) with the wallet's Ed25519 "
                                   "private key; only a signature leaves this machine."),

@@ -50,6 +50,8 @@ def join(
 
     base: dict = {}
     peers = list(initial_peers)
+    if wallet_key_file:  # this machine's key file is checked before any server is asked
+        wallet = _wallet_of_key(wallet_key_file, wallet, server)
     if server:
         base, server_peers, dropped = _from_server(server, session, token)
         peers = _unique(server_peers + list(base.get("distributed", {}).get("diloco", {}).get("initial_peers", []))
@@ -70,7 +72,6 @@ def join(
         raise UserError("give --server with the URL of the server running the session, or --initial-peers with the "
                         "address of a peer of the session (shown in its log)")
     diloco: dict = {"initial_peers": peers}
-    wallet = _wallet_of_key(wallet_key_file, wallet, server) if wallet_key_file else wallet
     if wallet:
         diloco["wallet"] = wallet
     if host:
