@@ -14,7 +14,7 @@ Modules, one job each:
   orm.py            the tables (on cotrain.db.Base) and their status enums; migrations:
                     db/migrations/versions/c000*_chain_*.py
   errors.py         ChainError
-  bindings.py       a session's peer bound to a wallet (signed statement, or the signed-in wallet itself)
+  bindings.py       a session's peer bound to a wallet (signed by the peer's key and by the wallet's)
   settlement.py     the steps in the caller's transaction: reward pool, kept progress, contributions, rewards
   service.py        ChainService, the one service the server holds: sync DB/DHT steps, async payouts and loop
   queries.py        read views: my contributions, my rewards, a session's contributors
