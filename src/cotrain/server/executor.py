@@ -297,7 +297,7 @@ class Executor:
                 env["COTRAIN_DISTRIBUTED_DILOCO_INITIAL_PEERS"] = json.dumps(peers)
         if strategy == "diloco" and wallet:
             # the server's own peer works for the wallet that owns the session (its records name it;
-            # the owner binds the peer to itself with POST /api/v1/rewards/bindings)
+            # the owner binds it with its identity file and the owner's key: `cotrain rewards bind`)
             env["COTRAIN_DISTRIBUTED_DILOCO_WALLET"] = json.dumps(wallet)
         return env
 
