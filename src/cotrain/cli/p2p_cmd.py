@@ -84,6 +84,10 @@ def join(
     cfg = load_config(config, overrides=set_, data=deep_merge(base, data))
     if wallet_key_file and server:
         _bind(server, cfg, wallet_key_file)
+    elif wallet:
+        typer.echo(f"note: this peer is paid to {wallet} only once it is bound to it by both keys: run `cotrain join` "
+                   "with --wallet-key-file, or `cotrain rewards bind --session SESSION --wallet-key-file FILE --server "
+                   "URL` on this machine", err=True)
     from cotrain.core.launch import maybe_launch_torchrun
 
     # several processes for one peer: torchrun starts them, and its workers read a config file
