@@ -3,7 +3,9 @@
 The distributed part publishes, per peer, cumulative counters (`samples`, `tokens`), the current
 `outer_step`, the reported `tokens_per_second` and `device` (cotrain.p2p.progress.PeerProgress). The server
 collects snapshots of these records while a session runs; this module turns them into one total per peer
-and flags what cannot be true — a peer that claims more tokens/s than its hardware allows, more tokens
+(a record's `peer_id` is the key that signed it, never a name it chose: `cotrain.p2p.records.fetch_progress`
+drops the others, and `cotrain.chain.settlement.in_range` any record whose numbers cannot be true) and flags
+what cannot be true — a peer that claims more tokens/s than its hardware allows, more tokens
 than its outer rounds (or its samples, or the observed time) can explain — excluding it with a reason the
 UI shows.
 """

@@ -116,7 +116,8 @@ class ServerDHT:
         return {"peer_id": peer_id, "address": address}
 
     def progress_records(self, session_id: str) -> list[PeerProgress] | None:
-        """The live signed progress records of a session, or None when the node is not running or the
+        """The live signed progress records of a session, each credited to the key that signed it (unsigned,
+        impersonating and out-of-range entries are skipped), or None when the node is not running or the
         read failed."""
         if not self.running:
             return None
