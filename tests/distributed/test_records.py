@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, replace
 
 import pytest
 from hivemind.dht.crypto import RSASignatureValidator
@@ -10,7 +11,7 @@ from hivemind.utils import get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey
 
 from cotrain.p2p.dht import peer_id_of_owner, signer, start_dht, visible_maddrs
-from cotrain.p2p.progress import PeerProgress
+from cotrain.p2p.progress import BadRecord, PeerProgress
 from cotrain.p2p.records import ProgressPublisher, fetch_progress, progress_key, publish_progress
 
 
@@ -100,3 +101,19 @@ def test_malformed_values_are_ignored():
     assert PeerProgress.from_value({"peer_id": "x"}) is None
     assert PeerProgress.from_value("junk") is None
     assert RSASignatureValidator  # imported for the public API check
+
+
+@pytest.mark.parametrize("change, why", [
+    ({"tokens": 10**13}, "its tokens"), ({"tokens": float("nan")}, "its tokens"), ({"samples": -1}, "its samples"),
+    ({"tokens_per_second": float("inf")}, "its tokens_per_second"), ({"outer_step": 1 << 40}, "its outer_step"),
+    ({"tokens": True}, "its tokens"), ({"step": 2.5}, "whole number"), ({"updated": -1.0}, "its updated"),
+    ({"peer_id": "x" * 500}, "at most 200"),
+])
+def test_numbers_out_of_range_are_refused_with_why(change, why):
+    good = asdict(_progress("A"))
+    assert PeerProgress.parse(good) == _progress("A") and _progress("A").out_of_range() is None
+    with pytest.raises(BadRecord, match=why):
+        PeerProgress.parse(good | change)
+    if "peer_id" not in change:  # a record built in-process is held to the same numbers
+        found = replace(_progress("A"), **change).out_of_range()
+        assert found is not None and why in found
