@@ -149,7 +149,7 @@ def server(own_postgres: OwnPostgres, servers: Any) -> Any:
 def test_run_outlives_a_database_outage_and_the_server_catches_up(server, own_postgres, cotrain_home):
     subscriber = ReplayingSubscriber(f"{server.ws_url}?token={ADMIN_TOKEN}")
     try:
-        api, sid = run_session(server, steps=150)
+        api, sid = run_session(server, steps=500)  # long enough to outlive the outage on a fast, idle machine
         own_postgres.stop()
         assert answer(api, f"/sessions/{sid}") is None  # the API answers 503 meanwhile
         assert api.get(f"/sessions/{sid}").status_code == 503
