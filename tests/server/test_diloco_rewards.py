@@ -21,6 +21,7 @@ import pytest
 from hivemind.utils.crypto import RSAPrivateKey
 
 from cotrain.chain.bindings import sign_binding
+from cotrain.p2p.identity import load_or_create_identity, peer_id_of
 from tests.chain.wallets import Wallet
 from tests.conftest import engine_env
 from tests.server.conftest import reference_session, wait_until
@@ -143,6 +144,12 @@ def test_three_wallets_share_the_pool_of_a_diloco_session(servers, cotrain_home,
     join = public.get(f"/sessions/{sid}/join").json()
     assert join["initialPeers"] and join["command"].startswith(f"cotrain join --server {server.url} --session {sid}")
     assert api.get(f"/sessions/{sid}/join").json()["command"].endswith(f"--wallet {owner.address}")
+    # the owner binds the server's peer before it starts (no race with a short session): its identity file, on the
+    # server's machine, made now and used by the server's engine, and the owner's key
+    server_identity = cotrain_home / "models" / "checkpoints" / sid / "p2p-identity.key"
+    own = peer_id_of(load_or_create_identity(server_identity).get_public_key())
+    assert f"peer {own} of session {sid} is bound to wallet {owner.address}" in \
+        rewards_bind(sid, server.url, server_identity, key_file(tmp_path / "owner-wallet.key", owner))
     assert api.post(f"/sessions/{sid}/start").status_code == 200  # the owner wallet may start its session
     # the second volunteer's machine takes half the batch: half the tokens, half the reward of the others
     volunteers = [Volunteer(f"volunteer{i}", tmp_path, shared_datasets, join["command"], Wallet.create(), i == 0,
@@ -157,17 +164,14 @@ def test_three_wallets_share_the_pool_of_a_diloco_session(servers, cotrain_home,
         assert f"peer {peer_ids[1]} of session {sid} is bound to wallet {volunteers[1].wallet.address}" in \
             rewards_bind(sid, server.url, identity, volunteers[1].key_file)
 
-        own = wait_until(lambda: own_peer_of(public, sid, owner), 60, "the server's peer to publish its record")
+        assert wait_until(lambda: own_peer_of(public, sid, owner), 60, "the server's peer's record") == own
         # a volunteer cannot bind the owner's peer to its own wallet (it does not hold that peer's key)
         forged = replace(sign_binding(RSAPrivateKey(), volunteers[0].wallet.account.private_key, sid), peer_id=own)
         assert public.post("/rewards/bindings", json=forged.body()).status_code == 401
-        # nor can the owner bind a peer by being signed in: the old owner-only binding is refused
-        old_way = api.post("/rewards/bindings", json={"sessionId": sid, "peerId": own, "address": owner.address})
+        # nor can the owner bind a volunteer's peer by being signed in: the old owner-only binding is refused
+        old_way = api.post("/rewards/bindings",
+                           json={"sessionId": sid, "peerId": peer_ids[1], "address": owner.address})
         assert old_way.status_code == 401 and "no signature by the peer's key" in old_way.text, old_way.text
-        # the owner binds the server's peer with its identity file (on the server's machine) and the owner's key
-        server_identity = cotrain_home / "models" / "checkpoints" / sid / "p2p-identity.key"
-        assert f"peer {own} of session {sid} is bound to wallet {owner.address}" in \
-            rewards_bind(sid, server.url, server_identity, key_file(tmp_path / "owner-wallet.key", owner))
 
         def finished():
             session = public.get(f"/sessions/{sid}").json()
