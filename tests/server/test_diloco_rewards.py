@@ -2,8 +2,8 @@
 pools), and creates a DiLoCo session with a reward pool; the server's
 engine (working for the owner's wallet) and two volunteers (`cotrain join --wallet`, each with its own
 wallet) train it together through the server's DHT; every peer's wallet binding is proven through
-POST /rewards/bindings with two signatures, the peer's key's and the wallet's (one volunteer through
-`cotrain join --wallet-key-file`, the other and the owner through `cotrain rewards bind`); the owner's old
+POST /rewards/bindings with two signatures, the peer's key's and the wallet's (the volunteers through
+`cotrain join --wallet-key-file`, the owner through `cotrain rewards bind`); the owner's old
 signed-in binding and a volunteer's binding of the owner's peer are refused. When it completes the pool
 is split pro rata to the recorded contributions, the payouts are due, `cotrain ledger verify` passes, and
 fails once one contribution row is edited by hand."""
@@ -21,7 +21,7 @@ import pytest
 from hivemind.utils.crypto import RSAPrivateKey
 
 from cotrain.chain.bindings import sign_binding
-from cotrain.p2p.identity import load_or_create_identity, peer_id_of
+from cotrain.p2p.identity import load_identity, peer_id_of
 from tests.chain.wallets import Wallet
 from tests.conftest import engine_env
 from tests.server.conftest import reference_session, wait_until
@@ -144,25 +144,23 @@ def test_three_wallets_share_the_pool_of_a_diloco_session(servers, cotrain_home,
     join = public.get(f"/sessions/{sid}/join").json()
     assert join["initialPeers"] and join["command"].startswith(f"cotrain join --server {server.url} --session {sid}")
     assert api.get(f"/sessions/{sid}/join").json()["command"].endswith(f"--wallet {owner.address}")
-    # the owner binds the server's peer before it starts (no race with a short session): its identity file, on the
-    # server's machine, made now and used by the server's engine, and the owner's key
+    assert api.post(f"/sessions/{sid}/start").status_code == 200  # the owner wallet may start its session
+    # the owner binds the server's peer as soon as its engine has made its identity file (on the server's machine),
+    # with the owner's key: before the volunteers start, so a short session cannot settle first
     server_identity = cotrain_home / "models" / "checkpoints" / sid / "p2p-identity.key"
-    own = peer_id_of(load_or_create_identity(server_identity).get_public_key())
+    wait_until(server_identity.is_file, 60, "the server's engine to make its peer identity")
+    own = peer_id_of(load_identity(server_identity).get_public_key())
     assert f"peer {own} of session {sid} is bound to wallet {owner.address}" in \
         rewards_bind(sid, server.url, server_identity, key_file(tmp_path / "owner-wallet.key", owner))
-    assert api.post(f"/sessions/{sid}/start").status_code == 200  # the owner wallet may start its session
     # the second volunteer's machine takes half the batch: half the tokens, half the reward of the others
-    volunteers = [Volunteer(f"volunteer{i}", tmp_path, shared_datasets, join["command"], Wallet.create(), i == 0,
+    volunteers = [Volunteer(f"volunteer{i}", tmp_path, shared_datasets, join["command"], Wallet.create(), True,
                             *sets) for i, sets in enumerate([(), ("train.batch_size=2",)])]
     try:
-        # each volunteer proves its peer works for its wallet with both keys: volunteer0's `cotrain join
-        # --wallet-key-file` did before training; volunteer1 runs `cotrain rewards bind` with its peer's identity file
+        # each volunteer's `cotrain join --wallet-key-file` bound its peer with both keys before training (binding a
+        # running peer with `cotrain rewards bind` would race this short session's settlement; test_join_binding.py)
         peer_ids = [wait_until(v.peer_id, 60, "the volunteer's peer id") for v in volunteers]
-        assert f"peer {peer_ids[0]} of session {sid} is bound to wallet {volunteers[0].wallet.address}" in \
-            volunteers[0].log_path.read_text()
-        identity = volunteers[1].home / "models" / "checkpoints" / sid / "p2p-identity.key"
-        assert f"peer {peer_ids[1]} of session {sid} is bound to wallet {volunteers[1].wallet.address}" in \
-            rewards_bind(sid, server.url, identity, volunteers[1].key_file)
+        for v, peer_id in zip(volunteers, peer_ids, strict=True):
+            assert f"peer {peer_id} of session {sid} is bound to wallet {v.wallet.address}" in v.log_path.read_text()
 
         assert wait_until(lambda: own_peer_of(public, sid, owner), 60, "the server's peer's record") == own
         # a volunteer cannot bind the owner's peer to its own wallet (it does not hold that peer's key)
