@@ -224,11 +224,12 @@ def doctor(
     try:
         loopback = [a for a in addresses if "/127.0.0.1/" in a] or addresses
         probe = start_dht(initial_peers=loopback[:1], host_maddrs=["/ip4/127.0.0.1/tcp/0"], startup_timeout=30)
-        record = PeerProgress(peer_id="doctor", session_id="cotrain-doctor", step=0, outer_step=0,
+        record = PeerProgress(peer_id=str(probe.peer_id), session_id="cotrain-doctor", step=0, outer_step=0,
                               tokens_per_second=0.0, samples=0, tokens=0)
         stored = publish_progress(probe, signer(probe), record, ttl=30)
         seen = [r.peer_id for r in fetch_progress(node, "cotrain-doctor")]
-        report("local DHT", stored and "doctor" in seen, "a signed record written by one node was read by another")
+        report("local DHT", stored and str(probe.peer_id) in seen,
+               "a signed record written by one node was read by another")
         probe.shutdown()
         if initial_peers:
             remote = start_dht(initial_peers=list(initial_peers), host_maddrs=[host], startup_timeout=30)
