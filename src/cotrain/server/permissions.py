@@ -48,7 +48,7 @@ class Action(StrEnum):
     SELF_SIGN_OUT = "self.sign_out"  # revoke the token in hand
     SESSION_CREATE = "session.create"
     SESSION_MANAGE = "session.manage"  # update, delete, start, cancel, retry, priority: owners (or admins)
-    PEER_BIND = "peer.bind"  # bind a peer to a wallet: the wallet's signature is the proof, no token needed
+    PEER_BIND = "peer.bind"  # bind a peer to a wallet: the peer's and the wallet's signatures are the proof
     # field-level rules, checked inside the services
     PRIORITY_RAISE = "session.priority_above_zero"
     DATA_ANY_PATH = "data.any_path"  # a dataPath outside COTRAIN_DATA_ROOTS
@@ -107,7 +107,7 @@ DESCRIPTIONS: dict[Action, str] = {
     Action.SELF_SIGN_OUT: "sign out (revoke your token)",
     Action.SESSION_CREATE: "create a session within the member quotas",
     Action.SESSION_MANAGE: "edit, start, cancel, retry, delete your own sessions",
-    Action.PEER_BIND: "bind a peer to a wallet (the wallet's signature is the proof)",
+    Action.PEER_BIND: "bind a peer to a wallet (the peer's key and the wallet both sign)",
     Action.PRIORITY_RAISE: "queue priority above 0",
     Action.DATA_ANY_PATH: "a dataPath outside COTRAIN_DATA_ROOTS",
     Action.QUOTA_EXCEED: "go past the member quotas",
