@@ -17,6 +17,9 @@ Event types and their fields (besides the common ones):
 - eval:       step, val_loss, val_perplexity, val_accuracy
 - checkpoint: step, path
 - peer:       peer_id, event ("joined" | "left" | "progress"), plus the peer's record
+- verdict:    round, validator (its peer id), verdicts[{session_id, round, peer_id, reason, detail,
+              scores, tokens}] (p2p/verification.py `Verdict`): a validating DiLoCo peer's judgement of
+              every member of one outer round
 - completed:  step, final_model_path, val_loss, val_perplexity, val_accuracy, tokens_seen
 - failed:     step, error (one meaningful line), traceback (text) or interrupted=true, signal
 
@@ -45,6 +48,7 @@ class EventType(StrEnum):
     EVAL = "eval"
     CHECKPOINT = "checkpoint"
     PEER = "peer"
+    VERDICT = "verdict"
     COMPLETED = "completed"
     FAILED = "failed"
 

@@ -442,6 +442,8 @@ class Trainer:
                 window = Window()
                 for peer in self.strategy.peer_events():
                     self.emit("peer", step=step, **peer)
+                for verdict in self.strategy.verdict_events():
+                    self.emit("verdict", step=step, **verdict)
             if step % cfg.train.eval_interval == 0 and step < self.total_steps:
                 self.emit("eval", step=step, **self.evaluate())
             if step % cfg.checkpoint.interval == 0 or step == self.total_steps:

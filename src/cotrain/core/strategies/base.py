@@ -99,6 +99,10 @@ class Strategy:
         """`peer` events (a P2P peer joined / left, with its record) since the last call."""
         return []
 
+    def verdict_events(self) -> list[dict[str, Any]]:
+        """`verdict` events (a validating DiLoCo peer's judgement of one round each) since the last call."""
+        return []
+
     def comm_bytes(self) -> tuple[int, int]:
         """(bytes sent, bytes received) by this process so far."""
         return 0, 0
