@@ -18,6 +18,10 @@ It also counts the bytes each peer sends and receives, and is strict where hivem
   closes it. hivemind's reducer closed the stream right after writing its last reply, and about
   one round in 500 on loopback the sender then saw the stream end before the reply arrived
   ("sent 0 parts"): it failed the round the others applied and had to download their state.
+
+Each peer also keeps its last round's pseudo-gradient (`keep_update`) for others to download exactly, as
+fp32 bytes (`download_update`): a validator checks the download against the digest the peer committed to.
+These bytes are counted apart from the averaging's (`verification_bytes`).
 """
 
 from __future__ import annotations
@@ -27,20 +31,27 @@ import ctypes
 import logging
 import multiprocessing as mp
 import time
+import typing
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from hivemind.averaging import DecentralizedAverager
 from hivemind.averaging.allreduce import AllreduceException, AllReduceRunner, BannedException
 from hivemind.compression import deserialize_torch_tensor, serialize_torch_tensor
-from hivemind.proto import averaging_pb2
+from hivemind.p2p import P2PContext, PeerID
+from hivemind.proto import averaging_pb2, runtime_pb2
 from hivemind.utils.asyncio import amap_in_executor, as_aiter, azip
 from hivemind.utils.mpfuture import MPFuture
+from hivemind.utils.serializer import MSGPackSerializer
 
 log = logging.getLogger(__name__)
 
 SENDER_CLOSE_BOUND = 60.0  # seconds a reducer keeps a finished stream open for its sender to close
+PART_VALUES = 2**18  # fp32 values per message of a served update: 1 MiB, like hivemind's state download parts
+WRITE_WAIT = 5.0  # seconds the server waits for a `keep_update` under way to finish before it answers "nothing"
+PIPE_GRACE = 5.0  # seconds the training process waits past a download's timeout for the averager's answer
 
 
 class ByteCounters:
@@ -51,12 +62,68 @@ class ByteCounters:
         self.sent = mp.Value(ctypes.c_int64, 0)
         self.received = mp.Value(ctypes.c_int64, 0)
         self.allreduce_seconds = mp.Value(ctypes.c_double, 0.0)
+        self.verification_sent = mp.Value(ctypes.c_int64, 0)
+        self.verification_received = mp.Value(ctypes.c_int64, 0)
 
     def add(self, sent: int = 0, received: int = 0) -> None:
         with self.sent.get_lock():
             self.sent.value += sent
         with self.received.get_lock():
             self.received.value += received
+
+    def add_verification(self, sent: int = 0, received: int = 0) -> None:
+        """Bytes of kept updates served to / downloaded from other peers (not averaging traffic)."""
+        with self.verification_sent.get_lock():
+            self.verification_sent.value += sent
+        with self.verification_received.get_lock():
+            self.verification_received.value += received
+
+
+class KeptUpdate:
+    """A peer's last pseudo-gradient in shared memory: written by the training process (`keep`), served by
+    the averager process. The server streams straight from the buffer without a lock across its awaits; a
+    version counter, odd while a write is under way, tells it whether a write overlapped what it read."""
+
+    def __init__(self, numel: int) -> None:
+        self.flat = torch.zeros(numel, dtype=torch.float32).share_memory_()
+        self.round = mp.RawValue(ctypes.c_int64, -1)
+        self.version = mp.RawValue(ctypes.c_int64, 0)
+        self.write_lock = mp.Lock()
+
+    def keep(self, round_: int, flat: torch.Tensor) -> None:
+        if not 0 <= round_ < 2**31:
+            raise ValueError(f"round must be in [0, 2**31), got {round_}")
+        if flat.dtype != torch.float32 or flat.numel() != self.flat.numel():
+            raise ValueError(
+                f"a kept update is {self.flat.numel()} float32 values, got {flat.numel()} {flat.dtype} values"
+            )
+        with self.write_lock:
+            self.version.value += 1  # odd: readers started now will not trust what they read
+            try:
+                self.round.value = -1
+                self.flat.copy_(flat.detach().reshape(-1))
+                self.round.value = round_
+            finally:
+                self.version.value += 1
+
+    async def stable(self) -> tuple[int, int] | None:
+        """(version, round) when no write is under way (waiting up to WRITE_WAIT for one to end)."""
+        deadline = time.monotonic() + WRITE_WAIT
+        while True:
+            version = self.version.value
+            round_ = self.round.value
+            if version % 2 == 0 and self.version.value == version:
+                return version, round_
+            if time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(0.01)
+
+    def unchanged_since(self, version: int) -> bool:
+        return self.version.value == version
+
+
+class BadUpdate(Exception):
+    """What a peer sent as its kept update is not one (the message says why)."""
 
 
 class _ClosesAfterParts:
@@ -169,6 +236,11 @@ class ExactAverager(DecentralizedAverager):
     result, so the caller must refill them before trying again.
     """
 
+    # hivemind caches the RPC list per class but reads the cache through inheritance: without these, a
+    # plain DecentralizedAverager built first in a process would leave this class without rpc_download_update
+    _rpc_handlers = None
+    _stub_type = None
+
     def __init__(self, averaged_tensors: Sequence[torch.Tensor], dht, *, state_provider=None,
                  runner_type: type[ExactAllReduceRunner] = ExactAllReduceRunner, **kwargs: Any):
         # the peers' RPC names carry the averager's class name, so a different runner is passed in
@@ -178,6 +250,8 @@ class ExactAverager(DecentralizedAverager):
         self.state_provider = state_provider
         compression = kwargs.get("compression")
         self._compression_type = compression.compression_type if compression is not None else 0
+        # in shared memory before super() starts the averager process
+        self._kept = KeptUpdate(sum(tensor.numel() for tensor in averaged_tensors))
         super().__init__(averaged_tensors, dht, **kwargs)
 
     async def _run_allreduce_inplace_(self, tensors, group_info, group_id=None, **kwargs) -> None:
@@ -245,3 +319,134 @@ class ExactAverager(DecentralizedAverager):
     def allreduce_seconds(self) -> float:
         """Seconds spent in all-reduces so far (the part of the rounds that moved tensors)."""
         return float(self.counters.allreduce_seconds.value)
+
+    def verification_bytes(self) -> tuple[int, int]:
+        """(sent, received) bytes of kept updates served to and downloaded from other peers."""
+        return int(self.counters.verification_sent.value), int(self.counters.verification_received.value)
+
+    def keep_update(self, round_: int, flat: torch.Tensor) -> None:
+        """Keep this peer's pseudo-gradient of `round_` (float32, as many values as the averaged tensors)
+        for other peers to download; it replaces the one kept before."""
+        self._kept.keep(round_, flat)
+
+    async def rpc_download_update(  # typing's AsyncIterator: hivemind tells a streaming RPC by the hint's _name
+        self, _request: averaging_pb2.DownloadRequest, _context: P2PContext
+    ) -> typing.AsyncIterator[averaging_pb2.DownloadData]:
+        """The kept update as exact fp32 parts of at most PART_VALUES values; the first message's metadata
+        is {"round": r, "numel": n}, or {"round": -1} alone when nothing is kept."""
+        kept = self._kept
+        stable = await kept.stable()
+        if stable is None or stable[1] < 0:
+            yield averaging_pb2.DownloadData(metadata=MSGPackSerializer.dumps({"round": -1}))
+            return
+        version, round_ = stable
+        numel = kept.flat.numel()
+        metadata = MSGPackSerializer.dumps({"round": round_, "numel": numel})
+        for start in range(0, numel, PART_VALUES):
+            part = serialize_torch_tensor(kept.flat[start:start + PART_VALUES])
+            if not kept.unchanged_since(version):
+                log.info("stopped serving the update of round %d: the next one was kept meanwhile", round_)
+                return  # the downloader sees fewer values than announced and drops what it got
+            self.counters.add_verification(sent=len(part.buffer))
+            yield averaging_pb2.DownloadData(tensor_part=part, metadata=metadata)
+            metadata = b""
+
+    def download_update(self, peer_id: str, timeout: float) -> tuple[int, torch.Tensor] | None:
+        """(round, flat fp32 update) that peer `peer_id` (base58) keeps, downloaded by the averager process;
+        None when it keeps nothing, cannot be reached within `timeout` seconds, or sent anything malformed."""
+        future: MPFuture = MPFuture()
+        try:
+            self._outer_pipe.send(("_download_update", [], dict(peer_id=peer_id, timeout=timeout, future=future)))
+            return future.result(timeout=timeout + PIPE_GRACE)
+        except TimeoutError:
+            log.warning("the averager process did not answer the download from %s in time", peer_id)
+        except (OSError, EOFError) as exc:
+            log.warning("could not ask the averager process to download from %s: %r", peer_id, exc)
+        return None
+
+    async def _download_update(self, peer_id: str, timeout: float, future: MPFuture) -> None:
+        result: tuple[int, torch.Tensor] | None = None
+        try:
+            result = await asyncio.wait_for(self._fetch_update(peer_id), timeout)
+        except TimeoutError:
+            log.warning("no update downloaded from %s within %.1f s", peer_id, timeout)
+        except BadUpdate as exc:
+            log.warning("dropped the update of %s: %s", peer_id, exc)
+        except Exception as exc:
+            log.warning("could not download the update of %s: %r", peer_id, exc)
+        try:
+            future.set_result(result)
+        except Exception as exc:  # the caller gave up waiting and dropped the future
+            log.debug("download result from %s not delivered: %r", peer_id, exc)
+
+    async def _fetch_update(self, peer_id: str) -> tuple[int, torch.Tensor] | None:
+        peer = PeerID.from_base58(peer_id)
+        if peer == self.peer_id:
+            return self._own_update()
+        stub = self.get_stub(self._p2p, peer, namespace=self.prefix)
+        stream = await stub.rpc_download_update(averaging_pb2.DownloadRequest())
+        try:
+            return await self._receive_update(peer_id, stream)
+        finally:
+            await stream.aclose()
+
+    def _own_update(self) -> tuple[int, torch.Tensor] | None:
+        version, round_ = self._kept.version.value, self._kept.round.value
+        flat = self._kept.flat.clone()
+        if round_ < 0 or version % 2 or not self._kept.unchanged_since(version):
+            return None
+        return round_, flat.share_memory_()
+
+    async def _receive_update(
+        self, peer_id: str, stream: AsyncIterator[averaging_pb2.DownloadData]
+    ) -> tuple[int, torch.Tensor] | None:
+        expected = self._kept.flat.numel()
+        round_: int | None = None
+        flat = torch.empty(0)
+        filled = 0
+        async for message in stream:
+            if round_ is None:
+                round_ = _update_round(message.metadata, expected)
+                if round_ < 0:
+                    log.info("%s keeps no update yet", peer_id)
+                    return None
+                flat = torch.empty(expected, dtype=torch.float32).share_memory_()
+            part = message.tensor_part
+            self.counters.add_verification(received=len(part.buffer))
+            values = _part_values(part)
+            if filled + values.size > expected:
+                raise BadUpdate(f"it sent more than the {expected} values it announced")
+            flat[filled:filled + values.size].numpy()[:] = values
+            filled += values.size
+        if round_ is None:
+            raise BadUpdate("it answered nothing")
+        if filled != expected:
+            raise BadUpdate(f"it sent {filled} of {expected} values (the stream ended early)")
+        return round_, flat
+
+
+def _update_round(metadata: bytes, expected: int) -> int:
+    """The round a served update's first message announces (-1: nothing kept); BadUpdate if malformed."""
+    try:
+        header = MSGPackSerializer.loads(metadata)
+    except Exception as exc:
+        raise BadUpdate(f"its first message has no readable metadata ({exc!r})") from exc
+    if not isinstance(header, dict) or type(header.get("round")) is not int:
+        raise BadUpdate("its first message does not name a round")
+    round_ = header["round"]
+    if round_ == -1:
+        return -1
+    if not 0 <= round_ < 2**31:
+        raise BadUpdate(f"it names round {round_}")
+    if header.get("numel") != expected:
+        raise BadUpdate(f"it announces {header.get('numel')!r} values, this model has {expected}")
+    return round_
+
+
+def _part_values(part: runtime_pb2.Tensor) -> np.ndarray:
+    """The fp32 values of one served part, checked to be exactly that (uncompressed, 1-D, whole)."""
+    if part.compression != runtime_pb2.CompressionType.NONE or part.dtype != "float32":
+        raise BadUpdate(f"a part is {part.dtype or 'untyped'} with compression {part.compression}, not plain float32")
+    if len(part.size) != 1 or not 0 < part.size[0] <= PART_VALUES or len(part.buffer) != 4 * part.size[0]:
+        raise BadUpdate(f"a part of shape {list(part.size)} has {len(part.buffer)} bytes")
+    return np.frombuffer(part.buffer, dtype="<f4")
