@@ -89,15 +89,16 @@ _reported: set[tuple[str, str, str]] = set()
 MAX_REPORTED = 10_000  # a flood of junk records must not grow the log-once memory without bound
 
 
-def skipped_once(session_id: str, writer: str, why: str) -> None:
-    """Log a skipped record once per (session, writer, kind of fault): readers poll every few seconds."""
-    seen = (session_id, writer, why.split(":")[0])
+def skipped_once(session_id: str, writer: str, why: str, kind: str = "progress") -> None:
+    """Log a skipped record once per (session, writer, kind of record and of fault): readers poll every few
+    seconds."""
+    seen = (session_id, writer, f"{kind}|{why.split(':')[0]}")
     if seen in _reported:
         return
     if len(_reported) >= MAX_REPORTED:
         _reported.clear()
     _reported.add(seen)
-    log.warning("skipped a progress record of session %s written by %s: %s", session_id, writer, why)
+    log.warning("skipped a %s record of session %s written by %s: %s", kind, session_id, writer, why)
 
 
 # --- the record's own numbers: non-negative, finite, below caps no honest peer comes near ----------

@@ -21,8 +21,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, replace
-from typing import Any
+from dataclasses import asdict
+from typing import Any, Protocol, TypeVar
 
 from hivemind import DHT
 from hivemind.dht.crypto import RSASignatureValidator
@@ -31,7 +31,7 @@ from hivemind.utils import get_dht_time
 from cotrain.p2p.dht import ensure_signature_validator, peer_id_of_owner, signer
 from cotrain.p2p.progress import BadRecord, PeerProgress, skipped_once
 
-__all__ = ["DEFAULT_TTL", "ProgressPublisher", "fetch_progress", "progress_key", "publish_progress"]
+__all__ = ["DEFAULT_TTL", "ProgressPublisher", "fetch_progress", "fetch_signed", "progress_key", "publish_progress"]
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,29 @@ def publish_progress(dht: DHT, validator: RSASignatureValidator, progress: PeerP
 def fetch_progress(dht: DHT, session_id: str) -> list[PeerProgress]:
     """The live (unexpired, signed, in range) progress records of a session, one per signing key, sorted by
     peer id."""
+    return fetch_signed(dht, progress_key(session_id), session_id, PeerProgress.parse, lambda r: r.updated)
+
+
+class SignedRecord(Protocol):
+    """A record that names its writer and its session (checked against the signer and the session read)."""
+
+    @property
+    def peer_id(self) -> str: ...
+
+    @property
+    def session_id(self) -> str: ...
+
+
+R = TypeVar("R", bound=SignedRecord)
+
+
+def fetch_signed(dht: DHT, key: str, session_id: str, parse: Callable[[Any], R], written_at: Callable[[R], float],
+                 kind: str = "progress") -> list[R]:
+    """The live entries under `key`, each parsed by `parse` (which raises BadRecord) and credited to the key that
+    signed its subkey, sorted by peer id. An entry that is unsigned, names another peer or session, or was
+    written (`written_at`, DHT time) in the future is skipped alone and logged once as a bad `kind` record."""
     ensure_signature_validator(dht)
-    found = dht.get(progress_key(session_id), latest=True)
+    found = dht.get(key, latest=True)
     if found is None or not isinstance(found.value, dict):
         return []
     now = get_dht_time()
@@ -72,30 +93,27 @@ def fetch_progress(dht: DHT, session_id: str) -> list[PeerProgress]:
         if getattr(entry, "expiration_time", 0) < now:
             continue
         try:
-            records.append(_credited(session_id, subkey, getattr(entry, "value", None), now))
+            records.append(_credited(session_id, subkey, getattr(entry, "value", None), now, parse, written_at))
         except BadRecord as exc:
-            _skipped(session_id, subkey, str(exc))
+            skipped_once(session_id, peer_id_of_owner(subkey) or repr(subkey)[:60], str(exc), kind)
     return sorted(records, key=lambda r: r.peer_id)
 
 
-def _credited(session_id: str, subkey: Any, value: Any, now: float) -> PeerProgress:
+def _credited(session_id: str, subkey: Any, value: Any, now: float, parse: Callable[[Any], R],
+              written_at: Callable[[R], float]) -> R:
     """The record of one subkey, credited to the key that signed it; BadRecord when it speaks for nobody,
     for someone else, or says what cannot be true."""
     signer_id = peer_id_of_owner(subkey)
     if signer_id is None:
         raise BadRecord("it carries no owner key (an unsigned subkey any node can write)")
-    record = PeerProgress.parse(value)
+    record = parse(value)
     if record.peer_id != signer_id:
         raise BadRecord(f"it names peer {record.peer_id[:60]!r} but is signed by {signer_id}")
     if record.session_id != session_id:
         raise BadRecord(f"it names session {record.session_id[:60]!r}")
-    if record.updated > now + MAX_CLOCK_SKEW:
-        raise BadRecord(f"its time is {record.updated - now:.0f} s in the future")
-    return replace(record, peer_id=signer_id)
-
-
-def _skipped(session_id: str, subkey: Any, why: str) -> None:
-    skipped_once(session_id, peer_id_of_owner(subkey) or repr(subkey)[:60], why)
+    if written_at(record) > now + MAX_CLOCK_SKEW:
+        raise BadRecord(f"its time is {written_at(record) - now:.0f} s in the future")
+    return record  # its peer id is its signer's (checked above)
 
 
 class ProgressPublisher:
