@@ -7,6 +7,7 @@ setting that silently does nothing. Cross-field rules live in `CotrainConfig`'s 
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Literal
 
 from pydantic import (
@@ -108,6 +109,11 @@ class TrainConfig(Section):
     eval_batches: PositiveInt = Field(default=8, description="Micro batches per evaluation.")
 
 
+# `distributed.diloco.validate` is the key's natural name; as a field it shadows pydantic's deprecated
+# `BaseModel.validate` classmethod, which nothing here calls (instances read the field value).
+warnings.filterwarnings("ignore", message='Field name "validate" in "DilocoConfig" shadows', category=UserWarning)
+
+
 class DilocoConfig(Section):
     inner_steps: PositiveInt = Field(default=100, description="H: local optimizer steps between outer steps.")
     outer_lr: PositiveFloat = Field(default=0.7, description="Outer SGD learning rate.")
@@ -135,6 +141,41 @@ class DilocoConfig(Section):
         default=None, pattern=r"^0x[0-9a-fA-F]{1,64}$",
         description="Aptos address (0x...) credited for this peer's contribution.",
     )
+    shard_samples: PositiveInt | None = Field(
+        default=None,
+        description="Samples in a peer's round shard: each round every peer trains only on a shard drawn from a "
+        "public seed (session, round, start params, peer id), so anyone can recompute it; default: "
+        "inner_steps × train.batch_size (every inner step a fresh batch).",
+    )
+    commit_every: PositiveInt | None = Field(
+        default=None,
+        description="k: a peer records the hash of its local params every k inner steps in its round commitment; "
+        "default: a quarter of inner_steps (at least 1).",
+    )
+    validate: bool = Field(  # type: ignore[assignment]  # the key users write; see the filter above the class
+        default=False,
+        description="Also act as a validator: judge every member of each round (commitment, receipts, the update "
+        "itself, and whether it learned from its own shard) and emit a verdict event.",
+    )
+    receipt_quorum: PositiveInt = Field(
+        default=1,
+        description="q: how many other members of its averaging group must sign a receipt naming a peer's "
+        "committed update before that peer's round can be verified.",
+    )
+    own_data_margin: float = Field(
+        default=0.0, allow_inf_nan=False,
+        description="How much more an update must lower the loss on the peer's own shard than on a control shard "
+        "no peer trained on (a loss difference; above it the update passes the own-data check).",
+    )
+
+    def shard_size(self, batch_size: int) -> int:
+        """Samples in a round shard (`shard_samples`, or one fresh batch per inner step)."""
+        return self.shard_samples if self.shard_samples is not None else self.inner_steps * batch_size
+
+    @property
+    def commit_interval(self) -> int:
+        """k: inner steps between the param hashes of a round commitment."""
+        return self.commit_every if self.commit_every is not None else max(1, self.inner_steps // 4)
 
 
 class DistributedConfig(Section):
@@ -337,8 +378,26 @@ def _strategy_rules(config: CotrainConfig) -> list[Problem]:
             f"a multiple of distributed.diloco.inner_steps ({dist.diloco.inner_steps}) so checkpoints "
             "fall on outer steps",
         ))
+    if dist.strategy == "diloco":
+        problems += _round_shard_rules(dist.diloco, config.train.batch_size)
     if dist.strategy == "fsdp" and config.model.precision == "fp16":
         problems.append(("model.precision", "fp16", "bf16 or fp32 with fsdp (fp16 needs a sharded grad scaler)"))
+    return problems
+
+
+def _round_shard_rules(diloco: DilocoConfig, batch_size: int) -> list[Problem]:
+    """A round shard holds at least one batch, and a commitment records at least one param hash."""
+    problems: list[Problem] = []
+    if diloco.shard_samples is not None and diloco.shard_samples < batch_size:
+        problems.append((
+            "distributed.diloco.shard_samples", diloco.shard_samples,
+            f"at least train.batch_size ({batch_size}) so an inner step's batch holds no sample twice",
+        ))
+    if diloco.commit_every is not None and diloco.commit_every > diloco.inner_steps:
+        problems.append((
+            "distributed.diloco.commit_every", diloco.commit_every,
+            f"at most distributed.diloco.inner_steps ({diloco.inner_steps}) so a round records a param hash",
+        ))
     return problems
 
 

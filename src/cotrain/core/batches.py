@@ -86,9 +86,14 @@ class BatchSchedule:
             self._order = torch.randperm(self.plan.samples, generator=gen)
             self._epoch = epoch
         within = step % self.plan.steps_per_epoch
-        block = self._order[within * self.plan.batch_size : (within + 1) * self.plan.batch_size]
+        return self.process_slice(self._order[within * self.plan.batch_size : (within + 1) * self.plan.batch_size])
+
+    def process_slice(self, batch: torch.Tensor) -> torch.Tensor:
+        """This process's part of a whole step's batch of `batch_size` indices."""
+        if len(batch) != self.plan.batch_size:
+            raise ValueError(f"a step's batch holds {self.plan.batch_size} samples, got {len(batch)}")
         per_process = self.plan.batch_size // self.shard_count
-        return block[self.shard_index * per_process : (self.shard_index + 1) * per_process]
+        return batch[self.shard_index * per_process : (self.shard_index + 1) * per_process]
 
 
 def mask_tokens(

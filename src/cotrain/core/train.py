@@ -255,7 +255,8 @@ class Trainer:
         cfg, model, strategy = self.config, self.model, self.strategy
         start = time.perf_counter()
         set_lr(self.optimizer, lr_at(step, cfg.train, self.total_steps))
-        indices = self.schedule.indices(step)
+        chosen = strategy.round_batch_indices(step, self.schedule)
+        indices = self.schedule.indices(step) if chosen is None else self.schedule.process_slice(chosen)
         loss_sum = torch.zeros((), device=self.device)
         correct = predicted = 0
         for micro in range(self.accumulation):

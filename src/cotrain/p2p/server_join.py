@@ -106,6 +106,8 @@ _TRAIN_KEYS = (
 _DILOCO_KEYS = (
     "inner_steps", "outer_lr", "outer_momentum", "nesterov", "compression", "initial_peers", "min_peers",
     "matchmaking_time", "averaging_timeout", "progress_interval",
+    # the round shards and their checks are the session's, so every peer and validator agrees on them
+    "shard_samples", "commit_every", "receipt_quorum", "own_data_margin",
 )
 VOLUNTEER_KEYS: dict[str, Any] = {
     "session": dict.fromkeys(("id", "name", "description"), True),

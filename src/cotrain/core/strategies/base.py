@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from cotrain.config import CotrainConfig
+from cotrain.core.batches import BatchSchedule
 from cotrain.core.system_metrics import merge_nodes
 
 
@@ -69,6 +70,12 @@ class Strategy:
         """Seed of the sample order. Processes that split one batch share it; independent
         DiLoCo peers should each return their own so they do not train on the same samples."""
         return self.config.train.seed
+
+    def round_batch_indices(self, step: int, schedule: BatchSchedule) -> torch.Tensor | None:
+        """The whole batch (sample indices of every process of this run) of 0-based `step`, when the
+        strategy chooses it (DiLoCo: the round shard's batch, core/shards.py); None: `schedule`'s.
+        The trainer takes this process's slice of it exactly as `schedule` slices its own batches."""
+        return None
 
     # --- model -------------------------------------------------------------------------
     def wrap_model(self, model: nn.Module) -> nn.Module:
