@@ -32,6 +32,7 @@ from cotrain.chain.orm import (
     PayoutStatus,
     RewardPoolRow,
     RewardRow,
+    RoundVerdictRow,
 )
 from cotrain.hashchain import GENESIS, canonical_json, link_hash, micros
 
@@ -107,6 +108,7 @@ class Ledger:
         report.head = prev
         report.problems.extend(_check_copies(db, bodies))
         report.problems.extend(_check_payouts(db, bodies))
+        report.problems.extend(_check_verdicts(db, bodies))
         return report
 
 
@@ -173,4 +175,31 @@ def _check_payouts(db: Session, bodies: dict[int, tuple[str, dict[str, Any]]]) -
             problems.append(f"{label} is '{row.status}' but the ledger records it paid in {recorded[1]}")
     for session_id, address in paid_in_ledger:
         problems.append(f"the ledger records a payout to {address} for session {session_id} that has no payout row")
+    return problems
+
+
+def _check_verdicts(db: Session, bodies: dict[int, tuple[str, dict[str, Any]]]) -> list[str]:
+    """Every verdict row equals its peer's verdict in its round's VERDICT entry, and every verdict of an entry
+    has its row (a deleted row would change what a session is paid)."""
+    in_ledger: dict[tuple[int, str], dict[str, Any]] = {}
+    for seq, (kind, body) in bodies.items():
+        if kind == LedgerKind.VERDICT:
+            for verdict in body.get("verdicts", []):
+                in_ledger[(seq, str(verdict.get("peer_id")))] = {**verdict, "session_id": body.get("session_id"),
+                                                                  "round": body.get("round"),
+                                                                  "validator": body.get("validator")}
+    problems = []
+    for row in db.scalars(select(RoundVerdictRow)):
+        label = f"chain_round_verdicts row of peer {row.peer_id}, round {row.round}, session {row.session_id}"
+        recorded = in_ledger.pop((row.ledger_seq, row.peer_id), None)
+        if recorded is None:
+            problems.append(f"{label} has no verdict in ledger entry {row.ledger_seq}")
+            continue
+        changed = [c for c in ("session_id", "round", "validator", "reason", "detail", "scores", "tokens")
+                   if recorded.get(c) != getattr(row, c)]
+        if changed:
+            problems.append(f"{label} was changed outside the ledger ({', '.join(changed)} differ from ledger "
+                            f"entry {row.ledger_seq})")
+    for seq, peer in in_ledger:
+        problems.append(f"ledger entry {seq} holds a verdict on peer {peer} that has no chain_round_verdicts row")
     return problems

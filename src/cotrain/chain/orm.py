@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import fields
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from cotrain.db import Base
@@ -55,6 +56,7 @@ class LedgerKind(StrEnum):
     CONTRIBUTION = "contribution"
     REWARD = "reward"
     PAYOUT = "payout"
+    VERDICT = "verdict"  # one entry per judged round: the validator's verdicts on every member (chain/verdicts.py)
 
 
 class ChainUser(Base):
@@ -166,6 +168,24 @@ class ContributionRow(Base):
     ledger_seq: Mapped[int] = mapped_column(ForeignKey("chain_ledger.seq"))
 
 
+class RoundVerdictRow(Base):
+    """A validator's verdict on one peer's DiLoCo round (cotrain.p2p.verification.Verdict), copied from the
+    VERDICT ledger entry of its round. A session that has any is paid by its VERIFIED rows' `tokens` only."""
+
+    __tablename__ = "chain_round_verdicts"
+    __table_args__ = (UniqueConstraint("session_id", "round", "peer_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(String(64), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    peer_id: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(String(32))  # a cotrain.p2p.verification.Reason
+    detail: Mapped[str] = mapped_column(Text)
+    scores: Mapped[dict[str, Any]] = mapped_column(JSON)
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    validator: Mapped[str] = mapped_column(String(200))
+    ledger_seq: Mapped[int] = mapped_column(ForeignKey("chain_ledger.seq"))
+
+
 class RewardPoolRow(Base):
     """A session's reward pool, set when the session is created."""
 
@@ -230,6 +250,7 @@ CHAIN_TABLES = [
     PeerBinding.__table__,
     ProgressSnapshot.__table__,
     ContributionRow.__table__,
+    RoundVerdictRow.__table__,
     RewardPoolRow.__table__,
     RewardRow.__table__,
     PayoutBatchRow.__table__,

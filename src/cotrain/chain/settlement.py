@@ -4,7 +4,9 @@
 * `keep_progress` on every monitor tick of a running DiLoCo session: the peers' DHT progress records
   (they expire from the DHT, so their counters are kept while it runs);
 * `settle_session` when the session completes: contributions from the kept records, then the pro-rata
-  rewards and the payouts due. Calling it again for the same session changes nothing.
+  rewards and the payouts due. Calling it again for the same session changes nothing. A session whose
+  rounds a validator judged (chain/verdicts.py) is settled by its verified rounds only: its progress records
+  then describe the peers but count for nothing.
 Payouts are then sent (or, with the local backend, recorded as due) by `runtime.run_payouts`.
 `cotrain.chain.service.ChainService` runs these steps in transactions of their own.
 """
@@ -33,6 +35,7 @@ from cotrain.chain.orm import (
     RewardRow,
 )
 from cotrain.chain.rewards import split_pool
+from cotrain.chain.verdicts import verdict_contributions, verdicts_of
 from cotrain.p2p.progress import PeerProgress, skipped_once
 
 T = TypeVar("T")
@@ -125,8 +128,11 @@ def record_contributions(
         return existing
     mine = in_range(r for r in records if r.session_id == session_id)
     bindings = bound_wallets(db, session_id) if require_binding else None
+    judged = verdicts_of(db, session_id)
+    found = (verdict_contributions(session_id, judged, mine, limits, bindings) if judged  # verified rounds only
+             else tally(mine, limits, bindings))
     rows = []
-    for c in tally(mine, limits, bindings):
+    for c in found:
         entry = ledger.append(db, LedgerKind.CONTRIBUTION, session_id, asdict(c))
         row = ContributionRow(**asdict(c), ledger_seq=entry.seq)
         db.add(row)

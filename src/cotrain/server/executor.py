@@ -504,7 +504,7 @@ class Executor:
             row = self._hold(db, session_id)
             messages: list[dict[str, Any]] = []
             for event in events:
-                messages.extend(apply_engine_event(db, row, event))
+                messages.extend(apply_engine_event(db, row, event, self.chain))
             return messages
 
     def _heartbeat(self, session_id: str) -> bool:

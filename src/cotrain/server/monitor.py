@@ -4,16 +4,25 @@ One step per event type (`APPLY`): each updates the session's row (and its metri
 returns the data of the message to publish, a model of server/message_data.py, or None.
 Idempotent: an event whose `seq` is not above the session's `engine_seq` was already applied,
 so re-reading a stream after a restart changes nothing.
+
+A `verdict` event (the session's validator judging one DiLoCo round) goes to the chain in the same transaction:
+one ledger entry per round (cotrain.chain.verdicts). Only the session's own engine stream is read here, so its
+verdicts are trusted; each is still parsed, and a malformed one is skipped (logged).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
+from cotrain.chain.keys import KeyConfigError
+from cotrain.chain.verdicts import record_verdicts
 from cotrain.core.events import EventType
+from cotrain.p2p.progress import BadRecord, skipped_once
+from cotrain.p2p.verification import Verdict
 from cotrain.server.message_data import (
     CheckpointData,
     ErrorData,
@@ -28,19 +37,30 @@ from cotrain.server.messages import record_message
 from cotrain.server.node_samples import clean_round, clean_system, record_event_blocks
 from cotrain.server.orm import MetricPoint, SessionStatus, TrainingSession
 
+if TYPE_CHECKING:
+    from cotrain.chain.service import ChainService
+
+log = logging.getLogger(__name__)
+
 Event = dict[str, Any]  # one line of events.jsonl
 EVAL_FIELDS = tuple(name for name in EvalData.model_fields if name != "step")  # val_loss, val_perplexity, ...
 COMMON_FIELDS = ("type", "session_id", "seq", "time")  # every event has them (core/events.py)
 
 
-def apply_engine_event(db: Session, row: TrainingSession, event: Event) -> list[dict[str, Any]]:
-    """Update `row` (and metric history) from one engine event; return the messages to publish."""
+def apply_engine_event(db: Session, row: TrainingSession, event: Event,
+                       chain: ChainService | None = None) -> list[dict[str, Any]]:
+    """Update `row` (and metric history) from one engine event; return the messages to publish. `chain`
+    records the verdicts of `verdict` events (None: a worker without the platform's ledger; they are dropped)."""
     seq = int(event.get("seq") or 0)
     if seq <= row.engine_seq:
         return []
     row.engine_seq = seq
-    apply = APPLY.get(str(event.get("type")))
-    data = apply(db, row, event) if apply is not None else None
+    kind = str(event.get("type"))
+    data: MessageData | None = None
+    if kind == EventType.VERDICT:  # its own step: it needs the chain
+        record_round_verdicts(db, row, event, chain)
+    elif (apply := APPLY.get(kind)) is not None:
+        data = apply(db, row, event)
     return [] if data is None else [record_message(db, row.id, data)]
 
 
@@ -126,6 +146,42 @@ def _failed(db: Session, row: TrainingSession, event: Event) -> ErrorData | None
     if interrupted and row.status == SessionStatus.CANCELLING:
         return None
     return ErrorData(error=event.get("error"), step=event.get("step"), interrupted=interrupted)
+
+
+_not_recorded: set[str] = set()  # sessions whose verdicts this process could not record (logged once each)
+
+
+def record_round_verdicts(db: Session, row: TrainingSession, event: Event, chain: ChainService | None) -> None:
+    """The step of EventType.VERDICT: the round's verdicts (each parsed, of this session and round) onto the
+    chain's ledger, in this transaction. A round judged before keeps its first verdicts."""
+    validator = str(event.get("validator") or "")[:200]
+    try:
+        round_ = int(event["round"])
+    except (KeyError, TypeError, ValueError):
+        skipped_once(row.id, validator or "?", "a verdict event without a round", kind="verdict")
+        return
+    verdicts = []
+    for value in event.get("verdicts") or []:
+        try:
+            verdict = Verdict.parse(value)
+        except BadRecord as exc:
+            skipped_once(row.id, validator or "?", str(exc), kind="verdict")
+            continue
+        verdicts.append(verdict)
+    if not verdicts:
+        return
+    try:
+        ledger = chain.ledger if chain is not None else None
+    except (KeyConfigError, OSError) as exc:
+        ledger, why = None, f"the platform key cannot be loaded ({exc})"
+    else:
+        why = "this worker does not hold the platform ledger"
+    if ledger is None:
+        if row.id not in _not_recorded:
+            _not_recorded.add(row.id)
+            log.warning("the verdicts of session %s are not recorded: %s", row.id, why)
+        return
+    record_verdicts(db, ledger, row.id, round_, verdicts, validator)
 
 
 APPLY: dict[str, Callable[[Session, TrainingSession, Event], MessageData | None]] = {

@@ -2,7 +2,8 @@
 
   GET  /me/contributions                 the signed-in wallet's contributions (excluded ones with the reason)
   GET  /me/rewards                       the signed-in wallet's rewards and their payout status
-  GET  /rewards/sessions/{session_id}    a session's contributors, rewards, payout status, explorer links
+  GET  /rewards/sessions/{session_id}    a session's contributors, rewards, payout status, explorer links, and
+                                         each peer's judged rounds (verified or why not)
   POST /rewards/bindings                 bind a session's peer to a wallet (signed by the peer's key and by
                                          the wallet's)
 """
@@ -22,6 +23,8 @@ from cotrain.chain.errors import ChainError
 from cotrain.chain.orm import BindingProof, PayoutStatus, PeerBinding
 from cotrain.chain.queries import RewardView, contribution_views, reward_views
 from cotrain.chain.signin import SignInError, normalize_address
+from cotrain.chain.verdicts import RECENT_ROUNDS, PeerRounds, round_outcomes
+from cotrain.p2p.verification import Reason
 from cotrain.server.api.deps import PlatformDep, SessionId
 from cotrain.server.auth import Actor
 from cotrain.server.permissions import Action, permit
@@ -52,10 +55,35 @@ class RewardOut(OutModel):
     explorer_url: str | None
 
 
+class RoundOutcomeOut(OutModel):
+    round: int = Field(description="The DiLoCo round (outer step + 1 when the peer started its inner steps).")
+    reason: Reason = Field(description="The validator's verdict: " + " | ".join(Reason) + ". Only `verified` "
+                           "rounds are paid.")
+    sentence: str = Field(description="What the reason means, in one plain sentence for the volunteer.")
+    detail: str = Field(description="The validator's own sentence about this round (numbers included).")
+
+
+class PeerRoundsOut(OutModel):
+    peer_id: str
+    verified_rounds: int = Field(description="Rounds the validator verified: the session pays these only.")
+    judged_rounds: int = Field(description="Rounds the validator judged for this peer, verified or not.")
+    reasons: dict[str, int] = Field(description="Judged rounds per reason code (e.g. {\"verified\": 3, "
+                                    "\"own_data_fail\": 1}).")
+    recent: list[RoundOutcomeOut] = Field(description=f"The peer's latest {RECENT_ROUNDS} judged rounds, newest "
+                                          "first, each with its reason, the reason's sentence and the detail.")
+
+    @classmethod
+    def of(cls, view: PeerRounds) -> PeerRoundsOut:
+        return cls.model_validate(asdict(view))
+
+
 class SessionRewards(OutModel):
     session_id: str
     contributors: list[ContributionOut]
     rewards: list[RewardOut]
+    rounds: list[PeerRoundsOut] = Field(description="Per peer, the rounds the session's validator judged (by peer "
+                                        "id). Empty for a session without a validator: it is settled by its peers' "
+                                        "progress records; a session with verdicts is paid by verified rounds only.")
 
 
 class BindingRequest(BaseModel):
@@ -106,6 +134,7 @@ def session_rewards(session_id: SessionId, platform: PlatformDep, chain: ChainDe
             "session_id": session_id,
             "contributors": [ContributionOut.of(c) for c in contribution_views(db, session_id=session_id)],
             "rewards": reward_views(db, chain.settings, session_id=session_id),
+            "rounds": [PeerRoundsOut.of(v) for _, v in sorted(round_outcomes(db, session_id).items())],
         })
 
 
