@@ -4,7 +4,7 @@ mean (up to the compression), and count the bytes they moved."""
 from __future__ import annotations
 
 import asyncio
-import threading
+import contextlib
 import time
 
 import pytest
@@ -15,25 +15,30 @@ from cotrain.p2p.compression import make_compression
 from cotrain.p2p.dht import start_dht, visible_maddrs
 
 
-def step_together(averagers: list[ExactAverager], errors: list | None = None) -> list:
-    """One averaging round of every averager at once (each `step` blocks until its group is done);
-    what each gathered, or None where its round failed (its exception goes to `errors`)."""
+def step_together(averagers: list[ExactAverager], errors: list | None = None, *, bound: float = 45.0,
+                  label: str = "the round") -> list:
+    """One averaging round of every averager at once; what each gathered, or None where its round failed
+    (its exception goes to `errors`). A round that has not ended on every peer within `bound` seconds
+    fails the test at once, naming `label` and the stage each unfinished step is stuck in (`step`'s own
+    timeout bounds only matchmaking: an all-reduce without next_chunk_timeout can wait forever)."""
     results: list = [None] * len(averagers)
     failures: list = errors if errors is not None else []
-
-    def step(i: int) -> None:
+    controls = [averager.step(gather={"peer": i}, timeout=60, allow_retries=False, wait=False)
+                for i, averager in enumerate(averagers)]
+    deadline = time.monotonic() + bound
+    for i, control in enumerate(controls):
         try:
-            results[i] = averagers[i].step(gather={"peer": i}, timeout=60, allow_retries=False)
+            results[i] = control.result(timeout=max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            stuck = {j: c.stage.name for j, c in enumerate(controls) if not c.done()}
+            for j in stuck:
+                with contextlib.suppress(Exception):
+                    controls[j].cancel()
+            pytest.fail(f"{label}: not finished within {bound} s; unfinished peers and their stages: {stuck}")
         except Exception as exc:
             failures.append(exc)
             if errors is None:
                 raise
-
-    threads = [threading.Thread(target=step, args=(i,)) for i in range(len(averagers))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
     return results
 
 
@@ -147,7 +152,7 @@ def test_many_back_to_back_rounds_all_succeed_on_both_peers():
         started = time.monotonic()
         for round_ in range(400):
             errors: list = []
-            results = step_together(averagers, errors)
+            results = step_together(averagers, errors, bound=20.0, label=f"round {round_}")
             assert not errors and all(results), f"round {round_}: {errors}"
         # each sender closes its streams at once: no reducer waits out its bound (10 s) in any round
         assert time.monotonic() - started < 120
