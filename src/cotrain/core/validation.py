@@ -111,7 +111,8 @@ class RoundJudge:
         self.params = [p for p in model.parameters() if p.requires_grad]
         if [tuple(p.shape) for p in self.params] != [tuple(b.shape) for b in base_params]:
             raise ValueError("base_params do not match the model's trainable parameters")
-        self.base_params = [b.detach().to("cpu", torch.float32) for b in base_params]
+        # a copy: the caller's global params move on with the next outer step while a round is judged
+        self.base_params = [b.detach().to("cpu", torch.float32, copy=True) for b in base_params]
         self.base_hash = params_hash(self.base_params)
         self.numel = sum(b.numel() for b in self.base_params)
         self.loss_of, self.samples = loss_of, samples
@@ -262,7 +263,7 @@ class RoundJudge:
         control = self._control_indices(round_)
         with self._evaluating():
             self._load(None)
-            base_control = self._cached("control", lambda: self._chunk_losses(control))
+            base_control = self._cached(f"control/{round_}", lambda: self._chunk_losses(control))
             base_heldout = self._cached("heldout", self._heldout_losses) if self._heldout is not None else None
             drops = {}
             for peer in sorted(candidates):
