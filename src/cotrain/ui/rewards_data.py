@@ -1,5 +1,6 @@
 """The signed-in wallet's contributions and rewards, through the platform's chain service and its read-only
-views (the same the `/api/v1/me/*` endpoints use). Blocking: DB."""
+views (the same the `/api/v1/me/*` endpoints use), each contribution with its judged rounds when the session
+had a validator. Blocking: DB."""
 
 from __future__ import annotations
 
@@ -7,11 +8,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 import cotrain.chain
 from cotrain.chain.keys import KeyConfigError
 from cotrain.chain.queries import contribution_views, reward_views
 from cotrain.chain.service import ChainService
 from cotrain.chain.settings import ChainConfigError
+from cotrain.chain.verdicts import round_outcomes, sentence_of
+from cotrain.p2p.verification import Reason
 from cotrain.server.errors import NotFound
 from cotrain.server.wallet_auth import COOKIE, signed_in
 from cotrain.ui.context import platform
@@ -54,11 +59,26 @@ def mine(address: str) -> dict[str, list[dict[str, Any]]]:
             "contributions": [asdict(v) for v in contribution_views(db, address=address)],
             "rewards": [asdict(v) for v in reward_views(db, chain.settings, address=address)],
         }
+        add_rounds(db, data["contributions"])
     names = session_names({row["session_id"] for rows in data.values() for row in rows})
     for rows in data.values():
         for row in rows:
             row["session"] = names.get(row["session_id"], row["session_id"])
     return data
+
+
+def add_rounds(db: Session, contributions: list[dict[str, Any]]) -> None:
+    """Give each contribution (a dict) its judged rounds: `verified_rounds` and `judged_rounds` (None and 0 when
+    its session had no validator), and `round_reasons`, the reasons of its other rounds, each with how many
+    rounds and its sentence."""
+    outcomes = {session_id: round_outcomes(db, session_id) for session_id in {c["session_id"] for c in contributions}}
+    for contribution in contributions:
+        peer = outcomes[contribution["session_id"]].get(contribution["peer_id"])
+        contribution["verified_rounds"] = peer.verified_rounds if peer else None
+        contribution["judged_rounds"] = peer.judged_rounds if peer else 0
+        contribution["round_reasons"] = [
+            {"reason": reason, "rounds": rounds, "sentence": sentence_of(reason)}
+            for reason, rounds in (peer.reasons.items() if peer else ()) if reason != Reason.VERIFIED]
 
 
 def session_names(ids: set[str]) -> dict[str, str]:

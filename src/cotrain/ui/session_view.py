@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cotrain.chain.verdicts import round_outcomes
 from cotrain.ui.context import platform
 from cotrain.ui.machines_view import ROUND_LIMIT, SERIES_LIMIT
 
@@ -32,6 +34,8 @@ class SessionView:
     # DiLoCo sessions' `round` blocks, in the engine contract's shape (machines_view reads them)
     nodes: list[dict[str, Any]] = field(default_factory=list)
     rounds: list[dict[str, Any]] = field(default_factory=list)
+    # peer id -> the rounds the session's validator verified (DiLoCo with a validator; empty otherwise)
+    verified_rounds: dict[str, int] = field(default_factory=dict)
 
 
 def load(session_id: str, actor: Actor | None) -> SessionView:
@@ -47,8 +51,16 @@ def load(session_id: str, actor: Actor | None) -> SessionView:
         queue_position=service.queue_position(session_id, actor) if row.status == "queued" else None,
         waiting_reason=service.waiting_reasons([row]).get(row.id),
         error=service.error_text(row, actor), config_toml=service.config_toml(session_id, actor),
-        **machine_history(row, actor),
+        verified_rounds=verified_rounds(row), **machine_history(row, actor),
     )
+
+
+def verified_rounds(row: TrainingSession) -> dict[str, int]:
+    """Peer id -> its verified rounds, from the chain's verdicts (the session is visible: `load` checked)."""
+    if row.strategy != "diloco":
+        return {}
+    with platform().chain.factory() as db:
+        return {peer: view.verified_rounds for peer, view in round_outcomes(db, row.id).items()}
 
 
 def machine_history(row: TrainingSession, actor: Actor | None) -> dict[str, list[dict[str, Any]]]:
@@ -73,8 +85,10 @@ def logs(session_id: str, actor: Actor | None) -> list[str]:
     return lines or service.log_tail(session_id, "stdout", LOG_LINES, actor)
 
 
-def peer_rows(peers: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
-    """Peers as table rows with their share of the tokens processed."""
+def peer_rows(peers: list[dict[str, Any]], now: float, verified: Mapping[str, int] | None = None
+              ) -> list[dict[str, Any]]:
+    """Peers as table rows with their share of the tokens processed and, when the session has verdicts
+    (`verified`), their verified rounds (0 for a peer never verified; None without verdicts)."""
     total = sum(float(p.get("tokens") or 0) for p in peers)
     rows = []
     for peer in peers:
@@ -86,6 +100,7 @@ def peer_rows(peers: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
             "seen": peer.get("updated") or peer.get("time"),
             "share": (tokens / total) if total else None,
             "left": peer.get("event") == "left",
+            "verified": verified.get(str(peer.get("peer_id", "")), 0) if verified else None,
         })
     return rows
 

@@ -1,5 +1,5 @@
-"""Rewards: sign in with an Aptos wallet (the chain's wallet sign-in), then my contributions and
-my rewards with their payout status."""
+"""Rewards: sign in with an Aptos wallet (the chain's wallet sign-in), then my contributions (with the rounds
+the session's validator verified, and why the others were not) and my rewards with their payout status."""
 
 from __future__ import annotations
 
@@ -92,6 +92,14 @@ BADGE_SLOT = r"""
   <q-badge rounded :color="props.row.color" :label="props.value" class="px-2 py-1" />
   <div v-if="props.row.reason" class="text-[11px] ct-muted">{{ props.row.reason }}</div>
 </q-td>"""
+ROUNDS_SLOT = r"""
+<q-td :props="props" style="white-space: normal; max-width: 420px">
+  <span v-if="props.row.judged_rounds" class="font-medium">{{ props.row.rounds_shown }}</span>
+  <span v-else class="ct-muted">—</span>
+  <div v-for="r in props.row.round_reasons" :key="r.reason" class="text-[11px] ct-muted q-mt-xs">
+    <q-badge outline color="grey-7" :label="r.reason + ' × ' + r.rounds" class="q-mr-xs" />{{ r.sentence }}
+  </div>
+</q-td>"""
 TX_SLOT = r"""
 <q-td :props="props">
   <a v-if="props.row.explorer_url" :href="props.row.explorer_url" target="_blank" class="ct-mono text-primary">
@@ -113,16 +121,20 @@ def _contributions(rows: list[dict[str, Any]]) -> None:
             {"name": "tokens", "label": t("rewards.tokens"), "field": "tokens_shown", "align": "right"},
             {"name": "tps", "label": t("detail.peer_tps"), "field": "tokens_per_second", "align": "right",
              ":format": "v => Math.round(v).toLocaleString()"},
+            {"name": "rounds", "label": t("rewards.verified_rounds"), "field": "verified_rounds", "align": "left"},
             {"name": "status", "label": t("sessions.col.status"), "field": "status", "align": "left"},
         ]
         for row in rows:
             row["key"] = f"{row['session_id']}/{row['peer_id']}"
             row["tokens_shown"] = fmt.count(row["tokens"])
+            row["rounds_shown"] = t("rewards.rounds_of", verified=row.get("verified_rounds") or 0,
+                                    judged=row.get("judged_rounds") or 0)
             row["color"] = "positive" if row["status"] == ContributionStatus.VERIFIED else "grey-6"
         table = ui.table(columns=columns, rows=rows, row_key="key").props('flat dense data-testid="contributions"')
         table.classes("w-full")
         table.add_slot("body-cell-session", SESSION_SLOT)
         table.add_slot("body-cell-status", BADGE_SLOT)
+        table.add_slot("body-cell-rounds", ROUNDS_SLOT)
 
 
 def _rewards(rows: list[dict[str, Any]]) -> None:

@@ -198,6 +198,9 @@ class Detail:
                 {"name": "share", "label": t("detail.peer_share"), "field": "share", "align": "right",
                  ":format": "v => v == null ? '—' : (v * 100).toFixed(1) + '%'"},
             ]
+            if self.row.strategy == "diloco":  # the rounds its validator verified (chain/verdicts.py)
+                columns.append({"name": "verified", "label": t("detail.peer_verified"), "field": "verified",
+                                "align": "right", ":format": "v => v == null ? '—' : v"})
             self.peers_table = ui.table(columns=columns, rows=[], row_key="peer_id")
             self.peers_table.add_slot("body", PEER_ROW.replace("LEFT", t("detail.peer_left")))
             self.peers_table.props(
@@ -206,7 +209,7 @@ class Detail:
         self._set_peers(self.view.peers)
 
     def _set_peers(self, peers: list[dict[str, Any]]) -> None:
-        rows = session_view.peer_rows(peers, time.time())
+        rows = session_view.peer_rows(peers, time.time(), self.view.verified_rounds)
         self.peers_table.rows = rows
         self.peers_table.update()
         self.peers_table.set_visibility(bool(rows))
