@@ -194,6 +194,24 @@ def test_honest_peers_are_verified_and_cheats_fail_their_own_data(simulated: Rou
     assert all(Verdict.parse(v.as_dict()) == v for v in verdicts.values())  # every score finite and in range
     # the model is back as it was: its params, and train mode
     assert all(torch.equal(a, b) for a, b in zip(before, trainable(rnd.model)))
+
+
+def test_of_twin_updates_the_later_commitment_is_the_copy(simulated: Round):
+    """A copycat must first see the update it copies, so it commits after the original: it is the duplicate even
+    when the original itself fails (here a wrong-shard peer's update, copied), and the original keeps its own
+    reason."""
+    rnd = simulated
+    updates = {"honest-a": rnd.updates["honest-a"], "wrong-shard": rnd.updates["wrong-shard"],
+               "copier": rnd.updates["wrong-shard"].clone(), "copier-of-honest": rnd.updates["honest-a"].clone()}
+    evidence = evidence_of(rnd, updates)
+    for peer in ("copier", "copier-of-honest"):
+        evidence.commitments[peer] = commitment(rnd, peer, updates[peer], committed_at=DEADLINE - 1)
+    verdicts = by_peer(rnd.judge().judge(evidence))
+    assert {p: v.reason for p, v in verdicts.items()} == {
+        "honest-a": Reason.VERIFIED, "wrong-shard": Reason.OWN_DATA_FAIL, "copier": Reason.DUPLICATE_UPDATE,
+        "copier-of-honest": Reason.DUPLICATE_UPDATE,
+    }
+    assert "wrong-shard" in verdicts["copier"].detail and "committed it first" in verdicts["copier"].detail
     assert rnd.model.training
 
 
@@ -219,7 +237,7 @@ def test_reasons_before_any_loss_is_computed(simulated: Round):
         print(f"{v.peer_id:12} {v.reason:17} {v.detail}")
     assert {p: v.reason for p, v in verdicts.items()} == {
         "honest-b": Reason.VERIFIED, "no-commit": Reason.NO_COMMIT, "late": Reason.LATE,
-        "loner": Reason.NOT_IN_GROUP, "tampered": Reason.SPOT_CHECK_FAIL, "gone": Reason.SPOT_CHECK_FAIL,
+        "loner": Reason.NOT_IN_GROUP, "tampered": Reason.SPOT_CHECK_FAIL, "gone": Reason.LATE,
         "nan": Reason.NON_FINITE, "huge": Reason.NON_FINITE,
     }
     assert "0 of the 1 receipts" in verdicts["loner"].detail

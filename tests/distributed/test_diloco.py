@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from cotrain.p2p.dht import start_dht, visible_maddrs
 from cotrain.server.processes import group_members
 from tests.conftest import PYTHON, engine_env, tiny_config
 
+REPO = Path(__file__).resolve().parents[2]  # `python -m tests.distributed.adversaries` runs from here
 DILOCO = """
 [distributed]
 strategy = "diloco"
@@ -36,20 +36,13 @@ progress_interval = 2.0
 """
 
 
-@pytest.fixture
-def bootstrap():
-    """The DHT node peers join through (the server's role in production)."""
-    dht = start_dht()
-    yield json.dumps(visible_maddrs(dht))
-    dht.shutdown()
-
-
 class Peer:
     """One `python -m cotrain.core.train` peer with its own COTRAIN_HOME (shared datasets)."""
 
     def __init__(self, name: str, root: Path, datasets: Path, initial_peers: str, *, max_steps: int,
                  inner_steps: int = 5, compression: str = "none", min_peers: int = 2, processes: int = 1,
-                 log_interval: int = 100):
+                 log_interval: int = 100, diloco: str = "", adversary: str | None = None):
+        """`diloco`: more `[distributed.diloco]` lines; `adversary`: a kind of tests/distributed/adversaries.py."""
         self.name = name
         self.home = root / name
         self.home.mkdir(parents=True)
@@ -57,15 +50,17 @@ class Peer:
         self.config = tiny_config(
             root / f"{name}.toml", "diloco-test", max_steps=max_steps, interval=max_steps, log_interval=log_interval,
             extra=DILOCO.format(inner_steps=inner_steps, compression=compression, initial_peers=initial_peers,
-                               min_peers=min_peers, processes=processes),
+                               min_peers=min_peers, processes=processes) + diloco,
         )
         self.log = (root / f"{name}.log").open("w")
         command = ["-m", "cotrain.core.train", "--config", str(self.config)]
         if processes > 1:  # a volunteer's machine with several GPUs: `cotrain join --gpus N` launches torchrun
             command = ["-m", "cotrain.cli", "join", "--session", "diloco-test", "--config", str(self.config),
                        "--gpus", str(processes), *(f"--initial-peers={a}" for a in json.loads(initial_peers))]
+        if adversary is not None:
+            command = ["-m", "tests.distributed.adversaries", adversary, "train", str(self.config)]
         self.proc = subprocess.Popen(
-            [PYTHON, *command],
+            [PYTHON, *command], cwd=REPO,
             env=engine_env(self.home, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false"),
             stdout=subprocess.DEVNULL, stderr=self.log, start_new_session=True,
         )

@@ -14,7 +14,7 @@ import pytest
 from cotrain.core.strategies.round_metrics import RoundClock, short_peer_id, slowest_peer, train_seconds_of
 from cotrain.p2p.progress import PeerProgress, bounded_node, bounded_round
 from tests.distributed.engine import cotrain_train, events_of, train_on_two_loopback_nodes, write_config
-from tests.distributed.test_diloco import Peer, _prepare, bootstrap, run_to_completion  # noqa: F401 (fixture)
+from tests.distributed.test_diloco import Peer, _prepare, run_to_completion
 
 MIB = 1 << 20
 

@@ -72,6 +72,24 @@ def test_kept_updates_download_bit_exact_with_their_round(peers):
     assert own is not None and own[0] == 4 and torch.equal(own[1], flat)
 
 
+def test_the_last_two_rounds_are_served_by_round(peers):
+    """A validator asks for round r after the peer has kept r + 1 (its next round is under way): still served;
+    round r - 1 is gone, and a round asked for is never answered with another."""
+    a, b, _ = peers
+    kept = {round_: torch.full((NUMEL,), float(round_)) for round_ in (7, 8, 9)}
+    for round_, update in kept.items():
+        a.keep_update(round_, update)
+    peer = a.peer_id.to_base58()
+    for round_ in (8, 9):
+        got = b.download_update(peer, timeout=20, round_=round_)
+        assert got is not None and got[0] == round_ and torch.equal(got[1], kept[round_])
+    assert b.download_update(peer, timeout=20, round_=7) is None  # replaced by round 9
+    newest = b.download_update(peer, timeout=20)
+    assert newest is not None and newest[0] == 9
+    own = a.download_update(peer, timeout=5, round_=8)
+    assert own is not None and own[0] == 8 and torch.equal(own[1], kept[8])
+
+
 def test_unknown_or_malformed_peer_gives_none_within_the_timeout(peers):
     _, b, _ = peers
     nobody = PeerID(b"\x12\x20" + hashlib.sha256(b"no such peer").digest()).to_base58()

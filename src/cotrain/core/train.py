@@ -169,6 +169,7 @@ class Trainer:
         index, count = strategy.data_shard()
         self.schedule = BatchSchedule(len(self.train_samples), cfg.train.batch_size, strategy.data_seed(), index, count)
         self.total_steps = self.schedule.plan.total_steps(cfg.train.epochs, cfg.train.max_steps)
+        strategy.use_data(self.train_samples, self.val_samples, self.batch_loss)
         per_process = cfg.train.batch_size // count
         self.micro_batch = cfg.train.micro_batch_size or per_process
         self.accumulation = per_process // self.micro_batch
@@ -281,6 +282,15 @@ class Trainer:
         return StepResult(loss_value, float(grad_norm), time.perf_counter() - start, correct, predicted, outer)
 
     # --- evaluation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def batch_loss(self, model: torch.nn.Module, tokens: torch.Tensor) -> float:
+        """Mean token loss of `model` (the unwrapped model: no collective) on one batch of samples; the
+        DiLoCo validator scores updates with it."""
+        inputs, targets = self._inputs_and_targets(tokens, -1, 0)
+        with self._autocast():
+            logits = model(input_ids=inputs.to(self.device), **self.forward_kwargs).logits
+        return float(self.cross_entropy(logits, targets.to(self.device)))
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Loss, perplexity and token accuracy (masked tokens for bert) over the first

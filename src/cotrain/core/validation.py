@@ -145,7 +145,14 @@ class RoundJudge:
         drops = self._measure(evidence.round, candidates)
         copies = self._copies(candidates)
         for peer, candidate in candidates.items():
-            verdicts[peer] = self._own_data_verdict(evidence.round, peer, candidate, drops[peer], copies.get(peer))
+            twin = copies.get(peer)
+            twin_at = None if twin is None else candidates[twin[0]].commitment.committed_at
+            if twin is not None and twin_at is not None and twin_at < candidate.commitment.committed_at:
+                # the same update, committed after another member's: the copy, whatever its loss drops say
+                verdicts[peer] = self._copy_verdict(evidence.round, peer, candidate, drops[peer], twin)
+            else:  # the first of its kind is judged on its own data; of twins committed at once, the one failing it
+                same_time = twin if twin_at == candidate.commitment.committed_at else None
+                verdicts[peer] = self._own_data_verdict(evidence.round, peer, candidate, drops[peer], same_time)
         return [verdicts[peer] for peer in sorted(verdicts)]
 
     def _verdict(self, round_: int, peer: str, reason: Reason, detail: str, scores: dict[str, float] | None = None,
@@ -182,8 +189,8 @@ class RoundJudge:
                 f"committed update {c.update_hash[:12]}.",
             )
         update = ev.updates.get(peer)
-        if update is None:
-            return self._verdict(r, peer, Reason.SPOT_CHECK_FAIL, "its committed update could not be downloaded.")
+        if update is None:  # gone or slow, not caught lying: only this round is lost (a mismatch below is lying)
+            return self._verdict(r, peer, Reason.LATE, "its committed update could not be downloaded in time.")
         flat = update.detach().to("cpu", torch.float32).reshape(-1).contiguous()
         digest = tensor_digest(flat)
         if digest != c.update_hash:
@@ -206,13 +213,28 @@ class RoundJudge:
             )
         return _Candidate(c, flat, norm)
 
-    def _own_data_verdict(self, round_: int, peer: str, candidate: _Candidate, d: Drops,
-                          copy_of: tuple[str, float] | None) -> Verdict:
+    @staticmethod
+    def _scores(candidate: _Candidate, d: Drops) -> dict[str, float]:
         scores = {"own_drop": d.own, "control_drop": d.control, "own_data": d.own_data, "norm": candidate.norm}
         if d.held_out is not None:
             scores["usefulness"] = d.held_out
         if d.z is not None:
             scores["own_data_z"] = d.z
+        return scores
+
+    def _copy_verdict(
+        self, round_: int, peer: str, candidate: _Candidate, d: Drops, twin: tuple[str, float]
+    ) -> Verdict:
+        other, cosine = twin
+        return self._verdict(
+            round_, peer, Reason.DUPLICATE_UPDATE,
+            f"its update is the same as peer {other}'s (cosine {cosine:.4f}), which committed it first.",
+            self._scores(candidate, d),
+        )
+
+    def _own_data_verdict(self, round_: int, peer: str, candidate: _Candidate, d: Drops,
+                          copy_of: tuple[str, float] | None) -> Verdict:
+        scores = self._scores(candidate, d)
         moved = f"{_moved(d.own, 'on its own shard')} and {_moved(d.control, 'on a control shard')}"
         lowered = f"its update {moved}"
         if self._passes(d):
@@ -239,7 +261,8 @@ class RoundJudge:
 
     # --- duplicates ------------------------------------------------------------------------------
     def _copies(self, candidates: dict[str, _Candidate]) -> dict[str, tuple[str, float]]:
-        """peer → (another member whose update is the same or nearly so, cosine)."""
+        """peer → (the member that committed first among those whose update is the same as the peer's or nearly
+        so, cosine)."""
         peers = sorted(candidates)
         copies: dict[str, tuple[str, float]] = {}
         for i, a in enumerate(peers):
@@ -252,8 +275,11 @@ class RoundJudge:
                 else:
                     continue
                 if cosine > self.duplicate_cosine:
-                    copies.setdefault(a, (b, cosine))
-                    copies.setdefault(b, (a, cosine))
+                    for peer, twin in ((a, b), (b, a)):
+                        known = copies.get(peer)
+                        if known is None or candidates[twin].commitment.committed_at < \
+                                candidates[known[0]].commitment.committed_at:
+                            copies[peer] = (twin, cosine)
         return copies
 
     # --- losses ----------------------------------------------------------------------------------

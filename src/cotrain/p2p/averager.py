@@ -17,7 +17,10 @@ It also counts the bytes each peer sends and receives, and is strict where hivem
 - a reducer keeps each sender's stream open until the sender, having read every averaged part,
   closes it. hivemind's reducer closed the stream right after writing its last reply, and about
   one round in 500 on loopback the sender then saw the stream end before the reply arrived
-  ("sent 0 parts"): it failed the round the others applied and had to download their state.
+  ("sent 0 parts"): it failed the round the others applied and had to download their state;
+- for the same reason a matchmaking leader keeps a follower's join stream open after sending it
+  BEGIN_ALLREDUCE until the follower closes it (a lost BEGIN_ALLREDUCE left the leader in an
+  all-reduce with a follower still looking for a group).
 
 Each peer also keeps its last round's pseudo-gradient (`keep_update`) for others to download exactly, as
 fp32 bytes (`download_update`): a validator checks the download against the digest the peer committed to.
@@ -27,6 +30,7 @@ These bytes are counted apart from the averaging's (`verification_bytes`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import multiprocessing as mp
@@ -250,8 +254,10 @@ class ExactAverager(DecentralizedAverager):
         self.state_provider = state_provider
         compression = kwargs.get("compression")
         self._compression_type = compression.compression_type if compression is not None else 0
-        # in shared memory before super() starts the averager process
-        self._kept = KeptUpdate(sum(tensor.numel() for tensor in averaged_tensors))
+        # in shared memory before super() starts the averager process; two rounds are kept (slot round % 2), so
+        # a validator still gets round r's update after the peer kept round r + 1's
+        numel = sum(tensor.numel() for tensor in averaged_tensors)
+        self._kept = (KeptUpdate(numel), KeptUpdate(numel))
         super().__init__(averaged_tensors, dht, **kwargs)
 
     async def _run_allreduce_inplace_(self, tensors, group_info, group_id=None, **kwargs) -> None:
@@ -273,6 +279,21 @@ class ExactAverager(DecentralizedAverager):
             raise AllreduceException(
                 f"{runner.tensor_part_container.failed_size} values were not averaged (a peer left mid-round)"
             )
+
+    async def rpc_join_group(  # typing's AsyncIterator: hivemind tells a streaming RPC by the hint's _name
+        self, request: averaging_pb2.JoinRequest, context: P2PContext
+    ) -> typing.AsyncIterator[averaging_pb2.MessageFromLeader]:
+        """hivemind's leader side of matchmaking, but a leader that sent BEGIN_ALLREDUCE keeps the stream
+        open until the follower (which closes it once it read that message) does: a leader that closed at
+        once sometimes lost that last message in p2pd, and its all-reduce then waited for a follower still
+        looking for a group (the failure the reducer streams above had)."""
+        began = False
+        async with contextlib.aclosing(super().rpc_join_group(request, context)) as messages:
+            async for message in messages:
+                began = message.code == averaging_pb2.BEGIN_ALLREDUCE
+                yield message
+        if began:  # the follower's close ends this handler at once; the wait only bounds one that never closes
+            await asyncio.sleep(SENDER_CLOSE_BOUND)
 
     def get_current_state(self):
         """What a joining peer downloads (runs in this process, on a peer's request)."""
@@ -326,17 +347,25 @@ class ExactAverager(DecentralizedAverager):
 
     def keep_update(self, round_: int, flat: torch.Tensor) -> None:
         """Keep this peer's pseudo-gradient of `round_` (float32, as many values as the averaged tensors)
-        for other peers to download; it replaces the one kept before."""
-        self._kept.keep(round_, flat)
+        for other peers to download; it replaces the one of round `round_ - 2` (and of `round_`)."""
+        self._kept[round_ % 2].keep(round_, flat)
+
+    def _slot(self, round_: int | None) -> KeptUpdate:
+        """The slot holding `round_` (None: the newest round kept)."""
+        if round_ is None:
+            return max(self._kept, key=lambda kept: kept.round.value)
+        return self._kept[round_ % 2]
 
     async def rpc_download_update(  # typing's AsyncIterator: hivemind tells a streaming RPC by the hint's _name
-        self, _request: averaging_pb2.DownloadRequest, _context: P2PContext
+        self, request: averaging_pb2.DownloadData, _context: P2PContext
     ) -> typing.AsyncIterator[averaging_pb2.DownloadData]:
-        """The kept update as exact fp32 parts of at most PART_VALUES values; the first message's metadata
-        is {"round": r, "numel": n}, or {"round": -1} alone when nothing is kept."""
-        kept = self._kept
+        """The kept update of the round the request's metadata names ({"round": r}; none: the newest) as exact
+        fp32 parts of at most PART_VALUES values; the first message's metadata is {"round": r, "numel": n}, or
+        {"round": -1} alone when that round is not kept."""
+        wanted = _requested_round(request.metadata)
+        kept = self._slot(wanted)
         stable = await kept.stable()
-        if stable is None or stable[1] < 0:
+        if stable is None or stable[1] < 0 or (wanted is not None and stable[1] != wanted):
             yield averaging_pb2.DownloadData(metadata=MSGPackSerializer.dumps({"round": -1}))
             return
         version, round_ = stable
@@ -351,12 +380,17 @@ class ExactAverager(DecentralizedAverager):
             yield averaging_pb2.DownloadData(tensor_part=part, metadata=metadata)
             metadata = b""
 
-    def download_update(self, peer_id: str, timeout: float) -> tuple[int, torch.Tensor] | None:
-        """(round, flat fp32 update) that peer `peer_id` (base58) keeps, downloaded by the averager process;
-        None when it keeps nothing, cannot be reached within `timeout` seconds, or sent anything malformed."""
+    def download_update(
+        self, peer_id: str, timeout: float, round_: int | None = None
+    ) -> tuple[int, torch.Tensor] | None:
+        """(round, flat fp32 update) that peer `peer_id` (base58) keeps for `round_` (None: its newest), downloaded
+        by the averager process; None when it keeps no such update, cannot be reached within `timeout` seconds,
+        or sent anything malformed."""
         future: MPFuture = MPFuture()
         try:
-            self._outer_pipe.send(("_download_update", [], dict(peer_id=peer_id, timeout=timeout, future=future)))
+            self._outer_pipe.send(
+                ("_download_update", [], dict(peer_id=peer_id, timeout=timeout, round_=round_, future=future))
+            )
             return future.result(timeout=timeout + PIPE_GRACE)
         except TimeoutError:
             log.warning("the averager process did not answer the download from %s in time", peer_id)
@@ -364,10 +398,10 @@ class ExactAverager(DecentralizedAverager):
             log.warning("could not ask the averager process to download from %s: %r", peer_id, exc)
         return None
 
-    async def _download_update(self, peer_id: str, timeout: float, future: MPFuture) -> None:
+    async def _download_update(self, peer_id: str, timeout: float, round_: int | None, future: MPFuture) -> None:
         result: tuple[int, torch.Tensor] | None = None
         try:
-            result = await asyncio.wait_for(self._fetch_update(peer_id), timeout)
+            result = await asyncio.wait_for(self._fetch_update(peer_id, round_), timeout)
         except TimeoutError:
             log.warning("no update downloaded from %s within %.1f s", peer_id, timeout)
         except BadUpdate as exc:
@@ -379,28 +413,33 @@ class ExactAverager(DecentralizedAverager):
         except Exception as exc:  # the caller gave up waiting and dropped the future
             log.debug("download result from %s not delivered: %r", peer_id, exc)
 
-    async def _fetch_update(self, peer_id: str) -> tuple[int, torch.Tensor] | None:
+    async def _fetch_update(self, peer_id: str, round_: int | None) -> tuple[int, torch.Tensor] | None:
         peer = PeerID.from_base58(peer_id)
         if peer == self.peer_id:
-            return self._own_update()
+            return self._own_update(round_)
         stub = self.get_stub(self._p2p, peer, namespace=self.prefix)
-        stream = await stub.rpc_download_update(averaging_pb2.DownloadRequest())
+        request = b"" if round_ is None else MSGPackSerializer.dumps({"round": round_})
+        stream = await stub.rpc_download_update(averaging_pb2.DownloadData(metadata=request))
         try:
-            return await self._receive_update(peer_id, stream)
+            got = await self._receive_update(peer_id, stream)
         finally:
             await stream.aclose()
+        if got is not None and round_ is not None and got[0] != round_:
+            raise BadUpdate(f"it served round {got[0]} when asked for round {round_}")
+        return got
 
-    def _own_update(self) -> tuple[int, torch.Tensor] | None:
-        version, round_ = self._kept.version.value, self._kept.round.value
-        flat = self._kept.flat.clone()
-        if round_ < 0 or version % 2 or not self._kept.unchanged_since(version):
+    def _own_update(self, wanted: int | None) -> tuple[int, torch.Tensor] | None:
+        kept = self._slot(wanted)
+        version, round_ = kept.version.value, kept.round.value
+        flat = kept.flat.clone()
+        if round_ < 0 or version % 2 or not kept.unchanged_since(version) or wanted not in (None, round_):
             return None
         return round_, flat.share_memory_()
 
     async def _receive_update(
         self, peer_id: str, stream: AsyncIterator[averaging_pb2.DownloadData]
     ) -> tuple[int, torch.Tensor] | None:
-        expected = self._kept.flat.numel()
+        expected = self._kept[0].flat.numel()
         round_: int | None = None
         flat = torch.empty(0)
         filled = 0
@@ -423,6 +462,18 @@ class ExactAverager(DecentralizedAverager):
         if filled != expected:
             raise BadUpdate(f"it sent {filled} of {expected} values (the stream ended early)")
         return round_, flat
+
+
+def _requested_round(metadata: bytes) -> int | None:
+    """The round a download request names (None: the newest kept; also for a malformed request)."""
+    if not metadata or len(metadata) > 64:
+        return None
+    try:
+        request = MSGPackSerializer.loads(metadata)
+    except Exception:
+        return None
+    round_ = request.get("round") if isinstance(request, dict) else None
+    return round_ if type(round_) is int and 0 <= round_ < 2**31 else None
 
 
 def _update_round(metadata: bytes, expected: int) -> int:

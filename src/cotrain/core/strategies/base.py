@@ -8,6 +8,7 @@ after each optimizer step (DiLoCo: the outer step every `inner_steps`).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,11 @@ class Strategy:
     def data_shard(self) -> tuple[int, int]:
         """(index, count): this process takes slice `index` of `count` of every step's batch."""
         return 0, 1
+
+    def use_data(
+        self, train_samples: Any, val_samples: Any, loss_of: Callable[[nn.Module, torch.Tensor], float]
+    ) -> None:
+        """The trainer's samples and its loss, for a strategy that scores others' work (a DiLoCo validator)."""
 
     def data_seed(self) -> int:
         """Seed of the sample order. Processes that split one batch share it; independent

@@ -33,6 +33,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,7 @@ from torch import nn
 
 from cotrain.core.strategies.base import OuterStepReport, Strategy
 from cotrain.core.strategies.round_metrics import RoundClock, short_peer_id, train_seconds_of
+from cotrain.core.strategies.verified_rounds import RoundValidator, RoundWork, receipt_of
 from cotrain.core.system_metrics import merge_nodes
 
 if TYPE_CHECKING:
@@ -49,6 +51,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
+VALIDATOR_GRACE = 10.0  # seconds a peer stays after its last round so validators can download its update
+HELD_OUT_SAMPLES = 32  # val samples a validator measures each update's usefulness on
 POLL_SECONDS = 0.2
 
 
@@ -57,7 +61,7 @@ def quorum_size(live: int, min_peers: int) -> int:
     return max(min_peers, live // 2 + 1)
 
 
-def params_hash(tensors: list[torch.Tensor]) -> str:
+def params_hash(tensors: Sequence[torch.Tensor]) -> str:
     """A short hash of the exact bytes of `tensors` (equal on peers holding identical params)."""
     digest = hashlib.sha256()
     for tensor in tensors:
@@ -95,6 +99,11 @@ class DilocoStrategy(Strategy):
         self.round_clock = RoundClock.start((0, 0))  # restarted when training starts and after every round
         self.own_node: dict[str, Any] | None = None  # this peer's machine, in its record and its events
         self.last_round: dict[str, Any] | None = None  # its last round block, in its record
+        self.work: RoundWork | None = None  # this round's public shard and parameter hashes
+        self.validator: RoundValidator | None = None  # judges every round, with `diloco.validate`
+        self._verdict_events: list[dict[str, Any]] = []
+        self.last_round_at: float | None = None  # monotonic time of this peer's last averaged round
+        self._data: tuple[Any, Any, Any] | None = None  # train samples, val samples, loss_of (use_data)
 
     # --- processes -------------------------------------------------------------------
     def setup(self) -> None:
@@ -129,6 +138,7 @@ class DilocoStrategy(Strategy):
 
     def shutdown(self) -> None:
         publisher = getattr(self, "publisher", None)
+        self._stay_for_validators()
         if publisher is not None:
             publisher.stop()
             self._publish_leaving()
@@ -141,6 +151,17 @@ class DilocoStrategy(Strategy):
                     log.warning("could not shut down the %s cleanly: %s", name, exc)
         if self.local is not None:
             self.local.shutdown()
+
+    def _stay_for_validators(self) -> None:
+        """After its last round a peer keeps serving its update a little longer: a validator downloads it once
+        the round's receipts are in, and an update it cannot download does not count."""
+        if self.last_round_at is None:
+            return
+        wait = self.last_round_at + VALIDATOR_GRACE - time.monotonic()
+        if wait > 0:
+            print(f"diloco: serving this peer's last update to validators for {wait:.0f} s before leaving",
+                  file=sys.stderr, flush=True)
+            time.sleep(wait)
 
     # --- this peer's own processes ---------------------------------------------------------
     def barrier(self) -> None:
@@ -194,12 +215,19 @@ class DilocoStrategy(Strategy):
         # one flat buffer: the all-reduce splits it into parts of equal size, so 8-bit codebooks
         # and message headers stay negligible even for the many tiny norm weights
         self.last_hash = params_hash(self.global_params)
+        self.work = RoundWork(
+            session_id=self.session_id, peer_id=getattr(self, "peer_id", ""),
+            shard_samples=self.diloco.shard_size(self.config.train.batch_size),
+            commit_every=self.diloco.commit_interval,
+        )
         if self.is_main:
             self.averaged = [torch.zeros(sum(g.numel() for g in self.global_params))]
             with dies_with_parent():  # no orphaned averager after a kill -9
                 self.averager = self._start_averager(self.diloco.matchmaking_time)
             self._join_running_session()
             self.round_clock = RoundClock.start(self.comm_bytes())
+            if self.diloco.validate:
+                self.validator = RoundValidator(self.dht, self.averager, self.session_id, self.peer_id, self._judge)
         if self.local is None:
             return model
         self._share_global_state()  # the state rank 0 may have downloaded
@@ -230,6 +258,8 @@ class DilocoStrategy(Strategy):
             self.tokens_per_second = rate if not self.tokens_per_second else 0.8 * self.tokens_per_second + 0.2 * rate
         self.step = step
         self.inner_done += 1
+        if self.is_main and self.work is not None:
+            self.work.after_inner_step(self.inner_done, lambda: params_hash(self.params))
         if self.inner_done < self.diloco.inner_steps:
             self._last_step_time = time.perf_counter()
             return None
@@ -237,6 +267,8 @@ class DilocoStrategy(Strategy):
         if self.local is not None:
             self._share_global_state()
         self.inner_done = 0
+        if self.work is not None:
+            self.work.round = 0  # the next inner step begins a round's work anew (the same shard after a failed one)
         self.round_clock = RoundClock.start(self.comm_bytes())
         self._last_step_time = time.perf_counter()  # the round's wait is not training time
         return report
@@ -247,9 +279,12 @@ class DilocoStrategy(Strategy):
         started = time.perf_counter()
         clock = self.round_clock
         clock.inner_steps_done()
+        update: torch.Tensor | None = None
         for attempt in range(1, MAX_ATTEMPTS + 1):
             with clock.phase("averaging"):
                 self._fill_pseudo_gradient()
+                if update is None:
+                    update, update_hash = self._commit(round_)
             self.ready_round = round_
             with clock.phase("wait"):
                 self.publisher.publish_now()
@@ -261,10 +296,16 @@ class DilocoStrategy(Strategy):
                 break  # nobody to average with
             with clock.phase("wait"):
                 self._size_groups(round_, others)
-            gathered = self._average(round_, live=1 + len(others), clock=clock)
+            gathered = self._average(round_, live=1 + len(others), clock=clock, update_hash=update_hash)
             if gathered is not None:
                 with clock.phase("averaging"):
+                    base_hash, base_params = self.last_hash or "", [g.clone() for g in self.global_params]
+                    result_hash = self._averaged_digest()
                     self._apply_outer_step()
+                self._publish_receipt(round_, gathered, result_hash)
+                self.last_round_at = time.monotonic()
+                if self.validator is not None:
+                    self._validate(round_, base_hash, base_params, gathered, update)
                 block = clock.block(round_, short_peer_id(self.peer_id), self.comm_bytes(),
                                     train_seconds_of(gathered))
                 self.last_round = {k: v for k, v in block.items() if k != "peers"}
@@ -274,6 +315,8 @@ class DilocoStrategy(Strategy):
                     extra={
                         "group_size": len(gathered), "round_seconds": round(time.perf_counter() - started, 3),
                         "round_attempts": attempt, "round": block,
+                        # served to / downloaded from validators, apart from the averaging bytes
+                        "verification_bytes": list(self.averager.verification_bytes()),
                     },
                 )
             if any(r.outer_step >= round_ for r in self._live_records()):
@@ -321,13 +364,13 @@ class DilocoStrategy(Strategy):
         except Exception as exc:  # the averager process is gone: the step below fails and says so
             log.warning("could not size round %d's group: %s", round_, exc)
 
-    def _average(self, round_: int, live: int, clock: RoundClock) -> dict | None:
+    def _average(self, round_: int, live: int, clock: RoundClock, update_hash: str) -> dict | None:
         """All-reduce the pseudo-gradients; the gathered metadata if the group may apply the round.
         The step's time goes to `clock`: its all-reduce is averaging, its matchmaking waiting."""
         began, allreduce_before = time.perf_counter(), self.averager.allreduce_seconds()
         try:
             gathered = self.averager.step(
-                gather={"round": round_, "live": live, "train_seconds": round(clock.train, 3)},
+                gather={"round": round_, "live": live, "train_seconds": round(clock.train, 3), "update": update_hash},
                 timeout=self.diloco.averaging_timeout, allow_retries=False,
             )
         except Exception as exc:  # hivemind reports failed rounds as exceptions
@@ -345,6 +388,92 @@ class DilocoStrategy(Strategy):
             return gathered
         log.warning("round %d: group of %d does not make a quorum (%s); discarded", round_, len(members), members)
         return None
+
+    # --- verification (core/strategies/verified_rounds.py) ----------------------------------
+    def round_batch_indices(self, step: int, schedule) -> torch.Tensor | None:
+        """Inner step `inner_done` of this round trains on the round's public shard (`core/shards.py`)."""
+        if self.work is None:
+            return None
+        if self.work.round != self.outer_step + 1:
+            seed = None
+            if self.local is not None:  # rank 0 alone knows the peer id and the params hash
+                mine = self.work.seed_for(self.outer_step + 1, self.last_hash or "") if self.is_main else 0
+                seed = int(self._broadcast_from_main(torch.tensor([mine], dtype=torch.int64)).item())
+            self.work.begin(self.outer_step + 1, self.last_hash or "", schedule.plan.samples, seed)
+        return self.work.batch(self.inner_done, self.config.train.batch_size)
+
+    def use_data(self, train_samples, val_samples, loss_of) -> None:
+        self._data = (train_samples, val_samples, loss_of)
+
+    def _commit(self, round_: int) -> tuple[torch.Tensor, str]:
+        """Keep this round's update where peers can download it, and publish its signed commitment."""
+        from hivemind.utils import get_dht_time
+
+        from cotrain.p2p.dht import signer
+        from cotrain.p2p.digests import tensor_digest
+        from cotrain.p2p.round_records import publish_commitment
+
+        with self.averager.get_tensors() as (flat,):
+            update = flat.clone()
+        digest = tensor_digest(update)
+        try:
+            self.averager.keep_update(round_, update)
+            assert self.work is not None
+            commitment = self.work.commitment(digest, self.inner_done, get_dht_time())
+            publish_commitment(self.dht, signer(self.dht), commitment)
+        except Exception as exc:  # an unpublished commitment costs this peer the round's credit, not the run
+            log.warning("could not publish the commitment of round %d: %s", round_, exc)
+        return update, digest
+
+    def _averaged_digest(self) -> str:
+        from cotrain.p2p.digests import tensor_digest
+
+        with self.averager.get_tensors() as (flat,):
+            return tensor_digest(flat)
+
+    def _publish_receipt(self, round_: int, gathered: dict, result_hash: str) -> None:
+        from hivemind.utils import get_dht_time
+
+        from cotrain.p2p.dht import signer
+        from cotrain.p2p.round_records import publish_receipt
+
+        try:
+            receipt = receipt_of(self.session_id, round_, self.peer_id, gathered, result_hash, get_dht_time())
+            publish_receipt(self.dht, signer(self.dht), receipt)
+        except Exception as exc:
+            log.warning("could not publish the receipt of round %d: %s", round_, exc)
+
+    def _validate(self, round_: int, base_hash: str, base_params: list[torch.Tensor], gathered: dict,
+                  update: torch.Tensor | None) -> None:
+        assert self.validator is not None and update is not None
+        try:
+            live = [r.peer_id for r in self._live_records()]
+            event = self.validator.judge_round(round_, base_hash, base_params, gathered, update, live)
+        except Exception as exc:  # a validator fault must not stop its own training; the round stays unjudged
+            log.warning("could not validate round %d: %s", round_, exc)
+            return
+        self._verdict_events.append(event)
+
+    def _judge(self, base_params: list[torch.Tensor]):
+        from cotrain.core.validation import RoundJudge
+
+        if self._data is None:
+            raise RuntimeError("validation needs the trainer's data (use_data was not called)")
+        train_samples, val_samples, loss_of = self._data
+        assert self.model is not None
+        return RoundJudge(
+            model=self.model, base_params=base_params, loss_of=loss_of, samples=train_samples.get,
+            num_samples=len(train_samples),
+            heldout=lambda: val_samples.get(torch.arange(min(len(val_samples), HELD_OUT_SAMPLES))),
+            shard_samples=self.work.shard_samples if self.work is not None else 0,
+            batch_size=self.config.train.batch_size, seq_length=self.config.data.seq_length,
+            session_id=self.session_id, receipt_quorum=self.diloco.receipt_quorum,
+            own_data_margin=self.diloco.own_data_margin,
+        )
+
+    def verdict_events(self) -> list[dict[str, Any]]:
+        events, self._verdict_events = self._verdict_events, []
+        return events
 
     @torch.no_grad()
     def _apply_outer_step(self) -> None:
