@@ -157,6 +157,11 @@ class DilocoConfig(Section):
         description="Also act as a validator: judge every member of each round (commitment, receipts, the update "
         "itself, and whether it learned from its own shard) and emit a verdict event.",
     )
+    validators: list[str] = Field(
+        default_factory=list,
+        description="Peer ids of the validators this peer trusts: it refuses to average with the peers they "
+        "excluded for a failed check. A volunteer joining through the server gets the server's validating peer.",
+    )
     receipt_quorum: PositiveInt = Field(
         default=1,
         description="q: how many other members of its averaging group must sign a receipt naming a peer's "

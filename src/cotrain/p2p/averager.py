@@ -126,6 +126,34 @@ class KeptUpdate:
         return self.version.value == version
 
 
+class _Excluding:
+    """Excluded peers on one hivemind `Matchmaking` (which has no such notion): its two entry points are wrapped
+    once, in the averager's process, so a join request from an excluded peer is refused and an excluded peer is
+    never asked to lead."""
+
+    def __init__(self, matchmaking: Any) -> None:
+        self.peers: set[PeerID] = set()
+        check, request = matchmaking._check_reasons_to_reject, matchmaking._request_join_group
+
+        def check_reasons_to_reject(join_request, context):
+            if context.remote_id in self.peers:
+                return averaging_pb2.MessageFromLeader(code=averaging_pb2.PROTOCOL_VIOLATION)
+            return check(join_request, context)
+
+        async def request_join_group(leader):
+            return None if leader in self.peers else await request(leader)
+
+        matchmaking._check_reasons_to_reject = check_reasons_to_reject
+        matchmaking._request_join_group = request_join_group
+
+    @classmethod
+    def of(cls, matchmaking: Any) -> _Excluding:
+        excluding = getattr(matchmaking, "_cotrain_excluding", None)
+        if excluding is None:
+            excluding = matchmaking._cotrain_excluding = cls(matchmaking)
+        return excluding
+
+
 class BadUpdate(Exception):
     """What a peer sent as its kept update is not one (the message says why)."""
 
@@ -320,6 +348,23 @@ class ExactAverager(DecentralizedAverager):
         try:
             self._matchmaking.min_group_size = min_size
             self._matchmaking.target_group_size = target_size
+            future.set_result(None)
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+
+    def set_excluded(self, peer_ids: Sequence[str]) -> None:
+        """Refuse to be in a group with these peers (base58 ids) from the next matchmaking on: as a leader this
+        averager turns them away, as a follower it does not ask them to lead. A validator excluded them for a
+        failed check; without this they would keep feeding their update into the honest peers' average."""
+        future = MPFuture()
+        self._outer_pipe.send(("_set_excluded", [], dict(peer_ids=list(peer_ids), future=future)))
+        future.result()
+
+    async def _set_excluded(self, peer_ids: list[str], future: MPFuture) -> None:
+        try:
+            excluding = _Excluding.of(self._matchmaking)
+            excluding.peers = {PeerID.from_base58(peer) for peer in peer_ids}
             future.set_result(None)
         except Exception as exc:
             if not future.done():

@@ -9,7 +9,7 @@ was written in the future: each skipped alone, logged once (`records.fetch_signe
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -20,10 +20,10 @@ from hivemind.utils import get_dht_time
 from cotrain.p2p.dht import peer_id_of_owner
 from cotrain.p2p.progress import BadRecord
 from cotrain.p2p.records import fetch_signed
-from cotrain.p2p.verification import Commitment, Receipt
+from cotrain.p2p.verification import Commitment, Exclusions, Receipt
 
-__all__ = ["DEFAULT_TTL", "commitment_key", "fetch_commitments", "fetch_receipts", "publish_commitment",
-           "publish_receipt", "receipt_key"]
+__all__ = ["DEFAULT_TTL", "commitment_key", "exclusions_key", "fetch_commitments", "fetch_exclusions",
+           "fetch_receipts", "publish_commitment", "publish_exclusions", "publish_receipt", "receipt_key"]
 
 DEFAULT_TTL = 600.0  # long enough for a validator to judge the round after its averaging
 
@@ -34,6 +34,31 @@ def commitment_key(session_id: str, round_: int) -> str:
 
 def receipt_key(session_id: str, round_: int) -> str:
     return f"cotrain/{session_id}/receipt/{round_}"
+
+
+def exclusions_key(session_id: str) -> str:
+    return f"cotrain/{session_id}/excluded"
+
+
+def publish_exclusions(dht: DHT, validator: RSASignatureValidator, exclusions: Exclusions,
+                       ttl: float = DEFAULT_TTL) -> bool:
+    """Store a validator's exclusion list signed with its key, stamped `updated` = now (it replaces the last one)."""
+    now = get_dht_time()
+    signed = replace(exclusions, peer_id=_own_id(validator), updated=now)
+    return _store(dht, validator, exclusions_key(exclusions.session_id), signed.as_dict(), now, ttl)
+
+
+def fetch_exclusions(dht: DHT, session_id: str, validators: Collection[str]) -> dict[str, int]:
+    """Peer id → the first round it is excluded from, by any of `validators` (peer ids this peer trusts); lists
+    signed by anybody else are ignored (anyone can write one under their own key)."""
+    found = fetch_signed(dht, exclusions_key(session_id), session_id, Exclusions.parse, lambda e: e.updated,
+                         kind="exclusions")
+    excluded: dict[str, int] = {}
+    for exclusions in found:
+        if exclusions.peer_id in validators:
+            for peer, from_round in exclusions.excluded.items():
+                excluded[peer] = min(from_round, excluded.get(peer, from_round))
+    return excluded
 
 
 def publish_commitment(dht: DHT, validator: RSASignatureValidator, commitment: Commitment,

@@ -157,6 +157,40 @@ class Verdict:
         return asdict(self) | {"reason": str(self.reason)}
 
 
+EXCLUDING = frozenset({Reason.OWN_DATA_FAIL, Reason.DUPLICATE_UPDATE, Reason.NON_FINITE, Reason.SPOT_CHECK_FAIL})
+"""Reasons that get a peer excluded from the session's later groups: its update was bad, not merely absent."""
+MAX_EXCLUDED = 1024
+
+
+@dataclass(frozen=True)
+class Exclusions:
+    """A validator's signed list of the peers of a session that failed a check (`EXCLUDING`), as of round
+    `round`: peer id → the first round it is excluded from. The peers that trust this validator
+    (`distributed.diloco.validators`), the validator included, refuse to average with it from that round on; one
+    round later than the one after it was caught, so every honest peer has read the list by then and they all
+    leave it out of the same round (peers that disagreed would form groups too small to apply it)."""
+
+    peer_id: str
+    session_id: str
+    round: int
+    excluded: dict[str, int]
+    updated: float
+
+    @classmethod
+    def parse(cls, value: Any) -> Exclusions:
+        fields = _mapping(value)
+        return cls(
+            peer_id=_get(fields, "peer_id", _text),
+            session_id=_get(fields, "session_id", _text),
+            round=_get(fields, "round", _round),
+            excluded=_get(fields, "excluded", _excluded),
+            updated=_get(fields, "updated", _time),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 # --- field checks: each raises ValueError/TypeError with a short why; `_get` names the field ----------
 T = TypeVar("T")
 
@@ -207,6 +241,14 @@ def _param_hashes(value: Any) -> tuple[str, ...]:
     if len(value) > MAX_PARAM_HASHES:
         raise ValueError(f"{len(value)} entries, more than {MAX_PARAM_HASHES}")
     return tuple(_hex(item) for item in value)
+
+
+def _excluded(value: Any) -> dict[str, int]:
+    if not isinstance(value, Mapping):
+        raise TypeError("not a mapping")
+    if len(value) > MAX_EXCLUDED:
+        raise ValueError(f"{len(value)} peers, at most {MAX_EXCLUDED}")
+    return {_text(peer): _round(from_round) for peer, from_round in value.items()}
 
 
 def _members(value: Any) -> dict[str, str]:

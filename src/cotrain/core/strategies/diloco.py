@@ -44,6 +44,7 @@ from cotrain.core.strategies.base import OuterStepReport, Strategy
 from cotrain.core.strategies.round_metrics import RoundClock, short_peer_id, train_seconds_of
 from cotrain.core.strategies.verified_rounds import RoundValidator, RoundWork, receipt_of
 from cotrain.core.system_metrics import merge_nodes
+from cotrain.p2p.verification import EXCLUDING
 
 if TYPE_CHECKING:
     from cotrain.core.strategies.ddp import DdpStrategy
@@ -103,6 +104,8 @@ class DilocoStrategy(Strategy):
         self.validator: RoundValidator | None = None  # judges every round, with `diloco.validate`
         self._verdict_events: list[dict[str, Any]] = []
         self.last_round_at: float | None = None  # monotonic time of this peer's last averaged round
+        self.exclusions: dict[str, int] = {}  # peer a trusted validator failed → the first round it is left out of
+        self.excluded: set[str] = set()  # those left out of the current round: never averaged with again
         self._data: tuple[Any, Any, Any] | None = None  # train samples, val samples, loss_of (use_data)
 
     # --- processes -------------------------------------------------------------------
@@ -280,6 +283,7 @@ class DilocoStrategy(Strategy):
         clock = self.round_clock
         clock.inner_steps_done()
         update: torch.Tensor | None = None
+        self._refresh_exclusions(round_)
         for attempt in range(1, MAX_ATTEMPTS + 1):
             with clock.phase("averaging"):
                 self._fill_pseudo_gradient()
@@ -453,6 +457,47 @@ class DilocoStrategy(Strategy):
             log.warning("could not validate round %d: %s", round_, exc)
             return
         self._verdict_events.append(event)
+        failed = {v["peer_id"] for v in event["verdicts"] if v["reason"] in EXCLUDING and v["peer_id"] != self.peer_id}
+        if failed - set(self.exclusions):
+            self._exclude(failed - set(self.exclusions), round_)
+
+    def _exclude(self, peers: set[str], round_: int) -> None:
+        """Peers this validator caught in `round_`: left out from round `round_ + 2` on, by it and by the peers
+        trusting it (the list it publishes)."""
+        from cotrain.p2p.dht import signer
+        from cotrain.p2p.round_records import publish_exclusions
+        from cotrain.p2p.verification import Exclusions
+
+        self.exclusions.update({peer: round_ + 2 for peer in peers})
+        try:
+            publish_exclusions(self.dht, signer(self.dht), Exclusions(
+                peer_id=self.peer_id, session_id=self.session_id, round=round_, excluded=dict(self.exclusions),
+                updated=0.0))
+        except Exception as exc:
+            log.warning("could not publish the exclusions of round %d: %s", round_, exc)
+
+    def _refresh_exclusions(self, round_: int) -> None:
+        """Before round `round_`: leave out the peers excluded from it by this peer (a validator) or by the
+        validators it trusts (`diloco.validators`)."""
+        from cotrain.p2p.round_records import fetch_exclusions
+
+        trusted = set(self.diloco.validators) - {self.peer_id}
+        if trusted:
+            try:
+                for peer, from_round in fetch_exclusions(self.dht, self.session_id, trusted).items():
+                    self.exclusions[peer] = min(from_round, self.exclusions.get(peer, from_round))
+            except Exception as exc:
+                log.warning("could not read the validators' exclusions: %s", exc)
+        excluded = {peer for peer, from_round in self.exclusions.items() if from_round <= round_} - {self.peer_id}
+        if excluded == self.excluded:
+            return
+        print(f"diloco: from round {round_} on, not averaging with {', '.join(sorted(excluded - self.excluded))} "
+              "(they failed a validator's check)", file=sys.stderr, flush=True)
+        self.excluded = excluded
+        try:
+            self.averager.set_excluded(sorted(excluded))
+        except Exception as exc:  # the averager process is gone: the next round fails and says so
+            log.warning("could not exclude peers from matchmaking: %s", exc)
 
     def _judge(self, base_params: list[torch.Tensor]):
         from cotrain.core.validation import RoundJudge
@@ -582,7 +627,8 @@ class DilocoStrategy(Strategy):
         from cotrain.p2p.records import fetch_progress
 
         try:
-            return [r for r in fetch_progress(self.dht, self.session_id) if r.peer_id != self.peer_id and r.active]
+            return [r for r in fetch_progress(self.dht, self.session_id)
+                    if r.peer_id != self.peer_id and r.active and r.peer_id not in self.excluded]
         except Exception as exc:
             log.warning("could not read progress records: %s", exc)
             return []
