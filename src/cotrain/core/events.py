@@ -17,7 +17,7 @@ Event types and their fields (besides the common ones):
 - eval:       step, val_loss, val_perplexity, val_accuracy
 - checkpoint: step, path
 - peer:       peer_id, event ("joined" | "left" | "progress"), plus the peer's record
-- verdict:    round, validator (its peer id), deadline (DHT time), base_hash, seconds (validation time),
+- verdict:    round, validator (its peer id), deadline (DHT time), base_hash, seconds, cpu_seconds (validation),
               evidence{commitments, receipts} (by peer id), verdicts[{session_id, round, peer_id, reason, detail,
               scores, tokens}] (p2p/verification.py `Verdict`): a validating DiLoCo peer's judgement of
               every member of one outer round

@@ -94,7 +94,7 @@ class RoundValidator:
         self.dht, self.averager = dht, averager
         self.session_id, self.peer_id = session_id, peer_id
         self.judge_factory = judge_factory
-        self.seconds = 0.0  # CPU-side time spent validating (the bench reads it)
+        self.seconds = 0.0  # wall seconds spent validating (with the wait for receipts)
         self.judged = 0  # peer-rounds judged
 
     def judge_round(self, round_: int, base_hash: str, base_params: list[torch.Tensor], gathered: dict[Any, Any],
@@ -106,7 +106,7 @@ class RoundValidator:
         from cotrain.core.validation import RoundEvidence
         from cotrain.p2p.round_records import fetch_commitments, fetch_receipts
 
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         deadline = get_dht_time()
         group = {str(member) for member in gathered}
         receipts = self._receipts(round_, group, fetch_receipts)
@@ -120,12 +120,13 @@ class RoundValidator:
         evidence = RoundEvidence(round=round_, base_hash=base_hash, receipts=receipts, commitments=commitments,
                                  updates=updates, deadline=deadline, members=members)
         verdicts = self.judge_factory(base_params).judge(evidence)
-        seconds = time.perf_counter() - started
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         self.seconds += seconds
         self.judged += len(verdicts)
         return {
             "round": round_, "validator": self.peer_id, "deadline": deadline, "base_hash": base_hash,
-            "seconds": round(seconds, 3), "verdicts": [v.as_dict() for v in verdicts],
+            "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3),
+            "verdicts": [v.as_dict() for v in verdicts],
             # what the verdicts were drawn from, for anyone who checks them later (cotrain verify-session)
             "evidence": {"commitments": {p: c.as_dict() for p, c in sorted(commitments.items())},
                          "receipts": {p: r.as_dict() for p, r in sorted(receipts.items())}},
