@@ -319,3 +319,21 @@ def test_the_margin_and_the_significance_are_both_required(simulated: Round):
     ):
         reasons = [v.reason for v in judge.judge(evidence_of(rnd, updates))]
         assert Reason.OWN_DATA_FAIL in reasons
+
+
+def test_a_peer_not_drawn_for_the_audit_is_verified_on_its_commitment_and_receipts(simulated: Round):
+    """Downloading every update every round would cost as many bytes as averaging: the validator audits a sample.
+    A member left out of the sample is verified on what needs no download (commitment in time, receipts); an
+    exact copy of an earlier commitment is caught from the digests alone, audited or not."""
+    rnd = simulated
+    updates: dict[str, torch.Tensor | None] = {"honest-a": rnd.updates["honest-a"], "honest-b": rnd.updates["honest-b"],
+                                               "copier": rnd.updates["honest-a"].clone()}
+    evidence = evidence_of(rnd, updates)
+    evidence.commitments["copier"] = commitment(rnd, "copier", rnd.updates["honest-a"], committed_at=DEADLINE - 1)
+    del evidence.updates["honest-b"], evidence.updates["copier"]  # not drawn for this round's audit
+    verdicts = by_peer(rnd.judge().judge(evidence))
+    assert {p: v.reason for p, v in verdicts.items()} == {
+        "honest-a": Reason.VERIFIED, "honest-b": Reason.VERIFIED, "copier": Reason.DUPLICATE_UPDATE}
+    assert verdicts["honest-b"].detail.startswith("not audited") and verdicts["honest-b"].tokens > 0
+    assert "usefulness" in verdicts["honest-a"].scores and not verdicts["honest-b"].scores
+    assert "honest-a" in verdicts["copier"].detail

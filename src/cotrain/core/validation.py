@@ -188,7 +188,20 @@ class RoundJudge:
                 f"{len(vouching)} of the {self.receipt_quorum} receipts needed from other group members name its "
                 f"committed update {c.update_hash[:12]}.",
             )
-        update = ev.updates.get(peer)
+        first = _committed_first(c, peer, ev)
+        if first is not None:
+            return self._verdict(
+                r, peer, Reason.DUPLICATE_UPDATE,
+                f"its committed update is byte for byte peer {first}'s, which committed it first.",
+            )
+        if peer not in ev.updates:  # not drawn for this round's audit: what was checked is all that could be
+            return self._verdict(
+                r, peer, Reason.VERIFIED,
+                f"not audited this round: it committed in time and {len(vouching)} other group member(s) "
+                "received its committed update.",
+                tokens=c.inner_steps * self.batch_size * self.seq_length,
+            )
+        update = ev.updates[peer]
         if update is None:  # gone or slow, not caught lying: only this round is lost (a mismatch below is lying)
             return self._verdict(r, peer, Reason.LATE, "its committed update could not be downloaded in time.")
         flat = update.detach().to("cpu", torch.float32).reshape(-1).contiguous()
@@ -361,6 +374,15 @@ class RoundJudge:
 def _moved(drop: float, where: str) -> str:
     """'lowered the loss on X by 0.1' for a drop, 'raised the loss on X by 0.1' for a rise."""
     return f"lowered the loss {where} by {drop:.3g}" if drop >= 0 else f"raised the loss {where} by {-drop:.3g}"
+
+
+def _committed_first(c: Commitment, peer: str, ev: RoundEvidence) -> str | None:
+    """Another member that committed the very same update digest strictly before `peer` did (a copy needs to
+    see what it copies), known from the commitments alone."""
+    earlier = [(other.committed_at, name) for name, other in ev.commitments.items()
+               if name != peer and name in ev.members and other.update_hash == c.update_hash
+               and other.committed_at < c.committed_at]
+    return min(earlier)[1] if earlier else None
 
 
 def _mismatch(c: Commitment, peer: str, session_id: str, round_: int, base_hash: str) -> str:
