@@ -18,6 +18,7 @@ ROUNDS = 4
 # shards of two batches: each sample is seen 4 times a round, so the own-data check tells honest work from
 # copied, random or misplaced work even in the last rounds, where the learning rate has decayed
 SHARDS = "shard_samples = 16\n"
+AUDIT_ALL = "validate = true\naudit_fraction = 1.0\n"  # every member's update scored every round
 CHEATS = {"copycat": "duplicate_update", "noise": "own_data_fail", "wrong_shard": "own_data_fail",
           "zero_work": "no_commit"}
 
@@ -47,7 +48,7 @@ def test_a_validator_verifies_honest_rounds_names_each_cheat_and_the_honest_peer
         bootstrap: str, shared_datasets: Path, tmp_path: Path):
     _prepare(shared_datasets, tmp_path)
     common = dict(max_steps=INNER_STEPS * ROUNDS, inner_steps=INNER_STEPS, min_peers=3)
-    validator = Peer("validator", tmp_path, shared_datasets, bootstrap, diloco=SHARDS + "validate = true\n", **common)
+    validator = Peer("validator", tmp_path, shared_datasets, bootstrap, diloco=SHARDS + AUDIT_ALL, **common)
     trusting = SHARDS + f'validators = ["{peer_id_when_up(validator)}"]\n'
     honest = [Peer(f"honest{i}", tmp_path, shared_datasets, bootstrap, diloco=trusting, **common) for i in range(2)]
     cheats = {kind: Peer(kind, tmp_path, shared_datasets, bootstrap, adversary=kind, diloco=trusting, **common)

@@ -162,6 +162,12 @@ class DilocoConfig(Section):
         description="Peer ids of the validators this peer trusts: it refuses to average with the peers they "
         "excluded for a failed check. A volunteer joining through the server gets the server's validating peer.",
     )
+    audit_fraction: float = Field(
+        default=0.05, gt=0.0, le=1.0,
+        description="A validator's share of a round's members whose update it downloads and scores (drawn in "
+        "secret each round; 1 audits everyone). The others are verified on their commitment and receipts; a "
+        "member caught once loses its credit for the whole session, so cheating does not pay on average.",
+    )
     receipt_quorum: PositiveInt = Field(
         default=1,
         description="q: how many other members of its averaging group must sign a receipt naming a peer's "

@@ -230,7 +230,8 @@ class DilocoStrategy(Strategy):
             self._join_running_session()
             self.round_clock = RoundClock.start(self.comm_bytes())
             if self.diloco.validate:
-                self.validator = RoundValidator(self.dht, self.averager, self.session_id, self.peer_id, self._judge)
+                self.validator = RoundValidator(self.dht, self.averager, self.session_id, self.peer_id, self._judge,
+                                                audit_fraction=self.diloco.audit_fraction)
         if self.local is None:
             return model
         self._share_global_state()  # the state rank 0 may have downloaded

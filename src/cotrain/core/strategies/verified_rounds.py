@@ -19,6 +19,7 @@ reason code. The verdicts leave the engine as a `verdict` event; the server pays
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -90,10 +91,13 @@ def receipt_of(session_id: str, round_: int, peer_id: str, gathered: dict[Any, A
 class RoundValidator:
     """Collects one round's evidence from the DHT and the members' averagers and judges it."""
 
-    def __init__(self, dht, averager, session_id: str, peer_id: str, judge_factory: Callable[..., Any]):
+    def __init__(self, dht, averager, session_id: str, peer_id: str, judge_factory: Callable[..., Any],
+                 audit_fraction: float = 1.0):
         self.dht, self.averager = dht, averager
         self.session_id, self.peer_id = session_id, peer_id
         self.judge_factory = judge_factory
+        self.audit_fraction = audit_fraction
+        self._draw = random.SystemRandom()  # which members are audited must not be predictable by them
         self.seconds = 0.0  # wall seconds spent validating (with the wait for receipts)
         self.judged = 0  # peer-rounds judged
 
@@ -114,9 +118,10 @@ class RoundValidator:
         members = group | set(commitments) | set(live_peers) | {self.peer_id}
         updates: dict[str, torch.Tensor | None] = {}
         for member in sorted(members):
-            if member not in commitments:
-                continue
-            updates[member] = own_update if member == self.peer_id else self._download(member, round_)
+            if member == self.peer_id:
+                updates[member] = own_update
+            elif member in commitments and self._draw.random() < self.audit_fraction:
+                updates[member] = self._download(member, round_)
         evidence = RoundEvidence(round=round_, base_hash=base_hash, receipts=receipts, commitments=commitments,
                                  updates=updates, deadline=deadline, members=members)
         verdicts = self.judge_factory(base_params).judge(evidence)
