@@ -51,13 +51,13 @@ class FakeDht:
 class Book:
     """A SessionBook: the sessions the loop watches."""
 
-    def __init__(self, running: list[str], unsettled: list[tuple[str, str]]):
+    def __init__(self, running: list[str], unsettled: list[tuple[str, str, float]]):
         self.running, self.completed = running, unsettled
 
     def running_diloco(self) -> list[str]:
         return list(self.running)
 
-    def unsettled(self) -> list[tuple[str, str]]:
+    def unsettled(self) -> list[tuple[str, str, float]]:
         return list(self.completed)
 
 
@@ -96,7 +96,7 @@ def test_three_peer_diloco_settlement(db_factory, dht, chain):
             bind_peer(db, "dl", f"peer{i}", w.address, BindingProof.SIGNATURE)
         bind_peer(db, "dl", "peer9", cheat.wallet, BindingProof.SIGNATURE)
     dht.live["dl"] = [cheat]  # the last read at completion
-    assert chain.session_completed("dl", CONFIG_TOML) == 3
+    assert chain.session_completed("dl", CONFIG_TOML, finished_at=0.0) == 3  # its challenge window long closed
     rewards = chain.settle("dl", CONFIG)
     assert [r.amount for r in sorted(rewards, key=lambda r: r.amount)] == [500_000, 1_000_000, 1_500_000]
     with db_factory() as db:
@@ -138,7 +138,7 @@ def test_the_loop_keeps_settles_and_pays_without_blocking(db_factory, dht, chain
                                     samples=1, tokens=1, wallet=None, device="cpu", updated=1.0)]
 
     async def one_pass() -> None:
-        loop = asyncio.create_task(chain.run(Book(["run"], [("done", CONFIG_TOML)]), tick_s=30,
+        loop = asyncio.create_task(chain.run(Book(["run"], [("done", CONFIG_TOML, 0.0)]), tick_s=30,
                                              payout_interval_s=3600))
         for _ in range(200):
             await asyncio.sleep(0.02)

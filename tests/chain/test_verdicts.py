@@ -81,7 +81,7 @@ def test_a_session_with_verdicts_is_paid_by_verified_rounds_only(db_factory, led
         set_reward_pool(db, ledger, "s1", 3_000, "APT")
         bind(db, "s1", {"p1": A, "p2": B, "p3": C})
         record_verdicts(db, ledger, "s1", 1, [V("p1", 1), V("p2", 1), V("p3", 1, Reason.OWN_DATA_FAIL)], VALIDATOR)
-        record_verdicts(db, ledger, "s1", 2, [V("p1", 2), V("p2", 2, Reason.SPOT_CHECK_FAIL),
+        record_verdicts(db, ledger, "s1", 2, [V("p1", 2), V("p2", 2, Reason.LATE),  # a failed spot check voids all
                                               V("p3", 2, Reason.DUPLICATE_UPDATE)], VALIDATOR)
         records = [Rec("p1", A, 999_999), Rec("p2", B, 50), Rec("p3", C, 10**12, tokens_per_second=10.0),
                    Rec("p4", A, 5_000)]  # p4 reported progress but was never judged

@@ -90,7 +90,7 @@ class _Sessions:
         self.ticks += 1
         return []
 
-    def unsettled(self) -> list[tuple[str, str]]:
+    def unsettled(self) -> list[tuple[str, str, float]]:
         return []
 
 

@@ -114,7 +114,7 @@ def test_three_wallets_share_the_pool_of_a_diloco_session(servers, cotrain_home,
     """runner "worker": a separate `cotrain worker` runs the session; the server keeps the peers' records
     from its own loop and settles when it sees the session completed."""
     server = servers(COTRAIN_START_DHT="1", COTRAIN_EMBEDDED_WORKER="1" if runner == "server" else "0",
-                     COTRAIN_REWARD_POOL_MAX=str(POOL), **FAST_DILOCO)
+                     COTRAIN_REWARD_POOL_MAX=str(POOL), COTRAIN_CHALLENGE_WINDOW="2", **FAST_DILOCO)
     public = server.client(token=None)
     if runner == "worker":  # its engines join the server's DHT as an operator would configure it
         dht = public.get("/hivemind/status").json()["data"]["visible_addresses"]
@@ -181,7 +181,7 @@ def test_three_wallets_share_the_pool_of_a_diloco_session(servers, cotrain_home,
         assert max(p for p in peers_over_time if p is not None) == 3, peers_over_time
         rewards = wait_until(lambda: (r := public.get(f"/rewards/sessions/{sid}").json())["rewards"]
                              and all(x["payoutStatus"] == "due" for x in r["rewards"]) and r, 30,
-                             "the rewards and their payouts due")
+                             "the rewards and their payouts due, after the 2 s challenge window")
     finally:
         for v in volunteers:
             v.stop()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
@@ -58,8 +59,9 @@ class SessionBook(Protocol):
         """Running DiLoCo sessions whose peers' records this loop keeps (not the embedded executor's own)."""
         ...
 
-    def unsettled(self) -> list[tuple[str, str]]:
-        """(id, config TOML) of completed DiLoCo sessions with a reward pool and no contributions yet."""
+    def unsettled(self) -> list[tuple[str, str, float]]:
+        """(id, config TOML, completion time in epoch seconds) of completed DiLoCo sessions with a reward pool
+        and no contributions yet."""
         ...
 
 
@@ -165,18 +167,27 @@ class ChainService:
 
         return retry_on_conflict(settle)
 
-    def session_completed(self, session_id: str, config_toml: str) -> int:
-        """Contributions, rewards and payouts due of a completed session. Returns the number of rewards."""
+    def challenge_window_ends_at(self, finished_at: float) -> float:
+        """When the challenge window of a session completed at `finished_at` closes (COTRAIN_CHALLENGE_WINDOW)."""
+        return finished_at + self.settings.challenge_window_s
+
+    def session_completed(self, session_id: str, config_toml: str, finished_at: float,
+                          now: float | None = None) -> int:
+        """Contributions, rewards and payouts due of a session completed at `finished_at` (epoch seconds), once
+        its challenge window has closed: until then nothing is settled, so verdicts recorded meanwhile (a
+        late spot check) still count, and 0 is returned. Returns the number of rewards."""
+        if (time.time() if now is None else now) < self.challenge_window_ends_at(finished_at):
+            return 0
         last = self.read_records(session_id) or []
         return len(self.settle(session_id, tomllib.loads(config_toml), last))
 
     def keep_and_settle(self, sessions: SessionBook) -> int:
-        """One tick of `run`: keep the records of the sessions it watches, settle what completed unsettled.
-        Returns the number of rewards settled."""
+        """One tick of `run`: keep the records of the sessions it watches, settle what completed unsettled
+        and whose challenge window has closed. Returns the number of rewards settled."""
         for session_id in sessions.running_diloco():
             self.capture_progress(session_id)
-        return sum(self.session_completed(session_id, config_toml)
-                   for session_id, config_toml in sessions.unsettled())
+        return sum(self.session_completed(session_id, config_toml, finished_at)
+                   for session_id, config_toml, finished_at in sessions.unsettled())
 
     # ---- async: payouts and the server's loop ------------------------------------------------
     async def pay_due(self) -> None:

@@ -15,6 +15,7 @@ from cotrain.config.env_settings import CommaList, EnvSettings, env_field
 
 # Chain ids of the public networks (devnet's changes on every reset: set APTOS_CHAIN_ID for it).
 NETWORK_CHAIN_IDS = {"mainnet": 1, "testnet": 2, "local": 4}
+MAX_CHALLENGE_WINDOW_S = 30 * 24 * 3600  # COTRAIN_CHALLENGE_WINDOW's upper bound (the server looks this far back)
 PAYOUT_BACKENDS = ("local", "aptos")
 
 
@@ -68,6 +69,10 @@ class ChainSettings(EnvSettings):
     origin: str | None = env_field(
         "COTRAIN_PUBLIC_ORIGIN", None, "the origin wallets see (set it behind a reverse proxy)",
         shown="loopback origins only")
+    challenge_window_s: int = env_field(
+        "COTRAIN_CHALLENGE_WINDOW", 86_400,
+        "seconds after a rewarded session completes before it is settled and paid (24 h; `0`: at once); a "
+        "failed spot check recorded meanwhile still voids that peer's credit", shown="`86400` (24 h)")
     nonce_ttl_s: ClassVar[int] = 300
     token_ttl_s: ClassVar[int] = 12 * 3600
 
@@ -102,6 +107,15 @@ class ChainSettings(EnvSettings):
                 "or 'aptos' (send them with APTOS_NODE_URL and a treasury key)."
             )
         return backend
+
+    @field_validator("challenge_window_s")
+    @classmethod
+    def _window(cls, seconds: int) -> int:
+        if not 0 <= seconds <= MAX_CHALLENGE_WINDOW_S:
+            raise ChainConfigError(f"COTRAIN_CHALLENGE_WINDOW={seconds} is not in 0..{MAX_CHALLENGE_WINDOW_S} "
+                                   "(30 days); set it to the seconds a completed session waits before it is "
+                                   "settled (86400 for a day, 0 for none) or unset it.")
+        return seconds
 
     @field_validator("node_url", mode="before")
     @classmethod

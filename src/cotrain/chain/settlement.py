@@ -114,6 +114,18 @@ def kept_progress(db: Session, session_id: str) -> list[PeerProgress]:
             for row in db.scalars(select(ProgressSnapshot).where(ProgressSnapshot.session_id == session_id))]
 
 
+def contributions_now(db: Session, session_id: str, records: Iterable[PeerProgress], limits: Limits | None = None,
+                      require_binding: bool = True) -> list[Contribution]:
+    """The contributions the session would be settled with now (nothing is written): by its verified rounds
+    when a validator judged any, else by its progress records. Settlement records these; before it (a
+    running session, or one inside its challenge window) they are each peer's provisional credit."""
+    mine = in_range(r for r in records if r.session_id == session_id)
+    bindings = bound_wallets(db, session_id) if require_binding else None
+    judged = verdicts_of(db, session_id)
+    return (verdict_contributions(session_id, judged, mine, limits, bindings) if judged  # verified rounds only
+            else tally(mine, limits, bindings))
+
+
 def record_contributions(
     db: Session,
     ledger: Ledger,
@@ -126,13 +138,8 @@ def record_contributions(
                                .order_by(ContributionRow.peer_id)))
     if existing:
         return existing
-    mine = in_range(r for r in records if r.session_id == session_id)
-    bindings = bound_wallets(db, session_id) if require_binding else None
-    judged = verdicts_of(db, session_id)
-    found = (verdict_contributions(session_id, judged, mine, limits, bindings) if judged  # verified rounds only
-             else tally(mine, limits, bindings))
     rows = []
-    for c in found:
+    for c in contributions_now(db, session_id, records, limits, require_binding):
         entry = ledger.append(db, LedgerKind.CONTRIBUTION, session_id, asdict(c))
         row = ContributionRow(**asdict(c), ledger_seq=entry.seq)
         db.add(row)

@@ -3,9 +3,9 @@
 One VERDICT ledger entry per judged round holds that round's verdicts, one per member; each verdict is copied
 into a `chain_round_verdicts` row (checked against its entry by `Ledger.verify`). A round is judged once: the
 first verdicts recorded for it stay. A session that has verdicts is settled by them (`verdict_contributions`):
-a peer is paid for the tokens of its VERIFIED rounds only, and its self-reported progress records no longer
-count. The server hands the verdict events of a session's own engine to `record_verdicts` in the same
-transaction that applies the event (cotrain.server.monitor).
+a peer is paid for the tokens of its VERIFIED rounds only (nothing at all once a spot check of it failed), and
+its self-reported progress records no longer count. The server hands the verdict events of a session's own
+engine to `record_verdicts` in the same transaction that applies the event (cotrain.server.monitor).
 """
 
 from __future__ import annotations
@@ -90,8 +90,10 @@ def verdict_contributions(session_id: str, rows: Iterable[RoundVerdictRow], reco
                           limits: Limits | None, bound: Mapping[str, str] | None) -> list[Contribution]:
     """One Contribution per peer that was judged or reported progress, sorted by peer id. Tokens are the sum of
     its VERIFIED rounds' `tokens` (an out-of-range one is skipped, logged); `outer_rounds` counts those rounds.
-    Progress records only describe the peer (device, tokens/s; its wallet when `bound` is None). A peer is
-    paid to its proven wallet (`bound`, peer id → address) only."""
+    A round of any other reason (late, no commitment, not in the group, ...) only does not count, except a
+    failed spot check (SPOT_CHECK_FAIL): it voids the peer's credit for the whole session (0 tokens, excluded),
+    so the pool goes to the others pro rata. Progress records only describe the peer (device, tokens/s; its
+    wallet when `bound` is None). A peer is paid to its proven wallet (`bound`, peer id → address) only."""
     limits = limits or Limits()
     judged: dict[str, list[RoundVerdictRow]] = defaultdict(list)
     for row in rows:
@@ -116,13 +118,21 @@ def _one_peer(session_id: str, peer: str, rows: list[RoundVerdictRow], record: P
             verified.append(row)
         else:
             skipped_once(session_id, peer, why, kind="verdict")
+    caught = sorted(r.round for r in rows if r.reason == Reason.SPOT_CHECK_FAIL)
+    void = sum(r.tokens for r in verified) if caught else 0
+    if caught:
+        verified = []  # a failed spot check voids the whole session's credit, not just its round
     tokens = sum(r.tokens for r in verified)
     address = bound.get(peer) if bound is not None else _address(record.wallet if record is not None else None)
     reasons = []
     if address is None:
         reasons.append("no wallet is proven for this peer; bind it with `cotrain join --wallet-key-file` "
                        "(or `cotrain rewards bind`)")
-    if not rows:
+    if caught:
+        reasons.append(f"a spot check failed in round{'s' if len(caught) > 1 else ''} "
+                       + ", ".join(map(str, caught)) + f": its credit for the whole session ({void:,} tokens of "
+                       "verified rounds) is void and goes to the other peers")
+    elif not rows:
         reasons.append("none of its rounds was judged by the session's validator")
     elif not verified:
         failed = Counter(r.reason for r in rows)

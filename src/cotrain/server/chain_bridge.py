@@ -18,6 +18,7 @@ from cotrain.chain.errors import RewardsUnavailable
 from cotrain.chain.orm import ContributionRow, RewardPoolRow
 from cotrain.chain.payouts import PayoutAudit
 from cotrain.chain.service import ChainService
+from cotrain.chain.settings import MAX_CHALLENGE_WINDOW_S
 from cotrain.server.audit import SYSTEM, Outcome, audit_log_for
 from cotrain.server.auth import WALLET_PRINCIPAL, ResolvedToken, TokenResolver
 from cotrain.server.orm import SessionStatus, TrainingSession
@@ -25,7 +26,8 @@ from cotrain.server.p2p_node import ServerDHT
 
 log = logging.getLogger(__name__)
 
-SETTLE_WITHIN_S = 7 * 24 * 3600  # completed sessions are settled by the server's loop up to a week later
+# completed sessions are settled by the server's loop up to a week after the longest challenge window
+SETTLE_WITHIN_S = MAX_CHALLENGE_WINDOW_S + 7 * 24 * 3600
 
 
 def owner_wallet(principal_name: str | None) -> str | None:
@@ -90,14 +92,15 @@ class RewardSessions:
                 query = query.where(TrainingSession.worker_id.is_distinct_from(self.except_worker))
             return list(db.scalars(query))
 
-    def unsettled(self) -> list[tuple[str, str]]:
-        """Completed DiLoCo sessions with a reward pool and no contributions yet (run by another worker,
-        or the server stopped between completion and settlement): (id, config TOML)."""
+    def unsettled(self) -> list[tuple[str, str, float]]:
+        """Completed DiLoCo sessions with a reward pool and no contributions yet (inside their challenge window,
+        run by another worker, or the server stopped between completion and settlement): (id, config TOML,
+        completion time), the chain settling each once its window has closed."""
         with self.factory.begin() as db:
             counted = select(ContributionRow.session_id).distinct()
-            query = (select(TrainingSession.id, TrainingSession.config_toml)
+            query = (select(TrainingSession.id, TrainingSession.config_toml, TrainingSession.finished_at)
                      .join(RewardPoolRow, RewardPoolRow.session_id == TrainingSession.id)
                      .where(TrainingSession.status == SessionStatus.COMPLETED, TrainingSession.strategy == "diloco",
                             TrainingSession.finished_at > time.time() - SETTLE_WITHIN_S,
                             TrainingSession.id.not_in(counted)))
-            return [(sid, toml) for sid, toml in db.execute(query).all()]
+            return [(sid, toml, finished or 0.0) for sid, toml, finished in db.execute(query).all()]  # never None here

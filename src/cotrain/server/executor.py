@@ -471,14 +471,17 @@ class Executor:
 
     async def _settle(self, session_id: str) -> None:
         """A completed session: contributions and rewards (from the kept records and a last DHT read),
-        then the payouts due, in the background."""
+        then the payouts due, in the background. Inside its challenge window (COTRAIN_CHALLENGE_WINDOW)
+        nothing is settled here: the server's chain loop settles it once the window has closed."""
         if self.chain is None:
             return
         try:
-            completed, config_toml = await retry_db("settling rewards", self._completed_config, session_id)
+            completed, config_toml, finished_at = await retry_db("settling rewards", self._completed_config,
+                                                                 session_id)
             if not completed:
                 return
-            rewarded = await retry_db("settling rewards", self.chain.session_completed, session_id, config_toml)
+            rewarded = await retry_db("settling rewards", self.chain.session_completed, session_id, config_toml,
+                                      finished_at)
         except Exception:
             log.exception("settling the rewards of session %s failed; its records are kept", session_id)
             return
@@ -488,10 +491,10 @@ class Executor:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _completed_config(self, session_id: str) -> tuple[bool, str]:
+    def _completed_config(self, session_id: str) -> tuple[bool, str, float]:
         with self.factory.begin() as db:
             row = db.get_one(TrainingSession, session_id)
-            return row.status == SessionStatus.COMPLETED, row.config_toml
+            return row.status == SessionStatus.COMPLETED, row.config_toml, row.finished_at or time.time()
 
     # ---- database steps (run in a thread) -------------------------------------------------
     def _engine_seq(self, session_id: str) -> tuple[int, str]:

@@ -3,32 +3,37 @@
   GET  /me/contributions                 the signed-in wallet's contributions (excluded ones with the reason)
   GET  /me/rewards                       the signed-in wallet's rewards and their payout status
   GET  /rewards/sessions/{session_id}    a session's contributors, rewards, payout status, explorer links, and
-                                         each peer's judged rounds (verified or why not)
+                                         each peer's judged rounds (verified or why not); before settlement
+                                         (challenge window) pending, the window's end and provisional credit
   POST /rewards/bindings                 bind a session's peer to a wallet (signed by the peer's key and by
                                          the wallet's)
 """
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import asdict, dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field, with_config
 from pydantic.alias_generators import to_camel
+from sqlalchemy.orm import Session
 
 from cotrain.chain.bindings import AlreadyBound, SignedBinding, record_binding
 from cotrain.chain.contributions import Contribution
 from cotrain.chain.errors import ChainError
-from cotrain.chain.orm import BindingProof, PayoutStatus, PeerBinding
+from cotrain.chain.orm import BindingProof, PayoutStatus, PeerBinding, RewardPoolRow
 from cotrain.chain.queries import RewardView, contribution_views, reward_views
+from cotrain.chain.settlement import contributions_now, kept_progress, limits_from_config
 from cotrain.chain.signin import SignInError, normalize_address
 from cotrain.chain.verdicts import RECENT_ROUNDS, PeerRounds, round_outcomes
 from cotrain.p2p.verification import Reason
 from cotrain.server.api.deps import PlatformDep, SessionId
 from cotrain.server.auth import Actor
+from cotrain.server.orm import SessionStatus, TrainingSession
 from cotrain.server.permissions import Action, permit
-from cotrain.server.schemas import OutModel
+from cotrain.server.schemas import OutModel, UnixTime
 from cotrain.server.wallet_auth import ChainDep, WalletDep, sign_in_failed
 
 router = APIRouter(tags=["wallet & rewards"])
@@ -84,6 +89,19 @@ class SessionRewards(OutModel):
     rounds: list[PeerRoundsOut] = Field(description="Per peer, the rounds the session's validator judged (by peer "
                                         "id). Empty for a session without a validator: it is settled by its peers' "
                                         "progress records; a session with verdicts is paid by verified rounds only.")
+    pending: bool = Field(description="True while the session's reward pool is not settled yet: it has not "
+                          "completed, or it completed and its challenge window (COTRAIN_CHALLENGE_WINDOW) is open "
+                          "until challengeWindowEndsAt. `contributors` and `rewards` are empty until then; "
+                          "`provisional` shows the credit so far. False without a pool, once settled, and for a "
+                          "failed or cancelled session (never settled).")
+    challenge_window_ends_at: UnixTime | None = Field(
+        description="When the challenge window of a completed session with a reward pool closes (its completion "
+        "time + COTRAIN_CHALLENGE_WINDOW): the rewards are settled and paid after it; a failed spot check recorded "
+        "before it voids that peer's credit for the whole session. null before completion or without a pool.")
+    provisional: list[ContributionOut] = Field(
+        description="Before settlement, each peer's credit so far, computed as settlement would compute it now "
+        "(verified rounds and their tokens, or the reason it is excluded); it can still change. Empty once the "
+        "session is settled (see `contributors`).")
 
 
 class BindingRequest(BaseModel):
@@ -128,14 +146,28 @@ def my_rewards(address: WalletDep, chain: ChainDep) -> list[RewardView]:
 def session_rewards(session_id: SessionId, platform: PlatformDep, chain: ChainDep,
                     actor: Annotated[Actor | None, Depends(permit(Action.SESSION_READ))]) -> SessionRewards:
     """Follows the session's read rule: a private session's rewards answer 404 to everyone else."""
-    platform.sessions.get(session_id, actor)
+    row = platform.sessions.get(session_id, actor)
     with chain.factory() as db:
+        contributors = contribution_views(db, session_id=session_id)
+        pooled = db.get(RewardPoolRow, session_id) is not None
+        completed = row.status == SessionStatus.COMPLETED and row.finished_at is not None
         return SessionRewards.model_validate({
             "session_id": session_id,
-            "contributors": [ContributionOut.of(c) for c in contribution_views(db, session_id=session_id)],
+            "contributors": [ContributionOut.of(c) for c in contributors],
             "rewards": reward_views(db, chain.settings, session_id=session_id),
             "rounds": [PeerRoundsOut.of(v) for _, v in sorted(round_outcomes(db, session_id).items())],
+            "pending": pooled and not contributors and row.status not in (SessionStatus.FAILED,
+                                                                           SessionStatus.CANCELLED),
+            "challenge_window_ends_at": chain.challenge_window_ends_at(row.finished_at)
+            if pooled and completed and row.finished_at is not None else None,
+            "provisional": [] if contributors else [ContributionOut.of(c) for c in provisional(db, row)],
         })
+
+
+def provisional(db: Session, row: TrainingSession) -> list[Contribution]:
+    """A session's contributions as settlement would record them now (nothing is written)."""
+    config = tomllib.loads(row.config_toml) if row.config_toml else None
+    return contributions_now(db, row.id, kept_progress(db, row.id), limits_from_config(config))
 
 
 @router.post("/rewards/bindings", response_model=BindingOut, status_code=status.HTTP_201_CREATED,
