@@ -1,6 +1,6 @@
 """The chain's one service, as the server holds it (`platform.chain`): reward pools, the peers' progress
-kept while a DiLoCo session runs, settlement when it completes, payouts, and the platform key's wallet
-tokens.
+kept while a DiLoCo session runs, settlement once the challenge window after its completion has closed
+(COTRAIN_CHALLENGE_WINDOW), payouts, and the platform key's wallet tokens.
 
 The sync/async boundary is explicit. Every method that touches the database or the DHT is a plain
 (blocking) method: the server calls it from a thread (`asyncio.to_thread`, or FastAPI's thread pool).
