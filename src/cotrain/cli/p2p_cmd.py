@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from cotrain.cli.errors import UserError, friendly_errors
 from cotrain.config.loader import deep_merge
+
+if TYPE_CHECKING:
+    from cotrain.config.schema import CotrainConfig
 
 ENDED = ("completed", "failed", "cancelled")  # a session in one of these has no run to join
 PEERS_OPTION = typer.Option(
@@ -40,48 +45,20 @@ def join(
     host: list[str] = typer.Option([], "--host-maddr", help="Listen address (default /ip4/0.0.0.0/tcp/0)."),
     announce: list[str] = typer.Option([], "--announce-maddr", help="Public address to announce (behind NAT)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key: section.key=value (repeatable)."),
+    validate: bool = typer.Option(
+        False, "--validate", help="Make this peer a validator too: it judges every member of every round (did it "
+        "commit, average, and train on its own shard?) and publishes the peers it caught; only peers that trust it "
+        "(distributed.diloco.validators) leave them out. Costs a download and a few forward passes per member."),
 ) -> None:
     """Join a DiLoCo session as a volunteer peer: download the current model from the other peers,
     train `inner_steps` local steps at a time, and average with them.
 
     `--server URL --session ID` takes the config and the bootstrap peers from the server;
     `--initial-peers MADDR --session ID [--config FILE]` joins without one."""
-    from cotrain.config import load_config
-
-    base: dict = {}
-    peers = list(initial_peers)
     if wallet_key_file:  # this machine's key file is checked before any server is asked
         wallet = _wallet_of_key(wallet_key_file, wallet, server)
-    if server:
-        base, server_peers, dropped = _from_server(server, session, token)
-        peers = _unique(server_peers + list(base.get("distributed", {}).get("diloco", {}).get("initial_peers", []))
-                        + peers)
-        if config is not None:
-            base = {}  # the volunteer's own file wins over the server's config
-        else:
-            _check_dropped(session, dropped, set_)
-        if not peers:
-            raise UserError(
-                f"The server at {server} has no running DHT node yet, so there is no peer to join through. Ask its "
-                "admin to start it (the Network page, or POST /api/v1/hivemind/start) and try again, or pass "
-                "--initial-peers with the address of a peer of the session."
-            )
-    elif token:
-        raise UserError("--token is for --server: give --server with the URL of the server running the session")
-    if not peers:
-        raise UserError("give --server with the URL of the server running the session, or --initial-peers with the "
-                        "address of a peer of the session (shown in its log)")
-    diloco: dict = {"initial_peers": peers}
-    if wallet:
-        diloco["wallet"] = wallet
-    if host:
-        diloco["host_maddrs"] = list(host)
-    if announce:
-        diloco["announce_maddrs"] = list(announce)
-    data = {"session": {"id": session}, "distributed": {"strategy": "diloco", "gpus_per_node": gpus, "diloco": diloco}}
-    if config is None and not base:
-        data["data"] = {"dataset": "stdlib"}  # the built-in defaults, as a session started the same way uses
-    cfg = load_config(config, overrides=set_, data=deep_merge(base, data))
+    cfg = join_config(session, server=server, token=token, initial_peers=initial_peers, wallet=wallet, gpus=gpus,
+                      config=config, host=host, announce=announce, set_=set_, validate=validate)
     if wallet_key_file and server:
         _bind(server, cfg, wallet_key_file)
     elif wallet:
@@ -97,6 +74,63 @@ def join(
 
         code = run(cfg)
     raise typer.Exit(code)
+
+
+def join_config(
+    session: str, *, server: str | None = None, token: str | None = None, initial_peers: Sequence[str] = (),
+    wallet: str | None = None, gpus: int = 1, config: Path | None = None, host: Sequence[str] = (),
+    announce: Sequence[str] = (), set_: Sequence[str] = (), validate: bool = False,
+) -> CotrainConfig:
+    """The config `cotrain join` trains with (UserError when it cannot be built): the server's config as a
+    volunteer takes it (or `config`), its bootstrap peers and validators, this peer's own settings, then `set_`
+    (a volunteer's own `distributed.diloco.validators` there, or in `config`, wins over the server's)."""
+    from cotrain.config import load_config
+
+    base: dict = {}
+    peers = list(initial_peers)
+    validators: list[str] = []
+    if server:
+        base, server_peers, dropped, validators = _from_server(server, session, token)
+        peers = _unique(server_peers + list(base.get("distributed", {}).get("diloco", {}).get("initial_peers", []))
+                        + peers)
+        if config is not None:
+            base = {}  # the volunteer's own file wins over the server's config
+            validators = [] if _names_validators(config) else validators
+        else:
+            _check_dropped(session, dropped, list(set_))
+        if not peers:
+            raise UserError(
+                f"The server at {server} has no running DHT node yet, so there is no peer to join through. Ask its "
+                "admin to start it (the Network page, or POST /api/v1/hivemind/start) and try again, or pass "
+                "--initial-peers with the address of a peer of the session."
+            )
+    elif token:
+        raise UserError("--token is for --server: give --server with the URL of the server running the session")
+    if not peers:
+        raise UserError("give --server with the URL of the server running the session, or --initial-peers with the "
+                        "address of a peer of the session (shown in its log)")
+    diloco: dict = {"initial_peers": peers}
+    if validators:
+        diloco["validators"] = validators
+    if validate:
+        diloco["validate"] = True
+    if wallet:
+        diloco["wallet"] = wallet
+    if host:
+        diloco["host_maddrs"] = list(host)
+    if announce:
+        diloco["announce_maddrs"] = list(announce)
+    data = {"session": {"id": session}, "distributed": {"strategy": "diloco", "gpus_per_node": gpus, "diloco": diloco}}
+    if config is None and not base:
+        data["data"] = {"dataset": "stdlib"}  # the built-in defaults, as a session started the same way uses
+    return load_config(config, overrides=set_, data=deep_merge(base, data))
+
+
+def _names_validators(config: Path) -> bool:
+    """Whether the volunteer's own config file says whom to trust (then the server's validators are not added)."""
+    from cotrain.config.loader import read_toml
+
+    return "validators" in read_toml(config).get("distributed", {}).get("diloco", {})
 
 
 def _wallet_of_key(key_file: Path, wallet: str | None, server: str | None) -> str:
@@ -145,9 +179,9 @@ def _write_for_workers(cfg) -> Path:
     return path
 
 
-def _from_server(server: str, session: str, token: str | None) -> tuple[dict, list[str], list[str]]:
+def _from_server(server: str, session: str, token: str | None) -> tuple[dict, list[str], list[str], list[str]]:
     """(what a volunteer takes of the session's config, the server's DHT addresses, the config keys
-    dropped); a UserError when the server cannot give them."""
+    dropped, the peers whose exclusions to follow); a UserError when the server cannot give them."""
     from cotrain.p2p.server_join import JoinError, fetch_join_info, volunteer_config
 
     try:
@@ -165,7 +199,7 @@ def _from_server(server: str, session: str, token: str | None) -> tuple[dict, li
             "Pick a queued or running DiLoCo session on the server's Sessions page."
         )
     kept, dropped = volunteer_config(info.config)
-    return kept, info.initial_peers, dropped
+    return kept, info.initial_peers, dropped, info.validators
 
 
 def _check_dropped(session: str, dropped: list[str], overrides: list[str]) -> None:

@@ -15,7 +15,7 @@ any key this version does not know; `cotrain join` names what it dropped in a wa
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -35,6 +35,7 @@ class JoinInfo:
     config: dict[str, Any]  # the session's parsed TOML config
     initial_peers: list[str]  # the server's DHT addresses (empty while its DHT is not running)
     status: str | None = None  # the session's status on the server (older servers do not say)
+    validators: list[str] = field(default_factory=list)  # peers whose exclusions to follow (issue 12)
 
 
 def fetch_join_info(server: str, session_id: str, token: str | None = None, timeout: float = 30.0) -> JoinInfo:
@@ -90,10 +91,11 @@ def _parse(answer: httpx.Response, base: str, session_id: str) -> JoinInfo:
         config = tomllib.loads(body["config"])
         peers = [str(address) for address in body.get("initialPeers") or []]
         strategy = str(body["strategy"])
+        validators = [str(peer) for peer in body.get("validators") or []]
     except (ValueError, KeyError, TypeError, AttributeError, tomllib.TOMLDecodeError):
         raise JoinError(not_cotrain) from None
     return JoinInfo(session_id=str(body.get("sessionId") or session_id), strategy=strategy, config=config,
-                    initial_peers=peers, status=body.get("status"))
+                    initial_peers=peers, status=body.get("status"), validators=validators)
 
 
 # What a volunteer's run takes from the server's config. A key maps to True (kept), to a section of
@@ -108,6 +110,8 @@ _DILOCO_KEYS = (
     "matchmaking_time", "averaging_timeout", "progress_interval",
     # the round shards and their checks are the session's, so every peer and validator agrees on them
     "shard_samples", "commit_every", "receipt_quorum", "own_data_margin",
+    # never `validate` (judging rounds is a volunteer's own choice: `cotrain join --validate`) nor `validators`
+    # (whom to trust comes from the join info's `validators`, the server's own peer)
 )
 VOLUNTEER_KEYS: dict[str, Any] = {
     "session": dict.fromkeys(("id", "name", "description"), True),

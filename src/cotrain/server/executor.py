@@ -48,6 +48,7 @@ from cotrain.server.run_ledger import LedgerEntry, RunLedger
 from cotrain.server.scheduler import Allocation, ResourcePool
 from cotrain.server.settings import TRACKING_ENV_PREFIX, Settings
 from cotrain.server.stall import StallTimer, stall_reason
+from cotrain.server.validator_peer import VALIDATE_ENV, is_rewarded_diloco, prepare_validator
 from cotrain.server.worker_memory import detect_worker_memory
 
 if TYPE_CHECKING:
@@ -215,6 +216,8 @@ class Executor:
         session_dir.mkdir(parents=True, exist_ok=True)
         env = self._child_env(allocation, strategy, request, wallet)
         env.update(await retry_db("starting a run", self._data_roots_env, session_id))
+        if strategy == "diloco":
+            env.update(await self._validator_env(session_id, config_path, env))
         at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         banner = f"\n=== attempt {attempt} by {self.settings.worker_id} at {at} ===\n"
         with (session_dir / "stdout.log").open("ab") as out, (session_dir / "stderr.log").open("ab") as err:
@@ -300,6 +303,23 @@ class Executor:
             # the owner binds it with its identity file and the owner's key: `cotrain rewards bind`)
             env["COTRAIN_DISTRIBUTED_DILOCO_WALLET"] = json.dumps(wallet)
         return env
+
+    async def _validator_env(self, session_id: str, config_path: Path, env: Mapping[str, str]) -> dict[str, str]:
+        """A rewarded DiLoCo session's engine validates its rounds (validator_peer.py): its identity is made
+        now and its peer id recorded on the row, for the volunteers' join info. Others: nothing."""
+        if not await retry_db("starting a run", self._is_rewarded, session_id):
+            return {}
+        peer_id = await asyncio.to_thread(prepare_validator, config_path, env)
+        await retry_db("starting a run", self._record_validator, session_id, peer_id)
+        return {VALIDATE_ENV: "true"}
+
+    def _is_rewarded(self, session_id: str) -> bool:
+        with self.factory.begin() as db:
+            return is_rewarded_diloco(db, db.get_one(TrainingSession, session_id))
+
+    def _record_validator(self, session_id: str, peer_id: str) -> None:
+        with self.factory.begin() as db:
+            self._hold(db, session_id).validator_peer_id = peer_id
 
     def _data_roots_env(self, session_id: str) -> dict[str, str]:
         """The run checks its paths against this worker's data roots (core/path_guard.py), plus

@@ -80,6 +80,9 @@ class TrainingSession(Base):
     # a maintainer's or admin's approval of a dataPath outside the data roots (server/data_paths.py);
     # the worker adds exactly its resolved path to the run's roots
     data_path_approval: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # issue 12: the peer id of the server's own engine peer, which validates a rewarded DiLoCo session
+    # (server/validator_peer.py); volunteers learn from GET /sessions/{id}/join whose exclusions to follow
+    validator_peer_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     # latest progress, for lists and the status endpoint
     step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -34,6 +34,7 @@ from cotrain.server.schemas import (
     SessionUpdate,
 )
 from cotrain.server.session_service import SessionFilter
+from cotrain.server.validator_peer import validators_of
 
 router = APIRouter(prefix="/sessions", tags=["sessions"], responses=ERROR_RESPONSES)
 
@@ -226,12 +227,13 @@ def session_participants(session_id: SessionId, platform: PlatformDep, actor: Re
             openapi_extra=OPTIONAL_AUTH)
 def join_info(session_id: SessionId, request: Request, platform: PlatformDep, actor: Reader) -> dict[str, Any]:
     """`command` joins through this server (`cotrain join --server`); a signed-in wallet's address is
-    filled in as `--wallet` (add `--wallet 0x...` yourself to be credited otherwise)."""
+    filled in as `--wallet` (add `--wallet 0x...` yourself to be credited otherwise). `validators`: the peer
+    ids whose exclusions a volunteer follows (the server's own peer of a rewarded DiLoCo session, once started)."""
     row = platform.sessions.get(session_id, actor)
     peers = platform.dht.bootstrap_addresses()
     command = join_command(str(request.base_url), row.id, owner_wallet(actor.name if actor else None))
     return {"sessionId": row.id, "strategy": row.strategy, "status": row.status, "config": row.config_toml,
-            "initialPeers": peers, "command": command}
+            "initialPeers": peers, "validators": validators_of(row), "command": command}
 
 
 @router.get("/{session_id}/model", summary="The session's final model versions", openapi_extra=OPTIONAL_AUTH)
