@@ -17,7 +17,7 @@ import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from aptos_sdk import ed25519
 from sqlalchemy import select, text
@@ -36,7 +36,7 @@ from cotrain.chain.orm import (
 )
 from cotrain.hashchain import GENESIS, canonical_json, link_hash, micros
 
-__all__ = ["GENESIS_PREV", "Ledger", "VerifyReport", "canonical_json", "entry_hash"]
+__all__ = ["GENESIS_PREV", "EntryFields", "Ledger", "VerifyReport", "canonical_json", "entry_hash", "entry_problems"]
 
 GENESIS_PREV = GENESIS
 _PG_LOCK_ID = 0x636F7472  # advisory lock serialising appends on PostgreSQL
@@ -92,13 +92,7 @@ class Ledger:
                 report.problems.append(f"entries {expected_seq}..{row.seq - 1} are missing before {where}")
             if row.prev_hash != prev:
                 report.problems.append(f"{where} does not link to the entry before it (prev_hash differs)")
-            digest = entry_hash(row.seq, row.kind, row.session_id, row.body, row.created_at, row.prev_hash)
-            if digest != row.entry_hash:
-                report.problems.append(f"{where} was changed: its content no longer matches its hash")
-            if row.signer not in self.trusted:
-                report.problems.append(f"{where} is signed by {row.signer}, which is not the platform key")
-            elif not _signature_ok(row.signer, row.entry_hash, row.signature):
-                report.problems.append(f"{where} has an invalid platform signature")
+            report.problems.extend(entry_problems(row, self.trusted, where))
             try:
                 bodies[row.seq] = (row.kind, json.loads(row.body))
             except ValueError:
@@ -121,6 +115,51 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+class EntryFields(Protocol):
+    """A ledger entry: a chain_ledger row, or one read back from an export (cotrain.chain.proof)."""
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def session_id(self) -> str: ...
+
+    @property
+    def body(self) -> str: ...
+
+    @property
+    def created_at(self) -> float: ...
+
+    @property
+    def prev_hash(self) -> str: ...
+
+    @property
+    def entry_hash(self) -> str: ...
+
+    @property
+    def signer(self) -> str: ...
+
+    @property
+    def signature(self) -> str: ...
+
+
+def entry_problems(entry: EntryFields, trusted: set[str], where: str) -> list[str]:
+    """What is wrong with one entry on its own: content that no longer matches its hash, a signer that is not
+    trusted, a signature that does not verify. (Its link to the entry before it is the caller's to check.)"""
+    problems = []
+    digest = entry_hash(entry.seq, entry.kind, entry.session_id, entry.body, entry.created_at, entry.prev_hash)
+    if digest != entry.entry_hash:
+        problems.append(f"{where} was changed: its content no longer matches its hash")
+    if entry.signer not in trusted:
+        problems.append(f"{where} is signed by {entry.signer}, which is not the platform key")
+    elif not _signature_ok(entry.signer, entry.entry_hash, entry.signature):
+        problems.append(f"{where} has an invalid platform signature")
+    return problems
 
 
 def _signature_ok(signer: str, digest: str, signature: str) -> bool:

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cotrain.chain.contributions import Contribution, Limits, _address
+from cotrain.chain.evidence import DrawnFrom
 from cotrain.chain.ledger import Ledger
 from cotrain.chain.orm import ContributionStatus, LedgerKind, RoundVerdictRow
 from cotrain.p2p.progress import MAX_TOKENS, PeerProgress, skipped_once
@@ -35,10 +36,12 @@ def ledger_verdict(verdict: Verdict) -> dict[str, Any]:
 
 
 def record_verdicts(db: Session, ledger: Ledger, session_id: str, round_: int, verdicts: Sequence[Verdict],
-                    validator: str) -> list[RoundVerdictRow]:
+                    validator: str, drawn: DrawnFrom | None = None) -> list[RoundVerdictRow]:
     """Record round `round_`'s verdicts in the caller's transaction: one ledger entry, one row per peer.
     Idempotent: a round judged before keeps its first verdicts (returned). Verdicts of another session or
-    round, and a second verdict on the same peer, are skipped (logged)."""
+    round, and a second verdict on the same peer, are skipped (logged). `drawn`: what they were drawn from
+    (deadline, base hash, commitments, receipts, the session's verification params), kept in the entry's body
+    so that cotrain.chain.proof can check every reason again."""
     existing = list(db.scalars(select(RoundVerdictRow).where(
         RoundVerdictRow.session_id == session_id, RoundVerdictRow.round == round_).order_by(RoundVerdictRow.peer_id)))
     if existing:
@@ -55,7 +58,8 @@ def record_verdicts(db: Session, ledger: Ledger, session_id: str, round_: int, v
     if not kept:
         return []
     judged = [ledger_verdict(kept[peer]) for peer in sorted(kept)]
-    body = {"session_id": session_id, "round": round_, "validator": validator, "verdicts": judged}
+    body = {"session_id": session_id, "round": round_, "validator": validator, "verdicts": judged,
+            **(drawn.as_body() if drawn is not None else {})}
     entry = ledger.append(db, LedgerKind.VERDICT, session_id, body)
     rows = [RoundVerdictRow(session_id=session_id, round=round_, validator=validator, ledger_seq=entry.seq, **v)
             for v in judged]

@@ -190,5 +190,8 @@ def rewards_bind(
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to `app`."""
+    from cotrain.cli import proof_cmd  # verify-session, ledger export
+
     app.add_typer(ledger_app, name="ledger")
     app.add_typer(rewards_app, name="rewards")
+    proof_cmd.register(app, ledger_app)

@@ -13,11 +13,13 @@ verdicts are trusted; each is still parsed, and a malformed one is skipped (logg
 from __future__ import annotations
 
 import logging
+import tomllib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
+from cotrain.chain.evidence import DrawnFrom, VerifyParams, log_malformed, params_from_config
 from cotrain.chain.keys import KeyConfigError
 from cotrain.chain.verdicts import record_verdicts
 from cotrain.core.events import EventType
@@ -181,7 +183,23 @@ def record_round_verdicts(db: Session, row: TrainingSession, event: Event, chain
             _not_recorded.add(row.id)
             log.warning("the verdicts of session %s are not recorded: %s", row.id, why)
         return
-    record_verdicts(db, ledger, row.id, round_, verdicts, validator)
+    drawn = DrawnFrom.of(event, verify_params(row))
+    log_malformed(row.id, validator, drawn)
+    record_verdicts(db, ledger, row.id, round_, verdicts, validator, drawn)
+
+
+def verify_params(row: TrainingSession) -> VerifyParams | None:
+    """The session's verification parameters, recorded with each round's verdicts (None when its config cannot
+    be read: the round's entry then says so and cannot be checked again)."""
+    from cotrain.config.loader import validate_config
+    from cotrain.core.validation import OWN_DATA_Z  # torch: loaded with the first verdict only
+
+    try:
+        config = validate_config(tomllib.loads(row.config_toml))
+        return params_from_config(config.model_dump(), OWN_DATA_Z)
+    except Exception as exc:  # a config the session ran with should always parse; never lose the verdicts
+        log.warning("session %s: its verification parameters cannot be read from its config (%s)", row.id, exc)
+        return None
 
 
 APPLY: dict[str, Callable[[Session, TrainingSession, Event], MessageData | None]] = {

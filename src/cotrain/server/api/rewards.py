@@ -184,3 +184,22 @@ def bind(body: BindingRequest, chain: ChainDep) -> PeerBinding:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     except ChainError as exc:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc)) from None
+
+
+@router.get("/rewards/sessions/{session_id}/proof", summary="A session's rewards rebuilt from its ledger entries",
+            openapi_extra={"security": [{}]})
+def session_proof(session_id: SessionId, platform: PlatformDep, chain: ChainDep,
+                  actor: Annotated[Actor | None, Depends(permit(Action.SESSION_READ))]) -> dict[str, object]:
+    """Every verdict checked against its evidence, and the contributions, rewards and payouts rebuilt from the
+    session's ledger entries alone (cotrain.chain.proof; `cotrain verify-session` offline): `ok`, per-peer
+    rebuilt vs recorded, and `problems`, each naming its ledger entry. Follows the session's read rule."""
+    from cotrain.chain.keys import KeyConfigError
+    from cotrain.chain.proof import verify_session_db
+
+    platform.sessions.get(session_id, actor)
+    try:
+        trusted = chain.ledger.trusted
+    except (KeyConfigError, OSError) as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"The platform key cannot be loaded: {exc}") from None
+    with chain.factory() as db:
+        return verify_session_db(db, session_id, trusted).as_dict()
