@@ -25,7 +25,8 @@ PLACEHOLDERS = {"session_id": "nosuchsession", "task_id": "nosuchsession", "mode
                 "token_id": "999999", "address": Wallet.create().address}
 # Changes that prove themselves by a signature, so they need no token: wallet sign-in, and a binding
 # of a peer that the wallet signed (a volunteer's `cotrain rewards bind` has no token).
-SIGN_IN_ROUTES = {"POST /api/v1/auth/nonce", "POST /api/v1/auth/verify", "POST /api/v1/rewards/bindings"}
+SIGN_IN_ROUTES = {"POST /api/v1/auth/nonce", "POST /api/v1/auth/verify", "POST /api/v1/rewards/bindings",
+                  "POST /api/v1/rewards/bindings/nonce"}
 # Independent of the table in code: routes that must stay admin-only whatever PERMISSIONS says.
 ADMIN_ONLY_PREFIXES = ("/api/v1/users", "/api/v1/audit", "/api/v1/auth/tokens")
 

@@ -15,6 +15,8 @@ Modules, one job each:
                     db/migrations/versions/c000*_chain_*.py
   errors.py         ChainError
   bindings.py       a session's peer bound to a wallet (signed by the peer's key and by the wallet's)
+  wallet_binding.py the wallet's half signed by a browser wallet (signMessage's full message; sign-in's rules)
+  binding_token.py  the peer's half as one pasteable token (`cotrain rewards peer-signature` → the Rewards page)
   settlement.py     the steps in the caller's transaction: reward pool, kept progress, contributions, rewards
   service.py        ChainService, the one service the server holds: sync DB/DHT steps, async payouts and loop
   queries.py        read views: my contributions, my rewards, a session's contributors

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from cotrain.chain.errors import ChainError
 from cotrain.chain.orm import BindingProof, PeerBinding
-from cotrain.chain.signin import derived_auth_keys
+from cotrain.chain.signin import SignInError, check_signed_text, derived_auth_keys
 from cotrain.p2p.identity import peer_id_of, public_key_from_text, public_key_text
 
 RETRY = ("run `cotrain join --wallet-key-file` (or `cotrain rewards bind`) on the peer's machine, which signs "
@@ -57,11 +57,14 @@ class SignedBinding:
     peer_signature: str | None = None  # base64, hivemind's RSA-PSS
     wallet_public_key: str | None = None  # Ed25519, 0x hex
     wallet_signature: str | None = None
+    # set when a browser wallet signed: the wallet-standard full message (APTOS, address:, application:, chainId:,
+    # message: <the wallet's statement>, nonce:) that `wallet_signature` signs instead of the bare statement
+    wallet_full_message: str | None = None
 
     def body(self) -> dict[str, str | None]:
         words = {"session_id": "sessionId", "peer_id": "peerId", "peer_public_key": "peerPublicKey",
                  "peer_signature": "peerSignature", "wallet_public_key": "walletPublicKey",
-                 "wallet_signature": "walletSignature"}
+                 "wallet_signature": "walletSignature", "wallet_full_message": "walletFullMessage"}
         return {words.get(name, name): value for name, value in asdict(self).items()}
 
 
@@ -113,6 +116,9 @@ def check_peer_half(b: SignedBinding) -> None:
 def check_wallet_half(b: SignedBinding) -> None:
     if not (b.wallet_public_key and b.wallet_signature):
         raise BadBindingSignature(f"The binding of peer {b.peer_id} has no signature by wallet {b.address}; {RETRY}.")
+    if b.wallet_full_message is not None:
+        _check_wallet_message(b, b.wallet_public_key, b.wallet_signature, b.wallet_full_message)
+        return
     try:
         key = ed25519.PublicKey.from_str(b.wallet_public_key)
         ok = key.verify(wallet_statement(b.session_id, b.peer_id), ed25519.Signature.from_str(b.wallet_signature))
@@ -122,6 +128,20 @@ def check_wallet_half(b: SignedBinding) -> None:
     if not (ok and owns):
         raise BadBindingSignature(f"The binding of peer {b.peer_id} to wallet {b.address} is not signed by that "
                                   f"wallet's key; {RETRY} with that wallet's key file.")
+
+
+def _check_wallet_message(b: SignedBinding, public_key: str, signature: str, full_message: str) -> None:
+    """The browser wallet's form: its key signed a wallet-standard full message whose `message` is exactly the
+    wallet's statement of this session and peer, and whose `address` is the bound wallet, which the key owns."""
+    try:
+        signed_for = check_signed_text(full_message, wallet_statement(b.session_id, b.peer_id).decode(), public_key,
+                                       signature)
+    except SignInError as exc:
+        raise BadBindingSignature(f"The wallet's signature of the binding of peer {b.peer_id} does not verify: "
+                                  f"{exc}") from None
+    if signed_for != b.address:
+        raise BadBindingSignature(f"The binding of peer {b.peer_id} to wallet {b.address} is not signed by that "
+                                  "wallet's key; sign it with that wallet.")
 
 
 def record_binding(db: Session, binding: SignedBinding) -> PeerBinding:
@@ -146,6 +166,7 @@ def bind_peer(db: Session, session_id: str, peer_id: str, address: str, proof: B
     if signed is not None:
         row.peer_public_key, row.peer_signature = signed.peer_public_key, signed.peer_signature
         row.wallet_public_key, row.wallet_signature = signed.wallet_public_key, signed.wallet_signature
+        row.wallet_full_message = signed.wallet_full_message
     db.add(row)
     db.flush()
     return row

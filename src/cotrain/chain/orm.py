@@ -113,6 +113,8 @@ class PeerBinding(Base):
     peer_signature: Mapped[str | None] = mapped_column(Text, nullable=True)
     wallet_public_key: Mapped[str | None] = mapped_column(String(140), nullable=True)
     wallet_signature: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # what a browser wallet signed (the wallet-standard full message); None when it signed the bare statement
+    wallet_full_message: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class ProgressSnapshot(Base):

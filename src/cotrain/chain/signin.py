@@ -130,6 +130,11 @@ def normalize_address(value: str) -> str:
         ) from None
 
 
+def sign_in_message(address: str) -> str:
+    """The text a wallet signs to sign in as `address` (AIP-40 form)."""
+    return f"Sign in to CoTrain as {address}. This does not send a transaction or cost gas."
+
+
 def issue_challenge(
     store: NonceStore,
     address: str,
@@ -137,8 +142,10 @@ def issue_challenge(
     chain_id: int | None,
     now: datetime | None = None,
     ttl_s: int = 300,
+    message: str | None = None,
 ) -> Challenge:
-    """A fresh single-use nonce for `address`; it expires after `ttl_s` seconds (5 minutes)."""
+    """A fresh single-use nonce for `address`; it expires after `ttl_s` seconds (5 minutes). `message` is what
+    the wallet is to sign with it (default: the sign-in text); a nonce is good only for its own message."""
     now = now or datetime.now(UTC)
     addr = normalize_address(address)
     challenge = Challenge(
@@ -146,7 +153,7 @@ def issue_challenge(
         address=addr,
         application=application,
         chain_id=chain_id,
-        message=f"Sign in to CoTrain as {addr}. This does not send a transaction or cost gas.",
+        message=message if message is not None else sign_in_message(addr),
         expires_at=now + timedelta(seconds=ttl_s),
     )
     store.save(challenge)
@@ -198,8 +205,28 @@ def _field_lines(lines: list[str], known: tuple[str, ...], what: str) -> dict[st
     return values
 
 
-def _parse_aip62(full_message: str) -> _Fields:
-    values = _field_lines(full_message[len(AIP62_PREFIX) :].split("\n"), AIP62_FIELDS, "signMessage")
+def _without_message_block(lines: list[str], expected: str) -> list[str] | None:
+    """`lines` less the one run of whole lines that is `message: <expected>` (a message of several lines), or
+    None when there is no such run."""
+    block = f"message: {expected}".split("\n")
+    at = [i for i in range(len(lines) - len(block) + 1) if lines[i : i + len(block)] == block]
+    return lines[: at[0]] + lines[at[0] + len(block) :] if at else None
+
+
+def _parse_aip62(full_message: str, expected: str | None = None) -> _Fields:
+    lines = full_message[len(AIP62_PREFIX) :].split("\n")
+    message: str | None = None
+    if expected is not None and "\n" in expected:
+        # A message of several lines is found as the exact run of lines expected; every other line must still be
+        # a known field, and another `message:` line is a second message (refused as a duplicate below).
+        rest = _without_message_block(lines, expected)
+        if rest is None:
+            raise SignInError("wrong_message", "The signed message is not the text this server asked the wallet to "
+                              "sign; sign exactly that text, with nothing added.")
+        lines, message = rest, expected
+    values = _field_lines(lines, AIP62_FIELDS, "signMessage")
+    if message is not None:
+        values.setdefault("message", []).append(message)
     nonce = _single(values, "nonce", "nonce:")
     if nonce is None:
         raise SignInError("bad_message", "The signed message has no 'nonce:' line; ask for a nonce and sign it.")
@@ -318,17 +345,35 @@ async def verify_sign_in(
     why it is refused. `origin` is COTRAIN_PUBLIC_ORIGIN (None: loopback origins only) and
     `chain_id` the configured chain; neither ever comes from the request. The nonce is spent last,
     only when everything else holds."""
+    claimed = normalize_address(request.address)
+    return await verify_wallet_message(request, sign_in_message(claimed), store, origin, chain_id, now,
+                                       auth_key_lookup)
+
+
+async def verify_wallet_message(
+    request: SignInRequest,
+    expected_message: str,
+    store: NonceStore,
+    origin: str | None,
+    chain_id: int | None,
+    now: datetime | None = None,
+    auth_key_lookup: AuthKeyLookup | None = None,
+) -> VerifiedSignIn:
+    """Sign-in's checks for any text this server asks a wallet to sign (a sign-in, a peer binding): the wallet
+    signed `expected_message` exactly, with a nonce this server issued for that message and that address, for
+    this origin and chain, with a key that owns the address. Raises SignInError; spends the nonce last."""
     now = now or datetime.now(UTC)
     claimed = normalize_address(request.address)
     public_key = _parse_public_key(request.public_key)
     signature = _parse_signature(request.signature)
-    fields = _parse_message(request.full_message)
+    fields = _parse_message(request.full_message, expected_message)
 
     _check_window(fields.window, now)
     _check_application(fields.application, origin)
     _check_signed_address(fields.address, claimed)
     _check_chain(fields.chain, chain_id)
-    _check_issued(await asyncio.to_thread(store.get, fields.nonce), fields, claimed)  # the store may be a DB
+    _check_issued(await asyncio.to_thread(store.get, fields.nonce), fields, claimed,  # the store may be a DB
+                  expected_message)
     if not public_key.verify(fields.signed_bytes, signature):
         raise SignInError(
             "bad_signature",
@@ -339,10 +384,31 @@ async def verify_sign_in(
     return VerifiedSignIn(address=claimed, public_key=str(public_key), format=fields.format)
 
 
-def _parse_message(full_message: str) -> _Fields:
-    """The signed text's fields, in whichever of the two formats the wallet used."""
+def check_signed_text(full_message: str, expected_message: str, public_key: str, signature: str) -> str:
+    """The address a wallet's signed text names, once `public_key` is shown to have signed `full_message`, its
+    message is `expected_message` exactly and the key is the address's own (its derived authentication key; a
+    rotated key is only accepted online). Only the signature and the text: the nonce, origin and chain rules held
+    when `verify_wallet_message` accepted it; this checks a kept signature again later. Raises SignInError."""
+    fields = _parse_message(full_message, expected_message)
+    if fields.message != expected_message:
+        raise SignInError("wrong_message", "The signed message is not the text this server asked the wallet to "
+                          "sign; sign exactly that text, with nothing added.")
+    key = _parse_public_key(public_key)
+    if not key.verify(fields.signed_bytes, _parse_signature(signature)):
+        raise SignInError("bad_signature", "The signature does not match the message and public key; sign the "
+                          "message again with your wallet.")
+    address = normalize_address(fields.address)
+    if AccountAddress.from_str_relaxed(address).address not in derived_auth_keys(key):
+        raise SignInError("wrong_key", f"This public key does not belong to address {address}; sign with the "
+                          "wallet that owns it.")
+    return address
+
+
+def _parse_message(full_message: str, expected: str | None = None) -> _Fields:
+    """The signed text's fields, in whichever of the two formats the wallet used. `expected` is the message the
+    wallet was asked to sign: needed to find a message of several lines inside an AIP-62 full message."""
     if full_message.startswith(AIP62_PREFIX):
-        return _parse_aip62(full_message)
+        return _parse_aip62(full_message, expected)
     if full_message.split("\n", 1)[0].endswith(SIWA_HEADER_SUFFIX):
         return _parse_siwa(full_message)
     raise SignInError(
@@ -373,14 +439,18 @@ def _check_signed_address(signed: str, claimed: str) -> None:
         )
 
 
-def _check_issued(challenge: Challenge | None, fields: _Fields, claimed: str) -> None:
-    """The nonce was issued by this server, for this address, with exactly the message that was signed."""
+def _check_issued(challenge: Challenge | None, fields: _Fields, claimed: str, expected: str) -> None:
+    """The nonce was issued by this server, for this address and for the expected message (a binding's nonce
+    does not sign in), with exactly the message that was signed."""
     if challenge is None:
         raise _unknown_nonce()
     if challenge.address != claimed:
         raise SignInError(
             "wrong_address", "This nonce was issued for another address; ask for a nonce for your address."
         )
+    if challenge.message != expected:
+        raise SignInError("wrong_message", "This nonce was issued for another message; ask for a new nonce for "
+                          "this one.")
     if fields.message != challenge.message:
         raise SignInError(
             "wrong_message",

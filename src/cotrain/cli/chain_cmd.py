@@ -188,6 +188,23 @@ def rewards_bind(
     _run(bind)
 
 
+@rewards_app.command("peer-signature")
+@friendly_errors
+def rewards_peer_signature(
+    session: str = typer.Option(..., "--session", "-s", help="The session the peer trains."),
+    wallet: str = typer.Option(..., "--wallet", help="The wallet address the peer is to be paid to."),
+    peer_key_file: Path | None = typer.Option(
+        None, "--peer-key-file", help="The peer's identity file (default: models/checkpoints/SESSION/p2p-identity.key "
+        "under this machine's CoTrain home, where `cotrain join` keeps it); the peer id derives from it."),
+) -> None:
+    """Print the peer's half of its binding to WALLET as one token: paste it into the Rewards page's "Bind a
+    running peer" card, where your browser wallet signs the other half. The token holds no secret."""
+    from cotrain.cli.binding_client import peer_half_token_from_file
+    from cotrain.p2p.identity import identity_path
+
+    _run(lambda: print(peer_half_token_from_file(session, peer_key_file or identity_path(None, session), wallet)))
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to `app`."""
     from cotrain.cli import proof_cmd  # verify-session, ledger export

@@ -215,6 +215,13 @@ EN: dict[str, str] = {
     "rewards.empty": "Nothing yet. Join a session with `cotrain join --wallet` to earn rewards.",
     "rewards.unavailable": "The rewards service is not available on this server yet.",
     "rewards.failed": "Sign-in failed: {error}",
+    "rewards.bind.title": "Bind a running peer",
+    "rewards.bind.hint": "To have a peer's work paid to this wallet, both sign: run this on the peer's machine and "
+    "paste the line it prints, then your wallet signs the binding (no transaction, no gas).",
+    "rewards.bind.token": "Peer token",
+    "rewards.bind.button": "Sign with wallet and bind",
+    "rewards.bind.done": "Peer {peer} is bound to this wallet in session {session}.",
+    "rewards.bind.failed": "Not bound: {error}",
 }
 
 ZH: dict[str, str] = {
@@ -420,6 +427,13 @@ ZH: dict[str, str] = {
     "rewards.empty": "暂无记录。使用 `cotrain join --wallet` 加入会话即可获得奖励。",
     "rewards.unavailable": "此服务器尚未提供奖励服务。",
     "rewards.failed": "登录失败：{error}",
+    "rewards.bind.title": "绑定运行中的节点",
+    "rewards.bind.hint": "要让节点的工作奖励支付到此钱包，需双方签名：在节点所在机器上运行下面的命令"
+    "并粘贴它输出的一行，然后由你的钱包签署绑定（不发送交易，不花费 gas）。",
+    "rewards.bind.token": "节点令牌",
+    "rewards.bind.button": "用钱包签名并绑定",
+    "rewards.bind.done": "节点 {peer} 已在会话 {session} 中绑定到此钱包。",
+    "rewards.bind.failed": "未绑定：{error}",
 }
 
 # ---- Users page (issue 11: roles, admins only) ----

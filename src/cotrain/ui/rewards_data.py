@@ -1,21 +1,27 @@
 """The signed-in wallet's contributions and rewards, through the platform's chain service and its read-only
 views (the same the `/api/v1/me/*` endpoints use), each contribution with its judged rounds when the session
-had a validator. Blocking: DB."""
+had a validator; and the binding of a running peer to the wallet (the peer's half pasted as a token, the
+wallet's signed in the browser). Blocking: DB, except `bind`."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 import cotrain.chain
+from cotrain.chain.binding_token import read_peer_half_token
+from cotrain.chain.bindings import SignedBinding, check_peer_half
+from cotrain.chain.errors import ChainError
 from cotrain.chain.keys import KeyConfigError
 from cotrain.chain.queries import contribution_views, reward_views
 from cotrain.chain.service import ChainService
 from cotrain.chain.settings import ChainConfigError
+from cotrain.chain.signin import SignInError
 from cotrain.chain.verdicts import round_outcomes, sentence_of
+from cotrain.chain.wallet_binding import bind_with_wallet_message, issue_binding_nonce
 from cotrain.p2p.verification import Reason
 from cotrain.server.errors import NotFound
 from cotrain.server.wallet_auth import COOKIE, signed_in
@@ -23,6 +29,10 @@ from cotrain.ui.context import platform
 
 WALLET_COOKIE = COOKIE
 SIGNIN_SCRIPT = Path(cotrain.chain.__file__).parent / "wallet_signin.js"
+
+
+class BindRefused(Exception):
+    """A binding refused; the message is the server's one sentence (why, and what to do)."""
 
 
 class RewardsUnavailable(Exception):
@@ -89,3 +99,40 @@ def session_names(ids: set[str]) -> dict[str, str]:
         except NotFound:
             continue  # deleted, or private to its owner
     return names
+
+
+def peer_half(token: str, address: str) -> SignedBinding:
+    """The pasted token's peer half, checked before the wallet is asked to sign: made for this wallet, and
+    signed by the key of the peer it names."""
+    try:
+        half = read_peer_half_token(token)
+        check_peer_half(half)
+    except ChainError as exc:
+        raise BindRefused(str(exc)) from None
+    if half.address != address:
+        raise BindRefused(f"This token was made for wallet {half.address}; run the command again with "
+                          f"--wallet {address}.")
+    return half
+
+
+def binding_nonce(half: SignedBinding) -> dict[str, str]:
+    """The nonce and the text the browser wallet is to sign (its `message`)."""
+    chain = _chain()
+    try:
+        challenge = issue_binding_nonce(chain, half.session_id, half.peer_id, half.address)
+    except SignInError as exc:
+        raise BindRefused(str(exc)) from None
+    return {"nonce": challenge.nonce, "message": challenge.message}
+
+
+async def bind(half: SignedBinding, signed: dict[str, str]) -> None:
+    """Record the binding with the wallet's signMessage answer (publicKey, signature, fullMessage), by the
+    server's rules for a browser wallet's half (its nonce, origin and chain)."""
+    if not all(signed.get(k) for k in ("publicKey", "signature", "fullMessage")):
+        raise BindRefused("The wallet returned no signed message; sign the binding again in your wallet.")
+    binding = replace(half, wallet_public_key=signed["publicKey"], wallet_signature=signed["signature"],
+                      wallet_full_message=signed["fullMessage"])
+    try:
+        await bind_with_wallet_message(_chain(), binding)
+    except (SignInError, ChainError) as exc:
+        raise BindRefused(str(exc)) from None

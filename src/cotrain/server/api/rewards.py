@@ -5,14 +5,18 @@
   GET  /rewards/sessions/{session_id}    a session's contributors, rewards, payout status, explorer links, and
                                          each peer's judged rounds (verified or why not); before settlement
                                          (challenge window) pending, the window's end and provisional credit
+  POST /rewards/bindings/nonce           a one-time nonce and the text for a browser wallet to sign
   POST /rewards/bindings                 bind a session's peer to a wallet (signed by the peer's key and by
-                                         the wallet's)
+                                         the wallet's: its key file's bare signature, or a browser wallet's
+                                         signMessage of the text from /rewards/bindings/nonce)
 """
 
 from __future__ import annotations
 
+import asyncio
 import tomllib
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, status
@@ -28,11 +32,13 @@ from cotrain.chain.queries import RewardView, contribution_views, reward_views
 from cotrain.chain.settlement import contributions_now, kept_progress, limits_from_config
 from cotrain.chain.signin import SignInError, normalize_address
 from cotrain.chain.verdicts import RECENT_ROUNDS, PeerRounds, round_outcomes
+from cotrain.chain.wallet_binding import bind_with_wallet_message, issue_binding_nonce
 from cotrain.p2p.verification import Reason
 from cotrain.server.api.deps import PlatformDep, SessionId
 from cotrain.server.auth import Actor
 from cotrain.server.orm import SessionStatus, TrainingSession
 from cotrain.server.permissions import Action, permit
+from cotrain.server.rate_limits import Limit, rate_limit
 from cotrain.server.schemas import OutModel, UnixTime
 from cotrain.server.wallet_auth import ChainDep, WalletDep, sign_in_failed
 
@@ -120,6 +126,24 @@ class BindingRequest(BaseModel):
     wallet_public_key: str | None = Field(None, max_length=140)
     wallet_signature: str | None = Field(None, max_length=200, description="The wallet's signature of "
                                          "(session, peer id).")
+    wallet_full_message: str | None = Field(None, max_length=4000, description="A browser wallet's form: the "
+                                            "full message its signMessage signed (fullMessage), whose message is "
+                                            "the text from /rewards/bindings/nonce; walletSignature signs it.")
+
+
+class BindingNonceRequest(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+    session_id: str = Field(..., max_length=64)
+    peer_id: str = Field(..., max_length=200)
+    address: str = Field(..., max_length=70, description="The wallet that will sign.")
+
+
+class BindingNonceOut(OutModel):
+    nonce: str
+    message: str = Field(description="Pass as `message` (and the nonce as `nonce`) to the wallet's signMessage, "
+                         "with address, application and chainId true.")
+    expires_at: datetime
 
 
 class BindingOut(OutModel):
@@ -170,14 +194,32 @@ def provisional(db: Session, row: TrainingSession) -> list[Contribution]:
     return contributions_now(db, row.id, kept_progress(db, row.id), limits_from_config(config))
 
 
+@router.post("/rewards/bindings/nonce", response_model=BindingNonceOut, summary="A nonce for a browser wallet to "
+             "sign a binding with (valid 5 minutes)", dependencies=[Depends(rate_limit(Limit.SIGN_IN)),
+                                                                   Depends(permit(Action.PEER_BIND))])
+def binding_nonce(body: BindingNonceRequest, chain: ChainDep) -> BindingNonceOut:
+    try:
+        challenge = issue_binding_nonce(chain, body.session_id, body.peer_id, body.address)
+    except SignInError as exc:
+        raise sign_in_failed(exc) from None
+    return BindingNonceOut.model_validate(challenge, from_attributes=True)
+
+
 @router.post("/rewards/bindings", response_model=BindingOut, status_code=status.HTTP_201_CREATED,
              summary="Bind a session's peer to a wallet", dependencies=[Depends(permit(Action.PEER_BIND))])
-def bind(body: BindingRequest, chain: ChainDep) -> PeerBinding:
-    """The two signatures are the whole proof: no sign-in, and a signed-in owner cannot bind anyone's peer."""
-    try:
-        binding = SignedBinding(**(body.model_dump() | {"address": normalize_address(body.address)}))
+async def bind(body: BindingRequest, chain: ChainDep) -> PeerBinding:
+    """The two signatures are the whole proof: no sign-in, and a signed-in owner cannot bind anyone's peer.
+    With walletFullMessage, the wallet's half is a browser wallet's and follows sign-in's rules (its nonce)."""
+
+    def record(binding: SignedBinding) -> PeerBinding:
         with chain.factory.begin() as db:
             return record_binding(db, binding)
+
+    try:
+        binding = SignedBinding(**(body.model_dump() | {"address": normalize_address(body.address)}))
+        if binding.wallet_full_message is not None and binding.wallet_public_key and binding.wallet_signature:
+            return await bind_with_wallet_message(chain, binding)
+        return await asyncio.to_thread(record, binding)
     except SignInError as exc:
         raise sign_in_failed(exc) from None
     except AlreadyBound as exc:

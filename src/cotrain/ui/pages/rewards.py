@@ -1,8 +1,10 @@
 """Rewards: sign in with an Aptos wallet (the chain's wallet sign-in), then my contributions (with the rounds
-the session's validator verified, and why the others were not) and my rewards with their payout status."""
+the session's validator verified, and why the others were not) and my rewards with their payout status, and
+binding a running peer to the wallet (the peer's half pasted, the wallet's signed here with signMessage)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import Request
@@ -18,6 +20,16 @@ from cotrain.ui.layout import empty_state, frame, page_title
 SIGN_IN = """
 try { return {ok: true, ...(await window.cotrainWalletSignIn('/api/v1'))}; }
 catch (e) { return {ok: false, error: String(e && e.message || e)}; }
+"""
+SIGN_BINDING = """
+const wallet = window.aptos || window.petra;
+if (!wallet) return {ok: false, error: "No Aptos wallet was found in this browser; install one (e.g. Petra)."};
+try {
+  const account = await wallet.connect();
+  const signed = await wallet.signMessage({message: %s, nonce: %s, address: true, application: true, chainId: true});
+  return {ok: true, publicKey: String(account.publicKey), signature: String(signed.signature),
+          fullMessage: signed.fullMessage};
+} catch (e) { return {ok: false, error: String(e && e.message || e)}; }
 """
 PAYOUT_COLORS = {PayoutStatus.PAID: "positive", PayoutStatus.DUE: "amber-8", PayoutStatus.PENDING: "light-blue-7",
                  PayoutStatus.FAILED: "negative", PayoutStatus.NONE: "grey-6"}
@@ -72,8 +84,51 @@ async def rewards_page(request: Request) -> None:
             ui.icon("verified", size="20px").classes("text-positive")
             ui.label(t("rewards.connected", address=address)).classes("ct-mono text-sm").props(
                 'data-testid="wallet-address"')
+        _bind_card(address)
         _contributions(data["contributions"])
         _rewards(data["rewards"])
+
+
+def _bind_card(address: str) -> None:
+    """Bind a running peer: its token (the peer's half, from `cotrain rewards peer-signature`) is checked, the
+    browser wallet signs the binding text with a nonce from the server, and the server records both halves."""
+    with ui.card().classes("ct-card w-full p-5 gap-3").props('flat data-testid="bind-peer"'):
+        ui.label(t("rewards.bind.title")).classes("ct-section-title")
+        ui.label(t("rewards.bind.hint")).classes("text-sm ct-muted")
+        ui.label(f"cotrain rewards peer-signature --session SESSION --wallet {address}").classes(
+            "ct-code text-xs w-full break-all")
+        token = ui.textarea(t("rewards.bind.token")).classes("w-full ct-mono text-xs").props(
+            'outlined dense rows=3 data-testid="peer-token"')
+        with ui.row().classes("items-center gap-3 w-full no-wrap"):
+            button = ui.button(t("rewards.bind.button"), icon="link").props(
+                'unelevated no-caps data-testid="bind-peer-button"')
+            result = ui.label().classes("text-sm").props('data-testid="bind-result"')
+
+    def show(text: str, ok: bool) -> None:
+        result.set_text(text)
+        result.classes(replace="text-sm " + ("text-positive" if ok else "text-negative"))
+
+    async def bind() -> None:
+        button.props("loading")
+        try:
+            half = rewards_data.peer_half(token.value or "", address)
+            nonce = await run.io_bound(rewards_data.binding_nonce, half)
+            if nonce is None:  # the page was closed meanwhile
+                return
+            signed = await ui.run_javascript(SIGN_BINDING % (json.dumps(nonce["message"]), json.dumps(nonce["nonce"])),
+                                             timeout=180)
+            if not (signed and signed.get("ok")):
+                raise rewards_data.BindRefused((signed or {}).get("error") or "the wallet did not sign.")
+            await rewards_data.bind(half, signed)
+        except rewards_data.BindRefused as exc:
+            show(t("rewards.bind.failed", error=exc), ok=False)
+        else:
+            show(t("rewards.bind.done", peer=half.peer_id, session=half.session_id), ok=True)
+            token.set_value("")
+        finally:
+            button.props(remove="loading")
+
+    button.on_click(bind)
 
 
 def _unavailable(message: str) -> None:
