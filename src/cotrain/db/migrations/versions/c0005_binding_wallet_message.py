@@ -2,14 +2,14 @@
 wallet-standard full message (APTOS, address:, application:, chainId:, message:, nonce:); the text is kept with
 the signature so that the binding can be checked again later.
 
-Revision ID: c0005_chain_binding_wallet_message
+Revision ID: c0005_binding_wallet_message
 Revises: c0004_chain_round_verdicts
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "c0005_chain_binding_wallet_message"
+revision = "c0005_binding_wallet_message"
 down_revision = "c0004_chain_round_verdicts"
 branch_labels = None
 depends_on = None
