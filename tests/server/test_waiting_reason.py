@@ -75,3 +75,17 @@ def test_openapi_documents_waiting_reason(servers):
     schema = httpx.get(server.url + "/openapi.json", timeout=30).json()
     field = schema["components"]["schemas"]["SessionOut"]["properties"]["waitingReason"]
     assert "queued" in field["description"] and "GPUs per node or memory" in field["description"]
+
+
+def test_every_revision_id_fits_postgresqls_alembic_version_column():
+    """alembic_version.version_num is VARCHAR(32): a longer id migrates on SQLite and fails on PostgreSQL."""
+    import re
+    from pathlib import Path
+
+    import cotrain.db
+
+    versions = Path(cotrain.db.__file__).parent / "migrations" / "versions"
+    ids = {path.name: re.search(r'^revision = "([^"]+)"', path.read_text(), re.M) for path in versions.glob("*.py")}
+    assert all(ids.values()), [name for name, found in ids.items() if not found]
+    too_long = {name: found.group(1) for name, found in ids.items() if found and len(found.group(1)) > 32}
+    assert not too_long, too_long
