@@ -22,14 +22,15 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/cotrain up --example
 
-# The fault-injection tests (tests/faults) mostly wait on outages they cause, so they run alongside the
-# rest of the suite (their output follows it); either failing fails `make test`.
+# The fault-injection tests (tests/faults) mostly wait on outages they cause, and the verification end-to-end
+# tests (tests/verification) are a few long sessions of many small peers: both run in a second lane, alongside
+# the rest of the suite (their output follows it); either lane failing fails `make test`.
 FAULTS_LOG := .pytest-faults.log
 test: $(STAMP) browser
-	@$(PY) -m pytest tests/faults -p no:cacheprovider > $(FAULTS_LOG) 2>&1 & faults=$$!; \
-	$(PY) -m pytest --ignore=tests/faults; main=$$?; \
+	@$(PY) -m pytest tests/faults tests/verification -p no:cacheprovider > $(FAULTS_LOG) 2>&1 & faults=$$!; \
+	$(PY) -m pytest --ignore=tests/faults --ignore=tests/verification; main=$$?; \
 	wait $$faults; faults_status=$$?; \
-	echo "---- tests/faults (ran alongside the suite above) ----"; cat $(FAULTS_LOG); \
+	echo "---- tests/faults and tests/verification (ran alongside the suite above) ----"; cat $(FAULTS_LOG); \
 	test $$main -eq 0 && test $$faults_status -eq 0
 
 # Browser tests drive Debian's chromium with Playwright (`playwright install` cannot download

@@ -75,7 +75,7 @@ class Volunteer:
     `--wallet-key-file`), in a folder and COTRAIN_HOME of its own (the datasets folder is shared)."""
 
     def __init__(self, name: str, root: Path, datasets: Path, command: str, wallet: Wallet, bind_on_join: bool,
-                 *sets: str):
+                 *sets: str, env: dict[str, str] | None = None):
         self.wallet = wallet
         self.home = home = root / name
         home.mkdir()
@@ -84,7 +84,7 @@ class Volunteer:
         self.key_file = key_file(root / f"{name}-wallet.key", wallet)
         command += f" --wallet-key-file {self.key_file}" if bind_on_join else f" --wallet {wallet.address}"
         command += "".join(f" --set {item}" for item in sets)
-        env = engine_env(home, TOKENIZERS_PARALLELISM="false", **FAST_DILOCO)
+        env = engine_env(home, TOKENIZERS_PARALLELISM="false", **{**FAST_DILOCO, **(env or {})})
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"  # `cotrain` of this venv
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(["bash", "-c", command], cwd=home, env=env, stdout=log,

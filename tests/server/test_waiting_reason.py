@@ -85,7 +85,8 @@ def test_every_revision_id_fits_postgresqls_alembic_version_column():
     import cotrain.db
 
     versions = Path(cotrain.db.__file__).parent / "migrations" / "versions"
-    ids = {path.name: re.search(r"^revision = [\"']([^\"']+)[\"']", path.read_text(), re.M) for path in versions.glob("*.py")}
+    revision = re.compile(r"^revision = [\"']([^\"']+)[\"']", re.M)
+    ids = {path.name: revision.search(path.read_text()) for path in versions.glob("*.py")}
     assert all(ids.values()), [name for name, found in ids.items() if not found]
     too_long = {name: found.group(1) for name, found in ids.items() if found and len(found.group(1)) > 32}
     assert not too_long, too_long
