@@ -177,3 +177,17 @@ def test_aptos_batch_transfer_amounts_are_checked(db_factory, ledger):
     problems = [str(p) for p in proof(db_factory, ledger).problems]
     assert len(problems) == 1 and problems[0].startswith(f"ledger entry {seq} (payout): its signed batch_transfer "
                                                          f"pays [('{A}', 800), ('{B}', 100)]"), problems
+
+
+def test_a_verified_copy_of_an_earlier_update_is_named(db_factory, ledger):
+    """p2 committed p1's update after p1 did (a copycat), yet the validator's entry says it was verified."""
+    event = round_event(1)
+    copied = event["evidence"]["commitments"]["p1"]["update_hash"]
+    event["evidence"]["commitments"]["p2"].update(update_hash=copied, committed_at=995.0)  # p1's: at 991.0
+    for signer in ("p1", "p2", "p3"):  # the receipts name the update each member sent
+        event["evidence"]["receipts"][signer]["members"]["p2"] = copied
+    with db_factory.begin() as db:
+        record_round(db, ledger, event)
+    problems = [str(p) for p in proof(db_factory, ledger).problems]
+    assert problems == [f"ledger entry 1 (verdict): peer p2: verified, but peer p1 committed the same update "
+                        f"{copied[:12]} before it"]

@@ -8,8 +8,9 @@ Checks, each problem naming the ledger entry (seq, kind) where it shows:
   ⇔ no valid commitment; late ⇔ committed after the deadline (or, once vouched for, an update that could not
   be downloaded); not_in_group ⇔ fewer than `receipt_quorum` receipts of other members naming its committed
   update; the other reasons need a commitment that passed those; verified ⇔ scores passing the own-data rule
-  (own_drop > 0, own_data > own_data_margin, own_data_z ≥ the z threshold when measured) and tokens =
-  the committed inner steps × batch_size × seq_length; any other reason earns 0 tokens;
+  (own_drop > 0, own_data > own_data_margin, own_data_z ≥ the z threshold when measured), no measured member
+  committed the same update before it, and tokens = the committed inner steps × batch_size × seq_length; any
+  other reason earns 0 tokens;
 * the contributions are those settlement would compute from these verdicts (`verdict_contributions`, the
   very function settlement calls); a peer's wallet and device are taken from its CONTRIBUTION entry (the
   bindings and progress records are not in the ledger, and describe the peer rather than what it earned);
@@ -253,7 +254,7 @@ def _verdicts(report: ProofReport, entries: list[tuple[Entry, dict[str, Any]]]
         members = {v.peer_id for v in verdicts}
         for v in verdicts:
             if drawn.complete:
-                for what in _reason_problems(v, drawn, members):
+                for what in _reason_problems(v, drawn, members) + _copy_problems(v, verdicts, drawn):
                     problem(f"peer {v.peer_id}: {what}")
             rows.append(RoundVerdictRow(session_id=v.session_id, round=v.round, peer_id=v.peer_id, reason=str(v.reason),
                                         detail=v.detail, scores=dict(v.scores), tokens=v.tokens,
@@ -310,6 +311,21 @@ def _reason_problems(v: Verdict, drawn: DrawnFrom, members: set[str]) -> list[st
     elif v.reason != Reason.VERIFIED and v.tokens != 0:
         problems.append(f"tokens {v.tokens} for a round that was not verified")
     return problems
+
+
+MEASURED = {Reason.VERIFIED, Reason.OWN_DATA_FAIL, Reason.DUPLICATE_UPDATE}  # their updates' losses were measured
+
+
+def _copy_problems(v: Verdict, verdicts: list[Verdict], drawn: DrawnFrom) -> list[str]:
+    """A verified update is not a copy: no other measured member committed the same update hash before it."""
+    mine = drawn.commitments.get(v.peer_id)
+    if v.reason != Reason.VERIFIED or mine is None:
+        return []
+    return [f"verified, but peer {other.peer_id} committed the same update {mine.update_hash[:12]} before it"
+            for other in verdicts
+            if other.peer_id != v.peer_id and other.reason in MEASURED
+            and (theirs := drawn.commitments.get(other.peer_id)) is not None
+            and theirs.update_hash == mine.update_hash and theirs.committed_at < mine.committed_at]
 
 
 def _why(reason: Reason, c: Commitment | None, drawn: DrawnFrom) -> str:
