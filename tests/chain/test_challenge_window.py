@@ -27,6 +27,7 @@ from cotrain.server.orm import TrainingSession
 from cotrain.server.session_policy import open_pools
 
 from .test_api import api, public_session  # noqa: F401 (the served app's fixture)
+from .test_ledger import Rec
 from .test_verdicts import VALIDATOR, V, bind
 
 A, B, C = ("0x" + c * 64 for c in "abc")
@@ -161,6 +162,24 @@ def test_with_no_window_a_session_settles_when_it_completes(served_tables, audit
         judged(db, chain.ledger, "s1", {1: {"p1": V_}})
     assert chain.session_completed("s1", "", finished_at=time.time()) == 1
     assert rewards(served_tables, "s1") == {A: 100}
+
+
+def test_work_after_the_session_ended_does_not_count(served_tables, audit, monkeypatch):
+    """A session settled by its peers' progress records: those read at completion are kept; what the peers publish
+    afterwards (volunteers may go on training together) is not read when the window closes."""
+    monkeypatch.setenv("COTRAIN_CHALLENGE_WINDOW", "1")
+    live = {"s1": [Rec("p1", A, 640, outer_step=1), Rec("p2", B, 640, outer_step=1)]}
+    chain = ChainService(served_tables, live.get, audit, settings=ChainSettings(payout_backend="local"),
+                         ledger=Ledger(ed25519.PrivateKey.random()))
+    with served_tables.begin() as db:
+        set_reward_pool(db, chain.ledger, "s1", 100, "APT")
+        bind(db, "s1", {"p1": A, "p2": B})
+    finished_at = time.time()
+    assert chain.capture_progress("s1") == 2  # the executor, at completion
+    assert chain.session_completed("s1", "", finished_at) == 0
+    live["s1"] = [Rec("p1", A, 640, outer_step=1), Rec("p2", B, 6400, outer_step=9, updated=2.0)]  # after the end
+    assert chain.session_completed("s1", "", finished_at, now=finished_at + 1) == 2
+    assert rewards(served_tables, "s1") == {A: 50, B: 50}
 
 
 def test_the_treasury_counts_a_pool_until_it_is_paid(served_tables, ledger):

@@ -175,10 +175,12 @@ class ChainService:
                           now: float | None = None) -> int:
         """Contributions, rewards and payouts due of a session completed at `finished_at` (epoch seconds), once
         its challenge window has closed: until then nothing is settled, so verdicts recorded meanwhile (a
-        late spot check) still count, and 0 is returned. Returns the number of rewards."""
+        late spot check) still count, and 0 is returned. Returns the number of rewards. Without a window the
+        peers' live records are read one last time; after one, only the records kept until the session ended
+        count (`capture_progress` at completion): the volunteers may go on training together after it."""
         if (time.time() if now is None else now) < self.challenge_window_ends_at(finished_at):
             return 0
-        last = self.read_records(session_id) or []
+        last = (self.read_records(session_id) or []) if self.settings.challenge_window_s == 0 else []
         return len(self.settle(session_id, tomllib.loads(config_toml), last))
 
     def keep_and_settle(self, sessions: SessionBook) -> int:

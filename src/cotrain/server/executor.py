@@ -500,6 +500,7 @@ class Executor:
                                                                  session_id)
             if not completed:
                 return
+            await retry_db("settling rewards", self.chain.capture_progress, session_id)  # the records at its end
             rewarded = await retry_db("settling rewards", self.chain.session_completed, session_id, config_toml,
                                       finished_at)
         except Exception:
