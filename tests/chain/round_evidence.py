@@ -59,13 +59,14 @@ def verdict(peer: str, round_: int, reason: Reason, scores: dict[str, float] | N
 def round_event(round_: int, seq: int = 1) -> dict[str, Any]:
     """Round `round_` of four peers as the validator judges it: p1 and p2 train and average together and pass;
     p3 averages too but its update does not lower the loss on its own shard more than on a control shard;
-    p4 publishes no commitment; in round 2, p2 commits after the deadline."""
+    p4 publishes no commitment; in round 2, p2 commits after the deadline and p1 is not drawn for the audit
+    (verified on its commitment and receipts alone)."""
     deadline = 1000.0 + round_
     group = ["p1", "p2", "p3"]
     late = {"p2"} if round_ == 2 else set()
     commitments = {p: commitment(p, round_, deadline + 5 if p in late else deadline - 10) for p in group}
     receipts = {p: receipt(p, round_, group) for p in group}
-    verdicts = [verdict("p1", round_, Reason.VERIFIED, PASSING),
+    verdicts = [verdict("p1", round_, Reason.VERIFIED, PASSING if round_ == 1 else {}),  # round 2: not audited
                 verdict("p2", round_, Reason.LATE) if late else verdict("p2", round_, Reason.VERIFIED, PASSING),
                 verdict("p3", round_, Reason.OWN_DATA_FAIL, FAILING),
                 verdict("p4", round_, Reason.NO_COMMIT)]

@@ -111,11 +111,11 @@ def test_a_verdict_that_contradicts_its_evidence_is_named(db_factory, ledger):
         seq = db.scalars(select(LedgerEntryRow.seq).where(LedgerEntryRow.kind == LedgerKind.VERDICT)).one()
     problems = [str(p) for p in proof(db_factory, ledger).problems]
     assert f"ledger entry {seq} (verdict): peer p1: reason verified but the evidence says not_in_group " \
-           "(its commitment, on time)" in problems
+           "(0 receipt(s) of other members name its committed update)" in problems
     assert any(p.startswith(f"ledger entry {seq} (verdict): peer p4: reason verified but the evidence says "
                             "no_commit") for p in problems), "\n".join(problems)
     assert f"ledger entry {seq} (verdict): peer p3: reason own_data_fail but the evidence says not_in_group " \
-           "(its commitment, on time)" in problems  # with no receipt, its loss drops were never to be measured
+           "(0 receipt(s) of other members name its committed update)" in problems  # never to be measured
     assert len(problems) == 4, "\n".join(problems)  # a session not settled yet: nothing else is due
 
 
@@ -189,5 +189,5 @@ def test_a_verified_copy_of_an_earlier_update_is_named(db_factory, ledger):
     with db_factory.begin() as db:
         record_round(db, ledger, event)
     problems = [str(p) for p in proof(db_factory, ledger).problems]
-    assert problems == [f"ledger entry 1 (verdict): peer p2: verified, but peer p1 committed the same update "
-                        f"{copied[:12]} before it"]
+    assert problems == ["ledger entry 1 (verdict): peer p2: reason verified but the evidence says duplicate_update "
+                        "(peer p1 committed the same update before it)"]

@@ -4,13 +4,16 @@ GET /api/v1/rewards/sessions/{id}/proof, and offline from `cotrain ledger export
 Checks, each problem naming the ledger entry (seq, kind) where it shows:
 * every entry is intact and signed by a trusted key, and links to the entry before it when that one is known
   (cotrain.chain.ledger.entry_problems: the same check as `cotrain ledger verify`);
-* every verdict's reason agrees with the evidence its VERDICT entry holds (cotrain.chain.evidence): no_commit
-  ⇔ no valid commitment; late ⇔ committed after the deadline (or, once vouched for, an update that could not
-  be downloaded); not_in_group ⇔ fewer than `receipt_quorum` receipts of other members naming its committed
-  update; the other reasons need a commitment that passed those; verified ⇔ scores passing the own-data rule
-  (own_drop > 0, own_data > own_data_margin, own_data_z ≥ the z threshold when measured), no measured member
-  committed the same update before it, and tokens = the committed inner steps × batch_size × seq_length; any
-  other reason earns 0 tokens;
+* every verdict's reason agrees with the evidence its VERDICT entry holds (cotrain.chain.evidence), in the
+  judge's order (core/validation.py): no_commit ⇔ no valid commitment; late ⇔ committed after the deadline
+  (or, once vouched for, an update that could not be downloaded); not_in_group ⇔ fewer than `receipt_quorum`
+  receipts of other members naming its committed update; duplicate_update ⇐ another member committed the same
+  update before it; the other reasons need a commitment that passed those. An audited verified verdict's
+  scores pass the own-data rule (own_drop > 0, own_data > own_data_margin, own_data_z ≥ the z threshold when
+  measured) and an own_data_fail's fail it; a member not drawn for the audit is verified on its commitment
+  and receipts alone (no own-data scores). Verified tokens = the committed inner steps × batch_size ×
+  seq_length; any other reason earns 0 tokens. (Spot checks, non-finite updates and downloads need the
+  updates themselves, which the ledger does not hold.)
 * the contributions are those settlement would compute from these verdicts (`verdict_contributions`, the
   very function settlement calls); a peer's wallet and device are taken from its CONTRIBUTION entry (the
   bindings and progress records are not in the ledger, and describe the peer rather than what it earned);
@@ -254,7 +257,7 @@ def _verdicts(report: ProofReport, entries: list[tuple[Entry, dict[str, Any]]]
         members = {v.peer_id for v in verdicts}
         for v in verdicts:
             if drawn.complete:
-                for what in _reason_problems(v, drawn, members) + _copy_problems(v, verdicts, drawn):
+                for what in _reason_problems(v, drawn, members):
                     problem(f"peer {v.peer_id}: {what}")
             rows.append(RoundVerdictRow(session_id=v.session_id, round=v.round, peer_id=v.peer_id, reason=str(v.reason),
                                         detail=v.detail, scores=dict(v.scores), tokens=v.tokens,
@@ -265,20 +268,29 @@ def _verdicts(report: ProofReport, entries: list[tuple[Entry, dict[str, Any]]]
     return rows, params
 
 
-def _screen(peer: str, v: Verdict, drawn: DrawnFrom, members: set[str]) -> tuple[Reason | None, Commitment | None]:
-    """The reason the first checks give (no_commit, late, not_in_group), or None when the peer passed them."""
+def _screen(peer: str, v: Verdict, drawn: DrawnFrom, members: set[str]) -> tuple[Reason | None, Commitment | None, str]:
+    """The reason the checks made on the evidence alone give (no_commit, late, not_in_group, duplicate_update:
+    an exact copy of an earlier commitment), with why; None when the peer passed them."""
     assert drawn.params is not None
     c = drawn.commitments.get(peer)
     if c is None or (c.peer_id, c.session_id, c.round, c.base_hash) != (peer, v.session_id, v.round, drawn.base_hash):
-        return Reason.NO_COMMIT, None
+        return Reason.NO_COMMIT, None, "no valid commitment of this peer for this round and base"
     if drawn.deadline is not None and c.committed_at > drawn.deadline:
-        return Reason.LATE, c
+        return Reason.LATE, c, f"committed at {c.committed_at}, after the deadline {drawn.deadline}"
     vouching = [signer for signer, r in drawn.receipts.items()
                 if signer != peer and signer in members and r.session_id == v.session_id
                 and r.round == v.round and r.members.get(peer) == c.update_hash]
     if len(vouching) < drawn.params.receipt_quorum:
-        return Reason.NOT_IN_GROUP, c
-    return None, c
+        return Reason.NOT_IN_GROUP, c, f"{len(vouching)} receipt(s) of other members name its committed update"
+    earlier = sorted((other.committed_at, name) for name, other in drawn.commitments.items()
+                     if name != peer and name in members and other.update_hash == c.update_hash
+                     and other.committed_at < c.committed_at)
+    if earlier:
+        return Reason.DUPLICATE_UPDATE, c, f"peer {earlier[0][1]} committed the same update before it"
+    return None, c, ""
+
+
+OWN_DATA_SCORES = ("own_drop", "own_data")
 
 
 def own_data_passes(scores: Mapping[str, float], params: VerifyParams) -> bool:
@@ -290,19 +302,26 @@ def own_data_passes(scores: Mapping[str, float], params: VerifyParams) -> bool:
 
 
 def _reason_problems(v: Verdict, drawn: DrawnFrom, members: set[str]) -> list[str]:
+    """A member not drawn for the round's audit is verified on its commitment and receipts alone (no own-data
+    scores); an audited one by its scores too. Spot checks, non-finite updates and downloads cannot be redone
+    from the ledger: those reasons only need a commitment that passed the checks above."""
     assert drawn.params is not None
-    screened, c = _screen(v.peer_id, v, drawn, members)
+    screened, c, why = _screen(v.peer_id, v, drawn, members)
+    audited = any(k in v.scores for k in OWN_DATA_SCORES)
     problems = []
     if screened is not None and v.reason != screened:
-        problems.append(f"reason {v.reason} but the evidence says {screened} "
-                        f"({_why(screened, c, drawn)})")
-    elif screened is None and v.reason in (Reason.NO_COMMIT, Reason.NOT_IN_GROUP):
-        problems.append(f"reason {v.reason} but it committed on time and {drawn.params.receipt_quorum} receipt(s) "
-                        "of other members name its update")
-    elif screened is None and v.reason == Reason.VERIFIED and not own_data_passes(v.scores, drawn.params):
+        problems.append(f"reason {v.reason} but the evidence says {screened} ({why})")
+    elif screened is None and v.reason in (Reason.NO_COMMIT, Reason.NOT_IN_GROUP, Reason.DUPLICATE_UPDATE) \
+            and not (v.reason == Reason.DUPLICATE_UPDATE and audited):  # a near copy is judged on its losses
+        problems.append(f"reason {v.reason} but it committed on time, {drawn.params.receipt_quorum} receipt(s) of "
+                        "other members name its update, and no member committed the same update before it")
+    elif screened is None and v.reason == Reason.VERIFIED and audited and not own_data_passes(v.scores,
+                                                                                                drawn.params):
         problems.append(f"verified, but its scores {dict(v.scores)} fail the own-data rule")
-    elif screened is None and v.reason == Reason.OWN_DATA_FAIL and own_data_passes(v.scores, drawn.params):
-        problems.append(f"own_data_fail, but its scores {dict(v.scores)} pass the own-data rule")
+    elif screened is None and v.reason == Reason.OWN_DATA_FAIL and (not audited
+                                                                     or own_data_passes(v.scores, drawn.params)):
+        problems.append(f"own_data_fail, but its scores {dict(v.scores)} "
+                        + ("pass the own-data rule" if audited else "hold no own-data measurement"))
     if v.reason == Reason.VERIFIED and c is not None:
         worth = c.inner_steps * drawn.params.batch_size * drawn.params.seq_length
         if c.inner_steps > drawn.params.inner_steps or v.tokens != worth:
@@ -311,29 +330,6 @@ def _reason_problems(v: Verdict, drawn: DrawnFrom, members: set[str]) -> list[st
     elif v.reason != Reason.VERIFIED and v.tokens != 0:
         problems.append(f"tokens {v.tokens} for a round that was not verified")
     return problems
-
-
-MEASURED = {Reason.VERIFIED, Reason.OWN_DATA_FAIL, Reason.DUPLICATE_UPDATE}  # their updates' losses were measured
-
-
-def _copy_problems(v: Verdict, verdicts: list[Verdict], drawn: DrawnFrom) -> list[str]:
-    """A verified update is not a copy: no other measured member committed the same update hash before it."""
-    mine = drawn.commitments.get(v.peer_id)
-    if v.reason != Reason.VERIFIED or mine is None:
-        return []
-    return [f"verified, but peer {other.peer_id} committed the same update {mine.update_hash[:12]} before it"
-            for other in verdicts
-            if other.peer_id != v.peer_id and other.reason in MEASURED
-            and (theirs := drawn.commitments.get(other.peer_id)) is not None
-            and theirs.update_hash == mine.update_hash and theirs.committed_at < mine.committed_at]
-
-
-def _why(reason: Reason, c: Commitment | None, drawn: DrawnFrom) -> str:
-    if reason == Reason.NO_COMMIT:
-        return "no valid commitment of this peer for this round and base" if c is None else "its commitment"
-    if reason == Reason.LATE and c is not None:
-        return f"committed at {c.committed_at}, after the deadline {drawn.deadline}"
-    return "its commitment, on time"
 
 
 def _recorded_contribution(report: ProofReport, e: Entry, body: dict[str, Any]) -> Contribution | None:
