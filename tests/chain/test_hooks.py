@@ -5,6 +5,7 @@ distributed part's own PeerProgress records."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from aptos_sdk import ed25519
@@ -68,7 +69,8 @@ def dht() -> FakeDht:
 
 @pytest.fixture
 def chain(db_factory, dht, audit) -> ChainService:
-    return ChainService(db_factory, dht.records, audit, settings=ChainSettings(payout_backend="local"))
+    return ChainService(db_factory, dht.records, audit,  # no challenge window: settled at completion
+                        settings=ChainSettings(payout_backend="local", challenge_window_s=0))
 
 
 def test_limits_from_config():
@@ -96,7 +98,7 @@ def test_three_peer_diloco_settlement(db_factory, dht, chain):
             bind_peer(db, "dl", f"peer{i}", w.address, BindingProof.SIGNATURE)
         bind_peer(db, "dl", "peer9", cheat.wallet, BindingProof.SIGNATURE)
     dht.live["dl"] = [cheat]  # the last read at completion
-    assert chain.session_completed("dl", CONFIG_TOML, finished_at=0.0) == 3  # its challenge window long closed
+    assert chain.session_completed("dl", CONFIG_TOML, finished_at=time.time()) == 3
     rewards = chain.settle("dl", CONFIG)
     assert [r.amount for r in sorted(rewards, key=lambda r: r.amount)] == [500_000, 1_000_000, 1_500_000]
     with db_factory() as db:
@@ -138,7 +140,7 @@ def test_the_loop_keeps_settles_and_pays_without_blocking(db_factory, dht, chain
                                     samples=1, tokens=1, wallet=None, device="cpu", updated=1.0)]
 
     async def one_pass() -> None:
-        loop = asyncio.create_task(chain.run(Book(["run"], [("done", CONFIG_TOML, 0.0)]), tick_s=30,
+        loop = asyncio.create_task(chain.run(Book(["run"], [("done", CONFIG_TOML, time.time())]), tick_s=30,
                                              payout_interval_s=3600))
         for _ in range(200):
             await asyncio.sleep(0.02)
