@@ -52,6 +52,16 @@ def test_good_values_read_back_equal():
     assert Verdict.parse(as_json) == verdict
 
 
+def test_a_commitment_names_the_first_step_of_its_round_and_older_ones_read_as_zero():
+    commitment = Commitment.parse(_commitment(first_step=120))
+    assert commitment.first_step == 120 and Commitment.parse(commitment.as_dict()) == commitment
+    older = {k: v for k, v in _commitment().items() if k != "first_step"}
+    assert Commitment.parse(older).first_step == 0
+    for bad in (-1, 2**31, "12", 1.5):
+        with pytest.raises(BadRecord, match="its first_step"):
+            Commitment.parse(_commitment(first_step=bad))
+
+
 COMMITMENT_FAULTS = {
     "not a mapping": (["round", 3], "not a mapping"),
     "no update hash": ({k: v for k, v in _commitment().items() if k != "update_hash"}, "no 'update_hash'"),

@@ -178,6 +178,12 @@ class DilocoConfig(Section):
         description="How much more an update must lower the loss on the peer's own shard than on a control shard "
         "no peer trained on (a loss difference; above it the update passes the own-data check).",
     )
+    spot_checks: int = Field(
+        default=1, ge=0, le=1024,
+        description="A validator's spot checks per verified peer-round when training is bit-exact (train.deterministic "
+        "on the CPU): it replays this many random commit intervals of the peer's inner steps from the training "
+        "state the peer kept and compares the parameter hashes; 0 turns them off (and peers keep no states).",
+    )
 
     def shard_size(self, batch_size: int) -> int:
         """Samples in a round shard (`shard_samples`, or one fresh batch per inner step)."""

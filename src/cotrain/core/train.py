@@ -36,6 +36,7 @@ from cotrain.core.corpus import DataSourceError
 from cotrain.core.data import prepare_dataset
 from cotrain.core.events import EventWriter
 from cotrain.core.export import export_final_model
+from cotrain.core.inner_step import StepMath, token_accuracy
 from cotrain.core.llm import (
     ModelLoadError,
     build_model,
@@ -44,7 +45,7 @@ from cotrain.core.llm import (
     enable_activation_checkpointing,
 )
 from cotrain.core.metrics import gpu_utilization, memory_bytes, peak_flops
-from cotrain.core.optim import build_optimizer, lr_at, set_lr
+from cotrain.core.optim import build_optimizer, lr_at
 from cotrain.core.path_guard import check_config_paths
 from cotrain.core.strategies import make_strategy
 from cotrain.core.system_metrics import SystemSampler
@@ -173,6 +174,13 @@ class Trainer:
         per_process = cfg.train.batch_size // count
         self.micro_batch = cfg.train.micro_batch_size or per_process
         self.accumulation = per_process // self.micro_batch
+        self.step_math = StepMath(
+            samples=self.train_samples.get, inputs_and_targets=self._inputs_and_targets,
+            forward_loss=self._forward_loss, lr_at=lambda step: lr_at(step, cfg.train, self.total_steps),
+            accumulation=self.accumulation, micro_batch=self.micro_batch, grad_clip=cfg.train.grad_clip,
+            device=self.device,
+        )
+        strategy.use_step_math(self.step_math, self.optimizer, self.scaler)
         self.start_step = 0
         if self.resume_from is not None:
             self._restore(self.resume_from)
@@ -247,39 +255,25 @@ class Trainer:
             generator=gen, special_ids=(eos_id(self.tokenizer),),
         )
 
-    def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_loss(self, model: torch.nn.Module, inputs: torch.Tensor,
+                      targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with self._autocast():
-            logits = self.model(input_ids=inputs, **self.forward_kwargs).logits
+            logits = model(input_ids=inputs, **self.forward_kwargs).logits
         return self.cross_entropy(logits, targets), logits
 
+    def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._forward_loss(self.model, inputs, targets)
+
     def train_step(self, step: int, measure_accuracy: bool) -> StepResult:
-        cfg, model, strategy = self.config, self.model, self.strategy
+        model, strategy = self.model, self.strategy
         start = time.perf_counter()
-        set_lr(self.optimizer, lr_at(step, cfg.train, self.total_steps))
         chosen = strategy.round_batch_indices(step, self.schedule)
         indices = self.schedule.indices(step) if chosen is None else self.schedule.process_slice(chosen)
-        loss_sum = torch.zeros((), device=self.device)
-        correct = predicted = 0
-        for micro in range(self.accumulation):
-            tokens = self.train_samples.get(indices[micro * self.micro_batch : (micro + 1) * self.micro_batch])
-            inputs, targets = self._inputs_and_targets(tokens, step, micro)
-            inputs = inputs.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
-            with strategy.accumulation_context(model, micro == self.accumulation - 1):
-                loss, logits = self._loss(inputs, targets)
-                self.scaler.scale(loss / self.accumulation).backward()
-            loss_sum += loss.detach()
-            if measure_accuracy:
-                c, p = token_accuracy(logits.detach(), targets)
-                correct, predicted = correct + c, predicted + p
-        self.scaler.unscale_(self.optimizer)
-        grad_norm = strategy.clip_grad_norm(model, cfg.train.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        done = self.step_math.run(model, self.optimizer, self.scaler, strategy, step, indices, measure_accuracy)
         outer = strategy.after_optimizer_step(step + 1, model)
-        loss_value = (loss_sum / self.accumulation).item()  # also waits for the GPU: the step is done
-        return StepResult(loss_value, float(grad_norm), time.perf_counter() - start, correct, predicted, outer)
+        loss_value = (done.loss_sum / self.accumulation).item()  # also waits for the GPU: the step is done
+        return StepResult(loss_value, float(done.grad_norm), time.perf_counter() - start, done.correct,
+                          done.predicted, outer)
 
     # --- evaluation ----------------------------------------------------------------------
     @torch.no_grad()
@@ -496,13 +490,6 @@ class Trainer:
 def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross entropy in fp32 over positions whose target is not -100."""
     return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
-
-
-def token_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
-    """(correct, counted) over positions whose target is not -100."""
-    valid = targets != -100
-    correct = (logits.argmax(dim=-1) == targets) & valid
-    return int(correct.sum()), int(valid.sum())
 
 
 def run(config: CotrainConfig, *, interactive: bool | None = None, keep_alive: list | None = None) -> int:

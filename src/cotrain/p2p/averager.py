@@ -25,6 +25,10 @@ It also counts the bytes each peer sends and receives, and is strict where hivem
 Each peer also keeps its last round's pseudo-gradient (`keep_update`) for others to download exactly, as
 fp32 bytes (`download_update`): a validator checks the download against the digest the peer committed to.
 These bytes are counted apart from the averaging's (`verification_bytes`).
+
+With `round_states` set, it also serves the files a peer keeps there of its training state at each commit point of
+its last rounds (`<round>/<index>.pt`, written by the training process) to a validator's spot check
+(`download_round_state`), as raw bytes of at most `max_round_state_bytes`; counted with the verification bytes.
 """
 
 from __future__ import annotations
@@ -34,9 +38,11 @@ import contextlib
 import ctypes
 import logging
 import multiprocessing as mp
+import os
 import time
 import typing
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,6 +62,9 @@ SENDER_CLOSE_BOUND = 60.0  # seconds a reducer keeps a finished stream open for 
 PART_VALUES = 2**18  # fp32 values per message of a served update: 1 MiB, like hivemind's state download parts
 WRITE_WAIT = 5.0  # seconds the server waits for a `keep_update` under way to finish before it answers "nothing"
 PIPE_GRACE = 5.0  # seconds the training process waits past a download's timeout for the averager's answer
+STATE_PART_BYTES = 2**20  # bytes per message of a served round state
+MAX_ROUND_STATE_BYTES = 2**30  # default cap of a served / downloaded round state
+MAX_STATE_INDEX = 10**6  # commit points of a round (inner_steps <= 10**6)
 
 
 class ByteCounters:
@@ -274,7 +283,9 @@ class ExactAverager(DecentralizedAverager):
     _stub_type = None
 
     def __init__(self, averaged_tensors: Sequence[torch.Tensor], dht, *, state_provider=None,
-                 runner_type: type[ExactAllReduceRunner] = ExactAllReduceRunner, **kwargs: Any):
+                 runner_type: type[ExactAllReduceRunner] = ExactAllReduceRunner,
+                 round_states: str | Path | None = None, max_round_state_bytes: int = MAX_ROUND_STATE_BYTES,
+                 **kwargs: Any):
         # the peers' RPC names carry the averager's class name, so a different runner is passed in
         # rather than set on a subclass (a subclass would never meet plain averagers)
         self.runner_type = runner_type
@@ -286,6 +297,8 @@ class ExactAverager(DecentralizedAverager):
         # a validator still gets round r's update after the peer kept round r + 1's
         numel = sum(tensor.numel() for tensor in averaged_tensors)
         self._kept = (KeptUpdate(numel), KeptUpdate(numel))
+        self.round_states = None if round_states is None else Path(round_states)
+        self.max_round_state_bytes = max_round_state_bytes
         super().__init__(averaged_tensors, dht, **kwargs)
 
     async def _run_allreduce_inplace_(self, tensors, group_info, group_id=None, **kwargs) -> None:
@@ -507,6 +520,153 @@ class ExactAverager(DecentralizedAverager):
         if filled != expected:
             raise BadUpdate(f"it sent {filled} of {expected} values (the stream ended early)")
         return round_, flat
+
+
+    # --- round states (a validator's spot check, core/spot_check.py) ------------------------------------------------
+    def _round_state_file(self, round_: int, index: int) -> Path | None:
+        if self.round_states is None:
+            return None
+        return self.round_states / str(round_) / f"{index}.pt"
+
+    async def rpc_download_round_state(  # typing's AsyncIterator: hivemind tells a streaming RPC by the hint's _name
+        self, request: averaging_pb2.DownloadData, _context: P2PContext
+    ) -> typing.AsyncIterator[averaging_pb2.DownloadData]:
+        """The file this peer keeps of its training state at commit point `index` of round `round` (the request's
+        metadata {"round": r, "index": j}) as raw byte parts; the first message's metadata is
+        {"round": r, "index": j, "bytes": n}, or {"round": -1} alone when it keeps no such file (or a larger one
+        than `max_round_state_bytes`)."""
+        wanted = _requested_state(request.metadata)
+        path = None if wanted is None else self._round_state_file(*wanted)
+        with contextlib.ExitStack() as stack:
+            try:
+                handle = None if path is None else stack.enter_context(open(path, "rb"))
+            except OSError:
+                handle = None
+            # the file is replaced, never rewritten: what this handle reads is one whole state
+            size = 0 if handle is None else os.fstat(handle.fileno()).st_size
+            if wanted is None or handle is None or not 0 < size <= self.max_round_state_bytes:
+                if size > self.max_round_state_bytes:
+                    log.warning("not serving round state %s: %d bytes exceed the cap", path, size)
+                yield averaging_pb2.DownloadData(metadata=MSGPackSerializer.dumps({"round": -1}))
+                return
+            metadata = MSGPackSerializer.dumps({"round": wanted[0], "index": wanted[1], "bytes": size})
+            while True:
+                chunk = await asyncio.to_thread(handle.read, STATE_PART_BYTES)
+                if not chunk:
+                    break
+                self.counters.add_verification(sent=len(chunk))
+                part = runtime_pb2.Tensor(buffer=chunk, size=[len(chunk)], dtype="uint8")
+                yield averaging_pb2.DownloadData(tensor_part=part, metadata=metadata)
+                metadata = b""
+
+    def download_round_state(self, peer_id: str, round_: int, index: int, timeout: float,
+                             max_bytes: int | None = None) -> bytes | None:
+        """The bytes of the file peer `peer_id` (base58) keeps of its state at commit point `index` of round `round_`,
+        downloaded by the averager process; None when it keeps none, sends more than `max_bytes` (default
+        `max_round_state_bytes`) or anything malformed, or cannot be reached within `timeout` seconds."""
+        future: MPFuture = MPFuture()
+        limit = self.max_round_state_bytes if max_bytes is None else max_bytes
+        try:
+            self._outer_pipe.send(("_download_round_state", [], dict(
+                peer_id=peer_id, round_=round_, index=index, timeout=timeout, max_bytes=limit, future=future)))
+            return future.result(timeout=timeout + PIPE_GRACE)
+        except TimeoutError:
+            log.warning("the averager process did not answer the state download from %s in time", peer_id)
+        except (OSError, EOFError) as exc:
+            log.warning("could not ask the averager process to download a state from %s: %r", peer_id, exc)
+        return None
+
+    async def _download_round_state(self, peer_id: str, round_: int, index: int, timeout: float, max_bytes: int,
+                                    future: MPFuture) -> None:
+        result: bytes | None = None
+        try:
+            result = await asyncio.wait_for(self._fetch_round_state(peer_id, round_, index, max_bytes), timeout)
+        except TimeoutError:
+            log.warning("no round state downloaded from %s within %.1f s", peer_id, timeout)
+        except BadUpdate as exc:
+            log.warning("dropped the round state of %s: %s", peer_id, exc)
+        except Exception as exc:
+            log.warning("could not download the round state of %s: %r", peer_id, exc)
+        try:
+            future.set_result(result)
+        except Exception as exc:  # the caller gave up waiting and dropped the future
+            log.debug("round state from %s not delivered: %r", peer_id, exc)
+
+    async def _fetch_round_state(self, peer_id: str, round_: int, index: int, max_bytes: int) -> bytes | None:
+        peer = PeerID.from_base58(peer_id)
+        if peer == self.peer_id:
+            path = self._round_state_file(round_, index)
+            if path is None or not path.is_file() or path.stat().st_size > max_bytes:
+                return None
+            return await asyncio.to_thread(path.read_bytes)
+        stub = self.get_stub(self._p2p, peer, namespace=self.prefix)
+        request = MSGPackSerializer.dumps({"round": round_, "index": index})
+        stream = await stub.rpc_download_round_state(averaging_pb2.DownloadData(metadata=request))
+        try:
+            return await self._receive_round_state(stream, (round_, index), max_bytes)
+        finally:
+            await stream.aclose()
+
+    async def _receive_round_state(self, stream: AsyncIterator[averaging_pb2.DownloadData], wanted: tuple[int, int],
+                                   max_bytes: int) -> bytes | None:
+        expected: int | None = None
+        chunks: list[bytes] = []
+        received = 0
+        async for message in stream:
+            if expected is None:
+                expected = _state_header(message.metadata, wanted, max_bytes)
+                if expected < 0:
+                    return None
+            part = message.tensor_part
+            if part.dtype != "uint8" or part.compression != runtime_pb2.CompressionType.NONE:
+                raise BadUpdate(f"a round state part is {part.dtype or 'untyped'}, not raw bytes")
+            self.counters.add_verification(received=len(part.buffer))
+            received += len(part.buffer)
+            if received > expected:
+                raise BadUpdate(f"it sent more than the {expected} bytes it announced")
+            chunks.append(part.buffer)
+        if expected is None:
+            raise BadUpdate("it answered nothing")
+        if received != expected:
+            raise BadUpdate(f"it sent {received} of {expected} bytes (the stream ended early)")
+        return b"".join(chunks)
+
+
+def _requested_state(metadata: bytes) -> tuple[int, int] | None:
+    """(round, index) a round state request names; None for a malformed request."""
+    if not metadata or len(metadata) > 64:
+        return None
+    try:
+        request = MSGPackSerializer.loads(metadata)
+    except Exception:
+        return None
+    if not isinstance(request, dict):
+        return None
+    round_, index = request.get("round"), request.get("index")
+    if type(round_) is not int or type(index) is not int:
+        return None
+    if not 0 <= round_ < 2**31 or not 0 <= index <= MAX_STATE_INDEX:
+        return None
+    return round_, index
+
+
+def _state_header(metadata: bytes, wanted: tuple[int, int], max_bytes: int) -> int:
+    """The size a served round state's first message announces (-1: none kept); BadUpdate if malformed, another
+    state than asked for, or larger than `max_bytes`."""
+    try:
+        header = MSGPackSerializer.loads(metadata)
+    except Exception as exc:
+        raise BadUpdate(f"its first message has no readable metadata ({exc!r})") from exc
+    if not isinstance(header, dict) or type(header.get("round")) is not int:
+        raise BadUpdate("its first message does not name a round")
+    if header["round"] == -1:
+        return -1
+    if (header["round"], header.get("index")) != wanted:
+        raise BadUpdate(f"it served state {header['round']}/{header.get('index')!r} when asked for {wanted}")
+    size = header.get("bytes")
+    if type(size) is not int or not 0 < size <= max_bytes:
+        raise BadUpdate(f"it announces {size!r} bytes (at most {max_bytes} accepted)")
+    return size
 
 
 def _requested_round(metadata: bytes) -> int | None:

@@ -75,6 +75,7 @@ class Commitment:
     inner_steps: int
     param_hashes: tuple[str, ...]
     committed_at: float
+    first_step: int = 0  # the global 0-based step of the round's first inner step (its learning rate's step)
 
     @classmethod
     def parse(cls, value: Any) -> Commitment:
@@ -90,6 +91,7 @@ class Commitment:
             inner_steps=_get(fields, "inner_steps", _inner_steps),
             param_hashes=_get(fields, "param_hashes", _param_hashes),
             committed_at=_get(fields, "committed_at", _time),
+            first_step=_get(fields, "first_step", _round) if "first_step" in fields else 0,
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -72,6 +72,10 @@ class Strategy:
     ) -> None:
         """The trainer's samples and its loss, for a strategy that scores others' work (a DiLoCo validator)."""
 
+    def use_step_math(self, step_math: Any, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+        """The trainer's step (core/inner_step.py `StepMath`), optimizer and grad scaler: a DiLoCo peer keeps their
+        state at its commit points and a DiLoCo validator replays other peers' inner steps with the same math."""
+
     def data_seed(self) -> int:
         """Seed of the sample order. Processes that split one batch share it; independent
         DiLoCo peers should each return their own so they do not train on the same samples."""

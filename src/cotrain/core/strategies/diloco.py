@@ -107,6 +107,7 @@ class DilocoStrategy(Strategy):
         self.exclusions: dict[str, int] = {}  # peer a trusted validator failed → the first round it is left out of
         self.excluded: set[str] = set()  # those left out of the current round: never averaged with again
         self._data: tuple[Any, Any, Any] | None = None  # train samples, val samples, loss_of (use_data)
+        self._steps: tuple[Any, torch.optim.Optimizer, torch.amp.GradScaler] | None = None  # use_step_math
 
     # --- processes -------------------------------------------------------------------
     def setup(self) -> None:
@@ -221,7 +222,7 @@ class DilocoStrategy(Strategy):
         self.work = RoundWork(
             session_id=self.session_id, peer_id=getattr(self, "peer_id", ""),
             shard_samples=self.diloco.shard_size(self.config.train.batch_size),
-            commit_every=self.diloco.commit_interval,
+            commit_every=self.diloco.commit_interval, states=self._round_states(),
         )
         if self.is_main:
             self.averaged = [torch.zeros(sum(g.numel() for g in self.global_params))]
@@ -240,6 +241,19 @@ class DilocoStrategy(Strategy):
     def unwrap(self, model: nn.Module) -> nn.Module:
         return self.local.unwrap(model) if self.local is not None else model
 
+    def _round_states(self) -> Path | None:
+        """Where this peer keeps its training state at commit points: only when validators replay inner steps."""
+        from cotrain.core.round_states import round_states_dir
+        from cotrain.core.spot_check import spot_checks_apply
+
+        if not self.is_main or not spot_checks_apply(self.config):
+            return None
+        return round_states_dir(self.config.checkpoint.output_path, self.session_id)
+
+    def _round_state_cap(self) -> int:
+        """The most bytes a round state may have: params and two optimizer moments each, and room for the rest."""
+        return 4 * sum(p.numel() * p.element_size() for p in self.params) + 2**20
+
     def _start_averager(self, matchmaking: float):
         from cotrain.p2p.averager import ExactAverager
         from cotrain.p2p.compression import make_compression
@@ -252,6 +266,8 @@ class DilocoStrategy(Strategy):
             allreduce_timeout=self.diloco.averaging_timeout, next_chunk_timeout=5.0,
             compression=make_compression(self.diloco.compression),
             allow_state_sharing=True, declare_state_period=5.0, state_provider=self._state_for_peers,
+            round_states=self.work.states if self.work is not None else None,
+            max_round_state_bytes=self._round_state_cap(),
         )
 
     def after_optimizer_step(self, step: int, model: nn.Module) -> OuterStepReport | None:
@@ -264,6 +280,8 @@ class DilocoStrategy(Strategy):
         self.inner_done += 1
         if self.is_main and self.work is not None:
             self.work.after_inner_step(self.inner_done, lambda: params_hash(self.params))
+            if self.work.is_commit_point(self.inner_done, self.diloco.inner_steps):
+                self._keep_state()
         if self.inner_done < self.diloco.inner_steps:
             self._last_step_time = time.perf_counter()
             return None
@@ -404,8 +422,39 @@ class DilocoStrategy(Strategy):
             if self.local is not None:  # rank 0 alone knows the peer id and the params hash
                 mine = self.work.seed_for(self.outer_step + 1, self.last_hash or "") if self.is_main else 0
                 seed = int(self._broadcast_from_main(torch.tensor([mine], dtype=torch.int64)).item())
-            self.work.begin(self.outer_step + 1, self.last_hash or "", schedule.plan.samples, seed)
+            self.work.begin(self.outer_step + 1, self.last_hash or "", schedule.plan.samples, seed,
+                            first_step=step - self.inner_done)
+            if self.is_main and self.work.is_commit_point(self.inner_done, self.diloco.inner_steps):
+                self._keep_state()
         return self.work.batch(self.inner_done, self.config.train.batch_size)
+
+    def use_step_math(self, step_math, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+        self._steps = (step_math, optimizer, scaler)
+        if self.validator is not None and self.work is not None and self.work.states is not None:
+            self.validator.spot_checker = self._spot_checker(step_math)
+
+    def _keep_state(self) -> None:
+        """This peer's training state at a commit point of the round, for validators' spot checks."""
+        if self.work is None or self.work.states is None or self._steps is None:
+            return
+        _, optimizer, scaler = self._steps
+        self.work.keep_state(self.inner_done, self.params, optimizer, scaler)
+
+    def _spot_checker(self, step_math):
+        from cotrain.core.optim import build_optimizer
+        from cotrain.core.spot_check import SpotChecker
+        from cotrain.core.strategies.verified_rounds import DOWNLOAD_TIMEOUT
+
+        assert self._data is not None and self.model is not None and self.work is not None
+        cap, train = self._round_state_cap(), self.config.train
+        return SpotChecker(
+            self.model, step_math, self, lambda model: build_optimizer(model, train),
+            lambda: torch.amp.GradScaler("cpu", enabled=self.config.model.precision == "fp16"),
+            lambda peer, round_, index: self.averager.download_round_state(
+                peer, round_, index, timeout=DOWNLOAD_TIMEOUT, max_bytes=cap),
+            session_id=self.session_id, num_samples=len(self._data[0]), shard_samples=self.work.shard_samples,
+            batch_size=train.batch_size, commit_every=self.diloco.commit_interval, checks=self.diloco.spot_checks,
+        )
 
     def use_data(self, train_samples, val_samples, loss_of) -> None:
         self._data = (train_samples, val_samples, loss_of)

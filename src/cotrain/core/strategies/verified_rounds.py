@@ -4,7 +4,8 @@
 A peer, in every round r (`RoundWork`):
 - trains its inner steps only on its round shard, drawn from a public seed of (session, r, the hash of the
   global params the round starts from, its peer id): anyone holding the data can recompute its samples;
-- records the hash of its local params every `commit_every` inner steps;
+- records the hash of its local params every `commit_every` inner steps, and (when a validator can replay its
+  steps: core/spot_check.py) keeps its training state at those commit points (core/round_states.py);
 - before averaging, keeps its pseudo-gradient in its averager (others may download it) and publishes a
   signed commitment naming the update's digest, its shard and those hashes;
 - after a successful all-reduce, publishes a signed receipt naming the group's members and the digests of
@@ -21,14 +22,18 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from cotrain.core.shards import shard_batch, shard_id, shard_indices, shard_seed
-from cotrain.p2p.verification import Commitment, Receipt
+from cotrain.p2p.verification import Commitment, Reason, Receipt, Verdict
+
+if TYPE_CHECKING:
+    from cotrain.core.spot_check import SpotChecker
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +54,18 @@ class RoundWork:
     seed: int = 0
     indices: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
     param_hashes: list[str] = field(default_factory=list)
+    first_step: int = 0  # global 0-based step of the round's first inner step
+    states: Path | None = None  # where this peer keeps its training state at commit points (spot checks on)
 
     def seed_for(self, round_: int, base_hash: str) -> int:
         return shard_seed(self.session_id, round_, base_hash, self.peer_id)
 
-    def begin(self, round_: int, base_hash: str, num_samples: int, seed: int | None = None) -> None:
-        """Start round `round_` from the global params hashed `base_hash`. `seed` is given on a peer's
-        other local processes (rank 0 computes it: only it knows the peer id and the hash)."""
-        self.round, self.base_hash = round_, base_hash
+    def begin(self, round_: int, base_hash: str, num_samples: int, seed: int | None = None,
+              first_step: int = 0) -> None:
+        """Start round `round_` from the global params hashed `base_hash`; its first inner step is global step
+        `first_step`. `seed` is given on a peer's other local processes (rank 0 computes it: only it knows the
+        peer id and the hash)."""
+        self.round, self.base_hash, self.first_step = round_, base_hash, first_step
         self.seed = self.seed_for(round_, base_hash) if seed is None else seed
         self.indices = shard_indices(num_samples, self.shard_samples, self.seed)
         self.param_hashes = []
@@ -68,11 +77,30 @@ class RoundWork:
         if inner_done % self.commit_every == 0:
             self.param_hashes.append(params_hash())
 
+    def is_commit_point(self, inner_done: int, inner_steps: int) -> bool:
+        """Whether a replay may start after `inner_done` inner steps (the round's start, every k-th step)."""
+        return inner_done < inner_steps and inner_done % self.commit_every == 0
+
+    def keep_state(self, inner_done: int, params: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler | None) -> None:
+        """Keep this peer's training state after `inner_done` inner steps of the round, for spot checks."""
+        from cotrain.core.round_states import capture, save_round_state
+
+        if self.states is None:
+            return
+        state = capture(self.round, inner_done, self.first_step + inner_done, params, optimizer, scaler)
+        try:
+            save_round_state(self.states, state)
+        except OSError as exc:  # a state that is not kept fails its spot check (late), not the run
+            log.warning("could not keep the training state of round %d after %d inner steps: %s",
+                        self.round, inner_done, exc)
+
     def commitment(self, update_hash: str, inner_steps: int, now: float) -> Commitment:
         return Commitment(
             peer_id=self.peer_id, session_id=self.session_id, round=self.round, base_hash=self.base_hash,
             update_hash=update_hash, shard_id=shard_id(self.session_id, self.round, self.base_hash, self.peer_id),
             inner_steps=inner_steps, param_hashes=tuple(self.param_hashes[-1024:]), committed_at=now,
+            first_step=self.first_step,
         )
 
 
@@ -92,10 +120,12 @@ class RoundValidator:
     """Collects one round's evidence from the DHT and the members' averagers and judges it."""
 
     def __init__(self, dht, averager, session_id: str, peer_id: str, judge_factory: Callable[..., Any],
-                 audit_fraction: float = 1.0):
+                 audit_fraction: float = 1.0, spot_checker: SpotChecker | None = None):
         self.dht, self.averager = dht, averager
         self.session_id, self.peer_id = session_id, peer_id
         self.judge_factory = judge_factory
+        self.spot_checker = spot_checker  # replays some inner steps of every audited member that passed the judge
+        self.spot_checked = 0  # peer-rounds spot-checked
         self.audit_fraction = audit_fraction
         self._draw = random.SystemRandom()  # which members are audited must not be predictable by them
         self.seconds = 0.0  # wall seconds spent validating (with the wait for receipts)
@@ -125,6 +155,8 @@ class RoundValidator:
         evidence = RoundEvidence(round=round_, base_hash=base_hash, receipts=receipts, commitments=commitments,
                                  updates=updates, deadline=deadline, members=members)
         verdicts = self.judge_factory(base_params).judge(evidence)
+        if self.spot_checker is not None:
+            verdicts = [self._spot_check(v, commitments, updates, base_params) for v in verdicts]
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         self.seconds += seconds
         self.judged += len(verdicts)
@@ -136,6 +168,22 @@ class RoundValidator:
             "evidence": {"commitments": {p: c.as_dict() for p, c in sorted(commitments.items())},
                          "receipts": {p: r.as_dict() for p, r in sorted(receipts.items())}},
         }
+
+    def _spot_check(self, verdict: Verdict, commitments: dict[str, Commitment], audited: dict[str, Any],
+                    base_params: list[torch.Tensor]) -> Verdict:
+        """An audited member's verdict after its spot check, when the judge verified it (this peer does not
+        check its own rounds)."""
+        assert self.spot_checker is not None
+        peer = verdict.peer_id
+        if verdict.reason is not Reason.VERIFIED or peer == self.peer_id or audited.get(peer) is None:
+            return verdict
+        before = self.spot_checker.seconds
+        failed = self.spot_checker.check(commitments[peer], base_params)
+        self.spot_checked += 1
+        scores = {**verdict.scores, "spot_check_seconds": round(self.spot_checker.seconds - before, 4)}
+        if failed is None:
+            return replace(verdict, scores=scores)
+        return replace(verdict, reason=failed.reason, detail=failed.detail, scores=scores, tokens=0)
 
     def _receipts(self, round_: int, group: set[str], fetch_receipts) -> dict[str, Receipt]:
         """The round's receipts, waiting (at most RECEIPT_WAIT) for one from every member of our group."""
