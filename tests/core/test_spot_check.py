@@ -197,6 +197,18 @@ def test_a_state_unlike_the_commitment_fails(session, tmp_path):
     assert "at the round's start" in at_start.detail and "not to the" in at_start.detail
 
 
+def test_a_state_with_other_optimizer_settings_fails(session, tmp_path):
+    """A peer that trains with its own weight decay and serves states saying so does not reproduce the session's
+    steps, even though its states replay to its hashes."""
+    commitment = train_peer(session, tmp_path, inner_steps=4, commit_every=2)
+    path = tmp_path / str(ROUND) / "2.pt"
+    state = load_round_state(path.read_bytes())
+    state.optimizer["param_groups"][0]["weight_decay"] = 0.0
+    save_round_state(tmp_path, state)
+    failed = checker(session, tmp_path, 2).check(commitment, session.base, picks=[1])
+    assert failed is not None and failed.reason is Reason.SPOT_CHECK_FAIL and "optimizer settings" in failed.detail
+
+
 def test_a_state_that_cannot_be_downloaded_is_late_and_a_commitment_of_the_wrong_shape_fails(session, tmp_path):
     commitment = train_peer(session, tmp_path, inner_steps=6, commit_every=2)
     (tmp_path / str(ROUND) / "4.pt").unlink()

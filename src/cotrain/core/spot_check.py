@@ -171,7 +171,11 @@ class SpotChecker:
         try:
             with self._replaying(state):
                 optimizer = self.make_optimizer(self.model)
+                settings = _settings(optimizer.state_dict())
                 optimizer.load_state_dict(state.optimizer)
+                if _settings(optimizer.state_dict()) != settings:  # a peer's own betas or weight decay, say
+                    return fail(f"holds optimizer settings {_settings(state.optimizer)!r:.200}, not the session's "
+                                f"{settings!r:.200}")
                 scaler = self.make_scaler()
                 if state.scaler:
                     scaler.load_state_dict(state.scaler)
@@ -216,6 +220,12 @@ class SpotChecker:
                     param.copy_(value)
                     param.grad = None
             self.model.train(training)
+
+
+def _settings(optimizer_state: dict) -> list[dict]:
+    """An optimizer state_dict's hyperparameters per param group (the learning rate is set by every step)."""
+    return [{k: v for k, v in group.items() if k not in ("params", "lr")}
+            for group in optimizer_state.get("param_groups", [])]
 
 
 def _failing(where: str) -> Callable[[str], Outcome]:

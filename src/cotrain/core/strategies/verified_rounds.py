@@ -178,7 +178,11 @@ class RoundValidator:
         if verdict.reason is not Reason.VERIFIED or peer == self.peer_id or audited.get(peer) is None:
             return verdict
         before = self.spot_checker.seconds
-        failed = self.spot_checker.check(commitments[peer], base_params)
+        try:
+            failed = self.spot_checker.check(commitments[peer], base_params)
+        except Exception as exc:  # this validator's own fault: the member keeps the judge's verdict
+            log.warning("could not spot-check %s in round %d: %r", peer, verdict.round, exc)
+            return verdict
         self.spot_checked += 1
         scores = {**verdict.scores, "spot_check_seconds": round(self.spot_checker.seconds - before, 4)}
         if failed is None:
