@@ -25,6 +25,12 @@ from cotrain.chain.orm import ContributionStatus, LedgerKind, RoundVerdictRow
 from cotrain.p2p.progress import MAX_TOKENS, PeerProgress, skipped_once
 from cotrain.p2p.verification import REASON_SENTENCES, Reason, Verdict
 
+VOIDING = {  # reasons that void a peer's credit for the whole session (it was caught lying about its update)
+    Reason.SPOT_CHECK_FAIL: "a spot check failed",
+    Reason.DUPLICATE_UPDATE: "it committed a copy of another peer's update",
+    Reason.NON_FINITE: "its update was not finite",
+}
+
 RECENT_ROUNDS = 5  # how many of a peer's latest rounds the read view lists with their sentence
 VERDICT_FIELDS = ("peer_id", "reason", "detail", "scores", "tokens")  # a verdict as its ledger entry holds it
 
@@ -94,9 +100,12 @@ def verdict_contributions(session_id: str, rows: Iterable[RoundVerdictRow], reco
                           limits: Limits | None, bound: Mapping[str, str] | None) -> list[Contribution]:
     """One Contribution per peer that was judged or reported progress, sorted by peer id. Tokens are the sum of
     its VERIFIED rounds' `tokens` (an out-of-range one is skipped, logged); `outer_rounds` counts those rounds.
-    A round of any other reason (late, no commitment, not in the group, ...) only does not count, except a
-    failed spot check (SPOT_CHECK_FAIL): it voids the peer's credit for the whole session (0 tokens, excluded),
-    so the pool goes to the others pro rata. Progress records only describe the peer (device, tokens/s; its
+    A round of any other reason (late, no commitment, not in the group, own data not shown) only does not count,
+    except a peer caught lying about its update (`VOIDING`: a failed spot check, a copy, a non-finite update):
+    that voids its credit for the whole session (0 tokens, excluded), so the pool goes to the others pro rata.
+    The validator audits a sample of members each round, so a cheat must lose more than the round it was caught
+    in; the own-data check is statistical (an honest peer can fail it by chance), so it costs only its round.
+    Progress records only describe the peer (device, tokens/s; its
     wallet when `bound` is None). A peer is paid to its proven wallet (`bound`, peer id → address) only."""
     limits = limits or Limits()
     judged: dict[str, list[RoundVerdictRow]] = defaultdict(list)
@@ -122,7 +131,7 @@ def _one_peer(session_id: str, peer: str, rows: list[RoundVerdictRow], record: P
             verified.append(row)
         else:
             skipped_once(session_id, peer, why, kind="verdict")
-    caught = sorted(r.round for r in rows if r.reason == Reason.SPOT_CHECK_FAIL)
+    caught = sorted(r.round for r in rows if r.reason in VOIDING)
     void = sum(r.tokens for r in verified) if caught else 0
     if caught:
         verified = []  # a failed spot check voids the whole session's credit, not just its round
@@ -133,7 +142,8 @@ def _one_peer(session_id: str, peer: str, rows: list[RoundVerdictRow], record: P
         reasons.append("no wallet is proven for this peer; bind it with `cotrain join --wallet-key-file` "
                        "(or `cotrain rewards bind`)")
     if caught:
-        reasons.append(f"a spot check failed in round{'s' if len(caught) > 1 else ''} "
+        what = [VOIDING[Reason(reason)] for reason in sorted({r.reason for r in rows if r.reason in VOIDING})]
+        reasons.append(f"{' and '.join(what)} in round{'s' if len(caught) > 1 else ''} "
                        + ", ".join(map(str, caught)) + f": its credit for the whole session ({void:,} tokens of "
                        "verified rounds) is void and goes to the other peers")
     elif not rows:
