@@ -157,3 +157,21 @@ def test_tensor_digest_is_equal_for_equal_tensors_and_shows_one_ulp():
     assert tensor_digest([flat[300:], flat[:300]]) != digest  # order counts
     with pytest.raises(TypeError, match="fp32"):
         tensor_digest(flat.double())
+
+
+def test_a_round_is_worth_the_batch_its_peer_trained_never_more_than_the_sessions():
+    """A volunteer may train with a smaller batch than the session's (its machine is smaller): its verified round
+    is worth that much less; claiming a larger one earns nothing more. Older commitments read as the session's."""
+    from cotrain.p2p.verification import round_tokens
+
+    half = Commitment.parse(_commitment(batch_size=4, shard_samples=0))
+    assert (half.batch_size, half.samples_per_step(8), half.shard_size(80, 8)) == (4, 4, 40)
+    assert round_tokens(half, session_batch=8, seq_length=64) == half.inner_steps * 4 * 64
+    greedy = Commitment.parse(_commitment(batch_size=512, shard_samples=32))
+    assert round_tokens(greedy, session_batch=8, seq_length=64) == greedy.inner_steps * 8 * 64
+    assert greedy.shard_size(80, 8) == 32
+    old = Commitment.parse({k: v for k, v in _commitment().items() if k not in ("batch_size", "shard_samples")})
+    assert round_tokens(old, session_batch=8, seq_length=64) == old.inner_steps * 8 * 64
+    for bad in (-1, 10**7, 2.5, "8"):
+        with pytest.raises(BadRecord, match="batch_size"):
+            Commitment.parse(_commitment(batch_size=bad))

@@ -42,7 +42,7 @@ from cotrain.chain.orm import BatchStatus, LedgerEntryRow, LedgerKind, PayoutBat
 from cotrain.chain.rewards import split_pool
 from cotrain.chain.verdicts import verdict_contributions
 from cotrain.p2p.progress import BadRecord, PeerProgress
-from cotrain.p2p.verification import Commitment, Reason, Verdict
+from cotrain.p2p.verification import Commitment, Reason, Verdict, round_tokens
 
 ENTRY_FIELDS = ("seq", "kind", "session_id", "body", "created_at", "prev_hash", "entry_hash", "signer", "signature")
 COMPARED = ("address", "samples", "tokens", "outer_rounds", "status", "reason")  # what the verdicts decide
@@ -323,7 +323,7 @@ def _reason_problems(v: Verdict, drawn: DrawnFrom, members: set[str]) -> list[st
         problems.append(f"own_data_fail, but its scores {dict(v.scores)} "
                         + ("pass the own-data rule" if audited else "hold no own-data measurement"))
     if v.reason == Reason.VERIFIED and c is not None:
-        worth = c.inner_steps * drawn.params.batch_size * drawn.params.seq_length
+        worth = round_tokens(c, drawn.params.batch_size, drawn.params.seq_length)
         if c.inner_steps > drawn.params.inner_steps or v.tokens != worth:
             problems.append(f"tokens {v.tokens} but its committed {c.inner_steps} inner step(s) are worth {worth} "
                             f"(at most {drawn.params.inner_steps} per round)")

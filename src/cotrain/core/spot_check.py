@@ -105,8 +105,8 @@ class SpotChecker:
                 f"hashed every {self.commit_every} make {c.inner_steps // self.commit_every}."))
         if picks is None:
             picks = self.random.sample(range(len(intervals)), min(self.checks, len(intervals)))
-        shard = shard_indices(self.num_samples, self.shard_samples,
-                              shard_seed(self.session_id, c.round, c.base_hash, c.peer_id))
+        size = min(c.shard_size(self.shard_samples, self.batch_size), self.num_samples)
+        shard = shard_indices(self.num_samples, size, shard_seed(self.session_id, c.round, c.base_hash, c.peer_id))
         results: dict[int, Outcome | None] = {}
 
         def outcome(i: int) -> Outcome | None:
@@ -180,7 +180,7 @@ class SpotChecker:
                 if state.scaler:
                     scaler.load_state_dict(state.scaler)
                 for inner in range(interval.start, interval.end):
-                    indices = shard_batch(shard, inner, self.batch_size)
+                    indices = shard_batch(shard, inner, c.samples_per_step(self.batch_size))
                     self.step_math.run(self.model, optimizer, scaler, self.hooks, c.first_step + inner, indices)
                 self.replayed += 1
                 return self._compare(c, interval, base_params)

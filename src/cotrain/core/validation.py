@@ -30,7 +30,7 @@ from torch import nn
 from cotrain.core.shards import random_shard_seed, shard_indices, shard_seed
 from cotrain.core.strategies.diloco import params_hash
 from cotrain.p2p.digests import tensor_digest
-from cotrain.p2p.verification import MAX_DETAIL, MAX_SCORE, Commitment, Reason, Receipt, Verdict
+from cotrain.p2p.verification import MAX_DETAIL, MAX_SCORE, Commitment, Reason, Receipt, Verdict, round_tokens
 
 LossOf = Callable[[nn.Module, torch.Tensor], float]  # mean token loss of one batch of samples
 Samples = Callable[[torch.Tensor], torch.Tensor]  # sample indices -> token tensor (TokenSamples.get)
@@ -199,7 +199,7 @@ class RoundJudge:
                 r, peer, Reason.VERIFIED,
                 f"not audited this round: it committed in time and {len(vouching)} other group member(s) "
                 "received its committed update.",
-                tokens=c.inner_steps * self.batch_size * self.seq_length,
+                tokens=round_tokens(c, self.batch_size, self.seq_length),
             )
         update = ev.updates[peer]
         if update is None:  # gone or slow, not caught lying: only this round is lost (a mismatch below is lying)
@@ -252,7 +252,7 @@ class RoundJudge:
         lowered = f"its update {moved}"
         if self._passes(d):
             useful = "" if d.held_out is None else f"; it {_moved(d.held_out, 'on held-out data')}"
-            tokens = candidate.commitment.inner_steps * self.batch_size * self.seq_length
+            tokens = round_tokens(candidate.commitment, self.batch_size, self.seq_length)
             return self._verdict(round_, peer, Reason.VERIFIED, f"{lowered}{useful}.", scores, tokens)
         if copy_of is not None:
             other, cosine = copy_of
@@ -306,7 +306,7 @@ class RoundJudge:
             base_heldout = self._cached("heldout", self._heldout_losses) if self._heldout is not None else None
             drops = {}
             for peer in sorted(candidates):
-                own = self._own_indices(round_, peer)
+                own = self._own_indices(round_, peer, candidates[peer].commitment)
                 self._load(None)
                 base_own = self._chunk_losses(own)
                 self._load(candidates[peer].flat)
@@ -318,9 +318,10 @@ class RoundJudge:
                 drops[peer] = Drops(_mean(own_drops), _mean(control_drops), held_out, _z(own_drops, control_drops))
         return drops
 
-    def _own_indices(self, round_: int, peer: str) -> torch.Tensor:
+    def _own_indices(self, round_: int, peer: str, c: Commitment) -> torch.Tensor:
         seed = shard_seed(self.session_id, round_, self.base_hash, peer)
-        shard = shard_indices(self.num_samples, self.shard_samples, seed)
+        size = min(c.shard_size(self.shard_samples, self.batch_size), self.num_samples)
+        shard = shard_indices(self.num_samples, size, seed)
         return _subset(shard, self.eval_samples, self.eval_seed ^ shard_seed(self.session_id, round_, "eval", peer))
 
     def _control_indices(self, round_: int) -> torch.Tensor:

@@ -76,6 +76,8 @@ class Commitment:
     param_hashes: tuple[str, ...]
     committed_at: float
     first_step: int = 0  # the global 0-based step of the round's first inner step (its learning rate's step)
+    batch_size: int = 0  # samples per inner step of this peer (0: the session's); a volunteer may use fewer
+    shard_samples: int = 0  # samples in its round shard (0: the session's default for its batch size)
 
     @classmethod
     def parse(cls, value: Any) -> Commitment:
@@ -92,11 +94,31 @@ class Commitment:
             param_hashes=_get(fields, "param_hashes", _param_hashes),
             committed_at=_get(fields, "committed_at", _time),
             first_step=_get(fields, "first_step", _round) if "first_step" in fields else 0,
+            batch_size=_get(fields, "batch_size", _batch_size) if "batch_size" in fields else 0,
+            shard_samples=_get(fields, "shard_samples", _round) if "shard_samples" in fields else 0,
         )
+
+    def samples_per_step(self, session_batch: int) -> int:
+        """The batch this peer trained with (the session's when it did not say)."""
+        return self.batch_size or session_batch
+
+    def shard_size(self, session_shard: int, session_batch: int) -> int:
+        """Samples of its round shard: as it said, else the session's, scaled to its batch when it did not set
+        shard_samples (the default shard is one fresh batch per inner step)."""
+        if self.shard_samples:
+            return self.shard_samples
+        return session_shard * self.samples_per_step(session_batch) // session_batch
+
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (param_hashes as a list)."""
         return asdict(self) | {"param_hashes": list(self.param_hashes)}
+
+
+def round_tokens(c: Commitment, session_batch: int, seq_length: int) -> int:
+    """Tokens a verified round of commitment `c` is worth: its inner steps × its batch (never more than the
+    session's, whatever it claims) × the sequence length."""
+    return c.inner_steps * min(c.samples_per_step(session_batch), session_batch) * seq_length
 
 
 @dataclass(frozen=True)
@@ -221,6 +243,10 @@ def _inner_steps(value: Any) -> int:
     if steps < 1:
         raise ValueError("a round has at least one inner step")
     return steps
+
+
+def _batch_size(value: Any) -> int:
+    return int(_number(value, int, MAX_INNER_STEPS))
 
 
 def _tokens(value: Any) -> int:

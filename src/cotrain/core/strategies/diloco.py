@@ -221,7 +221,7 @@ class DilocoStrategy(Strategy):
         self.last_hash = params_hash(self.global_params)
         self.work = RoundWork(
             session_id=self.session_id, peer_id=getattr(self, "peer_id", ""),
-            shard_samples=self.diloco.shard_size(self.config.train.batch_size),
+            shard_samples=self.diloco.shard_size(self.config.train.batch_size), batch_size=self.config.train.batch_size,
             commit_every=self.diloco.commit_interval, states=self._round_states(),
         )
         if self.is_main:

@@ -49,6 +49,7 @@ class RoundWork:
     peer_id: str
     shard_samples: int
     commit_every: int
+    batch_size: int = 0  # this peer's samples per inner step (in its commitment)
     round: int = 0
     base_hash: str = ""
     seed: int = 0
@@ -100,7 +101,7 @@ class RoundWork:
             peer_id=self.peer_id, session_id=self.session_id, round=self.round, base_hash=self.base_hash,
             update_hash=update_hash, shard_id=shard_id(self.session_id, self.round, self.base_hash, self.peer_id),
             inner_steps=inner_steps, param_hashes=tuple(self.param_hashes[-1024:]), committed_at=now,
-            first_step=self.first_step,
+            first_step=self.first_step, batch_size=self.batch_size, shard_samples=self.shard_samples,
         )
 
 
