@@ -337,3 +337,17 @@ def test_a_peer_not_drawn_for_the_audit_is_verified_on_its_commitment_and_receip
     assert verdicts["honest-b"].detail.startswith("not audited") and verdicts["honest-b"].tokens > 0
     assert "usefulness" in verdicts["honest-a"].scores and not verdicts["honest-b"].scores
     assert "honest-a" in verdicts["copier"].detail
+
+
+def test_a_failing_update_is_measured_again_on_more_of_its_shard_before_it_fails(simulated: Round):
+    """On four samples of its shard an honest update's advantage can be lost in the noise (honest-b fails there);
+    before failing it, the judge measures again on the whole shard, which shows it, while the cheats still fail."""
+    rnd = simulated
+    updates = {"honest-a": rnd.updates["honest-a"], "honest-b": rnd.updates["honest-b"],
+               "wrong-shard": rnd.updates["wrong-shard"], "noise": noise_like(rnd.updates["honest-a"], seed=2)}
+    blind = by_peer(rnd.judge(max_eval_samples=4, confirm_samples=4).judge(evidence_of(rnd, updates)))
+    assert blind["honest-b"].reason == Reason.OWN_DATA_FAIL  # the first measurement alone (eval_seed is fixed)
+    confirmed = by_peer(rnd.judge(max_eval_samples=4, confirm_samples=SHARD).judge(evidence_of(rnd, updates)))
+    assert {p: v.reason for p, v in confirmed.items()} == {
+        "honest-a": Reason.VERIFIED, "honest-b": Reason.VERIFIED, "wrong-shard": Reason.OWN_DATA_FAIL,
+        "noise": Reason.OWN_DATA_FAIL}

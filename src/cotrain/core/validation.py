@@ -37,6 +37,7 @@ Samples = Callable[[torch.Tensor], torch.Tensor]  # sample indices -> token tens
 HeldOut = torch.Tensor | Callable[[], torch.Tensor]
 
 MAX_EVAL_SAMPLES = 64
+CONFIRM_SAMPLES = 512  # samples of a failing update's shard (and of the control shard) measured again
 OWN_DATA_Z = 3.0
 DUPLICATE_COSINE = 0.999
 MIN_CHUNKS = 8  # drops measured on at least this many chunks when the eval set allows, for the standard error
@@ -103,6 +104,7 @@ class RoundJudge:
         seq_length: int,
         heldout: HeldOut | None = None,
         max_eval_samples: int = MAX_EVAL_SAMPLES,
+        confirm_samples: int = CONFIRM_SAMPLES,
         own_data_z: float = OWN_DATA_Z,
         duplicate_cosine: float = DUPLICATE_COSINE,
         eval_seed: int | None = None,
@@ -123,6 +125,7 @@ class RoundJudge:
         self.own_data_z, self.duplicate_cosine = own_data_z, duplicate_cosine
         self.eval_samples = max(1, min(self.shard_samples, max_eval_samples))
         self.chunk = max(1, min(batch_size, self.eval_samples // MIN_CHUNKS))
+        self.confirm_samples = confirm_samples
         self.eval_seed = secrets.randbits(62) if eval_seed is None else eval_seed
         self._heldout = heldout
         self._base_losses: dict[str, list[tuple[float, int]]] = {}  # control / held-out chunks at the base params
@@ -143,6 +146,12 @@ class RoundJudge:
             else:
                 candidates[peer] = screened
         drops = self._measure(evidence.round, candidates)
+        failing = {peer: c for peer, c in candidates.items() if not self._passes(drops[peer])}
+        if failing and self.confirm_samples > self.eval_samples:
+            # a failure costs the peer its round and its place in the groups: before saying so, measure again on
+            # more of its shard (an honest update's advantage grows with the samples; a cheat's stays at noise)
+            with self._sample_size(self.confirm_samples):
+                drops.update(self._measure(evidence.round, failing))
         copies = self._copies(candidates)
         for peer, candidate in candidates.items():
             twin = copies.get(peer)
@@ -302,7 +311,7 @@ class RoundJudge:
         control = self._control_indices(round_)
         with self._evaluating():
             self._load(None)
-            base_control = self._cached(f"control/{round_}", lambda: self._chunk_losses(control))
+            base_control = self._cached(f"control/{round_}/{self.eval_samples}", lambda: self._chunk_losses(control))
             base_heldout = self._cached("heldout", self._heldout_losses) if self._heldout is not None else None
             drops = {}
             for peer in sorted(candidates):
@@ -327,6 +336,17 @@ class RoundJudge:
     def _control_indices(self, round_: int) -> torch.Tensor:
         seed = random_shard_seed(self.session_id, round_, self.base_hash)
         return shard_indices(self.num_samples, self.shard_samples, seed)[: self.eval_samples]
+
+    @contextlib.contextmanager
+    def _sample_size(self, samples: int) -> Iterator[None]:
+        """Measure on up to `samples` samples of each shard (chunks sized to match) inside the block."""
+        saved = self.eval_samples, self.chunk
+        self.eval_samples = max(1, min(self.shard_samples, samples))
+        self.chunk = max(1, min(self.batch_size, self.eval_samples // MIN_CHUNKS))
+        try:
+            yield
+        finally:
+            self.eval_samples, self.chunk = saved
 
     def _cached(self, key: str, compute: Callable[[], list[tuple[float, int]]]) -> list[tuple[float, int]]:
         if key not in self._base_losses:
