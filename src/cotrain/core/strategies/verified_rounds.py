@@ -149,10 +149,8 @@ class RoundValidator:
         members = group | set(commitments) | set(live_peers) | {self.peer_id}
         updates: dict[str, torch.Tensor | None] = {}
         for member in sorted(members):
-            if member == self.peer_id:
-                updates[member] = own_update
-            elif member in commitments and self._draw.random() < self.audit_fraction:
-                updates[member] = self._download(member, round_)
+            if member in commitments and self._draw.random() < self.audit_fraction:
+                updates[member] = own_update if member == self.peer_id else self._download(member, round_)
         evidence = RoundEvidence(round=round_, base_hash=base_hash, receipts=receipts, commitments=commitments,
                                  updates=updates, deadline=deadline, members=members)
         verdicts = self.judge_factory(base_params).judge(evidence)
