@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from cotrain.config import ConfigError, CotrainConfig, load_config
+from cotrain.config.schema import DilocoConfig
 from cotrain.core.batches import BatchSchedule
 from cotrain.core.shards import (
     CONTROL_PEER,
@@ -189,7 +190,8 @@ def test_round_shard_settings_resolve_and_are_checked(tmp_path: Path):
         )))
     diloco = config.distributed.diloco
     assert diloco.validate is True and (diloco.receipt_quorum, diloco.own_data_margin) == (2, 0.01)
-    assert (diloco.shard_size(8), diloco.commit_interval) == (80, 2)  # the defaults: H × B, H // 4
+    assert (diloco.shard_size(8), diloco.commit_interval) == (20, 2)  # the defaults: H × B / 4 (4 passes), H // 4
+    assert diloco.shard_size(64) == 160 and DilocoConfig(inner_steps=2).shard_size(8) == 8  # at least a batch
     diloco.shard_samples, diloco.commit_every = 500, 10
     assert (diloco.shard_size(8), diloco.commit_interval) == (500, 10)
 

@@ -114,6 +114,9 @@ class TrainConfig(Section):
 warnings.filterwarnings("ignore", message='Field name "validate" in "DilocoConfig" shadows', category=UserWarning)
 
 
+SHARD_PASSES = 4  # a default round shard is read this many times in a round (its memorisation is the proof)
+
+
 class DilocoConfig(Section):
     inner_steps: PositiveInt = Field(default=100, description="H: local optimizer steps between outer steps.")
     outer_lr: PositiveFloat = Field(default=0.7, description="Outer SGD learning rate.")
@@ -144,8 +147,9 @@ class DilocoConfig(Section):
     shard_samples: PositiveInt | None = Field(
         default=None,
         description="Samples in a peer's round shard: each round every peer trains only on a shard drawn from a "
-        "public seed (session, round, start params, peer id), so anyone can recompute it; default: "
-        "inner_steps × train.batch_size (every inner step a fresh batch).",
+        "public seed (session, round, start params, peer id), so anyone can recompute it; default: a quarter of "
+        "inner_steps × train.batch_size (at least one batch), so a round sees each sample about 4 times: a "
+        "validator can then tell from the update whether the peer trained on its own shard.",
     )
     commit_every: PositiveInt | None = Field(
         default=None,
@@ -163,7 +167,7 @@ class DilocoConfig(Section):
         "excluded for a failed check. A volunteer joining through the server gets the server's validating peer.",
     )
     audit_fraction: float = Field(
-        default=0.05, ge=0.0, le=1.0,
+        default=0.02, ge=0.0, le=1.0,
         description="A validator's share of a round's members whose update it downloads and scores (drawn in "
         "secret each round; 1 audits everyone, 0 nobody). The others are verified on their commitment and receipts; a "
         "member caught once loses its credit for the whole session, so cheating does not pay on average.",
@@ -186,8 +190,10 @@ class DilocoConfig(Section):
     )
 
     def shard_size(self, batch_size: int) -> int:
-        """Samples in a round shard (`shard_samples`, or one fresh batch per inner step)."""
-        return self.shard_samples if self.shard_samples is not None else self.inner_steps * batch_size
+        """Samples in a round shard (`shard_samples`, or SHARD_PASSES passes over it per round)."""
+        if self.shard_samples is not None:
+            return self.shard_samples
+        return max(batch_size, self.inner_steps * batch_size // SHARD_PASSES)
 
     @property
     def commit_interval(self) -> int:
