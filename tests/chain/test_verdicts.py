@@ -92,9 +92,9 @@ def test_a_session_with_verdicts_is_paid_by_verified_rounds_only(db_factory, led
         assert ledger.verify(db).ok
     assert {p: (c.tokens, c.outer_rounds, c.status) for p, c in contributions.items()} == {
         "p1": (200, 2, "verified"), "p2": (100, 1, "verified"), "p3": (0, 0, "excluded"), "p4": (0, 0, "excluded")}
-    # a copy voids the session's credit (here none was earned); an own-data failure alone only costs its round
-    assert "it committed a copy of another peer's update in round 2: its credit for the whole session" \
-        in contributions["p3"].reason
+    # a copy, or an update that does not show its shard, voids the session's credit (here none was earned)
+    assert "it committed a copy of another peer's update and its update did not show its own shard in rounds 1, " \
+        "2: its credit for the whole session" in contributions["p3"].reason
     assert "none of its rounds was judged" in contributions["p4"].reason
     assert rewards == {A: 2_000, B: 1_000}  # p3 (wallet C) gets nothing, its 10**12 claimed tokens notwithstanding
 

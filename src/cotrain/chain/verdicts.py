@@ -25,8 +25,9 @@ from cotrain.chain.orm import ContributionStatus, LedgerKind, RoundVerdictRow
 from cotrain.p2p.progress import MAX_TOKENS, PeerProgress, skipped_once
 from cotrain.p2p.verification import REASON_SENTENCES, Reason, Verdict
 
-VOIDING = {  # reasons that void a peer's credit for the whole session (it was caught lying about its update)
+VOIDING = {  # reasons that void a peer's credit for the whole session (its update was caught being bad)
     Reason.SPOT_CHECK_FAIL: "a spot check failed",
+    Reason.OWN_DATA_FAIL: "its update did not show its own shard",
     Reason.DUPLICATE_UPDATE: "it committed a copy of another peer's update",
     Reason.NON_FINITE: "its update was not finite",
 }
@@ -100,11 +101,12 @@ def verdict_contributions(session_id: str, rows: Iterable[RoundVerdictRow], reco
                           limits: Limits | None, bound: Mapping[str, str] | None) -> list[Contribution]:
     """One Contribution per peer that was judged or reported progress, sorted by peer id. Tokens are the sum of
     its VERIFIED rounds' `tokens` (an out-of-range one is skipped, logged); `outer_rounds` counts those rounds.
-    A round of any other reason (late, no commitment, not in the group, own data not shown) only does not count,
-    except a peer caught lying about its update (`VOIDING`: a failed spot check, a copy, a non-finite update):
-    that voids its credit for the whole session (0 tokens, excluded), so the pool goes to the others pro rata.
-    The validator audits a sample of members each round, so a cheat must lose more than the round it was caught
-    in; the own-data check is statistical (an honest peer can fail it by chance), so it costs only its round.
+    A round of any other reason (late, no commitment, not in the group) only does not count, but a peer whose
+    update was caught being bad (`VOIDING`: a failed spot check or own-data check, a copy, a non-finite update)
+    loses its credit for the whole session (0 tokens, excluded), and the pool goes to the others pro rata: the
+    validator audits a small sample of members each round, so a cheat must lose more than the round it was
+    caught in. (An honest update shows its shard far above the own-data threshold with the default shards read
+    about 4 times a round, and a failure is measured again on up to 512 samples first: core/validation.py.)
     Progress records only describe the peer (device, tokens/s; its
     wallet when `bound` is None). A peer is paid to its proven wallet (`bound`, peer id → address) only."""
     limits = limits or Limits()
