@@ -164,7 +164,7 @@ def main() -> None:
           f"validation {result['validation_wall_seconds_per_round']:.2f} s per round of "
           f"{result['seconds_between_rounds']} s (keeps up: {result['validation_keeps_up']})")
     print(f"{'peer':14} {'averaging MB':>12} {'records KB':>10} {'served MB':>9} {'extra, all audited':>18} "
-          f"{f'extra at {DEFAULT_AUDIT:.0%} audited':>20}")
+          f"{f'extra at {DEFAULT_AUDIT:.1%} audited':>20}")
     for peer in result["peers"]:
         print(f"{peer['peer_id'][-12:]:14} {peer['averaging_bytes_sent'] / 1e6:12.2f} "
               f"{peer['record_bytes'] / 1e3:10.1f} {peer['served_to_validator_bytes'] / 1e6:9.2f} "

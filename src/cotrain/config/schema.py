@@ -167,7 +167,7 @@ class DilocoConfig(Section):
         "excluded for a failed check. A volunteer joining through the server gets the server's validating peer.",
     )
     audit_fraction: float = Field(
-        default=0.015, ge=0.0, le=1.0,
+        default=0.01, ge=0.0, le=1.0,
         description="A validator's share of a round's members whose update it downloads and scores (drawn in "
         "secret each round; 1 audits everyone, 0 nobody). The others are verified on their commitment and receipts; a "
         "member caught once loses its credit for the whole session, so cheating does not pay on average.",
