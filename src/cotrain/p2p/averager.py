@@ -457,19 +457,7 @@ class ExactAverager(DecentralizedAverager):
         return None
 
     async def _download_update(self, peer_id: str, timeout: float, round_: int | None, future: MPFuture) -> None:
-        result: tuple[int, torch.Tensor] | None = None
-        try:
-            result = await asyncio.wait_for(self._fetch_update(peer_id, round_), timeout)
-        except TimeoutError:
-            log.warning("no update downloaded from %s within %.1f s", peer_id, timeout)
-        except BadUpdate as exc:
-            log.warning("dropped the update of %s: %s", peer_id, exc)
-        except Exception as exc:
-            log.warning("could not download the update of %s: %r", peer_id, exc)
-        try:
-            future.set_result(result)
-        except Exception as exc:  # the caller gave up waiting and dropped the future
-            log.debug("download result from %s not delivered: %r", peer_id, exc)
+        await _deliver(future, self._fetch_update(peer_id, round_), timeout, f"the update of {peer_id}")
 
     async def _fetch_update(self, peer_id: str, round_: int | None) -> tuple[int, torch.Tensor] | None:
         peer = PeerID.from_base58(peer_id)
@@ -578,19 +566,8 @@ class ExactAverager(DecentralizedAverager):
 
     async def _download_round_state(self, peer_id: str, round_: int, index: int, timeout: float, max_bytes: int,
                                     future: MPFuture) -> None:
-        result: bytes | None = None
-        try:
-            result = await asyncio.wait_for(self._fetch_round_state(peer_id, round_, index, max_bytes), timeout)
-        except TimeoutError:
-            log.warning("no round state downloaded from %s within %.1f s", peer_id, timeout)
-        except BadUpdate as exc:
-            log.warning("dropped the round state of %s: %s", peer_id, exc)
-        except Exception as exc:
-            log.warning("could not download the round state of %s: %r", peer_id, exc)
-        try:
-            future.set_result(result)
-        except Exception as exc:  # the caller gave up waiting and dropped the future
-            log.debug("round state from %s not delivered: %r", peer_id, exc)
+        await _deliver(future, self._fetch_round_state(peer_id, round_, index, max_bytes), timeout,
+                       f"the round state of {peer_id}")
 
     async def _fetch_round_state(self, peer_id: str, round_: int, index: int, max_bytes: int) -> bytes | None:
         peer = PeerID.from_base58(peer_id)
@@ -667,6 +644,24 @@ def _state_header(metadata: bytes, wanted: tuple[int, int], max_bytes: int) -> i
     if type(size) is not int or not 0 < size <= max_bytes:
         raise BadUpdate(f"it announces {size!r} bytes (at most {max_bytes} accepted)")
     return size
+
+
+async def _deliver(future: MPFuture, download: typing.Awaitable[Any], timeout: float, what: str) -> None:
+    """Run `download` (at most `timeout` seconds) in the averager's process and hand its result, or None when it
+    failed (logged with why), to the training process waiting on `future`."""
+    result = None
+    try:
+        result = await asyncio.wait_for(download, timeout)
+    except TimeoutError:
+        log.warning("could not download %s within %.1f s", what, timeout)
+    except BadUpdate as exc:
+        log.warning("dropped %s: %s", what, exc)
+    except Exception as exc:
+        log.warning("could not download %s: %r", what, exc)
+    try:
+        future.set_result(result)
+    except Exception as exc:  # the caller gave up waiting and dropped the future
+        log.debug("%s not delivered: %r", what, exc)
 
 
 def _requested_round(metadata: bytes) -> int | None:
