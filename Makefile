@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(PY) bench/engine_overhead.py --quick
 	$(PY) bench/platform.py --quick
 	$(PY) bench/diloco_vs_ddp.py --quick
+	$(PY) bench/verification.py --quick
 	$(PY) bench/mfu.py --quick --device cpu
 
 lint: $(STAMP)
