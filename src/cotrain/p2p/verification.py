@@ -103,12 +103,11 @@ class Commitment:
         return self.batch_size or session_batch
 
     def shard_size(self, session_shard: int, session_batch: int) -> int:
-        """Samples of its round shard: as it said, else the session's, scaled to its batch when it did not set
-        shard_samples (the default shard is one fresh batch per inner step)."""
+        """Samples of its round shard: as it said (every commitment says since it was added), else the session's
+        scaled to its batch (the default shard is proportional to the batch)."""
         if self.shard_samples:
             return self.shard_samples
         return session_shard * self.samples_per_step(session_batch) // session_batch
-
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (param_hashes as a list)."""
