@@ -22,16 +22,21 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/cotrain up --example
 
-# The fault-injection tests (tests/faults) mostly wait on outages they cause, and the verification end-to-end
-# tests (tests/verification) are a few long sessions of many small peers: both run in a second lane, alongside
-# the rest of the suite (their output follows it); either lane failing fails `make test`.
-FAULTS_LOG := .pytest-faults.log
+# The suite runs in three lanes at once (most tests wait on processes, servers and networks they start, so
+# the two cores stay busy): the unit-heavy folders in the foreground, the fault-injection, verification and
+# DiLoCo-peer tests in one background lane and the server, security and browser tests in another (their
+# output follows). Any lane failing fails `make test`; each lists its slowest tests.
+LANE_LOG := .pytest-lane
+SLOW_LANE := tests/faults tests/verification tests/distributed
+SERVER_LANE := tests/security tests/server tests/ui
 test: $(STAMP) browser
-	@$(PY) -m pytest tests/faults tests/verification -p no:cacheprovider > $(FAULTS_LOG) 2>&1 & faults=$$!; \
-	$(PY) -m pytest --ignore=tests/faults --ignore=tests/verification; main=$$?; \
-	wait $$faults; faults_status=$$?; \
-	echo "---- tests/faults and tests/verification (ran alongside the suite above) ----"; cat $(FAULTS_LOG); \
-	test $$main -eq 0 && test $$faults_status -eq 0
+	@$(PY) -m pytest $(SLOW_LANE) -p no:cacheprovider --durations=10 > $(LANE_LOG)-slow.log 2>&1 & slow=$$!; \
+	$(PY) -m pytest $(SERVER_LANE) -p no:cacheprovider --durations=10 > $(LANE_LOG)-server.log 2>&1 & server=$$!; \
+	$(PY) -m pytest $(addprefix --ignore=,$(SLOW_LANE) $(SERVER_LANE)) --durations=10; main=$$?; \
+	wait $$slow; slow_status=$$?; wait $$server; server_status=$$?; \
+	echo "---- $(SLOW_LANE) (ran alongside) ----"; cat $(LANE_LOG)-slow.log; \
+	echo "---- $(SERVER_LANE) (ran alongside) ----"; cat $(LANE_LOG)-server.log; \
+	test $$main -eq 0 && test $$slow_status -eq 0 && test $$server_status -eq 0
 
 # Browser tests drive Debian's chromium with Playwright (`playwright install` cannot download
 # here); the Simplified Chinese pages need a CJK font.

@@ -49,7 +49,8 @@ def test_verdict_events_settle_by_verified_rounds_and_show_per_peer(api):  # noq
         for peer, address in (("p1", A), ("p2", B)):
             db.add(PeerBinding(session_id="s1", peer_id=peer, address=address, proof=BindingProof.PEER_AND_WALLET,
                                created_at=time.time()))
-    first = event(1, 1, [verdict("p1", 1), verdict("p2", 1, "own_data_fail"),
+    # p2's round 1 is late: it only does not count (a bad update, e.g. own_data_fail, would void all of p2's credit)
+    first = event(1, 1, [verdict("p1", 1), verdict("p2", 1, "late"),
                          {"session_id": "s1", "round": 1, "peer_id": "p3", "reason": "bogus"},  # malformed: skipped
                          verdict("p4", 1, session="other"), "not a verdict"])  # another session's: skipped
     assert apply(chain.factory, [first], chain) == []
@@ -59,7 +60,7 @@ def test_verdict_events_settle_by_verified_rounds_and_show_per_peer(api):  # noq
     apply(chain.factory, [event(4, 3, [verdict("p1", 3)])], None)  # a worker without the ledger records nothing
     with chain.factory() as db:
         assert [(v.round, v.peer_id, v.reason) for v in verdicts_of(db, "s1")] == [
-            (1, "p1", "verified"), (1, "p2", "own_data_fail"), (2, "p1", "verified"), (2, "p2", "verified")]
+            (1, "p1", "verified"), (1, "p2", "late"), (2, "p1", "verified"), (2, "p2", "verified")]
         assert db.get_one(TrainingSession, "s1").engine_seq == 4
         assert chain.ledger.verify(db).ok
 
@@ -75,10 +76,10 @@ def test_verdict_events_settle_by_verified_rounds_and_show_per_peer(api):  # noq
     assert (rounds["p1"]["verifiedRounds"], rounds["p1"]["judgedRounds"], rounds["p1"]["reasons"]) == (
         2, 2, {"verified": 2})
     p2 = rounds["p2"]
-    assert (p2["verifiedRounds"], p2["reasons"]) == (1, {"own_data_fail": 1, "verified": 1})
-    assert [(o["round"], o["reason"]) for o in p2["recent"]] == [(2, "verified"), (1, "own_data_fail")]
-    assert p2["recent"][1] == {"round": 1, "reason": "own_data_fail", "detail": "p2 in round 1: own_data_fail",
-                               "sentence": REASON_SENTENCES[Reason.OWN_DATA_FAIL]}
+    assert (p2["verifiedRounds"], p2["reasons"]) == (1, {"late": 1, "verified": 1})
+    assert [(o["round"], o["reason"]) for o in p2["recent"]] == [(2, "verified"), (1, "late")]
+    assert p2["recent"][1] == {"round": 1, "reason": "late", "detail": "p2 in round 1: late",
+                               "sentence": REASON_SENTENCES[Reason.LATE]}
 
     schemas = api.app.openapi()["components"]["schemas"]
     assert "pays these only" in schemas["PeerRoundsOut"]["properties"]["verifiedRounds"]["description"]

@@ -7,6 +7,7 @@ KIND:
 - copycat: trains, then throws its update away and commits and averages another peer's committed update
   (downloaded from that peer as a validator would);
 - noise: commits and averages a random pseudo-gradient of the same norm as its real one;
+- huge: commits and averages its real pseudo-gradient scaled a million times;
 - wrong_shard: trains on a shard that is not the one the public seed gave it, and says it is;
 - zero_work: publishes progress records that keep pace with the others' rounds but never commits or averages.
 """
@@ -61,6 +62,17 @@ def noise() -> None:
     DilocoStrategy._fill_pseudo_gradient = _fill_pseudo_gradient  # type: ignore[method-assign]
 
 
+def huge() -> None:
+    honest_fill = DilocoStrategy._fill_pseudo_gradient
+
+    def _fill_pseudo_gradient(self):
+        honest_fill(self)
+        with torch.no_grad(), self.averager.get_tensors() as (flat,):
+            flat.mul_(1e6)
+
+    DilocoStrategy._fill_pseudo_gradient = _fill_pseudo_gradient  # type: ignore[method-assign]
+
+
 def wrong_shard() -> None:
     def seed_for(self, round_, base_hash):
         return shard_seed(self.session_id, round_, base_hash, f"{self.peer_id}-elsewhere")
@@ -84,7 +96,7 @@ def zero_work() -> None:
     DilocoStrategy._outer_round = _outer_round  # type: ignore[method-assign]
 
 
-KINDS = {"copycat": copycat, "noise": noise, "wrong_shard": wrong_shard, "zero_work": zero_work}
+KINDS = {"copycat": copycat, "noise": noise, "huge": huge, "wrong_shard": wrong_shard, "zero_work": zero_work}
 
 
 def main(argv: list[str]) -> None:

@@ -29,7 +29,7 @@ def test_rewards_show_verified_rounds_and_why_the_others_were_not(page: Any, ser
     engine = create_engine(f"sqlite:///{server.home / 'cotrain.db'}")
     with sessionmaker(engine).begin() as db:  # what the monitor and the completion hook record
         set_reward_pool(db, ledger, session_id, 10**8, "APT")
-        for round_, reason in enumerate([Reason.VERIFIED, Reason.OWN_DATA_FAIL, Reason.VERIFIED], start=1):
+        for round_, reason in enumerate([Reason.VERIFIED, Reason.LATE, Reason.VERIFIED], start=1):
             verdict = Verdict(session_id=session_id, round=round_, peer_id=peer, reason=reason, detail="",
                               scores={}, tokens=4096 if reason == Reason.VERIFIED else 0)
             record_verdicts(db, ledger, session_id, round_, [verdict], "12D3KooWServerPeer")
@@ -41,8 +41,8 @@ def test_rewards_show_verified_rounds_and_why_the_others_were_not(page: Any, ser
     page.get_by_test_id("connect-wallet").click()
     table = page.get_by_test_id("contributions")
     table.get_by_text("2 of 3 verified").wait_for()
-    table.get_by_text("own_data_fail × 1").wait_for()
-    table.get_by_text(REASON_SENTENCES[Reason.OWN_DATA_FAIL]).wait_for()
+    table.get_by_text("late × 1").wait_for()  # a late round only does not count (a bad update would void all)
+    table.get_by_text(REASON_SENTENCES[Reason.LATE]).wait_for()
     shown = table.text_content()
     assert "8.19K" in shown and "1B" not in shown  # the verified rounds' 8,192 tokens, not the 10**9 the record claimed
     screenshot(page, "rewards-verified-rounds")

@@ -309,7 +309,10 @@ def _reason_problems(v: Verdict, drawn: DrawnFrom, members: set[str]) -> list[st
     screened, c, why = _screen(v.peer_id, v, drawn, members)
     audited = any(k in v.scores for k in OWN_DATA_SCORES)
     problems = []
-    if screened is not None and v.reason != screened:
+    needs_update = v.reason in (Reason.NON_FINITE, Reason.SPOT_CHECK_FAIL, Reason.LATE)
+    if screened in (Reason.NOT_IN_GROUP, Reason.DUPLICATE_UPDATE) and needs_update:
+        pass  # the judge checks an audited update before the receipts: what needs the update cannot be redone here
+    elif screened is not None and v.reason != screened:
         problems.append(f"reason {v.reason} but the evidence says {screened} ({why})")
     elif screened is None and v.reason in (Reason.NO_COMMIT, Reason.NOT_IN_GROUP, Reason.DUPLICATE_UPDATE) \
             and not (v.reason == Reason.DUPLICATE_UPDATE and audited):  # a near copy is judged on its losses

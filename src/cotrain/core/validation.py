@@ -186,6 +186,11 @@ class RoundJudge:
         if c.committed_at > ev.deadline:
             late = c.committed_at - ev.deadline
             return self._verdict(r, peer, Reason.LATE, f"it committed {late:.1f} s after the round's deadline.")
+        # an audited update is checked first: an absurd one makes the honest members refuse the round (no
+        # receipts), and it must be named for what it is, not merely as out of the group
+        candidate = self._check_update(r, peer, c, ev.updates[peer]) if peer in ev.updates else None
+        if isinstance(candidate, Verdict):
+            return candidate
         vouching = [
             signer for signer, receipt in ev.receipts.items()
             if signer != peer and signer in ev.members and receipt.session_id == self.session_id
@@ -203,14 +208,17 @@ class RoundJudge:
                 r, peer, Reason.DUPLICATE_UPDATE,
                 f"its committed update is byte for byte peer {first}'s, which committed it first.",
             )
-        if peer not in ev.updates:  # not drawn for this round's audit: what was checked is all that could be
+        if candidate is None:  # not drawn for this round's audit: what was checked is all that could be
             return self._verdict(
                 r, peer, Reason.VERIFIED,
                 f"not audited this round: it committed in time and {len(vouching)} other group member(s) "
                 "received its committed update.",
                 tokens=round_tokens(c, self.batch_size, self.seq_length),
             )
-        update = ev.updates[peer]
+        return candidate
+
+    def _check_update(self, r: int, peer: str, c: Commitment, update: torch.Tensor | None) -> Verdict | _Candidate:
+        """An audited member's downloaded update: the one it committed, finite and of a sane size."""
         if update is None:  # gone or slow, not caught lying: only this round is lost (a mismatch below is lying)
             return self._verdict(r, peer, Reason.LATE, "its committed update could not be downloaded in time.")
         flat = update.detach().to("cpu", torch.float32).reshape(-1).contiguous()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import sys
 import threading
@@ -42,6 +43,7 @@ from torch import nn
 
 from cotrain.core.strategies.base import OuterStepReport, Strategy
 from cotrain.core.strategies.round_metrics import RoundClock, short_peer_id, train_seconds_of
+from cotrain.core.strategies.sanity import MAX_AVERAGE_RATIO
 from cotrain.core.strategies.verified_rounds import RoundValidator, RoundWork, receipt_of
 from cotrain.core.system_metrics import merge_nodes
 from cotrain.p2p.verification import EXCLUDING
@@ -54,6 +56,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
 VALIDATOR_GRACE = 10.0  # seconds a peer stays after its last round so validators can download its update
 HELD_OUT_SAMPLES = 32  # val samples a validator measures each update's usefulness on
+VOUCH_WAIT = 5.0  # seconds to wait for the live peers' records of a downloaded state's outer step
 POLL_SECONDS = 0.2
 
 
@@ -104,6 +107,7 @@ class DilocoStrategy(Strategy):
         self.validator: RoundValidator | None = None  # judges every round, with `diloco.validate`
         self._verdict_events: list[dict[str, Any]] = []
         self.last_round_at: float | None = None  # monotonic time of this peer's last averaged round
+        self._own_norm = 0.0  # norm of this peer's update of the current round
         self.exclusions: dict[str, int] = {}  # peer a trusted validator failed → the first round it is left out of
         self.excluded: set[str] = set()  # those left out of the current round: never averaged with again
         self._data: tuple[Any, Any, Any] | None = None  # train samples, val samples, loss_of (use_data)
@@ -142,10 +146,10 @@ class DilocoStrategy(Strategy):
 
     def shutdown(self) -> None:
         publisher = getattr(self, "publisher", None)
-        self._stay_for_validators()
-        if publisher is not None:
+        if publisher is not None:  # the others stop waiting for this peer at once...
             publisher.stop()
             self._publish_leaving()
+        self._stay_for_validators()  # ...while its averager still serves its last update
         for name in ("averager", "dht"):
             part = getattr(self, name, None)
             if part is not None:
@@ -313,13 +317,15 @@ class DilocoStrategy(Strategy):
                 self.publisher.publish_now()
                 others = self._wait_until_peers_ready(round_)
             self._note_peers(others)  # the freshest view of the others (and their machines) for the events
-            if any(r.outer_step >= round_ for r in others):
+            if self._others_finished(others, round_):
                 return self._catch_up("the other peers finished this round without this peer")
             if 1 + len(others) < self.diloco.min_peers:
                 break  # nobody to average with
             with clock.phase("wait"):
                 self._size_groups(round_, others)
             gathered = self._average(round_, live=1 + len(others), clock=clock, update_hash=update_hash)
+            if gathered is not None and self._refuse_average(round_, gathered, update):
+                gathered = None
             if gathered is not None:
                 with clock.phase("averaging"):
                     base_hash, base_params = self.last_hash or "", [g.clone() for g in self.global_params]
@@ -342,7 +348,7 @@ class DilocoStrategy(Strategy):
                         "verification_bytes": list(self.averager.verification_bytes()),
                     },
                 )
-            if any(r.outer_step >= round_ for r in self._live_records()):
+            if self._others_finished(self._live_records(), round_):
                 return self._catch_up("this peer's round failed while the others went on")
             log.warning("outer round %d failed (attempt %d of %d); retrying", round_, attempt, MAX_ATTEMPTS)
         print(
@@ -363,6 +369,13 @@ class DilocoStrategy(Strategy):
         sizes = [g.numel() for g in self.global_params]
         return [chunk.view_as(g) for chunk, g in zip(flat.split(sizes), self.global_params)]
 
+    def _others_finished(self, records, round_: int) -> bool:
+        """Whether enough of the live peers finished `round_` to have applied it (a quorum of them): one peer
+        claiming to be ahead alone is not followed, so a peer that applied an average the others refused as
+        absurd (core/strategies/sanity.py) cannot make them download its state."""
+        ahead = sum(1 for r in records if r.outer_step >= round_)
+        return ahead > 0 and ahead >= quorum_size(1 + len(records), self.diloco.min_peers)
+
     def _wait_until_peers_ready(self, round_: int):
         """Wait (at most averaging_timeout) for `min_peers` and for every live peer to be ready
         for `round_`; the live records of the others."""
@@ -371,7 +384,7 @@ class DilocoStrategy(Strategy):
             others = self._live_records()
             behind = [r for r in others if r.ready_round < round_ and r.outer_step < round_]
             enough = 1 + len(others) >= self.diloco.min_peers
-            if (enough and not behind) or any(r.outer_step >= round_ for r in others) or time.monotonic() > deadline:
+            if (enough and not behind) or self._others_finished(others, round_) or time.monotonic() > deadline:
                 return others
             time.sleep(POLL_SECONDS)
 
@@ -470,6 +483,7 @@ class DilocoStrategy(Strategy):
         with self.averager.get_tensors() as (flat,):
             update = flat.clone()
         digest = tensor_digest(update)
+        self._own_norm = float(torch.linalg.vector_norm(update))
         try:
             self.averager.keep_update(round_, update)
             assert self.work is not None
@@ -478,6 +492,21 @@ class DilocoStrategy(Strategy):
         except Exception as exc:  # an unpublished commitment costs this peer the round's credit, not the run
             log.warning("could not publish the commitment of round %d: %s", round_, exc)
         return update, digest
+
+    def _refuse_average(self, round_: int, gathered: dict, update: torch.Tensor | None) -> bool:
+        """Whether the group's averaged update is absurd (core/strategies/sanity.py) and must not touch the model.
+        A validator judges the round anyway, so the member that sent it is caught and excluded."""
+        from cotrain.core.strategies.sanity import averaged_update_problem
+
+        with self.averager.get_tensors() as (flat,):
+            problem = averaged_update_problem(flat, self._own_norm)
+        if problem is None:
+            return False
+        print(f"diloco: round {round_}'s averaged update is refused: {problem}", file=sys.stderr, flush=True)
+        if self.validator is not None and update is not None:
+            self._validate(round_, self.last_hash or "", [g.clone() for g in self.global_params], gathered, update,
+                           applied=False)
+        return True
 
     def _averaged_digest(self) -> str:
         from cotrain.p2p.digests import tensor_digest
@@ -498,7 +527,7 @@ class DilocoStrategy(Strategy):
             log.warning("could not publish the receipt of round %d: %s", round_, exc)
 
     def _validate(self, round_: int, base_hash: str, base_params: list[torch.Tensor], gathered: dict,
-                  update: torch.Tensor | None) -> None:
+                  update: torch.Tensor | None, applied: bool = True) -> None:
         assert self.validator is not None and update is not None
         try:
             live = [r.peer_id for r in self._live_records()]
@@ -509,16 +538,17 @@ class DilocoStrategy(Strategy):
         self._verdict_events.append(event)
         failed = {v["peer_id"] for v in event["verdicts"] if v["reason"] in EXCLUDING and v["peer_id"] != self.peer_id}
         if failed - set(self.exclusions):
-            self._exclude(failed - set(self.exclusions), round_)
+            self._exclude(failed - set(self.exclusions), round_, round_ + 2 if applied else round_)
 
-    def _exclude(self, peers: set[str], round_: int) -> None:
-        """Peers this validator caught in `round_`: left out from round `round_ + 2` on, by it and by the peers
-        trusting it (the list it publishes)."""
+    def _exclude(self, peers: set[str], round_: int, from_round: int) -> None:
+        """Peers this validator caught in `round_`: left out from `from_round` on, by it and by the peers trusting
+        it (the list it publishes). Two rounds later when the round was applied, so every honest peer has read
+        the list before that round; the same round when it was refused (everyone is about to redo it)."""
         from cotrain.p2p.dht import signer
         from cotrain.p2p.round_records import publish_exclusions
         from cotrain.p2p.verification import Exclusions
 
-        self.exclusions.update({peer: round_ + 2 for peer in peers})
+        self.exclusions.update({peer: from_round for peer in peers})
         try:
             publish_exclusions(self.dht, signer(self.dht), Exclusions(
                 peer_id=self.peer_id, session_id=self.session_id, round=round_, excluded=dict(self.exclusions),
@@ -564,6 +594,7 @@ class DilocoStrategy(Strategy):
             batch_size=self.config.train.batch_size, seq_length=self.config.data.seq_length,
             session_id=self.session_id, receipt_quorum=self.diloco.receipt_quorum,
             own_data_margin=self.diloco.own_data_margin,
+            max_update_norm=MAX_AVERAGE_RATIO * self._own_norm if self._own_norm > 0 else math.inf,
         )
 
     def verdict_events(self) -> list[dict[str, Any]]:
@@ -607,7 +638,7 @@ class DilocoStrategy(Strategy):
         deadline = time.monotonic() + min(10.0, 3 * self.diloco.progress_interval)
         while time.monotonic() < deadline:
             records = self._live_records()
-            if any(r.outer_step > self.outer_step for r in records):
+            if self._others_finished(records, self.outer_step + 1):
                 self._catch_up("joining a running session")
                 return
             if records:
@@ -626,7 +657,7 @@ class DilocoStrategy(Strategy):
             self._reset_model_to_global()
             return None
         metadata, tensors = loaded
-        if int(metadata.get("outer_step", -1)) <= self.outer_step:
+        if int(metadata.get("outer_step", -1)) <= self.outer_step or self._unvouched(metadata, tensors):
             self._reset_model_to_global()
             return None
         self._load_state(int(metadata["outer_step"]), tensors)
@@ -638,6 +669,26 @@ class DilocoStrategy(Strategy):
             outer_step=self.outer_step, participants=self.participants(), params_hash=self.last_hash,
             extra={"state_downloaded": True},
         )
+
+    def _unvouched(self, metadata: dict[str, Any], tensors: list[torch.Tensor]) -> bool:
+        """Whether a downloaded state's parameters hash to something the live peers do not publish for its outer
+        step (waiting a few seconds for their records of it: they publish right after applying a round)."""
+        from cotrain.core.strategies.sanity import downloaded_state_problem
+
+        step = int(metadata["outer_step"])
+        state_hash = params_hash(tensors[: len(self.global_params)])
+        deadline = time.monotonic() + VOUCH_WAIT
+        while True:
+            records = self._live_records()
+            problem = downloaded_state_problem(state_hash, step, records,
+                                               quorum_size(1 + len(records), self.diloco.min_peers))
+            if problem is None:
+                return False
+            if time.monotonic() > deadline:
+                print(f"diloco: the downloaded state of outer step {step} is refused: {problem}",
+                      file=sys.stderr, flush=True)
+                return True
+            time.sleep(POLL_SECONDS)
 
     def _state_for_peers(self) -> tuple[dict[str, Any], list[torch.Tensor]]:
         """(metadata, tensors) a joining peer downloads: global params then outer momentum."""
