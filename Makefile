@@ -22,21 +22,18 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/cotrain up --example
 
-# The suite runs in three lanes at once (most tests wait on processes, servers and networks they start, so
-# the two cores stay busy): the unit-heavy folders in the foreground, the fault-injection, verification and
-# DiLoCo-peer tests in one background lane and the server, security and browser tests in another (their
-# output follows). Any lane failing fails `make test`; each lists its slowest tests.
+# The fault-injection tests (tests/faults) mostly wait on outages they cause, and the verification and
+# DiLoCo-peer tests (tests/verification, tests/distributed) are sessions of many small peers: they run in a
+# second lane, alongside the rest of the suite (their output follows it). Either lane failing fails
+# `make test`; each lists its slowest tests.
 LANE_LOG := .pytest-lane
-SLOW_LANE := tests/faults tests/verification tests/distributed
-SERVER_LANE := tests/security tests/server tests/ui
+SECOND_LANE := tests/faults tests/verification tests/distributed
 test: $(STAMP) browser
-	@$(PY) -m pytest $(SLOW_LANE) -p no:cacheprovider --durations=10 > $(LANE_LOG)-slow.log 2>&1 & slow=$$!; \
-	$(PY) -m pytest $(SERVER_LANE) -p no:cacheprovider --durations=10 > $(LANE_LOG)-server.log 2>&1 & server=$$!; \
-	$(PY) -m pytest $(addprefix --ignore=,$(SLOW_LANE) $(SERVER_LANE)) --durations=10; main=$$?; \
-	wait $$slow; slow_status=$$?; wait $$server; server_status=$$?; \
-	echo "---- $(SLOW_LANE) (ran alongside) ----"; cat $(LANE_LOG)-slow.log; \
-	echo "---- $(SERVER_LANE) (ran alongside) ----"; cat $(LANE_LOG)-server.log; \
-	test $$main -eq 0 && test $$slow_status -eq 0 && test $$server_status -eq 0
+	@$(PY) -m pytest $(SECOND_LANE) -p no:cacheprovider --durations=10 > $(LANE_LOG)-second.log 2>&1 & second=$$!; \
+	$(PY) -m pytest $(addprefix --ignore=,$(SECOND_LANE)) --durations=10; main=$$?; \
+	wait $$second; second_status=$$?; \
+	echo "---- $(SECOND_LANE) (ran alongside) ----"; cat $(LANE_LOG)-second.log; \
+	test $$main -eq 0 && test $$second_status -eq 0
 
 # Browser tests drive Debian's chromium with Playwright (`playwright install` cannot download
 # here); the Simplified Chinese pages need a CJK font.

@@ -163,8 +163,8 @@ class DilocoStrategy(Strategy):
     def _stay_for_validators(self) -> None:
         """After its last round a peer keeps serving its update a little longer: a validator downloads it once
         the round's receipts are in, and an update it cannot download does not count."""
-        if self.last_round_at is None:
-            return
+        if self.last_round_at is None or not set(self.diloco.validators) - {getattr(self, "peer_id", "")}:
+            return  # nobody this peer knows of validates it (its own judging is done by its last round's end)
         wait = self.last_round_at + VALIDATOR_GRACE - time.monotonic()
         if wait > 0:
             print(f"diloco: serving this peer's last update to validators for {wait:.0f} s before leaving",
