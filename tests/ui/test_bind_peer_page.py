@@ -10,7 +10,7 @@ from typing import Any
 from tests.ui.conftest import Server, ready, screenshot
 
 
-def test_bind_a_running_peer_with_the_browser_wallet(page: Any, server: Server, tmp_path: Path) -> None:
+def test_bind_a_running_peer_with_the_browser_wallet(page: Any, server: Server, tmp_path: Path, request) -> None:
     from sqlalchemy import create_engine
     from sqlalchemy.orm import sessionmaker
     from typer.testing import CliRunner
@@ -23,6 +23,8 @@ def test_bind_a_running_peer_with_the_browser_wallet(page: Any, server: Server, 
 
     wallet, other = Wallet.create(), Wallet.create()
     session_id = server.api("POST", "/sessions", {"name": "bind run", "autoStart": False})["id"]
+    # the package's server is shared, and the sessions pages' tests start from an empty list
+    request.addfinalizer(lambda: server.api("DELETE", f"/sessions/{session_id}"))
     identity_file = tmp_path / "peer" / "p2p-identity.key"
     peer_id = peer_id_of(load_or_create_identity(identity_file).get_public_key())
 
