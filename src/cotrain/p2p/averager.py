@@ -444,16 +444,20 @@ class ExactAverager(DecentralizedAverager):
         """(round, flat fp32 update) that peer `peer_id` (base58) keeps for `round_` (None: its newest), downloaded
         by the averager process; None when it keeps no such update, cannot be reached within `timeout` seconds,
         or sent anything malformed."""
+        return self._ask("_download_update", f"the update of {peer_id}",
+                         dict(peer_id=peer_id, timeout=timeout, round_=round_))
+
+    def _ask(self, method: str, what: str, kwargs: dict[str, Any]) -> Any:
+        """Run `method(**kwargs)` in the averager's process and wait for its answer (at most its `timeout` plus
+        PIPE_GRACE; None when it gives none in time)."""
         future: MPFuture = MPFuture()
         try:
-            self._outer_pipe.send(
-                ("_download_update", [], dict(peer_id=peer_id, timeout=timeout, round_=round_, future=future))
-            )
-            return future.result(timeout=timeout + PIPE_GRACE)
+            self._outer_pipe.send((method, [], dict(kwargs, future=future)))
+            return future.result(timeout=kwargs["timeout"] + PIPE_GRACE)
         except TimeoutError:
-            log.warning("the averager process did not answer the download from %s in time", peer_id)
+            log.warning("the averager process did not answer the download of %s in time", what)
         except (OSError, EOFError) as exc:
-            log.warning("could not ask the averager process to download from %s: %r", peer_id, exc)
+            log.warning("could not ask the averager process to download %s: %r", what, exc)
         return None
 
     async def _download_update(self, peer_id: str, timeout: float, round_: int | None, future: MPFuture) -> None:
@@ -552,17 +556,9 @@ class ExactAverager(DecentralizedAverager):
         """The bytes of the file peer `peer_id` (base58) keeps of its state at commit point `index` of round `round_`,
         downloaded by the averager process; None when it keeps none, sends more than `max_bytes` (default
         `max_round_state_bytes`) or anything malformed, or cannot be reached within `timeout` seconds."""
-        future: MPFuture = MPFuture()
         limit = self.max_round_state_bytes if max_bytes is None else max_bytes
-        try:
-            self._outer_pipe.send(("_download_round_state", [], dict(
-                peer_id=peer_id, round_=round_, index=index, timeout=timeout, max_bytes=limit, future=future)))
-            return future.result(timeout=timeout + PIPE_GRACE)
-        except TimeoutError:
-            log.warning("the averager process did not answer the state download from %s in time", peer_id)
-        except (OSError, EOFError) as exc:
-            log.warning("could not ask the averager process to download a state from %s: %r", peer_id, exc)
-        return None
+        return self._ask("_download_round_state", f"the round state of {peer_id}",
+                         dict(peer_id=peer_id, round_=round_, index=index, timeout=timeout, max_bytes=limit))
 
     async def _download_round_state(self, peer_id: str, round_: int, index: int, timeout: float, max_bytes: int,
                                     future: MPFuture) -> None:
