@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run test bench lint clean
+.PHONY: install browser slurm run test bench lint clean
 
 install: $(STAMP)
 
@@ -28,7 +28,7 @@ run: $(STAMP)
 # `make test`; each lists its slowest tests.
 LANE_LOG := .pytest-lane
 SECOND_LANE := tests/faults tests/verification tests/distributed
-test: $(STAMP) browser
+test: $(STAMP) browser slurm
 	@$(PY) -m pytest $(SECOND_LANE) -p no:cacheprovider --durations=10 > $(LANE_LOG)-second.log 2>&1 & second=$$!; \
 	$(PY) -m pytest $(addprefix --ignore=,$(SECOND_LANE)) --durations=10; main=$$?; \
 	wait $$second; second_status=$$?; \
@@ -46,6 +46,20 @@ browser:
 	  else \
 	    echo "note: the browser tests need Debian's $(BROWSER_PACKAGES); without chromium they skip" \
 	         "(CI=true makes them fail). Install: sudo apt-get install $(BROWSER_PACKAGES)"; \
+	  fi; \
+	fi
+
+# The Slurm tests (tests/slurm) start a real two-node cluster on this host from Debian's packages.
+SLURM_PACKAGES := slurmctld slurmd slurm-client munge
+slurm:
+	@if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v sbatch >/dev/null \
+	    || ! command -v munged >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing $(SLURM_PACKAGES) for the Slurm tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SLURM_PACKAGES) >/dev/null; \
+	  else \
+	    echo "note: the Slurm tests need Debian's $(SLURM_PACKAGES); without them they skip" \
+	         "(CI=true makes them fail). Install: sudo apt-get install $(SLURM_PACKAGES)"; \
 	  fi; \
 	fi
 
