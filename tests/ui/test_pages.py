@@ -26,6 +26,7 @@ WATCH = """() => {
   const chart = document.querySelector('[data-testid=loss-chart]');
   new MutationObserver(() => window.__percents.add(percent.textContent))
     .observe(percent, {childList: true, characterData: true, subtree: true});
+  window.__points.add(chart.getAttribute('data-points'));  // what the page showed when it was ready
   new MutationObserver(() => window.__points.add(chart.getAttribute('data-points')))
     .observe(chart, {attributes: true, attributeFilter: ['data-points']});
 }"""
@@ -86,11 +87,10 @@ def test_create_session_in_the_form_and_watch_it_train_live(page: Any, server: S
     ready(page)
     page.evaluate(WATCH)
     assert page.get_by_test_id("session-name").text_content() == "tiny llama (browser)"
-    try:  # a picture of the run in flight, when the machine is slow enough to catch one
-        page.wait_for_function("() => window.__points.size >= 3", timeout=20_000)
+    # a picture of the run in flight, when the machine is slow enough to catch one
+    page.wait_for_function("() => window.__points.size >= 3 || window.__percents.has('100%')", timeout=150_000)
+    if page.evaluate("window.__points.size >= 3 && !window.__percents.has('100%')"):
         screenshot(page, "session-detail-live")
-    except Exception:
-        pass
     page.get_by_test_id("status-badge").filter(has_text="Completed").wait_for(timeout=150_000)
     page.wait_for_function("() => window.__percents.has('100%')")
     percents = page.evaluate("[...window.__percents]")
