@@ -149,7 +149,8 @@ class SlurmCluster:
             f"SlurmUser={user}",
             "AuthType=auth/munge",
             "CredType=cred/munge",
-            f"AuthInfo=socket={self.munge_socket}",
+            # cred_expire also holds a requeued job back (default 120 s): short, so a requeue reruns soon
+            f"AuthInfo=socket={self.munge_socket},cred_expire=5",
             f"StateSaveLocation={f / 'state'}",
             f"SlurmdSpoolDir={f / 'spool' / '%n'}",
             f"SlurmctldPidFile={f / 'run' / 'slurmctld.pid'}",
@@ -167,6 +168,9 @@ class SlurmCluster:
             f"JobCompLoc={f / 'jobcomp.txt'}",
             "SelectType=select/cons_tres",
             "SelectTypeParameters=CR_CPU",
+            # schedule at once, and look at the queue every second (a requeued job is eligible again after
+            # cred_expire, and only a periodic pass starts it: every 30-60 s by default)
+            "SchedulerParameters=batch_sched_delay=0,sched_interval=1,bf_interval=1",
             "MpiDefault=none",
             "ReturnToService=2",
             "JobRequeue=1",

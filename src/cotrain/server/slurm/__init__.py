@@ -1,0 +1,1 @@
+"""Running sessions as Slurm jobs."""
