@@ -48,12 +48,24 @@ def up(
                 proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None)
 
 
-def worker() -> None:
+def worker(
+    executor: str = typer.Option(
+        None, "--executor", help="local: runs are child processes of this worker; slurm: Slurm jobs "
+        "(COTRAIN_SLURM_*). Default: COTRAIN_EXECUTOR, else local.",
+    ),
+) -> None:
     """Run an executor only: claim queued sessions from the shared database (set DATABASE_URL to
     the server's PostgreSQL, and REDIS_URL so its progress reaches the server's WebSocket clients)."""
     import asyncio
+    import os
 
     from cotrain.server.worker import run_worker
+
+    if executor is not None:
+        if executor not in ("local", "slurm"):
+            typer.echo(f"error: --executor {executor!r} is not an executor; use local or slurm.", err=True)
+            raise typer.Exit(2)
+        os.environ["COTRAIN_EXECUTOR"] = executor  # read by the worker's settings
 
     asyncio.run(run_worker())
 

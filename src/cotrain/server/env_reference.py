@@ -21,6 +21,7 @@ from cotrain.config.env_settings import EngineSettings
 from cotrain.config.schema import TrackingConfig
 from cotrain.db import DatabaseSettings
 from cotrain.server.settings import TRACKING_ENV_PREFIX, LimitSettings, QuotaSettings, Settings, server_tracking_keys
+from cotrain.server.slurm.settings import SlurmSettings
 
 Variables = dict[str, FieldInfo]
 DATA_ROOTS = "COTRAIN_DATA_ROOTS"
@@ -56,6 +57,7 @@ TABLES: dict[str, Callable[[], Variables]] = {
     "quotas": QuotaSettings.variables,
     "limits": LimitSettings.variables,
     "chain": chain_variables,
+    "slurm": SlurmSettings.variables,
 }
 
 

@@ -47,6 +47,8 @@ from cotrain.server.run_lease import LostOwnership, RunLease, guard_lease
 from cotrain.server.run_ledger import LedgerEntry, RunLedger
 from cotrain.server.scheduler import Allocation, ResourcePool
 from cotrain.server.settings import TRACKING_ENV_PREFIX, Settings
+from cotrain.server.slurm.launcher import SlurmLauncher
+from cotrain.server.slurm.run import SlurmRun
 from cotrain.server.stall import StallTimer, stall_reason
 from cotrain.server.validator_peer import VALIDATE_ENV, is_rewarded_diloco, prepare_validator
 from cotrain.server.worker_memory import detect_worker_memory
@@ -64,6 +66,7 @@ CHAIN_TICK_S = 1.0  # how often running DiLoCo sessions' DHT progress records ar
 HEARTBEAT_S = 1.0  # how often a running session's heartbeat is written (and its cancel flag read)
 LOG_TAIL_S = 2.0  # how often a run's log tail is copied into the database (when it changed)
 WORKER_BEAT_S = 5.0  # how often the executor refreshes its `workers` row (and looks for stale sessions)
+Run = ChildRun | AdoptedRun | SlurmRun  # a run the executor follows: a child, an adopted child, a Slurm job
 
 
 def inherited_env(environ: Mapping[str, str]) -> dict[str, str]:
@@ -88,7 +91,12 @@ class Executor:
         self.hub = hub
         self.bootstrap_peers = bootstrap_peers
         self.chain = chain  # None: no rewards (a remote `cotrain worker`)
-        self.pool = ResourcePool(settings.gpus, settings.cpu_slots)
+        # issue 15: a Slurm executor's runs are jobs (slurm/launcher.py); its slots are the jobs it keeps submitted
+        self.slurm = SlurmLauncher(settings) if settings.executor == "slurm" else None
+        if self.slurm is not None and settings.slurm.grace_s is not None:
+            self.settings = settings = settings.model_copy(update={"cancel_grace_s": settings.slurm.grace_s})
+        self.pool = ResourcePool([], settings.slurm.max_jobs) if self.slurm else ResourcePool(
+            settings.gpus, settings.cpu_slots)
         self.memory_bytes: int | None = None  # per GPU, or host RAM; measured at start (worker_memory.py)
         self._ram_in_use: dict[str, int] = {}  # CPU worker: session -> the host RAM its run was counted for
         self.runs: dict[str, asyncio.Task[None]] = {}
@@ -110,7 +118,9 @@ class Executor:
 
     async def start(self) -> None:
         self._wake = asyncio.Event()
-        self.memory_bytes = await asyncio.to_thread(detect_worker_memory, self.pool.gpus, self.settings.worker_memory)
+        if self.slurm is None:  # a Slurm worker's machine is not where runs go: Slurm decides what fits
+            self.memory_bytes = await asyncio.to_thread(
+                detect_worker_memory, self.pool.gpus, self.settings.worker_memory)
         await asyncio.to_thread(self._beat_worker)
         await self.reconcile()
         self._loop_task = asyncio.create_task(self._loop(), name="cotrain-executor")
@@ -182,14 +192,15 @@ class Executor:
         )
 
     # ---- one run ---------------------------------------------------------------------------
-    async def _run(self, session_id: str, allocation: Allocation, adopted: AdoptedRun | None = None) -> None:
-        run: ChildRun | AdoptedRun | None = adopted
+    async def _run(self, session_id: str, allocation: Allocation, adopted: AdoptedRun | SlurmRun | None = None) -> None:
+        run: Run | None = adopted
         guard: asyncio.Task[None] | None = None
         try:
             run = adopted or await self._spawn(session_id, allocation)
             guard = self._guard(session_id, run)
             returncode = await self._follow(session_id, run)
-            await self._publish(await self._end(session_id, returncode))
+            ending = run.ending if isinstance(run, SlurmRun) else None  # how Slurm ended a job
+            await self._publish(await self._end(session_id, returncode, ending))
             await self._settle(session_id)
         except asyncio.CancelledError:
             raise
@@ -210,7 +221,7 @@ class Executor:
             self.runs.pop(session_id, None)
             self.wake()
 
-    async def _spawn(self, session_id: str, allocation: Allocation) -> ChildRun:
+    async def _spawn(self, session_id: str, allocation: Allocation) -> ChildRun | SlurmRun:
         config_path, strategy, request, attempt, wallet = await retry_db("starting a run", self._prepare, session_id)
         session_dir = self.settings.layout.session_logs(session_id)
         session_dir.mkdir(parents=True, exist_ok=True)
@@ -220,6 +231,11 @@ class Executor:
             env.update(await self._validator_env(session_id, config_path, env))
         at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         banner = f"\n=== attempt {attempt} by {self.settings.worker_id} at {at} ===\n"
+        if self.slurm is not None:
+            job = await self.slurm.submit(session_id, config_path, env, banner)
+            await self._publish(await retry_db("starting a run", self._mark_started, session_id, None, config_path,
+                                               allocation, job.job_id or None))
+            return job
         with (session_dir / "stdout.log").open("ab") as out, (session_dir / "stderr.log").open("ab") as err:
             out.write(banner.encode())
             err.write(banner.encode())
@@ -259,17 +275,17 @@ class Executor:
             return self._local_config(row), row.strategy, row.request, row.attempts, wallet
 
     def _mark_started(
-        self, session_id: str, pid: int, config_path: Path, allocation: Allocation
+        self, session_id: str, pid: int | None, config_path: Path, allocation: Allocation, job_id: str | None = None
     ) -> list[dict[str, Any]]:
         with self.factory.begin() as db:
             row = self._hold(db, session_id)
-            row.pid = pid
+            row.pid, row.job_id = pid, job_id
             row.config_path = str(config_path)
             row.gpu_ids = allocation.cuda_visible_devices or None
             row.error = None
             row.heartbeat_at = time.time()
             row.started_at = row.started_at or time.time()
-            if row.status == SessionStatus.STARTING:
+            if row.status == SessionStatus.STARTING and job_id is None:  # a job: once Slurm starts it
                 row.status = SessionStatus.RUNNING
             return [status_message(db, row, pid=pid, gpus=list(allocation.gpu_ids), cpus=list(allocation.cpu_cores))]
 
@@ -328,7 +344,7 @@ class Executor:
             approval = db.get_one(TrainingSession, session_id).data_path_approval
         return {ENFORCE_ENV: "1", DATA_ROOTS_ENV: join_roots(run_roots(self.settings, approval))}
 
-    async def _follow(self, session_id: str, run: ChildRun | AdoptedRun) -> int:
+    async def _follow(self, session_id: str, run: Run) -> int:
         """Apply the run's events as they come; heartbeat; keep its log tail and (DiLoCo with a chain)
         its peers' progress; honour cancel. Returns the exit code."""
         after, strategy = await retry_db("following a run", self._engine_seq, session_id)
@@ -346,8 +362,12 @@ class Executor:
                 await self._wrap_up(session_id, run, follower, tails)
                 return returncode
             now = time.monotonic()
-            if stall.stalled(follower.after_seq, now) and cancel.terminate(now):
+            if isinstance(run, SlurmRun) and run.pending:  # waiting in Slurm's queue is not hanging
+                stall = StallTimer(self.settings.stall_timeout_s, follower.after_seq, now)
+            elif stall.stalled(follower.after_seq, now) and cancel.terminate(now):
                 await self._stop_hung(session_id, run, stall.silent_s(now))
+            if isinstance(run, SlurmRun) and run.changed():
+                await self._publish(await retry_db("following a run", self._job_changed, session_id, run.waiting))
             if heartbeat.due(now) and await retry_db("following a run", self._heartbeat, session_id) \
                     and cancel.terminate(now):
                 log.info("cancelling session %s: SIGTERM to pid %s", session_id, run.pid)
@@ -367,17 +387,17 @@ class Executor:
             await self._publish(await retry_db("following a run", self._apply, session_id, events))
 
     async def _wrap_up(
-        self, session_id: str, run: ChildRun | AdoptedRun, follower: EventFollower, tails: TailKeeper
+        self, session_id: str, run: Run, follower: EventFollower, tails: TailKeeper
     ) -> None:
         """The run exited: end what it left behind, apply its last events, keep its last log lines."""
         # ranks left behind by a launcher that died (torchrun killed, a rank hung) share its group
-        strays = end_process_group(run.pid)
+        strays = end_process_group(run.pid) if run.pid is not None else []
         if strays:
             log.warning("session %s: killed %d leftover process(es) of its run: %s", session_id, len(strays), strays)
         await self._apply_new_events(session_id, follower)  # whatever it wrote just before exiting
         await self._keep_tails(session_id, tails)
 
-    async def _kill(self, session_id: str, run: ChildRun | AdoptedRun) -> None:
+    async def _kill(self, session_id: str, run: Run) -> None:
         """The run ignored SIGTERM for the grace period: say so in its log, then SIGKILL its group."""
         note = self._kill_note()
         log.warning("session %s ignored SIGTERM for %s: SIGKILL to process group %s", session_id,
@@ -414,7 +434,7 @@ class Executor:
         lease = self._leases.get(session_id)
         return lease.hold(db) if lease is not None else db.get_one(TrainingSession, session_id)
 
-    async def _stop_hung(self, session_id: str, run: ChildRun | AdoptedRun, silent_s: float) -> None:
+    async def _stop_hung(self, session_id: str, run: Run, silent_s: float) -> None:
         """The run is alive but silent (SIGTERM was just sent): say why in its log, and let a stopped
         process (SIGSTOP, a debugger) see the SIGTERM; SIGKILL follows after the cancel grace."""
         reason = stall_reason(silent_s, self.settings.layout.session_logs(session_id))
@@ -424,13 +444,17 @@ class Executor:
                                 f"cotrain: {reason}; a retry resumes from the last checkpoint.")
         run.signal(signal.SIGCONT)
 
-    def _guard(self, session_id: str, run: ChildRun | AdoptedRun) -> asyncio.Task[None] | None:
+    def _guard(self, session_id: str, run: Run) -> asyncio.Task[None] | None:
         """Stops the run when this worker cannot renew its lease (cut off from the database)."""
         lease = self._leases.get(session_id)
         if lease is None:
             return None
-        config_path = run.config_path if isinstance(run, AdoptedRun) else self._config_path(session_id)
-        self.ledger.record(LedgerEntry(session_id, run.pid, str(config_path), lease.attempt))
+        if isinstance(run, SlurmRun):
+            assert self.slurm is not None
+            self.slurm.record(session_id, run, lease.attempt)
+        else:
+            config_path = run.config_path if isinstance(run, AdoptedRun) else self._config_path(session_id)
+            self.ledger.record(LedgerEntry(session_id, run.pid, str(config_path), lease.attempt))
 
         def fenced(reason: str) -> None:
             self._fences[session_id] = reason
@@ -440,22 +464,28 @@ class Executor:
         timeout_s = self.settings.heartbeat_timeout_s
         return asyncio.create_task(guard_lease(lease, run, timeout_s, fenced), name=f"lease-{session_id}")
 
-    async def _end(self, session_id: str, returncode: int) -> list[dict[str, Any]]:
+    async def _end(self, session_id: str, returncode: int, ending: str | None = None) -> list[dict[str, Any]]:
         """The run's end in its row: a run this worker stopped for lack of the database goes back to the
-        queue (no retry spent); any other as `_finish` decides, a hung run's reason as its error."""
+        queue (no retry spent); any other as `_finish` decides, a hung run's reason (or how Slurm ended
+        its job: `ending`) as its error."""
         if session_id in self._fences:
             ended = await retry_db("finishing a run", self._release, session_id, self._fences[session_id])
         else:
-            stalled = self._stalls.get(session_id)
+            stalled = self._stalls.get(session_id) or ending
             ended = await retry_db("finishing a run", self._finish, session_id, returncode, stalled)
-        self.ledger.forget(session_id)
+        self._forget_run(session_id)
         return ended
+
+    def _forget_run(self, session_id: str) -> None:
+        self.ledger.forget(session_id)
+        if self.slurm is not None:
+            self.slurm.forget(session_id)
 
     def _release(self, session_id: str, why: str) -> list[dict[str, Any]]:
         with self.factory.begin() as db:
             return [self._requeue(db, self._hold(db, session_id), why[:1].upper() + why[1:])]
 
-    async def _drop(self, session_id: str, run: ChildRun | AdoptedRun | None, lost: LostOwnership) -> None:
+    async def _drop(self, session_id: str, run: Run | None, lost: LostOwnership) -> None:
         """Another worker owns the run now: kill this worker's copy (a fenced run must write nothing
         more, not even a checkpoint on the way out) and leave the row to its owner."""
         log.warning("session %s: %s; killing this worker's copy of the run", session_id, lost)
@@ -466,17 +496,23 @@ class Executor:
         run.signal(signal.SIGKILL)
         while run.returncode is None:
             await run.wait(self.settings.poll_interval_s)
-        end_process_group(run.pid)
-        self.ledger.forget(session_id)
+        if run.pid is not None:
+            end_process_group(run.pid)
+        self._forget_run(session_id)
 
     async def _end_orphans(self, adopted: set[str]) -> None:
         """Engines this worker started before it was killed whose sessions moved to other workers."""
-        for entry in await asyncio.to_thread(self.ledger.end_orphans, adopted):
-            note = (f"cotrain: worker {self.settings.worker_id} came back after its session moved to another "
-                    f"worker; it killed the engine it had left running (pid {entry.pid}, attempt {entry.attempt}).")
-            log.warning("session %s: %s", entry.session_id, note)
-            await asyncio.to_thread(_append_line, self.settings.layout.session_logs(entry.session_id) / "stderr.log",
-                                    note)
+        ended = [(entry.session_id, f"killed the engine it had left running (pid {entry.pid}, attempt {entry.attempt})")
+                 for entry in await asyncio.to_thread(self.ledger.end_orphans, adopted)]
+        if self.slurm is not None:  # and the Slurm jobs it had submitted
+            ended += [(job.session_id, f"cancelled the Slurm job it had left running (job {job.job_id}, attempt "
+                                       f"{job.attempt})")
+                      for job in await asyncio.to_thread(self.slurm.end_orphans, adopted)]
+        for session_id, what in ended:
+            note = (f"cotrain: worker {self.settings.worker_id} came back after its session moved to another worker; "
+                    f"it {what}.")
+            log.warning("session %s: %s", session_id, note)
+            await asyncio.to_thread(_append_line, self.settings.layout.session_logs(session_id) / "stderr.log", note)
 
     # ---- the chain's hooks (contributions, rewards, payouts) ---------------------------------
     async def _capture_progress(self, session_id: str) -> None:
@@ -531,6 +567,15 @@ class Executor:
                 messages.extend(apply_engine_event(db, row, event, self.chain))
             return messages
 
+    def _job_changed(self, session_id: str, waiting: str | None) -> list[dict[str, Any]]:
+        """A Slurm job started (the session runs) or its pending reason changed (the session's waiting reason)."""
+        with self.factory.begin() as db:
+            row = self._hold(db, session_id)
+            row.job_reason = waiting
+            if waiting is None and row.status == SessionStatus.STARTING:
+                row.status = SessionStatus.RUNNING
+            return [status_message(db, row)]
+
     def _heartbeat(self, session_id: str) -> bool:
         """Renews this worker's lease on the run (run_lease.py); true when a cancel was asked for."""
         asked_at = time.monotonic()
@@ -548,7 +593,7 @@ class Executor:
             row = self._hold(db, session_id)
             if row.status in FINAL_STATES:  # a retry after a commit whose answer the outage cut off
                 return []
-            row.pid = None
+            row.pid, row.job_id, row.job_reason = None, None, None
             row.heartbeat_at = None
             extra: dict[str, Any] = {"exit_code": returncode}  # StatusData fields
             if row.cancel_requested:
@@ -638,6 +683,7 @@ class Executor:
             row.attempts = max(row.attempts - 1, 0)  # not the run's fault: no retry spent
             row.error = f"{why}; the session was queued again and resumes from its last checkpoint."
         row.pid, row.worker_id, row.heartbeat_at = None, None, None
+        row.job_id, row.job_reason = None, None
         return status_message(db, row)
 
     # ---- restart safety --------------------------------------------------------------------
@@ -646,14 +692,17 @@ class Executor:
         re-queue the ones that never started."""
         adopt, messages = await asyncio.to_thread(self._reconcile_rows)
         await self._publish(messages)
-        for session_id, pid, config_path, gpu_ids in adopt:
+        for session_id, pid, job_id, config_path, gpu_ids in adopt:
             allocation = self.pool.adopt(session_id, gpu_ids)
-            run = AdoptedRun(pid, config_path, self.settings.layout.session_logs(session_id))
-            log.info("re-attaching to session %s (pid %s)", session_id, pid)
+            run = self.slurm.adopt(session_id, job_id, config_path) if job_id and self.slurm else AdoptedRun(
+                pid or 0, config_path, self.settings.layout.session_logs(session_id))
+            log.info("re-attaching to session %s (%s)", session_id, f"Slurm job {job_id}" if job_id else f"pid {pid}")
             self.runs[session_id] = asyncio.create_task(self._run(session_id, allocation, run))
         await self._end_orphans({session_id for session_id, *_ in adopt})
 
-    def _reconcile_rows(self) -> tuple[list[tuple[str, int, str, tuple[int, ...]]], list[dict[str, Any]]]:
+    def _reconcile_rows(
+        self,
+    ) -> tuple[list[tuple[str, int | None, str | None, str, tuple[int, ...]]], list[dict[str, Any]]]:
         adopt, messages = [], []
         with self.factory.begin() as db:
             rows = db.scalars(
@@ -662,10 +711,10 @@ class Executor:
                 )
             ).all()
             for row in rows:
-                if row.pid:
+                if row.pid or (row.job_id and self.slurm is not None):
                     self._leases[row.id] = RunLease(row.id, self.settings.worker_id, row.attempts)
                     gpus = tuple(int(i) for i in (row.gpu_ids or "").split(",") if i)
-                    adopt.append((row.id, row.pid, row.config_path, gpus))
+                    adopt.append((row.id, row.pid, row.job_id, row.config_path, gpus))
                     row.heartbeat_at = time.time()
                 else:
                     messages.append(self._requeue(db, row, "The server restarted before this run started"))
@@ -696,7 +745,7 @@ class _Every:
 class _Cancel:
     """A cancel's two steps: SIGTERM once, then SIGKILL once `grace_s` has passed without an exit."""
 
-    def __init__(self, run: ChildRun | AdoptedRun, grace_s: float):
+    def __init__(self, run: Run, grace_s: float):
         self.run = run
         self.grace_s = grace_s
         self._term_sent: float | None = None

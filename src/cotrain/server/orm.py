@@ -83,6 +83,9 @@ class TrainingSession(Base):
     # issue 12: the peer id of the server's own engine peer, which validates a rewarded DiLoCo session
     # (server/validator_peer.py); volunteers learn from GET /sessions/{id}/join whose exclusions to follow
     validator_peer_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # issue 15: the Slurm job of the run (a Slurm worker re-attaches to it by this id), and why it is pending
+    job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    job_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     # latest progress, for lists and the status endpoint
     step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -142,7 +142,7 @@ class SessionService:
 
     def waiting_reasons(self, rows: list[TrainingSession]) -> dict[str, str]:
         """Why each queued session among `rows` has not started (see waiting.py)."""
-        if not any(row.status == SessionStatus.QUEUED for row in rows):
+        if not any(row.status == SessionStatus.QUEUED or row.job_reason for row in rows):
             return {}
         with self.factory.begin() as db:
             return waiting_reasons(db, rows, self.settings.heartbeat_timeout_s)

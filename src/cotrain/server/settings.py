@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BeforeValidator, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
@@ -21,6 +21,7 @@ from cotrain.config.memory import parse_size
 from cotrain.data_roots import default_root, parse_roots, resolve, unique
 from cotrain.db import DatabaseSettings
 from cotrain.paths import Layout
+from cotrain.server.slurm.settings import SlurmSettings
 
 LOOPBACK_MADDRS = ["/ip4/127.0.0.1/tcp/0"]
 MODEL_SIZES = ("debug", "tiny", "small", "base", "large")
@@ -251,6 +252,11 @@ class Settings(DatabaseSettings, LimitSettings):
         "this machine's data roots (commas or colons): where a member's dataPath may point, and what this "
         "worker's runs may read", shown="`COTRAIN_HOME/datasets/raw`")
     quotas: QuotaSettings = Field(default_factory=QuotaSettings)  # member quotas (session_policy.py)
+    # ---- issue 15: where runs go (`cotrain worker --executor slurm`): server/slurm/
+    executor: Literal["local", "slurm"] = env_field(
+        "COTRAIN_EXECUTOR", "local",
+        "`local`: runs are child processes of this worker; `slurm`: Slurm jobs (see COTRAIN_SLURM_*)")
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings)
     # ---- experiment trackers (issue 17): COTRAIN_TRACKING_* (tracking_from_env), applied by
     # config_generator.with_server_tracking to each session's config where it sets no value itself
     tracking: dict[str, Any] = Field(default_factory=tracking_from_env)

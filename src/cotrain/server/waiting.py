@@ -21,12 +21,15 @@ __all__ = ["gpus_per_node", "live_workers", "waiting_reason", "waiting_reasons"]
 
 
 def waiting_reasons(db: Session, rows: Iterable[TrainingSession], heartbeat_timeout_s: float) -> dict[str, str]:
-    """`{session id: why it waits}` for the queued sessions among `rows`."""
+    """`{session id: why it waits}` for the queued sessions among `rows`, and those whose Slurm job is pending
+    (issue 15: Slurm's reason, kept on the row by the executor)."""
+    rows = list(rows)
+    pending = {row.id: row.job_reason for row in rows if row.status == SessionStatus.STARTING and row.job_reason}
     queued = [row for row in rows if row.status == SessionStatus.QUEUED]
     if not queued:
-        return {}
+        return pending
     workers = live_workers(db, heartbeat_timeout_s)
-    return {row.id: waiting_reason(row, workers) for row in queued}
+    return {**pending, **{row.id: waiting_reason(row, workers) for row in queued}}
 
 
 def waiting_reason(row: TrainingSession, workers: list[Worker], now: float | None = None) -> str:

@@ -29,6 +29,13 @@ def settings_or_exit() -> Settings:
 async def run_worker(settings: Settings | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings or settings_or_exit()
+    if settings.executor == "slurm":
+        from cotrain.server.slurm.jobs import slurm_available
+
+        why = slurm_available()
+        if why:
+            print(f"error: COTRAIN_EXECUTOR=slurm, but {why}", file=sys.stderr, flush=True)
+            raise SystemExit(2)
     if settings.uses_embedded_database:
         print(
             "warning: DATABASE_URL is not set, so this worker uses the local SQLite file; point it at the "

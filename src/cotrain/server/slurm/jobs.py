@@ -88,10 +88,12 @@ def job_state(job_id: str) -> JobState:
     )
 
 
-def cancel(job_id: str, signal: str | None = None) -> None:
+def cancel(job_id: str, signal: str | None = None, *, steps_only: bool = False) -> None:
     """End the job (`scancel`), or send `signal` (e.g. "TERM") to all its processes, the batch script
     included (`scancel --signal --full`). A pending job has no process to signal: it is cancelled. A job
-    that has already finished, or that slurmctld has forgotten, is left as it is."""
+    that has already finished, or that slurmctld has forgotten, is left as it is. `steps_only`: the signal
+    goes to the job's `srun` steps, not the batch script (and the `srun` in it, which would turn a TERM
+    into a SIGKILL of its tasks)."""
     if signal is None:
         _run(["scancel", job_id])
         return
@@ -103,7 +105,7 @@ def cancel(job_id: str, signal: str | None = None) -> None:
         _run(["scancel", job_id])
         return
     try:
-        _run(["scancel", f"--signal={signal}", "--full", job_id])
+        _run(["scancel", f"--signal={signal}", *([] if steps_only else ["--full"]), job_id])
     except SlurmError:
         if not job_state(job_id).finished:  # it did not merely end in the meantime
             raise
