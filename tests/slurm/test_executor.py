@@ -60,7 +60,8 @@ def test_a_session_runs_as_a_slurm_job_of_a_cotrain_worker(slurm_cluster, server
 
 
 def test_a_two_node_ddp_session_is_one_job_across_both_nodes(slurm_cluster, servers, cotrain_home):  # noqa: F811
-    api = servers(**SLURM).client()
+    api = servers(COTRAIN_EMBEDDED_WORKER="0").client()
+    slurm_worker = servers("worker", **SLURM)
     body = reference_session(name="two nodes")
     body["distributedConfig"].update(nodes=2, gpusPerNode=1, strategy="ddp")
     sid = api.post("/sessions", json=body).json()["id"]
@@ -70,6 +71,14 @@ def test_a_two_node_ddp_session_is_one_job_across_both_nodes(slurm_cluster, serv
     job = job_of(cotrain_home, sid)
     assert f"Slurm job {job} runs on n[1-2]" in (cotrain_home / "logs" / "training" / sid / "stdout.log").read_text()
     assert re.search(rf"JobId={job} .*NodeList=n\[1-2\]", completed_jobs(slurm_cluster))
+
+    # the same session on the local executor (two processes of one machine) ends with the same loss
+    slurm_worker.stop()
+    servers("worker", COTRAIN_WORKER_ID="local-box")
+    local = finished(api, api.post("/sessions", json=body).json()["id"], 400)
+    assert local["status"] == "completed", local["error"]
+    assert "Slurm" not in (cotrain_home / "logs" / "training" / local["id"] / "stdout.log").read_text()
+    assert local["loss"] == pytest.approx(done["loss"], rel=1e-5)
 
 
 def test_a_partition_that_does_not_exist_fails_with_slurms_reason(slurm_cluster, servers):  # noqa: F811
@@ -154,6 +163,26 @@ def test_a_restarted_worker_reattaches_to_its_job(slurm_cluster, servers, cotrai
     assert f"re-attaching to session {sid} (Slurm job {job})" in again.log_path.read_text()
     steps = [m["data"]["step"] for m in events(api, sid, "training.progress")]
     assert steps == list(range(2, 81, 2))  # every progress event, none lost while no worker followed it
+
+
+def test_the_job_of_a_lost_worker_is_cancelled_and_its_session_runs_again(slurm_cluster, servers,  # noqa: F811
+                                                                            cotrain_home):
+    fast = {**SLURM, "COTRAIN_HEARTBEAT_TIMEOUT": "8"}
+    api = servers(COTRAIN_EMBEDDED_WORKER="0", COTRAIN_HEARTBEAT_TIMEOUT="8").client()
+    lost = servers("worker", **fast, COTRAIN_WORKER_ID="login-a")
+    sid = api.post("/sessions", json=long_session(60, "lost worker")).json()["id"]
+    wait_until(lambda: events(api, sid, "training.checkpoint"), 180, "the first checkpoint")
+    job = job_of(cotrain_home, sid)
+    lost.stop(signal.SIGKILL)
+
+    servers("worker", **fast, COTRAIN_WORKER_ID="login-b")
+    done = finished(api, sid, 300)
+    assert done["status"] == "completed", done["error"]
+    assert job_of(cotrain_home, sid) != job  # one job at a time: the lost worker's was cancelled
+    assert re.search(rf"JobId={job} .*JobState=CANCELLED", completed_jobs(slurm_cluster))
+    statuses = [m["data"] for m in events(api, sid, "training.status")]
+    assert any("Worker login-a stopped responding" in (s.get("error") or "") for s in statuses)
+    assert [s for s in statuses if s.get("resumedFrom")]
 
 
 def test_cotrain_worker_refuses_an_unknown_executor(tmp_path):

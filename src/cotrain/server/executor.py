@@ -657,6 +657,8 @@ class Executor:
                 .with_for_update(skip_locked=True)
             ).all()
             for row in rows:
+                if row.job_id and self.slurm is not None:  # its job would train on next to the retry's
+                    self.slurm.cancel_job(row.job_id)
                 messages.append(self._requeue(db, row, f"Worker {row.worker_id} stopped responding"))
         return messages
 

@@ -70,6 +70,13 @@ class SlurmLauncher:
     def forget(self, session_id: str) -> None:
         self.ledger.forget(session_id)
 
+    def cancel_job(self, job_id: str) -> None:
+        """`scancel` the job of a session whose worker stopped responding (the session is queued again)."""
+        try:
+            jobs.cancel(job_id)
+        except jobs.SlurmError as exc:
+            log.warning("cancelling Slurm job %s of a lost worker failed: %s", job_id, exc)
+
     def end_orphans(self, keep: set[str]) -> list[JobEntry]:
         return self.ledger.end_orphans(keep)
 

@@ -23,6 +23,9 @@ from cotrain.server.slurm.settings import SlurmSettings
 
 ENGINE_MODULE = "cotrain.core.train"
 PORT_BASE, PORT_SPAN = 20000, 20000  # MASTER_PORT = PORT_BASE + job id % PORT_SPAN
+# seconds before a time limit at which the job's step gets SIGTERM, so the run saves a checkpoint and stops
+# (its retry resumes from it) instead of being killed with the step
+TIME_LIMIT_TERM_S = 120
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,8 @@ def sbatch_options(spec: JobSpec, settings: SlurmSettings, stderr_path: Path,
                    narrowed: list[str] | None = None) -> list[str]:
     """The job's `#SBATCH` options: its shape, its stderr file, the worker's settings, then a session's own
     narrowing (later options win in sbatch)."""
-    options = [f"--nodes={spec.nodes}", "--ntasks-per-node=1", f"--error={stderr_path}", "--open-mode=append"]
+    options = [f"--nodes={spec.nodes}", "--ntasks-per-node=1", f"--error={stderr_path}", "--open-mode=append",
+               f"--signal=TERM@{TIME_LIMIT_TERM_S}"]
     if spec.gpus_per_node:
         options.append(f"--gpus-per-node={spec.gpus_per_node}")
     return options + settings.sbatch_options() + list(narrowed or [])
