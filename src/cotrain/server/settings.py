@@ -263,6 +263,15 @@ class Settings(DatabaseSettings, LimitSettings):
     poll_interval_s: float = 0.05
     python: str = sys.executable
 
+    @field_validator("executor", mode="before")
+    @classmethod
+    def _executor(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if value.strip().lower() not in ("local", "slurm"):
+            raise ValueError(f"COTRAIN_EXECUTOR={value!r} is not an executor; set it to local or slurm, or unset it.")
+        return value.strip().lower()
+
     @model_validator(mode="after")
     def _derived(self) -> Self:
         """What other settings decide: the layout's folders exist, the database and data roots
