@@ -350,7 +350,8 @@ def test_a_failing_update_is_measured_again_on_more_of_its_shard_before_it_fails
         "noise": noise_like(rnd.updates["honest-a"], seed=2)}
 
     def z_on(samples: int) -> dict[str, float]:
-        verdicts = by_peer(rnd.judge(max_eval_samples=samples, confirm_samples=samples).judge(evidence_of(rnd, updates)))
+        judge = rnd.judge(max_eval_samples=samples, confirm_samples=samples)
+        verdicts = by_peer(judge.judge(evidence_of(rnd, updates)))
         return {peer: verdicts[peer].scores["own_data_z"] for peer in honest}
 
     few, whole = z_on(4), z_on(SHARD)
