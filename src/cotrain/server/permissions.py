@@ -56,6 +56,7 @@ class Action(StrEnum):
     REWARD_POOL_SET = "reward_pool.set"  # maintainers up to COTRAIN_REWARD_POOL_MAX
     REWARD_POOL_UNLIMITED = "reward_pool.unlimited"
     ENGINE_WORKER_KEYS = "engine_config.worker_keys"  # issue 17: engine-config keys that act on the worker
+    SLURM_OPTIONS = "session.slurm_options"  # issue 15: a session's slurmConfig (within what the executor allows)
     # the platform's own machinery
     DHT_OPERATE = "dht.operate"  # start the server's DHT node, connect it, submit hivemind tasks
     # administration
@@ -88,6 +89,7 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     Action.REWARD_POOL_SET: frozenset(_MAINTAINERS),
     Action.REWARD_POOL_UNLIMITED: frozenset(_ADMINS),
     Action.ENGINE_WORKER_KEYS: frozenset(_MAINTAINERS),  # issue 17
+    Action.SLURM_OPTIONS: frozenset(_MAINTAINERS),  # issue 15
     Action.DHT_OPERATE: frozenset(_MAINTAINERS),
     Action.READ_ALL_SESSIONS: frozenset(_MAINTAINERS),
     Action.MANAGE_ALL_SESSIONS: frozenset(_ADMINS),
@@ -115,6 +117,8 @@ DESCRIPTIONS: dict[Action, str] = {
     Action.REWARD_POOL_UNLIMITED: "a reward pool of any size",
     Action.ENGINE_WORKER_KEYS: ("set engine-config keys that act on the worker (its listen addresses, the credited "
                                 "wallet) or that the server does not vet"),
+    Action.SLURM_OPTIONS: ("narrow a session's Slurm partition, account, QoS or time limit (`slurmConfig`, "
+                           "within what COTRAIN_SLURM_* allow)"),
     Action.DHT_OPERATE: "operate the server's DHT node (start, connect, hivemind tasks)",
     Action.READ_ALL_SESSIONS: "read other users' private sessions",
     Action.MANAGE_ALL_SESSIONS: "change any user's sessions",

@@ -90,6 +90,21 @@ class RewardPoolIn(CamelModel):
     )
 
 
+SLURM_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"  # a partition, account or QoS name: one #SBATCH word, nothing more
+
+
+class SlurmConfigIn(CamelModel):
+    """Issue 15: where a session's Slurm job goes, narrowed by a maintainer within what the Slurm executor
+    allows (COTRAIN_SLURM_PARTITIONS / _ACCOUNTS / _QOS_LIST, at most COTRAIN_SLURM_TIME_LIMIT)."""
+
+    partition: str | None = Field(None, min_length=1, max_length=64, pattern=SLURM_NAME)
+    account: str | None = Field(None, min_length=1, max_length=64, pattern=SLURM_NAME)
+    qos: str | None = Field(None, min_length=1, max_length=64, pattern=SLURM_NAME)
+    time_limit: str | None = Field(
+        None, max_length=32, pattern=r"^(\d{1,7}-\d{1,2}(:\d{1,2}){0,2}|\d{1,7}(:\d{1,2}){0,2})$",
+        description='As sbatch\'s --time: minutes ("90"), "2:00:00" or "1-12:00:00"; at most the worker\'s.')
+
+
 class SessionCreate(CamelModel):
     """The original design's `TrainingSessionConfig`, plus optional fields."""
 
@@ -107,6 +122,8 @@ class SessionCreate(CamelModel):
     reward_pool: RewardPoolIn | None = Field(
         None, description="Split among the contributors' wallets when the session completes; cannot change later."
     )
+    slurm_config: SlurmConfigIn | None = Field(
+        None, description="Slurm executor: the job's partition, account, QoS, time limit (maintainers and admins).")
 
 
 # ---- issue 17: a session from a full engine config (server/engine_config.py) ----------------------
@@ -146,6 +163,7 @@ class SessionUpdate(CamelModel):
     checkpoint_config: CheckpointConfigIn | None = None
     priority: int | None = Field(None, ge=-100, le=100)
     public: bool | None = None
+    slurm_config: SlurmConfigIn | None = None  # issue 15: null removes the narrowing
 
 
 class PriorityChange(CamelModel):

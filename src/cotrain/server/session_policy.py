@@ -5,6 +5,9 @@ the priority endpoint (`SessionPolicy.enforce`):
   running per owner, world size (nodes × gpusPerNode), the model size presets, and a token budget
   (steps × batch × sequence). Maintainers and admins (`Action.QUOTA_EXCEED`) may go past them.
 * A priority above 0 needs `Action.PRIORITY_RAISE` (maintainers and admins).
+* A session's own Slurm options (`slurmConfig`, issue 15) need `Action.SLURM_OPTIONS` (maintainers and
+  admins) to set or change; when this server runs the Slurm executor itself, a value it does not allow
+  is a 422 naming the allowed ones (slurm/session_options.py; the worker checks again at submission).
 * A reward pool needs `Action.REWARD_POOL_UNLIMITED` (admins), or `Action.REWARD_POOL_SET`
   (maintainers) up to COTRAIN_REWARD_POOL_MAX. With the `aptos` payout backend, a pool is accepted only
   while the treasury's on-chain balance covers every open pool plus this one. A pool cannot be changed
@@ -28,7 +31,7 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
@@ -36,12 +39,13 @@ from sqlalchemy.orm import Session
 from cotrain.server.auth import Actor
 from cotrain.server.errors import Conflict, Forbidden, ServiceError
 from cotrain.server.orm import SessionStatus, TrainingSession
-from cotrain.server.permissions import Action, allowed, who_may
+from cotrain.server.permissions import Action, allowed, require, who_may
 
 if TYPE_CHECKING:
     from cotrain.config import CotrainConfig
     from cotrain.server.schemas import SessionCreate
     from cotrain.server.settings import QuotaSettings
+    from cotrain.server.slurm.settings import SlurmSettings
 
 # what an owner's active-sessions quota counts
 COUNTED_STATES = (SessionStatus.QUEUED, SessionStatus.STARTING, SessionStatus.RUNNING, SessionStatus.CANCELLING)
@@ -59,6 +63,12 @@ class TreasuryShort(Conflict):
 
 class TreasuryUnavailable(ServiceError):
     status_code = 503
+
+
+class SlurmOptionsInvalid(ServiceError):
+    """A slurmConfig outside what the Slurm executor allows (422); the sentence names the allowed values."""
+
+    status_code = 422
 
 
 # ---- what a session asks for ------------------------------------------------------------------
@@ -95,17 +105,20 @@ class Change:
     reward_pool: tuple[int, str] | None = None  # (amount, asset), at creation only
     queues: bool = False  # the change puts the session in the queue (create with autoStart, start, retry)
     session_id: str | None = None  # left out of the active count (start / retry of this session)
+    slurm_config: dict[str, Any] | None = None  # issue 15: the session's slurmConfig after the change (create, edit)
+    slurm_before: dict[str, Any] | None = None  # ... and before it (edit)
 
     @classmethod
     def create(cls, actor: Actor | None, body: SessionCreate, config: CotrainConfig) -> Change:
         pool = (body.reward_pool.amount, body.reward_pool.asset) if body.reward_pool is not None else None
         return cls(owner_id=actor.token_id if actor else None, after=Ask.of(config), priority=body.priority,
-                   reward_pool=pool, queues=body.auto_start)
+                   reward_pool=pool, queues=body.auto_start, slurm_config=_slurm_config(body))
 
     @classmethod
     def update(cls, row: TrainingSession, body: SessionCreate, config: CotrainConfig) -> Change:
         return cls(owner_id=row.owner_id, after=Ask.of(config), before=stored_ask(row), priority=body.priority,
-                   priority_before=row.priority, session_id=row.id)
+                   priority_before=row.priority, session_id=row.id, slurm_config=_slurm_config(body),
+                   slurm_before=(row.request or {}).get("slurmConfig") or None)
 
     @classmethod
     def set_priority(cls, row: TrainingSession, priority: int) -> Change:
@@ -114,6 +127,12 @@ class Change:
     @classmethod
     def start(cls, row: TrainingSession) -> Change:
         return cls(owner_id=row.owner_id, queues=True, session_id=row.id)
+
+
+def _slurm_config(body: SessionCreate) -> dict[str, Any] | None:
+    if body.slurm_config is None:
+        return None
+    return body.slurm_config.model_dump(mode="json", by_alias=True, exclude_none=True) or None
 
 
 def stored_ask(row: TrainingSession) -> Ask | None:
@@ -196,9 +215,10 @@ def path_bytes(path: Path, stop_above: int) -> int | None:
 # ---- the policy -------------------------------------------------------------------------------
 
 class SessionPolicy:
-    def __init__(self, quotas: QuotaSettings, home: Path):
+    def __init__(self, quotas: QuotaSettings, home: Path, slurm: SlurmSettings | None = None):
         self.q = quotas
         self.home = home
+        self.slurm = slurm  # the Slurm executor's settings when this server runs it: slurmConfig is checked here too
 
     def enforce(self, db: Session, actor: Actor | None, change: Change) -> None:
         """Raise QuotaExceeded (403), TreasuryShort (409) or TreasuryUnavailable (503) unless `actor`
@@ -207,6 +227,7 @@ class SessionPolicy:
         `actor` None is the server itself (the example session): the member rules apply to it."""
         self._priority(actor, change)
         self._reward_pool(actor, change)
+        self._slurm_options(actor, change)
         if change.after is not None:
             self._sizes(actor, change.after, change.before)
         balance = self._treasury_balance(change)  # read before the lock: a slow node holds no lock
@@ -239,6 +260,21 @@ class SessionPolicy:
             raise QuotaExceeded(
                 f"A reward pool of {amount} {asset} is above COTRAIN_REWARD_POOL_MAX ({cap}, in the asset's smallest "
                 f"unit) for maintainers; only {who_may(Action.REWARD_POOL_UNLIMITED)} may open a larger one.")
+
+    def _slurm_options(self, actor: Actor | None, change: Change) -> None:
+        """issue 15: setting or changing slurmConfig is for maintainers and admins; what it asks for must be
+        within this server's Slurm executor settings when it has them (else the worker's check decides)."""
+        if (change.slurm_config or None) == (change.slurm_before or None):
+            return
+        require(actor, Action.SLURM_OPTIONS, "set or change a session's Slurm options (slurmConfig: its partition, "
+                                             "account, qos or timeLimit)")
+        if self.slurm is not None and change.slurm_config:
+            from cotrain.server.slurm.session_options import SlurmOptionsNotAllowed, check
+
+            try:
+                check(change.slurm_config, self.slurm)
+            except SlurmOptionsNotAllowed as exc:
+                raise SlurmOptionsInvalid(str(exc)) from None
 
     # -- member quotas
     def _sizes(self, actor: Actor | None, after: Ask, before: Ask | None) -> None:

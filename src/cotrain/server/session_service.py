@@ -105,7 +105,8 @@ class SessionService:
         self.wake_executor = wake_executor
         self.rewards = rewards
         self.dht_peers = dht_peers
-        self.policy = SessionPolicy(settings.quotas, settings.layout.root)  # quotas, priority, pools
+        self.policy = SessionPolicy(settings.quotas, settings.layout.root,  # quotas, priority, pools, slurmConfig
+                                    settings.slurm if settings.executor == "slurm" else None)
 
     # ---- reading ---------------------------------------------------------------------------
     def find(self, actor: Actor | None, flt: SessionFilter, limit: int = 50,

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, field_validator
 from pydantic_settings import NoDecode
 
-from cotrain.config.env_settings import EnvSettings, OnUnlessOff, env_field
+from cotrain.config.env_settings import CommaList, EnvSettings, OnUnlessOff, env_field
 
 
 def _sbatch_options(value: Any) -> Any:
@@ -48,7 +48,20 @@ class SlurmSettings(EnvSettings):
     time_limit: str | None = env_field(
         "COTRAIN_SLURM_TIME_LIMIT", None,
         "a job's time limit, as sbatch's `--time` (`2-00:00:00`); a run stopped by it resumes from its checkpoint "
-        "in a new job", shown="the partition's")
+        "in a new job; also the longest `slurmConfig.timeLimit` a session may ask for", shown="the partition's")
+    # what a maintainer may narrow a session to (`slurmConfig`, slurm/session_options.py)
+    partitions: CommaList = env_field(
+        "COTRAIN_SLURM_PARTITIONS", list,
+        "partitions a maintainer may pick for a session (`slurmConfig.partition`), comma-separated",
+        shown="`COTRAIN_SLURM_PARTITION` only")
+    accounts: CommaList = env_field(
+        "COTRAIN_SLURM_ACCOUNTS", list,
+        "accounts a maintainer may pick for a session (`slurmConfig.account`), comma-separated",
+        shown="`COTRAIN_SLURM_ACCOUNT` only")
+    qos_list: CommaList = env_field(
+        "COTRAIN_SLURM_QOS_LIST", list,
+        "qualities of service a maintainer may pick for a session (`slurmConfig.qos`), comma-separated",
+        shown="`COTRAIN_SLURM_QOS` only")
     extra_sbatch: Annotated[list[str], NoDecode, BeforeValidator(_sbatch_options)] = env_field(
         "COTRAIN_SLURM_EXTRA_SBATCH", list,
         "more `#SBATCH` options for every job (`--mem=64G --constraint=a100`; one per line also works)",
@@ -68,6 +81,18 @@ class SlurmSettings(EnvSettings):
     def _positive(cls, value: int) -> int:
         if value < 1:
             raise ValueError(f"COTRAIN_SLURM_MAX_JOBS={value} must be at least 1; set it to e.g. 4 or unset it.")
+        return value
+
+    @field_validator("time_limit")
+    @classmethod
+    def _slurm_time(cls, value: str | None) -> str | None:
+        from cotrain.server.slurm.session_options import UNLIMITED, time_seconds
+
+        if value is not None and value.strip().lower() not in UNLIMITED:
+            try:
+                time_seconds(value)
+            except ValueError as exc:
+                raise ValueError(f"COTRAIN_SLURM_TIME_LIMIT: {exc}") from None
         return value
 
     @field_validator("grace_s")
