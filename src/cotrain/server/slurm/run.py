@@ -2,6 +2,11 @@
 (`returncode`, `wait(timeout)`, `signal(sig)`), read from `scontrol show job` at most every POLL_S,
 plus what only a job has: why it is pending (the session's waiting reason) and how Slurm ended it.
 
+A DiLoCo session's run is its engine's job (whose state is the run's) plus its other peers' jobs
+(`peer_jobs`, launcher.py): SIGKILL (`scancel`) goes to all of them; SIGTERM to the engine's job, and
+once that job has ended the peers' jobs get theirs (their batch scripts also stop them on their own once
+the engine's job has ended, script.py).
+
 Also the jobs a Slurm worker submitted, on its own disk (as run_ledger.py keeps a local worker's
 engines): a worker that comes back after its sessions moved to other workers cancels its old jobs.
 """
@@ -15,11 +20,12 @@ import json
 import logging
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cotrain.core.events import read_status
 from cotrain.server.slurm.jobs import JobState, SlurmError, cancel, job_state
+from cotrain.server.slurm.script import STOP_SIGNAL
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +83,10 @@ class SlurmRun:
 
     pid: int | None = None
 
-    def __init__(self, job_id: str, session_dir: Path, config_path: str):
+    def __init__(self, job_id: str, session_dir: Path, config_path: str, peer_jobs: tuple[str, ...] = ()):
         self.job_id = job_id
+        self.peer_jobs = peer_jobs  # a DiLoCo session's other peers' jobs
+        self._peers_stopped = False
         self.session_dir = session_dir
         self.config_path = config_path
         self.state: JobState | None = None
@@ -119,15 +127,15 @@ class SlurmRun:
             await self.refresh()
 
     def signal(self, sig: int) -> None:
-        """SIGTERM: `scancel --signal=TERM` to the job's step (the engine saves a checkpoint; a pending job
+        """SIGTERM: `scancel --signal=USR1` to the job's step (script.py: the engine alone gets a SIGTERM and
+        saves a checkpoint; a pending job
         is just cancelled); SIGKILL: `scancel`. Others (SIGCONT for a hung run) mean nothing to a job."""
         if not self.job_id or sig not in (signal.SIGTERM, signal.SIGKILL):
             return
-        try:
-            # the engine runs in an srun step (script.py): a TERM for the batch script would reach srun too
-            cancel(self.job_id, "TERM" if sig == signal.SIGTERM else None, steps_only=True)
-        except SlurmError as exc:
-            log.warning("cancelling Slurm job %s failed: %s", self.job_id, exc)
+        # a DiLoCo session's peers get their SIGTERM once the engine has stopped (`refresh`): until then they
+        # finish the round the engine may be in, so it saves its checkpoint within the grace period
+        for job_id in (self.job_id, *(self.peer_jobs if sig == signal.SIGKILL else ())):
+            _signal_job(job_id, sig)
 
     # ---- what only a job has ------------------------------------------------------------------
     async def refresh(self) -> None:
@@ -136,6 +144,13 @@ class SlurmRun:
             self.state = await asyncio.to_thread(job_state, self.job_id)
         except SlurmError as exc:  # slurmctld away for a moment: the last state stands, asked again soon
             log.warning("reading the state of Slurm job %s failed: %s", self.job_id, exc)
+        if self.peer_jobs and not self._peers_stopped and self.state is not None and self.state.finished:
+            self._peers_stopped = True  # the session's run has ended: its peers save a checkpoint and stop
+            await asyncio.to_thread(self._stop_peers)
+
+    def _stop_peers(self) -> None:
+        for job_id in self.peer_jobs:
+            _signal_job(job_id, signal.SIGTERM)
 
     @property
     def pending(self) -> bool:
@@ -165,11 +180,21 @@ class SlurmRun:
         return end_sentence(self.state) if self.state is not None and self.state.finished else None
 
 
+def _signal_job(job_id: str, sig: int) -> None:
+    """SIGTERM: script.STOP_SIGNAL to the job's step (the engine runs in an srun step: a signal for the batch
+    script would reach srun too); SIGKILL: `scancel`."""
+    try:
+        cancel(job_id, STOP_SIGNAL if sig == signal.SIGTERM else None, steps_only=True)
+    except SlurmError as exc:
+        log.warning("cancelling Slurm job %s failed: %s", job_id, exc)
+
+
 @dataclass(frozen=True)
 class JobEntry:
     session_id: str
-    job_id: str
+    job_id: str  # the session's engine
     attempt: int
+    peer_jobs: list[str] = field(default_factory=list)  # a DiLoCo session's other peers
 
 
 class JobLedger:
@@ -196,13 +221,16 @@ class JobLedger:
         return found
 
     def end_orphans(self, keep: set[str]) -> list[JobEntry]:
-        """`scancel` every listed job still known to Slurm whose session is not in `keep` (re-attached);
-        forget those entries. Returns the jobs cancelled."""
+        """`scancel` every listed job still known to Slurm whose session is not in `keep` (re-attached), its
+        DiLoCo peers' jobs too; forget those entries. Returns the sessions' entries whose engine job was cancelled."""
         cancelled = []
         for entry in self.entries():
             if entry.session_id in keep:
                 continue
             try:
+                for peer in entry.peer_jobs:
+                    if not job_state(peer).finished:
+                        cancel(peer)
                 if not job_state(entry.job_id).finished:
                     cancel(entry.job_id)
                     cancelled.append(entry)

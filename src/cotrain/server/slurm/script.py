@@ -3,13 +3,22 @@
 DDP / FSDP: one job of `nodes` nodes, one task per node; `srun` starts the engine on every node,
 under torchrun when the run has several processes, with a static rendezvous on the first node of
 the allocation (node rank = SLURM_NODEID, port derived from the job id so two jobs sharing a node
-do not collide). A DiLoCo session is one peer per job, as on the local executor (its other peers
-join over the DHT).
+do not collide).
 
-Stopping: `scancel --signal=TERM` (without --full) reaches the job's step only: torchrun passes it on
-to the ranks, which save a checkpoint. Not the batch shell's `srun`, which would turn a TERM into a
-SIGKILL of its tasks. A TERM Slurm sends the whole job (time limit, a plain `scancel`) reaches the
-batch shell too, which ignores it and waits for its step to end.
+DiLoCo: `distributed.nodes` is the session's number of peers, one job each. The first job is the
+session's own engine (the executor follows its events, as on the local executor); the others are
+`cotrain join`-equivalent peers (launcher.py gives each its own COTRAIN_HOME and identity). A peer's
+job starts once the engine's has (`--dependency=after:`) and ends itself soon after the engine's job
+has ended, however it ended (completed, cancelled, failed, or `scancel`led by an admin or by another
+worker): so everything that ends the engine's job ends the whole session's jobs.
+
+Stopping: `scancel --signal=USR1` (STOP_SIGNAL, without --full) reaches the job's step only, every
+process of it: the task's wrapper (`task_command`) turns it into a SIGTERM for the engine (or torchrun,
+which passes it on to the ranks) alone, and they save a checkpoint. Every other process of the step
+ignores USR1: the engine's helpers, hivemind's p2p daemon among them (a TERM would stop it under a
+DiLoCo round, which then waits for its timeout), and the ranks (it reached them as an ignored signal).
+Not the batch shell's `srun`, which would turn a TERM into a SIGKILL of its tasks. A TERM Slurm sends
+the whole job (a plain `scancel`) reaches the batch shell too, which ignores it and waits for its step.
 """
 
 from __future__ import annotations
@@ -23,7 +32,12 @@ from cotrain.server.slurm.settings import SlurmSettings
 
 ENGINE_MODULE = "cotrain.core.train"
 PORT_BASE, PORT_SPAN = 20000, 20000  # MASTER_PORT = PORT_BASE + job id % PORT_SPAN
-# seconds before a time limit at which the job's step gets SIGTERM, so the run saves a checkpoint and stops
+PEER_WATCH_S = 2  # how often a DiLoCo peer's job looks whether the engine's job still runs
+PEER_GRACE_S = 30  # from the peer's stop signal (the engine's job ended) to its scancel
+STOP_SIGNAL = "USR1"  # what asks a job's run to save a checkpoint and stop (see above)
+# the engine's job states in which its peers go on (any other, or a job Slurm has forgotten: it ended)
+ENGINE_ALIVE = ("PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD", "RESIZING", "SIGNALING")
+# seconds before a time limit at which the job's step gets STOP_SIGNAL, so the run saves a checkpoint and stops
 # (its retry resumes from it) instead of being killed with the step
 TIME_LIMIT_TERM_S = 120
 
@@ -38,20 +52,24 @@ class JobSpec:
     processes_per_node: int
     gpus_per_node: int  # 0: a CPU job
     python: str
+    peers: int = 0  # DiLoCo: the jobs of the session's other peers (nodes - 1), beside the engine's
 
     @property
     def job_name(self) -> str:
         return f"cotrain-{self.session_id}"
+
+    def peer_job_name(self, peer: int) -> str:
+        return f"cotrain-{self.session_id}-peer{peer}"
 
 
 def job_spec(config: CotrainConfig, config_path: Path, session_id: str, settings: SlurmSettings,
              python: str) -> JobSpec:
     """The job a session's config needs: its nodes, processes and GPUs per node."""
     dist = config.distributed
-    nodes = 1 if dist.strategy == "diloco" else dist.nodes
+    diloco = dist.strategy == "diloco"
     wants_gpus = settings.gpus and config.train.device != "cpu"
-    return JobSpec(session_id, config_path, nodes, dist.gpus_per_node, dist.gpus_per_node if wants_gpus else 0,
-                   python)
+    return JobSpec(session_id, config_path, 1 if diloco else dist.nodes, dist.gpus_per_node,
+                   dist.gpus_per_node if wants_gpus else 0, python, peers=dist.nodes - 1 if diloco else 0)
 
 
 def engine_command(spec: JobSpec) -> str:
@@ -70,19 +88,40 @@ def engine_command(spec: JobSpec) -> str:
     return " ".join([*torchrun, *map(shlex.quote, engine)])
 
 
-def sbatch_options(spec: JobSpec, settings: SlurmSettings, stderr_path: Path,
-                   narrowed: list[str] | None = None) -> list[str]:
-    """The job's `#SBATCH` options: its shape, its stderr file, the worker's settings, then a session's own
-    narrowing (later options win in sbatch)."""
-    options = [f"--nodes={spec.nodes}", "--ntasks-per-node=1", f"--error={stderr_path}", "--open-mode=append",
-               f"--signal=TERM@{TIME_LIMIT_TERM_S}"]
+def task_command(spec: JobSpec) -> str:
+    """What each task of the step runs (bash): the engine, started with STOP_SIGNAL ignored (so its
+    processes ignore it), and a SIGTERM for it alone when the step gets STOP_SIGNAL; exits with its code."""
+    return "\n".join([
+        f"trap '' {STOP_SIGNAL}",
+        f"{engine_command(spec)} &",
+        "run=$!",
+        f"trap 'kill -TERM \"$run\"' {STOP_SIGNAL}",
+        # `wait` returns early for a trapped signal: wait again while the run lives
+        'while true; do wait "$run"; code=$?; kill -0 "$run" 2>/dev/null || break; done',
+        'exit "$code"',
+    ])
+
+
+def sbatch_options(spec: JobSpec, settings: SlurmSettings, narrowed: list[str] | None = None) -> list[str]:
+    """The job's `#SBATCH` options but its stderr file (each job of a DiLoCo session has its own): its shape,
+    the worker's settings, then a session's own narrowing (later options win in sbatch)."""
+    options = [f"--nodes={spec.nodes}", "--ntasks-per-node=1", "--open-mode=append",
+               f"--signal={STOP_SIGNAL}@{TIME_LIMIT_TERM_S}"]
     if spec.gpus_per_node:
         options.append(f"--gpus-per-node={spec.gpus_per_node}")
     return options + settings.sbatch_options() + list(narrowed or [])
 
 
-def batch_script(spec: JobSpec, options: list[str]) -> str:
-    """The whole batch script (sent to sbatch on stdin)."""
+def peer_options(engine_job: str, previous: str | None = None) -> list[str]:
+    """A DiLoCo peer's own `#SBATCH` options: it starts once the engine's job has started (or ended), and
+    once the `previous` job of the same peer (an earlier attempt's, still stopping) has ended: never two
+    jobs on one peer's identity and checkpoints."""
+    return [f"--dependency=after:{engine_job}" + (f",afterany:{previous}" if previous else "")]
+
+
+def batch_script(spec: JobSpec, options: list[str], follows: str | None = None) -> str:
+    """The whole batch script (sent to sbatch on stdin). `follows`: the engine's job id, for a DiLoCo peer's
+    job, which stops its run once that job has ended (`_watch_engine`)."""
     lines = ["#!/bin/bash", *(f"#SBATCH {option}" for option in options), ""]
     lines += [
         "set -u",
@@ -96,8 +135,9 @@ def batch_script(spec: JobSpec, options: list[str]) -> str:
         "trap 'echo \"cotrain: SIGTERM: waiting for the run to save its checkpoint and stop\" >&2' TERM",
         # --export=ALL: the step sees MASTER_* too (sbatch's --export list would otherwise apply to srun as well)
         "srun --export=ALL --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c "
-        f"{shlex.quote('exec ' + engine_command(spec))} &",
+        f"{shlex.quote(task_command(spec))} &",
         "step=$!",
+        *(_watch_engine(follows) if follows else []),
         "while true; do",
         '  wait "$step"',
         "  code=$?",
@@ -107,3 +147,22 @@ def batch_script(spec: JobSpec, options: list[str]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _watch_engine(engine_job: str) -> list[str]:
+    """A DiLoCo peer's watcher (in the background of its batch script): once the engine's job has ended, a
+    TERM to this job's step (the peer saves a checkpoint and stops), then after PEER_GRACE_S `scancel`. A
+    Slurm error other than "Invalid job id" (slurmctld away for a moment) is asked again."""
+    alive = "|".join(ENGINE_ALIVE)
+    watch = (
+        f"while sleep {PEER_WATCH_S}; do "
+        f"out=$(scontrol show job --oneliner {shlex.quote(engine_job)} 2>&1); "
+        'case "$out" in *"Invalid job id"*) break;; esac; '
+        "state=$(printf '%s' \"$out\" | tr ' ' '\\n' | sed -n 's/^JobState=//p' | head -n 1); "
+        f'case "$state" in ""|{alive}) ;; *) break;; esac; '
+        "done; "
+        f'echo "cotrain: the session\'s engine (Slurm job {engine_job}) has ended: stopping this peer" >&2; '
+        f'scancel --signal={STOP_SIGNAL} "$SLURM_JOB_ID"; '
+        f'sleep {PEER_GRACE_S}; scancel "$SLURM_JOB_ID"'
+    )
+    return [f"( {watch} ) &"]
