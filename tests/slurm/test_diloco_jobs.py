@@ -47,10 +47,15 @@ def rounds(events: Path) -> dict[int, int]:
     return found
 
 
-def start(servers, home: Path, body: dict[str, Any]) -> tuple[httpx.Client, str]:  # noqa: F811
-    """A server with its DHT running and the Slurm executor embedded; the session created on it (its data
-    tokenized first, so the two peers do not both do it at once)."""
-    api = servers(COTRAIN_START_DHT="1", **SLURM, **FAST_DILOCO).client()
+def start(servers, home: Path, body: dict[str, Any], worker: bool = False) -> tuple[httpx.Client, str]:  # noqa: F811
+    """A server with its DHT running and the Slurm executor embedded (`worker`: a server without a DHT, and
+    a `cotrain worker --executor slurm`); the session created on it (its data tokenized first, so the two
+    peers do not both do it at once)."""
+    if worker:
+        api = servers(COTRAIN_EMBEDDED_WORKER="0", **FAST_DILOCO).client()
+        servers("worker", **SLURM, **FAST_DILOCO)
+    else:
+        api = servers(COTRAIN_START_DHT="1", **SLURM, **FAST_DILOCO).client()
     created = api.post("/sessions", json={**body, "autoStart": False})
     assert created.status_code == 201, created.text
     sid = created.json()["id"]
@@ -65,9 +70,11 @@ def start(servers, home: Path, body: dict[str, Any]) -> tuple[httpx.Client, str]
     return api, sid
 
 
+@pytest.mark.parametrize("runner", ["server", "worker"])
 def test_a_two_peer_diloco_session_runs_as_two_jobs_that_average_together(slurm_cluster, servers,  # noqa: F811
-                                                                           cotrain_home):
-    api, sid = start(servers, cotrain_home, diloco_session("two peers", 16))
+                                                                           cotrain_home, runner):
+    """runner "worker": no server DHT to bootstrap from, so the peer joins through the engine's address."""
+    api, sid = start(servers, cotrain_home, diloco_session("two peers", 16), worker=runner == "worker")
     done = finished(api, sid, 300)
     assert done["status"] == "completed", (done["error"], api.get(f"/sessions/{sid}/logs").json())
     engine, peers = job_of(cotrain_home, sid), peer_jobs(cotrain_home, sid)
@@ -84,6 +91,8 @@ def test_a_two_peer_diloco_session_runs_as_two_jobs_that_average_together(slurm_
     peer_rounds = rounds(peer_home / "logs" / "training" / sid / "events.jsonl")
     assert len(engine_rounds) >= 3 and set(engine_rounds.values()) == {2}, engine_rounds
     assert peer_rounds == engine_rounds
+    joined_through_engine = "joining through the session's engine" in (peer_home / "stdout.log").read_text()
+    assert joined_through_engine == (runner == "worker")
 
 
 def test_cancel_ends_every_job_of_a_diloco_session(slurm_cluster, servers, cotrain_home):  # noqa: F811

@@ -29,7 +29,14 @@ from typing import Any
 from cotrain.server.settings import Settings
 from cotrain.server.slurm import jobs
 from cotrain.server.slurm.run import JobEntry, JobLedger, SlurmRun
-from cotrain.server.slurm.script import JobSpec, batch_script, job_spec, peer_options, sbatch_options
+from cotrain.server.slurm.script import (
+    INITIAL_PEERS_ENV,
+    JobSpec,
+    batch_script,
+    job_spec,
+    peer_options,
+    sbatch_options,
+)
 from cotrain.server.validator_peer import VALIDATE_ENV, prepare_validator
 
 log = logging.getLogger(__name__)
@@ -58,7 +65,8 @@ class SlurmLauncher:
         from cotrain.config import load_config
 
         logs = self.settings.layout.session_logs(session_id)
-        spec = job_spec(load_config(config_path), config_path, session_id, self.slurm, self.settings.python)
+        config = load_config(config_path)
+        spec = job_spec(config, config_path, session_id, self.slurm, self.settings.python)
         job_env = {name: value for name, value in env.items() if VARIABLE.fullmatch(name)}  # --export's names
         if "OMP_NUM_THREADS" not in os.environ:  # sized for this machine's cores, not the node's
             job_env.pop("OMP_NUM_THREADS", None)
@@ -72,10 +80,14 @@ class SlurmLauncher:
             submitted.append(job_id)
             if spec.peers:
                 peer_env = await asyncio.to_thread(self._peer_env, config_path, job_env)
+                # no server DHT and no initialPeers: the peers join through the engine's printed address
+                dht = json.loads(job_env.get(INITIAL_PEERS_ENV) or "[]") or config.distributed.diloco.initial_peers
+                engine_log = None if dht else (logs / "stderr.log", banner.strip())
                 for peer in range(1, spec.peers + 1):
                     home, previous = await asyncio.to_thread(self._prepare_peer_home, session_id, peer, banner)
                     submitted.append(await self._sbatch(spec, options, {**peer_env, "COTRAIN_HOME": str(home)}, home,
-                                                        spec.peer_job_name(peer), follows=job_id, previous=previous))
+                                                        spec.peer_job_name(peer), follows=job_id, previous=previous,
+                                                        engine_log=engine_log))
                     _write_atomic(home / PEER_JOB_FILE, submitted[-1])
                     _append(logs / "stdout.log", f"cotrain: DiLoCo peer {peer} of {spec.peers + 1} is Slurm job "
                                                  f"{submitted[-1]} (its COTRAIN_HOME: {home})")
@@ -102,12 +114,13 @@ class SlurmLauncher:
         return sbatch_options(spec, self.slurm, narrowed=narrowed)
 
     async def _sbatch(self, spec: JobSpec, options: list[str], job_env: dict[str, str], logs: Path, job_name: str,
-                      follows: str | None = None, previous: str | None = None) -> str:
+                      follows: str | None = None, previous: str | None = None,
+                      engine_log: tuple[Path, str] | None = None) -> str:
         """One job submitted; `logs` gets its stdout.log and stderr.log. The job gets exactly `job_env` (never
-        the worker's secrets): only these names are exported. `follows`, `previous`: a DiLoCo peer's engine
-        job and its own earlier job (script.peer_options)."""
+        the worker's secrets): only these names are exported. `follows`, `previous`, `engine_log`: a DiLoCo
+        peer's engine job, its own earlier job (script.peer_options) and where to find the engine's address."""
         own = [f"--error={logs / 'stderr.log'}", *(peer_options(follows, previous) if follows else [])]
-        script = batch_script(spec, [*options, *own], follows=follows)
+        script = batch_script(spec, [*options, *own], follows=follows, engine_log=engine_log)
         return await asyncio.to_thread(
             jobs.submit, script, workdir=self.settings.layout.root, job_name=job_name, output=logs / "stdout.log",
             env=job_env, sbatch_args=[f"--export={','.join(sorted(job_env))}"])

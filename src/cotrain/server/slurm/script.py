@@ -34,6 +34,8 @@ ENGINE_MODULE = "cotrain.core.train"
 PORT_BASE, PORT_SPAN = 20000, 20000  # MASTER_PORT = PORT_BASE + job id % PORT_SPAN
 PEER_WATCH_S = 2  # how often a DiLoCo peer's job looks whether the engine's job still runs
 PEER_GRACE_S = 30  # from the peer's stop signal (the engine's job ended) to its scancel
+INITIAL_PEERS_ENV = "COTRAIN_DISTRIBUTED_DILOCO_INITIAL_PEERS"
+ENGINE_ADDRESS_WAIT_S = 600  # how long a peer without a DHT waits for the engine's address
 STOP_SIGNAL = "USR1"  # what asks a job's run to save a checkpoint and stop (see above)
 # the engine's job states in which its peers go on (any other, or a job Slurm has forgotten: it ended)
 ENGINE_ALIVE = ("PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD", "RESIZING", "SIGNALING")
@@ -119,9 +121,11 @@ def peer_options(engine_job: str, previous: str | None = None) -> list[str]:
     return [f"--dependency=after:{engine_job}" + (f",afterany:{previous}" if previous else "")]
 
 
-def batch_script(spec: JobSpec, options: list[str], follows: str | None = None) -> str:
+def batch_script(spec: JobSpec, options: list[str], follows: str | None = None,
+                 engine_log: tuple[Path, str] | None = None) -> str:
     """The whole batch script (sent to sbatch on stdin). `follows`: the engine's job id, for a DiLoCo peer's
-    job, which stops its run once that job has ended (`_watch_engine`)."""
+    job, which stops its run once that job has ended (`_watch_engine`). `engine_log`: (the engine's stderr
+    file, the banner line of this attempt), for a peer with no DHT to bootstrap from (`_engine_address`)."""
     lines = ["#!/bin/bash", *(f"#SBATCH {option}" for option in options), ""]
     lines += [
         "set -u",
@@ -133,11 +137,12 @@ def batch_script(spec: JobSpec, options: list[str], follows: str | None = None) 
         f"export MASTER_PORT=$(( {PORT_BASE} + SLURM_JOB_ID % {PORT_SPAN} ))",
         # a TERM for the job (cancel, time limit) reaches the step's engine; this shell waits for it to stop
         "trap 'echo \"cotrain: SIGTERM: waiting for the run to save its checkpoint and stop\" >&2' TERM",
+        *(_watch_engine(follows) if follows else []),
+        *(_engine_address(*engine_log) if engine_log else []),
         # --export=ALL: the step sees MASTER_* too (sbatch's --export list would otherwise apply to srun as well)
         "srun --export=ALL --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c "
         f"{shlex.quote(task_command(spec))} &",
         "step=$!",
-        *(_watch_engine(follows) if follows else []),
         "while true; do",
         '  wait "$step"',
         "  code=$?",
@@ -150,8 +155,8 @@ def batch_script(spec: JobSpec, options: list[str], follows: str | None = None) 
 
 
 def _watch_engine(engine_job: str) -> list[str]:
-    """A DiLoCo peer's watcher (in the background of its batch script): once the engine's job has ended, a
-    TERM to this job's step (the peer saves a checkpoint and stops), then after PEER_GRACE_S `scancel`. A
+    """A DiLoCo peer's watcher (in the background of its batch script): once the engine's job has ended,
+    STOP_SIGNAL to this job's step (the peer saves a checkpoint and stops), then after PEER_GRACE_S `scancel`. A
     Slurm error other than "Invalid job id" (slurmctld away for a moment) is asked again."""
     alive = "|".join(ENGINE_ALIVE)
     watch = (
@@ -166,3 +171,23 @@ def _watch_engine(engine_job: str) -> list[str]:
         f'sleep {PEER_GRACE_S}; scancel "$SLURM_JOB_ID"'
     )
     return [f"( {watch} ) &"]
+
+
+def _engine_address(engine_stderr: Path, banner: str) -> list[str]:
+    """A DiLoCo peer of a session with no DHT to bootstrap from (no server DHT, no initialPeers) joins
+    through the engine: the addresses the engine printed in this attempt ("others join with initial_peers
+    = [...]", after `banner`), waited for up to ENGINE_ADDRESS_WAIT_S."""
+    awk = ("index($0, b) { found = 1; line = \"\" } "
+           "found && /others join with initial_peers = / { line = $0 } END { print line }")
+    return [
+        "line=",
+        f"for _ in $(seq {ENGINE_ADDRESS_WAIT_S}); do",
+        f"  line=$(awk -v b={shlex.quote(banner)} {shlex.quote(awk)} {shlex.quote(str(engine_stderr))})",
+        '  [ -n "$line" ] && break',
+        "  sleep 1",
+        "done",
+        '[ -n "$line" ] || { echo "cotrain: the session\'s engine printed no address to join through" >&2; exit 1; }',
+        # its Python list of quoted multiaddrs, as the JSON list a config override takes
+        f"export {INITIAL_PEERS_ENV}=$(printf '%s' \"${{line#*initial_peers = }}\" | tr \"'\" '\"')",
+        f'echo "cotrain: joining through the session\'s engine: ${INITIAL_PEERS_ENV}"',
+    ]
