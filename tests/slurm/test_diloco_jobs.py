@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from tests.server.test_diloco_rewards import FAST_DILOCO
 from tests.slurm.test_executor import SLURM, completed_jobs, finished, job_of, session
 
 pytestmark = pytest.mark.slow
+LOGIN = "slurm-login-1"  # the id of the `cotrain worker` of start(worker=True)
 
 
 def diloco_session(name: str, steps: int) -> dict[str, Any]:
@@ -47,13 +49,15 @@ def rounds(events: Path) -> dict[int, int]:
     return found
 
 
-def start(servers, home: Path, body: dict[str, Any], worker: bool = False) -> tuple[httpx.Client, str]:  # noqa: F811
+def start(servers, home: Path, body: dict[str, Any], worker: bool = False,  # noqa: F811
+          started: list[Any] | None = None) -> tuple[httpx.Client, str]:
     """A server with its DHT running and the Slurm executor embedded (`worker`: a server without a DHT, and
     a `cotrain worker --executor slurm`); the session created on it (its data tokenized first, so the two
     peers do not both do it at once)."""
     if worker:
         api = servers(COTRAIN_EMBEDDED_WORKER="0", **FAST_DILOCO).client()
-        servers("worker", **SLURM, **FAST_DILOCO)
+        (started if started is not None else []).append(servers("worker", **SLURM, **FAST_DILOCO,
+                                                                 COTRAIN_WORKER_ID=LOGIN))
     else:
         api = servers(COTRAIN_START_DHT="1", **SLURM, **FAST_DILOCO).client()
     created = api.post("/sessions", json={**body, "autoStart": False})
@@ -108,6 +112,26 @@ def test_cancel_ends_every_job_of_a_diloco_session(slurm_cluster, servers, cotra
     # the peer went on until the engine had stopped, so the engine finished its round and saved a checkpoint
     assert "SIGKILL" not in (cotrain_home / "logs" / "training" / sid / "stderr.log").read_text()
     assert api.get(f"/sessions/{sid}/checkpoints").json()
+
+
+def test_a_restarted_worker_reattaches_to_every_job_of_a_diloco_session(slurm_cluster, servers,  # noqa: F811
+                                                                        cotrain_home):
+    workers: list[Any] = []
+    api, sid = start(servers, cotrain_home, diloco_session("outlives its worker", 4000), worker=True, started=workers)
+    wait_until(lambda: session(api, sid)["step"] >= 4, 240, "a first round of the two peers")
+    engine, peers = job_of(cotrain_home, sid), peer_jobs(cotrain_home, sid)
+    workers[0].stop(signal.SIGKILL)
+    assert job_state(engine).state == "RUNNING" and job_state(peers[0]).state == "RUNNING"
+
+    again = servers("worker", **SLURM, **FAST_DILOCO, COTRAIN_WORKER_ID=LOGIN)
+    wait_until(lambda: f"re-attaching to session {sid} (Slurm job {engine})" in again.log_path.read_text(), 60,
+               "the worker to re-attach")
+    ledger = JobLedger(cotrain_home, LOGIN)
+    assert wait_until(lambda: ledger.entries(), 30, "the ledger entry") == [JobEntry(sid, engine, 1, peers)]
+    assert api.post(f"/sessions/{sid}/cancel").json()["status"] == "cancelling"
+    done = finished(api, sid, 120)
+    assert done["status"] == "cancelled" and done["attempts"] == 1 and peer_jobs(cotrain_home, sid) == peers
+    wait_until(lambda: job_state(engine).finished and job_state(peers[0]).finished, 60, "both jobs to end")
 
 
 def job_times(cluster, job: str) -> tuple[str, str]:
