@@ -232,7 +232,7 @@ class Executor:
         at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         banner = f"\n=== attempt {attempt} by {self.settings.worker_id} at {at} ===\n"
         if self.slurm is not None:
-            job = await self.slurm.submit(session_id, config_path, env, banner)
+            job = await self.slurm.submit(session_id, config_path, env, banner, request)
             await self._publish(await retry_db("starting a run", self._mark_started, session_id, None, config_path,
                                                allocation, job.job_id or None))
             return job
