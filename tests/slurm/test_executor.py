@@ -174,6 +174,9 @@ def test_the_job_of_a_lost_worker_is_cancelled_and_its_session_runs_again(slurm_
     wait_until(lambda: events(api, sid, "training.checkpoint"), 180, "the first checkpoint")
     job = job_of(cotrain_home, sid)
     lost.stop(signal.SIGKILL)
+    # suspended, the lost worker's job is still there when the next worker takes over, however fast this machine
+    # trains (unsuspended, a 60-step run could finish within the heartbeat timeout, leaving nothing to cancel)
+    subprocess.run(["scontrol", "suspend", job], check=True, capture_output=True, timeout=30)
 
     servers("worker", **fast, COTRAIN_WORKER_ID="login-b")
     done = finished(api, sid, 300)
