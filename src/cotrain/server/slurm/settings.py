@@ -68,7 +68,7 @@ class SlurmSettings(EnvSettings):
         shown="none")
     grace_s: float | None = env_field(
         "COTRAIN_SLURM_GRACE_S", None,
-        "seconds from `scancel --signal=TERM` (the run saves a checkpoint) to `scancel` on cancel",
+        "seconds from the stop signal to the job's step (the run saves a checkpoint) to `scancel` on cancel",
         shown="`COTRAIN_CANCEL_GRACE`")
     max_jobs: int = env_field("COTRAIN_SLURM_MAX_JOBS", 4, "sessions this worker keeps submitted at once")
     gpus: OnUnlessOff = env_field(
