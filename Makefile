@@ -37,33 +37,30 @@ test: $(STAMP) browser slurm
 	echo "---- $(SECOND_LANE) (ran alongside) ----"; cat $(LANE_LOG)-second.log; \
 	test $$main -eq 0 && test $$second_status -eq 0
 
+# Tests that need Debian packages install them when run as root, else say how and skip (CI=true makes
+# them fail). $(call need_packages,PACKAGES,SHELL TEST TRUE WHEN MISSING,WHICH TESTS)
+define need_packages
+	@if $(2); then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing $(1) for $(3)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1) >/dev/null; \
+	  else \
+	    echo "note: $(3) need Debian's $(1); without them they skip" \
+	         "(CI=true makes them fail). Install: sudo apt-get install $(1)"; \
+	  fi; \
+	fi
+endef
+
 # Browser tests drive Debian's chromium with Playwright (`playwright install` cannot download
 # here); the Simplified Chinese pages need a CJK font.
 BROWSER_PACKAGES := chromium fonts-wqy-microhei
 browser:
-	@if [ ! -x /usr/bin/chromium ] || ! dpkg -s fonts-wqy-microhei >/dev/null 2>&1; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing $(BROWSER_PACKAGES) for the browser tests"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_PACKAGES) >/dev/null; \
-	  else \
-	    echo "note: the browser tests need Debian's $(BROWSER_PACKAGES); without chromium they skip" \
-	         "(CI=true makes them fail). Install: sudo apt-get install $(BROWSER_PACKAGES)"; \
-	  fi; \
-	fi
+	$(call need_packages,$(BROWSER_PACKAGES),[ ! -x /usr/bin/chromium ] || ! dpkg -s fonts-wqy-microhei >/dev/null 2>&1,the browser tests)
 
 # The Slurm tests (tests/slurm) start a real two-node cluster on this host from Debian's packages.
 SLURM_PACKAGES := slurmctld slurmd slurm-client munge
 slurm:
-	@if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v sbatch >/dev/null \
-	    || ! command -v munged >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing $(SLURM_PACKAGES) for the Slurm tests"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SLURM_PACKAGES) >/dev/null; \
-	  else \
-	    echo "note: the Slurm tests need Debian's $(SLURM_PACKAGES); without them they skip" \
-	         "(CI=true makes them fail). Install: sudo apt-get install $(SLURM_PACKAGES)"; \
-	  fi; \
-	fi
+	$(call need_packages,$(SLURM_PACKAGES),! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v sbatch >/dev/null || ! command -v munged >/dev/null,the Slurm tests)
 
 # Every benchmark's quick run; each prints its figures and writes bench/results/*.json.
 bench: $(STAMP)

@@ -18,6 +18,7 @@ import os
 import signal
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
 
 from cotrain.server.processes import engine_alive
 
@@ -30,27 +31,41 @@ class LedgerEntry:
     attempt: int
 
 
-class RunLedger:
+Entry = TypeVar("Entry")
+
+
+class WorkerLedger(Generic[Entry]):
+    """One JSON file per session, COTRAIN_HOME/workers/<worker digest>/<subfolder>/<session id>.json, written
+    atomically: what a worker must still know of its runs after it was killed (each kind of run a subclass)."""
+
+    subfolder: ClassVar[str]
+    entry_type: ClassVar[Any]  # the dataclass of an entry
+
     def __init__(self, root: Path, worker_id: str):
         # the worker id is free text (host:COTRAIN_HOME by default): a digest makes it a folder name
-        self.folder = root / "workers" / hashlib.sha256(worker_id.encode()).hexdigest()[:16] / "runs"
+        self.folder = root / "workers" / hashlib.sha256(worker_id.encode()).hexdigest()[:16] / self.subfolder
 
-    def record(self, entry: LedgerEntry) -> None:
+    def record(self, entry: Entry) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"{entry.session_id}.json"
+        path = self.folder / f"{entry.session_id}.json"  # type: ignore[attr-defined]
         temp = path.with_suffix(".tmp")
-        temp.write_text(json.dumps(asdict(entry)))
+        temp.write_text(json.dumps(asdict(entry)))  # type: ignore[call-overload]
         temp.replace(path)
 
     def forget(self, session_id: str) -> None:
         (self.folder / f"{session_id}.json").unlink(missing_ok=True)
 
-    def entries(self) -> list[LedgerEntry]:
+    def entries(self) -> list[Entry]:
         found = []
         for path in sorted(self.folder.glob("*.json")) if self.folder.is_dir() else ():
             with contextlib.suppress(OSError, ValueError, TypeError):
-                found.append(LedgerEntry(**json.loads(path.read_text())))
+                found.append(self.entry_type(**json.loads(path.read_text())))
         return found
+
+
+class RunLedger(WorkerLedger[LedgerEntry]):
+    subfolder = "runs"
+    entry_type = LedgerEntry
 
     def end_orphans(self, keep: set[str]) -> list[LedgerEntry]:
         """SIGKILL the process group of every listed engine still alive whose session is not in `keep`

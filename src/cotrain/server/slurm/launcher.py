@@ -37,6 +37,7 @@ from cotrain.server.slurm.script import (
     peer_options,
     sbatch_options,
 )
+from cotrain.server.slurm.session_options import session_sbatch_args
 from cotrain.server.validator_peer import VALIDATE_ENV, prepare_validator
 
 log = logging.getLogger(__name__)
@@ -108,8 +109,6 @@ class SlurmLauncher:
         """The `#SBATCH` options every job of the session shares (the engine's and its DiLoCo peers'): its
         shape, the worker's settings, then the session's own narrowing from `request` (`narrowed`: later
         options win). Each job adds its own stderr file (and a peer its dependency) in `_sbatch`."""
-        from cotrain.server.slurm.session_options import session_sbatch_args  # issue 15: a maintainer's narrowing
-
         narrowed = session_sbatch_args(request, self.slurm)  # checked against this worker's (a SlurmError: refused)
         return sbatch_options(spec, self.slurm, narrowed=narrowed)
 

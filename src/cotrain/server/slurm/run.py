@@ -14,16 +14,14 @@ engines): a worker that comes back after its sessions moved to other workers can
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import json
 import logging
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cotrain.core.events import read_status
+from cotrain.server.run_ledger import WorkerLedger
 from cotrain.server.slurm.jobs import JobState, SlurmError, cancel, job_state
 from cotrain.server.slurm.script import STOP_SIGNAL
 
@@ -197,28 +195,11 @@ class JobEntry:
     peer_jobs: list[str] = field(default_factory=list)  # a DiLoCo session's other peers
 
 
-class JobLedger:
+class JobLedger(WorkerLedger[JobEntry]):
     """COTRAIN_HOME/workers/<worker digest>/slurm-jobs/<session id>.json: the jobs this worker submitted."""
 
-    def __init__(self, root: Path, worker_id: str):
-        self.folder = root / "workers" / hashlib.sha256(worker_id.encode()).hexdigest()[:16] / "slurm-jobs"
-
-    def record(self, entry: JobEntry) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"{entry.session_id}.json"
-        temp = path.with_suffix(".tmp")
-        temp.write_text(json.dumps(asdict(entry)))
-        temp.replace(path)
-
-    def forget(self, session_id: str) -> None:
-        (self.folder / f"{session_id}.json").unlink(missing_ok=True)
-
-    def entries(self) -> list[JobEntry]:
-        found = []
-        for path in sorted(self.folder.glob("*.json")) if self.folder.is_dir() else ():
-            with contextlib.suppress(OSError, ValueError, TypeError):
-                found.append(JobEntry(**json.loads(path.read_text())))
-        return found
+    subfolder = "slurm-jobs"
+    entry_type = JobEntry
 
     def end_orphans(self, keep: set[str]) -> list[JobEntry]:
         """`scancel` every listed job still known to Slurm whose session is not in `keep` (re-attached), its
