@@ -328,8 +328,8 @@ class Detail:
             return
         self.view, self.row = view, view.row
         self._apply_status(view.row.status)
-        if view.queue_position:
-            self.step_label.set_text(self._step_text(view.row.step, view.row.total_steps, view.queue_position))
+        # a queue position or a waiting reason (its Slurm job pending) may have come or gone with the status
+        self.step_label.set_text(self._step_text(view.row.step, view.row.total_steps, view.queue_position))
         self._set_peers(view.peers)
         self._set_checkpoints(view.checkpoints)
         self._set_logs(view.logs)
@@ -396,9 +396,11 @@ class Detail:
 
     # ---- text ----------------------------------------------------------------------------------------
     def _step_text(self, step: int, total: int | None, queue_position: int | None = None) -> str:
+        reason = self.view.waiting_reason
         if queue_position:
-            reason = self.view.waiting_reason
             return t("detail.queue_position", n=queue_position) + (f" · {reason}" if reason else "")
+        if reason and self.row.status == "starting":  # claimed, but its Slurm job waits: Slurm's reason
+            return reason
         return t("detail.step", step=step, total=total) if total else t("detail.step_unknown", step=step)
 
     def _eta_text(self) -> str:
