@@ -548,6 +548,10 @@ def main(argv: list[str] | None = None) -> int:
         # torchrun puts its ranks in sessions of their own, so killing its process group (the server's
         # cancel after the grace period, an OOM kill) would leave the ranks running: die with torchrun
         signal_when_parent_dies(signal.SIGKILL)
+    elif "SLURM_STEP_ID" in os.environ:
+        # in a Slurm step the task's shell is the parent (server/slurm/script.py): Slurm's linuxproc tracking
+        # loses a process whose parent died, so it would outlive its job's SIGKILL
+        signal_when_parent_dies(signal.SIGKILL)
     try:
         config = load_config(args.config, overrides=args.set)
     except ConfigError as exc:

@@ -92,12 +92,17 @@ def engine_command(spec: JobSpec) -> str:
 
 def task_command(spec: JobSpec) -> str:
     """What each task of the step runs (bash): the engine, started with STOP_SIGNAL ignored (so its
-    processes ignore it), and a SIGTERM for it alone when the step gets STOP_SIGNAL; exits with its code."""
+    processes ignore it), and a SIGTERM for it alone when the step gets STOP_SIGNAL or SIGTERM; exits with
+    its code."""
     return "\n".join([
         f"trap '' {STOP_SIGNAL}",
         f"{engine_command(spec)} &",
         "run=$!",
         f"trap 'kill -TERM \"$run\"' {STOP_SIGNAL}",
+        # a TERM Slurm sends every process of the step (a plain scancel) reaches the run too: this shell stays, its
+        # parent, until the run has stopped (Slurm's proctrack/linuxproc finds a step's processes by their parents,
+        # so a run this shell left behind would outlive its job, SIGKILL and all)
+        "trap 'kill -TERM \"$run\" 2>/dev/null' TERM",
         # `wait` returns early for a trapped signal: wait again while the run lives
         'while true; do wait "$run"; code=$?; kill -0 "$run" 2>/dev/null || break; done',
         'exit "$code"',
