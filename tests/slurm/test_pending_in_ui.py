@@ -10,9 +10,34 @@ from typing import Any
 
 import pytest
 
-from tests.ui.conftest import TINY, VIEWPORT, Server, browser, ready, running_server, screenshot, sign_in  # noqa: F401
+from tests.conftest import missing_service
+from tests.ui.conftest import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    TINY,
+    VIEWPORT,
+    Server,
+    ready,
+    running_server,
+    screenshot,
+    sign_in,
+)
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Chromium for this test alone (tests/ui's package-scoped one would stay open into tests/ui, where a second
+    Playwright cannot start inside the first one's event loop)."""
+    if not Path(CHROMIUM).exists():
+        missing_service(f"no chromium at {CHROMIUM}: `apt-get install -y chromium` (see the Makefile's browser target)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
 
 
 @pytest.fixture
@@ -22,7 +47,7 @@ def slurm_ui(slurm_cluster: Any, tmp_path: Path) -> Iterator[Server]:
         yield server
 
 
-def test_the_session_page_shows_why_its_slurm_job_waits(browser: Any, slurm_ui: Server) -> None:  # noqa: F811
+def test_the_session_page_shows_why_its_slurm_job_waits(browser: Any, slurm_ui: Server) -> None:
     context = browser.new_context(viewport=VIEWPORT, base_url=slurm_ui.url)
     context.set_default_timeout(15_000)
     page = context.new_page()

@@ -11,6 +11,7 @@ every number non-negative, finite and below a cap no honest peer comes near.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -92,7 +93,8 @@ MAX_REPORTED = 10_000  # a flood of junk records must not grow the log-once memo
 def skipped_once(session_id: str, writer: str, why: str, kind: str = "progress") -> None:
     """Log a skipped record once per (session, writer, kind of record and of fault): readers poll every few
     seconds."""
-    seen = (session_id, writer, f"{kind}|{why.split(':')[0]}")
+    fault = re.sub(r"\d+(\.\d+)?", "#", why.split(":")[0])  # "its time is 3600 s ..." and "3599 s ..." alike
+    seen = (session_id, writer, f"{kind}|{fault}")
     if seen in _reported:
         return
     if len(_reported) >= MAX_REPORTED:
