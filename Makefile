@@ -25,12 +25,12 @@ run: $(STAMP)
 # The fault-injection tests (tests/faults) mostly wait on outages they cause, the verification and
 # DiLoCo-peer tests (tests/verification, tests/distributed) are sessions of many small peers, and the
 # engine's long training runs (test_train.py, test_engine_speed.py) are single processes, and the Slurm
-# DiLoCo sessions (tests/slurm/test_diloco_jobs.py) are jobs of two peers each: they run in a
+# sessions (tests/slurm/test_diloco_jobs.py, test_executor.py) are jobs of real runs: they run in a
 # second lane, alongside the rest of the suite (their output follows it), so the two lanes take about
 # as long as each other. Either lane failing fails `make test`; each lists its slowest tests.
 LANE_LOG := .pytest-lane
 SECOND_LANE := tests/faults tests/verification tests/distributed tests/core/test_train.py \
-	tests/core/test_engine_speed.py tests/slurm/test_diloco_jobs.py
+	tests/core/test_engine_speed.py tests/slurm/test_diloco_jobs.py tests/slurm/test_executor.py
 test: $(STAMP) browser slurm
 	@$(PY) -m pytest $(SECOND_LANE) -p no:cacheprovider --durations=10 > $(LANE_LOG)-second.log 2>&1 & second=$$!; \
 	$(PY) -m pytest $(addprefix --ignore=,$(SECOND_LANE)) --durations=10; main=$$?; \
