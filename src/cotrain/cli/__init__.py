@@ -7,6 +7,7 @@ import typer
 
 from cotrain.cli import (
     audit_cmd,
+    backup_cmd,
     chain_cmd,
     config_cmd,
     core_cmd,
@@ -25,7 +26,7 @@ app = typer.Typer(
 )
 
 for module in (config_cmd, core_cmd, server_cmd, p2p_cmd, chain_cmd, users_cmd, audit_cmd,
-               platform_cmd):  # issue 17: login, sessions, models list/compare/download
+               platform_cmd, backup_cmd):  # issue 17: login, sessions, models list/compare/download
     module.register(app)
 
 
