@@ -34,6 +34,8 @@ from cotrain.server.http_metrics import HttpMetrics, HttpMetricsMiddleware
 from cotrain.server.permissions import PermissionDenied
 from cotrain.server.platform import Platform
 from cotrain.server.rate_limits import RateLimiter  # issue 11: limits on input
+from cotrain.server.request_context import RequestContextMiddleware, wrap_outermost  # issue 14: logs
+from cotrain.server.transport_security import TransportSecurityMiddleware, https_everywhere  # issue 14: TLS
 from cotrain.server.ws import router as ws_router
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,10 @@ def create_app(platform: Platform | None = None) -> FastAPI:
     app.state.rate_limiter = RateLimiter.from_settings(platform.settings)
     app.add_middleware(HttpMetricsMiddleware, metrics=app.state.http_metrics)
     app.add_middleware(AuditMiddleware)  # issue 11: added last (outermost), so it also sees the limits' 413/429
+    # issue 14: the request id, session and actor for the logs, and HSTS and Secure cookies over HTTPS, around
+    # everything (the web UI's middlewares too)
+    always_https = https_everywhere(platform.settings)
+    wrap_outermost(app, lambda stack: RequestContextMiddleware(TransportSecurityMiddleware(stack, always_https)))
 
     api = APIRouter(prefix="/api/v1")
     for module in (sessions, hivemind, model_versions, tokens, system, users_api, audit_api, wallet, rewards):

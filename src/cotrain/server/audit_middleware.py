@@ -156,8 +156,9 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
             return
         headers: list[tuple[bytes, bytes]] = scope.get("headers") or []
-        request_id = request_id_of(headers)
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})  # the id server/request_context.py gave it (for the logs), if any
+        request_id = state.get("request_id") or request_id_of(headers)
+        state["request_id"] = request_id
         method, path = scope["method"], scope["path"]
         if not (path == API_PREFIX or path.startswith(API_PREFIX + "/")):
             await self.app(scope, receive, _with_request_id(send, request_id))

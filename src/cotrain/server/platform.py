@@ -16,6 +16,7 @@ from cotrain.server.auth import register_token_resolver
 from cotrain.server.chain_bridge import RewardSessions, build_chain, wallet_token_resolver
 from cotrain.server.executor import CHAIN_TICK_S, Executor
 from cotrain.server.fanout import make_hub
+from cotrain.server.logging_setup import announce
 from cotrain.server.metrics_service import MetricsService
 from cotrain.server.model_service import ModelService
 from cotrain.server.p2p_node import ServerDHT
@@ -67,7 +68,7 @@ class Platform:
         resolver = await asyncio.to_thread(wallet_token_resolver, self.chain)  # None (logged): no ledger key
         if resolver is not None:
             register_token_resolver(resolver)  # a signed-in wallet can own and start sessions
-            print(_sign_in_notice(), flush=True)  # issue 11: which origins wallets may sign in for
+            announce(_sign_in_notice())  # issue 11: which origins wallets may sign in for
         await self.hub.start()
         if self.settings.start_dht:
             await asyncio.to_thread(self.dht.start)
@@ -95,17 +96,17 @@ class Platform:
         home = self.settings.layout.root
         token = self.tokens.ensure_admin(home, self.settings.admin_token)
         if token:  # the one time the plain token is shown
-            print(
+            announce(
                 f"CoTrain admin token (shown once; also in {home / 'admin-token'}):\n  {token}\n"
                 f"Sign in to the web UI: {self.settings.ui_url or ''}/?token={token}",
-                flush=True,
+                secret=True,  # issue 14: never into a log file
             )
 
     def _create_example(self) -> None:
         """Create the example session when the database has no session yet."""
         row = self.sessions.create_example()
         if row is not None:
-            print(f"Created the example session {row.id} ({row.name}); it is {row.status}.", flush=True)
+            announce(f"Created the example session {row.id} ({row.name}); it is {row.status}.")
 
     # ---- for services called from any thread ----------------------------------------------
     def publish(self, messages: list[dict[str, Any]]) -> None:

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BeforeValidator, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from cotrain.config.env_settings import CommaList, EnvSettings, OnUnlessOff, comma_list, env_field
+from cotrain.config.env_settings import CommaList, EnvSettings, Flag, OnUnlessOff, comma_list, env_field
 from cotrain.config.memory import parse_size
 from cotrain.data_roots import default_root, parse_roots, resolve, unique
 from cotrain.db import DatabaseSettings
@@ -260,8 +260,27 @@ class Settings(DatabaseSettings, LimitSettings):
     # ---- experiment trackers (issue 17): COTRAIN_TRACKING_* (tracking_from_env), applied by
     # config_generator.with_server_tracking to each session's config where it sets no value itself
     tracking: dict[str, Any] = Field(default_factory=tracking_from_env)
+    # ---- issue 14, logs and TLS: server/logging_setup.py, server/transport_security.py
+    log_format: Literal["text", "json"] = env_field(
+        "COTRAIN_LOG_FORMAT", "text",
+        "`json`: every server and worker log line is one JSON object (stdout and `COTRAIN_HOME/logs/system/`); "
+        "`text`: one readable line")
+    https: Flag = env_field(
+        "COTRAIN_HTTPS", False,
+        "`1`: browsers reach this server over HTTPS (a TLS-terminating proxy): HSTS and Secure cookies on every "
+        "response (`cotrain up --ssl-certfile` and an `https://` COTRAIN_PUBLIC_ORIGIN turn them on too)",
+        shown="`0`")
     poll_interval_s: float = 0.05
     python: str = sys.executable
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _log_format(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if value.strip().lower() not in ("text", "json"):
+            raise ValueError(f"COTRAIN_LOG_FORMAT={value!r} is not a log format; set it to json or text, or unset it.")
+        return value.strip().lower()
 
     @field_validator("executor", mode="before")
     @classmethod

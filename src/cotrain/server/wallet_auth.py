@@ -27,6 +27,7 @@ from cotrain.chain.tokens import TokenClaims
 from cotrain.server.auth import Actor, authenticate
 from cotrain.server.chain_bridge import resolve_wallet_token
 from cotrain.server.permissions import Action, PermissionDenied, require
+from cotrain.server.request_context import note_actor
 from cotrain.server.user_service import is_banned
 
 COOKIE = "cotrain_wallet"
@@ -70,6 +71,8 @@ def signed_in(chain: ChainService, token: str) -> SignedIn | None:
         return None
     with chain.factory.begin() as db:
         actor = authenticate(db, token, resolvers=[partial(resolve_wallet_token, chain)])
+    if actor is not None:
+        note_actor(actor.label)  # issue 14: the logs of this request name its actor
     return None if actor is None else SignedIn(claims.address, actor, claims)
 
 

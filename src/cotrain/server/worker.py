@@ -6,11 +6,11 @@ the database like every process (`cotrain.db.open_database`) and builds only the
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import sys
 
 from cotrain.db import open_database
+from cotrain.server import logging_setup
 from cotrain.server.executor import Executor
 from cotrain.server.fanout import make_hub
 from cotrain.server.settings import Settings
@@ -27,8 +27,8 @@ def settings_or_exit() -> Settings:
 
 
 async def run_worker(settings: Settings | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings or settings_or_exit()
+    logging_setup.configure(settings.log_format, settings.layout.system_logs, "worker")  # issue 14: one setup
     if settings.executor == "slurm":
         from cotrain.server.slurm.jobs import slurm_available
 
@@ -47,7 +47,7 @@ async def run_worker(settings: Settings | None = None) -> None:
     await hub.start()
     executor = Executor(settings, factory, hub)
     await executor.start()
-    print(f"CoTrain worker {settings.worker_id} is waiting for sessions", flush=True)
+    logging_setup.announce(f"CoTrain worker {settings.worker_id} is waiting for sessions")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -16,6 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from cotrain.server import signed_urls
 from cotrain.server.auth import Actor
 from cotrain.server.platform import Platform
+from cotrain.server.request_context import note_actor
 
 bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer ct_...`")
 
@@ -63,6 +64,7 @@ async def optional_actor(
             "COTRAIN_HOME/admin-token or ask an admin for a new one.",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    note_actor(actor.label)  # issue 14: the logs of this request name its actor
     return actor
 
 
