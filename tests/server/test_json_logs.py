@@ -153,6 +153,7 @@ def test_no_token_reaches_the_logs(served: Served) -> None:
         assert health["path"] == "/health?token=***"
         websocket = [e for e in entries if "WebSocket /ws?token=" in e["message"]]
         assert websocket and all("/ws?token=***" in e["message"] for e in websocket)
+        assert all(e["actor"].startswith("token:") and e["request_id"] for e in websocket), websocket
 
 
 def test_an_exception_becomes_an_exc_info_field_and_the_actor_set_in_a_thread_is_kept() -> None:

@@ -50,6 +50,7 @@ from cotrain.server.fanout import ALL_SESSIONS, BACKFILL, Subscriber
 from cotrain.server.permissions import Action, allowed, role_of
 from cotrain.server.rate_limits import Limit, client_ip, limiter_of
 from cotrain.server.replay_service import HiddenSession
+from cotrain.server.request_context import note_actor
 
 router = APIRouter()
 
@@ -86,6 +87,8 @@ async def websocket(ws: WebSocket, token: str | None = None) -> None:
     bearer = ws.headers.get("authorization", "")
     token = token or (bearer[7:] if bearer.lower().startswith("bearer ") else None)
     actor = await asyncio.to_thread(platform.tokens.authenticate, token) if token else None
+    if actor is not None:
+        note_actor(actor.label)  # issue 14: the connection's log lines name its actor
     await ws.accept()
     if token and actor is None:
         await ws.close(code=1008, reason="Unknown or revoked token; connect without one for public sessions.")
