@@ -36,14 +36,15 @@ RUN --mount=type=bind,from=builder,source=/tmp/build,target=/tmp/build \
 RUN groupadd --system --gid "${APP_UID}" cotrain \
     && useradd --system --uid "${APP_UID}" --gid cotrain --home-dir /home/cotrain --create-home \
         --shell /usr/sbin/nologin cotrain \
-    && mkdir -p /data \
-    && chown cotrain:cotrain /data
+    && mkdir -p /data /backups \
+    && chown cotrain:cotrain /data /backups
 COPY --from=builder /opt/venv /opt/venv
 COPY deploy/docker/healthcheck.py /opt/cotrain/healthcheck.py
 COPY deploy/docker/env-from-secrets.sh /usr/local/bin/cotrain-env-from-secrets
 ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     COTRAIN_HOME=/data \
+    COTRAIN_LOG_FORMAT=json \
     COTRAIN_DHT_HOST_MADDRS=/ip4/0.0.0.0/tcp/31337 \
     HF_HOME=/data/cache/huggingface
 USER cotrain:cotrain

@@ -129,7 +129,7 @@ def test_dockerfile_runs_cotrain_with_a_health_check_and_a_volume() -> None:
     assert "/opt/cotrain/healthcheck.py" in healthcheck and "CMD" in healthcheck
     assert json.loads(instructions(final, "VOLUME")[-1]) == ["/data"]
     env = " ".join(instructions(final, "ENV"))
-    assert "COTRAIN_HOME=/data" in env
+    assert "COTRAIN_HOME=/data" in env and "COTRAIN_LOG_FORMAT=json" in env
     assert f"COTRAIN_DHT_HOST_MADDRS=/ip4/0.0.0.0/tcp/{DHT_PORT}" in env
     assert set(instructions(final, "EXPOSE")[-1].split()) == {"8000", str(DHT_PORT)}
 
