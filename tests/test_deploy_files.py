@@ -308,6 +308,52 @@ def test_env_from_secrets_turns_secret_files_into_variables(tmp_path: Path) -> N
     assert "token-from-file" not in done.stdout + done.stderr
 
 
+def fake_python(bin_dir: Path, log: Path) -> None:
+    """A `python3` whose `-m venv DIR` makes a venv whose python logs its arguments and pip's settings."""
+    bin_dir.mkdir()
+    logger = (f'#!/bin/sh\nprintf "%s\\n" "ARGS $*" "PIP_INDEX_URL=${{PIP_INDEX_URL-unset}}" '
+              f'"PIP_CERT=${{PIP_CERT-unset}}" >> {log}\n')
+    (bin_dir / "python3").write_text(
+        '#!/bin/sh\n[ "$1 $2" = "-m venv" ] || exit 3\nmkdir -p "$3/bin"\n'
+        f"cat > \"$3/bin/python\" <<'EOF'\n{logger}EOF\n"
+        'printf "#!/bin/sh\\nexit 0\\n" > "$3/bin/cotrain"\nchmod +x "$3/bin/python" "$3/bin/cotrain"\n')
+    (bin_dir / "python3").chmod(0o755)
+
+
+def run_build_venv(tmp_path: Path, **env: str) -> list[str]:
+    """deploy/docker/build-venv.sh with a logging python: what it asked pip, and with which settings."""
+    log, build = tmp_path / "pip.log", tmp_path / "build"
+    fake_python(tmp_path / "bin", log)
+    build.mkdir(exist_ok=True)
+    (tmp_path / "system-ca.pem").write_text("SYSTEM CA\n")
+    base = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "BUILD_DIR": str(build), "TORCH_SPEC": "torch==2.13.0",
+            "SYSTEM_CA_FILE": str(tmp_path / "system-ca.pem")}
+    done = subprocess.run(["sh", str(REPO / "deploy" / "docker" / "build-venv.sh"), "/src", str(tmp_path / "venv")],
+                          env={**base, **env}, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return log.read_text().splitlines()
+
+
+def test_build_venv_installs_cpu_torch_then_cotrain_without_empty_pip_settings(tmp_path: Path) -> None:
+    lines = run_build_venv(tmp_path, TORCH_INDEX_URL="https://download.pytorch.org/whl/cpu", PIP_INDEX_URL="")
+    calls = [line for line in lines if line.startswith("ARGS")]
+    assert calls == ["ARGS -m pip install --quiet --upgrade pip",
+                     "ARGS -m pip install --quiet --index-url https://download.pytorch.org/whl/cpu torch==2.13.0",
+                     "ARGS -m pip install --quiet /src"]
+    assert "PIP_INDEX_URL=unset" in lines and "PIP_CERT=unset" in lines  # an empty build argument is no index
+
+
+def test_build_venv_uses_the_proxy_index_and_ca_bundle(tmp_path: Path) -> None:
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "ca.pem").write_text("CORPORATE CA\n")
+    lines = run_build_venv(tmp_path, TORCH_INDEX_URL="", PIP_INDEX_URL="https://mirror.example/simple")
+    assert "ARGS -m pip install --quiet torch==2.13.0" in lines  # no torch index: PyPI's (CUDA) build, via the mirror
+    assert "PIP_INDEX_URL=https://mirror.example/simple" in lines
+    bundle = tmp_path / "build" / "all-ca.pem"
+    assert f"PIP_CERT={bundle}" in lines
+    assert bundle.read_text() == "SYSTEM CA\nCORPORATE CA\n"
+
+
 # ---- the image's health check ----
 
 class _Health(http.server.BaseHTTPRequestHandler):

@@ -7,6 +7,8 @@
 set -eu
 src=${1:?usage: build-venv.sh SOURCE_DIR VENV_DIR}
 venv=${2:?usage: build-venv.sh SOURCE_DIR VENV_DIR}
+build=${BUILD_DIR:-/tmp/build}  # the CA bundle's folder (the tests point it elsewhere)
+system_ca=${SYSTEM_CA_FILE:-/etc/ssl/certs/ca-certificates.crt}
 
 # An empty build argument is still an environment variable; pip would read PIP_INDEX_URL="" as an index.
 for name in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST TORCH_INDEX_URL; do
@@ -14,10 +16,9 @@ for name in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST TORCH_INDEX_URL; 
     [ -n "$value" ] || unset "$name"
 done
 
-if [ -s /tmp/build/ca.pem ]; then
-    cat /etc/ssl/certs/ca-certificates.crt /tmp/build/ca.pem > /tmp/build/all-ca.pem 2>/dev/null \
-        || cp /tmp/build/ca.pem /tmp/build/all-ca.pem
-    export PIP_CERT=/tmp/build/all-ca.pem REQUESTS_CA_BUNDLE=/tmp/build/all-ca.pem SSL_CERT_FILE=/tmp/build/all-ca.pem
+if [ -s "$build/ca.pem" ]; then
+    cat "$system_ca" "$build/ca.pem" > "$build/all-ca.pem" 2>/dev/null || cp "$build/ca.pem" "$build/all-ca.pem"
+    export PIP_CERT="$build/all-ca.pem" REQUESTS_CA_BUNDLE="$build/all-ca.pem" SSL_CERT_FILE="$build/all-ca.pem"
 fi
 export PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
