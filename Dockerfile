@@ -6,7 +6,7 @@
 #   docker build -t cotrain:gpu --build-arg TORCH_SPEC=torch==2.13.0 \
 #       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .   # one CUDA version
 #
-# Behind a corporate proxy: --build-arg PIP_INDEX_URL=... (PIP_EXTRA_INDEX_URL, PIP_TRUSTED_HOST) and
+# Behind a corporate proxy: --build-arg PIP_INDEX_URL=... (PIP_EXTRA_INDEX_URL, PIP_TRUSTED_HOST, PIP_FIND_LINKS) and
 # --build-arg CA_BUNDLE=path/in/context/ca.pem; HTTP_PROXY/HTTPS_PROXY/NO_PROXY are Docker's own
 # build arguments. The CA bundle serves the build stages only, never the final image.
 # podman: `podman build --format docker ...` keeps the HEALTHCHECK (the OCI format has none).
@@ -20,6 +20,7 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG PIP_INDEX_URL=
 ARG PIP_EXTRA_INDEX_URL=
 ARG PIP_TRUSTED_HOST=
+ARG PIP_FIND_LINKS=
 ARG CA_BUNDLE=deploy/docker/no-ca.pem
 COPY ${CA_BUNDLE} /tmp/build/ca.pem
 COPY deploy/docker/build-venv.sh deploy/docker/install-runtime-packages.sh /tmp/build/

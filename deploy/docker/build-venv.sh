@@ -1,8 +1,8 @@
 #!/bin/sh
 # Builder stage of the Dockerfile: the virtual environment /opt/venv with torch (TORCH_SPEC, from
 # TORCH_INDEX_URL when set) and CoTrain from the source tree in $1. Behind a corporate proxy the
-# standard PIP_INDEX_URL / PIP_EXTRA_INDEX_URL / PIP_TRUSTED_HOST build arguments reach pip as they are,
-# and a CA bundle (the CA_BUNDLE build argument, copied to /tmp/build/ca.pem) is added to the system's
+# standard PIP_INDEX_URL / PIP_EXTRA_INDEX_URL / PIP_TRUSTED_HOST / PIP_FIND_LINKS build arguments
+# reach pip as they are, and a CA bundle (the CA_BUNDLE build argument, copied to /tmp/build/ca.pem) is added to the system's
 # for this stage only: nothing of it reaches the final image.
 set -eu
 src=${1:?usage: build-venv.sh SOURCE_DIR VENV_DIR}
@@ -11,7 +11,7 @@ build=${BUILD_DIR:-/tmp/build}  # the CA bundle's folder (the tests point it els
 system_ca=${SYSTEM_CA_FILE:-/etc/ssl/certs/ca-certificates.crt}
 
 # An empty build argument is still an environment variable; pip would read PIP_INDEX_URL="" as an index.
-for name in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST TORCH_INDEX_URL; do
+for name in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST PIP_FIND_LINKS TORCH_INDEX_URL; do
     eval "value=\${$name:-}"
     [ -n "$value" ] || unset "$name"
 done
