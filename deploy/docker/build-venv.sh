@@ -2,8 +2,8 @@
 # Builder stage of the Dockerfile: the virtual environment /opt/venv with torch (TORCH_SPEC, from
 # TORCH_INDEX_URL when set) and CoTrain from the source tree in $1. Behind a corporate proxy the
 # standard PIP_INDEX_URL / PIP_EXTRA_INDEX_URL / PIP_TRUSTED_HOST / PIP_FIND_LINKS build arguments
-# reach pip as they are, and a CA bundle (the CA_BUNDLE build argument, copied to /tmp/build/ca.pem) is added to the system's
-# for this stage only: nothing of it reaches the final image.
+# reach pip as they are, and a CA bundle (the CA_BUNDLE build argument, copied to /tmp/build/ca.pem)
+# is added to the system's for this stage only: nothing of it reaches the final image.
 set -eu
 src=${1:?usage: build-venv.sh SOURCE_DIR VENV_DIR}
 venv=${2:?usage: build-venv.sh SOURCE_DIR VENV_DIR}
