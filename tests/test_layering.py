@@ -153,3 +153,14 @@ def test_chain_loads_no_core_or_server_in_a_fresh_interpreter() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"importing cotrain.chain loaded {out.stdout.strip()}"
+
+
+def test_the_server_and_web_ui_start_without_torch_or_hivemind() -> None:
+    """`cotrain up` serves the API and the UI, verifying peers' signatures (p2p/peer_keys.py) but training
+    nothing: importing the apps must not load torch or hivemind (hivemind imports torch), which would add
+    seconds to every server start. A peer's own key and the DHT node load them when used."""
+    code = ("import sys\nimport cotrain.server.app, cotrain.ui.app, cotrain.server.worker\n"
+            "print(','.join(m for m in ('torch', 'hivemind', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"importing the server loaded {out.stdout.strip()}"

@@ -13,7 +13,8 @@ from hivemind.p2p import PeerID
 from hivemind.utils.crypto import RSAPrivateKey
 
 from cotrain.chain.bindings import SignedBinding, bound_wallets, sign_binding, sign_peer_half, sign_wallet_half
-from cotrain.p2p.identity import load_or_create_identity, peer_id_of
+from cotrain.p2p.identity import load_or_create_identity
+from cotrain.p2p.peer_keys import peer_id_of
 
 from . import test_api
 from .test_api import sign_in
@@ -100,6 +101,8 @@ def test_peer_half_by_another_key_than_the_peer_ids_is_refused(api, peer_key):
     elsewhere = sign_peer_half(peer_key, SESSION, Wallet.create().address)
     refused(post(api, replace(victim, peer_signature=elsewhere["peerSignature"])), "does not verify")
     refused(post(api, replace(victim, peer_public_key="ssh-rsa not-a-key")), "not an OpenSSH RSA key")
+    # a PEM header made cryptography raise UnsupportedAlgorithm, which was no ValueError: a 500, not a refusal
+    refused(post(api, replace(victim, peer_public_key="-----BEGIN PUBLIC KEY-----")), "not an OpenSSH RSA key")
     # a binding signed for another session is no binding in this one
     other_session = sign_binding(peer_key, wallet.account.private_key, "another-session")
     refused(post(api, replace(other_session, session_id=SESSION)), "does not verify")

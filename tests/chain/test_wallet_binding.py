@@ -15,7 +15,8 @@ from cotrain.chain.binding_token import BadPeerToken, read_peer_half_token
 from cotrain.chain.bindings import BadBindingSignature, SignedBinding, bound_wallets, check_binding, wallet_statement
 from cotrain.chain.orm import PeerBinding
 from cotrain.cli import app as cli
-from cotrain.p2p.identity import load_or_create_identity, peer_id_of
+from cotrain.p2p.identity import load_or_create_identity
+from cotrain.p2p.peer_keys import peer_id_of
 
 from . import test_api
 from .wallets import Wallet

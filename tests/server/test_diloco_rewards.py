@@ -21,7 +21,8 @@ import pytest
 from hivemind.utils.crypto import RSAPrivateKey
 
 from cotrain.chain.bindings import sign_binding
-from cotrain.p2p.identity import load_identity, peer_id_of
+from cotrain.p2p.identity import load_identity
+from cotrain.p2p.peer_keys import peer_id_of
 from tests.chain.wallets import Wallet
 from tests.conftest import engine_env
 from tests.server.conftest import reference_session, wait_until

@@ -15,7 +15,8 @@ from sqlalchemy import select
 
 from cotrain.chain.orm import PeerBinding
 from cotrain.db import default_database_url, open_database
-from cotrain.p2p.identity import load_identity, peer_id_of
+from cotrain.p2p.identity import load_identity
+from cotrain.p2p.peer_keys import peer_id_of
 from tests.chain.wallets import Wallet
 from tests.conftest import engine_env
 from tests.server.conftest import reference_session, wait_until

@@ -16,7 +16,8 @@ from sqlalchemy import inspect
 from cotrain.cli.errors import UserError
 from cotrain.cli.p2p_cmd import join_config
 from cotrain.db import MIGRATIONS_DIR, make_engine, run_migrations
-from cotrain.p2p.identity import load_identity, peer_id_of
+from cotrain.p2p.identity import load_identity
+from cotrain.p2p.peer_keys import peer_id_of
 from cotrain.p2p.server_join import volunteer_config
 from cotrain.paths import Layout
 from cotrain.server.validator_peer import VALIDATE_ENV

@@ -17,7 +17,8 @@ def test_bind_a_running_peer_with_the_browser_wallet(page: Any, server: Server, 
 
     from cotrain.chain.bindings import bound_wallets
     from cotrain.cli import app as cli
-    from cotrain.p2p.identity import load_or_create_identity, peer_id_of
+    from cotrain.p2p.identity import load_or_create_identity
+    from cotrain.p2p.peer_keys import peer_id_of
     from tests.chain.browser_wallet import inject_wallet
     from tests.chain.wallets import Wallet
 

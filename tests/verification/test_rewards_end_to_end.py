@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from cotrain.p2p.identity import load_identity, peer_id_of
+from cotrain.p2p.identity import load_identity
+from cotrain.p2p.peer_keys import peer_id_of
 from tests.chain.wallets import Wallet
 from tests.conftest import PYTHON, engine_env
 from tests.server.conftest import reference_session, wait_until

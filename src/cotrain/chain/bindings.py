@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from aptos_sdk import ed25519
 from aptos_sdk.account_address import AccountAddress
-from hivemind.utils.crypto import RSAPrivateKey
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cotrain.chain.errors import ChainError
 from cotrain.chain.orm import BindingProof, PeerBinding
 from cotrain.chain.signin import SignInError, check_signed_text, derived_auth_keys
-from cotrain.p2p.identity import peer_id_of, public_key_from_text, public_key_text
+from cotrain.p2p.peer_keys import peer_id_of, public_key_from_text
+
+if TYPE_CHECKING:  # hivemind imports torch: the server, which only verifies bindings, starts without it
+    from hivemind.utils.crypto import RSAPrivateKey
 
 RETRY = ("run `cotrain join --wallet-key-file` (or `cotrain rewards bind`) on the peer's machine, which signs "
          "both halves")
@@ -71,7 +74,8 @@ class SignedBinding:
 def sign_peer_half(peer_key: RSAPrivateKey, session_id: str, address: str) -> dict[str, str]:
     """The peer's half (made where its identity file is): its id, public key and signature of (session, wallet)."""
     address = str(AccountAddress.from_str_relaxed(address))
-    return {"peerId": peer_id_of(peer_key.get_public_key()), "peerPublicKey": public_key_text(peer_key),
+    public_key = peer_key.get_public_key()
+    return {"peerId": peer_id_of(public_key), "peerPublicKey": public_key.to_bytes().decode(),
             "peerSignature": peer_key.sign(peer_statement(session_id, address)).decode()}
 
 

@@ -23,8 +23,9 @@ from hivemind.proto import crypto_pb2
 from hivemind.utils.crypto import RSAPrivateKey, RSAPublicKey
 
 from cotrain.p2p.errors import PeerNetworkError
-from cotrain.p2p.identity import load_identity, peer_id_of
+from cotrain.p2p.identity import load_identity
 from cotrain.p2p.lifetime import dies_with_parent
+from cotrain.p2p.peer_keys import peer_id_of
 
 LOOPBACK_MADDRS = ["/ip4/127.0.0.1/tcp/0"]
 

@@ -3,21 +3,18 @@
 hivemind writes the identity file (`P2P.generate_identity`: a libp2p `PrivateKey` protobuf holding an RSA
 key) and the DHT's peer id is the libp2p hash of that key's public half, so whoever holds the file is the
 peer: its signature proves a binding (`cotrain join --wallet-key-file`), and `peer_id_of` lets a server
-check that a public key is the one a peer id names, without any network.
+check that a public key is the one a peer id names, without any network (p2p/peer_keys.py, which the
+server uses without importing hivemind).
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
-import base58
-import multihash
-from cryptography.hazmat.primitives import serialization
 from google.protobuf.message import DecodeError
 from hivemind.p2p import P2P
 from hivemind.proto import crypto_pb2
-from hivemind.utils.crypto import RSAPrivateKey, RSAPublicKey
+from hivemind.utils.crypto import RSAPrivateKey
 
 IDENTITY_FILE = "p2p-identity.key"
 
@@ -47,23 +44,3 @@ def load_identity(path: Path) -> RSAPrivateKey:
     key = RSAPrivateKey.__new__(RSAPrivateKey)
     key.__setstate__({"_private_key": der})  # hivemind's own (pickle) way to rebuild a key from DER bytes
     return key
-
-
-def peer_id_of(public_key: RSAPublicKey) -> str:
-    """The libp2p peer id (base58) of an RSA public key: the one hivemind's DHT has when its identity
-    file holds the matching private key (libp2p peer-ids spec, as `PeerID.from_identity`)."""
-    der = serialization.load_ssh_public_key(public_key.to_bytes()).public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    encoded = crypto_pb2.PublicKey(key_type=crypto_pb2.RSA, data=der).SerializeToString()
-    digest = multihash.encode(hashlib.sha256(encoded).digest(), multihash.coerce_code("sha2-256"))
-    return base58.b58encode(digest).decode()
-
-
-def public_key_text(key: RSAPrivateKey) -> str:
-    """The public half as OpenSSH text (`ssh-rsa AAAA...`), the form hivemind's DHT records name owners by."""
-    return key.get_public_key().to_bytes().decode()
-
-
-def public_key_from_text(text: str) -> RSAPublicKey:
-    """Raises ValueError when `text` is not an OpenSSH RSA public key."""
-    return RSAPublicKey.from_bytes(text.encode())

@@ -43,7 +43,8 @@ def engine_identity_path(config_path: Path, env: Mapping[str, str]) -> Path:
 
 def prepare_validator(config_path: Path, env: Mapping[str, str]) -> str:
     """Make (or keep: a retried run stays the same peer) the engine's identity file; its peer id."""
-    from cotrain.p2p.identity import load_or_create_identity, peer_id_of
+    from cotrain.p2p.identity import load_or_create_identity
+    from cotrain.p2p.peer_keys import peer_id_of
 
     key = load_or_create_identity(engine_identity_path(config_path, env))
     return peer_id_of(key.get_public_key())
