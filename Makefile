@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser slurm run test bench lint clean
+.PHONY: install browser slurm containers run test bench lint clean
 
 install: $(STAMP)
 
@@ -31,7 +31,7 @@ run: $(STAMP)
 LANE_LOG := .pytest-lane
 SECOND_LANE := tests/faults tests/verification tests/distributed tests/core/test_train.py \
 	tests/core/test_engine_speed.py tests/slurm/test_diloco_jobs.py tests/slurm/test_executor.py
-test: $(STAMP) browser slurm
+test: $(STAMP) browser slurm containers
 	@$(PY) -m pytest $(SECOND_LANE) -p no:cacheprovider --durations=10 > $(LANE_LOG)-second.log 2>&1 & second=$$!; \
 	$(PY) -m pytest $(addprefix --ignore=,$(SECOND_LANE)) --durations=10; main=$$?; \
 	wait $$second; second_status=$$?; \
@@ -62,6 +62,13 @@ browser:
 SLURM_PACKAGES := slurmctld slurmd slurm-client munge
 slurm:
 	$(call need_packages,$(SLURM_PACKAGES),! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v sbatch >/dev/null || ! command -v munged >/dev/null,the Slurm tests)
+
+# The container test (tests/containers) builds the image and starts compose.yaml with Debian's podman
+# (runc, cgroupfs: tests/containers/containers.conf), its base image with debootstrap (no registry is
+# reachable on CI machines); podman-compose comes from PyPI with the dev extras (Debian's breaks host networking).
+CONTAINER_PACKAGES := podman runc debootstrap
+containers:
+	$(call need_packages,$(CONTAINER_PACKAGES),! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v debootstrap >/dev/null,the container test)
 
 # Every benchmark's quick run; each prints its figures and writes bench/results/*.json.
 bench: $(STAMP)
