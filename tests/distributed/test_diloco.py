@@ -217,8 +217,10 @@ def test_killed_peer_is_dropped_and_a_joining_peer_gets_the_state(
         victim.kill_9()
         killed_time = time.time()
         killed_at = max(first.outer_steps())
-        # starts now, takes part once its startup is done (a few rounds later)
-        joiner = Peer("joiner", tmp_path, shared_datasets, bootstrap, max_steps=20)
+        # starts now, takes part once its startup is done (a few rounds later, more on a loaded machine) and
+        # trains to the survivors' end: a joiner whose startup outlasted its own max_steps had only the round
+        # of its download, averaged with nobody
+        joiner = Peer("joiner", tmp_path, shared_datasets, bootstrap, max_steps=100)
         assert joiner.wait() == 0, (tmp_path / "joiner.log").read_text()[-3000:]
         for peer in (first, second):
             assert peer.wait() == 0, (tmp_path / f"{peer.name}.log").read_text()[-3000:]
@@ -231,11 +233,11 @@ def test_killed_peer_is_dropped_and_a_joining_peer_gets_the_state(
     assert max(a) == max(b) and max(a) >= 12
     for step in a:
         assert a[step]["params_hash"] == b[step]["params_hash"], step
-    assert any(a[s]["group_size"] == 2 for s in a if s > killed_at + 1)
+    assert any(a[s].get("group_size") == 2 for s in a if s > killed_at + 1)
     # dropped within 10 s: in the first round the survivors averaged without the victim, the time they
     # spent past their own inner steps (waiting for a group, then averaging) is what the dead peer cost
     # them; the round's wall time since the kill also holds its inner steps, which a loaded machine slows
-    first_without = a[min(s for s in a if s > killed_at and a[s]["group_size"] == 2)]
+    first_without = a[min(s for s in a if s > killed_at and a[s].get("group_size") == 2)]
     lost = first_without["round"]["wait_seconds"] + first_without["round"]["averaging_seconds"]
     print(f"first round without the killed peer ended {first_without['time'] - killed_time:.1f} s after kill -9;"
           f" it waited and averaged {lost:.1f} s")
@@ -244,7 +246,7 @@ def test_killed_peer_is_dropped_and_a_joining_peer_gets_the_state(
     assert min(j) > 1
     for step in j:
         assert j[step]["params_hash"] == a[step]["params_hash"], step
-    assert any(j[s]["group_size"] == 3 for s in j)
+    assert any(j[s].get("group_size") == 3 for s in j), j  # a downloaded round has no group
     assert "downloading the global state" in (tmp_path / "joiner.log").read_text()
     # the survivors logged the victim leaving and the joiner joining as peer events
     peer_events = [(e["event"], e["peer_id"]) for e in first.events() if e["type"] == "peer"]
