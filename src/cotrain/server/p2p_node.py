@@ -52,9 +52,11 @@ class _Connect:
 
 
 class ServerDHT:
-    def __init__(self, host_maddrs: list[str], initial_peers: list[str] | None = None):
+    def __init__(self, host_maddrs: list[str], initial_peers: list[str] | None = None,
+                 announce_maddrs: list[str] | None = None):
         self.host_maddrs = host_maddrs
         self.initial_peers = initial_peers or []
+        self.announce_maddrs = announce_maddrs or []  # what peers are told to dial, when not host_maddrs
         self.dht: Any = None
         self.started_at: float | None = None
         self.error: str | None = None
@@ -74,7 +76,8 @@ class ServerDHT:
                     # (imports hivemind: only when the node starts)
                     from cotrain.p2p.dht import start_dht
 
-                    self.dht = start_dht(initial_peers=self.initial_peers, host_maddrs=self.host_maddrs)
+                    self.dht = start_dht(initial_peers=self.initial_peers, host_maddrs=self.host_maddrs,
+                                         announce_maddrs=self.announce_maddrs)
                     self._addresses = [str(a) for a in self.dht.get_visible_maddrs()]
                     self.started_at, self.error = time.time(), None
                 except Exception as exc:

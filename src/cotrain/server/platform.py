@@ -39,7 +39,8 @@ class Platform:
         self.engine, self.factory = open_database(self.settings.database_url, migrate=False)
         self.hub = make_hub(self.settings.redis_url)
         self.url_secret = load_secret(self.settings.layout.root, self.settings.url_secret)  # signs download links
-        self.dht = ServerDHT(self.settings.dht_host_maddrs, self.settings.dht_initial_peers)
+        self.dht = ServerDHT(self.settings.dht_host_maddrs, self.settings.dht_initial_peers,
+                             self.settings.dht_announce_maddrs)
         self.chain = build_chain(self.factory, self.dht)
         self.executor: Executor | None = None
         if self.settings.embedded_worker:

@@ -6,6 +6,7 @@ tables are generated from them (`python -m cotrain.server.env_reference README.m
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -58,6 +59,10 @@ def _memory_size(value: Any) -> Any:
 
 def _split_roots(value: Any) -> Any:
     return parse_roots(value) if isinstance(value, str) else value
+
+
+# /ip4|ip6|dns|dns4|dns6/<host>/tcp|udp/<port>, then any further protocols (/quic, /p2p/<id>, ...)
+MULTIADDR = re.compile(r"/(ip4|ip6|dns|dns4|dns6)/[^/\s]+/(tcp|udp)/\d{1,5}(/[^\s]*)?")
 
 
 def _gpu_indices(value: Any) -> Any:
@@ -224,6 +229,11 @@ class Settings(DatabaseSettings, LimitSettings):
         "where the DHT node listens (e.g. `/ip4/0.0.0.0/tcp/31337`)", shown="loopback")
     dht_initial_peers: CommaList = env_field(
         "COTRAIN_DHT_INITIAL_PEERS", list, "peers of an existing DHT to join", shown="unset")
+    dht_announce_maddrs: CommaList = env_field(
+        "COTRAIN_DHT_ANNOUNCE_MADDRS", list,
+        "the addresses volunteers reach the DHT node at, when they are not the ones it listens on (a "
+        "container's published port, NAT: `/ip4/203.0.113.7/tcp/31337`); the join command hands them out",
+        shown="unset: the listening ones")
     embedded_worker: OnUnlessOff = env_field(
         "COTRAIN_EMBEDDED_WORKER", True, "`0`: this server runs no trainings (API replicas)", shown="`1`")
     worker_id: str = env_field(
@@ -290,6 +300,18 @@ class Settings(DatabaseSettings, LimitSettings):
         if value.strip().lower() not in ("local", "slurm"):
             raise ValueError(f"COTRAIN_EXECUTOR={value!r} is not an executor; set it to local or slurm, or unset it.")
         return value.strip().lower()
+
+    @field_validator("dht_host_maddrs", "dht_announce_maddrs")
+    @classmethod
+    def _multiaddrs(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        """A typo here would only show when the DHT node fails to start, or never (an announced address
+        nobody can dial): refuse it at start, with the form expected."""
+        variable = "COTRAIN_DHT_HOST_MADDRS" if info.field_name == "dht_host_maddrs" else "COTRAIN_DHT_ANNOUNCE_MADDRS"
+        for address in value:
+            if not MULTIADDR.fullmatch(address):
+                raise ValueError(f"{variable}: {address!r} is not a TCP or UDP multiaddr; write it like "
+                                 "/ip4/203.0.113.7/tcp/31337 (or /dns4/host.example/tcp/31337).")
+        return value
 
     @model_validator(mode="after")
     def _derived(self) -> Self:
