@@ -11,6 +11,7 @@ from cotrain.cli import (
     chain_cmd,
     config_cmd,
     core_cmd,
+    db_cmd,
     p2p_cmd,
     platform_cmd,
     server_cmd,
@@ -25,7 +26,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (config_cmd, core_cmd, server_cmd, p2p_cmd, chain_cmd, users_cmd, audit_cmd,
+for module in (config_cmd, core_cmd, server_cmd, db_cmd, p2p_cmd, chain_cmd, users_cmd, audit_cmd,
                platform_cmd, backup_cmd):  # issue 17: login, sessions, models list/compare/download
     module.register(app)
 

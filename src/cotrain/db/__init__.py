@@ -14,13 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from cotrain.config.env_settings import EnvSettings, env_field
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+VERSION_TABLE = "alembic_version"  # Alembic's own
 SQLITE_POOL_SIZE = 40  # anyio's default thread limit, which runs the sync endpoints
 
 
@@ -70,13 +71,41 @@ def make_db_factory(engine: Engine) -> sessionmaker[Session]:
 def run_migrations(engine: Engine) -> None:
     """Upgrade the database to every Alembic head (ours and the chain's)."""
     from alembic import command
+
+    cfg = _alembic_config()
+    with engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "heads")
+
+
+def _alembic_config() -> Any:
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as connection:
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, "heads")
+    return cfg
+
+
+def revisions(engine: Engine) -> list[str]:
+    """The Alembic revisions the database is at (one per head: the server's and the chain's); [] if none."""
+    if not inspect(engine).has_table(VERSION_TABLE):
+        return []
+    with engine.connect() as conn:
+        return sorted(conn.scalars(select(text("version_num")).select_from(text(VERSION_TABLE))).all())
+
+
+def known_revisions() -> set[str]:
+    """Every revision this CoTrain's migrations know (a database at another one is from a newer CoTrain)."""
+    from alembic.script import ScriptDirectory
+
+    return {script.revision for script in ScriptDirectory.from_config(_alembic_config()).walk_revisions()}
+
+
+def head_revisions() -> list[str]:
+    """The revisions `run_migrations` brings a database to."""
+    from alembic.script import ScriptDirectory
+
+    return sorted(ScriptDirectory.from_config(_alembic_config()).get_heads())
 
 
 class NoDatabase(RuntimeError):

@@ -15,13 +15,11 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-from sqlalchemy import Engine, inspect, select, text
+from sqlalchemy import Engine, inspect, text
 from sqlalchemy.engine import URL, make_url
 
-from cotrain.db import MIGRATIONS_DIR, make_engine, normalize_url
+from cotrain.db import VERSION_TABLE, make_engine, normalize_url
 from cotrain.server.backup.manifest import BackupError, DatabaseKind
-
-VERSION_TABLE = "alembic_version"
 
 
 def kind_of(url: str) -> DatabaseKind:
@@ -36,24 +34,6 @@ def kind_of(url: str) -> DatabaseKind:
 
 def sqlite_path(url: str) -> Path:
     return Path(make_url(normalize_url(url)).database or "")
-
-
-def revisions(engine: Engine) -> list[str]:
-    """The Alembic revisions the database is at (one per head: the server's and the chain's)."""
-    if not inspect(engine).has_table(VERSION_TABLE):
-        return []
-    with engine.connect() as conn:
-        return sorted(conn.scalars(select(text("version_num")).select_from(text(VERSION_TABLE))).all())
-
-
-def known_revisions() -> set[str]:
-    """Every revision this CoTrain's migrations know (a backup at another one is from a newer CoTrain)."""
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    return {script.revision for script in ScriptDirectory.from_config(cfg).walk_revisions()}
 
 
 def has_data(engine: Engine) -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
+from cotrain.db import known_revisions
 from cotrain.server.backup import database, files
 from cotrain.server.backup.manifest import (
     FILES_DIR,
@@ -42,7 +43,7 @@ class KeyPlan:
 
 
 def check_revisions(manifest: Manifest) -> None:
-    unknown = sorted(set(manifest.alembic_revisions) - database.known_revisions())
+    unknown = sorted(set(manifest.alembic_revisions) - known_revisions())
     if unknown:
         raise BackupError(f"The backup's database is at revision {', '.join(unknown)}, which this CoTrain does not "
                           f"know: it was taken with CoTrain {manifest.platform_version}; install that version or "

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from cotrain.db import revisions
 from cotrain.server.backup import database, files
 from cotrain.server.backup.manifest import (
     FILES_DIR,
@@ -116,10 +117,10 @@ def take_backup(directory: Path, home: Path, url: str, *, force: bool = False, w
     directory = prepare_directory(directory, force)
     engine = database.open_engine(url)
     try:
-        revisions = database.revisions(engine)
+        at = revisions(engine)
     finally:
         engine.dispose()
-    if not revisions:
+    if not at:
         raise BackupError(f"The database at {'DATABASE_URL' if kind == 'postgresql' else url} holds no CoTrain "
                           "tables; set COTRAIN_HOME or DATABASE_URL to the server's.")
     db_part = backup_database(url, directory)
@@ -128,11 +129,11 @@ def take_backup(directory: Path, home: Path, url: str, *, force: bool = False, w
     entries = files.index_files(home, directory / FILES_DIR if copy else None, progress)
     manifest = Manifest(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"), platform_version=platform_version(),
-        alembic_revisions=revisions, source_home=str(home), database=db_part, ledger_key=key_part,
+        alembic_revisions=at, source_home=str(home), database=db_part, ledger_key=key_part,
         session_files=SessionFiles(copied=copy, files=entries))
     manifest.write(directory)
     size = sum(e.size for e in entries)
-    notes = [f"database ({kind}) at revisions {', '.join(revisions)}", key_note,
+    notes = [f"database ({kind}) at revisions {', '.join(at)}", key_note,
              f"{len(entries)} session files, {size / 1e6:.1f} MB, " + ("copied" if copy else "indexed only "
                                                                        "(--with-files copies them)")]
     return BackupReport(directory, manifest, notes)
