@@ -272,6 +272,8 @@ def ensure_image(tag: str = IMAGE_TAG, log: Path | None = None) -> tuple[str, fl
             log.write_text(result.stdout + result.stderr)
         if result.returncode != 0:
             raise RuntimeError(f"podman build failed ({result.returncode}):\n{(result.stdout + result.stderr)[-6000:]}")
+    # the builder stage and the image this one replaced, 2 GB each: a disk would fill over many runs
+    podman("image", "prune", "--force", "--filter", f"label={INPUTS_LABEL}", check=False, timeout=300)
     return tag, time.monotonic() - started
 
 
