@@ -1,23 +1,30 @@
 """`cotrain db upgrade | current` on real databases (an embedded SQLite file, a fresh PostgreSQL one): the
-deployment's one-shot migration step. A database a newer CoTrain migrated is refused, never downgraded."""
+deployment's one-shot migration step. A database a newer CoTrain migrated is refused, never downgraded;
+`--wait` rides out a database that is still starting (compose's `migrate` starts with PostgreSQL)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from cotrain.db import head_revisions, normalize_url
+from tests.server.conftest import PG_ADMIN_URL
 
 COTRAIN = str(Path(sys.executable).with_name("cotrain"))
 
 
+def db_env(home: Path, url: str | None) -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "COTRAIN_HOME": str(home), **({"DATABASE_URL": url} if url else {})}
+
+
 def db(*args: str, home: Path, url: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/bin:/bin", "COTRAIN_HOME": str(home), **({"DATABASE_URL": url} if url else {})}
-    return subprocess.run([COTRAIN, "db", *args], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([COTRAIN, "db", *args], env=db_env(home, url), capture_output=True, text=True, timeout=120)
 
 
 def heads() -> str:
@@ -57,3 +64,48 @@ def test_postgres_upgrade_and_a_newer_database_refused(tmp_path: Path, pg_url: s
 def test_an_unreachable_database_is_one_sentence(tmp_path: Path):
     down = db("upgrade", home=tmp_path, url="postgresql://nobody@127.0.0.1:1/none")
     assert down.returncode == 2 and "did not answer" in down.stderr and "Traceback" not in down.stderr
+
+
+@pytest.mark.postgres
+def test_upgrade_waits_for_a_database_that_answers_later(tmp_path: Path, pg_url: str):
+    """The database is created 3 s after `db upgrade --wait 60` starts: it waits, says so once (without the
+    password), then migrates."""
+    import psycopg
+
+    admin_url = PG_ADMIN_URL
+    name = "cotrain_late_" + uuid.uuid4().hex[:10]
+    url = sa.make_url(pg_url).set(database=name)
+    if not url.password:  # trust auth ignores it; it must still never be printed
+        url = url.set(password="pw-never-printed-" + uuid.uuid4().hex[:6])
+    started = time.monotonic()
+    command = subprocess.Popen([COTRAIN, "db", "upgrade", "--wait", "60"], env=db_env(tmp_path, url.render_as_string(
+        hide_password=False)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
+        try:
+            time.sleep(3)
+            assert command.poll() is None, command.communicate()  # still waiting
+            admin.execute(f'CREATE DATABASE "{name}"')
+            out, err = command.communicate(timeout=90)
+            assert command.returncode == 0, err
+            assert out.strip() == f"database migrated from empty to {heads()}"
+            waiting = [line for line in err.splitlines() if line.startswith("waiting for the database at ")]
+            assert len(waiting) == 1 and f"@{url.host}:{url.port or 5432}/{name}" in waiting[0], err
+            assert str(url.password) not in out + err and "Traceback" not in err
+            assert 3 <= time.monotonic() - started < 30
+        finally:
+            if command.poll() is None:
+                command.kill()
+                command.wait()
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_upgrade_gives_up_after_its_wait(tmp_path: Path):
+    started = time.monotonic()
+    down = db("upgrade", "--wait", "2", home=tmp_path, url="postgresql://nobody:pw-secret-9@127.0.0.1:1/none")
+    elapsed = time.monotonic() - started
+    assert down.returncode == 2 and "Traceback" not in down.stderr and "pw-secret-9" not in down.stderr
+    assert "did not answer within 2 s" in down.stderr
+    assert down.stderr.count("waiting for the database at ") == 1
+    assert 2 <= elapsed < 20
+    bad = db("upgrade", "--wait", "-1", home=tmp_path)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--wait" in bad.stderr

@@ -4,6 +4,8 @@ together never race each other's migrations. DATABASE_URL, else the SQLite file 
 
 from __future__ import annotations
 
+import sys
+import time
 from typing import Any
 
 import typer
@@ -39,15 +41,43 @@ def _answered(fn: Any, *args: Any) -> Any:
         raise UserError(f"The database did not answer ({exc.orig.__class__.__name__}); check DATABASE_URL.") from None
 
 
+def _revisions_once_answering(engine: Any, wait_s: float) -> list[str]:
+    """The database's revisions, asked again every second for up to `wait_s` while it does not answer yet: a
+    deployment's migration step may start before its database container does (compose's `migrate`)."""
+    from sqlalchemy.exc import OperationalError
+
+    from cotrain.db import revisions
+
+    deadline = time.monotonic() + wait_s
+    said = False
+    while True:
+        try:
+            return list(revisions(engine))
+        except OperationalError as exc:
+            if time.monotonic() >= deadline:
+                within = f" within {wait_s:g} s" if wait_s else ""
+                raise UserError(f"The database did not answer{within} ({exc.orig.__class__.__name__}); "
+                                "check DATABASE_URL.") from None
+            if not said:  # once: a line per attempt would bury the log
+                where = engine.url.render_as_string(hide_password=True)
+                print(f"waiting for the database at {where} (up to {wait_s:g} s)", file=sys.stderr, flush=True)
+                said = True
+            engine.dispose()
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
 @db_app.command("upgrade")
 @friendly_errors
-def upgrade() -> None:
+def upgrade(
+    wait: float = typer.Option(0, "--wait", min=0, metavar="SECONDS",
+                               help="Wait up to SECONDS for the database to answer (it may still be starting)."),
+) -> None:
     """Migrate the database to this CoTrain's schema (creating an embedded SQLite one if missing); a database
     already there is left as it is."""
     from cotrain.db import known_revisions, revisions, run_migrations
 
     engine = _engine(create=True)
-    before = _answered(revisions, engine)
+    before = _revisions_once_answering(engine, wait)
     newer = sorted(set(before) - known_revisions())
     if newer:
         raise UserError(f"The database is at revision {', '.join(newer)}, which this CoTrain does not know: it was "
