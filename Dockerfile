@@ -13,8 +13,17 @@
 
 ARG BASE_IMAGE=docker.io/library/python:3.11-slim-bookworm
 
-# ---- builder: /opt/venv with torch and CoTrain ----
-FROM ${BASE_IMAGE} AS builder
+# Layers, so that a commit rebuilds in seconds: the requirements pyproject.toml lists are installed
+# (torch and the rest: minutes) from a file of their own before any source is copied; a change in src/
+# then rebuilds only CoTrain's wheel and the final image's last layer.
+
+# ---- requirements: [build-system].requires and [project].dependencies of pyproject.toml, as a file ----
+FROM ${BASE_IMAGE} AS requirements
+COPY deploy/docker/project-requirements.py pyproject.toml /tmp/build/
+RUN python3 /tmp/build/project-requirements.py /tmp/build/pyproject.toml > /tmp/requirements.txt
+
+# ---- dependencies: /opt/venv with torch and every requirement (reused until the requirements change) ----
+FROM ${BASE_IMAGE} AS dependencies
 ARG TORCH_SPEC=torch==2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG PIP_INDEX_URL=
@@ -24,24 +33,34 @@ ARG PIP_FIND_LINKS=
 ARG CA_BUNDLE=deploy/docker/no-ca.pem
 COPY ${CA_BUNDLE} /tmp/build/ca.pem
 COPY deploy/docker/build-venv.sh deploy/docker/install-runtime-packages.sh /tmp/build/
+COPY --from=requirements /tmp/requirements.txt /tmp/build/requirements.txt
+RUN sh /tmp/build/build-venv.sh dependencies /opt/venv /tmp/build/requirements.txt
+
+# ---- wheel: CoTrain itself, built from src/ with the venv's setuptools (README.md: the package's description) ----
+FROM dependencies AS wheel
 COPY pyproject.toml README.md /src/
 COPY src /src/src
-RUN sh /tmp/build/build-venv.sh /src /opt/venv
+RUN sh /tmp/build/build-venv.sh wheel /opt/venv /src /wheels
 
 # ---- the image: the venv, a non-root user, COTRAIN_HOME as a volume ----
 FROM ${BASE_IMAGE} AS runtime
 ARG RUNTIME_APT_PACKAGES=postgresql-client
 ARG APP_UID=10001
-RUN --mount=type=bind,from=builder,source=/tmp/build,target=/tmp/build \
+RUN --mount=type=bind,from=dependencies,source=/tmp/build,target=/tmp/build \
     sh /tmp/build/install-runtime-packages.sh
 RUN groupadd --system --gid "${APP_UID}" cotrain \
     && useradd --system --uid "${APP_UID}" --gid cotrain --home-dir /home/cotrain --create-home \
         --shell /usr/sbin/nologin cotrain \
     && mkdir -p /data /backups \
     && chown cotrain:cotrain /data /backups
-COPY --from=builder /opt/venv /opt/venv
+COPY --from=dependencies /opt/venv /opt/venv
 COPY deploy/docker/healthcheck.py /opt/cotrain/healthcheck.py
 COPY deploy/docker/env-from-secrets.sh /usr/local/bin/cotrain-env-from-secrets
+# CoTrain without its dependencies (they are above): the only layer a change in src/ rebuilds
+COPY --from=wheel /wheels /tmp/wheels
+RUN /opt/venv/bin/python -m pip install --quiet --no-cache-dir --no-deps --no-index /tmp/wheels/*.whl \
+    && rm -rf /tmp/wheels \
+    && /opt/venv/bin/cotrain --help > /dev/null
 ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     COTRAIN_HOME=/data \

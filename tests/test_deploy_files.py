@@ -113,12 +113,56 @@ def test_dockerfile_is_multi_stage_with_a_non_root_final_stage() -> None:
     preamble, *stages = dockerfile_stages()
     assert len(stages) >= 2, "the Dockerfile needs a builder stage and a final stage"
     assert instructions(preamble, "ARG") == ["BASE_IMAGE=docker.io/library/python:3.11-slim-bookworm"]
-    assert all(instructions(stage, "FROM")[0].startswith("${BASE_IMAGE}") for stage in stages)
+    stage_names = [instructions(stage, "FROM")[0].split()[-1] for stage in stages]
+    assert all(instructions(stage, "FROM")[0].startswith(("${BASE_IMAGE} ", *(f"{n} " for n in stage_names)))
+               for stage in stages), "every stage starts from BASE_IMAGE or an earlier stage"
     final = stages[-1]
     users = instructions(final, "USER")
     assert users, "the final stage sets no USER: the image would run as root"
     assert users[-1].split(":")[0] not in ("root", "0"), users[-1]
-    assert "--from=builder /opt/venv /opt/venv" in " ".join(instructions(final, "COPY"))
+    assert "--from=dependencies /opt/venv /opt/venv" in " ".join(instructions(final, "COPY"))
+
+
+def stage_named(name: str) -> list[tuple[str, str]]:
+    """The Dockerfile stage `FROM ... AS name`."""
+    for stage in dockerfile_stages()[1:]:
+        if instructions(stage, "FROM")[0].split()[-1] == name:
+            return stage
+    raise AssertionError(f"the Dockerfile has no stage {name!r}")
+
+
+def test_dockerfile_installs_the_requirements_before_any_source_so_a_commit_rebuilds_in_seconds() -> None:
+    """torch and the rest come from pyproject.toml's requirements alone; src/ is copied only after them, and
+    the final image installs CoTrain's wheel without dependencies after copying the venv."""
+    for name in ("requirements", "dependencies"):
+        copied = " ".join(instructions(stage_named(name), "COPY"))
+        assert "src" not in copied.split() and "README.md" not in copied, f"the {name} stage copies sources"
+    assert "project-requirements.py" in " ".join(instructions(stage_named("requirements"), "RUN"))
+    assert "build-venv.sh dependencies" in instructions(stage_named("dependencies"), "RUN")[-1]
+    wheel = stage_named("wheel")
+    assert instructions(wheel, "FROM")[0] == "dependencies AS wheel"
+    assert "src /src/src" in instructions(wheel, "COPY") and "build-venv.sh wheel" in instructions(wheel, "RUN")[-1]
+    final = dockerfile_stages()[-1]
+    order = [(instruction, rest) for instruction, rest in final if instruction in ("COPY", "RUN")]
+    venv_at = order.index(("COPY", "--from=dependencies /opt/venv /opt/venv"))
+    wheel_at = order.index(("COPY", "--from=wheel /wheels /tmp/wheels"))
+    assert venv_at < wheel_at and "--no-deps --no-index" in order[wheel_at + 1][1], order
+
+
+def test_project_requirements_lists_the_build_backend_and_the_dependencies(tmp_path: Path) -> None:
+    import tomllib
+
+    script = str(REPO / "deploy" / "docker" / "project-requirements.py")
+    done = subprocess.run([sys.executable, script, str(REPO / "pyproject.toml")], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stderr
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert done.stdout.splitlines() == project["build-system"]["requires"] + project["project"]["dependencies"]
+    (tmp_path / "pyproject.toml").write_text("[project\n")
+    broken = subprocess.run([sys.executable, script, str(tmp_path / "pyproject.toml")], capture_output=True,
+                            text=True, timeout=30)
+    assert broken.returncode == 1 and broken.stderr.startswith("error: cannot read the requirements of ")
+    assert "Traceback" not in broken.stderr and broken.stderr.count("\n") == 1
 
 
 def test_dockerfile_runs_cotrain_with_a_health_check_and_a_volume() -> None:
@@ -138,7 +182,8 @@ def test_dockerfile_takes_the_build_arguments_and_keeps_the_ca_out_of_the_image(
     preamble, *stages = dockerfile_stages()
     args = {arg.split("=")[0] for stage in (preamble, *stages) for arg in instructions(stage, "ARG")}
     assert set(BUILD_ARGS) <= args, f"missing build arguments: {set(BUILD_ARGS) - args}"
-    assert dict(arg.split("=", 1) for arg in instructions(stages[0], "ARG"))["TORCH_SPEC"] == "torch==2.13.0"
+    assert dict(arg.split("=", 1) for arg in instructions(stage_named("dependencies"), "ARG"))["TORCH_SPEC"] \
+        == "torch==2.13.0"
     final = stages[-1]
     final_text = " ".join(rest for _, rest in final)
     for name in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CA_BUNDLE", "PIP_INDEX_URL"):
@@ -208,6 +253,9 @@ def test_compose_services_have_health_checks_limits_and_valid_dependencies(compo
                 assert "healthcheck" in services[target], f"{name} waits for {target} to be healthy: it has no check"
             else:
                 assert condition == "service_completed_successfully" and one_shot(services[target]), (name, target)
+    # podman 4.3 cannot start a service whose completed dependency has dependencies of its own: migrate waits
+    # for PostgreSQL itself (`cotrain db upgrade --wait`)
+    assert "depends_on" not in services["migrate"]
     for name in ("api", "worker", "gpu-worker"):
         assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
         assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
@@ -277,13 +325,14 @@ def test_env_example_and_compose_agree(compose: dict[str, Any]) -> None:
 
 def test_compose_migration_command_migrates_a_database(compose: dict[str, Any], tmp_path: Path) -> None:
     """The one-shot service's command, run here against a fresh SQLite database."""
-    entrypoint = compose["services"]["migrate"]["entrypoint"]
-    assert entrypoint[0] == "/opt/venv/bin/python"
+    migrate = compose["services"]["migrate"]
+    assert migrate["entrypoint"] == ["cotrain"] and migrate["command"] == ["db", "upgrade", "--wait", "120"]
     database = tmp_path / "cotrain.db"
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{database}", "COTRAIN_HOME": str(tmp_path)}
-    done = subprocess.run([sys.executable, *entrypoint[1:]], env=env, capture_output=True, text=True, timeout=120)
+    cotrain = str(Path(sys.executable).with_name("cotrain"))
+    done = subprocess.run([cotrain, *migrate["command"]], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "database migrated" in done.stdout
+    assert done.stdout.startswith("database migrated from empty to ")
     with sqlite3.connect(database) as connection:
         revisions = connection.execute("SELECT version_num FROM alembic_version").fetchall()
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -320,33 +369,43 @@ def fake_python(bin_dir: Path, log: Path) -> None:
     (bin_dir / "python3").chmod(0o755)
 
 
-def run_build_venv(tmp_path: Path, **env: str) -> list[str]:
-    """deploy/docker/build-venv.sh with a logging python: what it asked pip, and with which settings."""
+def run_build_venv(tmp_path: Path, *args: str, **env: str) -> list[str]:
+    """deploy/docker/build-venv.sh ARGS with a logging python: what it asked pip, and with which settings."""
     log, build = tmp_path / "pip.log", tmp_path / "build"
-    fake_python(tmp_path / "bin", log)
+    if not (tmp_path / "bin").exists():
+        fake_python(tmp_path / "bin", log)
     build.mkdir(exist_ok=True)
     (tmp_path / "system-ca.pem").write_text("SYSTEM CA\n")
     base = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "BUILD_DIR": str(build), "TORCH_SPEC": "torch==2.13.0",
             "SYSTEM_CA_FILE": str(tmp_path / "system-ca.pem")}
-    done = subprocess.run(["sh", str(REPO / "deploy" / "docker" / "build-venv.sh"), "/src", str(tmp_path / "venv")],
+    done = subprocess.run(["sh", str(REPO / "deploy" / "docker" / "build-venv.sh"), *args],
                           env={**base, **env}, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     return log.read_text().splitlines()
 
 
-def test_build_venv_installs_cpu_torch_then_cotrain_without_empty_pip_settings(tmp_path: Path) -> None:
-    lines = run_build_venv(tmp_path, TORCH_INDEX_URL="https://download.pytorch.org/whl/cpu", PIP_INDEX_URL="")
+def test_build_venv_installs_cpu_torch_then_the_requirements_then_builds_the_wheel_alone(tmp_path: Path) -> None:
+    venv = str(tmp_path / "venv")
+    lines = run_build_venv(tmp_path, "dependencies", venv, "/tmp/requirements.txt",
+                           TORCH_INDEX_URL="https://download.pytorch.org/whl/cpu", PIP_INDEX_URL="")
     calls = [line for line in lines if line.startswith("ARGS")]
     assert calls == ["ARGS -m pip install --quiet --upgrade pip",
                      "ARGS -m pip install --quiet --index-url https://download.pytorch.org/whl/cpu torch==2.13.0",
-                     "ARGS -m pip install --quiet /src"]
+                     "ARGS -m pip install --quiet --requirement /tmp/requirements.txt"]
     assert "PIP_INDEX_URL=unset" in lines and "PIP_CERT=unset" in lines  # an empty build argument is no index
+    lines = run_build_venv(tmp_path, "wheel", venv, "/src", "/wheels")
+    assert [line for line in lines if line.startswith("ARGS")][len(calls):] == [
+        "ARGS -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir /wheels /src"]
+    wrong = subprocess.run(["sh", str(REPO / "deploy" / "docker" / "build-venv.sh"), "everything", venv],
+                           capture_output=True, text=True, timeout=30)
+    assert wrong.returncode == 2 and wrong.stderr.startswith("usage: build-venv.sh dependencies")
 
 
 def test_build_venv_uses_the_proxy_index_and_ca_bundle(tmp_path: Path) -> None:
     (tmp_path / "build").mkdir()
     (tmp_path / "build" / "ca.pem").write_text("CORPORATE CA\n")
-    lines = run_build_venv(tmp_path, TORCH_INDEX_URL="", PIP_INDEX_URL="https://mirror.example/simple")
+    lines = run_build_venv(tmp_path, "dependencies", str(tmp_path / "venv"), "/tmp/requirements.txt",
+                           TORCH_INDEX_URL="", PIP_INDEX_URL="https://mirror.example/simple")
     assert "ARGS -m pip install --quiet torch==2.13.0" in lines  # no torch index: PyPI's (CUDA) build, via the mirror
     assert "PIP_INDEX_URL=https://mirror.example/simple" in lines
     bundle = tmp_path / "build" / "all-ca.pem"
@@ -398,6 +457,10 @@ def test_healthcheck_probes_the_servers_health_endpoint(health_server: tuple[int
     assert failed.returncode == 1 and "database: down" in failed.stdout
     health_server_closed = run_healthcheck("api", "--port", "1")
     assert health_server_closed.returncode == 1 and "did not answer" in health_server_closed.stdout
+    for port_text in ("eighty", "0", "70000", ""):
+        bad_port = run_healthcheck("api", "--port", port_text)
+        assert bad_port.returncode == 1 and bad_port.stderr == "", bad_port.stderr
+        assert bad_port.stdout.count("\n") == 1 and "is not a port number" in bad_port.stdout, bad_port.stdout
 
 
 def test_healthcheck_follows_a_workers_heartbeat(tmp_path: Path) -> None:

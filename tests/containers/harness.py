@@ -2,26 +2,25 @@
 Dockerfile starts `FROM` (built with debootstrap, since no registry is reachable), and the CoTrain
 image built with this machine's package indexes and CA certificates as the Dockerfile's build arguments.
 
-Images are labelled with a hash of their inputs and reused while the inputs are unchanged, so a rerun
-on the same machine is quick; a fresh machine builds everything itself. Nothing here belongs in the
-Dockerfile: an operator's build pulls the real base image and reaches the real indexes.
+Images are labelled with a hash of their inputs and reused as they are while the inputs are unchanged.
+When they change, the build reuses podman's layer cache: the build arguments are the same on every run
+(the machine's local indexes are bind-mounted at fixed paths, never served on a random port), so a
+change in src/ rebuilds only the wheel and the image's last layers, while torch and the other
+dependencies are rebuilt only when pyproject.toml's requirements change. A fresh machine builds
+everything itself. Nothing here belongs in the Dockerfile: an operator's build pulls the real base
+image and reaches the real indexes.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -36,6 +35,7 @@ BASE_SUITE = "bookworm"
 # what the image is built from (the Dockerfile's COPY lines and what decides them)
 IMAGE_INPUTS = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "src", "deploy/docker")
 IMAGE_TAG = "localhost/cotrain:container-test"
+DEPENDENCIES_TAG = "localhost/cotrain:container-test-dependencies"  # keeps torch's layers out of prunes
 
 
 def podman_env() -> dict[str, str]:
@@ -144,19 +144,17 @@ def pip_config() -> dict[str, str]:
     return settings
 
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves files without a log line per request (a build asks for thousands)."""
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
-        pass
+BUILD_MOUNTS = "/mnt/host-pip"  # where the machine's local indexes and wheel folders appear to the build's RUN steps
 
 
 @dataclass
 class PackageIndexes:
-    """The machine's pip indexes and wheel folders as build arguments; local folders are served over
-    http on 127.0.0.1 for the build (`podman build --network host`), since a build sees no host path."""
+    """The machine's pip indexes and wheel folders as build arguments. Local folders are bind-mounted
+    read-only into the build's RUN steps (`podman build --volume`) at paths derived from pip's settings
+    alone, so the build arguments are the same on every run and podman's layer cache holds."""
 
     build_args: dict[str, str] = field(default_factory=dict)
+    volumes: list[str] = field(default_factory=list)
     ca_bundle: Path | None = None
     torch_spec: str | None = None
 
@@ -170,57 +168,46 @@ def _local_dir(location: str) -> Path | None:
     return path if path.is_dir() else None
 
 
-@contextmanager
-def package_indexes() -> Iterator[PackageIndexes]:
-    """Serve the machine's local indexes and find-links folders while a build runs."""
+def package_indexes() -> PackageIndexes:
+    """This machine's pip settings translated for the build: local folders mounted, remote URLs as they are."""
     config = pip_config()
-    served = tempfile.mkdtemp(prefix="cotrain-indexes-")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=served))
-    base_url = f"http://127.0.0.1:{server.server_address[1]}"
+    indexes = PackageIndexes()
 
     def translate(locations: str, kind: str) -> list[str]:
-        urls = []
+        translated = []
         for number, location in enumerate(locations.split()):
             folder = _local_dir(location)
             if folder is None:
-                urls.append(location)
+                translated.append(location)
                 continue
-            link = Path(served) / f"{kind}{number}"
+            mount = f"{BUILD_MOUNTS}/{kind}{number}"
             if kind == "links":
-                link.symlink_to(folder)
-                urls.append(f"{base_url}/{link.name}/")
-            else:  # an index's pages link to its files relatively (../../files/...): serve its parent
-                link.symlink_to(folder.resolve().parent)
-                urls.append(f"{base_url}/{link.name}/{folder.resolve().name}/")
-        return urls
+                indexes.volumes.append(f"{folder.resolve()}:{mount}:ro")
+                translated.append(mount)
+            else:  # an index's pages link to its files relatively (../../files/...): mount its parent
+                indexes.volumes.append(f"{folder.resolve().parent}:{mount}:ro")
+                translated.append(f"file://{mount}/{folder.resolve().name}/")
+        return translated
 
-    indexes = PackageIndexes()
-    try:
-        if config.get("index-url"):
-            indexes.build_args["PIP_INDEX_URL"] = " ".join(translate(config["index-url"], "index"))
-        if config.get("extra-index-url"):
-            indexes.build_args["PIP_EXTRA_INDEX_URL"] = " ".join(translate(config["extra-index-url"], "extra"))
-        if config.get("trusted-host"):
-            indexes.build_args["PIP_TRUSTED_HOST"] = config["trusted-host"]
-        find_links = config.get("find-links", "")
-        if find_links:
-            indexes.build_args["PIP_FIND_LINKS"] = " ".join(translate(find_links, "links"))
-        for location in find_links.split():
-            folder = _local_dir(location)
-            cpu_wheels = sorted(folder.glob("torch-*+cpu-cp311-*.whl")) if folder else []
-            if cpu_wheels:  # the CPU build lies on this disk: take it rather than download.pytorch.org
-                indexes.torch_spec = "torch==" + cpu_wheels[-1].name.split("-")[1]
-        cert = os.environ.get("PIP_CERT") or config.get("cert") or os.environ.get("SSL_CERT_FILE") \
-            or os.environ.get("REQUESTS_CA_BUNDLE")
-        if cert and Path(cert).is_file():
-            indexes.ca_bundle = Path(cert)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        yield indexes
-    finally:
-        server.shutdown()
-        server.server_close()
-        shutil.rmtree(served, ignore_errors=True)
+    if config.get("index-url"):
+        indexes.build_args["PIP_INDEX_URL"] = " ".join(translate(config["index-url"], "index"))
+    if config.get("extra-index-url"):
+        indexes.build_args["PIP_EXTRA_INDEX_URL"] = " ".join(translate(config["extra-index-url"], "extra"))
+    if config.get("trusted-host"):
+        indexes.build_args["PIP_TRUSTED_HOST"] = config["trusted-host"]
+    find_links = config.get("find-links", "")
+    if find_links:
+        indexes.build_args["PIP_FIND_LINKS"] = " ".join(translate(find_links, "links"))
+    for location in find_links.split():
+        folder = _local_dir(location)
+        cpu_wheels = sorted(folder.glob("torch-*+cpu-cp311-*.whl")) if folder else []
+        if cpu_wheels:  # the CPU build lies on this disk: take it rather than download.pytorch.org
+            indexes.torch_spec = "torch==" + cpu_wheels[-1].name.split("-")[1]
+    cert = os.environ.get("PIP_CERT") or config.get("cert") or os.environ.get("SSL_CERT_FILE") \
+        or os.environ.get("REQUESTS_CA_BUNDLE")
+    if cert and Path(cert).is_file():
+        indexes.ca_bundle = Path(cert)
+    return indexes
 
 
 def inputs_hash(root: Path = REPO) -> str:
@@ -247,32 +234,52 @@ def _copy_context(destination: Path) -> None:
             shutil.copy2(source, destination / name)
 
 
+def _build_command(context: Path, indexes: PackageIndexes, key: str) -> list[str]:
+    """`podman build` of the context with this machine's indexes: the same arguments on every run (the
+    inputs' hash is a label, applied last), so every layer whose inputs did not change comes from the cache."""
+    args = dict(indexes.build_args)
+    if indexes.ca_bundle:
+        args["CA_BUNDLE"] = "build-ca.pem"
+    if indexes.torch_spec:
+        args.update(TORCH_SPEC=indexes.torch_spec, TORCH_INDEX_URL="")
+    command = ["build", "--network", "host", "--format", "docker", "--layers", "--label", f"{INPUTS_LABEL}={key}",
+               "-f", str(context / "Dockerfile")]
+    for volume in indexes.volumes:
+        command += ["--volume", volume]
+    for name, value in sorted(args.items()):
+        command += ["--build-arg", f"{name}={value}"]
+    return command
+
+
 def ensure_image(tag: str = IMAGE_TAG, log: Path | None = None) -> tuple[str, float]:
-    """The CoTrain image, built from the Dockerfile unless one with the same inputs exists.
-    Returns the tag and the seconds spent building (0 when reused)."""
+    """The CoTrain image: reused as it is while its inputs' hash is unchanged, else built with podman's layer
+    cache (a change in src/ rebuilds only the wheel and the last layer). Returns the tag and the seconds spent
+    building (0 when reused)."""
     key = inputs_hash()
     if image_label(tag, INPUTS_LABEL) == key:
         return tag, 0.0
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="cotrain-context-") as tmp, package_indexes() as indexes:
+    indexes = package_indexes()
+    output = []
+    with tempfile.TemporaryDirectory(prefix="cotrain-context-") as tmp:
         context = Path(tmp)
         _copy_context(context)
-        args = dict(indexes.build_args)
         if indexes.ca_bundle:
             shutil.copy(indexes.ca_bundle, context / "build-ca.pem")
-            args["CA_BUNDLE"] = "build-ca.pem"
-        if indexes.torch_spec:
-            args.update(TORCH_SPEC=indexes.torch_spec, TORCH_INDEX_URL="")
-        command = ["build", "--network", "host", "--format", "docker", "--layers", "--label", f"{INPUTS_LABEL}={key}",
-                   "-t", tag, "-f", str(context / "Dockerfile")]
-        for name, value in args.items():
-            command += ["--build-arg", f"{name}={value}"]
-        result = podman(*command, str(context), check=False, timeout=1800)
-        if log is not None:
-            log.write_text(result.stdout + result.stderr)
-        if result.returncode != 0:
-            raise RuntimeError(f"podman build failed ({result.returncode}):\n{(result.stdout + result.stderr)[-6000:]}")
-    # the builder stage and the image this one replaced, 2 GB each: a disk would fill over many runs
+        command = _build_command(context, indexes, key)
+        # the image, then its dependencies stage tagged too (all cached: seconds), so that pruning the
+        # build's leftovers below keeps the layers with torch for the next build
+        for extra in (["-t", tag], ["--target", "dependencies", "-t", DEPENDENCIES_TAG]):
+            result = podman(*command[:1], *extra, *command[1:], str(context), check=False, timeout=1800)
+            output.append(result.stdout + result.stderr)
+            if result.returncode != 0:
+                if log is not None:
+                    log.write_text("\n".join(output))
+                raise RuntimeError(f"podman build failed ({result.returncode}):\n{output[-1][-6000:]}")
+    if log is not None:
+        log.write_text("\n".join(output))
+    # the image a rebuild replaced and the wheel stage's leftovers (all labelled, untagged and unused); the
+    # layers the new image and the dependencies stage share stay
     podman("image", "prune", "--force", "--filter", f"label={INPUTS_LABEL}", check=False, timeout=300)
     return tag, time.monotonic() - started
 
