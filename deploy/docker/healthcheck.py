@@ -52,7 +52,10 @@ def option(args: list[str], name: str) -> str | None:
 
 def check_server(args: list[str]) -> tuple[bool, str]:
     """`GET /health` on the server's port (https when it serves TLS: a loopback probe, so unverified)."""
-    port = option(args, "--port") or str(DEFAULT_PORT)
+    given = option(args, "--port")
+    port = str(DEFAULT_PORT) if given is None else given
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        return False, f"--port {port!r} is not a port number (1-65535); give the port `cotrain up` listens on"
     tls = option(args, "--ssl-certfile") is not None
     url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/health"
     context = ssl._create_unverified_context() if tls else None  # noqa: S323 - our own process on loopback
