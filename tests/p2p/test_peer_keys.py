@@ -4,7 +4,6 @@ signature hivemind's key makes verifies, anything else does not, and the peer id
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
