@@ -22,21 +22,23 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/cotrain up --example
 
-# Most tests wait more than they compute (on a server to start, a run to finish, an outage to pass), so
-# they run in two pytest-xdist workers, a file at a time per worker (tests/ui and tests/slurm each on one
-# worker, sharing their server or cluster: tests/conftest.py groups them). The engine's long training runs (test_train.py, test_engine_speed.py) and the sessions of
-# many peers (tests/distributed, tests/verification) keep both cores busy: they run one at a time in a
-# third lane beside them (its output follows), so they never fight each other for the cores. Either
-# failing fails `make test`; each lists its slowest tests.
+# The fault-injection tests (tests/faults) mostly wait on outages they cause, the verification and
+# DiLoCo-peer tests (tests/verification, tests/distributed) are sessions of many small peers, and the
+# engine's long training runs (test_train.py, test_engine_speed.py) are single processes, and the Slurm
+# sessions (tests/slurm/test_diloco_jobs.py, test_executor.py) are jobs of real runs: they run in a
+# second lane, alongside the rest of the suite (their output follows it), so the two lanes take about
+# as long as each other. The suite is CPU-bound on 2 cores: a third stream (two pytest-xdist workers
+# beside this lane) was tried and ended no sooner (32.6 min), with tests starved past their timeouts.
+# Either lane failing fails `make test`; each lists its slowest tests.
 LANE_LOG := .pytest-lane
-HEAVY_LANE := tests/core/test_train.py tests/core/test_engine_speed.py tests/distributed tests/verification
-POOL_WORKERS ?= 2
+SECOND_LANE := tests/faults tests/verification tests/distributed tests/core/test_train.py \
+	tests/core/test_engine_speed.py tests/slurm/test_diloco_jobs.py tests/slurm/test_executor.py
 test: $(STAMP) browser slurm containers
-	@$(PY) -m pytest $(HEAVY_LANE) -p no:cacheprovider --durations=10 > $(LANE_LOG)-heavy.log 2>&1 & heavy=$$!; \
-	$(PY) -m pytest $(addprefix --ignore=,$(HEAVY_LANE)) -n $(POOL_WORKERS) --dist loadgroup --durations=10; pool=$$?; \
-	wait $$heavy; heavy_status=$$?; \
-	echo "---- $(HEAVY_LANE) (ran alongside) ----"; cat $(LANE_LOG)-heavy.log; \
-	test $$pool -eq 0 && test $$heavy_status -eq 0
+	@$(PY) -m pytest $(SECOND_LANE) -p no:cacheprovider --durations=10 > $(LANE_LOG)-second.log 2>&1 & second=$$!; \
+	$(PY) -m pytest $(addprefix --ignore=,$(SECOND_LANE)) --durations=10; main=$$?; \
+	wait $$second; second_status=$$?; \
+	echo "---- $(SECOND_LANE) (ran alongside) ----"; cat $(LANE_LOG)-second.log; \
+	test $$main -eq 0 && test $$second_status -eq 0
 
 # Tests that need Debian packages install them when run as root, else say how and skip (CI=true makes
 # them fail). $(call need_packages,PACKAGES,SHELL TEST TRUE WHEN MISSING,WHICH TESTS)

@@ -112,17 +112,3 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-# Packages whose tests share one expensive package-scoped fixture (tests/ui: a server and a chromium;
-# tests/slurm: a two-node cluster): under pytest-xdist (`make test`) each runs on one worker, so that
-# fixture starts once; every other file is its own group, so its module fixtures start once too.
-ONE_WORKER_PACKAGES = ("ui", "slurm")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    tests = Path(__file__).parent
-    for item in items:
-        relative = item.path.relative_to(tests)
-        group = relative.parts[0] if relative.parts[0] in ONE_WORKER_PACKAGES else str(relative)
-        item.add_marker(pytest.mark.xdist_group(group))

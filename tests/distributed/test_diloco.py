@@ -234,7 +234,9 @@ def test_killed_peer_is_dropped_and_a_joining_peer_gets_the_state(
     assert max(a) == max(b) and max(a) >= 12
     for step in a:
         assert a[step]["params_hash"] == b[step]["params_hash"], step
-    assert any(a[s].get("group_size") == 2 for s in a if s > killed_at + 1)
+    # averaged without the victim at least once: a joiner that starts fast is back in the group by the
+    # second round after the kill, so that round may be the only one of two
+    assert any(a[s].get("group_size") == 2 for s in a if s > killed_at), {s: a[s].get("group_size") for s in a}
     # dropped within 10 s: in the first round the survivors averaged without the victim, the time they
     # spent past their own inner steps (waiting for a group, then averaging) is what the dead peer cost
     # them; the round's wall time since the kill also holds its inner steps, which a loaded machine slows
