@@ -4,7 +4,6 @@ and runs the chain's migrations."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, terminate
 
 from .wallets import Wallet
 
@@ -42,11 +41,7 @@ def server(tmp_path: Path):
             time.sleep(0.3)
         yield url, tmp_path
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        terminate(proc)
         log.close()
 
 

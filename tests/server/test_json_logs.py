@@ -24,6 +24,7 @@ from websockets.sync.client import connect as ws_connect
 
 from cotrain.server import request_context
 from cotrain.server.logging_setup import JsonFormatter
+from tests.conftest import terminate
 from tests.server.conftest import ADMIN_TOKEN, free_port, reference_session, wait_until
 
 COTRAIN = str(Path(sys.executable).with_name("cotrain"))
@@ -106,12 +107,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             ws.send(json.dumps({"action": "subscribe", "sessionId": result.session_id}))
             result.ws_messages.append(json.loads(ws.recv(timeout=10)))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        terminate(proc)
     result.raw = out.read_text() + (home / "logs" / "system" / "server.log").read_text() + err.read_text()
     result.stdout = _json_lines(out.read_text(), "stdout")
     result.file = _json_lines((home / "logs" / "system" / "server.log").read_text(), "logs/system/server.log")

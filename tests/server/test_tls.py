@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from tests.conftest import missing_service
+from tests.conftest import missing_service, terminate
 from tests.server.conftest import ADMIN_TOKEN, free_port, reference_session, wait_until
 
 COTRAIN = str(Path(sys.executable).with_name("cotrain"))
@@ -93,12 +92,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpsServer]:
         wait_until(healthy, 90, "cotrain up over HTTPS")
         yield served
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        terminate(proc)
 
 
 def test_https_answers_with_hsts_and_the_start_up_line_says_https(server: HttpsServer) -> None:
