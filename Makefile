@@ -22,23 +22,27 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/cotrain up --example
 
-# The fault-injection tests (tests/faults) mostly wait on outages they cause, the verification and
-# DiLoCo-peer tests (tests/verification, tests/distributed) are sessions of many small peers, and the
-# engine's long training runs (test_train.py, test_engine_speed.py) are single processes, and the Slurm
-# sessions (tests/slurm/test_diloco_jobs.py, test_executor.py) are jobs of real runs: they run in a
-# second lane, alongside the rest of the suite (their output follows it), so the two lanes take about
-# as long as each other. The suite is CPU-bound on 2 cores: a third stream (two pytest-xdist workers
-# beside this lane) was tried and ended no sooner (32.6 min), with tests starved past their timeouts.
-# Either lane failing fails `make test`; each lists its slowest tests.
+# `make test` runs three lanes of pytest at once (2 cores; every process the suite starts uses one thread,
+# tests/conftest.py) and prints the second and third lanes' output after the first's:
+# 1. the rest of the suite (server, UI, chain, security, client), mostly CPU;
+# 2. sessions of many small DiLoCo peers (tests/verification, tests/distributed) and the engine's long
+#    single-process runs (test_train.py, test_engine_speed.py), mostly CPU;
+# 3. what mostly waits: the container test (an image build: disk and pip), the Slurm cluster's jobs
+#    (scheduling intervals) and the fault-injection tests (outages they cause and wait out).
+# With two lanes (the third's tests spread over them) lanes waited on each other's idle stretches: their
+# pytest processes used about 65% of the two cores. Any lane failing fails `make test`; each lists its slowest tests.
 LANE_LOG := .pytest-lane
-SECOND_LANE := tests/faults tests/verification tests/distributed tests/core/test_train.py \
-	tests/core/test_engine_speed.py tests/slurm/test_diloco_jobs.py tests/slurm/test_executor.py
+LANE_2 := tests/verification tests/distributed tests/core/test_train.py tests/core/test_engine_speed.py
+LANE_3 := tests/containers tests/slurm tests/faults
+LANE_PYTEST := $(PY) -m pytest -p no:cacheprovider --durations=10
 test: $(STAMP) browser slurm containers
-	@$(PY) -m pytest $(SECOND_LANE) -p no:cacheprovider --durations=10 > $(LANE_LOG)-second.log 2>&1 & second=$$!; \
-	$(PY) -m pytest $(addprefix --ignore=,$(SECOND_LANE)) --durations=10; main=$$?; \
-	wait $$second; second_status=$$?; \
-	echo "---- $(SECOND_LANE) (ran alongside) ----"; cat $(LANE_LOG)-second.log; \
-	test $$main -eq 0 && test $$second_status -eq 0
+	@$(LANE_PYTEST) $(LANE_2) > $(LANE_LOG)-2.log 2>&1 & lane2=$$!; \
+	$(LANE_PYTEST) $(LANE_3) > $(LANE_LOG)-3.log 2>&1 & lane3=$$!; \
+	$(PY) -m pytest $(addprefix --ignore=,$(LANE_2) $(LANE_3)) --durations=10; lane1_status=$$?; \
+	wait $$lane2; lane2_status=$$?; wait $$lane3; lane3_status=$$?; \
+	echo "---- lane 2: $(LANE_2) (ran alongside) ----"; cat $(LANE_LOG)-2.log; \
+	echo "---- lane 3: $(LANE_3) (ran alongside) ----"; cat $(LANE_LOG)-3.log; \
+	test $$lane1_status -eq 0 && test $$lane2_status -eq 0 && test $$lane3_status -eq 0
 
 # Tests that need Debian packages install them when run as root, else say how and skip (CI=true makes
 # them fail). $(call need_packages,PACKAGES,SHELL TEST TRUE WHEN MISSING,WHICH TESTS)

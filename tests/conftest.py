@@ -23,6 +23,13 @@ SHARED_REFERENCE = REPO.parent / "shared" / "reference"
 REFERENCE = SHARED_REFERENCE if SHARED_REFERENCE.is_dir() else REPO / "tests" / "reference"
 PYTHON = sys.executable
 
+# One intra-op thread in every process the suite starts (engines of servers, peers, Slurm jobs) and in pytest's
+# own torch: `make test` runs two lanes on two cores, where each process's second OpenMP thread only spins against
+# the other lane's work. The tiny-cpu template run took 298 CPU s (290 s) under the suite's load with torch's
+# default threads, and 95 CPU s with one thread on an idle machine (116 with two). The models tests train are
+# too small for a second thread to matter. A test that needs another count sets it in its process's env.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # Tiny, fast settings for runs of the real engine in tests.
 TINY_TOML = """
 [session]

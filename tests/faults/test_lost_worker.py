@@ -118,15 +118,29 @@ def assert_ran_once(api, sid: str, home: Path) -> None:
     assert sum(1 for s in messages(api, sid, "training.status") if s["status"] == "completed") == 1
 
 
-def start_on_box_a(servers, shared: dict[str, str], database_url: str):
-    """The API server, box A (the only worker so far) running a session, and its first checkpoint."""
+def start_on_box_a(servers, shared: dict[str, str], database_url: str, max_steps: int = 600):
+    """The API server, box A (the only worker so far) running a session, and its first checkpoint; box A's engine
+    is then frozen (SIGSTOP; the caller lets it go on with SIGCONT), so that however fast this machine trains,
+    the run is still under way when box A is lost (the tiny model trains 600 steps in a few seconds)."""
     api = servers(**shared).client()
     box_a = servers("worker", **{**shared, "DATABASE_URL": database_url, "COTRAIN_WORKER_ID": "box-a"})
     body = reference_session()
-    body["trainingConfig"]["maxSteps"] = 60
+    body["trainingConfig"]["maxSteps"] = max_steps
+    body["checkpointConfig"]["interval"] = 20
     sid = api.post("/sessions", json=body).json()["id"]
-    wait_until(lambda: messages(api, sid, "training.checkpoint"), 180, "a checkpoint on box-a")
-    return api, box_a, sid
+    [engine] = wait_until(lambda: engine_pids(cotrain_home_of(box_a)), 60, "box-a's engine")
+    wait_until(lambda: checkpoints(cotrain_home_of(box_a), sid), 180, "a checkpoint on box-a")
+    os.kill(engine, signal.SIGSTOP)
+    wait_until(lambda: messages(api, sid, "training.checkpoint"), 60, "box-a's checkpoint in the API")
+    return api, box_a, sid, engine
+
+
+def cotrain_home_of(server) -> Path:
+    return server.home
+
+
+def checkpoints(home: Path, sid: str) -> list[Path]:
+    return sorted((home / "models" / "checkpoints" / sid).glob("step-*"))
 
 
 @pytest.fixture
@@ -136,7 +150,7 @@ def shared(own_postgres) -> dict[str, str]:
 
 
 def test_a_killed_worker_loses_its_session_to_another(servers, shared, cotrain_home):
-    api, box_a, sid = start_on_box_a(servers, shared, shared["DATABASE_URL"])
+    api, box_a, sid, _ = start_on_box_a(servers, shared, shared["DATABASE_URL"])
     servers("worker", **{**shared, "COTRAIN_WORKER_ID": "box-b"})
     box_a.stop(signal.SIGKILL)  # the machine is gone: the worker and its engine
     for pid in engine_pids(cotrain_home):
@@ -158,11 +172,9 @@ def test_a_worker_killed_alone_ends_the_engine_it_left_when_it_returns(servers, 
     """Only the worker process dies: its engine (own process group) lives on. Frozen here, so that it
     cannot write next to box B's run while the test watches; box A, restarted after the takeover,
     must kill it (server/run_ledger.py) instead of leaving it on the machine."""
-    api, box_a, sid = start_on_box_a(servers, shared, shared["DATABASE_URL"])
-    [orphan] = engine_pids(cotrain_home)
+    api, box_a, sid, orphan = start_on_box_a(servers, shared, shared["DATABASE_URL"])
     servers("worker", **{**shared, "COTRAIN_WORKER_ID": "box-b"})
     box_a.stop(signal.SIGKILL)
-    os.kill(orphan, signal.SIGSTOP)
     wait_until(lambda: resumed_on_b(api, sid), 120, "box-b to resume the session")
     assert engine_alive(orphan)
 
@@ -178,9 +190,10 @@ def test_a_worker_cut_off_from_the_database_is_fenced_when_it_returns(servers, s
     proxy = CuttableProxy(own_postgres.port)
     try:
         via_proxy = re.sub(r":\d+/", f":{proxy.port}/", own_postgres.url)
-        api, box_a, sid = start_on_box_a(servers, shared, via_proxy)
-        [engine_a] = engine_pids(cotrain_home)
+        # long enough that box A's engine, let go on at the cut, is still training when box A stops it
+        api, box_a, sid, engine_a = start_on_box_a(servers, shared, via_proxy, max_steps=1500)
         servers("worker", **{**shared, "COTRAIN_WORKER_ID": "box-b"})
+        os.kill(engine_a, signal.SIGCONT)
         proxy.cut()
         cut_at = time.monotonic()
 

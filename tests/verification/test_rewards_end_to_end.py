@@ -204,7 +204,9 @@ def test_honest_peers_share_the_pool_and_every_cheat_gets_nothing_with_its_reaso
     honest_alone = final_val_loss(cotrain_home, baseline_sid)
     print(f"\nval loss with the cheats {attacked:.4f}, honest peers alone {honest_alone:.4f} "
           f"({100 * (attacked / honest_alone - 1):+.2f}%); payouts {sorted(paid.values())}")
-    assert abs(attacked / honest_alone - 1) <= 0.03
+    # the cheats did not make the model worse; the attacked run may end ahead (by 3.1% once, with one engine
+    # thread per process: a run's loss also depends on how many rounds a volunteer that joined late missed)
+    assert attacked <= honest_alone * 1.03
 
 
 
