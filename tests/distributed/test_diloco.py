@@ -140,7 +140,7 @@ def test_three_peers_hold_identical_global_params_after_every_outer_step(
     bootstrap: str, shared_datasets: Path, tmp_path: Path
 ):
     _prepare(shared_datasets, tmp_path)
-    peers = [Peer(f"peer{i}", tmp_path, shared_datasets, bootstrap, max_steps=20, compression="int8") for i in range(3)]
+    peers = [Peer(f"peer{i}", tmp_path, shared_datasets, bootstrap, max_steps=20, compression="topk") for i in range(3)]
     run_to_completion(peers, tmp_path)
     outer = [peer.outer_steps() for peer in peers]
     assert sorted(outer[0]) == [1, 2, 3, 4]
@@ -260,10 +260,10 @@ def test_killed_peer_is_dropped_and_a_joining_peer_gets_the_state(
 
 @pytest.mark.slow
 def test_a_restarted_peer_resumes_its_checkpoint_exactly(shared_datasets: Path, tmp_path: Path):
-    """A lone peer (min_peers = 1) checkpoints its outer state and identity; a copy of the step-10
-    checkpoint resumed elsewhere reproduces the same global params after every later outer step."""
+    """A lone peer (min_peers = 1) checkpoints its outer state, its top-k error feedback and its identity; a copy of
+    the step-10 checkpoint resumed elsewhere reproduces the same global params after every later outer step."""
     _prepare(shared_datasets, tmp_path)
-    settings = DILOCO.format(inner_steps=5, compression="none", initial_peers="[]", min_peers=1, processes=1)
+    settings = DILOCO.format(inner_steps=5, compression="topk", initial_peers="[]", min_peers=1, processes=1)
     runs = {}
     for name in ("first", "resumed"):
         home = tmp_path / name

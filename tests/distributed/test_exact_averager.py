@@ -9,9 +9,10 @@ import time
 
 import pytest
 import torch
+from hivemind.compression import CompressionInfo, deserialize_torch_tensor
 
 from cotrain.p2p.averager import ExactAllReduceRunner, ExactAverager
-from cotrain.p2p.compression import make_compression
+from cotrain.p2p.compression import INT4_BLOCK, make_compression, top_k_update
 from cotrain.p2p.dht import start_dht, visible_maddrs
 
 
@@ -42,7 +43,7 @@ def step_together(averagers: list[ExactAverager], errors: list | None = None, *,
     return results
 
 
-@pytest.mark.parametrize("compression, tolerance", [("none", 1e-6), ("fp16", 2e-3)])
+@pytest.mark.parametrize("compression, tolerance", [("none", 1e-6), ("fp16", 2e-3), ("int8", 0.6)])
 def test_three_peers_get_identical_averages(compression: str, tolerance: float):
     first = start_dht()
     dhts = [first] + [start_dht(initial_peers=visible_maddrs(first)) for _ in range(2)]
@@ -66,6 +67,62 @@ def test_three_peers_get_identical_averages(compression: str, tolerance: float):
         raw = inputs[0].numel() * 4
         sent = [averager.bytes_moved()[0] for averager in averagers]
         assert 0 < sum(sent) / 3 <= 2 * raw * (1 if compression == "none" else 0.6)
+    finally:
+        for averager in averagers:
+            averager.shutdown()
+        for dht in dhts:
+            dht.shutdown()
+
+
+@pytest.mark.parametrize("compression", ["int4", "topk"])
+def test_cotrain_codecs_combine_every_peer_exactly_and_count_every_byte(compression: str):
+    """int4 and sparse top-k through the real all-reduce: every peer ends with the same bytes, the codec's rounding
+    of the mean of what the peers sent (for top-k: non-zero on the union of their entries, so sparse contributions
+    combine as dense ones would), and the bytes counted are the parts' own, replies included."""
+    first = start_dht()
+    dhts = [first] + [start_dht(initial_peers=visible_maddrs(first)) for _ in range(2)]
+    generator = torch.Generator().manual_seed(5)
+    numel = 3 * 2**17  # parts of 2**17 (int4) or 2**16 (topk) values: each reducer has some
+    inputs = [torch.randn(numel, generator=generator) for _ in range(3)]
+    if compression == "topk":  # what a DiLoCo peer sends: its top-k entries per chunk, rounded as the codec sends
+        inputs = [top_k_update(x, 0.02) for x in inputs]
+    codec = make_compression(compression)
+    sent_values = [deserialize_torch_tensor(codec.compress(x, CompressionInfo.from_tensor(x))) for x in inputs]
+    if compression == "topk":
+        assert all(torch.equal(sent, x) for sent, x in zip(sent_values, inputs))
+    mean = sum(sent_values) / 3
+    averagers = [
+        ExactAverager([x.clone()], dht, start=True, prefix=f"codec_{compression}", target_group_size=None,
+                      min_group_size=3, min_matchmaking_time=2.0, request_timeout=1.0, compression=codec)
+        for x, dht in zip(inputs, dhts)
+    ]
+    try:
+        step_together(averagers)
+        outputs = []
+        for averager in averagers:
+            with averager.get_tensors() as (tensor,):
+                outputs.append(tensor.clone())
+        assert all(torch.equal(outputs[0], out) for out in outputs[1:])
+        # each value is the mean of what the peers sent, rounded once more by the codec (within half a step of
+        # its block), except that a reducer averages its own part as it is, not as rounded for sending
+        own_part = 0 if compression == "topk" else max(float(x.abs().max()) for x in inputs) / 14 / 3
+        assert (outputs[0] - mean).abs().max() <= (float(mean.abs().max()) / 14 + own_part) * 1.01
+        if compression == "topk":
+            union = set(torch.cat([x.nonzero().flatten() for x in inputs]).tolist())
+            assert set(outputs[0].nonzero().flatten().tolist()) <= union
+            assert len(outputs[0].nonzero()) > 0.9 * len(union) > 1.5 * len(inputs[0].nonzero())
+        # every byte one peer counts as sent another counts as received: the counts are the messages' own
+        sent, received = zip(*(averager.bytes_moved() for averager in averagers))
+        assert sum(sent) == sum(received)
+        moved = [a + b for a, b in zip(sent, received)]
+        # `none` moves, per peer, the two thirds of the tensor the others reduce (sent, then received averaged)
+        # and, as a reducer, its third from each of the two others (received, then sent back averaged)
+        dense = 4 * (2 / 3 * numel) * 4
+        if compression == "int4":  # three parts of 2**17 values; each peer sends and receives 4 messages
+            message = 1 + 2 * (2**17 // INT4_BLOCK) + 2**17 // 2
+            assert moved == [8 * message] * 3 and dense / moved[0] > 7.7
+        else:  # independent random peers: the averages hold about three times each peer's entries
+            assert all(dense / m > 40 for m in moved), (moved, dense)
     finally:
         for averager in averagers:
             averager.shutdown()

@@ -17,7 +17,8 @@ def test_reward_pool_and_compression_on_create(servers, cotrain_home):
     schemas = spec["components"]["schemas"]
     assert "rewardPool" in schemas["SessionCreate"]["properties"]
     assert schemas["RewardPoolIn"]["properties"]["amount"]["exclusiveMinimum"] == 0
-    assert schemas["DistributedConfigIn"]["properties"]["compression"]["anyOf"][0]["enum"] == ["none", "fp16", "int8"]
+    assert schemas["DistributedConfigIn"]["properties"]["compression"]["anyOf"][0]["enum"] == [
+        "none", "fp16", "int8", "int4", "topk"]
 
     body = reference_session(autoStart=False, rewardPool={"amount": 0})
     refused = api.post("/sessions", json=body)
@@ -29,11 +30,16 @@ def test_reward_pool_and_compression_on_create(servers, cotrain_home):
     refused = api.post("/sessions", json=body)
     assert refused.status_code == 422 and refused.json()["detail"][0]["loc"][-1] == "compression"
 
-    body["distributedConfig"]["compression"] = "int8"
+    body["distributedConfig"].update(compression="topk", topkFraction=0.9)
+    refused = api.post("/sessions", json=body)
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"][-1] == "topkFraction"
+
+    body["distributedConfig"].update(compression="topk", topkFraction=0.01)
     created = api.post("/sessions", json=body)
     assert created.status_code == 201, created.text
     sid = created.json()["id"]
-    assert 'compression = "int8"' in api.get(f"/sessions/{sid}/config").text
+    config = api.get(f"/sessions/{sid}/config").text
+    assert 'compression = "topk"' in config and "topk_fraction = 0.01" in config
     with sqlite3.connect(cotrain_home / "cotrain.db") as db:
         assert db.execute("SELECT amount, asset FROM chain_reward_pools WHERE session_id = ?", (sid,)).fetchall() == [
             (5_000_000, "APT")]

@@ -49,7 +49,13 @@ import numpy as np
 import torch
 from hivemind.averaging import DecentralizedAverager
 from hivemind.averaging.allreduce import AllreduceException, AllReduceRunner, BannedException
-from hivemind.compression import deserialize_torch_tensor, serialize_torch_tensor
+from hivemind.compression import (
+    CompressionBase,
+    CompressionInfo,
+    NoCompression,
+    deserialize_torch_tensor,
+    serialize_torch_tensor,
+)
 from hivemind.p2p import P2PContext, PeerID
 from hivemind.proto import averaging_pb2, runtime_pb2
 from hivemind.utils.asyncio import amap_in_executor, as_aiter, azip
@@ -169,10 +175,11 @@ class BadUpdate(Exception):
 
 class _ClosesAfterParts:
     """A stub whose `rpc_aggregate_part` stream ends (and is closed by this sender) as soon as the
-    expected number of averaged parts arrived, instead of waiting for the reducer to close it."""
+    expected number of averaged parts arrived, instead of waiting for the reducer to close it. Counts the bytes
+    of the averaged parts received (a sparse codec's average is larger than any one sender's part)."""
 
-    def __init__(self, stub: Any, parts: int):
-        self.stub, self.parts = stub, parts
+    def __init__(self, stub: Any, parts: int, counters: ByteCounters):
+        self.stub, self.parts, self.counters = stub, parts, counters
 
     async def rpc_aggregate_part(self, requests: AsyncIterator[averaging_pb2.AveragingData]):
         stream = await self.stub.rpc_aggregate_part(requests)
@@ -182,6 +189,7 @@ class _ClosesAfterParts:
         received = 0
         try:
             async for message in stream:
+                self.counters.add(received=len(message.tensor_part.buffer))
                 yield message
                 received += 1
                 if received == self.parts or message.code != averaging_pb2.AVERAGED_PART:
@@ -193,10 +201,10 @@ class _ClosesAfterParts:
 class ExactAllReduceRunner(AllReduceRunner):
     """Yields the averaged tensors (not deltas), identical on every peer."""
 
-    def __init__(self, *, counters: ByteCounters, compression_type: int, **kwargs: Any):
+    def __init__(self, *, counters: ByteCounters, codec: CompressionBase, **kwargs: Any):
         super().__init__(**kwargs)
         self.counters = counters
-        self.compression_type = compression_type
+        self.codec = codec
         self.tensor_part_container.return_deltas = False
 
     def _averaged_over_whole_group(self, part_index: int) -> bool:
@@ -222,12 +230,17 @@ class ExactAllReduceRunner(AllReduceRunner):
                 self.tensor_part_container.register_failed_reducer(peer_index)
                 return
             # the exact values the other peers decode from what this reducer sends them
-            same_as_sent = deserialize_torch_tensor(serialize_torch_tensor(averaged, self.compression_type))
+            same_as_sent = deserialize_torch_tensor(self._encode(averaged))
             self.tensor_part_container.register_processed_part(peer_index, part_index, same_as_sent)
+
+    def _encode(self, averaged: torch.Tensor) -> runtime_pb2.Tensor:
+        """The average of a part as every member receives it: in the session's codec, whatever codec the senders
+        used (hivemind answers in the sender's; a sparse codec must answer sparse senders with the sparse union)."""
+        return self.codec.compress(averaged, CompressionInfo.from_tensor(averaged))
 
     def _get_peer_stub(self, peer):
         parts = self.tensor_part_container.num_parts_by_peer[self.ordered_peer_ids.index(peer)]
-        return _ClosesAfterParts(super()._get_peer_stub(peer), parts)
+        return _ClosesAfterParts(super()._get_peer_stub(peer), parts, self.counters)
 
     async def rpc_aggregate_part(self, stream, context):
         async for message in super().rpc_aggregate_part(stream, context):
@@ -238,17 +251,14 @@ class ExactAllReduceRunner(AllReduceRunner):
 
     async def _generate_input_for_peer(self, peer_index: int) -> AsyncIterator[averaging_pb2.AveragingData]:
         async for message in super()._generate_input_for_peer(peer_index):
-            size = len(message.tensor_part.buffer)
-            # the reducer answers with the average of this part, the same shape and compression
-            self.counters.add(sent=size, received=size)
+            self.counters.add(sent=len(message.tensor_part.buffer))  # its answer is counted where it arrives
             yield message
 
     async def _accumulate_parts_streaming(self, stream, sender_index: int):
         part_index = 0
         try:
-            async for tensor_part, weight, compression, size in amap_in_executor(
-                lambda msg: (deserialize_torch_tensor(msg.tensor_part), msg.weight, msg.tensor_part.compression,
-                             len(msg.tensor_part.buffer)),
+            async for tensor_part, weight, size in amap_in_executor(
+                lambda msg: (deserialize_torch_tensor(msg.tensor_part), msg.weight, len(msg.tensor_part.buffer)),
                 stream,
                 max_prefetch=self.tensor_part_container.prefetch,
             ):
@@ -262,7 +272,7 @@ class ExactAllReduceRunner(AllReduceRunner):
                 if not self._averaged_over_whole_group(part_index - 1):
                     yield averaging_pb2.AveragingData(code=averaging_pb2.INTERNAL_ERROR)
                     break
-                reply = serialize_torch_tensor(averaged, compression)
+                reply = self._encode(averaged)
                 self.counters.add(sent=len(reply.buffer), received=size)
                 yield averaging_pb2.AveragingData(code=averaging_pb2.AVERAGED_PART, tensor_part=reply)
         finally:
@@ -285,17 +295,17 @@ class ExactAverager(DecentralizedAverager):
     def __init__(self, averaged_tensors: Sequence[torch.Tensor], dht, *, state_provider=None,
                  runner_type: type[ExactAllReduceRunner] = ExactAllReduceRunner,
                  round_states: str | Path | None = None, max_round_state_bytes: int = MAX_ROUND_STATE_BYTES,
-                 **kwargs: Any):
+                 kept_numel: int | None = None, **kwargs: Any):
         # the peers' RPC names carry the averager's class name, so a different runner is passed in
         # rather than set on a subclass (a subclass would never meet plain averagers)
         self.runner_type = runner_type
         self.counters = ByteCounters()
         self.state_provider = state_provider
-        compression = kwargs.get("compression")
-        self._compression_type = compression.compression_type if compression is not None else 0
+        self._codec: CompressionBase = kwargs.get("compression") or NoCompression()
         # in shared memory before super() starts the averager process; two rounds are kept (slot round % 2), so
         # a validator still gets round r's update after the peer kept round r + 1's
-        numel = sum(tensor.numel() for tensor in averaged_tensors)
+        # a kept update is `kept_numel` values (the model's; the averaged buffer may hold padding besides)
+        numel = kept_numel if kept_numel is not None else sum(tensor.numel() for tensor in averaged_tensors)
         self._kept = (KeptUpdate(numel), KeptUpdate(numel))
         self.round_states = None if round_states is None else Path(round_states)
         self.max_round_state_bytes = max_round_state_bytes
@@ -305,7 +315,7 @@ class ExactAverager(DecentralizedAverager):
         group_id = group_info.group_id if group_id is None else group_id
         runner = self.runner_type(
             p2p=self._p2p, servicer_type=type(self), prefix=self.prefix, tensors=tensors, group_id=group_id,
-            ordered_peer_ids=group_info.peer_ids, counters=self.counters, compression_type=self._compression_type,
+            ordered_peer_ids=group_info.peer_ids, counters=self.counters, codec=self._codec,
             **kwargs,
         )
         self._running_groups[group_id].set_result(runner)

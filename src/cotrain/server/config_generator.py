@@ -33,6 +33,7 @@ FIELD_MAP: dict[tuple[str, str], str] = {
     ("distributedConfig", "innerSteps"): "distributed.diloco.inner_steps",
     ("distributedConfig", "initialPeers"): "distributed.diloco.initial_peers",
     ("distributedConfig", "compression"): "distributed.diloco.compression",
+    ("distributedConfig", "topkFraction"): "distributed.diloco.topk_fraction",
     ("dataConfig", "dataset"): "data.dataset",
     ("dataConfig", "dataPath"): "data.data_path",
     ("dataConfig", "split"): "data.split",

@@ -54,8 +54,8 @@ MEMBER_KEYS = frozenset({
         "device", "compile", "activation_checkpointing", "log_interval", "eval_interval", "eval_batches")),
     "distributed.nodes", "distributed.gpus_per_node", "distributed.strategy", "distributed.backend",
     *(f"distributed.diloco.{key}" for key in (
-        "inner_steps", "outer_lr", "outer_momentum", "nesterov", "compression", "initial_peers", "min_peers",
-        "matchmaking_time", "averaging_timeout", "progress_interval", "shard_samples", "commit_every",
+        "inner_steps", "outer_lr", "outer_momentum", "nesterov", "compression", "topk_fraction", "initial_peers",
+        "min_peers", "matchmaking_time", "averaging_timeout", "progress_interval", "shard_samples", "commit_every",
         "receipt_quorum", "own_data_margin")),
     *(f"data.{key}" for key in (
         "seq_length", "data_path", "dataset", "split", "text_column", "max_bytes", "tokenizer", "vocab_size",

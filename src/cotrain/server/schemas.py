@@ -52,8 +52,11 @@ class DistributedConfigIn(CamelModel):
     inner_steps: int | None = Field(None, gt=0, le=BIG, description="DiLoCo: local steps between averaging rounds.")
     initial_peers: list[Annotated[str, Field(pattern=NO_NUL)]] | None = Field(
         None, max_length=100, description="DiLoCo: DHT peers to join (default: this server's DHT).")
-    compression: Literal["none", "fp16", "int8"] | None = Field(
+    compression: Literal["none", "fp16", "int8", "int4", "topk"] | None = Field(
         None, description="DiLoCo: compression of the averaged pseudo-gradient (default none)."
+    )
+    topk_fraction: float | None = Field(
+        None, gt=0, le=0.5, description="DiLoCo, compression topk: fraction of the entries a peer sends (default 0.02)."
     )
 
 

@@ -112,6 +112,10 @@ class DilocoStrategy(Strategy):
         self.excluded: set[str] = set()  # those left out of the current round: never averaged with again
         self._data: tuple[Any, Any, Any] | None = None  # train samples, val samples, loss_of (use_data)
         self._steps: tuple[Any, torch.optim.Optimizer, torch.amp.GradScaler] | None = None  # use_step_math
+        # compression = topk: what this peer left out of the updates it sent (set up with the global params), and
+        # what it leaves out of the round under way (kept if the round is applied)
+        self.error_feedback: list[torch.Tensor] | None = None
+        self._pending_error: list[torch.Tensor] | None = None
 
     # --- processes -------------------------------------------------------------------
     def setup(self) -> None:
@@ -216,6 +220,8 @@ class DilocoStrategy(Strategy):
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.global_params = [p.detach().to("cpu", torch.float32).clone() for p in self.params]
+        if self.diloco.compression == "topk":
+            self.error_feedback = [torch.zeros_like(g) for g in self.global_params]
         self.outer_optimizer = torch.optim.SGD(
             self.global_params, lr=self.diloco.outer_lr, momentum=self.diloco.outer_momentum,
             nesterov=self.diloco.nesterov and self.diloco.outer_momentum > 0,
@@ -229,7 +235,7 @@ class DilocoStrategy(Strategy):
             commit_every=self.diloco.commit_interval, states=self._round_states(),
         )
         if self.is_main:
-            self.averaged = [torch.zeros(sum(g.numel() for g in self.global_params))]
+            self.averaged = [torch.zeros(sum(self._segment_sizes()))]
             with dies_with_parent():  # no orphaned averager after a kill -9
                 self.averager = self._start_averager(self.diloco.matchmaking_time)
             self._join_running_session()
@@ -268,10 +274,10 @@ class DilocoStrategy(Strategy):
             target_group_size=None, min_group_size=self.diloco.min_peers,
             min_matchmaking_time=matchmaking, request_timeout=min(3.0, matchmaking / 2),
             allreduce_timeout=self.diloco.averaging_timeout, next_chunk_timeout=5.0,
-            compression=make_compression(self.diloco.compression),
+            compression=make_compression(self.diloco.compression, self.diloco.topk_fraction),
             allow_state_sharing=True, declare_state_period=5.0, state_provider=self._state_for_peers,
             round_states=self.work.states if self.work is not None else None,
-            max_round_state_bytes=self._round_state_cap(),
+            max_round_state_bytes=self._round_state_cap(), kept_numel=sum(g.numel() for g in self.global_params),
         )
 
     def after_optimizer_step(self, step: int, model: nn.Module) -> OuterStepReport | None:
@@ -363,11 +369,39 @@ class DilocoStrategy(Strategy):
         with torch.no_grad(), self.averager.get_tensors() as (flat,):
             for view, global_param, param in zip(self._views(flat), self.global_params, self.params):
                 torch.sub(global_param, param.detach().to("cpu", torch.float32), out=view)
+            if self.error_feedback is not None:
+                self._pending_error = self._sparsify(self._segments(flat))
+
+    @torch.no_grad()
+    def _sparsify(self, segments: list[torch.Tensor]) -> list[torch.Tensor]:
+        """compression = topk: each pseudo-gradient plus what this peer left out of its earlier rounds (error
+        feedback) becomes its top-k entries per chunk in 4-bit values (what the codec sends, exactly); the rest,
+        rounding included, is what it will have left out after this round. Computed from the error feedback
+        before the round, so a retried round sends the same update."""
+        from cotrain.p2p.compression import top_k_update
+
+        assert self.error_feedback is not None
+        pending = []
+        for segment, error in zip(segments, self.error_feedback):
+            accumulated = segment[: error.numel()].add_(error.reshape(-1)).clone()
+            segment.copy_(top_k_update(segment, self.diloco.topk_fraction))
+            pending.append(accumulated.sub_(segment[: error.numel()]).view_as(error))
+        return pending
+
+    def _segment_sizes(self) -> list[int]:
+        """Each parameter's room in the averager's flat buffer: its size, rounded up to whole top-k chunks with
+        compression = topk (chunks never mix two tensors; the padding stays zero and costs no bytes)."""
+        from cotrain.p2p.compression import SPARSE_BLOCK
+
+        block = SPARSE_BLOCK if self.error_feedback is not None else 1
+        return [math.ceil(g.numel() / block) * block for g in self.global_params]
+
+    def _segments(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        return list(flat.split(self._segment_sizes()))
 
     def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """Views of the flat buffer shaped like each parameter."""
-        sizes = [g.numel() for g in self.global_params]
-        return [chunk.view_as(g) for chunk, g in zip(flat.split(sizes), self.global_params)]
+        return [segment[: g.numel()].view_as(g) for segment, g in zip(self._segments(flat), self.global_params)]
 
     def _others_finished(self, records, round_: int) -> bool:
         """Whether enough of the live peers finished `round_` to have applied it (a quorum of them): one peer
@@ -480,8 +514,8 @@ class DilocoStrategy(Strategy):
         from cotrain.p2p.digests import tensor_digest
         from cotrain.p2p.round_records import publish_commitment
 
-        with self.averager.get_tensors() as (flat,):
-            update = flat.clone()
+        with self.averager.get_tensors() as (flat,):  # the parameters' values, without top-k's chunk padding
+            update = torch.cat([view.reshape(-1) for view in self._views(flat)])
         digest = tensor_digest(update)
         self._own_norm = float(torch.linalg.vector_norm(update))
         try:
@@ -610,6 +644,8 @@ class DilocoStrategy(Strategy):
             self.outer_optimizer.step()
             self.outer_optimizer.zero_grad(set_to_none=True)
             self.outer_step += 1
+            if self._pending_error is not None:
+                self.error_feedback, self._pending_error = self._pending_error, None
             self.last_hash = params_hash(self.global_params)
             self.averager.state_sharing_priority = float(self.outer_step)
         self._reset_model_to_global()
@@ -815,6 +851,8 @@ class DilocoStrategy(Strategy):
         with self._state_lock:
             state = {f"global.{i}": g.clone() for i, g in enumerate(self.global_params)}
             state.update({f"momentum.{i}": m.clone() for i, m in enumerate(self._momentum())})
+            if self.error_feedback is not None:  # this peer's own: a peer resuming from its checkpoint sends it later
+                state.update({f"error.{i}": e.clone() for i, e in enumerate(self.error_feedback)})
             state["outer_step"] = torch.tensor(self.outer_step)
             state["inner_done"] = torch.tensor(self.inner_done)
         return state
@@ -829,6 +867,8 @@ class DilocoStrategy(Strategy):
         tensors = [state[f"global.{i}"] for i in range(count)] + [state[f"momentum.{i}"] for i in range(count)]
         self._load_state(saved_step, tensors)
         self.inner_done = int(state.get("inner_done", torch.tensor(0)))
+        if self.error_feedback is not None and f"error.{count - 1}" in state:
+            self.error_feedback = [state[f"error.{i}"].to(torch.float32).clone() for i in range(count)]
 
 
 def _record_fields(record) -> dict[str, Any]:

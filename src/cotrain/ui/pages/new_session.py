@@ -135,7 +135,7 @@ async def new_session_page() -> None:
                     if "compression" in DistributedConfigIn.model_fields:  # once the server's schema takes it
                         compression = add(
                             ("distributedConfig", "compression"),
-                            ui.select(["none", "fp16", "int8"], value=None, label=t("new.compression")),
+                            ui.select(["none", "fp16", "int8", "int4", "topk"], value=None, label=t("new.compression")),
                             "f-compression",
                         )
                         compression.bind_visibility_from(strategy, "value", backward=lambda v: v == "diloco")
