@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cotrain.server.orm import ApiToken, RevokedToken
@@ -110,13 +111,20 @@ def authenticate(db: Session, token: str, resolvers: Sequence[TokenResolver] | N
 
 
 def principal_row(db: Session, principal: str) -> ApiToken:
-    """The api_tokens row of a principal such as "wallet:0x...", created (as a member) on first use."""
-    row = db.scalar(select(ApiToken).where(ApiToken.token_hash == principal_hash(principal)))
-    if row is None:
-        row = ApiToken(name=principal[:100], token_hash=principal_hash(principal), role=Role.MEMBER.value,
-                       revoked=False)
-        db.add(row)
-        db.flush()
+    """The api_tokens row of a principal such as "wallet:0x...", created (as a member) on first use. Two first
+    requests of one wallet at once (the sign-in's follow-up calls) both find no row: the second insert loses the
+    race on the unique hash and reads the winner's row (it was a 503 "database did not answer")."""
+    found = select(ApiToken).where(ApiToken.token_hash == principal_hash(principal))
+    row = db.scalar(found)
+    if row is not None:
+        return row
+    try:
+        with db.begin_nested():
+            row = ApiToken(name=principal[:100], token_hash=principal_hash(principal), role=Role.MEMBER.value,
+                           revoked=False)
+            db.add(row)
+    except IntegrityError:
+        row = db.scalars(found).one()
     return row
 
 
