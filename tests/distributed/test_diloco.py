@@ -155,20 +155,21 @@ def test_three_peers_hold_identical_global_params_after_every_outer_step(
 
 
 @pytest.mark.slow
-def test_default_min_peers_still_averages_all_live_peers_in_one_group(
+def test_four_peers_started_together_average_in_one_group(
     bootstrap: str, shared_datasets: Path, tmp_path: Path
 ):
-    """min_peers = 1 (the default) must not let matchmaking split three ready peers into a pair and
-    a lone peer: each round's group is sized to the live peers, so every round averages all three at
-    the first attempt, and no round is discarded or made up by downloading the state."""
+    """Four peers started at once (hivemind issue 624: they may form two DHTs of two) with min_peers = 1 (the
+    default: matchmaking could close groups of any size) end up in one DHT and one group: each round's group is
+    sized to the live peers, so every round averages all four at the first attempt, and no round is discarded
+    or made up by downloading the state."""
     _prepare(shared_datasets, tmp_path)
-    peers = [Peer(f"peer{i}", tmp_path, shared_datasets, bootstrap, max_steps=20, min_peers=1) for i in range(3)]
+    peers = [Peer(f"peer{i}", tmp_path, shared_datasets, bootstrap, max_steps=20, min_peers=1) for i in range(4)]
     run_to_completion(peers, tmp_path)
     outer = [peer.outer_steps() for peer in peers]
     for name, steps in zip((p.name for p in peers), outer):
         assert sorted(steps) == [1, 2, 3, 4], (name, sorted(steps))
         rounds = {s: (e.get("group_size"), e.get("round_attempts")) for s, e in steps.items()}
-        assert all(r == (3, 1) for r in rounds.values()), (name, rounds)
+        assert all(r == (4, 1) for r in rounds.values()), (name, rounds)
     for step in outer[0]:
         hashes = {o[step]["params_hash"] for o in outer}
         assert len(hashes) == 1, f"outer step {step}: peers disagree {hashes}"
@@ -252,6 +253,10 @@ def test_killed_peer_is_dropped_and_a_joining_peer_gets_the_state(
     for step in j:
         assert j[step]["params_hash"] == a[step]["params_hash"], step
     assert any(j[s].get("group_size") == 3 for s in j), j  # a downloaded round has no group
+    # ... from the very round after its (last) download, and says how long it took from its start to that round
+    [first_round] = [s for s in j if "first_contribution_seconds" in j[s]]
+    assert j[first_round - 1].get("state_downloaded") and j[first_round]["group_size"] == 3, j
+    assert 0 < j[first_round]["first_contribution_seconds"] < 600
     assert "downloading the global state" in (tmp_path / "joiner.log").read_text()
     # the survivors logged the victim leaving and the joiner joining as peer events
     peer_events = [(e["event"], e["peer_id"]) for e in first.events() if e["type"] == "peer"]

@@ -220,3 +220,49 @@ def test_many_back_to_back_rounds_all_succeed_on_both_peers():
             averager.shutdown()
         first.shutdown()
         second.shutdown()
+
+
+class SlowAllReduceRunner(ExactAllReduceRunner):
+    """An all-reduce that takes a few seconds (as over a volunteer's link), so a test can act while it runs."""
+
+    async def _communicate_with_peer(self, peer_id) -> None:
+        await asyncio.sleep(3.0)
+        return await super()._communicate_with_peer(peer_id)
+
+
+def test_a_peer_joining_while_the_others_average_stalls_nobody():
+    """hivemind issue 445: a peer that joins while the others are in an all-reduce must not stall them or itself.
+    It downloads their state during the all-reduce, the all-reduce ends for both of them, and the next round is
+    one group of all three."""
+    first = start_dht()
+    second = start_dht(initial_peers=visible_maddrs(first))
+    state = torch.arange(10_000, dtype=torch.float32)
+    settings = dict(start=True, prefix="join_test", target_group_size=None, min_group_size=2, min_matchmaking_time=2.0,
+                    request_timeout=1.0, runner_type=SlowAllReduceRunner, allow_state_sharing=True,
+                    declare_state_period=1.0, state_provider=lambda: ({"outer_step": 7}, [state.clone()]))
+    averagers = [ExactAverager([torch.full((10_000,), float(i))], dht, **settings)
+                 for i, dht in enumerate((first, second))]
+    third_dht = joiner = None
+    try:
+        controls = [averager.step(gather={"peer": i}, timeout=60, allow_retries=False, wait=False)
+                    for i, averager in enumerate(averagers)]
+        deadline = time.monotonic() + 30
+        while controls[0].stage.name != "RUNNING_ALLREDUCE":
+            assert time.monotonic() < deadline and not controls[0].done(), controls[0].stage
+            time.sleep(0.05)
+        third_dht = start_dht(initial_peers=visible_maddrs(first))
+        joiner = ExactAverager([torch.zeros(10_000)], third_dht, **settings)
+        began = time.monotonic()
+        loaded = joiner.load_state_from_peers(timeout=20)
+        assert loaded is not None and loaded[0]["outer_step"] == 7 and torch.equal(loaded[1][0], state)
+        assert time.monotonic() - began < 15
+        assert all(len(control.result(timeout=30)) == 2 for control in controls)  # the round the joiner landed in
+        for averager in (*averagers, joiner):
+            averager.set_group_size(3, 3)
+        results = step_together([*averagers, joiner], bound=45, label="the first round with the joiner")
+        assert all(r is not None and len(r) == 3 for r in results), results
+    finally:
+        for averager in (*averagers, *([joiner] if joiner else [])):
+            averager.shutdown()
+        for dht in (first, second, *([third_dht] if third_dht else [])):
+            dht.shutdown()

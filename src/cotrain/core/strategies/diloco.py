@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psutil
 import torch
 from torch import nn
 
@@ -107,6 +108,7 @@ class DilocoStrategy(Strategy):
         self.validator: RoundValidator | None = None  # judges every round, with `diloco.validate`
         self._verdict_events: list[dict[str, Any]] = []
         self.last_round_at: float | None = None  # monotonic time of this peer's last averaged round
+        self.contributed = False  # whether this process has averaged a round yet
         self._own_norm = 0.0  # norm of this peer's update of the current round
         self.exclusions: dict[str, int] = {}  # peer a trusted validator failed → the first round it is left out of
         self.excluded: set[str] = set()  # those left out of the current round: never averaged with again
@@ -345,14 +347,17 @@ class DilocoStrategy(Strategy):
                                     train_seconds_of(gathered))
                 self.last_round = {k: v for k, v in block.items() if k != "peers"}
                 self.publisher.publish_now()
+                extra = {
+                    "group_size": len(gathered), "round_seconds": round(time.perf_counter() - started, 3),
+                    "round_attempts": attempt, "round": block,
+                    # served to / downloaded from validators, apart from the averaging bytes
+                    "verification_bytes": list(self.averager.verification_bytes()),
+                }
+                if not self.contributed:  # how long this peer took from its process's start to its first round
+                    self.contributed = True
+                    extra["first_contribution_seconds"] = round(time.time() - psutil.Process().create_time(), 2)
                 return OuterStepReport(
-                    outer_step=self.outer_step, participants=len(gathered), params_hash=self.last_hash,
-                    extra={
-                        "group_size": len(gathered), "round_seconds": round(time.perf_counter() - started, 3),
-                        "round_attempts": attempt, "round": block,
-                        # served to / downloaded from validators, apart from the averaging bytes
-                        "verification_bytes": list(self.averager.verification_bytes()),
-                    },
+                    outer_step=self.outer_step, participants=len(gathered), params_hash=self.last_hash, extra=extra,
                 )
             if self._others_finished(self._live_records(), round_):
                 return self._catch_up("this peer's round failed while the others went on")
