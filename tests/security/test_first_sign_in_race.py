@@ -24,21 +24,20 @@ def database_url(request, tmp_path) -> str:
 def test_first_requests_of_one_wallet_at_once_share_one_principal(database_url: str):
     engine, factory = open_database(database_url)
     try:
+        def first_request(principal: str, start: threading.Barrier, ids: list[int], errors: list[Exception]) -> None:
+            try:
+                with factory.begin() as db:
+                    start.wait(10)  # every thread has begun its transaction; now all look the principal up
+                    ids.append(principal_row(db, principal).id)
+            except Exception as exc:
+                errors.append(exc)
+
         for attempt in range(10):
             principal = f"wallet:0x{attempt:064x}"
             start = threading.Barrier(6)
             ids: list[int] = []
-            errors: list[BaseException] = []
-
-            def first_request() -> None:
-                try:
-                    with factory.begin() as db:
-                        start.wait(10)
-                        ids.append(principal_row(db, principal).id)
-                except BaseException as exc:  # noqa: BLE001 (reported below)
-                    errors.append(exc)
-
-            threads = [threading.Thread(target=first_request) for _ in range(6)]
+            errors: list[Exception] = []
+            threads = [threading.Thread(target=first_request, args=(principal, start, ids, errors)) for _ in range(6)]
             for thread in threads:
                 thread.start()
             for thread in threads:
