@@ -28,13 +28,15 @@ run: $(STAMP)
 # 2. sessions of many small DiLoCo peers (tests/verification, tests/distributed) and the engine's long
 #    single-process runs (test_train.py, test_engine_speed.py), mostly CPU;
 # 3. what mostly waits: the container test (an image build: disk and pip), the Slurm cluster's jobs
-#    (scheduling intervals) and the fault-injection tests (outages they cause and wait out), plus two
-#    server-side files that even out the lanes' lengths.
+#    (scheduling intervals) and the fault-injection tests (outages they cause and wait out);
+# plus a few files of the first lane's that even out the lanes' lengths.
 # The suite is CPU-bound (the two cores are 98% busy): lanes that end together are what keeps it short.
 # Any lane failing fails `make test`; each lists its slowest tests.
 LANE_LOG := .pytest-lane
-LANE_2 := tests/verification tests/distributed tests/core/test_train.py tests/core/test_engine_speed.py
-LANE_3 := tests/containers tests/slurm tests/faults tests/security/test_read_rule.py tests/server/test_backup.py
+LANE_2 := tests/verification tests/distributed tests/core/test_train.py tests/core/test_engine_speed.py \
+	tests/ui/test_machines_page.py
+LANE_3 := tests/containers tests/slurm tests/faults tests/security/test_read_rule.py tests/server/test_backup.py \
+	tests/server/test_diloco_rewards.py
 LANE_PYTEST := $(PY) -m pytest -p no:cacheprovider --durations=10
 test: $(STAMP) browser slurm containers
 	@$(LANE_PYTEST) $(LANE_2) > $(LANE_LOG)-2.log 2>&1 & lane2=$$!; \
