@@ -22,6 +22,7 @@ the decoder registered for that enum checks every length and offset of what a pe
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 
 import numpy as np
 import torch
@@ -97,8 +98,9 @@ class CotrainCodec(CompressionBase):
             dtype="float32", requires_grad=False,
         )
 
+    @abstractmethod
     def decode(self, payload: memoryview, shape: tuple[int, ...]) -> torch.Tensor:
-        raise NotImplementedError
+        """The tensor of `shape` that `payload` (the buffer after its tag byte) holds; CorruptPart if none can."""
 
     def extract(self, serialized_tensor: runtime_pb2.Tensor) -> torch.Tensor:
         return TaggedDecoder().extract(serialized_tensor)
@@ -198,9 +200,9 @@ class TaggedDecoder(CompressionBase):
     """Decodes CoTrain's codecs by their tag byte; registered for the enum they travel under."""
 
     compression_type = runtime_pb2.CompressionType.BLOCKWISE_8BIT
-    codecs: dict[int, CotrainCodec] = {}
 
     def compress(self, tensor: torch.Tensor, info: CompressionInfo, allow_inplace: bool = False) -> runtime_pb2.Tensor:
+        """hivemind encodes with the registered codec only when told this enum: CoTrain's runners never do."""
         return Int4Blockwise().compress(tensor, info, allow_inplace)
 
     def extract(self, serialized_tensor: runtime_pb2.Tensor) -> torch.Tensor:
